@@ -1,0 +1,119 @@
+# lorad — build, test, bench, run.
+#   make            build everything this machine can (CUDA backend when nvcc exists)
+#   make test       install missing packages, build, run every test (last line: N passed, N failed)
+#   make run        the demo: build, make a model, start lorad with a CPU worker, submit a job
+#   make bench      benchmarks that print ratios against peers measured in the same run
+#   make fuzz       every fuzz target for a bounded time (clang libFuzzer)
+#   make asan       the unit tests under ASan/UBSan
+#
+# Module sources are picked up by wildcard: a new module is a new .c/.h pair
+# in its folder, no Makefile edit. Programs have their main() in <dir>/main.c.
+
+BUILD   ?= build
+CC      ?= cc
+NVCC    ?= $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
+OPT     ?= -O2
+SAN     ?=
+
+BLAS_INC := $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas /usr/include/aarch64-linux-gnu/openblas-pthread))
+CPPFLAGS += -I. -D_GNU_SOURCE $(if $(BLAS_INC),-I$(BLAS_INC))
+CFLAGS   += -std=c11 $(OPT) -g -Wall -Wextra -pthread -fno-strict-aliasing
+ifneq ($(SAN),)
+CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS  += -fsanitize=address,undefined
+endif
+LDLIBS   += -lopenblas -lpcre2-8 -lutf8proc -ljansson -lyaml -lmicrohttpd -lsqlite3 -luv -lcurl -lm -lpthread
+
+ifneq ($(NVCC),)
+CUDA_HOME  := $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_SRC   := $(wildcard kernels/cuda/*.cu)
+CPPFLAGS   += -DLR_HAVE_CUDA -I$(CUDA_HOME)/include
+NVCCFLAGS  ?= -O3 -std=c++17 -I. -DLR_HAVE_CUDA --compiler-options -Wall,-Wextra \
+              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+              --expt-relaxed-constexpr -Xcudafe --display_error_number
+CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+else
+CUDA_SRC   :=
+CUDA_LIBS  :=
+endif
+
+COMMON_SRC := $(wildcard common/*.c proto/*.c)
+KERNEL_SRC := $(wildcard kernels/*.c kernels/cpu/*.c)
+WORKER_SRC := $(filter-out worker/main.c,$(wildcard worker/*.c))
+DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+CLIENT_SRC := $(filter-out client/main.c,$(wildcard client/*.c))
+TEST_SRC   := $(wildcard tests/unit/test_*.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+COMMON_OBJ := $(call obj,$(COMMON_SRC))
+WORKER_OBJ := $(call obj,$(WORKER_SRC) $(KERNEL_SRC)) $(patsubst %.cu,$(BUILD)/obj/%.o,$(CUDA_SRC))
+DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
+CLIENT_OBJ := $(call obj,$(CLIENT_SRC))
+ALL_LIB_OBJ := $(COMMON_OBJ) $(WORKER_OBJ) $(DAEMON_OBJ) $(CLIENT_OBJ)
+TEST_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+
+BINS := $(BUILD)/lora-worker $(if $(wildcard daemon/main.c),$(BUILD)/lorad) $(if $(wildcard client/main.c),$(BUILD)/lora)
+
+.PHONY: all deps test unit asan bench bench-gpu run fuzz clean web
+all: $(BINS) $(TEST_BIN) web
+ifeq ($(NVCC),)
+	@echo "note: nvcc not found: built the CPU backend only"
+endif
+
+deps:
+	@bash mk/deps.sh
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/liblorad.a: $(ALL_LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/lora-worker: $(call obj,worker/main.c) $(BUILD)/liblorad.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
+$(BUILD)/lorad: $(call obj,daemon/main.c) $(BUILD)/liblorad.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
+$(BUILD)/lora: $(call obj,client/main.c) $(BUILD)/liblorad.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
+
+$(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(call obj,tests/unit/test_main.c) $(BUILD)/liblorad.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
+
+# The dashboard's third-party files (uPlot) come from npm at build time.
+web:
+	@if [ -f web/package.json ]; then bash mk/web.sh; fi
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@bash tests/run.sh
+
+unit: all
+	@bash tests/run.sh unit
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 OPT=-O1 NVCC= $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/lora-worker
+	@LR_BUILD=build-asan bash tests/run.sh unit
+
+bench: deps all
+	@bash bench/run.sh
+
+bench-gpu: all
+	@bash bench/run_gpu.sh
+
+run: deps all
+	@bash mk/run.sh
+
+fuzz: deps
+	@bash tests/fuzz/run.sh
+
+clean:
+	rm -rf build build-asan build-fuzz
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs the Debian packages lorad needs, only those that are missing.
+# Quiet and fast when everything is there (it runs before every `make test`).
+set -euo pipefail
+
+# header-or-binary -> package
+need=(
+  "/usr/include/jansson.h libjansson-dev"
+  "/usr/include/yaml.h libyaml-dev"
+  "/usr/include/microhttpd.h libmicrohttpd-dev"
+  "/usr/include/sqlite3.h libsqlite3-dev"
+  "/usr/bin/sqlite3 sqlite3"
+  "/usr/include/uv.h libuv1-dev"
+  "/usr/include/pcre2.h libpcre2-dev"
+  "/usr/include/utf8proc.h libutf8proc-dev"
+  "/usr/include/x86_64-linux-gnu/curl/curl.h libcurl4-openssl-dev"
+  "/usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h libopenblas-dev"
+  "/usr/lib/python3/dist-packages/torch/__init__.py python3-torch"
+  "/usr/lib/python3/dist-packages/numpy/__init__.py python3-numpy"
+  "/usr/bin/curl curl"
+  "/usr/bin/tmux tmux"
+  "/usr/bin/wrk wrk"
+  "/usr/bin/clang clang"
+  "/usr/bin/chromium chromium"
+  "/usr/bin/node nodejs"
+)
+missing=()
+for pair in "${need[@]}"; do
+  path=${pair% *}; pkg=${pair#* }
+  # node may come from elsewhere than Debian (the image ships one)
+  if [ "$pkg" = nodejs ] && command -v node >/dev/null 2>&1; then continue; fi
+  [ -e "$path" ] || missing+=("$pkg")
+done
+# libFuzzer's runtime lives in clang's resource dir
+if command -v clang >/dev/null 2>&1; then
+  rd=$(clang -print-resource-dir 2>/dev/null || true)
+  ls "$rd"/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || missing+=(libclang-rt-14-dev)
+fi
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+echo "deps: installing ${missing[*]}"
+if [ "$(id -u)" != 0 ]; then
+  echo "deps: need root to apt-get install: ${missing[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "deps: done"

@@ -1,0 +1,99 @@
+/* jobspec: the one job schema of lorad.
+ *
+ * The REST body of POST /v1/jobs, the YAML/JSON file of `lora submit` and of
+ * `lora-worker run --config` are the same document, validated here and only
+ * here: unknown fields, wrong types and out-of-range values are errors whose
+ * lr_err.param is the dotted path of the field. Defaults are filled in, so a
+ * parsed spec is complete; jobspec_to_json writes it back whole. */
+#ifndef LR_JOBSPEC_H
+#define LR_JOBSPEC_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include "common/err.h"
+
+#define JOBSPEC_MAX_TEXT (1u << 20)
+#define JOBSPEC_MAX_TARGETS 16
+#define JOBSPEC_MAX_FILES 8
+
+typedef enum { METHOD_SFT, METHOD_KL_SFT, METHOD_DPO, METHOD_FULL_SFT, METHOD_EVAL } job_method;
+typedef enum { SCHED_COSINE, SCHED_LINEAR, SCHED_CONSTANT } lr_sched;
+typedef enum { DEV_ANY, DEV_CPU, DEV_CUDA } job_device;
+typedef enum { TPL_AUTO, TPL_CHATML, TPL_LLAMA3, TPL_MISTRAL, TPL_ALPACA, TPL_PLAIN } chat_tpl;
+
+typedef struct jobspec_file {
+    char name[512];   /* dataset id (daemon) or a path (lora-worker run) */
+    double weight;    /* mixing weight, default 1 */
+} jobspec_file;
+
+typedef struct jobspec {
+    char name[128];
+    char model[512];                 /* registered model name, or a directory for lora-worker run */
+    int n_training_files;
+    jobspec_file training_files[JOBSPEC_MAX_FILES]; /* training_file: one id or a list of {file, weight} */
+    char validation_file[512];       /* "" when none */
+
+    struct {
+        job_method type;
+        double kl_lambda, kl_tau;    /* kl_sft */
+        double beta;                 /* dpo */
+        char reference_adapter[512]; /* dpo: "" = base model, else job id / adapter dir */
+    } method;
+
+    struct {
+        int n_epochs;                /* used when max_steps == 0 */
+        int64_t max_steps;           /* 0 = derived from n_epochs */
+        int batch_size, grad_accum;
+        double learning_rate;
+        lr_sched lr_scheduler;
+        double warmup_ratio;
+        int64_t warmup_steps;        /* wins over warmup_ratio when > 0 */
+        double weight_decay, max_grad_norm;
+        double adam_beta1, adam_beta2, adam_eps;
+        int max_seq_len;
+        int packing;                 /* 0: pad each micro-batch, 1: pack rows */
+        double val_ratio;
+        int logging_steps, eval_steps, save_steps, save_total_limit;
+        uint64_t seed;
+        int activation_checkpointing; /* -1 auto, 0 off, 1 on */
+        /* stopping */
+        int patience;                /* 0 = off: eval/train plateau early stop */
+        double min_delta;
+        int64_t min_steps;           /* no early stop before this step */
+        double max_minutes;          /* 0 = no limit */
+    } hp;
+
+    struct {
+        int r;
+        double alpha, dropout;
+        char targets[JOBSPEC_MAX_TARGETS][32]; /* expanded module names, e.g. "q_proj" */
+        int n_targets;
+        char target_set[16];         /* "attn", "attn_mlp", "all-linear" or "list" */
+        int use_dora, use_rslora;
+    } lora;
+
+    chat_tpl chat_template;
+    char system_prompt[4096];        /* optional system message for every row */
+    job_device device;
+    int priority;                    /* -100..100, higher first */
+    int max_retries;                 /* re-queues after a worker death, default 3 */
+} jobspec;
+
+/* Fills every default. */
+void jobspec_init(jobspec *s);
+/* Validates a JSON object into s (defaults first). On error: message + param. */
+int jobspec_from_json(const json_t *obj, jobspec *s, lr_err *err) LR_WARN_UNUSED;
+/* The complete spec as a JSON object (new reference). */
+json_t *jobspec_to_json(const jobspec *s);
+/* YAML or JSON text (detected) into a JSON object; then use jobspec_from_json. */
+int jobspec_parse_text(const char *text, size_t len, json_t **out, lr_err *err) LR_WARN_UNUSED;
+/* Applies "a.b.c=value" to a JSON document (value parsed as YAML scalar:
+ * number, bool, null or string; "[a,b]" a list). */
+int jobspec_set(json_t *doc, const char *assignment, lr_err *err) LR_WARN_UNUSED;
+
+const char *jobspec_method_name(job_method m);
+const char *jobspec_device_name(job_device d);
+const char *jobspec_template_name(chat_tpl t);
+const char *jobspec_sched_name(lr_sched s);
+
+#endif

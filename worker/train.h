@@ -1,0 +1,48 @@
+/* train: one training job from spec to adapter (the worker's job runner).
+ *
+ * Used by `lora-worker run` (hooks print progress lines) and by the daemon
+ * agent (hooks stream frames to lorad). Writes everything into run_dir:
+ * checkpoints/, adapter_model.safetensors, adapter_config.json,
+ * train_log.csv, train_log.json, time_metrics.json. */
+#ifndef LR_TRAIN_H
+#define LR_TRAIN_H
+
+#include <stdint.h>
+#include "common/err.h"
+#include "proto/jobspec.h"
+
+typedef struct train_paths {
+    const char *model_dir;                          /* resolved model directory */
+    const char *training_files[JOBSPEC_MAX_FILES];  /* resolved dataset files, in spec order */
+    const char *validation_file;                    /* NULL when none */
+    const char *reference_adapter_dir;              /* dpo / continued training; NULL when none */
+    const char *run_dir;                            /* output directory (created) */
+} train_paths;
+
+typedef struct train_hooks {
+    void *ud;
+    /* One logged point: name is "loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", ... */
+    void (*metric)(void *ud, int64_t step, double epoch, const char *name, double value);
+    /* level: "info", "warning", "error"; a human sentence. */
+    void (*event)(void *ud, const char *level, const char *msg);
+    /* A checkpoint directory was completed (its DONE marker exists). */
+    void (*checkpoint)(void *ud, int64_t step, const char *dir);
+    /* Progress for ETA: step done of total. */
+    void (*progress)(void *ud, int64_t step, int64_t total_steps, double epoch);
+    /* Non-zero asks the job to stop after the current optimizer step. */
+    int (*cancelled)(void *ud);
+} train_hooks;
+
+typedef struct train_opts {
+    const char *backend;  /* "cpu" or "cuda:N" */
+    int threads;          /* 0 = all cores */
+    int resume;           /* 1: continue from the newest complete checkpoint in run_dir */
+} train_opts;
+
+typedef enum { TRAIN_DONE = 0, TRAIN_CANCELLED = 1, TRAIN_STOPPED_EARLY = 2 } train_outcome;
+
+/* Runs the job. Returns 0 and sets *outcome, or -1 with err filled (failure). */
+int train_run(const jobspec *spec, const train_paths *paths, const train_opts *opts,
+              const train_hooks *hooks, train_outcome *outcome, lr_err *err) LR_WARN_UNUSED;
+
+#endif
