@@ -82,7 +82,7 @@ $(BUILD)/lorad: $(call obj,daemon/main.c) $(BUILD)/liblorad.a
 $(BUILD)/lora: $(call obj,client/main.c) $(BUILD)/liblorad.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
 
-$(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(call obj,tests/unit/test_main.c) $(BUILD)/liblorad.a
+$(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(call obj,tests/unit/harness.c) $(BUILD)/liblorad.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
 

@@ -31,9 +31,15 @@ int lr_err_prefix(lr_err *err, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(pre, sizeof pre, fmt, ap);
     va_end(ap);
-    char old[sizeof err->msg];
-    memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s%s", pre, old);
+    /* Shift the old message right and put the prefix in front; both are
+     * cut to fit, the prefix first. */
+    size_t np = strlen(pre), cap = sizeof err->msg - 1;
+    if (np > cap) np = cap;
+    size_t no = strnlen(err->msg, cap);
+    if (np + no > cap) no = cap - np;
+    memmove(err->msg + np, err->msg, no);
+    memcpy(err->msg, pre, np);
+    err->msg[np + no] = 0;
     return -1;
 }
 
