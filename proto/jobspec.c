@@ -397,7 +397,7 @@ int jobspec_from_json(const json_t *obj, jobspec *s, lr_err *err) {
     if ((x = json_object_get(obj, "max_retries")) && get_int32(x, "max_retries", 0, 100, &s->max_retries, err)) return -1;
 
     /* Rules that tie fields together. */
-    if (s->hp.warmup_ratio > 0 && json_object_get(json_object_get(obj, "hyperparameters"), "warmup_steps"))
+    if (s->hp.warmup_ratio > 0 && s->hp.warmup_steps > 0)
         return lr_errp(err, LR_E_INVALID, "hyperparameters.warmup_steps",
                        "give hyperparameters.warmup_ratio or warmup_steps, not both");
     if (s->validation_file[0] && json_object_get(json_object_get(obj, "hyperparameters"), "val_ratio") &&
