@@ -155,3 +155,11 @@ int lr_mkdirs(const char *path, lr_err *err) {
     }
     return 0;
 }
+
+int lr_pathf(char *out, size_t cap, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(out, cap, fmt, ap);
+    va_end(ap);
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
+}

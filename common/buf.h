@@ -28,6 +28,8 @@ char *lr_buf_take(lr_buf *b, size_t *len);
 int lr_read_file(const char *path, size_t max, char **out, size_t *len, lr_err *err) LR_WARN_UNUSED;
 /* Writes a file atomically: a temporary beside it, fsync, rename. */
 int lr_write_file_atomic(const char *path, const void *data, size_t len, lr_err *err) LR_WARN_UNUSED;
+/* snprintf for paths: returns -1 (out cut short) when the result does not fit. */
+int lr_pathf(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* mkdir -p */
 int lr_mkdirs(const char *path, lr_err *err) LR_WARN_UNUSED;
 

@@ -1,0 +1,608 @@
+/* train: the training loop. Semantics follow Hugging Face's Trainer so that
+ * numbers carry over:
+ *  - one optimizer step = grad_accum micro-batches; the loss of the step is
+ *    the mean token cross-entropy over ALL trained tokens of those
+ *    micro-batches (each token weighs the same, not each micro-batch), and
+ *    so are the gradients;
+ *  - gradient-norm clipping on the global L2 norm, then AdamW;
+ *  - the learning rate of optimizer step s (counting from 0) is
+ *    lr * lambda(s), lambda as transformers' get_*_schedule_with_warmup;
+ *  - logged "loss" is the mean of the step losses since the last log.
+ * Every random draw derives from (seed, step) or (seed, epoch), never from
+ * how many draws came before, so a run resumed from a checkpoint continues
+ * bit for bit. */
+#include "worker/train.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/buf.h"
+#include "common/rng.h"
+#include "kernels/backend.h"
+#include "worker/chat.h"
+#include "worker/ckpt.h"
+#include "worker/data.h"
+#include "worker/model.h"
+#include "worker/tok.h"
+
+#define LOG_MAX_ROWS 1000000
+
+typedef struct log_row {
+    int64_t step;
+    double epoch, loss, lr, grad_norm, tokens_per_s, eval_loss; /* NAN when absent */
+} log_row;
+
+typedef struct trainer {
+    const jobspec *spec;
+    const train_paths *paths;
+    const train_hooks *hooks;
+    kb_backend *be;
+    tok *tk;
+    chat ch;
+    data_set ds;
+    data_loader tl;
+    data_batch *mb; /* grad_accum micro-batches of the current step */
+    model *m;
+    float *adam_m, *adam_v;
+    size_t numel;
+    int64_t total_steps, warmup, step;
+    double epoch_f;
+    log_row *log;
+    size_t n_log, cap_log;
+    double t_start, t_setup, t_train_start;
+    int64_t tokens_seen;
+    /* early stopping */
+    double best;
+    int64_t bad_evals;
+    char stop_reason[256];
+} trainer;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void ev(trainer *T, const char *level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void ev(trainer *T, const char *level, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (T->hooks && T->hooks->event) T->hooks->event(T->hooks->ud, level, msg);
+}
+
+static void data_warn(void *ud, const char *msg) { ev(ud, "warning", "%s", msg); }
+
+static void metric(trainer *T, const char *name, double v) {
+    if (T->hooks && T->hooks->metric) T->hooks->metric(T->hooks->ud, T->step, T->epoch_f, name, v);
+}
+
+/* transformers' schedules: s counts optimizer steps from 0. */
+static double lr_lambda(const jobspec *spec, int64_t s, int64_t total, int64_t warmup) {
+    if (s < warmup) return (double)s / (double)(warmup > 1 ? warmup : 1);
+    double rest = (double)(total - warmup > 1 ? total - warmup : 1);
+    switch (spec->hp.lr_scheduler) {
+    case SCHED_CONSTANT:
+        return 1.0;
+    case SCHED_LINEAR: {
+        double l = (double)(total - s) / rest;
+        return l > 0 ? l : 0;
+    }
+    case SCHED_COSINE:
+    default: {
+        double progress = (double)(s - warmup) / rest;
+        double l = 0.5 * (1.0 + cos(M_PI * progress));
+        return l > 0 ? l : 0;
+    }
+    }
+}
+
+/* The module names of the target set, for this architecture. */
+static void lora_targets(const jobspec *spec, hf_arch arch, model_lora_cfg *cfg) {
+    static const char *const llama_attn[] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+    static const char *const llama_all[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    static const char *const gpt2_attn[] = {"c_attn", "attn.c_proj"};
+    static const char *const gpt2_all[] = {"c_attn", "c_proj", "c_fc"};
+    const char *const *names;
+    int n;
+    cfg->n_targets = 0;
+    if (spec->lora.n_targets > 0) {
+        for (int i = 0; i < spec->lora.n_targets && i < MODEL_MAX_TARGETS; i++)
+            snprintf(cfg->targets[cfg->n_targets++], sizeof cfg->targets[0], "%s", spec->lora.targets[i]);
+        return;
+    }
+    int attn_only = !strcmp(spec->lora.target_set, "attn");
+    if (arch == ARCH_GPT2) {
+        names = attn_only ? gpt2_attn : gpt2_all;
+        n = attn_only ? 2 : 3;
+    } else {
+        names = attn_only ? llama_attn : llama_all;
+        n = attn_only ? 4 : 7;
+    }
+    for (int i = 0; i < n; i++) snprintf(cfg->targets[cfg->n_targets++], sizeof cfg->targets[0], "%s", names[i]);
+}
+
+/* ---- the run log (train_log.csv / .json), rewritten whole at each log ---- */
+
+static int log_add(trainer *T, log_row r, lr_err *err) {
+    if (T->n_log > 0 && T->log[T->n_log - 1].step == r.step) {
+        /* the eval of a logged step joins its row */
+        log_row *p = &T->log[T->n_log - 1];
+        if (!isnan(r.eval_loss)) p->eval_loss = r.eval_loss;
+        if (!isnan(r.loss)) {
+            double e = p->eval_loss;
+            *p = r;
+            if (isnan(r.eval_loss)) p->eval_loss = e;
+        }
+        return 0;
+    }
+    if (T->n_log == T->cap_log) {
+        size_t cap = T->cap_log ? T->cap_log * 2 : 256;
+        if (cap > LOG_MAX_ROWS) return lr_errf(err, "training log is over %d rows", LOG_MAX_ROWS);
+        log_row *p = realloc(T->log, cap * sizeof *p);
+        if (!p) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+        T->log = p;
+        T->cap_log = cap;
+    }
+    T->log[T->n_log++] = r;
+    return 0;
+}
+
+static json_t *num_or_null(double v) { return isnan(v) ? json_null() : json_real(v); }
+
+static int log_write(trainer *T, lr_err *err) {
+    lr_buf csv;
+    lr_buf_init(&csv, (size_t)1 << 30);
+    json_t *arr = json_array();
+    char path[4200];
+    int rc = -1;
+    char *js = NULL;
+    if (lr_buf_adds(&csv, "step,epoch,loss,lr,grad_norm,tokens_per_s,eval_loss\n")) goto done;
+    for (size_t i = 0; i < T->n_log; i++) {
+        const log_row *r = &T->log[i];
+        char ev_s[32] = "", l_s[32] = "", lr_s[32] = "", g_s[32] = "", t_s[32] = "";
+        if (!isnan(r->eval_loss)) snprintf(ev_s, sizeof ev_s, "%.6f", r->eval_loss);
+        if (!isnan(r->loss)) snprintf(l_s, sizeof l_s, "%.6f", r->loss);
+        if (!isnan(r->lr)) snprintf(lr_s, sizeof lr_s, "%.6e", r->lr);
+        if (!isnan(r->grad_norm)) snprintf(g_s, sizeof g_s, "%.6f", r->grad_norm);
+        if (!isnan(r->tokens_per_s)) snprintf(t_s, sizeof t_s, "%.1f", r->tokens_per_s);
+        if (lr_buf_printf(&csv, "%" PRId64 ",%.4f,%s,%s,%s,%s,%s\n", r->step, r->epoch, l_s, lr_s, g_s, t_s, ev_s))
+            goto done;
+        json_t *o = json_pack("{s:I,s:f}", "step", (json_int_t)r->step, "epoch", r->epoch);
+        json_object_set_new(o, "loss", num_or_null(r->loss));
+        json_object_set_new(o, "lr", num_or_null(r->lr));
+        json_object_set_new(o, "grad_norm", num_or_null(r->grad_norm));
+        json_object_set_new(o, "tokens_per_s", num_or_null(r->tokens_per_s));
+        json_object_set_new(o, "eval_loss", num_or_null(r->eval_loss));
+        json_array_append_new(arr, o);
+    }
+    if (lr_pathf(path, sizeof path, "%s/train_log.csv", T->paths->run_dir) ||
+        lr_write_file_atomic(path, csv.data, csv.len, err))
+        goto done;
+    js = json_dumps(arr, JSON_INDENT(1));
+    if (!js || lr_pathf(path, sizeof path, "%s/train_log.json", T->paths->run_dir) ||
+        lr_write_file_atomic(path, js, strlen(js), err))
+        goto done;
+    rc = 0;
+done:
+    if (rc && !err->msg[0]) lr_errf(err, "cannot write the training log in %s", T->paths->run_dir);
+    free(js);
+    json_decref(arr);
+    lr_buf_free(&csv);
+    return rc;
+}
+
+/* On resume the log is cut back to the checkpoint's step: what follows is
+ * trained again, identically. */
+static int log_reload(trainer *T, int64_t upto, lr_err *err) {
+    char path[4200];
+    char *text = NULL;
+    size_t len;
+    if (lr_pathf(path, sizeof path, "%s/train_log.json", T->paths->run_dir)) return 0;
+    lr_err ignore = {0};
+    if (lr_read_file(path, (size_t)1 << 30, &text, &len, &ignore)) return 0; /* none yet */
+    json_t *arr = json_loadb(text, len, 0, NULL);
+    free(text);
+    if (!json_is_array(arr)) {
+        json_decref(arr);
+        return 0;
+    }
+    size_t i;
+    json_t *o;
+    int rc = 0;
+    json_array_foreach(arr, i, o) {
+        log_row r;
+        r.step = json_integer_value(json_object_get(o, "step"));
+        if (r.step > upto) break;
+#define F(k) (json_is_number(json_object_get(o, k)) ? json_number_value(json_object_get(o, k)) : NAN)
+        r.epoch = F("epoch");
+        r.loss = F("loss");
+        r.lr = F("lr");
+        r.grad_norm = F("grad_norm");
+        r.tokens_per_s = F("tokens_per_s");
+        r.eval_loss = F("eval_loss");
+#undef F
+        if ((rc = log_add(T, r, err))) break;
+    }
+    json_decref(arr);
+    return rc;
+}
+
+/* ---- pieces of the loop ---------------------------------------------------- */
+
+static int64_t count_steps(trainer *T) {
+    const jobspec *s = T->spec;
+    if (s->hp.max_steps > 0) return s->hp.max_steps;
+    int64_t total = 0;
+    for (int e = 0; e < s->hp.n_epochs; e++) {
+        int64_t b = data_epoch_batches(&T->tl, e);
+        if (b < 0) return -1;
+        total += (b + s->hp.grad_accum - 1) / s->hp.grad_accum;
+    }
+    return total;
+}
+
+/* Loads the grad_accum micro-batches of the next step, crossing into the
+ * next epoch when one ends; *n gets how many (fewer only when the data end
+ * in an epoch-bound run). */
+static int next_step_batches(trainer *T, int *n, lr_err *err) {
+    *n = 0;
+    for (int k = 0; k < T->spec->hp.grad_accum; k++) {
+        int got = data_next(&T->tl, &T->mb[k], err);
+        if (got < 0) return -1;
+        if (got == 0) {
+            /* epoch boundary: a step never mixes epochs (as HF's Trainer) */
+            if (k > 0) break;
+            got = data_next(&T->tl, &T->mb[k], err);
+            if (got < 0) return -1;
+            if (got == 0) return lr_errf(err, "the training set produced no batch");
+        }
+        (*n)++;
+    }
+    return 0;
+}
+
+static int evaluate(trainer *T, double *out, lr_err *err) {
+    *out = NAN;
+    if (T->ds.n_val == 0 || T->spec->method.type == METHOD_DPO) return 0;
+    data_loader vl;
+    data_batch b = {0};
+    if (data_loader_init(&vl, &T->ds, DATA_VAL, T->spec->hp.batch_size, 0, T->spec->hp.max_seq_len,
+                         T->spec->hp.seed, err))
+        return -1;
+    double sum = 0;
+    int64_t n = 0;
+    int rc = 0, got;
+    model_set_train(T->m, 0, 0);
+    while ((got = data_next(&vl, &b, err)) == 1) {
+        double s;
+        int64_t c;
+        if ((rc = model_loss(T->m, b.ids, b.labels, b.rows, b.T, &s, &c, err))) break;
+        sum += s;
+        n += c;
+    }
+    if (got < 0) rc = -1;
+    data_batch_free(&b);
+    data_loader_free(&vl);
+    if (!rc && n > 0) *out = sum / (double)n;
+    return rc;
+}
+
+static json_t *state_json(trainer *T) {
+    data_pos p = data_tell(&T->tl);
+    return json_pack("{s:I,s:f,s:I,s:I,s:I,s:f,s:I,s:f}", "step", (json_int_t)T->step, "epoch", T->epoch_f,
+                     "data_epoch", (json_int_t)p.epoch, "data_index", (json_int_t)p.index, "total_steps",
+                     (json_int_t)T->total_steps, "best", isfinite(T->best) ? T->best : 1e308, "bad_evals",
+                     (json_int_t)T->bad_evals, "tokens_seen", (double)T->tokens_seen);
+}
+
+static int write_adapter(void *ud, const char *dir, lr_err *err) { return model_lora_save(ud, dir, err); }
+
+/* The moments live in backend memory; checkpoints hold host copies. */
+static int host_moments(trainer *T, ckpt_tensor ex[2], lr_err *err) {
+    ex[0] = (ckpt_tensor){"adam.exp_avg", malloc(T->numel * sizeof(float)), T->numel};
+    ex[1] = (ckpt_tensor){"adam.exp_avg_sq", malloc(T->numel * sizeof(float)), T->numel};
+    if (!ex[0].data || !ex[1].data) {
+        free(ex[0].data);
+        free(ex[1].data);
+        return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    }
+    return 0;
+}
+
+static int save_checkpoint(trainer *T, lr_err *err) {
+    char cdir[4200];
+    ckpt_tensor ex[2];
+    if (host_moments(T, ex, err)) return -1;
+    T->be->download(T->be, ex[0].data, T->adam_m, T->numel * sizeof(float));
+    T->be->download(T->be, ex[1].data, T->adam_v, T->numel * sizeof(float));
+    json_t *st = state_json(T);
+    int rc = ckpt_save(T->paths->run_dir, T->step, write_adapter, T->m, ex, 2, st, T->spec->hp.save_total_limit, cdir,
+                       sizeof cdir, err);
+    json_decref(st);
+    free(ex[0].data);
+    free(ex[1].data);
+    if (rc == 0 && T->hooks && T->hooks->checkpoint) T->hooks->checkpoint(T->hooks->ud, T->step, cdir);
+    return rc;
+}
+
+static int resume(trainer *T, int *resumed, lr_err *err) {
+    char dir[4200];
+    int64_t step;
+    *resumed = 0;
+    int found = ckpt_latest(T->paths->run_dir, dir, sizeof dir, &step, err);
+    if (found <= 0) return found;
+    json_t *st = NULL;
+    ckpt_tensor ex[2];
+    if (host_moments(T, ex, err)) return -1;
+    int rc = -1;
+    if (ckpt_load(dir, ex, 2, &st, err)) goto done;
+    if (model_lora_load(T->m, dir, err)) goto done;
+    T->be->upload(T->be, T->adam_m, ex[0].data, T->numel * sizeof(float));
+    T->be->upload(T->be, T->adam_v, ex[1].data, T->numel * sizeof(float));
+    T->step = json_integer_value(json_object_get(st, "step"));
+    T->epoch_f = json_number_value(json_object_get(st, "epoch"));
+    T->best = json_number_value(json_object_get(st, "best"));
+    T->bad_evals = json_integer_value(json_object_get(st, "bad_evals"));
+    T->tokens_seen = (int64_t)json_number_value(json_object_get(st, "tokens_seen"));
+    data_pos p = {json_integer_value(json_object_get(st, "data_epoch")),
+                  json_integer_value(json_object_get(st, "data_index"))};
+    data_seek(&T->tl, p);
+    if (log_reload(T, T->step, err)) goto done;
+    ev(T, "info", "resumed from checkpoint at step %" PRId64, T->step);
+    *resumed = 1;
+    rc = 0;
+done:
+    free(ex[0].data);
+    free(ex[1].data);
+    json_decref(st);
+    return rc;
+}
+
+/* Early stopping on the eval loss (or the train loss when there is no
+ * validation set): patience evaluations without a min_delta improvement. */
+static int plateau(trainer *T, double v) {
+    if (T->spec->hp.patience <= 0 || isnan(v)) return 0;
+    if (v < T->best - T->spec->hp.min_delta) {
+        T->best = v;
+        T->bad_evals = 0;
+        return 0;
+    }
+    T->bad_evals++;
+    if (T->step < T->spec->hp.min_steps || T->bad_evals < T->spec->hp.patience) return 0;
+    snprintf(T->stop_reason, sizeof T->stop_reason,
+             "early stop at step %" PRId64 ": %s loss did not improve by %g for %d evaluations (best %.4f)", T->step,
+             T->ds.n_val ? "eval" : "train", T->spec->hp.min_delta, T->spec->hp.patience, T->best);
+    return 1;
+}
+
+static int write_time_metrics(trainer *T, lr_err *err) {
+    double end = now_s();
+    double train_s = end - T->t_train_start;
+    json_t *o = json_pack("{s:f,s:f,s:f,s:I,s:f,s:f,s:I}", "setup_seconds", T->t_setup - T->t_start,
+                          "train_seconds", train_s, "total_seconds", end - T->t_start, "steps",
+                          (json_int_t)T->step, "steps_per_second", train_s > 0 ? T->step / train_s : 0.0,
+                          "tokens_per_second", train_s > 0 ? T->tokens_seen / train_s : 0.0, "tokens",
+                          (json_int_t)T->tokens_seen);
+    char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
+    char path[4200];
+    int rc = !s || lr_pathf(path, sizeof path, "%s/time_metrics.json", T->paths->run_dir) ||
+                     lr_write_file_atomic(path, s, strlen(s), err)
+                 ? -1
+                 : 0;
+    free(s);
+    json_decref(o);
+    return rc;
+}
+
+static int setup(trainer *T, const train_opts *opts, lr_err *err) {
+    const jobspec *s = T->spec;
+    if (s->method.type != METHOD_SFT)
+        return lr_errp(err, LR_E_INVALID, "method.type", "method '%s' is not available in this build of lora-worker yet",
+                       jobspec_method_name(s->method.type));
+    if (s->lora.use_dora)
+        return lr_errp(err, LR_E_INVALID, "lora.use_dora", "lora.use_dora is not available in this build of lora-worker yet");
+    if (lr_mkdirs(T->paths->run_dir, err)) return -1;
+    if (kb_create(opts->backend ? opts->backend : "cpu", opts->threads, &T->be, err)) return -1;
+    if (tok_load(T->paths->model_dir, &T->tk, err)) return lr_err_prefix(err, "model tokenizer: ");
+    if (chat_init(&T->ch, T->tk, s->chat_template, T->paths->model_dir, err)) return -1;
+
+    data_opts o = {0};
+    double weights[JOBSPEC_MAX_FILES];
+    for (int i = 0; i < s->n_training_files; i++) weights[i] = s->training_files[i].weight;
+    o.files = T->paths->training_files;
+    o.weights = weights;
+    o.n_files = s->n_training_files;
+    o.validation_file = T->paths->validation_file;
+    o.val_ratio = s->hp.val_ratio;
+    o.seed = s->hp.seed;
+    o.max_seq_len = s->hp.max_seq_len;
+    o.system_prompt = s->system_prompt;
+    o.warn = data_warn;
+    o.ud = T;
+    if (data_build(&T->ch, &o, &T->ds, err)) return -1;
+    if (T->ds.n_train == 0) return lr_errf(err, "no training rows left after rendering and truncation");
+    if (data_loader_init(&T->tl, &T->ds, DATA_TRAIN, s->hp.batch_size, s->hp.packing, s->hp.max_seq_len,
+                         s->hp.seed, err))
+        return -1;
+    T->mb = calloc((size_t)s->hp.grad_accum, sizeof *T->mb);
+    if (!T->mb) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+
+    if (model_load(T->paths->model_dir, T->be, &T->m, err)) return -1;
+    model_lora_cfg lc = {0};
+    lc.r = s->lora.r;
+    lc.alpha = (float)s->lora.alpha;
+    lc.dropout = (float)s->lora.dropout;
+    lc.use_rslora = s->lora.use_rslora;
+    lora_targets(s, model_config(T->m)->arch, &lc);
+    if (model_lora_init(T->m, &lc, s->hp.seed, err)) return -1;
+    if (model_reserve(T->m, s->hp.batch_size, s->hp.max_seq_len, err)) return -1;
+    T->numel = model_numel(T->m);
+    T->adam_m = T->be->alloc(T->be, T->numel * sizeof(float));
+    T->adam_v = T->be->alloc(T->be, T->numel * sizeof(float));
+    if (!T->adam_m || !T->adam_v) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory for optimizer state");
+
+    T->total_steps = count_steps(T);
+    if (T->total_steps <= 0) return lr_errf(err, "the job has no optimizer steps to run");
+    T->warmup = s->hp.warmup_steps > 0 ? s->hp.warmup_steps : (int64_t)ceil(s->hp.warmup_ratio * T->total_steps);
+    T->best = INFINITY;
+    return 0;
+}
+
+static int step_once(trainer *T, double *loss, double *gnorm, double *lr, int64_t *tokens, lr_err *err) {
+    const jobspec *s = T->spec;
+    int n;
+    if (next_step_batches(T, &n, err)) return -1;
+    int64_t targets = 0;
+    *tokens = 0;
+    for (int k = 0; k < n; k++) {
+        targets += T->mb[k].n_targets;
+        *tokens += T->mb[k].n_tokens;
+    }
+    model_zero_grad(T->m);
+    /* dropout masks from (seed, step): independent of what ran before */
+    uint64_t x = s->hp.seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(T->step + 1));
+    model_set_train(T->m, 1, lr_splitmix64(&x));
+    double sum = 0;
+    float scale = targets > 0 ? 1.0f / (float)targets : 0.0f;
+    for (int k = 0; k < n; k++) {
+        double ls;
+        int64_t c;
+        if (model_fwd_bwd(T->m, T->mb[k].ids, T->mb[k].labels, T->mb[k].rows, T->mb[k].T, scale, &ls, &c, err))
+            return -1;
+        sum += ls;
+    }
+    *loss = targets > 0 ? sum / (double)targets : NAN;
+    float *g = model_grads(T->m);
+    double norm = sqrt(T->be->sumsq(T->be, g, T->numel));
+    *gnorm = norm;
+    if (s->hp.max_grad_norm > 0 && norm > s->hp.max_grad_norm)
+        T->be->scale(T->be, g, (float)(s->hp.max_grad_norm / (norm + 1e-6)), T->numel);
+    *lr = s->hp.learning_rate * lr_lambda(s, T->step, T->total_steps, T->warmup);
+    kb_adamw hp = {(float)*lr, (float)s->hp.adam_beta1, (float)s->hp.adam_beta2, (float)s->hp.adam_eps,
+                   (float)s->hp.weight_decay, T->step + 1};
+    T->be->adamw(T->be, model_params(T->m), g, T->adam_m, T->adam_v, T->numel, &hp);
+    T->step++;
+    return 0;
+}
+
+static int loop(trainer *T, train_outcome *outcome, lr_err *err) {
+    const jobspec *s = T->spec;
+    double win_loss = 0, win_t = now_s();
+    int64_t win_n = 0, win_tokens = 0;
+    int64_t epoch_batches = data_epoch_batches(&T->tl, 0);
+    int64_t steps_per_epoch = epoch_batches > 0 ? (epoch_batches + s->hp.grad_accum - 1) / s->hp.grad_accum : 1;
+    *outcome = TRAIN_DONE;
+    while (T->step < T->total_steps) {
+        double loss, gnorm, lr;
+        int64_t tokens;
+        if (step_once(T, &loss, &gnorm, &lr, &tokens, err)) return -1;
+        if (!isfinite(loss)) return lr_errf(err, "loss became %f at step %" PRId64 "; lower the learning rate", loss, T->step);
+        T->tokens_seen += tokens;
+        T->epoch_f = (double)T->step / (double)steps_per_epoch;
+        win_loss += loss;
+        win_n++;
+        win_tokens += tokens;
+        if (T->hooks && T->hooks->progress) T->hooks->progress(T->hooks->ud, T->step, T->total_steps, T->epoch_f);
+
+        int last = T->step == T->total_steps;
+        if (T->step % s->hp.logging_steps == 0 || last) {
+            double t = now_s();
+            log_row r = {T->step, T->epoch_f, win_loss / win_n, lr, gnorm, win_tokens / (t - win_t + 1e-9), NAN};
+            metric(T, "loss", r.loss);
+            metric(T, "lr", r.lr);
+            metric(T, "grad_norm", r.grad_norm);
+            metric(T, "tokens_per_s", r.tokens_per_s);
+            if (log_add(T, r, err)) return -1;
+            win_loss = 0;
+            win_n = 0;
+            win_tokens = 0;
+            win_t = t;
+        }
+        int stop = 0;
+        if ((s->hp.eval_steps > 0 && T->step % s->hp.eval_steps == 0) || last) {
+            double el;
+            if (evaluate(T, &el, err)) return -1;
+            if (!isnan(el)) {
+                metric(T, "eval_loss", el);
+                metric(T, "eval_ppl", exp(el));
+                log_row r = {T->step, T->epoch_f, NAN, NAN, NAN, NAN, el};
+                if (log_add(T, r, err)) return -1;
+                stop = plateau(T, el);
+            }
+        }
+        if (T->ds.n_val == 0 && T->step % s->hp.logging_steps == 0) stop = stop || plateau(T, loss);
+        if (s->hp.max_minutes > 0 && now_s() - T->t_train_start > s->hp.max_minutes * 60) {
+            snprintf(T->stop_reason, sizeof T->stop_reason, "stopped at step %" PRId64 ": max_minutes (%g) reached",
+                     T->step, s->hp.max_minutes);
+            stop = 1;
+        }
+        if (T->step % s->hp.logging_steps == 0 || last || stop)
+            if (log_write(T, err)) return -1;
+        if (!last && !stop && s->hp.save_steps > 0 && T->step % s->hp.save_steps == 0)
+            if (save_checkpoint(T, err)) return -1;
+        if (stop) {
+            ev(T, "info", "%s", T->stop_reason);
+            *outcome = TRAIN_STOPPED_EARLY;
+            break;
+        }
+        if (T->hooks && T->hooks->cancelled && T->hooks->cancelled(T->hooks->ud)) {
+            ev(T, "info", "cancelled after step %" PRId64, T->step);
+            *outcome = TRAIN_CANCELLED;
+            return log_write(T, err);
+        }
+    }
+    if (log_write(T, err)) return -1;
+    if (model_lora_save(T->m, T->paths->run_dir, err)) return -1;
+    return 0;
+}
+
+static void teardown(trainer *T) {
+    if (T->mb)
+        for (int k = 0; k < T->spec->hp.grad_accum; k++) data_batch_free(&T->mb[k]);
+    free(T->mb);
+    if (T->be) {
+        if (T->adam_m) T->be->free(T->be, T->adam_m);
+        if (T->adam_v) T->be->free(T->be, T->adam_v);
+    }
+    model_free(T->m);
+    data_loader_free(&T->tl);
+    data_set_free(&T->ds);
+    tok_free(T->tk);
+    if (T->be) kb_destroy(T->be);
+    free(T->log);
+}
+
+int train_run(const jobspec *spec, const train_paths *paths, const train_opts *opts, const train_hooks *hooks,
+              train_outcome *outcome, lr_err *err) {
+    trainer T;
+    memset(&T, 0, sizeof T);
+    T.spec = spec;
+    T.paths = paths;
+    T.hooks = hooks;
+    T.t_start = now_s();
+    *outcome = TRAIN_DONE;
+    int rc = -1;
+    if (setup(&T, opts, err)) goto done;
+    int resumed = 0;
+    if (opts->resume && resume(&T, &resumed, err) < 0) goto done;
+    if (!resumed)
+        ev(&T, "info", "training on %zu rows (%zu held out) for %" PRId64 " steps, %zu LoRA parameters", T.ds.n_train,
+           T.ds.n_val, T.total_steps, T.numel);
+    T.t_setup = now_s();
+    T.t_train_start = T.t_setup;
+    if (loop(&T, outcome, err)) goto done;
+    if (write_time_metrics(&T, err)) goto done;
+    rc = 0;
+done:
+    if (rc && err && err->msg[0] && hooks && hooks->event) hooks->event(hooks->ud, "error", err->msg);
+    teardown(&T);
+    return rc;
+}
