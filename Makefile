@@ -17,7 +17,8 @@ SAN     ?=
 
 BLAS_INC := $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas /usr/include/aarch64-linux-gnu/openblas-pthread))
 CPPFLAGS += -I. -D_GNU_SOURCE $(if $(BLAS_INC),-I$(BLAS_INC))
-CFLAGS   += -std=c11 $(OPT) -g -Wall -Wextra -pthread -fno-strict-aliasing
+CFLAGS   += -std=c11 $(OPT) -g -Wall -Wextra -pthread -fno-strict-aliasing -fopenmp
+LDFLAGS  += -fopenmp
 ifneq ($(SAN),)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS  += -fsanitize=address,undefined
@@ -38,7 +39,7 @@ CUDA_LIBS  :=
 endif
 
 COMMON_SRC := $(wildcard common/*.c proto/*.c)
-KERNEL_SRC := $(wildcard kernels/*.c kernels/cpu/*.c)
+KERNEL_SRC := $(wildcard kernels/*.c kernels/cpu/*.c kernels/cuda/*.c)
 WORKER_SRC := $(filter-out worker/main.c,$(wildcard worker/*.c))
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CLIENT_SRC := $(filter-out client/main.c,$(wildcard client/*.c))

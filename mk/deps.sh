@@ -23,6 +23,7 @@ need=(
   "/usr/bin/clang clang"
   "/usr/bin/chromium chromium"
   "/usr/bin/node nodejs"
+  "/usr/lib/python3/dist-packages/jinja2/__init__.py python3-jinja2"
 )
 missing=()
 for pair in "${need[@]}"; do

@@ -4,4 +4,17 @@
 #ifndef LR_COMMANDS_H
 #define LR_COMMANDS_H
 
+int cmd_agent(int argc, char **argv); /* the worker mode lorad spawns (worker/agent.c) */
+int cmd_render(int argc, char **argv); /* a dataset through a chat template (worker/cmd_render.c) */
+
+int cmd_run(int argc, char **argv); /* one job without a daemon (worker/cmd_run.c) */
+int cmd_grads(int argc, char **argv); /* loss and LoRA gradients of one batch (worker/cmd_grads.c) */
+int cmd_tokenize(int argc, char **argv); /* text to token ids (worker/cmd_tokenize.c) */
+
+int cmd_mkmodel(int argc, char **argv); /* a random model folder in HF format (worker/cmd_mkmodel.c) */
+
+int cmd_probe(int argc, char **argv); /* the GPUs this worker can use (worker/cmd_probe.c) */
+
+int cmd_bench(int argc, char **argv); /* training-step throughput and the sgemm roofline (worker/cmd_bench.c) */
+
 #endif

@@ -13,6 +13,13 @@ typedef struct {
 
 static const worker_cmd cmds[] = {
     /* name, function, one-line help — keep in this order in --help */
+    {"run", cmd_run, "run one training job from a job file, no daemon needed"},
+    {"render", cmd_render, "show a dataset rendered by a chat template: text, ids, labels"},
+    {"grads", cmd_grads, "loss and LoRA gradients of one batch (for checking against PyTorch)"},
+    {"tokenize", cmd_tokenize, "print the token ids of each line of stdin with a model's tokenizer"},
+    {"mkmodel", cmd_mkmodel, "write a randomly initialised model folder in Hugging Face format"},
+    {"probe", cmd_probe, "list the GPUs this lora-worker can train on (--backend cuda:N)"},
+    {"bench", cmd_bench, "time LoRA training steps on a model (tokens/s, GFLOP/s) or sgemm"},
     {NULL, NULL, NULL},
 };
 

@@ -30,8 +30,11 @@ void tok_free(tok *t);
 
 /* allow_special: 1 = added/special tokens written in the text (e.g.
  * "<|im_end|>") become their ids; 0 = the text is plain text. No BOS/EOS is
- * added. Invalid UTF-8 in text is encoded byte by byte, never rejected.
- * The caller frees *ids. */
+ * added. Invalid UTF-8 in text is read as U+FFFD (as Python's
+ * decode(errors="replace") would), never rejected. Matches Hugging Face
+ * `encode(text, add_special_tokens=False)`; with allow_special 0, special
+ * tokens are plain text but non-special added tokens still match (HF's
+ * split_special_tokens). On success *ids is never NULL; the caller frees it. */
 int tok_encode(const tok *t, const char *text, size_t len, int allow_special, int32_t **ids,
                size_t *n, lr_err *err) LR_WARN_UNUSED;
 

@@ -1,0 +1,1100 @@
+#include "daemon/api.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "daemon/sha256.h"
+#include "proto/jobspec.h"
+#include "worker/chat.h"
+#include "worker/data.h"
+#include "worker/tok.h"
+
+#define MAX_PARAMS 4
+#define PARAM_LEN 160
+#define SWEEP_MAX_POINTS 256
+#define SWEEP_MAX_AXES 8
+
+typedef struct ctx {
+    api *a;
+    const api_req *rq;
+    api_resp *rs;
+    store *st;
+    store_user user;
+    char p[MAX_PARAMS][PARAM_LEN]; /* path parameters in order */
+} ctx;
+
+typedef void (*handler)(ctx *c);
+
+typedef struct route {
+    const char *method, *path;
+    handler fn;
+    int auth;
+} route;
+
+static void h_healthz(ctx *c);
+static void h_metrics(ctx *c);
+static void h_me(ctx *c);
+static void h_dataset_upload(ctx *c);
+static void h_datasets_list(ctx *c);
+static void h_dataset_get(ctx *c);
+static void h_dataset_delete(ctx *c);
+static void h_dataset_preview(ctx *c);
+static void h_models_list(ctx *c);
+static void h_model_get(ctx *c);
+static void h_job_create(ctx *c);
+static void h_jobs_list(ctx *c);
+static void h_job_get(ctx *c);
+static void h_job_cancel(ctx *c);
+static void h_job_metrics(ctx *c);
+static void h_job_events(ctx *c);
+static void h_job_checkpoints(ctx *c);
+static void h_job_artifacts(ctx *c);
+static void h_job_artifact(ctx *c);
+static void h_sweep_create(ctx *c);
+static void h_sweep_get(ctx *c);
+static void h_workers(ctx *c);
+
+/* The one route table: dispatch, metrics labels and the openapi test. */
+static const route routes[] = {
+    {"GET", "/healthz", h_healthz, 0},
+    {"GET", "/metrics", h_metrics, 0},
+    {"GET", "/v1/me", h_me, 1},
+    {"POST", "/v1/datasets", h_dataset_upload, 1},
+    {"GET", "/v1/datasets", h_datasets_list, 1},
+    {"GET", "/v1/datasets/{id}", h_dataset_get, 1},
+    {"DELETE", "/v1/datasets/{id}", h_dataset_delete, 1},
+    {"GET", "/v1/datasets/{id}/preview", h_dataset_preview, 1},
+    {"GET", "/v1/models", h_models_list, 1},
+    {"GET", "/v1/models/{id}", h_model_get, 1},
+    {"POST", "/v1/jobs", h_job_create, 1},
+    {"GET", "/v1/jobs", h_jobs_list, 1},
+    {"GET", "/v1/jobs/{id}", h_job_get, 1},
+    {"POST", "/v1/jobs/{id}/cancel", h_job_cancel, 1},
+    {"GET", "/v1/jobs/{id}/metrics", h_job_metrics, 1},
+    {"GET", "/v1/jobs/{id}/events", h_job_events, 1},
+    {"GET", "/v1/jobs/{id}/checkpoints", h_job_checkpoints, 1},
+    {"GET", "/v1/jobs/{id}/artifacts", h_job_artifacts, 1},
+    {"GET", "/v1/jobs/{id}/artifacts/{file}", h_job_artifact, 1},
+    {"POST", "/v1/sweeps", h_sweep_create, 1},
+    {"GET", "/v1/sweeps/{id}", h_sweep_get, 1},
+    {"GET", "/v1/workers", h_workers, 1},
+};
+#define NROUTES ((int)(sizeof routes / sizeof routes[0]))
+#define R_OTHER NROUTES /* static files, 404s, refused requests */
+
+int api_route_count(void) { return NROUTES; }
+const char *api_route_method(int i) { return i >= 0 && i < NROUTES ? routes[i].method : NULL; }
+const char *api_route_path(int i) { return i >= 0 && i < NROUTES ? routes[i].path : NULL; }
+
+static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
+#define NBUCKETS ((int)(sizeof buckets / sizeof buckets[0]))
+
+struct api {
+    api_env env;
+    _Atomic unsigned long long count[NROUTES + 1][6]; /* by status class 1xx..5xx, [0] unused */
+    _Atomic unsigned long long hist[NROUTES + 1][NBUCKETS + 1];
+    _Atomic unsigned long long sum_us[NROUTES + 1];
+};
+
+api *api_new(const api_env *env) {
+    api *a = calloc(1, sizeof *a);
+    if (a) a->env = *env;
+    return a;
+}
+
+void api_free(api *a) { free(a); }
+
+void api_resp_free(api_resp *rs) {
+    free(rs->body);
+    rs->body = NULL;
+    if (rs->fd >= 0) close(rs->fd);
+    rs->fd = -1;
+}
+
+size_t api_body_limit(const api *a, const char *method, const char *path) {
+    if (!strcmp(method, "POST") && !strcmp(path, "/v1/datasets")) return (size_t)a->env.cfg->max_upload_bytes;
+    return (size_t)a->env.cfg->max_body_bytes;
+}
+
+static void observe(api *a, int r, int status, double secs) {
+    int cls = status / 100;
+    if (cls < 1 || cls > 5) cls = 5;
+    atomic_fetch_add(&a->count[r][cls], 1);
+    int b = 0;
+    while (b < NBUCKETS && secs > buckets[b]) b++;
+    atomic_fetch_add(&a->hist[r][b], 1);
+    atomic_fetch_add(&a->sum_us[r], (unsigned long long)(secs * 1e6));
+}
+
+void api_count_refused(api *a, int status) { observe(a, R_OTHER, status, 0); }
+
+/* ---- responses ---- */
+
+static void set_json(api_resp *rs, int status, json_t *o) {
+    free(rs->body);
+    rs->body = NULL;
+    rs->status = status;
+    rs->content_type = "application/json";
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!s) {
+        rs->status = 500;
+        s = strdup("{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\",\"param\":null}}");
+    }
+    rs->body = s;
+    rs->body_len = s ? strlen(s) : 0;
+}
+
+static void fail(ctx *c, int status, const char *code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void fail(ctx *c, int status, const char *code, const char *param, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_t *m = json_string(msg);
+    if (!m) m = json_string("(message not UTF-8)");
+    set_json(c->rs, status,
+             json_pack("{s:{s:s, s:o, s:o}}", "error", "code", code, "message", m, "param",
+                       param && *param ? json_string(param) : json_null()));
+}
+
+static int status_of(const lr_err *e) {
+    switch (e->code) {
+    case LR_E_INVALID: return 400;
+    case LR_E_NOTFOUND: return 404;
+    case LR_E_CONFLICT: return 409;
+    case LR_E_FORBIDDEN: return 403;
+    case LR_E_TOOBIG: return 413;
+    default: return 500;
+    }
+}
+
+static const char *code_of(const lr_err *e) {
+    switch (e->code) {
+    case LR_E_INVALID: return "invalid_request";
+    case LR_E_NOTFOUND: return "not_found";
+    case LR_E_CONFLICT: return "conflict";
+    case LR_E_FORBIDDEN: return "forbidden";
+    case LR_E_TOOBIG: return "too_large";
+    default: return "internal";
+    }
+}
+
+static void fail_err(ctx *c, const lr_err *e) { fail(c, status_of(e), code_of(e), e->param, "%s", e->msg); }
+
+/* A store call that returned NULL: its error, or out of memory. */
+static void reply(ctx *c, json_t *o, const lr_err *e) {
+    if (o) set_json(c->rs, 200, o);
+    else fail_err(c, e);
+}
+
+/* ---- request helpers ---- */
+
+static const char *qget(ctx *c, const char *k) {
+    const char *v = c->rq->query ? c->rq->query(c->rq->qctx, k) : NULL;
+    return v && *v ? v : NULL;
+}
+
+static int qint(ctx *c, const char *k, long long def, long long lo, long long hi, long long *out) {
+    const char *v = qget(c, k);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || *end || x < lo || x > hi) {
+        fail(c, 400, "invalid_request", k, "query parameter %s must be an integer in %lld..%lld", k, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* Query strings naming things (ids, statuses) are short and plain. */
+static int qtoken(ctx *c, const char *k, const char **out) {
+    const char *v = qget(c, k);
+    *out = v;
+    if (!v) return 0;
+    size_t n = strlen(v);
+    for (size_t i = 0; i < n; i++)
+        if (!(v[i] == '-' || v[i] == '_' || v[i] == '.' || v[i] == ',' || (v[i] >= '0' && v[i] <= '9') ||
+              (v[i] >= 'a' && v[i] <= 'z') || (v[i] >= 'A' && v[i] <= 'Z')))
+            n = 1000;
+    if (n > 256) {
+        fail(c, 400, "invalid_request", k, "query parameter %s has characters outside [A-Za-z0-9._,-]", k);
+        return -1;
+    }
+    return 0;
+}
+
+static json_t *body_object(ctx *c) {
+    json_error_t je;
+    if (c->rq->body_len == 0) {
+        fail(c, 400, "invalid_json", NULL, "the request needs a JSON object body");
+        return NULL;
+    }
+    json_t *o = json_loadb(c->rq->body ? c->rq->body : "", c->rq->body_len, JSON_REJECT_DUPLICATES, &je);
+    if (!o) {
+        fail(c, 400, "invalid_json", NULL, "invalid JSON at line %d, column %d: %s", je.line, je.column, je.text);
+        return NULL;
+    }
+    if (!json_is_object(o)) {
+        json_decref(o);
+        fail(c, 400, "invalid_json", NULL, "the body must be a JSON object");
+        return NULL;
+    }
+    return o;
+}
+
+static int authenticate(ctx *c) {
+    const char *h = c->rq->authorization;
+    if (!h || strncasecmp(h, "Bearer ", 7) || !h[7]) {
+        fail(c, 401, "unauthorized", NULL, "this route needs an 'Authorization: Bearer <token>' header "
+                                           "(tokens come from `lorad user add NAME`)");
+        return -1;
+    }
+    char hash[65];
+    sha256_hex(h + 7, strlen(h + 7), hash);
+    lr_err e = {0};
+    if (store_user_auth(c->st, hash, &c->user, &e)) {
+        if (e.code == LR_E_NOTFOUND) fail(c, 401, "unauthorized", NULL, "the bearer token is not valid");
+        else fail_err(c, &e);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- routing ---- */
+
+/* Matches a path against a pattern, capturing {params}. */
+static int match(const char *pat, const char *path, char p[MAX_PARAMS][PARAM_LEN]) {
+    int np = 0;
+    while (*pat && *path) {
+        if (*pat != '/' || *path != '/') return 0;
+        pat++, path++;
+        const char *pe = strchr(pat, '/'), *se = strchr(path, '/');
+        size_t pl = pe ? (size_t)(pe - pat) : strlen(pat), sl = se ? (size_t)(se - path) : strlen(path);
+        if (pat[0] == '{') {
+            if (sl == 0 || sl >= PARAM_LEN || np == MAX_PARAMS) return 0;
+            memcpy(p[np], path, sl);
+            p[np][sl] = 0;
+            np++;
+        } else if (pl != sl || memcmp(pat, path, pl)) {
+            return 0;
+        }
+        pat += pl, path += sl;
+    }
+    return !*pat && !*path;
+}
+
+static void serve_static(ctx *c);
+
+void api_handle(api *a, const api_req *rq, api_resp *rs) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    memset(rs, 0, sizeof *rs);
+    rs->fd = -1;
+    ctx c;
+    memset(&c, 0, sizeof c);
+    c.a = a;
+    c.rq = rq;
+    c.rs = rs;
+    int r = R_OTHER, path_known = 0;
+    for (int i = 0; i < NROUTES; i++) {
+        char p[MAX_PARAMS][PARAM_LEN];
+        if (!match(routes[i].path, rq->path, p)) continue;
+        path_known = 1;
+        if (strcmp(routes[i].method, rq->method)) continue;
+        r = i;
+        memcpy(c.p, p, sizeof p);
+        break;
+    }
+    if (r == R_OTHER) {
+        if (path_known) fail(&c, 405, "method_not_allowed", NULL, "%s is not allowed on %s", rq->method, rq->path);
+        else if (!strncmp(rq->path, "/v1/", 4) || !strcmp(rq->path, "/v1"))
+            fail(&c, 404, "not_found", NULL, "no route %s %s", rq->method, rq->path);
+        else if (strcmp(rq->method, "GET") && strcmp(rq->method, "HEAD"))
+            fail(&c, 405, "method_not_allowed", NULL, "%s is not allowed on %s", rq->method, rq->path);
+        else serve_static(&c);
+        goto done;
+    }
+    lr_err e = {0};
+    c.st = a->env.db(a->env.db_ud, &e);
+    if (!c.st) {
+        fail(&c, 503, "unavailable", NULL, "database unavailable: %s", e.msg);
+        goto done;
+    }
+    if (routes[r].auth && authenticate(&c)) goto done;
+    routes[r].fn(&c);
+    if (!rs->body && rs->fd < 0) fail(&c, 500, "internal", NULL, "the handler produced no response");
+done:
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    observe(a, r, rs->status, (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
+}
+
+static void wake(ctx *c) {
+    if (c->a->env.wake) c->a->env.wake(c->a->env.wake_ud);
+}
+
+/* ---- health and metrics ---- */
+
+static void h_healthz(ctx *c) {
+    lr_err e = {0};
+    json_t *s = store_stats(c->st, &e);
+    if (!s) {
+        fail(c, 503, "unavailable", NULL, "database: %s", e.msg);
+        return;
+    }
+    json_object_set_new(s, "status", json_string("ok"));
+    set_json(c->rs, 200, s);
+}
+
+static void h_metrics(ctx *c) {
+    lr_err e = {0};
+    json_t *s = store_stats(c->st, &e);
+    if (!s) {
+        fail_err(c, &e);
+        return;
+    }
+    lr_buf b;
+    lr_buf_init(&b, 4u << 20);
+    int bad = 0;
+    bad |= lr_buf_printf(&b, "# HELP lorad_queue_depth Jobs waiting for a worker.\n# TYPE lorad_queue_depth gauge\n"
+                             "lorad_queue_depth %lld\n",
+                         (long long)json_integer_value(json_object_get(s, "queue_depth")));
+    bad |= lr_buf_adds(&b, "# HELP lorad_jobs Jobs by status.\n# TYPE lorad_jobs gauge\n");
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(s, "jobs"), k, v)
+        bad |= lr_buf_printf(&b, "lorad_jobs{status=\"%s\"} %lld\n", k, (long long)json_integer_value(v));
+    bad |= lr_buf_adds(&b, "# HELP lorad_workers Workers by status.\n# TYPE lorad_workers gauge\n");
+    json_object_foreach(json_object_get(s, "workers"), k, v)
+        bad |= lr_buf_printf(&b, "lorad_workers{status=\"%s\"} %lld\n", k, (long long)json_integer_value(v));
+    json_decref(s);
+    bad |= lr_buf_adds(&b, "# HELP lorad_http_requests_total HTTP requests by route and status class.\n"
+                           "# TYPE lorad_http_requests_total counter\n");
+    for (int r = 0; r <= NROUTES; r++) {
+        char label[128];
+        snprintf(label, sizeof label, "%s %s", r < NROUTES ? routes[r].method : "ANY",
+                 r < NROUTES ? routes[r].path : "other");
+        for (int cls = 1; cls <= 5; cls++) {
+            unsigned long long n = atomic_load(&c->a->count[r][cls]);
+            if (n) bad |= lr_buf_printf(&b, "lorad_http_requests_total{route=\"%s\",code=\"%dxx\"} %llu\n", label, cls, n);
+        }
+    }
+    bad |= lr_buf_adds(&b, "# HELP lorad_http_request_duration_seconds Time to handle a request.\n"
+                           "# TYPE lorad_http_request_duration_seconds histogram\n");
+    for (int r = 0; r <= NROUTES; r++) {
+        unsigned long long cum = 0, total = 0;
+        for (int i = 0; i <= NBUCKETS; i++) total += atomic_load(&c->a->hist[r][i]);
+        if (!total) continue;
+        char label[128];
+        snprintf(label, sizeof label, "%s %s", r < NROUTES ? routes[r].method : "ANY",
+                 r < NROUTES ? routes[r].path : "other");
+        for (int i = 0; i < NBUCKETS; i++) {
+            cum += atomic_load(&c->a->hist[r][i]);
+            bad |= lr_buf_printf(&b, "lorad_http_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %llu\n", label,
+                                 buckets[i], cum);
+        }
+        bad |= lr_buf_printf(&b, "lorad_http_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %llu\n", label, total);
+        bad |= lr_buf_printf(&b, "lorad_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n", label,
+                             atomic_load(&c->a->sum_us[r]) * 1e-6);
+        bad |= lr_buf_printf(&b, "lorad_http_request_duration_seconds_count{route=\"%s\"} %llu\n", label, total);
+    }
+    if (bad) {
+        lr_buf_free(&b);
+        fail(c, 500, "internal", NULL, "metrics output too large");
+        return;
+    }
+    c->rs->status = 200;
+    c->rs->content_type = "text/plain; version=0.0.4";
+    c->rs->body = lr_buf_take(&b, &c->rs->body_len);
+}
+
+static void h_me(ctx *c) {
+    set_json(c->rs, 200, json_pack("{s:s, s:s, s:b}", "object", "user", "name", c->user.name, "admin", c->user.admin));
+}
+
+/* ---- datasets ---- */
+
+/* multipart/form-data: the part named "file" (its filename too). A small
+ * parser for the one shape browsers and curl -F send. */
+static int multipart_file(const char *ctype, const char *body, size_t len, const char **data, size_t *dlen,
+                          char *filename, size_t fcap) {
+    const char *bp = strstr(ctype, "boundary=");
+    if (!bp) return -1;
+    bp += 9;
+    char delim[200];
+    size_t bl = strcspn(bp, "; ");
+    if (*bp == '"') {
+        bp++;
+        bl = strcspn(bp, "\"");
+    }
+    if (bl == 0 || bl > 150) return -1;
+    snprintf(delim, sizeof delim, "--%.*s", (int)bl, bp);
+    size_t dl = strlen(delim);
+    const char *p = memmem(body, len, delim, dl);
+    while (p) {
+        p += dl;
+        if ((size_t)(body + len - p) >= 2 && p[0] == '-' && p[1] == '-') break;
+        const char *hend = memmem(p, (size_t)(body + len - p), "\r\n\r\n", 4);
+        if (!hend) break;
+        const char *content = hend + 4;
+        const char *next = memmem(content, (size_t)(body + len - content), delim, dl);
+        if (!next) break;
+        size_t hl = (size_t)(hend - p);
+        char hdr[2048];
+        if (hl >= sizeof hdr) hl = sizeof hdr - 1;
+        memcpy(hdr, p, hl);
+        hdr[hl] = 0;
+        if (strstr(hdr, "name=\"file\"")) {
+            const char *fn = strstr(hdr, "filename=\"");
+            if (fn) {
+                fn += 10;
+                snprintf(filename, fcap, "%.*s", (int)strcspn(fn, "\""), fn);
+            }
+            size_t n = (size_t)(next - content);
+            if (n >= 2 && content[n - 2] == '\r' && content[n - 1] == '\n') n -= 2;
+            *data = content;
+            *dlen = n;
+            return 0;
+        }
+        p = next;
+    }
+    return -1;
+}
+
+/* A file name as the user gave it, kept for display only (never a path). */
+static void clean_filename(char *s) {
+    char *b = strrchr(s, '/');
+    if (b) memmove(s, b + 1, strlen(b + 1) + 1);
+    for (char *p = s; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == '"' || *p == '\\') *p = '_';
+    if (!*s) strcpy(s, "upload");
+}
+
+static void h_dataset_upload(ctx *c) {
+    const char *data = c->rq->body;
+    size_t len = c->rq->body_len;
+    char filename[256] = "";
+    const char *ct = c->rq->content_type ? c->rq->content_type : "";
+    if (!strncasecmp(ct, "multipart/form-data", 19)) {
+        if (multipart_file(ct, c->rq->body ? c->rq->body : "", c->rq->body_len, &data, &len, filename, sizeof filename)) {
+            fail(c, 400, "invalid_request", "file", "multipart upload without a part named \"file\"");
+            return;
+        }
+    } else {
+        const char *fn = qget(c, "filename");
+        snprintf(filename, sizeof filename, "%s", fn ? fn : "upload.jsonl");
+    }
+    clean_filename(filename);
+    if (len == 0) {
+        fail(c, 400, "invalid_request", "file", "the dataset is empty");
+        return;
+    }
+    data_report rep;
+    lr_err e = {0};
+    if (data_validate(data, len, &rep, &e)) {
+        json_t *errs = json_array();
+        for (int i = 0; i < rep.n_errors; i++) json_array_append_new(errs, json_string(rep.errors[i]));
+        json_t *m = json_string(e.msg);
+        set_json(c->rs, 400,
+                 json_pack("{s:{s:s, s:o, s:s, s:o, s:I, s:I}}", "error", "code", "invalid_dataset", "message",
+                           m ? m : json_string("invalid dataset"), "param", "file", "errors", errs, "rows",
+                           (json_int_t)rep.n_rows, "invalid_rows", (json_int_t)rep.n_invalid));
+        return;
+    }
+    store_dataset d;
+    memset(&d, 0, sizeof d);
+    store_new_id("file", d.id, sizeof d.id);
+    snprintf(d.user, sizeof d.user, "%s", c->user.name);
+    snprintf(d.filename, sizeof d.filename, "%s", filename);
+    snprintf(d.format, sizeof d.format, "%s", rep.csv ? "csv" : "jsonl");
+    snprintf(d.kind, sizeof d.kind, "%s", data_format_name(rep.format));
+    d.rows = rep.n_rows;
+    d.bytes = (int64_t)len;
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/datasets", c->a->env.cfg->data_dir);
+    if (snprintf(d.path, sizeof d.path, "%s/%s.%s", dir, d.id, d.format) >= (int)sizeof d.path) {
+        fail(c, 500, "internal", NULL, "data directory path too long");
+        return;
+    }
+    if (lr_mkdirs(dir, &e) || lr_write_file_atomic(d.path, data, len, &e)) {
+        fail(c, 500, "internal", NULL, "storing the dataset: %s", e.msg);
+        return;
+    }
+    json_t *info = json_pack("{s:s}", "format_detail", data_format_name(rep.format));
+    if (store_dataset_add(c->st, &d, info, &e)) {
+        unlink(d.path);
+        json_decref(info);
+        fail_err(c, &e);
+        return;
+    }
+    json_decref(info);
+    json_t *o = NULL;
+    if (store_dataset_get(c->st, d.id, NULL, &o, &e)) fail_err(c, &e);
+    else set_json(c->rs, 200, o);
+}
+
+static void h_datasets_list(ctx *c) {
+    long long limit;
+    const char *after;
+    if (qint(c, "limit", 20, 1, 1000, &limit) || qtoken(c, "after", &after)) return;
+    lr_err e = {0};
+    reply(c, store_datasets_list(c->st, (int)limit, after, &e), &e);
+}
+
+static void h_dataset_get(ctx *c) {
+    json_t *o = NULL;
+    lr_err e = {0};
+    if (store_dataset_get(c->st, c->p[0], NULL, &o, &e)) fail_err(c, &e);
+    else set_json(c->rs, 200, o);
+}
+
+static void h_dataset_delete(ctx *c) {
+    store_dataset d;
+    lr_err e = {0};
+    if (store_dataset_get(c->st, c->p[0], &d, NULL, &e)) {
+        fail_err(c, &e);
+        return;
+    }
+    if (!c->user.admin && strcmp(d.user, c->user.name)) {
+        fail(c, 403, "forbidden", NULL, "dataset %s belongs to %s; only its owner or an admin can delete it", d.id, d.user);
+        return;
+    }
+    if (store_dataset_delete(c->st, d.id, &e)) {
+        fail_err(c, &e);
+        return;
+    }
+    unlink(d.path);
+    set_json(c->rs, 200, json_pack("{s:s, s:s, s:b}", "id", d.id, "object", "file", "deleted", 1));
+}
+
+/* Rows as the model will see them: each rendered through the chat template,
+ * cut into runs of trained and untrained tokens. */
+static json_t *preview_rendered(ctx *c, const data_file *f, int n, const char *model, lr_err *e) {
+    char dir[1024];
+    tok *t = NULL;
+    json_t *rows = NULL;
+    if (store_model_dir(c->st, model, dir, sizeof dir, e)) return NULL;
+    chat ch;
+    if (tok_load(dir, &t, e) || chat_init(&ch, t, TPL_AUTO, dir, e)) goto out;
+    rows = json_array();
+    for (int i = 0; i < n && (size_t)i < f->n_rows; i++) {
+        const data_row *r = &f->rows[i];
+        chat_out o = {0};
+        if (chat_render(&ch, r->msgs, r->n_msgs + r->n_chosen, NULL, 0, 0, &o, e)) {
+            json_array_append_new(rows, json_pack("{s:i, s:s}", "line", r->line, "error", e->msg));
+            lr_err_clear(e);
+            continue;
+        }
+        json_t *segs = json_array();
+        size_t s = 0;
+        int64_t trained = 0;
+        while (s < o.n) {
+            int tr = o.labels[s] != CHAT_IGNORE;
+            size_t k = s;
+            while (k < o.n && (o.labels[k] != CHAT_IGNORE) == tr) k++;
+            if (tr) trained += (int64_t)(k - s);
+            char *txt = NULL;
+            size_t tl = 0;
+            if (tok_decode(t, o.ids + s, k - s, &txt, &tl, e) == 0) {
+                json_t *js = json_stringn(txt, tl);
+                json_array_append_new(segs, json_pack("{s:o, s:b, s:I}", "text", js ? js : json_string("\xef\xbf\xbd"),
+                                                      "trained", tr, "tokens", (json_int_t)(k - s)));
+            }
+            free(txt);
+            s = k;
+        }
+        json_array_append_new(rows, json_pack("{s:i, s:I, s:I, s:o}", "line", r->line, "tokens", (json_int_t)o.n,
+                                              "trained_tokens", (json_int_t)trained, "segments", segs));
+        chat_out_free(&o);
+    }
+out:
+    tok_free(t);
+    return rows;
+}
+
+static void h_dataset_preview(ctx *c) {
+    store_dataset d;
+    lr_err e = {0};
+    long long n;
+    const char *model;
+    if (qint(c, "n", 5, 1, 100, &n) || qtoken(c, "model", &model)) return;
+    if (store_dataset_get(c->st, c->p[0], &d, NULL, &e)) {
+        fail_err(c, &e);
+        return;
+    }
+    data_file f;
+    memset(&f, 0, sizeof f);
+    if (data_load(d.path, &f, &e)) {
+        fail(c, 500, "internal", NULL, "reading dataset %s: %s", d.id, e.msg);
+        return;
+    }
+    json_t *rows;
+    if (model) {
+        rows = preview_rendered(c, &f, (int)n, model, &e);
+        if (!rows) {
+            data_file_free(&f);
+            if (e.code == LR_E_NOTFOUND) fail(c, 400, "invalid_request", "model", "%s", e.msg);
+            else fail_err(c, &e);
+            return;
+        }
+    } else {
+        rows = json_array();
+        for (int i = 0; i < n && (size_t)i < f.n_rows; i++) {
+            const data_row *r = &f.rows[i];
+            json_t *msgs = json_array();
+            for (int m = 0; m < r->n_msgs + r->n_chosen + r->n_rejected; m++) {
+                const chat_msg *cm = &r->msgs[m];
+                const char *part = m < r->n_msgs ? "prompt" : m < r->n_msgs + r->n_chosen ? "chosen" : "rejected";
+                json_t *txt = json_stringn(cm->text, cm->len);
+                json_array_append_new(msgs, json_pack("{s:s, s:o, s:b, s:s}", "role", chat_role_name(cm->role),
+                                                      "content", txt ? txt : json_string("\xef\xbf\xbd"), "trained",
+                                                      cm->role == CHAT_ASSISTANT && cm->train, "part", part));
+            }
+            json_array_append_new(rows, json_pack("{s:i, s:o}", "line", r->line, "messages", msgs));
+        }
+    }
+    set_json(c->rs, 200, json_pack("{s:s, s:s, s:I, s:o}", "object", "dataset.preview", "id", d.id, "rows_total",
+                                   (json_int_t)f.n_rows, "rows", rows));
+    data_file_free(&f);
+}
+
+/* ---- models ---- */
+
+static void h_models_list(ctx *c) {
+    lr_err e = {0};
+    reply(c, store_models_list(c->st, &e), &e);
+}
+
+static void h_model_get(ctx *c) {
+    lr_err e = {0};
+    json_t *l = store_models_list(c->st, &e);
+    if (!l) {
+        fail_err(c, &e);
+        return;
+    }
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(l, "data"), i, m) {
+        if (!strcmp(json_string_value(json_object_get(m, "id")), c->p[0])) {
+            set_json(c->rs, 200, json_incref(m));
+            json_decref(l);
+            return;
+        }
+    }
+    json_decref(l);
+    fail(c, 404, "not_found", NULL, "no model named '%s' is registered", c->p[0]);
+}
+
+/* ---- jobs ---- */
+
+/* Checks that the spec's model and datasets exist; the ids become paths
+ * only in the loop, from the database. */
+static int check_refs(ctx *c, const jobspec *s, const char *prefix) {
+    char dir[1024], param[160];
+    lr_err e = {0};
+    if (store_model_dir(c->st, s->model, dir, sizeof dir, &e)) {
+        snprintf(param, sizeof param, "%smodel", prefix);
+        if (e.code == LR_E_NOTFOUND)
+            fail(c, 400, "model_not_found", param, "no model named '%s' is registered (GET /v1/models lists them)", s->model);
+        else fail_err(c, &e);
+        return -1;
+    }
+    for (int i = 0; i < s->n_training_files + (s->validation_file[0] ? 1 : 0); i++) {
+        const char *id = i < s->n_training_files ? s->training_files[i].name : s->validation_file;
+        store_dataset d;
+        if (store_dataset_get(c->st, id, &d, NULL, &e)) {
+            snprintf(param, sizeof param, "%s%s", prefix, i < s->n_training_files ? "training_file" : "validation_file");
+            if (e.code == LR_E_NOTFOUND) fail(c, 400, "dataset_not_found", param, "no dataset with id '%s'", id);
+            else fail_err(c, &e);
+            return -1;
+        }
+        int dpo_rows = !strcmp(d.kind, "dpo");
+        if ((s->method.type == METHOD_DPO) != dpo_rows) {
+            snprintf(param, sizeof param, "%s%s", prefix, i < s->n_training_files ? "training_file" : "validation_file");
+            fail(c, 400, "invalid_request", param, "dataset %s holds %s rows; method %s needs %s", id, d.kind,
+                 jobspec_method_name(s->method.type), s->method.type == METHOD_DPO ? "prompt/chosen/rejected rows"
+                                                                                 : "SFT rows, not preference pairs");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int insert_job(ctx *c, const jobspec *s, const char *sweep_id, char *id, size_t idcap) {
+    json_t *sj = jobspec_to_json(s);
+    char *txt = sj ? json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(sj);
+    lr_err e = {0};
+    if (!txt) {
+        fail(c, 500, "internal", NULL, "out of memory");
+        return -1;
+    }
+    store_new_id("ftjob", id, idcap);
+    store_job_new j = {.id = id, .name = s->name, .user = c->user.name, .model = s->model,
+                       .device = jobspec_device_name(s->device), .spec_json = txt, .sweep_id = sweep_id,
+                       .priority = s->priority, .max_retries = s->max_retries};
+    int rc = store_job_insert(c->st, &j, &e);
+    free(txt);
+    if (rc) fail_err(c, &e);
+    return rc;
+}
+
+static void h_job_create(ctx *c) {
+    json_t *o = body_object(c);
+    if (!o) return;
+    jobspec *s = malloc(sizeof *s);
+    lr_err e = {0};
+    char id[32];
+    if (!s) {
+        fail(c, 500, "internal", NULL, "out of memory");
+        goto out;
+    }
+    if (jobspec_from_json(o, s, &e)) {
+        fail(c, 400, "invalid_request", e.param, "%s", e.msg);
+        goto out;
+    }
+    if (check_refs(c, s, "") || insert_job(c, s, NULL, id, sizeof id)) goto out;
+    wake(c);
+    reply(c, store_job_get(c->st, id, &e), &e);
+out:
+    free(s);
+    json_decref(o);
+}
+
+static const char *const statuses[] = {"queued", "running", "succeeded", "failed", "cancelled"};
+
+static void h_jobs_list(ctx *c) {
+    long long limit;
+    const char *status, *user, *after, *sweep;
+    if (qint(c, "limit", 20, 1, 1000, &limit) || qtoken(c, "status", &status) || qtoken(c, "user", &user) ||
+        qtoken(c, "after", &after) || qtoken(c, "sweep_id", &sweep))
+        return;
+    if (status) {
+        int ok = 0;
+        for (size_t i = 0; i < sizeof statuses / sizeof statuses[0]; i++) ok |= !strcmp(status, statuses[i]);
+        if (!ok) {
+            fail(c, 400, "invalid_request", "status", "status must be queued, running, succeeded, failed or cancelled");
+            return;
+        }
+    }
+    lr_err e = {0};
+    reply(c, store_jobs_list(c->st, status, user, sweep, (int)limit, after, &e), &e);
+}
+
+static void h_job_get(ctx *c) {
+    lr_err e = {0};
+    reply(c, store_job_get(c->st, c->p[0], &e), &e);
+}
+
+static void h_job_cancel(ctx *c) {
+    lr_err e = {0};
+    int running = 0;
+    if (store_job_cancel(c->st, c->p[0], &c->user, &running, &e)) {
+        fail_err(c, &e);
+        return;
+    }
+    if (running) wake(c);
+    reply(c, store_job_get(c->st, c->p[0], &e), &e);
+}
+
+/* The job must exist before any of its sub-resources is read. */
+static int job_exists(ctx *c) {
+    lr_err e = {0};
+    json_t *j = store_job_get(c->st, c->p[0], &e);
+    if (!j) {
+        fail_err(c, &e);
+        return 0;
+    }
+    json_decref(j);
+    return 1;
+}
+
+static void h_job_metrics(ctx *c) {
+    long long after, maxp;
+    const char *names;
+    if (qint(c, "after_step", -1, -1, INT64_MAX, &after) || qint(c, "max_points", 0, 0, 100000, &maxp) ||
+        qtoken(c, "names", &names) || !job_exists(c))
+        return;
+    lr_err e = {0};
+    reply(c, store_metrics_query(c->st, c->p[0], after, names, (int)maxp, &e), &e);
+}
+
+static void h_job_events(ctx *c) {
+    long long after, limit;
+    if (qint(c, "after", 0, 0, INT64_MAX, &after) || qint(c, "limit", 100, 1, 10000, &limit) || !job_exists(c)) return;
+    lr_err e = {0};
+    reply(c, store_events_list(c->st, c->p[0], after, (int)limit, &e), &e);
+}
+
+static void h_job_checkpoints(ctx *c) {
+    if (!job_exists(c)) return;
+    lr_err e = {0};
+    reply(c, store_checkpoints_list(c->st, c->p[0], &e), &e);
+}
+
+/* An artifact is a plain file name in the run directory: letters, digits,
+ * '.', '_', '-', not starting with '.', so no path can be formed. */
+static int artifact_name_ok(const char *n) {
+    size_t l = strlen(n);
+    if (l == 0 || l > 128 || n[0] == '.') return 0;
+    for (size_t i = 0; i < l; i++)
+        if (!((n[i] >= 'a' && n[i] <= 'z') || (n[i] >= 'A' && n[i] <= 'Z') || (n[i] >= '0' && n[i] <= '9') ||
+              n[i] == '.' || n[i] == '_' || n[i] == '-'))
+            return 0;
+    return 1;
+}
+
+static void h_job_artifacts(ctx *c) {
+    if (!job_exists(c)) return;
+    char dir[1300];
+    snprintf(dir, sizeof dir, "%s/runs/%s", c->a->env.cfg->data_dir, c->p[0]);
+    json_t *a = json_array();
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (!artifact_name_ok(de->d_name)) continue;
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) || !S_ISREG(st.st_mode)) continue;
+        json_array_append_new(a, json_pack("{s:s, s:s, s:I}", "object", "artifact", "name", de->d_name, "bytes",
+                                           (json_int_t)st.st_size));
+    }
+    if (d) closedir(d);
+    set_json(c->rs, 200, json_pack("{s:s, s:o, s:b}", "object", "list", "data", a, "has_more", 0));
+}
+
+static void h_job_artifact(ctx *c) {
+    const char *name = c->p[1];
+    if (!artifact_name_ok(name)) {
+        fail(c, 400, "invalid_request", "file", "'%s' is not an artifact name (a plain file name, no '/', not "
+                                                "starting with '.')", name);
+        return;
+    }
+    if (!job_exists(c)) return;
+    char path[1500];
+    snprintf(path, sizeof path, "%s/runs/%s/%s", c->a->env.cfg->data_dir, c->p[0], name);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        if (fd >= 0) close(fd);
+        fail(c, 404, "not_found", "file", "job %s has no artifact '%s'", c->p[0], name);
+        return;
+    }
+    c->rs->status = 200;
+    c->rs->fd = fd;
+    c->rs->fd_size = (uint64_t)st.st_size;
+    size_t l = strlen(name);
+    c->rs->content_type = l > 5 && !strcmp(name + l - 5, ".json") ? "application/json"
+                          : l > 4 && !strcmp(name + l - 4, ".csv") ? "text/csv"
+                                                                   : "application/octet-stream";
+    snprintf(c->rs->disposition, sizeof c->rs->disposition, "attachment; filename=\"%s\"", name);
+}
+
+/* ---- sweeps ---- */
+
+/* Sets a dotted path in a JSON object, creating objects on the way. */
+static int set_path(json_t *doc, const char *path, json_t *v) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", path);
+    json_t *cur = doc;
+    char *save = NULL, *tok = strtok_r(buf, ".", &save);
+    while (tok) {
+        char *next = strtok_r(NULL, ".", &save);
+        if (!next) return json_object_set(cur, tok, v);
+        json_t *child = json_object_get(cur, tok);
+        if (!child) {
+            child = json_object();
+            if (json_object_set_new(cur, tok, child)) return -1;
+        }
+        if (!json_is_object(child)) return -1;
+        cur = child;
+        tok = next;
+    }
+    return -1;
+}
+
+static void h_sweep_create(ctx *c) {
+    json_t *o = body_object(c);
+    if (!o) return;
+    jobspec *s = malloc(sizeof *s);
+    char *tpl_txt = NULL, *par_txt = NULL;
+    int in_tx = 0;
+    lr_err e = {0};
+    if (!s) {
+        fail(c, 500, "internal", NULL, "out of memory");
+        goto out;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v) {
+        if (strcmp(k, "template") && strcmp(k, "parameters")) {
+            fail(c, 400, "invalid_request", k, "unknown field '%s' (a sweep has template and parameters)", k);
+            goto out;
+        }
+    }
+    json_t *tpl = json_object_get(o, "template"), *params = json_object_get(o, "parameters");
+    if (!json_is_object(tpl)) {
+        fail(c, 400, "invalid_request", "template", "template must be a job spec object");
+        goto out;
+    }
+    if (!json_is_object(params) || json_object_size(params) == 0 || json_object_size(params) > SWEEP_MAX_AXES) {
+        fail(c, 400, "invalid_request", "parameters",
+             "parameters must map 1..%d dotted spec paths to lists of values", SWEEP_MAX_AXES);
+        goto out;
+    }
+    const char *axis_name[SWEEP_MAX_AXES];
+    json_t *axis[SWEEP_MAX_AXES];
+    int na = 0;
+    size_t total = 1;
+    json_object_foreach(params, k, v) {
+        char param[200];
+        snprintf(param, sizeof param, "parameters.%s", k);
+        if (!json_is_array(v) || json_array_size(v) == 0 || strlen(k) > 200) {
+            fail(c, 400, "invalid_request", param, "%s must be a non-empty list of values", param);
+            goto out;
+        }
+        total *= json_array_size(v);
+        if (total > SWEEP_MAX_POINTS) {
+            fail(c, 400, "invalid_request", "parameters", "the sweep has more than %d points", SWEEP_MAX_POINTS);
+            goto out;
+        }
+        axis_name[na] = k;
+        axis[na++] = v;
+    }
+    /* Validate every point before creating any job: a sweep is all or nothing. */
+    char sweep_id[32];
+    store_new_id("sweep", sweep_id, sizeof sweep_id);
+    tpl_txt = json_dumps(tpl, JSON_COMPACT);
+    par_txt = json_dumps(params, JSON_COMPACT);
+    if (!tpl_txt || !par_txt) {
+        fail(c, 500, "internal", NULL, "out of memory");
+        goto out;
+    }
+    if (store_begin(c->st, &e)) {
+        fail_err(c, &e);
+        goto out;
+    }
+    in_tx = 1;
+    if (store_sweep_insert(c->st, sweep_id, c->user.name, tpl_txt, par_txt, &e)) {
+        fail_err(c, &e);
+        goto out;
+    }
+    for (size_t pt = 0; pt < total; pt++) {
+        json_t *doc = json_deep_copy(tpl);
+        size_t rest = pt;
+        char suffix[256] = "";
+        for (int a = na - 1; a >= 0; a--) {
+            size_t n = json_array_size(axis[a]), idx = rest % n;
+            rest /= n;
+            if (set_path(doc, axis_name[a], json_array_get(axis[a], idx))) {
+                json_decref(doc);
+                fail(c, 400, "invalid_request", "parameters", "cannot set '%s' in the template", axis_name[a]);
+                goto out;
+            }
+        }
+        snprintf(suffix, sizeof suffix, "%zu", pt);
+        int bad = jobspec_from_json(doc, s, &e);
+        json_decref(doc);
+        if (bad) {
+            char param[200];
+            snprintf(param, sizeof param, "template.%s", e.param);
+            fail(c, 400, "invalid_request", param, "sweep point %zu: %s", pt, e.msg);
+            goto out;
+        }
+        char name[128];
+        snprintf(name, sizeof name, "%.100s-%s", s->name[0] ? s->name : sweep_id, suffix);
+        snprintf(s->name, sizeof s->name, "%s", name);
+        char id[32];
+        if (check_refs(c, s, "template.") || insert_job(c, s, sweep_id, id, sizeof id)) goto out;
+    }
+    if (store_commit(c->st, &e)) {
+        fail_err(c, &e);
+        goto out;
+    }
+    in_tx = 0;
+    wake(c);
+    reply(c, store_sweep_get(c->st, sweep_id, &e), &e);
+out:
+    if (in_tx) store_rollback(c->st);
+    free(tpl_txt);
+    free(par_txt);
+    free(s);
+    json_decref(o);
+}
+
+static void h_sweep_get(ctx *c) {
+    lr_err e = {0};
+    reply(c, store_sweep_get(c->st, c->p[0], &e), &e);
+}
+
+static void h_workers(ctx *c) {
+    lr_err e = {0};
+    reply(c, store_workers_list(c->st, &e), &e);
+}
+
+/* ---- static files ---- */
+
+static const char *mime(const char *path) {
+    static const char *const m[][2] = {
+        {".html", "text/html; charset=utf-8"}, {".js", "text/javascript"}, {".mjs", "text/javascript"},
+        {".css", "text/css"}, {".json", "application/json"}, {".svg", "image/svg+xml"}, {".png", "image/png"},
+        {".ico", "image/x-icon"}, {".txt", "text/plain; charset=utf-8"}, {".map", "application/json"},
+        {".woff2", "font/woff2"},
+    };
+    size_t l = strlen(path);
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
+        size_t el = strlen(m[i][0]);
+        if (l > el && !strcmp(path + l - el, m[i][0])) return m[i][1];
+    }
+    return "application/octet-stream";
+}
+
+static void serve_static(ctx *c) {
+    const char *p = c->rq->path;
+    /* Refuse any ".." segment and anything odd before touching the disk;
+     * realpath below is the second line. */
+    if (p[0] != '/' || strstr(p, "/..") || strchr(p, '\\') || strstr(p, "//")) {
+        fail(c, 404, "not_found", NULL, "no such file");
+        return;
+    }
+    char want[PATH_MAX + 64];
+    const char *web = c->a->env.cfg->web_dir;
+    snprintf(want, sizeof want, "%s%s%s", web, p, p[strlen(p) - 1] == '/' ? "index.html" : "");
+    char *real = realpath(want, NULL), *root = realpath(web, NULL);
+    size_t rl = root ? strlen(root) : 0;
+    int fd = -1;
+    struct stat st;
+    if (real && root && !strncmp(real, root, rl) && real[rl] == '/') fd = open(real, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0 && (fstat(fd, &st) || !S_ISREG(st.st_mode))) {
+        close(fd);
+        fd = -1;
+    }
+    if (fd < 0) fail(c, 404, "not_found", NULL, "no such file: %s", p);
+    else {
+        c->rs->status = 200;
+        c->rs->fd = fd;
+        c->rs->fd_size = (uint64_t)st.st_size;
+        c->rs->content_type = mime(real);
+    }
+    free(real);
+    free(root);
+}

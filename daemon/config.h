@@ -1,0 +1,53 @@
+/* config: lorad's settings, from configs/lorad.yaml and command-line flags.
+ *
+ * One table lists every key with its type, default and help; the YAML file
+ * (flat keys), the flags (--key-with-dashes VALUE) and `lorad --help` are all
+ * driven by it, so they cannot disagree. Flags win over the file. */
+#ifndef LR_CONFIG_H
+#define LR_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include "common/err.h"
+
+#define CONFIG_MAX_WORKERS 16
+
+typedef struct config_worker {
+    char backend[32]; /* "cpu" or "cuda:N" */
+    int threads;      /* 0 = the config's worker_threads */
+} config_worker;
+
+typedef struct lorad_config {
+    char data_dir[1024];
+    char listen[128];          /* ADDR:PORT */
+    char web_dir[1024];        /* "" = <exe>/../web */
+    char migrations_dir[1024]; /* "" = <exe>/../migrations */
+    char worker_bin[1024];     /* "" = <exe dir>/lora-worker */
+    int http_threads;
+    int max_connections;
+    int request_timeout_s;
+    long long max_body_bytes;   /* JSON bodies */
+    long long max_upload_bytes; /* dataset uploads */
+    int max_running_per_user;   /* 0 = no limit */
+    int worker_threads;         /* default threads of a CPU worker; 0 = all cores */
+    int heartbeat_interval_s;
+    int heartbeat_timeout_s;
+    int shutdown_grace_s;
+    int restart_backoff_max_s;
+    int n_workers;
+    config_worker workers[CONFIG_MAX_WORKERS];
+} lorad_config;
+
+void config_defaults(lorad_config *c);
+/* Reads a YAML file of flat keys; unknown keys are errors. */
+int config_load_file(lorad_config *c, const char *path, lr_err *err) LR_WARN_UNUSED;
+/* Sets one key from its text form (key with '_' or '-'). */
+int config_set(lorad_config *c, const char *key, const char *value, lr_err *err) LR_WARN_UNUSED;
+/* "cpu,cpu:4,cuda:0" (":N" after cpu is a thread count) */
+int config_set_workers(lorad_config *c, const char *list, lr_err *err) LR_WARN_UNUSED;
+/* Fills the "" paths from the executable's location and checks ranges. */
+int config_finish(lorad_config *c, lr_err *err) LR_WARN_UNUSED;
+/* One line per key for --help. */
+void config_print_help(FILE *f);
+
+#endif

@@ -1,0 +1,206 @@
+#include "daemon/http.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+
+struct http_server {
+    struct MHD_Daemon *d;
+    api *a;
+    int port;
+};
+
+static pthread_key_t store_key;
+static pthread_once_t store_once = PTHREAD_ONCE_INIT;
+
+static void store_destroy(void *p) { store_close(p); }
+static void store_key_init(void) { pthread_key_create(&store_key, store_destroy); }
+
+store *http_thread_store(void *db_path, lr_err *err) {
+    pthread_once(&store_once, store_key_init);
+    store *st = pthread_getspecific(store_key);
+    if (st) return st;
+    if (store_open(db_path, &st, err)) return NULL;
+    pthread_setspecific(store_key, st);
+    return st;
+}
+
+typedef struct req_state {
+    lr_buf body;
+    int too_big;
+} req_state;
+
+static const char *query_get(void *conn, const char *key) {
+    return MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+static enum MHD_Result send_resp(struct MHD_Connection *conn, api_resp *rs) {
+    struct MHD_Response *r;
+    if (rs->fd >= 0) {
+        r = MHD_create_response_from_fd64(rs->fd_size, rs->fd);
+        if (r) rs->fd = -1; /* MHD owns it now */
+    } else {
+        r = MHD_create_response_from_buffer(rs->body_len, rs->body, MHD_RESPMEM_MUST_FREE);
+        if (r) rs->body = NULL;
+    }
+    if (!r) {
+        api_resp_free(rs);
+        return MHD_NO;
+    }
+    if (rs->content_type) MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, rs->content_type);
+    if (rs->disposition[0]) MHD_add_response_header(r, "Content-Disposition", rs->disposition);
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    enum MHD_Result ret = MHD_queue_response(conn, (unsigned)rs->status, r);
+    MHD_destroy_response(r);
+    api_resp_free(rs);
+    return ret;
+}
+
+static enum MHD_Result refuse(struct MHD_Connection *conn, http_server *s, int status, const char *msg) {
+    api_resp rs = {.status = status, .fd = -1, .content_type = "application/json"};
+    char *b = NULL;
+    json_t *o = json_pack("{s:{s:s, s:s, s:n}}", "error", "code", status == 413 ? "too_large" : "invalid_request",
+                          "message", msg, "param");
+    if (o) b = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!b) return MHD_NO;
+    rs.body = b;
+    rs.body_len = strlen(b);
+    api_count_refused(s->a, status);
+    return send_resp(conn, &rs);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls) {
+    (void)version;
+    http_server *s = cls;
+    req_state *rq = *con_cls;
+    if (!rq) {
+        rq = calloc(1, sizeof *rq);
+        if (!rq) return MHD_NO;
+        size_t limit = api_body_limit(s->a, method, url);
+        lr_buf_init(&rq->body, limit);
+        *con_cls = rq;
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > limit) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", limit);
+            rq->too_big = 2;
+            return refuse(conn, s, 413, msg);
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (!rq->too_big && lr_buf_add(&rq->body, upload_data, *upload_data_size)) rq->too_big = 1;
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (rq->too_big == 2) return MHD_YES; /* answered already */
+    if (rq->too_big) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", rq->body.max);
+        return refuse(conn, s, 413, msg);
+    }
+    api_req ar = {
+        .method = method,
+        .path = url,
+        .query = (const char *(*)(void *, const char *))query_get,
+        .qctx = conn,
+        .body = rq->body.data,
+        .body_len = rq->body.len,
+        .authorization = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
+        .content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE),
+    };
+    api_resp rs;
+    api_handle(s->a, &ar, &rs);
+    return send_resp(conn, &rs);
+}
+
+static void on_done(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    (void)cls, (void)conn, (void)toe;
+    req_state *rq = *con_cls;
+    if (rq) {
+        lr_buf_free(&rq->body);
+        free(rq);
+        *con_cls = NULL;
+    }
+}
+
+static int parse_listen(const char *listen, struct sockaddr_storage *ss, lr_err *err) {
+    char host[128];
+    const char *colon = strrchr(listen, ':');
+    if (!colon) return lr_errp(err, LR_E_INVALID, "listen", "listen must be ADDRESS:PORT");
+    size_t hl = (size_t)(colon - listen);
+    if (hl >= sizeof host) return lr_errp(err, LR_E_INVALID, "listen", "listen address too long");
+    memcpy(host, listen, hl);
+    host[hl] = 0;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 0 || port > 65535) return lr_errp(err, LR_E_INVALID, "listen", "bad port in '%s'", listen);
+    memset(ss, 0, sizeof *ss);
+    if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
+        host[hl - 1] = 0;
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host + 1, &a->sin6_addr) != 1)
+            return lr_errp(err, LR_E_INVALID, "listen", "bad IPv6 address in '%s'", listen);
+        return 0;
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)ss;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    if (!strcmp(host, "localhost")) strcpy(host, "127.0.0.1");
+    if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+        return lr_errp(err, LR_E_INVALID, "listen", "bad IPv4 address in '%s' (use [::1]:PORT for IPv6)", listen);
+    return 0;
+}
+
+int http_start(const lorad_config *cfg, api *a, http_server **out, lr_err *err) {
+    *out = NULL;
+    struct sockaddr_storage ss;
+    if (parse_listen(cfg->listen, &ss, err)) return -1;
+    http_server *s = calloc(1, sizeof *s);
+    if (!s) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    s->a = a;
+    /* ITC: quiesce (stop accepting on SIGTERM) needs it with a thread pool. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+                            MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
+                            (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+                            (unsigned)cfg->request_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_done, s,
+                            MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
+    if (!s->d) {
+        free(s);
+        return lr_errp(err, LR_E_IO, "listen", "cannot listen on %s (in use, or not an address of this host)",
+                       cfg->listen);
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : 0;
+    *out = s;
+    return 0;
+}
+
+int http_port(const http_server *s) { return s->port; }
+
+void http_quiesce(http_server *s) {
+    if (!s || !s->d) return;
+    MHD_socket fd = MHD_quiesce_daemon(s->d);
+    if (fd != MHD_INVALID_SOCKET) close(fd);
+}
+
+void http_stop(http_server *s) {
+    if (!s) return;
+    if (s->d) MHD_stop_daemon(s->d);
+    free(s);
+}

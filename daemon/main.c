@@ -1,0 +1,292 @@
+/* lorad: the daemon and its admin commands. */
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "daemon/api.h"
+#include "daemon/config.h"
+#include "daemon/http.h"
+#include "daemon/sha256.h"
+#include "daemon/store.h"
+#include "daemon/super.h"
+#include "worker/hfconfig.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: lorad serve [--config FILE] [settings...]   run the daemon (REST API + workers)\n"
+            "       lorad user add NAME [--admin]               create a user; prints its API token once\n"
+            "       lorad model add NAME DIR                    register a Hugging Face model directory\n"
+            "       lorad model ls                              list registered models\n"
+            "\n"
+            "Every command takes --config FILE (YAML, flat keys as below) and the settings as\n"
+            "flags; flags win over the file. Settings:\n");
+    config_print_help(f);
+    fprintf(f, "\nThe API listens on loopback unless --listen says otherwise; put a TLS reverse\n"
+               "proxy in front for remote users (deploy/). Routes: proto/openapi.yaml.\n");
+}
+
+/* Parses --config and the settings out of argv; what remains (positional
+ * arguments and --admin) is left in rest. */
+static int parse_args(int argc, char **argv, lorad_config *c, char **rest, int *nrest, int *admin) {
+    lr_err e = {0};
+    config_defaults(c);
+    *nrest = 0;
+    *admin = 0;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "lorad: --config needs a file\n");
+                return -1;
+            }
+            if (config_load_file(c, argv[i + 1], &e)) {
+                fprintf(stderr, "lorad: %s\n", e.msg);
+                return -1;
+            }
+        }
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config")) {
+            i++;
+        } else if (!strcmp(argv[i], "--admin")) {
+            *admin = 1;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            exit(0);
+        } else if (!strncmp(argv[i], "--", 2)) {
+            const char *key = argv[i] + 2, *val = NULL;
+            char k[64];
+            const char *eq = strchr(key, '=');
+            if (eq) {
+                snprintf(k, sizeof k, "%.*s", (int)(eq - key), key);
+                key = k;
+                val = eq + 1;
+            } else if (i + 1 < argc) {
+                val = argv[++i];
+            } else {
+                fprintf(stderr, "lorad: --%s needs a value\n", key);
+                return -1;
+            }
+            if (config_set(c, key, val, &e)) {
+                fprintf(stderr, "lorad: %s\n", e.msg);
+                return -1;
+            }
+        } else {
+            rest[(*nrest)++] = argv[i];
+        }
+    }
+    if (config_finish(c, &e)) {
+        fprintf(stderr, "lorad: %s\n", e.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int open_db(const lorad_config *c, char *db_path, size_t cap, store **st) {
+    lr_err e = {0};
+    char sub[1100];
+    snprintf(db_path, cap, "%s/lorad.db", c->data_dir);
+    snprintf(sub, sizeof sub, "%s/datasets", c->data_dir);
+    if (lr_mkdirs(sub, &e)) goto fail;
+    snprintf(sub, sizeof sub, "%s/runs", c->data_dir);
+    if (lr_mkdirs(sub, &e)) goto fail;
+    int applied = 0;
+    if (store_open(db_path, st, &e)) goto fail;
+    if (store_migrate(*st, c->migrations_dir, &applied, &e)) {
+        store_close(*st);
+        *st = NULL;
+        goto fail;
+    }
+    if (applied) fprintf(stderr, "lorad: applied %d schema migration(s) to %s\n", applied, db_path);
+    return 0;
+fail:
+    fprintf(stderr, "lorad: %s\n", e.msg);
+    return -1;
+}
+
+static int valid_name(const char *n) {
+    size_t l = strlen(n);
+    if (l == 0 || l > 63 || n[0] == '.' || n[0] == '-') return 0;
+    for (size_t i = 0; i < l; i++)
+        if (!((n[i] >= 'a' && n[i] <= 'z') || (n[i] >= 'A' && n[i] <= 'Z') || (n[i] >= '0' && n[i] <= '9') ||
+              n[i] == '.' || n[i] == '_' || n[i] == '-'))
+            return 0;
+    return 1;
+}
+
+static int cmd_user_add(const lorad_config *c, const char *name, int admin) {
+    if (!valid_name(name)) {
+        fprintf(stderr, "lorad: a user name has 1..63 letters, digits, '.', '_' or '-'\n");
+        return 1;
+    }
+    unsigned char r[24];
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t n = getrandom(r + got, sizeof r - got, 0);
+        if (n < 0 && errno != EINTR) {
+            perror("lorad: getrandom");
+            return 2;
+        }
+        if (n > 0) got += (size_t)n;
+    }
+    char token[64] = "lr_";
+    for (size_t i = 0; i < sizeof r; i++) snprintf(token + 3 + 2 * i, 3, "%02x", r[i]);
+    char hash[65], db[1100];
+    sha256_hex(token, strlen(token), hash);
+    store *st = NULL;
+    if (open_db(c, db, sizeof db, &st)) return 2;
+    lr_err e = {0};
+    int rc = store_user_add(st, name, admin, hash, &e);
+    store_close(st);
+    if (rc) {
+        fprintf(stderr, "lorad: %s\n", e.msg);
+        return 2;
+    }
+    fprintf(stderr, "lorad: user %s%s created; its token (shown only now):\n", name, admin ? " (admin)" : "");
+    printf("%s\n", token);
+    return 0;
+}
+
+static int has_file(const char *dir, const char *name) {
+    char p[PATH_MAX + 64];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int has_suffix_file(const char *dir, const char *suffix) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int found = 0;
+    size_t sl = strlen(suffix);
+    while (d && !found && (e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        found = l > sl && !strcmp(e->d_name + l - sl, suffix) && has_file(dir, e->d_name);
+    }
+    if (d) closedir(d);
+    return found;
+}
+
+static int cmd_model_add(const lorad_config *c, const char *name, const char *dir_arg) {
+    if (!valid_name(name)) {
+        fprintf(stderr, "lorad: a model name has 1..63 letters, digits, '.', '_' or '-'\n");
+        return 1;
+    }
+    char *dir = realpath(dir_arg, NULL);
+    if (!dir) {
+        fprintf(stderr, "lorad: %s: %s\n", dir_arg, strerror(errno));
+        return 2;
+    }
+    int rc = 2;
+    store *st = NULL;
+    char cfgp[PATH_MAX + 16];
+    snprintf(cfgp, sizeof cfgp, "%s/config.json", dir);
+    hf_config hc;
+    lr_err e = {0};
+    if (hf_config_load(cfgp, &hc, &e)) {
+        fprintf(stderr, "lorad: %s is not a supported model: %s\n", dir, e.msg);
+        goto out;
+    }
+    if (!has_suffix_file(dir, ".safetensors")) {
+        fprintf(stderr, "lorad: %s has no *.safetensors weights\n", dir);
+        goto out;
+    }
+    if (!has_file(dir, "tokenizer.json") && !(has_file(dir, "vocab.json") && has_file(dir, "merges.txt"))) {
+        fprintf(stderr, "lorad: %s has no tokenizer.json (nor vocab.json + merges.txt)\n", dir);
+        goto out;
+    }
+    json_t *info = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:s}", "architecture", hc.arch_name, "model_type",
+                             hc.model_type, "hidden_size", hc.hidden, "num_layers", hc.n_layers, "num_heads",
+                             hc.n_heads, "vocab_size", hc.vocab_size, "max_position_embeddings", hc.max_pos,
+                             "torch_dtype", hc.torch_dtype);
+    char db[1100];
+    if (open_db(c, db, sizeof db, &st)) {
+        json_decref(info);
+        goto out;
+    }
+    if (store_model_add(st, name, dir, info, &e)) fprintf(stderr, "lorad: %s\n", e.msg);
+    else {
+        printf("registered model %s (%s, %d layers, hidden %d) from %s\n", name, hc.arch_name, hc.n_layers, hc.hidden,
+               dir);
+        rc = 0;
+    }
+    json_decref(info);
+out:
+    store_close(st);
+    free(dir);
+    return rc;
+}
+
+static int cmd_model_ls(const lorad_config *c) {
+    store *st = NULL;
+    char db[1100];
+    if (open_db(c, db, sizeof db, &st)) return 2;
+    lr_err e = {0};
+    json_t *l = store_models_list(st, &e);
+    store_close(st);
+    if (!l) {
+        fprintf(stderr, "lorad: %s\n", e.msg);
+        return 2;
+    }
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(l, "data"), i, m)
+        printf("%-32s %-20s layers=%lld hidden=%lld\n", json_string_value(json_object_get(m, "id")),
+               json_string_value(json_object_get(m, "architecture")),
+               (long long)json_integer_value(json_object_get(m, "num_layers")),
+               (long long)json_integer_value(json_object_get(m, "hidden_size")));
+    json_decref(l);
+    return 0;
+}
+
+static int cmd_serve(const lorad_config *c) {
+    char db[1100];
+    store *st = NULL;
+    if (open_db(c, db, sizeof db, &st)) return 2;
+    store_close(st); /* each thread opens its own connection */
+    lr_err e = {0};
+    super *sv = NULL;
+    api *a = NULL;
+    http_server *h = NULL;
+    int rc = 2;
+    if (super_init(&sv, c, db, &e)) goto out;
+    api_env env = {.cfg = c, .db = http_thread_store, .db_ud = db, .wake = super_wake, .wake_ud = sv};
+    a = api_new(&env);
+    if (!a) {
+        lr_errf(&e, "out of memory");
+        goto out;
+    }
+    if (http_start(c, a, &h, &e)) goto out;
+    fprintf(stderr, "lorad: listening on http://%s (port %d), data in %s, %d worker(s)\n", c->listen, http_port(h),
+            c->data_dir, c->n_workers);
+    if (super_run(sv, h, &e)) goto out;
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "lorad: %s\n", e.msg);
+    http_stop(h);
+    api_free(a);
+    super_free(sv);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 1;
+    }
+    lorad_config cfg;
+    char *rest[64];
+    int nrest = 0, admin = 0;
+    if (argc > 64 || parse_args(argc, argv, &cfg, rest, &nrest, &admin)) return 1;
+    if (nrest == 1 && !strcmp(rest[0], "serve")) return cmd_serve(&cfg);
+    if (nrest == 3 && !strcmp(rest[0], "user") && !strcmp(rest[1], "add")) return cmd_user_add(&cfg, rest[2], admin);
+    if (nrest == 4 && !strcmp(rest[0], "model") && !strcmp(rest[1], "add")) return cmd_model_add(&cfg, rest[2], rest[3]);
+    if (nrest == 2 && !strcmp(rest[0], "model") && !strcmp(rest[1], "ls")) return cmd_model_ls(&cfg);
+    usage(stderr);
+    return 1;
+}

@@ -1,0 +1,139 @@
+/* store: lorad's SQLite database (one connection per thread).
+ *
+ * The database is opened in WAL mode with a busy timeout, so the HTTP
+ * threads and the event loop each hold their own connection and write
+ * concurrently. The schema comes from migrations/NNNN_name.sql, applied in
+ * order and recorded in schema_migrations. Read functions return the REST
+ * representation (jansson objects, new references) so the API layer does not
+ * re-shape rows; write functions take plain values. Errors carry an LR_E_*
+ * class (NOTFOUND, FORBIDDEN, CONFLICT) the API maps to a status. */
+#ifndef LR_STORE_H
+#define LR_STORE_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include "common/err.h"
+
+typedef struct store store;
+
+int store_open(const char *path, store **out, lr_err *err) LR_WARN_UNUSED;
+void store_close(store *st);
+/* Applies the migrations of dir not yet recorded; *applied counts them. */
+int store_migrate(store *st, const char *dir, int *applied, lr_err *err) LR_WARN_UNUSED;
+int store_begin(store *st, lr_err *err) LR_WARN_UNUSED;
+int store_commit(store *st, lr_err *err) LR_WARN_UNUSED;
+void store_rollback(store *st);
+
+/* "<prefix>-<12 random hex digits>". */
+void store_new_id(const char *prefix, char *out, size_t cap);
+/* Unix time in seconds with sub-second part. */
+double store_now(void);
+
+/* users */
+typedef struct store_user {
+    char name[64];
+    int admin;
+} store_user;
+/* token_hash: hex SHA-256. A duplicate name is LR_E_CONFLICT. */
+int store_user_add(store *st, const char *name, int admin, const char *token_hash, lr_err *err) LR_WARN_UNUSED;
+/* Finds the user whose token hash equals token_hash (constant-time
+ * comparison over every user); LR_E_NOTFOUND when none. */
+int store_user_auth(store *st, const char *token_hash, store_user *out, lr_err *err) LR_WARN_UNUSED;
+
+/* models */
+int store_model_add(store *st, const char *name, const char *dir, const json_t *info, lr_err *err) LR_WARN_UNUSED;
+/* The model's directory; LR_E_NOTFOUND when not registered. */
+int store_model_dir(store *st, const char *name, char *dir, size_t cap, lr_err *err) LR_WARN_UNUSED;
+json_t *store_models_list(store *st, lr_err *err);
+
+/* datasets */
+typedef struct store_dataset {
+    char id[40], user[64], filename[256], format[8], kind[16];
+    int64_t rows, bytes;
+    char path[1024];
+} store_dataset;
+int store_dataset_add(store *st, const store_dataset *d, const json_t *info, lr_err *err) LR_WARN_UNUSED;
+/* Fills d (when non-NULL) and *obj (the REST object, when non-NULL). */
+int store_dataset_get(store *st, const char *id, store_dataset *d, json_t **obj, lr_err *err) LR_WARN_UNUSED;
+json_t *store_datasets_list(store *st, int limit, const char *after, lr_err *err);
+/* LR_E_CONFLICT while a queued or running job names it. */
+int store_dataset_delete(store *st, const char *id, lr_err *err) LR_WARN_UNUSED;
+
+/* jobs */
+typedef struct store_job_new {
+    const char *id, *name, *user, *model, *device, *spec_json, *sweep_id;
+    int priority, max_retries;
+} store_job_new;
+int store_job_insert(store *st, const store_job_new *j, lr_err *err) LR_WARN_UNUSED;
+json_t *store_job_get(store *st, const char *id, lr_err *err);
+/* status, user, sweep_id filter when non-NULL; newest first; after = a job id. */
+json_t *store_jobs_list(store *st, const char *status, const char *user, const char *sweep_id,
+                        int limit, const char *after, lr_err *err);
+/* A queued job is cancelled at once (*running = 0); a running one is marked
+ * for the loop to tell its worker (*running = 1). Only the owner or an admin:
+ * LR_E_FORBIDDEN; a finished job: LR_E_CONFLICT. */
+int store_job_cancel(store *st, const char *id, const store_user *who, int *running, lr_err *err) LR_WARN_UNUSED;
+
+/* The scheduler's view. */
+typedef struct store_qjob {
+    char id[32], user[64], device[8];
+    int priority;
+    int64_t seq;
+} store_qjob;
+/* Queued jobs, highest priority then oldest first, at most max. */
+int store_jobs_queued(store *st, store_qjob *out, int max, int *n, lr_err *err) LR_WARN_UNUSED;
+/* {user: running job count}. */
+json_t *store_running_by_user(store *st, lr_err *err);
+/* What an ASSIGN needs: spec JSON text (caller frees), model name, the
+ * newest recorded checkpoint step (-1 when none). */
+int store_job_for_assign(store *st, const char *id, char **spec_json, char *model, size_t cap,
+                         int64_t *last_ckpt, lr_err *err) LR_WARN_UNUSED;
+int store_job_start(store *st, const char *id, const char *worker, lr_err *err) LR_WARN_UNUSED;
+/* status: succeeded | failed | cancelled. error_code/message may be NULL. */
+int store_job_finish(store *st, const char *id, const char *status, const char *error_code,
+                     const char *error_message, lr_err *err) LR_WARN_UNUSED;
+/* A running job goes back to queued (retries + 1), or to failed with reason
+ * when it has used max_retries; *failed tells which. */
+int store_job_requeue(store *st, const char *id, const char *reason, int *failed, lr_err *err) LR_WARN_UNUSED;
+int store_job_progress(store *st, const char *id, int64_t step, int64_t total_steps, double epoch,
+                       lr_err *err) LR_WARN_UNUSED;
+/* A running job goes back to queued without counting a retry (the daemon
+ * stopped it on purpose, at a step boundary, to shut down). */
+int store_job_release(store *st, const char *id, lr_err *err) LR_WARN_UNUSED;
+/* Running jobs whose owner asked to cancel: ids and workers, at most max. */
+int store_jobs_cancelling(store *st, char (*ids)[32], char (*workers)[64], int max, int *n,
+                          lr_err *err) LR_WARN_UNUSED;
+/* Running jobs (all of them, after a daemon restart): requeue each. */
+int store_recover(store *st, int *requeued, lr_err *err) LR_WARN_UNUSED;
+
+/* metrics, events, checkpoints */
+int store_metric_add(store *st, const char *job, int64_t step, const char *name, double value,
+                     double wall, lr_err *err) LR_WARN_UNUSED;
+/* names: comma-separated filter or NULL; max_points 0 = all. Each series is
+ * downsampled to at most max_points, keeping the first and last points. */
+json_t *store_metrics_query(store *st, const char *job, int64_t after_step, const char *names,
+                            int max_points, lr_err *err);
+int store_event_add(store *st, const char *job, const char *level, const char *message, lr_err *err) LR_WARN_UNUSED;
+json_t *store_events_list(store *st, const char *job, int64_t after, int limit, lr_err *err);
+int store_checkpoint_add(store *st, const char *job, int64_t step, const char *dir, lr_err *err) LR_WARN_UNUSED;
+json_t *store_checkpoints_list(store *st, const char *job, lr_err *err);
+
+/* sweeps */
+int store_sweep_insert(store *st, const char *id, const char *user, const char *template_json,
+                       const char *params_json, lr_err *err) LR_WARN_UNUSED;
+json_t *store_sweep_get(store *st, const char *id, lr_err *err);
+
+/* workers */
+typedef struct store_worker {
+    const char *name, *backend, *device, *status, *job_id, *version;
+    int64_t pid, mem_bytes;
+    int threads, restarts;
+} store_worker;
+int store_worker_set(store *st, const store_worker *w, lr_err *err) LR_WARN_UNUSED;
+int store_workers_clear(store *st, lr_err *err) LR_WARN_UNUSED;
+json_t *store_workers_list(store *st, lr_err *err);
+
+/* {"jobs": {status: n}, "queue_depth": n, "workers": {status: n}} */
+json_t *store_stats(store *st, lr_err *err);
+
+#endif

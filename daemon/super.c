@@ -1,0 +1,699 @@
+#include "daemon/super.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "common/buf.h"
+#include "daemon/sched.h"
+#include "daemon/store.h"
+#include "proto/frame.h"
+#include "proto/jobspec.h"
+#include "proto/msg.h"
+
+#define MAX_QUEUE_SCAN 512
+#define STABLE_RUN_MS 60000 /* a worker up this long resets its back-off */
+
+typedef enum { W_STARTING, W_IDLE, W_BUSY, W_DEAD } wstate;
+static const char *const wstate_names[] = {"starting", "idle", "busy", "dead"};
+
+typedef struct conn conn;
+
+typedef struct wslot {
+    super *s;
+    char name[16];
+    config_worker conf;
+    uv_process_t proc;
+    int proc_alive;
+    uv_timer_t restart_timer;
+    conn *c;
+    wstate state;
+    char job[32];
+    int cancel_sent;
+    uint64_t last_seen, spawned_at;
+    int restarts, backoff_s;
+    char device[128], version[64];
+    int64_t mem_bytes;
+    int threads;
+} wslot;
+
+struct conn {
+    uv_pipe_t pipe;
+    super *s;
+    frame_dec dec;
+    wslot *w;
+    int closing;
+};
+
+struct super {
+    const lorad_config *cfg;
+    uv_loop_t loop;
+    store *st;
+    uv_pipe_t server;
+    uv_async_t wake;
+    uv_timer_t tick, grace;
+    uv_signal_t sigterm, sigint;
+    http_server *http;
+    char sock_path[108];
+    int n;
+    wslot w[CONFIG_MAX_WORKERS];
+    int shutting_down, stopping;
+};
+
+static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void logf_(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "lorad: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static void schedule(super *s);
+static void spawn_worker(wslot *w);
+static void maybe_finish_shutdown(super *s);
+
+static void job_event(super *s, const char *job, const char *level, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void job_event(super *s, const char *job, const char *level, const char *fmt, ...) {
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    lr_err e = {0};
+    if (store_event_add(s->st, job, level, msg, &e)) logf_("recording an event of %s: %s", job, e.msg);
+}
+
+static void save_worker(wslot *w) {
+    lr_err e = {0};
+    store_worker sw = {.name = w->name, .backend = w->conf.backend, .device = w->device,
+                       .status = wstate_names[w->state], .job_id = w->job, .version = w->version,
+                       .pid = w->proc_alive ? w->proc.pid : 0, .mem_bytes = w->mem_bytes, .threads = w->threads,
+                       .restarts = w->restarts};
+    if (store_worker_set(w->s->st, &sw, &e)) logf_("worker %s: %s", w->name, e.msg);
+}
+
+/* ---- writing frames ---- */
+
+typedef struct wreq {
+    uv_write_t req;
+    char *data;
+} wreq;
+
+static void on_written(uv_write_t *req, int status) {
+    wreq *r = (wreq *)req;
+    (void)status; /* a failed write shows up as a read error / EOF too */
+    free(r->data);
+    free(r);
+}
+
+static void conn_close(conn *c);
+
+static void send_msg(conn *c, json_t *m) {
+    if (!c || c->closing || !m) {
+        json_decref(m);
+        return;
+    }
+    lr_buf b;
+    lr_buf_init(&b, FRAME_MAX + 4);
+    lr_err e = {0};
+    int rc = frame_encode(m, &b, &e);
+    json_decref(m);
+    wreq *r = malloc(sizeof *r);
+    if (rc || !r) {
+        logf_("cannot send a frame: %s", rc ? e.msg : "out of memory");
+        lr_buf_free(&b);
+        free(r);
+        conn_close(c);
+        return;
+    }
+    size_t len;
+    r->data = lr_buf_take(&b, &len);
+    uv_buf_t ub = uv_buf_init(r->data, (unsigned)len);
+    if (uv_write(&r->req, (uv_stream_t *)&c->pipe, &ub, 1, on_written)) {
+        free(r->data);
+        free(r);
+        conn_close(c);
+    }
+}
+
+/* ---- connections ---- */
+
+static void on_conn_closed(uv_handle_t *h) {
+    conn *c = h->data;
+    frame_dec_free(&c->dec);
+    free(c);
+}
+
+static void conn_close(conn *c) {
+    if (c->closing) return;
+    c->closing = 1;
+    if (c->w && c->w->c == c) {
+        wslot *w = c->w;
+        w->c = NULL;
+        /* The process is what counts: a worker without its socket is
+         * useless, so end it; its exit requeues the job and restarts it. */
+        if (w->proc_alive) uv_process_kill(&w->proc, SIGKILL);
+    }
+    uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+}
+
+static void requeue_job(super *s, wslot *w, const char *why) {
+    if (!w->job[0]) return;
+    lr_err e = {0};
+    int failed = 0;
+    if (store_job_requeue(s->st, w->job, why, &failed, &e)) logf_("requeue %s: %s", w->job, e.msg);
+    else if (failed) job_event(s, w->job, "error", "%s; the job is not retried", why);
+    else job_event(s, w->job, "warning", "%s; the job is queued again and resumes from its last checkpoint", why);
+    w->job[0] = 0;
+    w->cancel_sent = 0;
+}
+
+static void job_ended(wslot *w) {
+    w->job[0] = 0;
+    w->cancel_sent = 0;
+    w->state = W_IDLE;
+    save_worker(w);
+}
+
+static void handle_msg(conn *c, const msg *m, int64_t *ack) {
+    super *s = c->s;
+    wslot *w = c->w;
+    lr_err e = {0};
+    if (!w) {
+        if (m->type != MSG_HELLO) {
+            logf_("worker connection sent %s before hello; closing it", msg_type_name(m->type));
+            conn_close(c);
+            return;
+        }
+        for (int i = 0; i < s->n; i++)
+            if (!strcmp(s->w[i].name, m->worker) && s->w[i].proc_alive && !s->w[i].c) w = &s->w[i];
+        if (!w) {
+            logf_("hello from unknown or duplicate worker '%s'; closing it", m->worker);
+            conn_close(c);
+            return;
+        }
+        c->w = w;
+        w->c = c;
+        w->state = W_IDLE;
+        w->last_seen = uv_now(&s->loop);
+        snprintf(w->device, sizeof w->device, "%s", m->device ? m->device : "");
+        snprintf(w->version, sizeof w->version, "%s", m->version ? m->version : "");
+        w->mem_bytes = m->mem_bytes;
+        w->threads = m->threads;
+        save_worker(w);
+        logf_("worker %s ready (%s, %s)", w->name, w->conf.backend, w->device);
+        schedule(s);
+        return;
+    }
+    w->last_seen = uv_now(&s->loop);
+    if (m->type == MSG_HEARTBEAT) {
+        if (m->job_id && w->job[0] && !strcmp(m->job_id, w->job) && m->total_steps > 0 &&
+            store_job_progress(s->st, w->job, m->step, m->total_steps, m->epoch, &e))
+            logf_("progress of %s: %s", w->job, e.msg);
+        return;
+    }
+    if (m->type == MSG_HELLO || m->type == MSG_ASSIGN || m->type == MSG_CANCEL || m->type == MSG_ACK) {
+        logf_("worker %s sent an unexpected %s; closing it", w->name, msg_type_name(m->type));
+        conn_close(c);
+        return;
+    }
+    if (!w->job[0] || strcmp(m->job_id, w->job)) {
+        logf_("worker %s sent %s for %s, which it does not run; ignored", w->name, msg_type_name(m->type), m->job_id);
+        return;
+    }
+    switch (m->type) {
+    case MSG_METRIC:
+        if (store_metric_add(s->st, w->job, m->step, m->name, m->value, store_now(), &e))
+            logf_("metric of %s: %s", w->job, e.msg);
+        else if (m->seq > *ack) *ack = m->seq;
+        break;
+    case MSG_EVENT:
+        job_event(s, w->job, m->level, "%s", m->text);
+        break;
+    case MSG_CHECKPOINT:
+        if (store_checkpoint_add(s->st, w->job, m->step, m->dir, &e)) logf_("checkpoint of %s: %s", w->job, e.msg);
+        break;
+    case MSG_DONE:
+        if (!strcmp(m->outcome, "cancelled") && s->shutting_down && !w->cancel_sent) {
+            /* Stopped by us for the shutdown, at a step boundary. */
+            if (store_job_release(s->st, w->job, &e)) logf_("release %s: %s", w->job, e.msg);
+            job_event(s, w->job, "info", "lorad is shutting down; the job is queued again");
+        } else {
+            const char *st = !strcmp(m->outcome, "cancelled") ? "cancelled" : "succeeded";
+            if (store_job_finish(s->st, w->job, st, NULL, NULL, &e)) logf_("finish %s: %s", w->job, e.msg);
+            job_event(s, w->job, "info", "job %s%s", st,
+                      !strcmp(m->outcome, "stopped_early") ? " (stopped early)" : "");
+        }
+        job_ended(w);
+        break;
+    case MSG_FAILED:
+        if (s->shutting_down && !w->cancel_sent) {
+            if (store_job_release(s->st, w->job, &e)) logf_("release %s: %s", w->job, e.msg);
+        } else {
+            if (store_job_finish(s->st, w->job, "failed", "training_failed", m->text, &e))
+                logf_("fail %s: %s", w->job, e.msg);
+            job_event(s, w->job, "error", "job failed: %s", m->text);
+        }
+        job_ended(w);
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    (void)h;
+    if (suggested > 65536) suggested = 65536;
+    buf->base = malloc(suggested);
+    buf->len = buf->base ? suggested : 0;
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+    conn *c = stream->data;
+    super *s = c->s;
+    lr_err e = {0};
+    if (nread < 0) {
+        free(buf->base);
+        if (c->w) logf_("worker %s closed its connection", c->w->name);
+        conn_close(c);
+        return;
+    }
+    if (nread == 0 || c->closing) {
+        free(buf->base);
+        return;
+    }
+    int rc = frame_dec_feed(&c->dec, buf->base, (size_t)nread, &e);
+    free(buf->base);
+    /* Every frame of this read in one transaction; acks go out after the
+     * commit, so an acknowledged metric is on disk. */
+    int64_t ack = -1;
+    int in_tx = rc == 0 && store_begin(s->st, &e) == 0;
+    json_t *j = NULL;
+    while (rc == 0 && !c->closing && (rc = frame_dec_next(&c->dec, &j, &e)) == 1) {
+        msg m;
+        if (msg_parse(j, &m, &e)) {
+            logf_("protocol error from %s: %s", c->w ? c->w->name : "a new connection", e.msg);
+            json_decref(j);
+            conn_close(c);
+            break;
+        }
+        handle_msg(c, &m, &ack);
+        json_decref(j);
+        rc = 0;
+    }
+    if (in_tx && store_commit(s->st, &e)) {
+        logf_("commit: %s", e.msg);
+        store_rollback(s->st);
+        ack = -1;
+    }
+    if (rc < 0) {
+        logf_("protocol error from %s: %s", c->w ? c->w->name : "a new connection", e.msg);
+        conn_close(c);
+    }
+    if (ack >= 0 && !c->closing) send_msg(c, msg_ack(ack));
+    schedule(s);
+    maybe_finish_shutdown(s);
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+    super *s = server->data;
+    if (status < 0) return;
+    conn *c = calloc(1, sizeof *c);
+    if (!c) return;
+    c->s = s;
+    frame_dec_init(&c->dec, FRAME_MAX);
+    uv_pipe_init(&s->loop, &c->pipe, 0);
+    c->pipe.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->pipe) || s->stopping) {
+        c->closing = 1;
+        uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+        return;
+    }
+    uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+}
+
+/* ---- worker processes ---- */
+
+static void on_proc_closed(uv_handle_t *h) { (void)h; }
+
+static void on_restart_timer(uv_timer_t *t) {
+    wslot *w = t->data;
+    if (!w->s->shutting_down) spawn_worker(w);
+}
+
+static void on_worker_exit(uv_process_t *p, int64_t status, int sig) {
+    wslot *w = p->data;
+    super *s = w->s;
+    w->proc_alive = 0;
+    uv_close((uv_handle_t *)p, on_proc_closed);
+    char why[160];
+    if (sig) snprintf(why, sizeof why, "worker %s was killed by signal %d", w->name, sig);
+    else snprintf(why, sizeof why, "worker %s exited with status %lld", w->name, (long long)status);
+    if (!s->stopping) logf_("%s", why);
+    if (w->c) {
+        conn *c = w->c;
+        w->c = NULL;
+        c->w = NULL;
+        conn_close(c);
+    }
+    if (w->job[0] && !s->stopping) requeue_job(s, w, why);
+    w->state = W_DEAD;
+    save_worker(w);
+    if (s->shutting_down) {
+        maybe_finish_shutdown(s);
+        return;
+    }
+    uint64_t up = uv_now(&s->loop) - w->spawned_at;
+    w->backoff_s = up > STABLE_RUN_MS ? 1 : (w->backoff_s ? w->backoff_s * 2 : 1);
+    if (w->backoff_s > s->cfg->restart_backoff_max_s) w->backoff_s = s->cfg->restart_backoff_max_s;
+    w->restarts++;
+    uv_timer_start(&w->restart_timer, on_restart_timer, (uint64_t)w->backoff_s * 1000, 0);
+    schedule(s);
+}
+
+static void spawn_worker(wslot *w) {
+    super *s = w->s;
+    char threads[16], hb[16];
+    snprintf(threads, sizeof threads, "%d", w->conf.threads ? w->conf.threads : s->cfg->worker_threads);
+    snprintf(hb, sizeof hb, "%d", s->cfg->heartbeat_interval_s);
+    char *args[] = {(char *)s->cfg->worker_bin, "agent", "--socket", s->sock_path, "--backend", w->conf.backend,
+                    "--threads", threads, "--name", w->name, "--heartbeat", hb, NULL};
+    uv_stdio_container_t stdio[3] = {{.flags = UV_IGNORE}, {.flags = UV_INHERIT_FD, .data.fd = 2},
+                                     {.flags = UV_INHERIT_FD, .data.fd = 2}};
+    uv_process_options_t o = {.file = s->cfg->worker_bin, .args = args, .exit_cb = on_worker_exit, .stdio_count = 3,
+                              .stdio = stdio};
+    w->proc.data = w;
+    w->state = W_STARTING;
+    w->spawned_at = w->last_seen = uv_now(&s->loop);
+    int rc = uv_spawn(&s->loop, &w->proc, &o);
+    if (rc) {
+        /* uv_spawn initialised the handle even on failure; close it and
+         * retry later like a crash. */
+        logf_("cannot start worker %s (%s): %s", w->name, s->cfg->worker_bin, uv_strerror(rc));
+        uv_close((uv_handle_t *)&w->proc, on_proc_closed);
+        w->state = W_DEAD;
+        w->backoff_s = w->backoff_s ? w->backoff_s * 2 : 1;
+        if (w->backoff_s > s->cfg->restart_backoff_max_s) w->backoff_s = s->cfg->restart_backoff_max_s;
+        uv_timer_start(&w->restart_timer, on_restart_timer, (uint64_t)w->backoff_s * 1000, 0);
+    } else {
+        w->proc_alive = 1;
+    }
+    save_worker(w);
+}
+
+/* ---- scheduling ---- */
+
+static int resolve_dataset(super *s, const char *id, char *path, size_t cap, lr_err *e) {
+    store_dataset d;
+    if (store_dataset_get(s->st, id, &d, NULL, e)) return lr_err_prefix(e, "dataset: ");
+    snprintf(path, cap, "%s", d.path);
+    return 0;
+}
+
+static int assign(super *s, wslot *w, const char *id) {
+    lr_err e = {0};
+    char *spec_txt = NULL, model[512], model_dir[1024], run_dir[1200], ref_dir[1700], val[1024];
+    char files[JOBSPEC_MAX_FILES][1024];
+    const char *fp[JOBSPEC_MAX_FILES];
+    int64_t last_ckpt = -1;
+    json_t *spec_json = NULL;
+    jobspec *spec = malloc(sizeof *spec);
+    int rc = -1;
+    if (!spec) goto out;
+    if (store_job_for_assign(s->st, id, &spec_txt, model, sizeof model, &last_ckpt, &e)) goto bad;
+    spec_json = json_loads(spec_txt, 0, NULL);
+    if (!spec_json || jobspec_from_json(spec_json, spec, &e)) goto bad;
+    if (store_model_dir(s->st, model, model_dir, sizeof model_dir, &e)) goto bad;
+    for (int i = 0; i < spec->n_training_files; i++) {
+        if (resolve_dataset(s, spec->training_files[i].name, files[i], sizeof files[i], &e)) goto bad;
+        fp[i] = files[i];
+    }
+    if (spec->validation_file[0] && resolve_dataset(s, spec->validation_file, val, sizeof val, &e)) goto bad;
+    snprintf(run_dir, sizeof run_dir, "%s/runs/%s", s->cfg->data_dir, id);
+    if (lr_mkdirs(run_dir, &e)) goto bad;
+    const char *ref = NULL;
+    if (spec->method.reference_adapter[0]) {
+        /* A job id names that job's adapter; nothing else is a server path
+         * a user may choose. */
+        if (strncmp(spec->method.reference_adapter, "ftjob-", 6) || strchr(spec->method.reference_adapter, '/')) {
+            lr_errf(&e, "method.reference_adapter must be the id of a finished job");
+            goto bad;
+        }
+        snprintf(ref_dir, sizeof ref_dir, "%s/runs/%s", s->cfg->data_dir, spec->method.reference_adapter);
+        ref = ref_dir;
+    }
+    char ck[1300];
+    snprintf(ck, sizeof ck, "%s/checkpoints", run_dir);
+    struct stat st;
+    int resume = last_ckpt >= 0 || (stat(ck, &st) == 0 && S_ISDIR(st.st_mode));
+    if (store_job_start(s->st, id, w->name, &e)) goto out; /* cancelled meanwhile: not an error */
+    snprintf(w->job, sizeof w->job, "%s", id);
+    w->cancel_sent = 0;
+    w->state = W_BUSY;
+    save_worker(w);
+    if (resume) job_event(s, id, "info", "assigned to worker %s; resuming from checkpoint step %lld", w->name,
+                          (long long)last_ckpt);
+    else job_event(s, id, "info", "assigned to worker %s", w->name);
+    send_msg(w->c, msg_assign(id, spec_json, model_dir, fp, spec->n_training_files,
+                              spec->validation_file[0] ? val : NULL, ref, run_dir, resume));
+    rc = 0;
+    goto out;
+bad:
+    logf_("job %s cannot start: %s", id, e.msg);
+    {
+        lr_err e2 = {0};
+        if (store_job_finish(s->st, id, "failed", "invalid_job", e.msg, &e2)) logf_("fail %s: %s", id, e2.msg);
+    }
+out:
+    json_decref(spec_json);
+    free(spec_txt);
+    free(spec);
+    return rc;
+}
+
+static void send_cancels(super *s) {
+    char ids[32][32], workers[32][64];
+    int n = 0;
+    lr_err e = {0};
+    if (store_jobs_cancelling(s->st, ids, workers, 32, &n, &e)) {
+        logf_("cancels: %s", e.msg);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < s->n; k++) {
+            wslot *w = &s->w[k];
+            if (w->c && !w->cancel_sent && !strcmp(w->job, ids[i])) {
+                w->cancel_sent = 1;
+                send_msg(w->c, msg_cancel(w->job, "cancelled by its owner"));
+                job_event(s, w->job, "info", "cancel sent to worker %s", w->name);
+            }
+        }
+}
+
+static void schedule(super *s) {
+    if (s->shutting_down) return;
+    send_cancels(s);
+    sched_worker sw[CONFIG_MAX_WORKERS];
+    int idle = 0;
+    for (int i = 0; i < s->n; i++) {
+        sw[i].backend = s->w[i].conf.backend;
+        sw[i].idle = s->w[i].state == W_IDLE && s->w[i].c && !s->w[i].job[0];
+        idle += sw[i].idle;
+    }
+    if (!idle) return;
+    lr_err e = {0};
+    store_qjob *q = malloc(MAX_QUEUE_SCAN * sizeof *q);
+    sched_job *jobs = malloc(MAX_QUEUE_SCAN * sizeof *jobs);
+    json_t *running = NULL;
+    sched_user *users = NULL;
+    int nq = 0;
+    if (!q || !jobs || store_jobs_queued(s->st, q, MAX_QUEUE_SCAN, &nq, &e) || nq == 0) goto out;
+    running = store_running_by_user(s->st, &e);
+    if (!running) goto out;
+    users = calloc(json_object_size(running) + 1, sizeof *users);
+    int nu = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(running, k, v) {
+        users[nu].name = k;
+        users[nu++].running = (int)json_integer_value(v);
+    }
+    for (int i = 0; i < nq; i++) {
+        jobs[i].user = q[i].user;
+        jobs[i].device = q[i].device;
+        jobs[i].priority = q[i].priority;
+        jobs[i].seq = q[i].seq;
+    }
+    sched_assign as[CONFIG_MAX_WORKERS];
+    int na = sched_pick(jobs, nq, sw, s->n, users, nu, s->cfg->max_running_per_user, as, CONFIG_MAX_WORKERS);
+    for (int i = 0; i < na; i++) assign(s, &s->w[as[i].worker], q[as[i].job].id);
+out:
+    if (e.msg[0]) logf_("scheduler: %s", e.msg);
+    free(users);
+    json_decref(running);
+    free(q);
+    free(jobs);
+}
+
+static void on_wake(uv_async_t *a) { schedule(a->data); }
+
+static void on_tick(uv_timer_t *t) {
+    super *s = t->data;
+    uint64_t now = uv_now(&s->loop), limit = (uint64_t)s->cfg->heartbeat_timeout_s * 1000;
+    for (int i = 0; i < s->n; i++) {
+        wslot *w = &s->w[i];
+        if (!w->proc_alive) continue;
+        if (now - w->last_seen > limit) {
+            logf_("worker %s missed its heartbeats for %d s; killing it", w->name, s->cfg->heartbeat_timeout_s);
+            uv_process_kill(&w->proc, SIGKILL);
+            w->last_seen = now; /* one kill per timeout */
+        } else if (w->c) {
+            send_msg(w->c, msg_heartbeat(NULL, 0, 0, 0));
+        }
+    }
+}
+
+/* ---- shutdown ---- */
+
+static void close_if_open(uv_handle_t *h) {
+    if (h->loop && !uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void stop_all(super *s) {
+    if (s->stopping) return;
+    s->stopping = 1;
+    close_if_open((uv_handle_t *)&s->server);
+    close_if_open((uv_handle_t *)&s->wake);
+    close_if_open((uv_handle_t *)&s->tick);
+    close_if_open((uv_handle_t *)&s->grace);
+    close_if_open((uv_handle_t *)&s->sigterm);
+    close_if_open((uv_handle_t *)&s->sigint);
+    for (int i = 0; i < s->n; i++) {
+        wslot *w = &s->w[i];
+        close_if_open((uv_handle_t *)&w->restart_timer);
+        if (w->c) conn_close(w->c);
+        if (w->proc_alive) uv_process_kill(&w->proc, SIGTERM);
+    }
+    unlink(s->sock_path);
+}
+
+static void maybe_finish_shutdown(super *s) {
+    if (!s->shutting_down || s->stopping) return;
+    for (int i = 0; i < s->n; i++)
+        if (s->w[i].job[0] && s->w[i].proc_alive) return;
+    logf_("every running job has stopped; exiting");
+    stop_all(s);
+}
+
+static void on_grace(uv_timer_t *t) {
+    super *s = t->data;
+    logf_("shutdown grace of %d s is over; stopping the workers (their jobs resume at the next start)",
+          s->cfg->shutdown_grace_s);
+    stop_all(s);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    super *s = h->data;
+    if (s->shutting_down) {
+        logf_("second signal; stopping now");
+        stop_all(s);
+        return;
+    }
+    logf_("signal %d: no new connections; running jobs stop at their next step", signum);
+    s->shutting_down = 1;
+    http_quiesce(s->http);
+    for (int i = 0; i < s->n; i++)
+        if (s->w[i].c && s->w[i].job[0]) send_msg(s->w[i].c, msg_cancel(s->w[i].job, "lorad is shutting down"));
+    uv_timer_start(&s->grace, on_grace, (uint64_t)s->cfg->shutdown_grace_s * 1000, 0);
+    maybe_finish_shutdown(s);
+}
+
+/* ---- life cycle ---- */
+
+int super_init(super **out, const lorad_config *cfg, const char *db_path, lr_err *err) {
+    *out = NULL;
+    super *s = calloc(1, sizeof *s);
+    if (!s) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    s->cfg = cfg;
+    if (snprintf(s->sock_path, sizeof s->sock_path, "%s/lorad.sock", cfg->data_dir) >= (int)sizeof s->sock_path) {
+        free(s);
+        return lr_errp(err, LR_E_INVALID, "data_dir", "data_dir is too long for a Unix socket path (max ~95 chars)");
+    }
+    if (store_open(db_path, &s->st, err)) {
+        free(s);
+        return -1;
+    }
+    uv_loop_init(&s->loop);
+    *out = s;
+    return 0;
+}
+
+void super_wake(void *p) {
+    super *s = p;
+    if (!s->stopping) uv_async_send(&s->wake);
+}
+
+int super_run(super *s, http_server *http, lr_err *err) {
+    s->http = http;
+    lr_err e = {0};
+    int requeued = 0;
+    if (store_workers_clear(s->st, &e) || store_recover(s->st, &requeued, &e))
+        return lr_errf(err, "recovering jobs: %s", e.msg);
+    if (requeued) logf_("%d job(s) were running when lorad stopped; queued again", requeued);
+    unlink(s->sock_path);
+    uv_pipe_init(&s->loop, &s->server, 0);
+    s->server.data = s;
+    int rc = uv_pipe_bind(&s->server, s->sock_path);
+    if (rc == 0) {
+        chmod(s->sock_path, 0600);
+        rc = uv_listen((uv_stream_t *)&s->server, 16, on_connection);
+    }
+    if (rc) {
+        uv_close((uv_handle_t *)&s->server, NULL);
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+        return lr_errp(err, LR_E_IO, NULL, "worker socket %s: %s", s->sock_path, uv_strerror(rc));
+    }
+    uv_async_init(&s->loop, &s->wake, on_wake);
+    s->wake.data = s;
+    uv_timer_init(&s->loop, &s->tick);
+    s->tick.data = s;
+    uv_timer_init(&s->loop, &s->grace);
+    s->grace.data = s;
+    uv_signal_init(&s->loop, &s->sigterm);
+    s->sigterm.data = s;
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_signal_init(&s->loop, &s->sigint);
+    s->sigint.data = s;
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uint64_t period = (uint64_t)s->cfg->heartbeat_interval_s * 1000;
+    uv_timer_start(&s->tick, on_tick, period, period);
+    s->n = s->cfg->n_workers;
+    for (int i = 0; i < s->n; i++) {
+        wslot *w = &s->w[i];
+        w->s = s;
+        w->conf = s->cfg->workers[i];
+        snprintf(w->name, sizeof w->name, "w%d", i);
+        uv_timer_init(&s->loop, &w->restart_timer);
+        w->restart_timer.data = w;
+        spawn_worker(w);
+    }
+    schedule(s);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    return 0;
+}
+
+void super_free(super *s) {
+    if (!s) return;
+    uv_loop_close(&s->loop);
+    store_close(s->st);
+    free(s);
+}

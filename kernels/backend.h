@@ -1,0 +1,170 @@
+/* backend: the compute interface the model is written against once.
+ *
+ * A backend is a table of ops, each a forward and (where the op has
+ * parameters or inputs that need gradients) a backward, in llm.c's style:
+ * plain functions, tensor shapes in the comment. All tensor pointers are the
+ * backend's own memory (host memory for "cpu", device memory for "cuda:N"),
+ * obtained from alloc(). Activations, gradients and LoRA parameters are f32;
+ * frozen base weights are stored in be->weight_dtype (f32 on the CPU, bf16
+ * possible on a GPU) and passed as const void *.
+ *
+ * Notation: N = B*T rows (token positions, row n is position n % T of
+ * sequence n / T), C hidden size, V vocabulary, Hq/Hkv query/key-value
+ * heads of D dims. A backward that "accumulates" adds into its output
+ * (gradients of a tensor with several consumers); otherwise it overwrites.
+ * Every op is deterministic for a given thread count: reductions run in a
+ * fixed order. Ops run in call order; results are ready when an op that
+ * returns a host value (lmhead_ce, sumsq) returns, or after download(). */
+#ifndef LR_BACKEND_H
+#define LR_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "common/err.h"
+
+typedef enum { KB_F32 = 0, KB_BF16 = 1, KB_F16 = 2 } kb_dtype;
+
+/* A LoRA side path: y += scale * (dropout(x) A^T) B^T. A and B are
+ * trainable f32; gradients accumulate into dA and dB. The dropout mask is a
+ * hash of (seed, element index), so the backward regenerates it: pass the
+ * same seed to a forward and its backward, a new one per micro-batch. */
+typedef struct kb_lora {
+    float *A, *B;     /* [r, in], [out, r] */
+    float *dA, *dB;   /* same shapes, accumulated */
+    int r;
+    float scale;      /* alpha / r, or alpha / sqrt(r) with rslora */
+    float dropout;    /* probability of zeroing an input element; 0 = off */
+    uint64_t seed;
+} kb_lora;
+
+/* A frozen linear layer y = x W^T + b with an optional LoRA path. GPT-2's
+ * Conv1D stores W as [in, out] (w_in_out = 1); everything else as [out, in]. */
+typedef struct kb_linear {
+    const void *W;        /* weight_dtype */
+    const void *b;        /* [out] weight_dtype, or NULL */
+    int in, out;
+    int w_in_out;
+    const kb_lora *lora;  /* NULL: no adapter on this layer */
+} kb_linear;
+
+/* AdamW hyperparameters of one step (t counts from 1). */
+typedef struct kb_adamw {
+    float lr, beta1, beta2, eps, weight_decay;
+    int64_t t;
+} kb_adamw;
+
+typedef struct kb_backend kb_backend;
+struct kb_backend {
+    const char *name;       /* "cpu", "cuda:0" */
+    kb_dtype weight_dtype;  /* storage of frozen weights */
+    int threads;
+    int host_memory;        /* 1: its pointers are host memory (the CPU backend) */
+    void *impl;
+
+    /* Memory. alloc returns zeroed memory or NULL. */
+    void *(*alloc)(kb_backend *be, size_t bytes);
+    void (*free)(kb_backend *be, void *p);
+    void (*upload)(kb_backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*download)(kb_backend *be, void *host_dst, const void *src, size_t bytes);
+    void (*zero)(kb_backend *be, void *p, size_t bytes);
+
+    /* out[N,C] = wte[ids[n],:] (+ wpe[n % T,:] when wpe != NULL); wte [V,C], wpe [T_max,C]. */
+    void (*embed_fwd)(kb_backend *be, float *out, const int32_t *ids, const void *wte, const void *wpe,
+                      int N, int T, int C);
+    /* dwte[ids[n],:] += dout[n,:], dwpe[n % T,:] += dout[n,:]; either may be NULL (f32 grads). */
+    void (*embed_bwd)(kb_backend *be, float *dwte, float *dwpe, const float *dout, const int32_t *ids,
+                      int N, int T, int C);
+
+    /* RMSNorm: out[N,C] = w * x / sqrt(mean(x^2) + eps); saves rstd[N]. */
+    void (*rmsnorm_fwd)(kb_backend *be, float *out, float *rstd, const float *x, const void *w, int N,
+                        int C, float eps);
+    /* dx[N,C] accumulates; dw[C] accumulates when not NULL (frozen weight: NULL). */
+    void (*rmsnorm_bwd)(kb_backend *be, float *dx, float *dw, const float *dout, const float *x,
+                        const void *w, const float *rstd, int N, int C);
+    /* LayerNorm: out[N,C] = (x - mean) * rstd * w + b; saves mean[N], rstd[N]. */
+    void (*layernorm_fwd)(kb_backend *be, float *out, float *mean, float *rstd, const float *x,
+                          const void *w, const void *b, int N, int C, float eps);
+    /* dx accumulates; dw, db accumulate when not NULL. */
+    void (*layernorm_bwd)(kb_backend *be, float *dx, float *dw, float *db, const float *dout,
+                          const float *x, const void *w, const float *mean, const float *rstd, int N,
+                          int C);
+
+    /* RoPE in place on x: N rows of stride ld, each holding H heads of D
+     * dims (rotate_half pairs i, i + D/2); row n at position n % T.
+     * cos/sin: [T, D/2] tables. rope_bwd applies the inverse rotation to
+     * the gradient in place. */
+    void (*rope_fwd)(kb_backend *be, float *x, int ld, const float *cos, const float *sin, int N,
+                     int T, int H, int D);
+    void (*rope_bwd)(kb_backend *be, float *dx, int ld, const float *cos, const float *sin, int N,
+                     int T, int H, int D);
+
+    /* Causal GQA attention, softmax scale 1/sqrt(D). q: N rows of stride
+     * ldq holding Hq heads; k, v: N rows of stride ldkv holding Hkv heads
+     * (query head h reads kv head h / (Hq/Hkv)). out [N, Hq*D];
+     * lse [B, Hq, T] (log-sum-exp of each score row, for the backward).
+     * Memory: O(T * tile) per thread, never B*H*T*T. */
+    void (*attn_fwd)(kb_backend *be, float *out, float *lse, const float *q, const float *k,
+                     const float *v, int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D);
+    /* dq (stride ldq), dk, dv (stride ldkv) are overwritten. */
+    void (*attn_bwd)(kb_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                     const float *out, const float *lse, const float *q, const float *k,
+                     const float *v, int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D);
+
+    /* SwiGLU: h[n] = silu(g[n]) * u[n]; backward overwrites dg, du. */
+    void (*swiglu_fwd)(kb_backend *be, float *h, const float *g, const float *u, size_t n);
+    void (*swiglu_bwd)(kb_backend *be, float *dg, float *du, const float *dh, const float *g,
+                       const float *u, size_t n);
+    /* GELU (exact = 0: gelu_new tanh form; 1: erf form); backward overwrites dx. */
+    void (*gelu_fwd)(kb_backend *be, float *y, const float *x, size_t n, int exact);
+    void (*gelu_bwd)(kb_backend *be, float *dx, const float *dy, const float *x, size_t n, int exact);
+    /* y[n] += x[n] (residual connections). */
+    void (*add)(kb_backend *be, float *y, const float *x, size_t n);
+
+    /* y[N,out] = x[N,in] W^T (+ b) (+ scale * (drop(x) A^T) B^T).
+     * With a LoRA path, xa [N,r] = drop(x) A^T is saved for the backward. */
+    void (*linear_fwd)(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N);
+    /* dx[N,in] = dy W (+ LoRA term), accumulated when dx_acc, may be NULL
+     * (no input gradient needed); lora->dA, dB accumulate. W, b frozen. */
+    void (*linear_bwd)(kb_backend *be, const kb_linear *L, float *dx, int dx_acc, const float *dy,
+                       const float *x, const float *xa, int N);
+
+    /* Fused LM head + softmax cross-entropy, chunk_rows rows at a time (0:
+     * the backend's default), so that logits exist only for one chunk:
+     * logits = x W^T (W [V,C]); rows with target LR_IGNORE_INDEX are
+     * skipped. Returns the sum of -log p(target) over the other rows and
+     * sets *n_valid. tok_loss [N], when not NULL, receives each row's loss
+     * (0 on ignored rows), for per-sequence objectives (DPO). When dx !=
+     * NULL, dx[N,C] is overwritten with d(sum_n w_n loss_n)/dx where
+     * w_n = grad_scale * (tok_scale ? tok_scale[n] : 1) (zero on ignored
+     * rows). targets, tok_scale, tok_loss are backend memory. */
+    double (*lmhead_ce)(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, const float *x,
+                        const void *W, const int32_t *targets, const float *tok_scale, int N, int C, int V,
+                        float grad_scale, int chunk_rows);
+
+    /* AdamW over n f32 parameters with their gradients and moments. */
+    void (*adamw)(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                  const kb_adamw *hp);
+    /* sum of x[i]^2 (in double, fixed order) and x[i] *= s, for clipping. */
+    double (*sumsq)(kb_backend *be, const float *x, size_t n);
+    void (*scale)(kb_backend *be, float *x, float s, size_t n);
+
+    void (*destroy)(kb_backend *be);
+
+    /* Optional (NULL: the backend has no deferred failures). Ops cannot
+     * return errors, so a backend whose ops can fail mid-step (device out
+     * of memory for scratch, a kernel fault) records the first failure and
+     * makes later ops no-ops; check returns 0, or -1 with that failure
+     * (e.g. "out of GPU memory: needed 2.1 GiB, 1.3 GiB free of 79.1 GiB")
+     * and clears it. Call it after each step and after a failed alloc. */
+    int (*check)(kb_backend *be, lr_err *err);
+};
+
+/* The CPU backend: OpenBLAS sgemm (single-threaded inside, partitioned
+ * across threads by the backend) and OpenMP; threads = 0 uses all cores. */
+int kb_cpu_create(int threads, kb_backend **out, lr_err *err) LR_WARN_UNUSED;
+
+/* A backend by name: "cpu" or "cuda[:N]". */
+int kb_create(const char *name, int threads, kb_backend **out, lr_err *err) LR_WARN_UNUSED;
+void kb_destroy(kb_backend *be);
+
+#endif

@@ -1,0 +1,615 @@
+/* backend_cpu: the kernels on the CPU with OpenBLAS and OpenMP.
+ *
+ * Threading: OpenBLAS runs single-threaded and this file partitions every
+ * large sgemm across the OpenMP threads itself (by output rows or columns,
+ * never along the reduction dimension). That keeps one thread model for
+ * the whole backend, lets attention call sgemm from inside a parallel loop,
+ * and makes every result a fixed function of the thread count. Elementwise
+ * and per-row ops are OpenMP loops whose iterations are independent;
+ * reductions across rows (weight gradients, sums) run in a fixed order. */
+#include "kernels/backend.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/elem.h"
+
+/* Query rows per attention tile: the scores of one tile (ATT_QB x T) are
+ * the only quadratic buffer, one per thread. */
+#define ATT_QB 128
+/* Default logits chunk for the LM head: about 32 MiB of f32 logits. */
+#define CE_CHUNK_FLOATS (8u << 20)
+
+typedef struct cpu_impl {
+    int nt;
+    float *ws;       /* grow-only scratch shared by the ops (they run one at a time) */
+    size_t ws_len;   /* floats */
+} cpu_impl;
+
+static cpu_impl *impl_of(kb_backend *be) { return (cpu_impl *)be->impl; }
+
+/* The scratch, at least n floats, contents undefined. Its size is a
+ * function of the shapes the model planned for, so it stops growing after
+ * the first step; running out of memory here, mid-step, aborts the process
+ * (the worker's supervisor reports the job failed) rather than returning a
+ * half-computed gradient. */
+static float *ws_get(kb_backend *be, size_t n) {
+    cpu_impl *c = impl_of(be);
+    if (n > c->ws_len) {
+        free(c->ws);
+        c->ws = malloc(n * sizeof(float));
+        if (!c->ws) {
+            fprintf(stderr, "lora-worker: out of memory for %zu MiB of kernel scratch\n", (n * 4) >> 20);
+            abort();
+        }
+        c->ws_len = n;
+    }
+    return c->ws;
+}
+
+/* C[M,N] = alpha op(A) op(B) + beta C (row-major), split across nt threads
+ * along M or N, whichever is larger, in 16-aligned blocks. */
+static void gemm(int nt, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc) {
+    enum CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    double flops = 2.0 * M * N * K;
+    if (nt <= 1 || omp_in_parallel() || flops < 4e6) {
+        cblas_sgemm(CblasRowMajor, TA, TB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    int split_m = M >= N;
+    int D = split_m ? M : N;
+    int blk = ((D + nt - 1) / nt + 15) / 16 * 16;
+    int parts = (D + blk - 1) / blk;
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+    for (int p = 0; p < parts; p++) {
+        int s = p * blk, e = s + blk < D ? s + blk : D;
+        if (split_m) {
+            const float *Ap = ta ? A + s : A + (size_t)s * lda;
+            cblas_sgemm(CblasRowMajor, TA, TB, e - s, N, K, alpha, Ap, lda, B, ldb, beta,
+                        C + (size_t)s * ldc, ldc);
+        } else {
+            const float *Bp = tb ? B + (size_t)s * ldb : B + s;
+            cblas_sgemm(CblasRowMajor, TA, TB, M, e - s, K, alpha, A, lda, Bp, ldb, beta, C + s, ldc);
+        }
+    }
+}
+
+/* ---- memory ---- */
+
+static void *cpu_alloc(kb_backend *be, size_t bytes) {
+    (void)be;
+    return calloc(1, bytes ? bytes : 1);
+}
+static void cpu_free(kb_backend *be, void *p) {
+    (void)be;
+    free(p);
+}
+static void cpu_copy(kb_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes) memcpy(dst, src, bytes);
+}
+static void cpu_zero(kb_backend *be, void *p, size_t bytes) {
+    (void)be;
+    if (bytes) memset(p, 0, bytes);
+}
+
+/* ---- embedding ---- */
+
+static void cpu_embed_fwd(kb_backend *be, float *out, const int32_t *ids, const void *wte_, const void *wpe_,
+                          int N, int T, int C) {
+    const float *wte = wte_, *wpe = wpe_;
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *e = wte + (size_t)ids[n] * C;
+        float *o = out + (size_t)n * C;
+        if (wpe) {
+            const float *p = wpe + (size_t)(n % T) * C;
+            for (int c = 0; c < C; c++) o[c] = e[c] + p[c];
+        } else {
+            memcpy(o, e, (size_t)C * sizeof(float));
+        }
+    }
+}
+
+/* Parallel over column blocks so that each gradient element is summed by one
+ * thread in token order. */
+static void cpu_embed_bwd(kb_backend *be, float *dwte, float *dwpe, const float *dout, const int32_t *ids,
+                          int N, int T, int C) {
+    int nb = (C + 63) / 64;
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (int b = 0; b < nb; b++) {
+        int c0 = b * 64, c1 = c0 + 64 < C ? c0 + 64 : C;
+        for (int n = 0; n < N; n++) {
+            const float *d = dout + (size_t)n * C;
+            if (dwte) {
+                float *g = dwte + (size_t)ids[n] * C;
+                for (int c = c0; c < c1; c++) g[c] += d[c];
+            }
+            if (dwpe) {
+                float *g = dwpe + (size_t)(n % T) * C;
+                for (int c = c0; c < c1; c++) g[c] += d[c];
+            }
+        }
+    }
+}
+
+/* ---- norms ---- */
+
+static void cpu_rmsnorm_fwd(kb_backend *be, float *out, float *rstd, const float *x, const void *w_, int N,
+                            int C, float eps) {
+    const float *w = w_;
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += (double)xr[c] * xr[c];
+        float r = 1.0f / sqrtf((float)(ss / C) + eps);
+        rstd[n] = r;
+        for (int c = 0; c < C; c++) o[c] = lr_rmsnorm_elem(xr[c], r, w[c]);
+    }
+}
+
+/* y = w x r, r = (mean x^2 + eps)^-1/2:
+ * dx = r w dy - x r^3 / C * sum_j(dy_j w_j x_j). */
+static void cpu_rmsnorm_bwd(kb_backend *be, float *dx, float *dw, const float *dout, const float *x,
+                            const void *w_, const float *rstd, int N, int C) {
+    const float *w = w_;
+    int nt = impl_of(be)->nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * C, *dy = dout + (size_t)n * C;
+        float *g = dx + (size_t)n * C;
+        float r = rstd[n];
+        double dot = 0;
+        for (int c = 0; c < C; c++) dot += (double)dy[c] * w[c] * xr[c];
+        float k = (float)(dot / C) * r * r * r;
+        for (int c = 0; c < C; c++) g[c] += r * w[c] * dy[c] - k * xr[c];
+    }
+    if (!dw) return;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int c = 0; c < C; c++) {
+        double s = 0;
+        for (int n = 0; n < N; n++) s += (double)dout[(size_t)n * C + c] * x[(size_t)n * C + c] * rstd[n];
+        dw[c] += (float)s;
+    }
+}
+
+static void cpu_layernorm_fwd(kb_backend *be, float *out, float *mean, float *rstd, const float *x,
+                              const void *w_, const void *b_, int N, int C, float eps) {
+    const float *w = w_, *b = b_;
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        double s = 0, ss = 0;
+        for (int c = 0; c < C; c++) s += xr[c];
+        double mu = s / C;
+        for (int c = 0; c < C; c++) ss += (xr[c] - mu) * (xr[c] - mu);
+        float m = (float)mu, r = 1.0f / sqrtf((float)(ss / C) + eps);
+        mean[n] = m;
+        rstd[n] = r;
+        for (int c = 0; c < C; c++) o[c] = lr_layernorm_elem(xr[c], m, r, w[c], b ? b[c] : 0.0f);
+    }
+}
+
+/* xhat = (x - mean) r, g = dy w: dx = r (g - mean(g) - xhat mean(g xhat)). */
+static void cpu_layernorm_bwd(kb_backend *be, float *dx, float *dw, float *db, const float *dout,
+                              const float *x, const void *w_, const float *mean, const float *rstd, int N,
+                              int C) {
+    const float *w = w_;
+    int nt = impl_of(be)->nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * C, *dy = dout + (size_t)n * C;
+        float *g = dx + (size_t)n * C;
+        float m = mean[n], r = rstd[n];
+        double sg = 0, sgx = 0;
+        for (int c = 0; c < C; c++) {
+            float gc = dy[c] * w[c];
+            sg += gc;
+            sgx += (double)gc * (xr[c] - m) * r;
+        }
+        float mg = (float)(sg / C), mgx = (float)(sgx / C);
+        for (int c = 0; c < C; c++) g[c] += r * (dy[c] * w[c] - mg - (xr[c] - m) * r * mgx);
+    }
+    if (!dw && !db) return;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int c = 0; c < C; c++) {
+        double sw = 0, sb = 0;
+        for (int n = 0; n < N; n++) {
+            float dy = dout[(size_t)n * C + c];
+            sw += (double)dy * (x[(size_t)n * C + c] - mean[n]) * rstd[n];
+            sb += dy;
+        }
+        if (dw) dw[c] += (float)sw;
+        if (db) db[c] += (float)sb;
+    }
+}
+
+/* ---- RoPE ---- */
+
+static void rope(kb_backend *be, float *x, int ld, const float *cs, const float *sn, int N, int T, int H,
+                 int D, float sign) {
+    int half = D / 2;
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *c = cs + (size_t)(n % T) * half, *s = sn + (size_t)(n % T) * half;
+        for (int h = 0; h < H; h++) {
+            float *v = x + (size_t)n * ld + (size_t)h * D;
+            for (int i = 0; i < half; i++) lr_rope_pair(&v[i], &v[i + half], c[i], sign * s[i]);
+        }
+    }
+}
+static void cpu_rope_fwd(kb_backend *be, float *x, int ld, const float *cs, const float *sn, int N, int T,
+                         int H, int D) {
+    rope(be, x, ld, cs, sn, N, T, H, D, 1.0f);
+}
+static void cpu_rope_bwd(kb_backend *be, float *dx, int ld, const float *cs, const float *sn, int N, int T,
+                         int H, int D) {
+    rope(be, dx, ld, cs, sn, N, T, H, D, -1.0f);
+}
+
+/* ---- attention ---- */
+
+/* Scores of query rows [i0, i0+m) against keys [0, i0+m) of one (b, h),
+ * turned into probabilities P = exp(S - lse) (0 above the diagonal). With
+ * lse_out, the row lse is computed and stored; otherwise read from lse_in. */
+static void att_probs(float *S, int m, int nk, int i0, const float *qb, int ldq, const float *kb, int ldkv,
+                      int D, float scale, float *lse_out, const float *lse_in) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, D, scale, qb, ldq, kb, ldkv, 0.0f, S, nk);
+    for (int r = 0; r < m; r++) {
+        float *s = S + (size_t)r * nk;
+        int last = i0 + r; /* causal: keys 0..last */
+        float l;
+        if (lse_out) {
+            float mx = s[0];
+            for (int j = 1; j <= last; j++) mx = s[j] > mx ? s[j] : mx;
+            double sum = 0;
+            for (int j = 0; j <= last; j++) sum += expf(s[j] - mx);
+            l = mx + (float)log(sum);
+            lse_out[r] = l;
+        } else {
+            l = lse_in[r];
+        }
+        for (int j = 0; j <= last; j++) s[j] = expf(s[j] - l);
+        for (int j = last + 1; j < nk; j++) s[j] = 0.0f;
+    }
+}
+
+static void cpu_attn_fwd(kb_backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
+                         int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D) {
+    int nt = impl_of(be)->nt, G = Hq / Hkv, ldo = Hq * D;
+    float scale = 1.0f / sqrtf((float)D);
+    int qb = T < ATT_QB ? T : ATT_QB;
+    float *ws = ws_get(be, (size_t)nt * qb * T);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int bh = 0; bh < B * Hq; bh++) {
+        int b = bh / Hq, h = bh % Hq, kvh = h / G;
+        float *S = ws + (size_t)omp_get_thread_num() * qb * T;
+        const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
+        const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
+        for (int i0 = 0; i0 < T; i0 += qb) {
+            int m = T - i0 < qb ? T - i0 : qb, nk = i0 + m;
+            const float *qr = q + (size_t)(b * T + i0) * ldq + (size_t)h * D;
+            float *lr = lse + (size_t)bh * T + i0;
+            att_probs(S, m, nk, i0, qr, ldq, kb, ldkv, D, scale, lr, NULL);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, nk, 1.0f, S, nk, vb, ldkv, 0.0f,
+                        out + (size_t)(b * T + i0) * ldo + (size_t)h * D, ldo);
+        }
+    }
+}
+
+/* Flash-style backward: P is recomputed from the saved lse; each query head
+ * writes its own dK/dV slab and the heads of a GQA group are summed after,
+ * in head order. */
+static void cpu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                         const float *lse, const float *q, const float *k, const float *v, int ldq, int ldkv,
+                         int B, int T, int Hq, int Hkv, int D) {
+    int nt = impl_of(be)->nt, G = Hq / Hkv, ldo = Hq * D;
+    float scale = 1.0f / sqrtf((float)D);
+    int qb = T < ATT_QB ? T : ATT_QB;
+    size_t tile = (size_t)qb * T, slab = (size_t)T * D;
+    float *ws = ws_get(be, (size_t)nt * 2 * tile + 2 * (size_t)B * Hq * slab);
+    float *dks = ws + (size_t)nt * 2 * tile, *dvs = dks + (size_t)B * Hq * slab;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int bh = 0; bh < B * Hq; bh++) {
+        int b = bh / Hq, h = bh % Hq, kvh = h / G;
+        float *P = ws + (size_t)omp_get_thread_num() * 2 * tile, *dS = P + tile;
+        float *dkh = dks + (size_t)bh * slab, *dvh = dvs + (size_t)bh * slab;
+        memset(dkh, 0, slab * sizeof(float));
+        memset(dvh, 0, slab * sizeof(float));
+        const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
+        const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
+        for (int i0 = 0; i0 < T; i0 += qb) {
+            int m = T - i0 < qb ? T - i0 : qb, nk = i0 + m;
+            const float *qr = q + (size_t)(b * T + i0) * ldq + (size_t)h * D;
+            const float *dor = dout + (size_t)(b * T + i0) * ldo + (size_t)h * D;
+            const float *orow = out + (size_t)(b * T + i0) * ldo + (size_t)h * D;
+            att_probs(P, m, nk, i0, qr, ldq, kb, ldkv, D, scale, NULL, lse + (size_t)bh * T + i0);
+            /* dP = dO V^T, then dS = P (dP - rowsum(dO * O)) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, D, 1.0f, dor, ldo, vb, ldkv, 0.0f, dS,
+                        nk);
+            for (int r = 0; r < m; r++) {
+                const float *a = dor + (size_t)r * ldo, *o = orow + (size_t)r * ldo;
+                float di = 0;
+                for (int d = 0; d < D; d++) di += a[d] * o[d];
+                float *p = P + (size_t)r * nk, *s = dS + (size_t)r * nk;
+                for (int j = 0; j < nk; j++) s[j] = p[j] * (s[j] - di);
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, nk, scale, dS, nk, kb, ldkv, 0.0f,
+                        dq + (size_t)(b * T + i0) * ldq + (size_t)h * D, ldq);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, m, scale, dS, nk, qr, ldq, 1.0f, dkh, D);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, m, 1.0f, P, nk, dor, ldo, 1.0f, dvh, D);
+        }
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int n = 0; n < B * T; n++) {
+        int b = n / T, t = n % T;
+        for (int kvh = 0; kvh < Hkv; kvh++) {
+            float *gk = dk + (size_t)n * ldkv + (size_t)kvh * D, *gv = dv + (size_t)n * ldkv + (size_t)kvh * D;
+            for (int d = 0; d < D; d++) gk[d] = gv[d] = 0.0f;
+            for (int g = 0; g < G; g++) {
+                size_t off = (size_t)(b * Hq + kvh * G + g) * slab + (size_t)t * D;
+                for (int d = 0; d < D; d++) {
+                    gk[d] += dks[off + d];
+                    gv[d] += dvs[off + d];
+                }
+            }
+        }
+    }
+}
+
+/* ---- MLP activations ---- */
+
+static void cpu_swiglu_fwd(kb_backend *be, float *h, const float *g, const float *u, size_t n) {
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) h[i] = lr_swiglu(g[i], u[i]);
+}
+static void cpu_swiglu_bwd(kb_backend *be, float *dg, float *du, const float *dh, const float *g,
+                           const float *u, size_t n) {
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) lr_swiglu_grad(g[i], u[i], dh[i], &dg[i], &du[i]);
+}
+static void cpu_gelu_fwd(kb_backend *be, float *y, const float *x, size_t n, int exact) {
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] = exact ? lr_gelu_erf(x[i]) : lr_gelu_tanh(x[i]);
+}
+static void cpu_gelu_bwd(kb_backend *be, float *dx, const float *dy, const float *x, size_t n, int exact) {
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) dx[i] = dy[i] * (exact ? lr_gelu_erf_grad(x[i]) : lr_gelu_tanh_grad(x[i]));
+}
+static void cpu_add(kb_backend *be, float *y, const float *x, size_t n) {
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+/* ---- linear with LoRA ---- */
+
+/* dst[N,in] = x * dropout mask of (seed); returns x itself when p == 0. */
+static const float *lora_input(kb_backend *be, float *dst, const float *x, const kb_lora *l, size_t n) {
+    if (l->dropout <= 0.0f) return x;
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) dst[i] = x[i] * lr_dropout_mult(l->seed, i, l->dropout);
+    return dst;
+}
+
+static void cpu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N) {
+    int nt = impl_of(be)->nt;
+    const float *W = L->W, *b = L->b;
+    float beta = 0.0f;
+    if (b) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int n = 0; n < N; n++) memcpy(y + (size_t)n * L->out, b, (size_t)L->out * sizeof(float));
+        beta = 1.0f;
+    }
+    if (L->w_in_out)
+        gemm(nt, 0, 0, N, L->out, L->in, 1.0f, x, L->in, W, L->out, beta, y, L->out);
+    else
+        gemm(nt, 0, 1, N, L->out, L->in, 1.0f, x, L->in, W, L->in, beta, y, L->out);
+    const kb_lora *l = L->lora;
+    if (!l) return;
+    float *tmp = l->dropout > 0.0f ? ws_get(be, (size_t)N * L->in) : NULL;
+    const float *xd = lora_input(be, tmp, x, l, (size_t)N * L->in);
+    gemm(nt, 0, 1, N, l->r, L->in, 1.0f, xd, L->in, l->A, L->in, 0.0f, xa, l->r);
+    gemm(nt, 0, 1, N, L->out, l->r, l->scale, xa, l->r, l->B, l->r, 1.0f, y, L->out);
+}
+
+static void cpu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_acc, const float *dy,
+                           const float *x, const float *xa, int N) {
+    int nt = impl_of(be)->nt;
+    const float *W = L->W;
+    if (dx) {
+        if (L->w_in_out)
+            gemm(nt, 0, 1, N, L->in, L->out, 1.0f, dy, L->out, W, L->out, dx_acc ? 1.0f : 0.0f, dx, L->in);
+        else
+            gemm(nt, 0, 0, N, L->in, L->out, 1.0f, dy, L->out, W, L->in, dx_acc ? 1.0f : 0.0f, dx, L->in);
+    }
+    const kb_lora *l = L->lora;
+    if (!l) return;
+    int r = l->r;
+    int drop = l->dropout > 0.0f;
+    float *ws = ws_get(be, (size_t)N * r + (drop ? (size_t)N * L->in : 0));
+    float *dh = ws, *tmp = drop ? ws + (size_t)N * r : NULL;
+    /* dB += s dy^T xa; dh = s dy B; dA += dh^T drop(x); dx += drop'(dh A) */
+    gemm(nt, 1, 0, L->out, r, N, l->scale, dy, L->out, xa, r, 1.0f, l->dB, r);
+    gemm(nt, 0, 0, N, r, L->out, l->scale, dy, L->out, l->B, r, 0.0f, dh, r);
+    const float *xd = lora_input(be, tmp, x, l, (size_t)N * L->in);
+    gemm(nt, 1, 0, r, L->in, N, 1.0f, dh, r, xd, L->in, 1.0f, l->dA, L->in);
+    if (!dx) return;
+    if (!drop) {
+        gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, dx, L->in);
+        return;
+    }
+    gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 0.0f, tmp, L->in);
+    size_t n = (size_t)N * L->in;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < n; i++) dx[i] += tmp[i] * lr_dropout_mult(l->seed, i, l->dropout);
+}
+
+/* ---- LM head + cross-entropy ---- */
+
+static double cpu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, const float *x,
+                            const void *W_, const int32_t *targets, const float *tok_scale, int N, int C, int V,
+                            float grad_scale, int chunk_rows) {
+    const float *W = W_;
+    int nt = impl_of(be)->nt;
+    int nv = 0;
+    for (int n = 0; n < N; n++) nv += targets[n] != LR_IGNORE_INDEX;
+    *n_valid = nv;
+    if (dx) memset(dx, 0, (size_t)N * C * sizeof(float));
+    if (tok_loss) memset(tok_loss, 0, (size_t)N * sizeof(float));
+    if (!nv) return 0.0;
+    int cr = chunk_rows > 0 ? chunk_rows : (int)(CE_CHUNK_FLOATS / (unsigned)V);
+    if (cr < 16) cr = 16;
+    if (cr > nv) cr = nv;
+    /* scratch: per-row loss (double), row index list, gathered x, logits, dx rows */
+    size_t need = (size_t)nv * 3 + (size_t)cr * C * 2 + (size_t)cr * V;
+    float *ws = ws_get(be, need);
+    double *lossv = (double *)ws;
+    int *rows = (int *)(ws + (size_t)nv * 2);
+    float *xc = ws + (size_t)nv * 3, *lg = xc + (size_t)cr * C, *dxc = lg + (size_t)cr * V;
+    int k = 0;
+    for (int n = 0; n < N; n++)
+        if (targets[n] != LR_IGNORE_INDEX) rows[k++] = n;
+    double total = 0;
+    for (int c0 = 0; c0 < nv; c0 += cr) {
+        int m = nv - c0 < cr ? nv - c0 : cr;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int i = 0; i < m; i++)
+            memcpy(xc + (size_t)i * C, x + (size_t)rows[c0 + i] * C, (size_t)C * sizeof(float));
+        gemm(nt, 0, 1, m, V, C, 1.0f, xc, C, W, C, 0.0f, lg, V);
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int i = 0; i < m; i++) {
+            float *l = lg + (size_t)i * V;
+            int row = rows[c0 + i], tg = targets[row];
+            float mx = l[0];
+            for (int j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+            float lt = l[tg];
+            double sum = 0;
+            for (int j = 0; j < V; j++) {
+                float e = expf(l[j] - mx);
+                l[j] = e;
+                sum += e;
+            }
+            lossv[c0 + i] = (double)mx + log(sum) - (double)lt;
+            if (tok_loss) tok_loss[row] = (float)lossv[c0 + i];
+            if (dx) {
+                float w = grad_scale * (tok_scale ? tok_scale[row] : 1.0f);
+                float inv = (float)(1.0 / sum) * w;
+                for (int j = 0; j < V; j++) l[j] *= inv;
+                l[tg] -= w;
+            }
+        }
+        if (!dx) continue;
+        gemm(nt, 0, 0, m, C, V, 1.0f, lg, V, W, C, 0.0f, dxc, C);
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int i = 0; i < m; i++)
+            memcpy(dx + (size_t)rows[c0 + i] * C, dxc + (size_t)i * C, (size_t)C * sizeof(float));
+    }
+    for (int i = 0; i < nv; i++) total += lossv[i];
+    return total;
+}
+
+/* ---- optimizer and clipping ---- */
+
+static void cpu_adamw(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                      const kb_adamw *hp) {
+    float bc1 = (float)(1.0 - pow(hp->beta1, (double)hp->t));
+    float bc2s = (float)sqrt(1.0 - pow(hp->beta2, (double)hp->t));
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        lr_adamw_elem(&p[i], g[i], &m[i], &v[i], hp->lr, hp->beta1, hp->beta2, hp->eps, hp->weight_decay, bc1,
+                      bc2s);
+}
+
+/* Blocks of fixed size summed in block order: the result does not depend
+ * on the thread count. */
+#define SUMSQ_BLOCK 4096
+static double cpu_sumsq(kb_backend *be, const float *x, size_t n) {
+    size_t nb = (n + SUMSQ_BLOCK - 1) / SUMSQ_BLOCK;
+    double *part = (double *)ws_get(be, 2 * (nb ? nb : 1));
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (size_t b = 0; b < nb; b++) {
+        size_t e = (b + 1) * SUMSQ_BLOCK < n ? (b + 1) * SUMSQ_BLOCK : n;
+        double s = 0;
+        for (size_t i = b * SUMSQ_BLOCK; i < e; i++) s += (double)x[i] * x[i];
+        part[b] = s;
+    }
+    double s = 0;
+    for (size_t b = 0; b < nb; b++) s += part[b];
+    return s;
+}
+static void cpu_scale(kb_backend *be, float *x, float s, size_t n) {
+#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+static void cpu_destroy(kb_backend *be) {
+    cpu_impl *c = impl_of(be);
+    free(c->ws);
+    free(c);
+    free(be);
+}
+
+/* OOM policy: alloc() returns NULL and the caller reports it; see ws_get
+ * for the kernels' own scratch. */
+int kb_cpu_create(int threads, kb_backend **out, lr_err *err) {
+    *out = NULL;
+    kb_backend *be = calloc(1, sizeof *be);
+    cpu_impl *c = calloc(1, sizeof *c);
+    if (!be || !c) {
+        free(be);
+        free(c);
+        return lr_errp(err, LR_E_NOMEM, NULL, "out of memory creating the CPU backend");
+    }
+    if (threads <= 0) threads = omp_get_num_procs();
+    if (threads > 1024) threads = 1024;
+    openblas_set_num_threads(1);
+    c->nt = threads;
+    be->name = "cpu";
+    be->weight_dtype = KB_F32;
+    be->threads = threads;
+    be->host_memory = 1;
+    be->impl = c;
+    be->alloc = cpu_alloc;
+    be->free = cpu_free;
+    be->upload = cpu_copy;
+    be->download = cpu_copy;
+    be->zero = cpu_zero;
+    be->embed_fwd = cpu_embed_fwd;
+    be->embed_bwd = cpu_embed_bwd;
+    be->rmsnorm_fwd = cpu_rmsnorm_fwd;
+    be->rmsnorm_bwd = cpu_rmsnorm_bwd;
+    be->layernorm_fwd = cpu_layernorm_fwd;
+    be->layernorm_bwd = cpu_layernorm_bwd;
+    be->rope_fwd = cpu_rope_fwd;
+    be->rope_bwd = cpu_rope_bwd;
+    be->attn_fwd = cpu_attn_fwd;
+    be->attn_bwd = cpu_attn_bwd;
+    be->swiglu_fwd = cpu_swiglu_fwd;
+    be->swiglu_bwd = cpu_swiglu_bwd;
+    be->gelu_fwd = cpu_gelu_fwd;
+    be->gelu_bwd = cpu_gelu_bwd;
+    be->add = cpu_add;
+    be->linear_fwd = cpu_linear_fwd;
+    be->linear_bwd = cpu_linear_bwd;
+    be->lmhead_ce = cpu_lmhead_ce;
+    be->adamw = cpu_adamw;
+    be->sumsq = cpu_sumsq;
+    be->scale = cpu_scale;
+    be->destroy = cpu_destroy;
+    *out = be;
+    return 0;
+}

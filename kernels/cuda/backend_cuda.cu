@@ -1,0 +1,1280 @@
+/* backend_cuda: the kb_backend ops on an NVIDIA GPU.
+ *
+ * One stream per backend; every op is queued on it and returns at once,
+ * except those that hand a value to the host (lmhead_ce, sumsq, download).
+ * Large matmuls are cuBLAS GemmEx: the f32 activation operand is rounded to
+ * the weight dtype by a small kernel, the product accumulates in f32 on
+ * tensor cores; with f32 weights it is true f32 (no TF32), which is what
+ * lets the tests hold the CUDA backend to the CPU one at 1e-5. LoRA's own
+ * matmuls are f32 (A, B and their gradients are f32 and small).
+ *
+ * Attention is one fused flash-style kernel per direction (online softmax;
+ * the backward recomputes P from the saved lse), so no T x T matrix exists
+ * in global memory. A block owns 32 rows in 4 warps of 8; a warp's lanes
+ * walk 32 keys (or queries) of the other side at a time; each lane holds
+ * columns lane, lane + 32, ... of its rows. dK/dV sum the query heads of a
+ * GQA group inside one block, so nothing needs atomics and every result is
+ * deterministic.
+ *
+ * Failures inside ops (scratch out of memory, a cuBLAS or launch error) are
+ * recorded once, make the following ops no-ops, and come out of check(). */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/plan.h"
+}
+#include "kernels/elem.h"
+
+#define CUBLAS_WS_BYTES ((size_t)32 << 20)
+
+typedef struct cu_impl {
+    kb_cuda_device dev;
+    char name[16];
+    cudaStream_t st;
+    cublasHandle_t blas;
+    cudaMemPool_t pool;
+    void *blas_ws;
+    char *ws;          /* grow-only scratch shared by the ops (they are stream-ordered) */
+    size_t ws_len;
+    size_t smem_optin;
+    int failed;
+    int code;
+    char msg[480];
+} cu_impl;
+
+static cu_impl *impl_of(kb_backend *be) { return (cu_impl *)be->impl; }
+
+/* Records the first failure; the ops check c->failed and do nothing after it. */
+static void fail(cu_impl *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fail(cu_impl *c, int code, const char *fmt, ...) {
+    if (c->failed) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->msg, sizeof c->msg, fmt, ap);
+    va_end(ap);
+    c->failed = 1;
+    c->code = code;
+}
+
+static int cuda_ok(cu_impl *c, cudaError_t e, const char *what) {
+    if (e == cudaSuccess) return 1;
+    fail(c, e == cudaErrorMemoryAllocation ? LR_E_NOMEM : LR_E_INTERNAL, "%s on %s: %s", what, c->name,
+         cudaGetErrorString(e));
+    return 0;
+}
+static void launched(cu_impl *c, const char *kernel) { cuda_ok(c, cudaGetLastError(), kernel); }
+
+static void oom(cu_impl *c, const char *what, size_t bytes) {
+    size_t fr = 0, tot = 0;
+    cudaGetLastError(); /* allocation failures are not sticky: clear it */
+    cudaMemGetInfo(&fr, &tot);
+    char m[400];
+    cuplan_oom_message(m, sizeof m, what, bytes, fr, tot, c->dev.name);
+    fail(c, LR_E_NOMEM, "%s", m);
+}
+
+/* Stream-ordered allocation from the device's pool. The pool keeps freed
+ * memory; when a request does not fit, the cached memory is returned to the
+ * device and the request tried once more before giving up. */
+static void *pool_alloc(cu_impl *c, size_t bytes) {
+    void *p = NULL;
+    if (cudaMallocAsync(&p, bytes ? bytes : 1, c->st) == cudaSuccess) return p;
+    cudaGetLastError();
+    cudaStreamSynchronize(c->st);
+    cudaMemPoolTrimTo(c->pool, 0);
+    if (cudaMallocAsync(&p, bytes ? bytes : 1, c->st) == cudaSuccess) return p;
+    return NULL;
+}
+
+static char *ws_get(cu_impl *c, size_t bytes, const char *what) {
+    if (c->failed) return NULL;
+    if (bytes <= c->ws_len) return c->ws;
+    if (c->ws) cudaFreeAsync(c->ws, c->st);
+    c->ws = NULL;
+    c->ws_len = 0;
+    c->ws = (char *)pool_alloc(c, bytes);
+    if (!c->ws) {
+        oom(c, what, bytes);
+        return NULL;
+    }
+    c->ws_len = bytes;
+    return c->ws;
+}
+
+/* ---- device helpers ---- */
+
+template <typename T> __device__ __forceinline__ float ldw(const T *p, size_t i);
+template <> __device__ __forceinline__ float ldw<float>(const float *p, size_t i) { return p[i]; }
+template <> __device__ __forceinline__ float ldw<__nv_bfloat16>(const __nv_bfloat16 *p, size_t i) {
+    return __bfloat162float(p[i]);
+}
+template <> __device__ __forceinline__ float ldw<__half>(const __half *p, size_t i) { return __half2float(p[i]); }
+
+template <typename T> __device__ __forceinline__ T stw(float v);
+template <> __device__ __forceinline__ float stw<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 stw<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half stw<__half>(float v) { return __float2half_rn(v); }
+
+/* Runs the statement with W the element type of dtype DT. */
+#define WDISPATCH(DT, ...)                                                     \
+    do {                                                                       \
+        switch (DT) {                                                          \
+        case KB_BF16: { typedef __nv_bfloat16 W; __VA_ARGS__; } break;        \
+        case KB_F16: { typedef __half W; __VA_ARGS__; } break;                \
+        default: { typedef float W; __VA_ARGS__; } break;                     \
+        }                                                                      \
+    } while (0)
+
+static cudaDataType cuda_type(kb_dtype dt) {
+    return dt == KB_BF16 ? CUDA_R_16BF : dt == KB_F16 ? CUDA_R_16F : CUDA_R_32F;
+}
+
+#define GRID_STRIDE(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ double warp_sumd(double v) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024), same value in every thread. */
+__device__ double block_sumd(double v, double *sh) {
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+    v = warp_sumd(v);
+    __syncthreads(); /* sh may still be read by a previous call */
+    if (!l) sh[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        double t = l < nw ? sh[l] : 0.0;
+        t = warp_sumd(t);
+        if (!l) sh[32] = t;
+    }
+    __syncthreads();
+    return sh[32];
+}
+__device__ float block_maxf(float v, float *sh) {
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (!l) sh[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        float t = l < nw ? sh[l] : -INFINITY;
+        t = warp_max(t);
+        if (!l) sh[32] = t;
+    }
+    __syncthreads();
+    return sh[32];
+}
+
+static unsigned grid_for(cu_impl *c, size_t n) { return cuplan_grid(n, CUPLAN_BLOCK, c->dev.sm_count); }
+
+/* ---- memory ---- */
+
+static void *cu_alloc(kb_backend *be, size_t bytes) {
+    cu_impl *c = impl_of(be);
+    void *p = pool_alloc(c, bytes);
+    if (!p) {
+        oom(c, "an allocation", bytes);
+        return NULL;
+    }
+    if (!cuda_ok(c, cudaMemsetAsync(p, 0, bytes ? bytes : 1, c->st), "cudaMemsetAsync")) {
+        cudaFreeAsync(p, c->st);
+        return NULL;
+    }
+    return p;
+}
+static void cu_free(kb_backend *be, void *p) {
+    if (p) cudaFreeAsync(p, impl_of(be)->st);
+}
+static void cu_upload(kb_backend *be, void *dst, const void *src, size_t bytes) {
+    cu_impl *c = impl_of(be);
+    if (!bytes) return;
+    if (cuda_ok(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->st), "upload"))
+        cuda_ok(c, cudaStreamSynchronize(c->st), "upload");
+}
+static void cu_download(kb_backend *be, void *dst, const void *src, size_t bytes) {
+    cu_impl *c = impl_of(be);
+    if (!bytes) return;
+    if (!cuda_ok(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->st), "download") ||
+        !cuda_ok(c, cudaStreamSynchronize(c->st), "download"))
+        memset(dst, 0, bytes);
+}
+static void cu_zero(kb_backend *be, void *p, size_t bytes) {
+    cu_impl *c = impl_of(be);
+    if (bytes && !c->failed) cuda_ok(c, cudaMemsetAsync(p, 0, bytes, c->st), "cudaMemsetAsync");
+}
+
+/* ---- embedding ---- */
+
+template <typename W>
+__global__ void embed_fwd_k(float *out, const int32_t *ids, const W *wte, const W *wpe, int T, int C) {
+    int n = blockIdx.x;
+    size_t e = (size_t)ids[n] * C, p = (size_t)(n % T) * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        out[(size_t)n * C + c] = wpe ? ldw(wte, e + c) + ldw(wpe, p + c) : ldw(wte, e + c);
+}
+static void cu_embed_fwd(kb_backend *be, float *out, const int32_t *ids, const void *wte, const void *wpe, int N,
+                         int T, int C) {
+    cu_impl *c = impl_of(be);
+    if (c->failed || N <= 0) return;
+    WDISPATCH(be->weight_dtype,
+              embed_fwd_k<W><<<N, CUPLAN_BLOCK, 0, c->st>>>(out, ids, (const W *)wte, (const W *)wpe, T, C));
+    launched(c, "embed_fwd");
+}
+
+/* One thread per column, tokens in order: the sums are the CPU backend's, bit for bit. */
+__global__ void embed_bwd_k(float *dwte, float *dwpe, const float *dout, const int32_t *ids, int N, int T, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    for (int n = 0; n < N; n++) {
+        float d = dout[(size_t)n * C + c];
+        if (dwte) dwte[(size_t)ids[n] * C + c] += d;
+        if (dwpe) dwpe[(size_t)(n % T) * C + c] += d;
+    }
+}
+static void cu_embed_bwd(kb_backend *be, float *dwte, float *dwpe, const float *dout, const int32_t *ids, int N,
+                         int T, int C) {
+    cu_impl *c = impl_of(be);
+    if (c->failed || N <= 0 || (!dwte && !dwpe)) return;
+    embed_bwd_k<<<(C + 127) / 128, 128, 0, c->st>>>(dwte, dwpe, dout, ids, N, T, C);
+    launched(c, "embed_bwd");
+}
+
+/* ---- norms ---- */
+
+template <typename W>
+__global__ void rmsnorm_fwd_k(float *out, float *rstd, const float *x, const W *w, int C, float eps) {
+    __shared__ double sh[33];
+    int n = blockIdx.x;
+    const float *xr = x + (size_t)n * C;
+    double ss = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) ss += (double)xr[c] * xr[c];
+    ss = block_sumd(ss, sh);
+    float r = 1.0f / sqrtf((float)(ss / C) + eps);
+    if (!threadIdx.x) rstd[n] = r;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) out[(size_t)n * C + c] = lr_rmsnorm_elem(xr[c], r, ldw(w, c));
+}
+static void cu_rmsnorm_fwd(kb_backend *be, float *out, float *rstd, const float *x, const void *w, int N, int C,
+                           float eps) {
+    cu_impl *c = impl_of(be);
+    if (c->failed || N <= 0) return;
+    WDISPATCH(be->weight_dtype, rmsnorm_fwd_k<W><<<N, CUPLAN_BLOCK, 0, c->st>>>(out, rstd, x, (const W *)w, C, eps));
+    launched(c, "rmsnorm_fwd");
+}
+
+template <typename W>
+__global__ void rmsnorm_bwd_k(float *dx, const float *dout, const float *x, const W *w, const float *rstd, int C) {
+    __shared__ double sh[33];
+    int n = blockIdx.x;
+    const float *xr = x + (size_t)n * C, *dy = dout + (size_t)n * C;
+    float r = rstd[n];
+    double dot = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) dot += (double)dy[c] * ldw(w, c) * xr[c];
+    dot = block_sumd(dot, sh);
+    float k = (float)(dot / C) * r * r * r;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) dx[(size_t)n * C + c] += r * ldw(w, c) * dy[c] - k * xr[c];
+}
+/* Weight gradients: one thread per column, rows in order. */
+__global__ void rmsnorm_dw_k(float *dw, const float *dout, const float *x, const float *rstd, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double s = 0;
+    for (int n = 0; n < N; n++) s += (double)dout[(size_t)n * C + c] * x[(size_t)n * C + c] * rstd[n];
+    dw[c] += (float)s;
+}
+static void cu_rmsnorm_bwd(kb_backend *be, float *dx, float *dw, const float *dout, const float *x, const void *w,
+                           const float *rstd, int N, int C) {
+    cu_impl *c = impl_of(be);
+    if (c->failed || N <= 0) return;
+    WDISPATCH(be->weight_dtype,
+              rmsnorm_bwd_k<W><<<N, CUPLAN_BLOCK, 0, c->st>>>(dx, dout, x, (const W *)w, rstd, C));
+    if (dw) rmsnorm_dw_k<<<(C + 127) / 128, 128, 0, c->st>>>(dw, dout, x, rstd, N, C);
+    launched(c, "rmsnorm_bwd");
+}
+
+template <typename W>
+__global__ void layernorm_fwd_k(float *out, float *mean, float *rstd, const float *x, const W *w, const W *b, int C,
+                                float eps) {
+    __shared__ double sh[33];
+    int n = blockIdx.x;
+    const float *xr = x + (size_t)n * C;
+    double s = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) s += xr[c];
+    double mu = block_sumd(s, sh) / C;
+    double ss = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) ss += (xr[c] - mu) * (xr[c] - mu);
+    ss = block_sumd(ss, sh);
+    float m = (float)mu, r = 1.0f / sqrtf((float)(ss / C) + eps);
+    if (!threadIdx.x) {
+        mean[n] = m;
+        rstd[n] = r;
+    }
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        out[(size_t)n * C + c] = lr_layernorm_elem(xr[c], m, r, ldw(w, c), b ? ldw(b, c) : 0.0f);
+}
+static void cu_layernorm_fwd(kb_backend *be, float *out, float *mean, float *rstd, const float *x, const void *w,
+                             const void *b, int N, int C, float eps) {
+    cu_impl *c = impl_of(be);
+    if (c->failed || N <= 0) return;
+    WDISPATCH(be->weight_dtype, layernorm_fwd_k<W><<<N, CUPLAN_BLOCK, 0, c->st>>>(out, mean, rstd, x, (const W *)w,
+                                                                                (const W *)b, C, eps));
+    launched(c, "layernorm_fwd");
+}
+
+template <typename W>
+__global__ void layernorm_bwd_k(float *dx, const float *dout, const float *x, const W *w, const float *mean,
+                                const float *rstd, int C) {
+    __shared__ double sh[33];
+    int n = blockIdx.x;
+    const float *xr = x + (size_t)n * C, *dy = dout + (size_t)n * C;
+    float m = mean[n], r = rstd[n];
+    double sg = 0, sgx = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float gc = dy[c] * ldw(w, c);
+        sg += gc;
+        sgx += (double)gc * (xr[c] - m) * r;
+    }
+    sg = block_sumd(sg, sh);
+    sgx = block_sumd(sgx, sh);
+    float mg = (float)(sg / C), mgx = (float)(sgx / C);
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        dx[(size_t)n * C + c] += r * (dy[c] * ldw(w, c) - mg - (xr[c] - m) * r * mgx);
+}
+__global__ void layernorm_dwb_k(float *dw, float *db, const float *dout, const float *x, const float *mean,
+                                const float *rstd, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double sw = 0, sb = 0;
+    for (int n = 0; n < N; n++) {
+        float dy = dout[(size_t)n * C + c];
+        sw += (double)dy * (x[(size_t)n * C + c] - mean[n]) * rstd[n];
+        sb += dy;
+    }
+    if (dw) dw[c] += (float)sw;
+    if (db) db[c] += (float)sb;
+}
+static void cu_layernorm_bwd(kb_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
+                             const void *w, const float *mean, const float *rstd, int N, int C) {
+    cu_impl *c = impl_of(be);
+    if (c->failed || N <= 0) return;
+    WDISPATCH(be->weight_dtype,
+              layernorm_bwd_k<W><<<N, CUPLAN_BLOCK, 0, c->st>>>(dx, dout, x, (const W *)w, mean, rstd, C));
+    if (dw || db) layernorm_dwb_k<<<(C + 127) / 128, 128, 0, c->st>>>(dw, db, dout, x, mean, rstd, N, C);
+    launched(c, "layernorm_bwd");
+}
+
+/* ---- RoPE ---- */
+
+__global__ void rope_k(float *x, int ld, const float *cs, const float *sn, int N, int T, int H, int D, float sign) {
+    int half = D / 2;
+    size_t total = (size_t)N * H * half;
+    GRID_STRIDE(e, total) {
+        int i = (int)(e % half);
+        size_t nh = e / half;
+        int h = (int)(nh % H), n = (int)(nh / H);
+        float *v = x + (size_t)n * ld + (size_t)h * D;
+        size_t t = (size_t)(n % T) * half + i;
+        lr_rope_pair(&v[i], &v[i + half], cs[t], sign * sn[t]);
+    }
+}
+static void rope(kb_backend *be, float *x, int ld, const float *cs, const float *sn, int N, int T, int H, int D,
+                 float sign) {
+    cu_impl *c = impl_of(be);
+    size_t total = (size_t)N * H * (D / 2);
+    if (c->failed || !total) return;
+    rope_k<<<grid_for(c, total), CUPLAN_BLOCK, 0, c->st>>>(x, ld, cs, sn, N, T, H, D, sign);
+    launched(c, "rope");
+}
+static void cu_rope_fwd(kb_backend *be, float *x, int ld, const float *cs, const float *sn, int N, int T, int H,
+                        int D) {
+    rope(be, x, ld, cs, sn, N, T, H, D, 1.0f);
+}
+static void cu_rope_bwd(kb_backend *be, float *dx, int ld, const float *cs, const float *sn, int N, int T, int H,
+                        int D) {
+    rope(be, dx, ld, cs, sn, N, T, H, D, -1.0f);
+}
+
+/* ---- attention ---- */
+
+#define AR CUPLAN_ATT_ROWS
+#define ATHREADS (CUPLAN_ATT_WARPS * 32)
+
+/* Copies rows [r0, r0 + AR) of a head slice (row stride ld) into a shared
+ * tile with row stride lds; rows past T are zero. */
+__device__ __forceinline__ void load_tile(float *dst, int lds, const float *src, size_t ld, int r0, int T, int D) {
+    for (int e = threadIdx.x; e < AR * D; e += blockDim.x) {
+        int i = e / D, d = e - i * D;
+        dst[i * lds + d] = r0 + i < T ? src[(size_t)(r0 + i) * ld + d] : 0.0f;
+    }
+}
+
+/* Forward: grid (q tiles, B*Hq). Shared: Q [AR][D], K [AR][D+1], V [AR][D]. */
+template <int DC>
+__global__ void __launch_bounds__(ATHREADS) attn_fwd_k(float *out, float *lse, const float *q, const float *k,
+                                                       const float *v, int ldq, int ldkv, int T, int Hq, int Hkv,
+                                                       int D, float scale) {
+    extern __shared__ float sm[];
+    float *Qs = sm, *Ks = Qs + AR * D, *Vs = Ks + AR * (D + 1);
+    int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv);
+    int q0 = blockIdx.x * AR, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 8;
+    const float *qb = q + (size_t)b * T * ldq + (size_t)h * D;
+    const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
+    const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
+    load_tile(Qs, D, qb, ldq, q0, T, D);
+    float m[8], l[8], o[8][DC];
+#pragma unroll
+    for (int r = 0; r < 8; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < DC; c++) o[r][c] = 0.0f;
+    }
+    int kend = min(q0 + AR, T);
+    for (int k0 = 0; k0 < kend; k0 += AR) {
+        __syncthreads();
+        load_tile(Ks, D + 1, kb, ldkv, k0, T, D);
+        load_tile(Vs, D, vb, ldkv, k0, T, D);
+        __syncthreads();
+        float s[8];
+#pragma unroll
+        for (int r = 0; r < 8; r++) s[r] = 0.0f;
+        const float *kr = Ks + lane * (D + 1);
+        for (int d = 0; d < D; d++) {
+            float kd = kr[d];
+#pragma unroll
+            for (int r = 0; r < 8; r++) s[r] += Qs[(r0 + r) * D + d] * kd;
+        }
+        int kj = k0 + lane;
+#pragma unroll
+        for (int r = 0; r < 8; r++) {
+            int qi = q0 + r0 + r;
+            /* key k0 <= qi always exists, so the row max is finite */
+            float sv = kj <= qi && kj < T ? s[r] * scale : -INFINITY;
+            float mnew = fmaxf(m[r], warp_max(sv));
+            float p = expf(sv - mnew), alpha = expf(m[r] - mnew);
+            l[r] = l[r] * alpha + warp_sum(p);
+            m[r] = mnew;
+#pragma unroll
+            for (int c = 0; c < DC; c++) o[r][c] *= alpha;
+            s[r] = p;
+        }
+        for (int j = 0; j < AR; j++) {
+            float pj[8];
+#pragma unroll
+            for (int r = 0; r < 8; r++) pj[r] = __shfl_sync(0xffffffffu, s[r], j);
+#pragma unroll
+            for (int c = 0; c < DC; c++) {
+                int d = lane + 32 * c;
+                if (d < D) {
+                    float vv = Vs[j * D + d];
+#pragma unroll
+                    for (int r = 0; r < 8; r++) o[r][c] += pj[r] * vv;
+                }
+            }
+        }
+    }
+    int ldo = Hq * D;
+#pragma unroll
+    for (int r = 0; r < 8; r++) {
+        int qi = q0 + r0 + r;
+        if (qi >= T) continue;
+        float inv = 1.0f / l[r];
+        float *orow = out + (size_t)(b * T + qi) * ldo + (size_t)h * D;
+#pragma unroll
+        for (int c = 0; c < DC; c++)
+            if (lane + 32 * c < D) orow[lane + 32 * c] = o[r][c] * inv;
+        if (!lane) lse[(size_t)bh * T + qi] = m[r] + logf(l[r]);
+    }
+}
+
+/* di[bh*T + t] = rowsum(dout * out) of one head: one warp per row. */
+__global__ void attn_di_k(float *di, const float *dout, const float *out, int B, int T, int Hq, int D) {
+    size_t rows = (size_t)B * Hq * T;
+    size_t wid = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    size_t nw = ((size_t)gridDim.x * blockDim.x) >> 5;
+    for (size_t row = wid; row < rows; row += nw) {
+        int t = (int)(row % T);
+        size_t bh = row / T;
+        int h = (int)(bh % Hq), b = (int)(bh / Hq);
+        size_t off = (size_t)(b * T + t) * Hq * D + (size_t)h * D;
+        float s = 0.0f;
+        for (int d = lane; d < D; d += 32) s += dout[off + d] * out[off + d];
+        s = warp_sum(s);
+        if (!lane) di[row] = s;
+    }
+}
+
+/* dK, dV: grid (key tiles, B*Hkv); the G query heads of the group are
+ * summed here. Shared: K [AR][D], V [AR][D], Q [AR][D+1], dO [AR][D+1],
+ * lse [AR], di [AR]. */
+template <int DC>
+__global__ void __launch_bounds__(ATHREADS) attn_dkv_k(float *dk, float *dv, const float *dout, const float *lse,
+                                                       const float *di, const float *q, const float *k,
+                                                       const float *v, int ldq, int ldkv, int T, int Hq, int Hkv,
+                                                       int D, float scale) {
+    extern __shared__ float sm[];
+    float *Ks = sm, *Vs = Ks + AR * D, *Qs = Vs + AR * D, *Os = Qs + AR * (D + 1), *Ls = Os + AR * (D + 1),
+          *Di = Ls + AR;
+    int G = Hq / Hkv, b = blockIdx.y / Hkv, kvh = blockIdx.y % Hkv, ldo = Hq * D;
+    int k0 = blockIdx.x * AR, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 8;
+    load_tile(Ks, D, k + (size_t)b * T * ldkv + (size_t)kvh * D, ldkv, k0, T, D);
+    load_tile(Vs, D, v + (size_t)b * T * ldkv + (size_t)kvh * D, ldkv, k0, T, D);
+    float gk[8][DC], gv[8][DC];
+#pragma unroll
+    for (int r = 0; r < 8; r++)
+#pragma unroll
+        for (int c = 0; c < DC; c++) gk[r][c] = gv[r][c] = 0.0f;
+    for (int g = 0; g < G; g++) {
+        int h = kvh * G + g;
+        size_t bh = (size_t)b * Hq + h;
+        for (int q0 = k0; q0 < T; q0 += AR) {
+            __syncthreads();
+            load_tile(Qs, D + 1, q + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T, D);
+            load_tile(Os, D + 1, dout + (size_t)b * T * ldo + (size_t)h * D, ldo, q0, T, D);
+            if (threadIdx.x < AR) {
+                int qi = q0 + threadIdx.x;
+                Ls[threadIdx.x] = qi < T ? lse[bh * T + qi] : 0.0f;
+                Di[threadIdx.x] = qi < T ? di[bh * T + qi] : 0.0f;
+            }
+            __syncthreads();
+            float s[8], dp[8];
+#pragma unroll
+            for (int r = 0; r < 8; r++) s[r] = dp[r] = 0.0f;
+            const float *qr = Qs + lane * (D + 1), *orr = Os + lane * (D + 1);
+            for (int d = 0; d < D; d++) {
+                float qd = qr[d], od = orr[d];
+#pragma unroll
+                for (int r = 0; r < 8; r++) {
+                    s[r] += Ks[(r0 + r) * D + d] * qd;
+                    dp[r] += Vs[(r0 + r) * D + d] * od;
+                }
+            }
+            int qi = q0 + lane;
+#pragma unroll
+            for (int r = 0; r < 8; r++) {
+                int kj = k0 + r0 + r;
+                float p = qi < T && kj <= qi ? expf(s[r] * scale - Ls[lane]) : 0.0f;
+                dp[r] = p * (dp[r] - Di[lane]);
+                s[r] = p;
+            }
+            for (int j = 0; j < AR; j++) {
+                float pj[8], sj[8];
+#pragma unroll
+                for (int r = 0; r < 8; r++) {
+                    pj[r] = __shfl_sync(0xffffffffu, s[r], j);
+                    sj[r] = __shfl_sync(0xffffffffu, dp[r], j);
+                }
+#pragma unroll
+                for (int c = 0; c < DC; c++) {
+                    int d = lane + 32 * c;
+                    if (d < D) {
+                        float od = Os[j * (D + 1) + d], qd = Qs[j * (D + 1) + d];
+#pragma unroll
+                        for (int r = 0; r < 8; r++) {
+                            gv[r][c] += pj[r] * od;
+                            gk[r][c] += sj[r] * qd;
+                        }
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 8; r++) {
+        int kj = k0 + r0 + r;
+        if (kj >= T) continue;
+        size_t off = (size_t)(b * T + kj) * ldkv + (size_t)kvh * D;
+#pragma unroll
+        for (int c = 0; c < DC; c++) {
+            int d = lane + 32 * c;
+            if (d < D) {
+                dk[off + d] = gk[r][c] * scale;
+                dv[off + d] = gv[r][c];
+            }
+        }
+    }
+}
+
+/* dQ: grid (q tiles, B*Hq). Shared: Q [AR][D], dO [AR][D], K [AR][D+1], V [AR][D+1]. */
+template <int DC>
+__global__ void __launch_bounds__(ATHREADS) attn_dq_k(float *dq, const float *dout, const float *lse,
+                                                      const float *di, const float *q, const float *k,
+                                                      const float *v, int ldq, int ldkv, int T, int Hq, int Hkv,
+                                                      int D, float scale) {
+    extern __shared__ float sm[];
+    float *Qs = sm, *Os = Qs + AR * D, *Ks = Os + AR * D, *Vs = Ks + AR * (D + 1);
+    int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv), ldo = Hq * D;
+    int q0 = blockIdx.x * AR, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 8;
+    load_tile(Qs, D, q + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T, D);
+    load_tile(Os, D, dout + (size_t)b * T * ldo + (size_t)h * D, ldo, q0, T, D);
+    const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
+    const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
+    float lr[8], dr[8], acc[8][DC];
+#pragma unroll
+    for (int r = 0; r < 8; r++) {
+        int qi = q0 + r0 + r;
+        lr[r] = qi < T ? lse[(size_t)bh * T + qi] : 0.0f;
+        dr[r] = qi < T ? di[(size_t)bh * T + qi] : 0.0f;
+#pragma unroll
+        for (int c = 0; c < DC; c++) acc[r][c] = 0.0f;
+    }
+    int kend = min(q0 + AR, T);
+    for (int k0 = 0; k0 < kend; k0 += AR) {
+        __syncthreads();
+        load_tile(Ks, D + 1, kb, ldkv, k0, T, D);
+        load_tile(Vs, D + 1, vb, ldkv, k0, T, D);
+        __syncthreads();
+        float s[8], dp[8];
+#pragma unroll
+        for (int r = 0; r < 8; r++) s[r] = dp[r] = 0.0f;
+        const float *kr = Ks + lane * (D + 1), *vr = Vs + lane * (D + 1);
+        for (int d = 0; d < D; d++) {
+            float kd = kr[d], vd = vr[d];
+#pragma unroll
+            for (int r = 0; r < 8; r++) {
+                s[r] += Qs[(r0 + r) * D + d] * kd;
+                dp[r] += Os[(r0 + r) * D + d] * vd;
+            }
+        }
+        int kj = k0 + lane;
+#pragma unroll
+        for (int r = 0; r < 8; r++) {
+            int qi = q0 + r0 + r;
+            float p = qi < T && kj <= qi ? expf(s[r] * scale - lr[r]) : 0.0f;
+            s[r] = p * (dp[r] - dr[r]);
+        }
+        for (int j = 0; j < AR; j++) {
+            float sj[8];
+#pragma unroll
+            for (int r = 0; r < 8; r++) sj[r] = __shfl_sync(0xffffffffu, s[r], j);
+#pragma unroll
+            for (int c = 0; c < DC; c++) {
+                int d = lane + 32 * c;
+                if (d < D) {
+                    float kd = Ks[j * (D + 1) + d];
+#pragma unroll
+                    for (int r = 0; r < 8; r++) acc[r][c] += sj[r] * kd;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 8; r++) {
+        int qi = q0 + r0 + r;
+        if (qi >= T) continue;
+        float *row = dq + (size_t)(b * T + qi) * ldq + (size_t)h * D;
+#pragma unroll
+        for (int c = 0; c < DC; c++)
+            if (lane + 32 * c < D) row[lane + 32 * c] = acc[r][c] * scale;
+    }
+}
+
+#define ATT_DISPATCH(DCV, K, ...)                                              \
+    do {                                                                       \
+        if ((DCV) == 2) K<2> __VA_ARGS__;                                      \
+        else if ((DCV) == 4) K<4> __VA_ARGS__;                                 \
+        else K<8> __VA_ARGS__;                                                 \
+    } while (0)
+
+static int attn_plan(cu_impl *c, int B, int T, int Hq, int Hkv, int D, cuplan_attn *pl) {
+    lr_err e;
+    if (cuplan_attention(B, T, Hq, Hkv, D, c->smem_optin, pl, &e)) {
+        fail(c, LR_E_INVALID, "%s", e.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static void cu_attn_fwd(kb_backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
+                        int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D) {
+    cu_impl *c = impl_of(be);
+    cuplan_attn pl;
+    if (c->failed || attn_plan(c, B, T, Hq, Hkv, D, &pl)) return;
+    float scale = 1.0f / sqrtf((float)D);
+    dim3 grid(pl.q_tiles, (unsigned)(B * Hq));
+    ATT_DISPATCH(pl.dc, attn_fwd_k,
+                 <<<grid, ATHREADS, pl.smem_fwd, c->st>>>(out, lse, q, k, v, ldq, ldkv, T, Hq, Hkv, D, scale));
+    launched(c, "attn_fwd");
+}
+
+static void cu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                        const float *lse, const float *q, const float *k, const float *v, int ldq, int ldkv, int B,
+                        int T, int Hq, int Hkv, int D) {
+    cu_impl *c = impl_of(be);
+    cuplan_attn pl;
+    if (c->failed || attn_plan(c, B, T, Hq, Hkv, D, &pl)) return;
+    float *di = (float *)ws_get(c, pl.ws_bytes, "attention scratch");
+    if (!di) return;
+    float scale = 1.0f / sqrtf((float)D);
+    size_t rows = (size_t)B * Hq * T;
+    attn_di_k<<<cuplan_grid(rows * 32, CUPLAN_BLOCK, c->dev.sm_count), CUPLAN_BLOCK, 0, c->st>>>(di, dout, out, B, T,
+                                                                                               Hq, D);
+    dim3 gkv(pl.q_tiles, (unsigned)(B * Hkv)), gq(pl.q_tiles, (unsigned)(B * Hq));
+    ATT_DISPATCH(pl.dc, attn_dkv_k,
+                 <<<gkv, ATHREADS, pl.smem_dkv, c->st>>>(dk, dv, dout, lse, di, q, k, v, ldq, ldkv, T, Hq, Hkv, D,
+                                                         scale));
+    ATT_DISPATCH(pl.dc, attn_dq_k,
+                 <<<gq, ATHREADS, pl.smem_dq, c->st>>>(dq, dout, lse, di, q, k, v, ldq, ldkv, T, Hq, Hkv, D, scale));
+    launched(c, "attn_bwd");
+}
+
+/* ---- elementwise ---- */
+
+__global__ void swiglu_fwd_k(float *h, const float *g, const float *u, size_t n) {
+    GRID_STRIDE(i, n) h[i] = lr_swiglu(g[i], u[i]);
+}
+__global__ void swiglu_bwd_k(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+    GRID_STRIDE(i, n) lr_swiglu_grad(g[i], u[i], dh[i], &dg[i], &du[i]);
+}
+__global__ void gelu_fwd_k(float *y, const float *x, size_t n, int exact) {
+    GRID_STRIDE(i, n) y[i] = exact ? lr_gelu_erf(x[i]) : lr_gelu_tanh(x[i]);
+}
+__global__ void gelu_bwd_k(float *dx, const float *dy, const float *x, size_t n, int exact) {
+    GRID_STRIDE(i, n) dx[i] = dy[i] * (exact ? lr_gelu_erf_grad(x[i]) : lr_gelu_tanh_grad(x[i]));
+}
+__global__ void add_k(float *y, const float *x, size_t n) {
+    GRID_STRIDE(i, n) y[i] += x[i];
+}
+__global__ void scale_k(float *x, float s, size_t n) {
+    GRID_STRIDE(i, n) x[i] *= s;
+}
+
+#define ELEMWISE(be, n, name, KERNEL, ...)                                     \
+    do {                                                                       \
+        cu_impl *c_ = impl_of(be);                                             \
+        if (c_->failed || !(n)) return;                                        \
+        KERNEL<<<grid_for(c_, n), CUPLAN_BLOCK, 0, c_->st>>>(__VA_ARGS__);     \
+        launched(c_, name);                                                    \
+    } while (0)
+
+static void cu_swiglu_fwd(kb_backend *be, float *h, const float *g, const float *u, size_t n) {
+    ELEMWISE(be, n, "swiglu_fwd", swiglu_fwd_k, h, g, u, n);
+}
+static void cu_swiglu_bwd(kb_backend *be, float *dg, float *du, const float *dh, const float *g, const float *u,
+                          size_t n) {
+    ELEMWISE(be, n, "swiglu_bwd", swiglu_bwd_k, dg, du, dh, g, u, n);
+}
+static void cu_gelu_fwd(kb_backend *be, float *y, const float *x, size_t n, int exact) {
+    ELEMWISE(be, n, "gelu_fwd", gelu_fwd_k, y, x, n, exact);
+}
+static void cu_gelu_bwd(kb_backend *be, float *dx, const float *dy, const float *x, size_t n, int exact) {
+    ELEMWISE(be, n, "gelu_bwd", gelu_bwd_k, dx, dy, x, n, exact);
+}
+static void cu_add(kb_backend *be, float *y, const float *x, size_t n) { ELEMWISE(be, n, "add", add_k, y, x, n); }
+static void cu_scale(kb_backend *be, float *x, float s, size_t n) { ELEMWISE(be, n, "scale", scale_k, x, s, n); }
+
+/* ---- matmuls ---- */
+
+template <typename W> __global__ void convert_k(W *dst, const float *src, size_t n) {
+    GRID_STRIDE(i, n) dst[i] = stw<W>(src[i]);
+}
+/* dst = src in the weight dtype (the cuBLAS operand next to a frozen weight). */
+static void to_lowp(cu_impl *c, kb_dtype dt, void *dst, const float *src, size_t n) {
+    if (!n) return;
+    WDISPATCH(dt, convert_k<W><<<grid_for(c, n), CUPLAN_BLOCK, 0, c->st>>>((W *)dst, src, n));
+    launched(c, "convert");
+}
+
+/* Row-major C[M,N] (f32, ldc) = alpha op(A)[M,K] op(B)[K,N] + beta C, A and
+ * B of dtype dt, f32 accumulation (no TF32 for f32). A row-major matrix is
+ * its transpose in cuBLAS's column-major view, hence C^T = op(B)^T op(A)^T. */
+static void gemm(cu_impl *c, kb_dtype dt, int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda,
+                 const void *B, int ldb, float beta, float *C, int ldc) {
+    if (c->failed || M <= 0 || N <= 0) return;
+    cudaDataType t = cuda_type(dt);
+    cublasStatus_t s = cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
+                                    &alpha, B, t, ldb, A, t, lda, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        fail(c, s == CUBLAS_STATUS_ALLOC_FAILED ? LR_E_NOMEM : LR_E_INTERNAL,
+             "cublasGemmEx (%dx%dx%d) on %s: %s", M, N, K, c->name, cublasGetStatusString(s));
+}
+
+template <typename W> __global__ void bias_rows_k(float *y, const W *b, int N, int out) {
+    GRID_STRIDE(i, (size_t)N * out) y[i] = ldw(b, i % out);
+}
+__global__ void dropout_k(float *dst, const float *x, uint64_t seed, float p, size_t n) {
+    GRID_STRIDE(i, n) dst[i] = x[i] * lr_dropout_mult(seed, i, p);
+}
+__global__ void dropout_acc_k(float *dx, const float *t, uint64_t seed, float p, size_t n) {
+    GRID_STRIDE(i, n) dx[i] += t[i] * lr_dropout_mult(seed, i, p);
+}
+
+static void cu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N) {
+    cu_impl *c = impl_of(be);
+    if (c->failed || N <= 0) return;
+    kb_dtype dt = be->weight_dtype;
+    const kb_lora *l = L->lora;
+    int drop = l && l->dropout > 0.0f;
+    cuplan_linear lay;
+    cuplan_linear_layout(dt, N, L->in, L->out, l ? l->r : 0, drop, 0, &lay);
+    char *ws = ws_get(c, lay.total, "linear layer scratch");
+    if (lay.total && !ws) return;
+    size_t ny = (size_t)N * L->out, nx = (size_t)N * L->in;
+    float beta = 0.0f;
+    if (L->b) {
+        WDISPATCH(dt, bias_rows_k<W><<<grid_for(c, ny), CUPLAN_BLOCK, 0, c->st>>>(y, (const W *)L->b, N, L->out));
+        beta = 1.0f;
+    }
+    const void *xop = x;
+    if (dt != KB_F32) {
+        to_lowp(c, dt, ws + lay.x_lowp, x, nx);
+        xop = ws + lay.x_lowp;
+    }
+    if (L->w_in_out) gemm(c, dt, 0, 0, N, L->out, L->in, 1.0f, xop, L->in, L->W, L->out, beta, y, L->out);
+    else gemm(c, dt, 0, 1, N, L->out, L->in, 1.0f, xop, L->in, L->W, L->in, beta, y, L->out);
+    launched(c, "linear_fwd");
+    if (!l) return;
+    const float *xd = x;
+    if (drop) {
+        float *t = (float *)(ws + lay.drop);
+        dropout_k<<<grid_for(c, nx), CUPLAN_BLOCK, 0, c->st>>>(t, x, l->seed, l->dropout, nx);
+        xd = t;
+    }
+    gemm(c, KB_F32, 0, 1, N, l->r, L->in, 1.0f, xd, L->in, l->A, L->in, 0.0f, xa, l->r);
+    gemm(c, KB_F32, 0, 1, N, L->out, l->r, l->scale, xa, l->r, l->B, l->r, 1.0f, y, L->out);
+    launched(c, "linear_fwd lora");
+}
+
+static void cu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_acc, const float *dy, const float *x,
+                          const float *xa, int N) {
+    cu_impl *c = impl_of(be);
+    if (c->failed || N <= 0) return;
+    kb_dtype dt = be->weight_dtype;
+    const kb_lora *l = L->lora;
+    int drop = l && l->dropout > 0.0f, r = l ? l->r : 0;
+    cuplan_linear lay;
+    cuplan_linear_layout(dt, N, L->in, L->out, r, drop, 1, &lay);
+    char *ws = ws_get(c, lay.total, "linear layer scratch");
+    if (lay.total && !ws) return;
+    size_t nx = (size_t)N * L->in;
+    if (dx) {
+        const void *dyop = dy;
+        if (dt != KB_F32) {
+            to_lowp(c, dt, ws + lay.x_lowp, dy, (size_t)N * L->out);
+            dyop = ws + lay.x_lowp;
+        }
+        float beta = dx_acc ? 1.0f : 0.0f;
+        if (L->w_in_out) gemm(c, dt, 0, 1, N, L->in, L->out, 1.0f, dyop, L->out, L->W, L->out, beta, dx, L->in);
+        else gemm(c, dt, 0, 0, N, L->in, L->out, 1.0f, dyop, L->out, L->W, L->in, beta, dx, L->in);
+    }
+    if (!l) return;
+    float *dh = (float *)(ws + lay.dh);
+    /* dB += s dy^T xa; dh = s dy B; dA += dh^T drop(x); dx += drop'(dh A) */
+    gemm(c, KB_F32, 1, 0, L->out, r, N, l->scale, dy, L->out, xa, r, 1.0f, l->dB, r);
+    gemm(c, KB_F32, 0, 0, N, r, L->out, l->scale, dy, L->out, l->B, r, 0.0f, dh, r);
+    const float *xd = x;
+    float *t = drop ? (float *)(ws + lay.drop) : NULL;
+    if (drop) {
+        dropout_k<<<grid_for(c, nx), CUPLAN_BLOCK, 0, c->st>>>(t, x, l->seed, l->dropout, nx);
+        xd = t;
+    }
+    gemm(c, KB_F32, 1, 0, r, L->in, N, 1.0f, dh, r, xd, L->in, 1.0f, l->dA, L->in);
+    if (dx) {
+        if (!drop) {
+            gemm(c, KB_F32, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, dx, L->in);
+        } else {
+            gemm(c, KB_F32, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 0.0f, t, L->in);
+            dropout_acc_k<<<grid_for(c, nx), CUPLAN_BLOCK, 0, c->st>>>(dx, t, l->seed, l->dropout, nx);
+        }
+    }
+    launched(c, "linear_bwd");
+}
+
+/* ---- LM head + cross-entropy ---- */
+
+template <typename W> __global__ void gather_k(W *dst, const float *x, const int32_t *rows, int m, int C) {
+    GRID_STRIDE(e, (size_t)m * C) {
+        size_t i = e / C, cc = e % C;
+        dst[e] = stw<W>(x[(size_t)rows[i] * C + cc]);
+    }
+}
+__global__ void scatter_k(float *dx, const float *dxc, const int32_t *rows, int m, int C) {
+    GRID_STRIDE(e, (size_t)m * C) {
+        size_t i = e / C, cc = e % C;
+        dx[(size_t)rows[i] * C + cc] = dxc[e];
+    }
+}
+/* One block per row of the chunk: loss = max + log(sum exp) - logit[target]
+ * (f64, as the CPU backend); with G != NULL the row's gradient
+ * w * (softmax - onehot), w = grad_scale * tok_scale[row], goes to G in the
+ * weight dtype, computed from the logits in one pass: the probabilities are
+ * never stored apart. */
+template <typename W>
+__global__ void ce_rows_k(double *loss, float *tok_loss, W *G, const float *logits, const int32_t *tgt,
+                          const int32_t *rows, const float *tok_scale, int V, float grad_scale) {
+    __shared__ double shd[33];
+    __shared__ float shf[33];
+    int i = blockIdx.x, row = rows[i];
+    const float *l = logits + (size_t)i * V;
+    int tg = tgt[i];
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
+    mx = block_maxf(mx, shf);
+    double s = 0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf(l[j] - mx);
+    s = block_sumd(s, shd);
+    double li = (double)mx + log(s) - (double)l[tg];
+    if (!threadIdx.x) {
+        loss[i] = li;
+        if (tok_loss) tok_loss[row] = (float)li;
+    }
+    if (!G) return;
+    float w = grad_scale * (tok_scale ? tok_scale[row] : 1.0f);
+    float inv = (float)(1.0 / s) * w;
+    W *g = G + (size_t)i * V;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float d = expf(l[j] - mx) * inv;
+        g[j] = stw<W>(j == tg ? d - w : d);
+    }
+}
+
+static double cu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, const float *x,
+                           const void *W, const int32_t *targets, const float *tok_scale, int N, int C, int V,
+                           float grad_scale, int chunk_rows) {
+    cu_impl *c = impl_of(be);
+    kb_dtype dt = be->weight_dtype;
+    *n_valid = 0;
+    if (c->failed || N <= 0) return NAN;
+    /* The valid rows are listed on the host: the host needs the count anyway. */
+    int32_t *ht = (int32_t *)malloc((size_t)N * 2 * sizeof(int32_t));
+    double *hl = NULL, total = 0;
+    char *ws = NULL;
+    int nv = 0;
+    cuplan_ce lay;
+    if (!ht) {
+        fail(c, LR_E_NOMEM, "out of host memory for %d targets", N);
+        return NAN;
+    }
+    int32_t *rows = ht + N;
+    cu_download(be, ht, targets, (size_t)N * sizeof(int32_t));
+    for (int n = 0; n < N; n++)
+        if (ht[n] != LR_IGNORE_INDEX) {
+            ht[nv] = ht[n]; /* compacted targets, nv <= n */
+            rows[nv++] = n;
+        }
+    *n_valid = nv;
+    if (dx) cu_zero(be, dx, (size_t)N * C * sizeof(float));
+    if (tok_loss) cu_zero(be, tok_loss, (size_t)N * sizeof(float));
+    cuplan_ce_layout(dt, nv, C, V, chunk_rows, CUPLAN_CE_BUDGET, &lay);
+    if (nv) ws = ws_get(c, lay.total, "LM head logits");
+    if (!nv || !ws || c->failed) goto out;
+    cu_upload(be, ws + lay.rows, rows, (size_t)nv * sizeof(int32_t));
+    cu_upload(be, ws + lay.tgt, ht, (size_t)nv * sizeof(int32_t));
+    for (int c0 = 0; c0 < nv && !c->failed; c0 += lay.chunk) {
+        int m = nv - c0 < lay.chunk ? nv - c0 : lay.chunk;
+        const int32_t *rc = (const int32_t *)(ws + lay.rows) + c0;
+        float *lg = (float *)(ws + lay.logits);
+        void *xc = ws + lay.xc;
+        WDISPATCH(dt, gather_k<W><<<grid_for(c, (size_t)m * C), CUPLAN_BLOCK, 0, c->st>>>((W *)xc, x, rc, m, C));
+        gemm(c, dt, 0, 1, m, V, C, 1.0f, xc, C, W, C, 0.0f, lg, V);
+        void *G = dx ? (dt == KB_F32 ? (void *)lg : (void *)(ws + lay.dlg)) : NULL;
+        double *lossc = (double *)(ws + lay.loss) + c0;
+        const int32_t *tc = (const int32_t *)(ws + lay.tgt) + c0;
+        WDISPATCH(dt, ce_rows_k<W><<<m, 1024, 0, c->st>>>(lossc, tok_loss, (W *)G, lg, tc, rc, tok_scale, V,
+                                                          grad_scale));
+        launched(c, "lmhead_ce");
+        if (!dx) continue;
+        float *dxc = (float *)(ws + lay.dxc);
+        gemm(c, dt, 0, 0, m, C, V, 1.0f, G, V, W, C, 0.0f, dxc, C);
+        scatter_k<<<grid_for(c, (size_t)m * C), CUPLAN_BLOCK, 0, c->st>>>(dx, dxc, rc, m, C);
+        launched(c, "lmhead_ce backward");
+    }
+    hl = (double *)malloc((size_t)nv * sizeof(double));
+    if (!hl) {
+        fail(c, LR_E_NOMEM, "out of host memory for %d losses", nv);
+        goto out;
+    }
+    cu_download(be, hl, ws + lay.loss, (size_t)nv * sizeof(double));
+    for (int i = 0; i < nv; i++) total += hl[i]; /* row order, as the CPU backend */
+out:
+    free(ht);
+    free(hl);
+    return c->failed ? NAN : total;
+}
+
+/* ---- optimizer and clipping ---- */
+
+__global__ void adamw_k(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
+                        float eps, float wd, float bc1, float bc2s) {
+    GRID_STRIDE(i, n) lr_adamw_elem(&p[i], g[i], &m[i], &v[i], lr, b1, b2, eps, wd, bc1, bc2s);
+}
+static void cu_adamw(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n, const kb_adamw *hp) {
+    float bc1 = (float)(1.0 - pow(hp->beta1, (double)hp->t));
+    float bc2s = (float)sqrt(1.0 - pow(hp->beta2, (double)hp->t));
+    ELEMWISE(be, n, "adamw", adamw_k, p, g, m, v, n, hp->lr, hp->beta1, hp->beta2, hp->eps, hp->weight_decay, bc1,
+             bc2s);
+}
+
+/* One block per CUPLAN_SUMSQ_BLOCK elements; the partial sums are added on
+ * the host in block order, so the result does not depend on the GPU. */
+__global__ void sumsq_k(double *part, const float *x, size_t n) {
+    __shared__ double sh[33];
+    size_t s = (size_t)blockIdx.x * CUPLAN_SUMSQ_BLOCK, e = s + CUPLAN_SUMSQ_BLOCK < n ? s + CUPLAN_SUMSQ_BLOCK : n;
+    double acc = 0;
+    for (size_t i = s + threadIdx.x; i < e; i += blockDim.x) acc += (double)x[i] * x[i];
+    acc = block_sumd(acc, sh);
+    if (!threadIdx.x) part[blockIdx.x] = acc;
+}
+static double cu_sumsq(kb_backend *be, const float *x, size_t n) {
+    cu_impl *c = impl_of(be);
+    if (c->failed) return NAN;
+    if (!n) return 0.0;
+    size_t nb = (n + CUPLAN_SUMSQ_BLOCK - 1) / CUPLAN_SUMSQ_BLOCK;
+    double *part = (double *)ws_get(c, nb * sizeof(double), "sumsq scratch");
+    double *h = (double *)malloc(nb * sizeof(double)), s = 0;
+    if (!part || !h) {
+        if (!h) fail(c, LR_E_NOMEM, "out of host memory");
+        free(h);
+        return NAN;
+    }
+    sumsq_k<<<(unsigned)nb, CUPLAN_BLOCK, 0, c->st>>>(part, x, n);
+    launched(c, "sumsq");
+    cu_download(be, h, part, nb * sizeof(double));
+    for (size_t b = 0; b < nb; b++) s += h[b];
+    free(h);
+    return c->failed ? NAN : s;
+}
+
+/* ---- lifetime, errors, queries ---- */
+
+static int cu_check(kb_backend *be, lr_err *err) {
+    cu_impl *c = impl_of(be);
+    cudaError_t e = cudaStreamQuery(c->st); /* surfaces a fault of work already finished */
+    if (e != cudaSuccess && e != cudaErrorNotReady) cuda_ok(c, e, "a kernel");
+    if (!c->failed) return 0;
+    c->failed = 0;
+    return lr_errp(err, c->code, NULL, "%s", c->msg);
+}
+
+static void cu_destroy(kb_backend *be) {
+    cu_impl *c = impl_of(be);
+    cudaStreamSynchronize(c->st);
+    if (c->ws) cudaFreeAsync(c->ws, c->st);
+    if (c->blas) cublasDestroy(c->blas);
+    if (c->blas_ws) cudaFreeAsync(c->blas_ws, c->st);
+    cudaStreamSynchronize(c->st);
+    cudaStreamDestroy(c->st);
+    cudaMemPoolTrimTo(c->pool, 0);
+    free(c);
+    free(be);
+}
+
+static int device_count(int *n, lr_err *err) {
+    *n = 0;
+    cudaError_t e = cudaGetDeviceCount(n);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        *n = 0;
+        return lr_errp(err, LR_E_NOTFOUND, "backend", "no CUDA device found (cudaGetDeviceCount: %s)",
+                       cudaGetErrorString(e));
+    }
+    if (*n <= 0) return lr_errp(err, LR_E_NOTFOUND, "backend", "no CUDA device found (cudaGetDeviceCount: 0 devices)");
+    return 0;
+}
+
+static int describe(int i, kb_cuda_device *d, lr_err *err) {
+    cudaDeviceProp p;
+    memset(d, 0, sizeof *d);
+    cudaError_t e = cudaGetDeviceProperties(&p, i);
+    if (e != cudaSuccess) return lr_errf(err, "cuda:%d: cudaGetDeviceProperties: %s", i, cudaGetErrorString(e));
+    d->index = i;
+    snprintf(d->name, sizeof d->name, "%s", p.name);
+    d->cc_major = p.major;
+    d->cc_minor = p.minor;
+    d->sm_count = p.multiProcessorCount;
+    d->total_bytes = p.totalGlobalMem;
+    cudaDeviceGetAttribute(&d->clock_khz, cudaDevAttrClockRate, i);
+    int cur = 0;
+    cudaGetDevice(&cur);
+    size_t fr = 0, tot = 0;
+    if (cudaSetDevice(i) == cudaSuccess && cudaMemGetInfo(&fr, &tot) == cudaSuccess) d->free_bytes = fr;
+    cudaGetLastError();
+    cudaSetDevice(cur);
+    d->peak_bf16_flops = cuplan_peak_bf16(d->name, d->cc_major, d->cc_minor, d->sm_count, d->clock_khz);
+    /* sm_80 code runs on every 8.x; sm_90 code on 9.0; nothing is built for later families */
+    d->usable = d->cc_major == 8 || d->cc_major == 9;
+    return 0;
+}
+
+extern "C" int kb_cuda_devices(kb_cuda_device *out, int max, lr_err *err) {
+    int n;
+    if (device_count(&n, err)) return -1;
+    for (int i = 0; i < n && i < max; i++)
+        if (describe(i, &out[i], err)) return -1;
+    return n;
+}
+
+__global__ void hello_k(int *x) { *x = 1; }
+
+static void set_smem(const void *fn, size_t bytes) {
+    cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+}
+
+extern "C" int kb_cuda_create(int device, kb_dtype wdt, kb_backend **out, lr_err *err) {
+    *out = NULL;
+    int n;
+    if (device_count(&n, err)) return -1;
+    if (device < 0 || device >= n)
+        return lr_errp(err, LR_E_NOTFOUND, "backend", "cuda:%d: this machine has %d CUDA device%s (cuda:0..cuda:%d)",
+                       device, n, n == 1 ? "" : "s", n - 1);
+    kb_backend *be = (kb_backend *)calloc(1, sizeof *be);
+    cu_impl *c = (cu_impl *)calloc(1, sizeof *c);
+    int *probe = NULL;
+    uint64_t keep = UINT64_MAX, zero = 0;
+    cudaDeviceProp p;
+    if (!be || !c) {
+        free(be);
+        free(c);
+        return lr_errp(err, LR_E_NOMEM, NULL, "out of memory creating the CUDA backend");
+    }
+    snprintf(c->name, sizeof c->name, "cuda:%d", device);
+    if (describe(device, &c->dev, err)) goto fail;
+    if (!c->dev.usable) {
+        lr_errp(err, LR_E_INVALID, "backend",
+                "%s (%s) has compute capability %d.%d; this lora-worker has kernels for 8.x and 9.x (sm_80, sm_90)",
+                c->name, c->dev.name, c->dev.cc_major, c->dev.cc_minor);
+        goto fail;
+    }
+    if (cudaSetDevice(device) != cudaSuccess || cudaGetDeviceProperties(&p, device) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaDeviceGetDefaultMemPool(&c->pool, device) != cudaSuccess) {
+        lr_errf(err, "%s: initialising the device: %s", c->name, cudaGetErrorString(cudaGetLastError()));
+        goto fail;
+    }
+    c->smem_optin = p.sharedMemPerBlockOptin;
+    cudaMemPoolSetAttribute(c->pool, cudaMemPoolAttrReleaseThreshold, &keep);
+    cudaMemPoolSetAttribute(c->pool, cudaMemPoolAttrUsedMemHigh, &zero);
+    /* one trivial launch: a device this binary has no kernels for fails here, clearly */
+    if (cudaMallocAsync((void **)&probe, sizeof(int), c->st) != cudaSuccess) {
+        lr_errf(err, "%s: cannot allocate device memory: %s", c->name, cudaGetErrorString(cudaGetLastError()));
+        goto fail;
+    }
+    hello_k<<<1, 1, 0, c->st>>>(probe);
+    {
+        cudaError_t e = cudaGetLastError();
+        if (e == cudaSuccess) e = cudaStreamSynchronize(c->st);
+        cudaFreeAsync(probe, c->st);
+        if (e != cudaSuccess) {
+            lr_errf(err, "%s: test kernel failed: %s", c->name, cudaGetErrorString(e));
+            goto fail;
+        }
+    }
+    if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
+        lr_errf(err, "%s: cublasCreate failed", c->name);
+        goto fail;
+    }
+    c->blas_ws = pool_alloc(c, CUBLAS_WS_BYTES);
+    if (!c->blas_ws || cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetWorkspace(c->blas, c->blas_ws, CUBLAS_WS_BYTES) != CUBLAS_STATUS_SUCCESS) {
+        lr_errf(err, "%s: setting up cuBLAS failed", c->name);
+        goto fail;
+    }
+    set_smem((const void *)attn_fwd_k<2>, c->smem_optin);
+    set_smem((const void *)attn_fwd_k<4>, c->smem_optin);
+    set_smem((const void *)attn_fwd_k<8>, c->smem_optin);
+    set_smem((const void *)attn_dkv_k<2>, c->smem_optin);
+    set_smem((const void *)attn_dkv_k<4>, c->smem_optin);
+    set_smem((const void *)attn_dkv_k<8>, c->smem_optin);
+    set_smem((const void *)attn_dq_k<2>, c->smem_optin);
+    set_smem((const void *)attn_dq_k<4>, c->smem_optin);
+    set_smem((const void *)attn_dq_k<8>, c->smem_optin);
+    cudaGetLastError();
+
+    be->name = c->name;
+    be->weight_dtype = wdt;
+    be->threads = 1;
+    be->impl = c;
+    be->alloc = cu_alloc;
+    be->free = cu_free;
+    be->upload = cu_upload;
+    be->download = cu_download;
+    be->zero = cu_zero;
+    be->embed_fwd = cu_embed_fwd;
+    be->embed_bwd = cu_embed_bwd;
+    be->rmsnorm_fwd = cu_rmsnorm_fwd;
+    be->rmsnorm_bwd = cu_rmsnorm_bwd;
+    be->layernorm_fwd = cu_layernorm_fwd;
+    be->layernorm_bwd = cu_layernorm_bwd;
+    be->rope_fwd = cu_rope_fwd;
+    be->rope_bwd = cu_rope_bwd;
+    be->attn_fwd = cu_attn_fwd;
+    be->attn_bwd = cu_attn_bwd;
+    be->swiglu_fwd = cu_swiglu_fwd;
+    be->swiglu_bwd = cu_swiglu_bwd;
+    be->gelu_fwd = cu_gelu_fwd;
+    be->gelu_bwd = cu_gelu_bwd;
+    be->add = cu_add;
+    be->linear_fwd = cu_linear_fwd;
+    be->linear_bwd = cu_linear_bwd;
+    be->lmhead_ce = cu_lmhead_ce;
+    be->adamw = cu_adamw;
+    be->sumsq = cu_sumsq;
+    be->scale = cu_scale;
+    be->destroy = cu_destroy;
+    be->check = cu_check;
+    *out = be;
+    return 0;
+fail:
+    if (c->blas) cublasDestroy(c->blas);
+    if (c->st) {
+        if (c->blas_ws) cudaFreeAsync(c->blas_ws, c->st);
+        cudaStreamSynchronize(c->st);
+        cudaStreamDestroy(c->st);
+    }
+    cudaGetLastError();
+    free(c);
+    free(be);
+    return -1;
+}
+
+extern "C" int kb_cuda_create_named(const char *name, kb_backend **out, lr_err *err) {
+    int dev;
+    *out = NULL;
+    if (cuplan_parse_device(name, &dev, err)) return -1;
+    return kb_cuda_create(dev, KB_BF16, out, err);
+}
+
+static int is_cuda(kb_backend *be) { return be && be->destroy == cu_destroy; }
+
+extern "C" int kb_cuda_meminfo(kb_backend *be, kb_cuda_mem *o) {
+    memset(o, 0, sizeof *o);
+    if (!is_cuda(be)) return -1;
+    cu_impl *c = impl_of(be);
+    uint64_t cur = 0, high = 0;
+    cudaMemPoolGetAttribute(c->pool, cudaMemPoolAttrUsedMemCurrent, &cur);
+    cudaMemPoolGetAttribute(c->pool, cudaMemPoolAttrUsedMemHigh, &high);
+    o->used_bytes = cur;
+    o->peak_bytes = high;
+    cudaMemGetInfo(&o->free_bytes, &o->total_bytes);
+    return 0;
+}
+
+extern "C" const kb_cuda_device *kb_cuda_device_of(kb_backend *be) { return is_cuda(be) ? &impl_of(be)->dev : NULL; }
+
+extern "C" int kb_cuda_sync(kb_backend *be, lr_err *err) {
+    if (!is_cuda(be)) return 0;
+    cu_impl *c = impl_of(be);
+    cuda_ok(c, cudaStreamSynchronize(c->st), "synchronising");
+    return cu_check(be, err);
+}

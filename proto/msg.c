@@ -1,0 +1,265 @@
+#include "proto/msg.h"
+
+#include <math.h>
+#include <string.h>
+
+static const char *const type_names[MSG_N_TYPES] = {
+    [MSG_HELLO] = "hello", [MSG_HEARTBEAT] = "heartbeat", [MSG_METRIC] = "metric",
+    [MSG_EVENT] = "event", [MSG_CHECKPOINT] = "checkpoint", [MSG_DONE] = "done",
+    [MSG_FAILED] = "failed", [MSG_ASSIGN] = "assign", [MSG_CANCEL] = "cancel", [MSG_ACK] = "ack",
+};
+
+const char *msg_type_name(msg_type t) { return (unsigned)t < MSG_N_TYPES ? type_names[t] : "?"; }
+
+#define MSG_MAX_STR 4096
+
+static int get_str(const json_t *o, const char *key, int required, const char **out, lr_err *err) {
+    const json_t *v = json_object_get(o, key);
+    *out = NULL;
+    if (!v || json_is_null(v)) {
+        if (required) return lr_errp(err, LR_E_INVALID, key, "message lacks \"%s\"", key);
+        return 0;
+    }
+    if (!json_is_string(v)) return lr_errp(err, LR_E_INVALID, key, "\"%s\" must be a string", key);
+    size_t n = json_string_length(v);
+    if (n > MSG_MAX_STR || strlen(json_string_value(v)) != n)
+        return lr_errp(err, LR_E_INVALID, key, "\"%s\" is too long or holds a NUL", key);
+    *out = json_string_value(v);
+    return 0;
+}
+
+static int get_int(const json_t *o, const char *key, int required, int64_t lo, int64_t hi,
+                   int64_t *out, lr_err *err) {
+    const json_t *v = json_object_get(o, key);
+    if (!v) {
+        if (required) return lr_errp(err, LR_E_INVALID, key, "message lacks \"%s\"", key);
+        return 0;
+    }
+    if (!json_is_integer(v)) return lr_errp(err, LR_E_INVALID, key, "\"%s\" must be an integer", key);
+    json_int_t x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return lr_errp(err, LR_E_INVALID, key, "\"%s\" = %lld is out of range", key, (long long)x);
+    *out = x;
+    return 0;
+}
+
+static int get_num(const json_t *o, const char *key, int required, double *out, lr_err *err) {
+    const json_t *v = json_object_get(o, key);
+    if (!v) {
+        if (required) return lr_errp(err, LR_E_INVALID, key, "message lacks \"%s\"", key);
+        return 0;
+    }
+    /* Non-finite metric values (a diverged loss) travel as null. */
+    if (json_is_null(v)) {
+        *out = NAN;
+        return 0;
+    }
+    if (!json_is_number(v)) return lr_errp(err, LR_E_INVALID, key, "\"%s\" must be a number", key);
+    *out = json_number_value(v);
+    return 0;
+}
+
+int msg_parse(const json_t *f, msg *m, lr_err *err) {
+    memset(m, 0, sizeof *m);
+    const char *t;
+    if (!json_is_object(f)) return lr_errp(err, LR_E_INVALID, NULL, "message is not an object");
+    if (get_str(f, "type", 1, &t, err)) return -1;
+    int found = -1;
+    for (int i = 0; i < MSG_N_TYPES; i++)
+        if (!strcmp(t, type_names[i])) found = i;
+    if (found < 0) return lr_errp(err, LR_E_INVALID, "type", "unknown message type \"%.64s\"", t);
+    m->type = (msg_type)found;
+    int64_t x = 0;
+    int need_job = m->type != MSG_HELLO && m->type != MSG_HEARTBEAT && m->type != MSG_ACK;
+    if (get_str(f, "job_id", need_job, &m->job_id, err)) return -1;
+    switch (m->type) {
+    case MSG_HELLO:
+        if (get_str(f, "worker", 1, &m->worker, err) || get_str(f, "backend", 1, &m->backend, err) ||
+            get_str(f, "device", 0, &m->device, err) || get_str(f, "version", 0, &m->version, err) ||
+            get_int(f, "mem_bytes", 0, 0, INT64_MAX, &m->mem_bytes, err))
+            return -1;
+        x = 0;
+        if (get_int(f, "threads", 0, 0, 4096, &x, err)) return -1;
+        m->threads = (int)x;
+        x = 0;
+        if (get_int(f, "proto", 1, 1, 1000, &x, err)) return -1;
+        m->proto = (int)x;
+        if (m->proto != MSG_PROTO_VERSION)
+            return lr_errp(err, LR_E_INVALID, "proto", "protocol version %d, this side speaks %d",
+                           m->proto, MSG_PROTO_VERSION);
+        break;
+    case MSG_HEARTBEAT:
+        if (get_int(f, "step", 0, 0, INT64_MAX, &m->step, err) ||
+            get_int(f, "total_steps", 0, 0, INT64_MAX, &m->total_steps, err) ||
+            get_num(f, "epoch", 0, &m->epoch, err))
+            return -1;
+        break;
+    case MSG_METRIC:
+        if (get_int(f, "seq", 1, 0, INT64_MAX, &m->seq, err) ||
+            get_int(f, "step", 1, 0, INT64_MAX, &m->step, err) ||
+            get_num(f, "epoch", 0, &m->epoch, err) || get_str(f, "name", 1, &m->name, err) ||
+            get_num(f, "value", 1, &m->value, err))
+            return -1;
+        if (!m->name[0] || strlen(m->name) > 64)
+            return lr_errp(err, LR_E_INVALID, "name", "metric name must have 1..64 characters");
+        break;
+    case MSG_EVENT:
+        if (get_str(f, "level", 1, &m->level, err) || get_str(f, "message", 1, &m->text, err))
+            return -1;
+        break;
+    case MSG_CHECKPOINT:
+        if (get_int(f, "step", 1, 0, INT64_MAX, &m->step, err) || get_str(f, "dir", 1, &m->dir, err))
+            return -1;
+        break;
+    case MSG_DONE:
+        if (get_str(f, "outcome", 1, &m->outcome, err)) return -1;
+        if (strcmp(m->outcome, "succeeded") && strcmp(m->outcome, "cancelled") &&
+            strcmp(m->outcome, "stopped_early"))
+            return lr_errp(err, LR_E_INVALID, "outcome", "unknown outcome \"%.64s\"", m->outcome);
+        break;
+    case MSG_FAILED:
+        if (get_str(f, "error", 1, &m->text, err)) return -1;
+        break;
+    case MSG_CANCEL:
+        if (get_str(f, "reason", 0, &m->text, err)) return -1;
+        break;
+    case MSG_ACK:
+        if (get_int(f, "seq", 1, 0, INT64_MAX, &m->seq, err)) return -1;
+        break;
+    case MSG_ASSIGN: {
+        m->spec = json_object_get(f, "spec");
+        if (!json_is_object(m->spec)) return lr_errp(err, LR_E_INVALID, "spec", "assign lacks a spec object");
+        if (get_str(f, "model_dir", 1, &m->model_dir, err) || get_str(f, "run_dir", 1, &m->run_dir, err) ||
+            get_str(f, "validation_file", 0, &m->validation_file, err) ||
+            get_str(f, "reference_adapter_dir", 0, &m->reference_adapter_dir, err))
+            return -1;
+        const json_t *tf = json_object_get(f, "training_files");
+        if (!json_is_array(tf) || json_array_size(tf) == 0 || json_array_size(tf) > JOBSPEC_MAX_FILES)
+            return lr_errp(err, LR_E_INVALID, "training_files", "assign needs 1..%d training files",
+                           JOBSPEC_MAX_FILES);
+        for (size_t i = 0; i < json_array_size(tf); i++) {
+            const json_t *p = json_array_get(tf, i);
+            if (!json_is_string(p))
+                return lr_errp(err, LR_E_INVALID, "training_files", "training file paths are strings");
+            m->training_files[i] = json_string_value(p);
+        }
+        m->n_training_files = (int)json_array_size(tf);
+        const json_t *r = json_object_get(f, "resume");
+        if (r && !json_is_boolean(r)) return lr_errp(err, LR_E_INVALID, "resume", "\"resume\" must be a boolean");
+        m->resume = json_is_true(r);
+        break;
+    }
+    default:
+        return lr_errp(err, LR_E_INTERNAL, NULL, "unhandled message type");
+    }
+    return 0;
+}
+
+static json_t *base(msg_type t, const char *job_id) {
+    json_t *o = json_object();
+    if (!o) return NULL;
+    json_object_set_new(o, "type", json_string(type_names[t]));
+    if (job_id) json_object_set_new(o, "job_id", json_string(job_id));
+    return o;
+}
+
+static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+json_t *msg_hello(const char *worker, const char *backend, const char *device, int64_t mem_bytes,
+                  int threads, const char *version) {
+    json_t *o = base(MSG_HELLO, NULL);
+    if (!o) return NULL;
+    json_object_set_new(o, "proto", json_integer(MSG_PROTO_VERSION));
+    json_object_set_new(o, "worker", json_string(worker));
+    json_object_set_new(o, "backend", json_string(backend));
+    json_object_set_new(o, "device", json_string(device ? device : ""));
+    json_object_set_new(o, "mem_bytes", json_integer(mem_bytes));
+    json_object_set_new(o, "threads", json_integer(threads));
+    json_object_set_new(o, "version", json_string(version ? version : ""));
+    return o;
+}
+
+json_t *msg_heartbeat(const char *job_id, int64_t step, int64_t total_steps, double epoch) {
+    json_t *o = base(MSG_HEARTBEAT, job_id);
+    if (!o || !job_id) return o;
+    json_object_set_new(o, "step", json_integer(step));
+    json_object_set_new(o, "total_steps", json_integer(total_steps));
+    json_object_set_new(o, "epoch", num(epoch));
+    return o;
+}
+
+json_t *msg_metric(const char *job_id, int64_t seq, int64_t step, double epoch, const char *name,
+                   double value) {
+    json_t *o = base(MSG_METRIC, job_id);
+    if (!o) return NULL;
+    json_object_set_new(o, "seq", json_integer(seq));
+    json_object_set_new(o, "step", json_integer(step));
+    json_object_set_new(o, "epoch", num(epoch));
+    json_object_set_new(o, "name", json_string(name));
+    json_object_set_new(o, "value", num(value));
+    return o;
+}
+
+json_t *msg_event(const char *job_id, const char *level, const char *text) {
+    json_t *o = base(MSG_EVENT, job_id);
+    if (!o) return NULL;
+    json_object_set_new(o, "level", json_string(level));
+    /* json_string rejects invalid UTF-8; a message from a file name must not
+     * lose the whole event. */
+    json_t *s = json_string(text);
+    json_object_set_new(o, "message", s ? s : json_string("(message not UTF-8)"));
+    return o;
+}
+
+json_t *msg_checkpoint(const char *job_id, int64_t step, const char *dir) {
+    json_t *o = base(MSG_CHECKPOINT, job_id);
+    if (!o) return NULL;
+    json_object_set_new(o, "step", json_integer(step));
+    json_object_set_new(o, "dir", json_string(dir));
+    return o;
+}
+
+json_t *msg_done(const char *job_id, const char *outcome) {
+    json_t *o = base(MSG_DONE, job_id);
+    if (o) json_object_set_new(o, "outcome", json_string(outcome));
+    return o;
+}
+
+json_t *msg_failed(const char *job_id, const char *error) {
+    json_t *o = base(MSG_FAILED, job_id);
+    if (!o) return NULL;
+    json_t *s = json_string(error);
+    json_object_set_new(o, "error", s ? s : json_string("(error message not UTF-8)"));
+    return o;
+}
+
+json_t *msg_assign(const char *job_id, const json_t *spec, const char *model_dir,
+                   const char *const *training_files, int n_training_files,
+                   const char *validation_file, const char *reference_adapter_dir,
+                   const char *run_dir, int resume) {
+    json_t *o = base(MSG_ASSIGN, job_id);
+    if (!o) return NULL;
+    json_object_set_new(o, "spec", json_deep_copy(spec));
+    json_object_set_new(o, "model_dir", json_string(model_dir));
+    json_t *a = json_array();
+    for (int i = 0; i < n_training_files; i++) json_array_append_new(a, json_string(training_files[i]));
+    json_object_set_new(o, "training_files", a);
+    if (validation_file) json_object_set_new(o, "validation_file", json_string(validation_file));
+    if (reference_adapter_dir)
+        json_object_set_new(o, "reference_adapter_dir", json_string(reference_adapter_dir));
+    json_object_set_new(o, "run_dir", json_string(run_dir));
+    json_object_set_new(o, "resume", json_boolean(resume));
+    return o;
+}
+
+json_t *msg_cancel(const char *job_id, const char *reason) {
+    json_t *o = base(MSG_CANCEL, job_id);
+    if (o && reason) json_object_set_new(o, "reason", json_string(reason));
+    return o;
+}
+
+json_t *msg_ack(int64_t seq) {
+    json_t *o = base(MSG_ACK, NULL);
+    if (o) json_object_set_new(o, "seq", json_integer(seq));
+    return o;
+}

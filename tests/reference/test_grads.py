@@ -1,0 +1,127 @@
+"""lora-worker grads against the independent PyTorch reference
+(reference_model.py): for small random models of each architecture, the
+loss must match to 1e-5 relative and every LoRA gradient tensor to 1e-4
+(max|diff| / max|ref|). bf16 cases store the weights in bf16; the engine
+converts them to f32 and computes in f32, so the reference runs in f32 on
+the same bf16-rounded values and the same tolerances apply."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference_model as ref  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+WORKER = os.environ.get("LR_WORKER") or os.path.join(ROOT, os.environ.get("LR_BUILD", "build"), "lora-worker")
+LOSS_TOL, GRAD_TOL = 1e-5, 1e-4
+
+LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+CASES = [
+    # name, arch, config kwargs, targets, r, alpha, rslora, dtype
+    ("llama-gqa-untied", "llama", {}, LLAMA_ALL, 4, 8, False, torch.float32),
+    ("llama-tied-llama3rope", "llama",
+     {"tie": True, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8}},
+     LLAMA_ALL, 4, 16, False, torch.float32),
+    ("mistral-gqa-qv-rslora", "mistral", {"kv_heads": 2}, ["q_proj", "v_proj"], 8, 16, True, torch.float32),
+    ("qwen2-bias-tied-gqa", "qwen2", {"tie": True, "kv_heads": 2}, LLAMA_ALL, 4, 8, False, torch.float32),
+    ("qwen2-mha", "qwen2", {"kv_heads": 4, "layers": 1}, ["k_proj", "o_proj", "down_proj"], 2, 4, False,
+     torch.float32),
+    ("gpt2", "gpt2", {"heads": 4, "inter": 256}, ["c_attn", "c_proj", "c_fc"], 4, 8, False, torch.float32),
+    ("gpt2-mlp-only", "gpt2", {"heads": 2, "inter": 128}, ["mlp.c_proj", "c_fc"], 4, 8, False, torch.float32),
+    ("llama-bf16", "llama", {}, LLAMA_ALL, 4, 8, False, torch.bfloat16),
+    ("qwen2-bf16", "qwen2", {"tie": True}, LLAMA_ALL, 4, 8, False, torch.bfloat16),
+    ("gpt2-bf16", "gpt2", {"heads": 4, "inter": 256}, ["c_attn", "c_proj", "c_fc"], 4, 8, False, torch.bfloat16),
+]
+
+
+def make_batch(gen, V, B=3, T=17):
+    ids = torch.randint(0, V, (B, T), generator=gen)
+    labels = ids.clone()
+    labels[0, :5] = -100            # a masked prompt
+    labels[1, 11:] = -100           # right padding
+    labels[2, ::3] = -100           # scattered
+    return ids, labels
+
+
+def run_case(tmp, name, arch, kw, targets, r, alpha, rslora, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    cfg = ref.make_config(arch, **kw)
+    weights = ref.random_weights(cfg, gen)
+    lora = ref.random_lora(cfg, targets, r, gen)
+    ids, labels = make_batch(gen, cfg["vocab_size"])
+    mdir, adir = os.path.join(tmp, name, "model"), os.path.join(tmp, name, "adapter")
+    ref.write_model(mdir, cfg, weights, dtype)
+    ref.write_adapter(adir, cfg, lora, r, alpha, targets, rslora)
+    bpath, gpath = os.path.join(tmp, name, "batch.json"), os.path.join(tmp, name, "grads.safetensors")
+    with open(bpath, "w") as f:
+        json.dump({"input_ids": ids.tolist(), "labels": labels.tolist()}, f)
+
+    # reference: f32 compute on the weights as stored (bf16-rounded for bf16)
+    w = {k: v.to(dtype).float() for k, v in weights.items()}
+    params = {k: v.clone().requires_grad_(True) for k, v in lora.items()}
+    scale = alpha / (r ** 0.5) if rslora else alpha / r
+    loss = ref.forward_loss(cfg, w, ref.Lora(params, scale), ids, labels)
+    loss.backward()
+    n_tok = int((labels[:, 1:] != -100).sum())
+
+    p = subprocess.run([WORKER, "grads", "--model", mdir, "--adapter", adir, "--batch", bpath, "--out", gpath],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        return False, f"lora-worker failed ({p.returncode}): {p.stderr.strip()}"
+    out = json.loads(p.stdout)
+    got = ref.read_safetensors(gpath)
+    loss_err = abs(out["loss"] - loss.item()) / abs(loss.item())
+    problems = []
+    if out["tokens"] != n_tok:
+        problems.append(f"tokens {out['tokens']} != {n_tok}")
+    if loss_err > LOSS_TOL:
+        problems.append(f"loss {out['loss']:.8g} vs {loss.item():.8g}")
+    if set(got) != set(params):
+        problems.append(f"tensor names differ: {sorted(set(got) ^ set(params))[:4]}")
+    worst, worst_name = 0.0, ""
+    for k, v in params.items():
+        if k not in got:
+            continue
+        g = v.grad
+        if tuple(got[k].shape) != tuple(g.shape):
+            problems.append(f"{k}: shape {tuple(got[k].shape)} vs {tuple(g.shape)}")
+            continue
+        e = ((got[k] - g).abs().max() / g.abs().max().clamp_min(1e-30)).item()
+        if e > worst:
+            worst, worst_name = e, k
+    if worst > GRAD_TOL:
+        problems.append(f"gradient {worst_name}: rel err {worst:.2e}")
+    msg = f"loss {loss.item():.6f} rel err {loss_err:.1e}, {len(params)} tensors, worst grad rel err {worst:.1e}"
+    if problems:
+        msg += " -- " + "; ".join(problems)
+    return not problems, msg
+
+
+def main():
+    torch.set_num_threads(1)
+    t0 = time.time()
+    passed = failed = skipped = 0
+    if not os.access(WORKER, os.X_OK):
+        for c in CASES:
+            print(f"skip {c[0]}: {WORKER} is not built")
+        print(f"0 passed, 0 failed, {len(CASES)} skipped")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="lrgrads.") as tmp:
+        for i, c in enumerate(CASES):
+            ok, msg = run_case(tmp, *c, seed=1000 + i)
+            print(f"{'ok  ' if ok else 'FAIL'} {c[0]:24s} {msg}")
+            passed += ok
+            failed += not ok
+    print(f"({time.time() - t0:.1f}s; tolerances: loss {LOSS_TOL:g} relative, grads {GRAD_TOL:g} max|diff|/max|ref|)")
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

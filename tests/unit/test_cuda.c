@@ -1,0 +1,730 @@
+/* test_cuda: the CUDA backend.
+ *
+ * Without a GPU (and in a build without CUDA) this checks everything that
+ * does not need one: the host-side planning of kernels/cuda/plan.c (launch
+ * geometry, scratch layouts, chunking, dtype conversion, peaks, FLOP and
+ * memory estimates, device names) and that asking for a GPU that is not
+ * there is a clear error. The per-element arithmetic of the kernels is
+ * kernels/elem.h, covered by the CPU backend's tests.
+ *
+ * With a GPU, every op forward and backward is compared with the CPU
+ * backend on random inputs (f32 weights: 1e-5 relative to the largest
+ * value, attention 1e-4; bf16/f16 weights: 2e-2 where the activation is
+ * rounded to 16 bits for the tensor cores, 1e-6 where it is not), then
+ * whole models: the loss and LoRA gradients of one batch for each
+ * architecture (loss 1e-5 / grads 1e-4 with f32 weights; loss 1e-3 /
+ * grads 5e-2 with bf16 weights) and 50 AdamW steps whose loss curve must
+ * track the CPU run's (1e-3 f32, 2e-2 bf16 per step). Each such case
+ * prints "skip: no CUDA device (...)" where there is no GPU. */
+#include <float.h>
+#include <stdint.h>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/plan.h"
+#include "kernels/elem.h"
+#include "tests/unit/test.h"
+#include "worker/commands.h"
+#include "worker/model.h"
+#include "worker/safetensors.h"
+
+/* ---- helpers ---- */
+
+static uint64_t rng_state = 42;
+static float frand(void) { /* uniform [-1, 1) */
+    uint64_t z = lr_mix64(rng_state++);
+    return (float)((z >> 40) * (1.0 / 8388608.0) - 1.0);
+}
+static float *rnd(size_t n, float scale) {
+    float *v = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) v[i] = frand() * scale;
+    return v;
+}
+/* max |a - b| / max |b|: error relative to the tensor's scale */
+static double relerr(const float *a, const float *b, size_t n) {
+    double e = 0, m = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= e)) e = d; /* NaN propagates */
+        if (fabs(b[i]) > m) m = fabs(b[i]);
+    }
+    return e / m;
+}
+
+static char gpu_why[600];
+/* The GPU backend, or NULL with gpu_why set. */
+static kb_backend *gpu(kb_dtype wdt) {
+    kb_backend *be = NULL;
+    lr_err err = {0};
+    if (kb_cuda_create(0, wdt, &be, &err)) {
+        /* "no CUDA device found (cudaGetDeviceCount: ...)" -> "cudaGetDeviceCount: ..." */
+        const char *m = strncmp(err.msg, "no CUDA device found (", 22) ? err.msg : err.msg + 22;
+        snprintf(gpu_why, sizeof gpu_why, "%.*s", (int)strlen(m) - (m != err.msg), m);
+        return NULL;
+    }
+    return be;
+}
+#define NEED_GPU(var, wdt)                                                     \
+    kb_backend *var = gpu(wdt);                                                \
+    if (!var) SKIP("no CUDA device (%s)", gpu_why)
+
+static kb_backend *cpu(void) {
+    kb_backend *be = NULL;
+    lr_err err = {0};
+    if (kb_cpu_create(2, &be, &err)) return NULL;
+    return be;
+}
+
+/* Device copy of n floats (or n weights of the backend's dtype, rounded
+ * from f32; round writes the rounded values back so the CPU sees them). */
+static void *put(kb_backend *be, const float *h, size_t n) {
+    void *d = be->alloc(be, n * sizeof(float));
+    be->upload(be, d, h, n * sizeof(float));
+    return d;
+}
+static void *put_w(kb_backend *be, float *h, size_t n) {
+    size_t es = cuplan_dtype_size(be->weight_dtype);
+    void *tmp = malloc(n * es), *d = be->alloc(be, n * es);
+    cuplan_convert(be->weight_dtype, tmp, h, n);
+    for (size_t i = 0; i < n; i++) /* the CPU reference uses the rounded values */
+        if (be->weight_dtype == KB_BF16) h[i] = cuplan_bf16_to_f32(((uint16_t *)tmp)[i]);
+        else if (be->weight_dtype == KB_F16) h[i] = cuplan_f16_to_f32(((uint16_t *)tmp)[i]);
+    be->upload(be, d, tmp, n * es);
+    free(tmp);
+    return d;
+}
+static float *get(kb_backend *be, const void *d, size_t n) {
+    float *h = malloc(n * sizeof(float));
+    be->download(be, h, d, n * sizeof(float));
+    return h;
+}
+static void check_ok(kb_backend *be) {
+    lr_err err = {0};
+    if (be->check && be->check(be, &err)) test_fail(__FILE__, __LINE__, "backend failure: %s", err.msg);
+}
+#define CHECK_REL(a, b, n, tol)                                                                   \
+    do {                                                                                          \
+        double e_ = relerr(a, b, n);                                                              \
+        if (!(e_ <= (tol))) test_fail(__FILE__, __LINE__, "%s vs %s: rel err %.3g > %g", #a, #b, e_, (double)(tol)); \
+    } while (0)
+
+/* ---- planning (no GPU needed) ---- */
+
+TEST(plan_grid) {
+    CHECK_EQ_INT(cuplan_grid(0, 256, 132), 1);
+    CHECK_EQ_INT(cuplan_grid(1000, 256, 132), 4);
+    CHECK_EQ_INT(cuplan_grid((size_t)1 << 30, 256, 132), 132 * 16);
+    CHECK_EQ_INT(cuplan_grid(5000, 256, 0), 16);
+}
+
+TEST(plan_attention) {
+    cuplan_attn a;
+    lr_err err = {0};
+    REQUIRE(cuplan_attention(2, 77, 4, 2, 64, 227 << 10, &a, &err) == 0);
+    CHECK_EQ_INT(a.dc, 2);
+    CHECK_EQ_INT(a.q_tiles, 3);
+    CHECK_EQ_INT(a.ws_bytes, 2 * 4 * 77 * 4);
+    REQUIRE(cuplan_attention(1, 2048, 32, 8, 128, 227 << 10, &a, &err) == 0);
+    CHECK_EQ_INT(a.dc, 4);
+    CHECK_EQ_INT(a.q_tiles, 64);
+    CHECK_EQ_INT(a.smem_fwd, (32 * 128 * 2 + 32 * 129) * 4);
+    CHECK_EQ_INT(a.smem_dkv, (32 * 128 * 2 + 32 * 129 * 2 + 64) * 4);
+    CHECK_EQ_INT(a.smem_dq, (32 * 128 * 2 + 32 * 129 * 2) * 4);
+    /* every lane column d = lane + 32 c must be covered: 32 * dc >= D */
+    for (int D = 1; D <= CUPLAN_ATT_MAX_D; D++) {
+        REQUIRE(cuplan_attention(1, 8, 2, 1, D, 227 << 10, &a, &err) == 0);
+        CHECK(32 * a.dc >= D);
+    }
+    REQUIRE(cuplan_attention(1, 8, 2, 1, 80, 227 << 10, &a, &err) == 0);
+    CHECK_EQ_INT(a.dc, 4);
+    CHECK(cuplan_attention(1, 8, 2, 1, 257, 227 << 10, &a, &err) == -1);
+    CHECK(strstr(err.msg, "head dim 257") != NULL);
+    CHECK(cuplan_attention(1, 8, 3, 2, 64, 227 << 10, &a, &err) == -1);
+    /* a GPU with 48 KiB per block cannot run D = 128 */
+    CHECK(cuplan_attention(1, 8, 2, 1, 128, 48 << 10, &a, &err) == -1);
+    CHECK(strstr(err.msg, "shared memory") != NULL);
+}
+
+static int disjoint(const size_t *off, const size_t *len, int n, size_t total) {
+    for (int i = 0; i < n; i++) {
+        if (off[i] == SIZE_MAX) continue;
+        if (off[i] % CUPLAN_ALIGN || off[i] + len[i] > total) return 0;
+        for (int j = 0; j < n; j++)
+            if (j != i && off[j] != SIZE_MAX && off[i] < off[j] + len[j] && off[j] < off[i] + len[i]) return 0;
+    }
+    return 1;
+}
+
+TEST(plan_linear_layout) {
+    cuplan_linear l;
+    int N = 1000, in = 896, out = 4864, r = 16;
+    cuplan_linear_layout(KB_BF16, N, in, out, r, 1, 0, &l);
+    CHECK_EQ_INT(l.x_lowp, 0);
+    CHECK(l.drop != SIZE_MAX && l.dh == SIZE_MAX);
+    size_t off[] = {l.x_lowp, l.drop}, len[] = {(size_t)N * in * 2, (size_t)N * in * 4};
+    CHECK(disjoint(off, len, 2, l.total));
+    cuplan_linear_layout(KB_BF16, N, in, out, r, 1, 1, &l);
+    size_t off2[] = {l.x_lowp, l.drop, l.dh}, len2[] = {(size_t)N * out * 2, (size_t)N * in * 4, (size_t)N * r * 4};
+    CHECK(disjoint(off2, len2, 3, l.total));
+    cuplan_linear_layout(KB_F32, N, in, out, 0, 0, 1, &l);
+    CHECK(l.x_lowp == SIZE_MAX && l.drop == SIZE_MAX && l.dh == SIZE_MAX);
+    CHECK_EQ_INT(l.total, 0);
+}
+
+TEST(plan_ce_layout) {
+    cuplan_ce c;
+    int V = 151936, C = 896;
+    cuplan_ce_layout(KB_BF16, 8192, C, V, 0, CUPLAN_CE_BUDGET, &c);
+    /* 512 MiB / (V * (4 + 2)) = 588 rows, down to a multiple of 16 */
+    CHECK_EQ_INT(c.chunk, 576);
+    CHECK((size_t)c.chunk * V * 6 <= CUPLAN_CE_BUDGET);
+    size_t off[] = {c.rows, c.tgt, c.loss, c.xc, c.logits, c.dlg, c.dxc};
+    size_t len[] = {8192 * 4, 8192 * 4, 8192 * 8, (size_t)c.chunk * C * 2, (size_t)c.chunk * V * 4,
+                    (size_t)c.chunk * V * 2, (size_t)c.chunk * C * 4};
+    CHECK(disjoint(off, len, 7, c.total));
+    cuplan_ce_layout(KB_F32, 5, C, V, 0, CUPLAN_CE_BUDGET, &c);
+    CHECK_EQ_INT(c.chunk, 5);
+    CHECK(c.dlg == SIZE_MAX);
+    cuplan_ce_layout(KB_BF16, 100, C, V, 20, CUPLAN_CE_BUDGET, &c);
+    CHECK_EQ_INT(c.chunk, 20);
+    cuplan_ce_layout(KB_BF16, 100, C, V, 7, CUPLAN_CE_BUDGET, &c); /* as the CPU backend: at least 16 */
+    CHECK_EQ_INT(c.chunk, 16);
+    cuplan_ce_layout(KB_BF16, 100, C, V, 0, 1000, &c); /* tiny budget: at least 16 rows */
+    CHECK_EQ_INT(c.chunk, 16);
+}
+
+TEST(plan_bf16_f16_conversion) {
+    /* every 16-bit pattern that is not NaN survives a round trip */
+    int bad_b = 0, bad_h = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float fb = cuplan_bf16_to_f32((uint16_t)h), fh = cuplan_f16_to_f32((uint16_t)h);
+        if (!isnan(fb) && cuplan_f32_to_bf16(fb) != h) bad_b++;
+        if (!isnan(fh) && cuplan_f32_to_f16(fh) != h) bad_h++;
+        if (isnan(fb) && !isnan(cuplan_bf16_to_f32(cuplan_f32_to_bf16(fb)))) bad_b++;
+        if (isnan(fh) && !isnan(cuplan_f16_to_f32(cuplan_f32_to_f16(fh)))) bad_h++;
+    }
+    CHECK_EQ_INT(bad_b, 0);
+    CHECK_EQ_INT(bad_h, 0);
+    /* round to nearest, ties to even */
+    CHECK(cuplan_bf16_to_f32(cuplan_f32_to_bf16(1.0f + 0x1p-8f)) == 1.0f);
+    CHECK(cuplan_bf16_to_f32(cuplan_f32_to_bf16(1.0f + 3 * 0x1p-8f)) == 1.0f + 0x1p-6f);
+    CHECK(cuplan_f16_to_f32(cuplan_f32_to_f16(2049.0f)) == 2048.0f);
+    CHECK(cuplan_f16_to_f32(cuplan_f32_to_f16(2051.0f)) == 2052.0f);
+    CHECK(cuplan_f16_to_f32(cuplan_f32_to_f16(65519.0f)) == 65504.0f);
+    CHECK(isinf(cuplan_f16_to_f32(cuplan_f32_to_f16(65520.0f))));
+    CHECK(cuplan_f16_to_f32(cuplan_f32_to_f16(0x1p-25f)) == 0.0f);          /* tie to even (0) */
+    CHECK(cuplan_f16_to_f32(cuplan_f32_to_f16(3 * 0x1p-26f)) == 0x1p-24f);  /* above the tie */
+    CHECK(cuplan_f16_to_f32(cuplan_f32_to_f16(-3 * 0x1p-25f)) == -2 * 0x1p-24f); /* 1.5 ulp: tie to even 2 */
+    CHECK(cuplan_f16_to_f32(cuplan_f32_to_f16(0x1.ffcp-15f)) == 0x1p-14f);  /* rounds into the normals */
+    /* bf16 agrees with the safetensors module's conversion on random values */
+    int diff = 0;
+    for (int i = 0; i < 200000; i++) {
+        uint32_t u = (uint32_t)lr_mix64((uint64_t)i * 7919u);
+        float f;
+        memcpy(&f, &u, 4);
+        if (isnan(f)) continue;
+        diff += cuplan_f32_to_bf16(f) != st_f32_to_bf16(f);
+    }
+    CHECK_EQ_INT(diff, 0);
+}
+
+TEST(plan_peak_flops) {
+    CHECK_NEAR(cuplan_peak_bf16("NVIDIA H100 80GB HBM3", 9, 0, 132, 1980000), 989.4e12, 1e9);
+    CHECK_NEAR(cuplan_peak_bf16("NVIDIA H100 PCIe", 9, 0, 114, 1755000), 756e12, 1e9);
+    CHECK_NEAR(cuplan_peak_bf16("NVIDIA H200", 9, 0, 132, 1980000), 989.4e12, 1e9);
+    CHECK_NEAR(cuplan_peak_bf16("NVIDIA A100-SXM4-80GB", 8, 0, 108, 1410000), 312e12, 1e9);
+    CHECK_NEAR(cuplan_peak_bf16("NVIDIA A10", 8, 6, 72, 1695000), 125e12, 1e9);
+    CHECK_NEAR(cuplan_peak_bf16("NVIDIA L40S", 8, 9, 142, 2520000), 362e12, 1e9);
+    CHECK_NEAR(cuplan_peak_bf16("NVIDIA L4", 8, 9, 58, 2040000), 121e12, 1e9);
+    /* unknown names: SMs x clock x the generation's rate (A100: 108 x 1.41 GHz x 2048) */
+    CHECK_NEAR(cuplan_peak_bf16("Some sm80 part", 8, 0, 108, 1410000), 311.9e12, 0.2e12);
+    CHECK_NEAR(cuplan_peak_bf16(NULL, 9, 0, 132, 1830000), 989.4e12, 1e12);
+    CHECK(cuplan_peak_bf16("Tesla T4", 7, 5, 40, 1590000) == 0.0);
+}
+
+static const cuplan_shape QWEN05 = {24, 896, 4864, 14, 2, 64, 151936, 1, 1};
+static const cuplan_shape LLAMA8 = {32, 4096, 14336, 32, 8, 128, 128256, 1, 0};
+
+TEST(plan_flops) {
+    CHECK_NEAR(cuplan_matmul_params(&QWEN05), 493961216.0, 0.5);
+    CHECK_NEAR(cuplan_matmul_params(&LLAMA8), 7504658432.0, 0.5);
+    CHECK_NEAR(cuplan_flops_per_token(&QWEN05, 1024), 4 * 493961216.0 + 6.0 * 24 * 14 * 64 * 1024, 1);
+    CHECK_NEAR(cuplan_flops_per_token(&LLAMA8, 2048), 4 * 7504658432.0 + 6.0 * 32 * 32 * 128 * 2048, 1);
+    CHECK(strstr(CUPLAN_FLOPS_FORMULA, "4*P") != NULL);
+}
+
+TEST(plan_memory) {
+    cuplan_mem a, b;
+    cuplan_train_memory(&LLAMA8, KB_BF16, 1, 2048, 16, 0, &a);
+    cuplan_train_memory(&LLAMA8, KB_BF16, 1, 2048, 16, 1, &b);
+    /* Llama-3-8B: 8.03e9 parameters in bf16 */
+    CHECK_NEAR(a.weights / 1e9, 16.06, 0.1);
+    CHECK(b.activations < a.activations / 4);
+    CHECK(b.total < a.total && a.total > a.weights);
+    /* the bench shapes fit an 80 GB H100 */
+    CHECK(b.total < 80e9);
+    cuplan_train_memory(&QWEN05, KB_BF16, 8, 1024, 16, 1, &b);
+    CHECK(b.total < 80e9 && b.total > b.weights);
+}
+
+TEST(plan_oom_message) {
+    char m[300];
+    cuplan_oom_message(m, sizeof m, "the LM head logits", (size_t)2 << 30, (size_t)3 << 29, (size_t)80 << 30,
+                       "NVIDIA H100 80GB HBM3");
+    CHECK_STR(m, "out of GPU memory for the LM head logits: needed 2.00 GiB, 1.50 GiB free of 80.0 GiB on "
+                 "NVIDIA H100 80GB HBM3");
+}
+
+TEST(plan_parse_device) {
+    int d = -1;
+    lr_err err = {0};
+    CHECK(cuplan_parse_device("cuda", &d, &err) == 0 && d == 0);
+    CHECK(cuplan_parse_device("cuda:3", &d, &err) == 0 && d == 3);
+    const char *bad[] = {"cuda:", "cuda:x", "cuda:-1", "cudax", "cuda:1x", "cuda:99999", "cpu"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        CHECKF(cuplan_parse_device(bad[i], &d, &err) == -1, "'%s' accepted", bad[i]);
+        CHECK_STR(err.param, "backend");
+    }
+}
+
+/* No GPU (or no CUDA in this build): a clear error, never a crash. */
+TEST(create_reports_missing_gpu) {
+    kb_backend *be = NULL;
+    lr_err err = {0};
+    int rc = kb_create("cuda:0", 0, &be, &err);
+    if (rc == 0) {
+        CHECK(be != NULL && kb_cuda_device_of(be) != NULL && kb_cuda_device_of(be)->name[0]);
+        kb_destroy(be);
+    } else {
+        CHECK(be == NULL);
+        CHECKF(strstr(err.msg, "no CUDA device found (cudaGetDeviceCount: ") || strstr(err.msg, "built without CUDA") ||
+                   strstr(err.msg, "compute capability"),
+               "unclear message: %s", err.msg);
+    }
+    CHECK(kb_create("cuda:zero", 0, &be, &err) == -1);
+    CHECK(strstr(err.msg, "cuda:N") != NULL);
+    kb_cuda_device devs[8];
+    int n = kb_cuda_devices(devs, 8, &err);
+    CHECK(n == -1 ? rc == -1 : n >= 1);
+    kb_cuda_mem mi;
+    CHECK(kb_cuda_meminfo(NULL, &mi) == -1);
+}
+
+/* ---- ops against the CPU backend (GPU needed) ---- */
+
+TEST(op_embedding) {
+    NEED_GPU(g, KB_BF16);
+    kb_backend *c = cpu();
+    int N = 37, T = 13, C = 96, V = 50;
+    int32_t ids[37];
+    for (int i = 0; i < N; i++) ids[i] = (int)(lr_mix64((uint64_t)i) % V);
+    float *wte = rnd((size_t)V * C, 1), *wpe = rnd((size_t)T * C, 1), *dout = rnd((size_t)N * C, 1);
+    void *gwte = put_w(g, wte, (size_t)V * C), *gwpe = put_w(g, wpe, (size_t)T * C);
+    int32_t *gids = g->alloc(g, sizeof ids);
+    g->upload(g, gids, ids, sizeof ids);
+    float *gout = g->alloc(g, (size_t)N * C * 4), *out = calloc((size_t)N * C, 4);
+    g->embed_fwd(g, gout, gids, gwte, gwpe, N, T, C);
+    c->embed_fwd(c, out, ids, wte, wpe, N, T, C);
+    float *h = get(g, gout, (size_t)N * C);
+    CHECK_REL(h, out, (size_t)N * C, 1e-6);
+    float *gd = put(g, dout, (size_t)N * C), *gdw = g->alloc(g, (size_t)V * C * 4), *gdp = g->alloc(g, (size_t)T * C * 4);
+    float *dw = calloc((size_t)V * C, 4), *dp = calloc((size_t)T * C, 4);
+    g->embed_bwd(g, gdw, gdp, gd, gids, N, T, C);
+    c->embed_bwd(c, dw, dp, dout, ids, N, T, C);
+    float *h1 = get(g, gdw, (size_t)V * C), *h2 = get(g, gdp, (size_t)T * C);
+    CHECK_REL(h1, dw, (size_t)V * C, 0); /* same order of additions: identical */
+    CHECK_REL(h2, dp, (size_t)T * C, 0);
+    check_ok(g);
+    free(wte), free(wpe), free(dout), free(out), free(h), free(dw), free(dp), free(h1), free(h2);
+    kb_destroy(g), kb_destroy(c);
+}
+
+static void norm_case(kb_dtype wdt, int layer) {
+    kb_backend *g = gpu(wdt), *c = cpu();
+    int N = 45, C = 200;
+    float *x = rnd((size_t)N * C, 2), *w = rnd(C, 1), *b = rnd(C, 1), *dy = rnd((size_t)N * C, 1);
+    float *dx0 = rnd((size_t)N * C, 1);
+    void *gw = put_w(g, w, C), *gb = put_w(g, b, C);
+    float *gx = put(g, x, (size_t)N * C), *gdy = put(g, dy, (size_t)N * C), *gdx = put(g, dx0, (size_t)N * C);
+    float *go = g->alloc(g, (size_t)N * C * 4), *gm = g->alloc(g, N * 4), *gr = g->alloc(g, N * 4);
+    float *gdw = g->alloc(g, C * 4), *gdb = g->alloc(g, C * 4);
+    float *o = calloc((size_t)N * C, 4), *m = calloc(N, 4), *r = calloc(N, 4), *dw = calloc(C, 4), *db = calloc(C, 4);
+    if (layer) {
+        g->layernorm_fwd(g, go, gm, gr, gx, gw, gb, N, C, 1e-5f);
+        c->layernorm_fwd(c, o, m, r, x, w, b, N, C, 1e-5f);
+        g->layernorm_bwd(g, gdx, gdw, gdb, gdy, gx, gw, gm, gr, N, C);
+        c->layernorm_bwd(c, dx0, dw, db, dy, x, w, m, r, N, C);
+    } else {
+        g->rmsnorm_fwd(g, go, gr, gx, gw, N, C, 1e-6f);
+        c->rmsnorm_fwd(c, o, r, x, w, N, C, 1e-6f);
+        g->rmsnorm_bwd(g, gdx, gdw, gdy, gx, gw, gr, N, C);
+        c->rmsnorm_bwd(c, dx0, dw, dy, x, w, r, N, C);
+    }
+    float *ho = get(g, go, (size_t)N * C), *hr = get(g, gr, N), *hdx = get(g, gdx, (size_t)N * C), *hdw = get(g, gdw, C);
+    float *hdb = get(g, gdb, C);
+    CHECK_REL(ho, o, (size_t)N * C, 1e-5);
+    CHECK_REL(hr, r, N, 1e-5);
+    CHECK_REL(hdx, dx0, (size_t)N * C, 1e-5);
+    CHECK_REL(hdw, dw, C, 1e-5);
+    if (layer) CHECK_REL(hdb, db, C, 1e-5);
+    check_ok(g);
+    free(x), free(w), free(b), free(dy), free(dx0), free(o), free(m), free(r), free(dw), free(db);
+    free(ho), free(hr), free(hdx), free(hdw), free(hdb);
+    kb_destroy(g), kb_destroy(c);
+}
+TEST(op_rmsnorm) {
+    NEED_GPU(g, KB_F32);
+    kb_destroy(g);
+    norm_case(KB_F32, 0);
+    norm_case(KB_BF16, 0);
+}
+TEST(op_layernorm) {
+    NEED_GPU(g, KB_F32);
+    kb_destroy(g);
+    norm_case(KB_F32, 1);
+    norm_case(KB_F16, 1);
+}
+
+TEST(op_rope) {
+    NEED_GPU(g, KB_F32);
+    kb_backend *c = cpu();
+    int B = 2, T = 19, H = 3, D = 64, ld = H * D + 40, N = B * T;
+    float *x = rnd((size_t)N * ld, 1), *cs = malloc((size_t)T * D / 2 * 4), *sn = malloc((size_t)T * D / 2 * 4);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < D / 2; i++) {
+            float f = t * lr_rope_inv_freq(i, D, 10000.0f, 0, 0, 0, 0);
+            cs[t * D / 2 + i] = cosf(f);
+            sn[t * D / 2 + i] = sinf(f);
+        }
+    float *gx = put(g, x, (size_t)N * ld), *gc = put(g, cs, (size_t)T * D / 2), *gs = put(g, sn, (size_t)T * D / 2);
+    g->rope_fwd(g, gx, ld, gc, gs, N, T, H, D);
+    c->rope_fwd(c, x, ld, cs, sn, N, T, H, D);
+    float *h = get(g, gx, (size_t)N * ld);
+    CHECK_REL(h, x, (size_t)N * ld, 1e-6);
+    g->rope_bwd(g, gx, ld, gc, gs, N, T, H, D);
+    c->rope_bwd(c, x, ld, cs, sn, N, T, H, D);
+    free(h);
+    h = get(g, gx, (size_t)N * ld);
+    CHECK_REL(h, x, (size_t)N * ld, 1e-6);
+    check_ok(g);
+    free(x), free(cs), free(sn), free(h);
+    kb_destroy(g), kb_destroy(c);
+}
+
+/* q, k, v inside one fused qkv buffer (strides as the model lays them out). */
+static void attn_case(int B, int T, int Hq, int Hkv, int D) {
+    kb_backend *g = gpu(KB_F32), *c = cpu();
+    int N = B * T, ld = (Hq + 2 * Hkv) * D, ldo = Hq * D;
+    size_t nq = (size_t)N * ld, no = (size_t)N * ldo;
+    float *qkv = rnd(nq, 1.5f), *dout = rnd(no, 1);
+    float *q = qkv, *k = qkv + Hq * D, *v = k + Hkv * D;
+    float *out = calloc(no, 4), *lse = calloc((size_t)B * Hq * T, 4), *dqkv = calloc(nq, 4);
+    float *gqkv = put(g, qkv, nq), *gdout = put(g, dout, no), *gout = g->alloc(g, no * 4);
+    float *glse = g->alloc(g, (size_t)B * Hq * T * 4), *gd = g->alloc(g, nq * 4);
+    float *gq = gqkv, *gk = gqkv + Hq * D, *gv = gk + Hkv * D;
+    c->attn_fwd(c, out, lse, q, k, v, ld, ld, B, T, Hq, Hkv, D);
+    g->attn_fwd(g, gout, glse, gq, gk, gv, ld, ld, B, T, Hq, Hkv, D);
+    float *ho = get(g, gout, no), *hl = get(g, glse, (size_t)B * Hq * T);
+    CHECKF(relerr(ho, out, no) <= 1e-4, "attn out B%d T%d Hq%d Hkv%d D%d: %.3g", B, T, Hq, Hkv, D, relerr(ho, out, no));
+    CHECK_REL(hl, lse, (size_t)B * Hq * T, 1e-5);
+    c->attn_bwd(c, dqkv, dqkv + Hq * D, dqkv + (Hq + Hkv) * D, dout, out, lse, q, k, v, ld, ld, B, T, Hq, Hkv, D);
+    g->attn_bwd(g, gd, gd + Hq * D, gd + (Hq + Hkv) * D, gdout, gout, glse, gq, gk, gv, ld, ld, B, T, Hq, Hkv, D);
+    float *hd = get(g, gd, nq);
+    CHECKF(relerr(hd, dqkv, nq) <= 1e-4, "attn grads B%d T%d Hq%d Hkv%d D%d: %.3g", B, T, Hq, Hkv, D,
+           relerr(hd, dqkv, nq));
+    check_ok(g);
+    free(qkv), free(dout), free(out), free(lse), free(dqkv), free(ho), free(hl), free(hd);
+    kb_destroy(g), kb_destroy(c);
+}
+TEST(op_attention) {
+    NEED_GPU(g, KB_F32);
+    kb_destroy(g);
+    attn_case(2, 77, 4, 2, 64);   /* GQA, T not a multiple of the 32-row tile */
+    attn_case(1, 64, 2, 2, 128);  /* MHA, D = 128 */
+    attn_case(1, 33, 4, 1, 80);   /* D not a multiple of 32 */
+    attn_case(1, 5, 2, 1, 16);    /* shorter than a tile */
+    attn_case(1, 300, 8, 2, 64);  /* several tiles, G = 4 */
+}
+
+TEST(op_elementwise) {
+    NEED_GPU(g, KB_F32);
+    kb_backend *c = cpu();
+    size_t n = 100003;
+    float *a = rnd(n, 4), *b = rnd(n, 4), *d = rnd(n, 1);
+    float *ga = put(g, a, n), *gb = put(g, b, n), *gd = put(g, d, n), *g1 = g->alloc(g, n * 4), *g2 = g->alloc(g, n * 4);
+    float *o1 = calloc(n, 4), *o2 = calloc(n, 4), *h;
+    g->swiglu_fwd(g, g1, ga, gb, n);
+    c->swiglu_fwd(c, o1, a, b, n);
+    CHECK_REL((h = get(g, g1, n)), o1, n, 1e-6);
+    free(h);
+    g->swiglu_bwd(g, g1, g2, gd, ga, gb, n);
+    c->swiglu_bwd(c, o1, o2, d, a, b, n);
+    CHECK_REL((h = get(g, g1, n)), o1, n, 1e-6);
+    free(h);
+    CHECK_REL((h = get(g, g2, n)), o2, n, 1e-6);
+    free(h);
+    for (int exact = 0; exact < 2; exact++) {
+        g->gelu_fwd(g, g1, ga, n, exact);
+        c->gelu_fwd(c, o1, a, n, exact);
+        CHECK_REL((h = get(g, g1, n)), o1, n, 1e-6);
+        free(h);
+        g->gelu_bwd(g, g1, gd, ga, n, exact);
+        c->gelu_bwd(c, o1, d, a, n, exact);
+        CHECK_REL((h = get(g, g1, n)), o1, n, 1e-6);
+        free(h);
+    }
+    g->add(g, ga, gb, n);
+    c->add(c, a, b, n);
+    g->scale(g, ga, 0.37f, n);
+    c->scale(c, a, 0.37f, n);
+    CHECK_REL((h = get(g, ga, n)), a, n, 1e-7);
+    free(h);
+    CHECK_NEAR(g->sumsq(g, ga, n) / c->sumsq(c, a, n), 1.0, 1e-12);
+    /* AdamW, step 3, on moments that are not zero */
+    float *m = rnd(n, 0.1f), *v = rnd(n, 0.1f);
+    for (size_t i = 0; i < n; i++) v[i] = fabsf(v[i]);
+    float *gm = put(g, m, n), *gv = put(g, v, n);
+    kb_adamw hp = {2e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 3};
+    g->adamw(g, ga, gd, gm, gv, n, &hp);
+    c->adamw(c, a, d, m, v, n, &hp);
+    CHECK_REL((h = get(g, ga, n)), a, n, 1e-6);
+    free(h);
+    CHECK_REL((h = get(g, gv, n)), v, n, 1e-6);
+    free(h);
+    check_ok(g);
+    free(a), free(b), free(d), free(o1), free(o2), free(m), free(v);
+    kb_destroy(g), kb_destroy(c);
+}
+
+/* A linear layer with bias and LoRA (dropout on), forward and backward. */
+static void linear_case(kb_dtype wdt, int w_in_out, double tol) {
+    kb_backend *g = gpu(wdt), *c = cpu();
+    int N = 70, in = 96, out = 160, r = 8;
+    float *W = rnd((size_t)in * out, 0.1f), *b = rnd(out, 0.1f), *x = rnd((size_t)N * in, 1), *dy = rnd((size_t)N * out, 1);
+    float *A = rnd((size_t)r * in, 0.1f), *Bm = rnd((size_t)out * r, 0.1f), *dx = rnd((size_t)N * in, 1);
+    float *dA = calloc((size_t)r * in, 4), *dB = calloc((size_t)out * r, 4), *y = calloc((size_t)N * out, 4);
+    float *xa = calloc((size_t)N * r, 4);
+    void *gW = put_w(g, W, (size_t)in * out), *gb = put_w(g, b, out);
+    kb_lora lc = {A, Bm, dA, dB, r, 2.0f, 0.1f, 1234};
+    kb_lora lg = {put(g, A, (size_t)r * in), put(g, Bm, (size_t)out * r), g->alloc(g, (size_t)r * in * 4),
+                  g->alloc(g, (size_t)out * r * 4), r, 2.0f, 0.1f, 1234};
+    kb_linear Lc = {W, b, in, out, w_in_out, &lc}, Lg = {gW, gb, in, out, w_in_out, &lg};
+    float *gx = put(g, x, (size_t)N * in), *gy = g->alloc(g, (size_t)N * out * 4), *gxa = g->alloc(g, (size_t)N * r * 4);
+    float *gdy = put(g, dy, (size_t)N * out), *gdx = put(g, dx, (size_t)N * in);
+    c->linear_fwd(c, &Lc, y, xa, x, N);
+    g->linear_fwd(g, &Lg, gy, gxa, gx, N);
+    float *h = get(g, gy, (size_t)N * out);
+    CHECKF(relerr(h, y, (size_t)N * out) <= tol, "linear y (dtype %d, in_out %d): %.3g", wdt, w_in_out,
+           relerr(h, y, (size_t)N * out));
+    free(h);
+    c->linear_bwd(c, &Lc, dx, 1, dy, x, xa, N);
+    g->linear_bwd(g, &Lg, gdx, 1, gdy, gx, gxa, N);
+    h = get(g, gdx, (size_t)N * in);
+    CHECKF(relerr(h, dx, (size_t)N * in) <= tol, "linear dx (dtype %d): %.3g", wdt, relerr(h, dx, (size_t)N * in));
+    free(h);
+    h = get(g, lg.dA, (size_t)r * in);
+    CHECK_REL(h, dA, (size_t)r * in, 1e-5); /* LoRA gradients are f32 on both */
+    free(h);
+    h = get(g, lg.dB, (size_t)out * r);
+    CHECK_REL(h, dB, (size_t)out * r, wdt == KB_F32 ? 1e-5 : tol);
+    free(h);
+    check_ok(g);
+    free(W), free(b), free(x), free(dy), free(A), free(Bm), free(dx), free(dA), free(dB), free(y), free(xa);
+    kb_destroy(g), kb_destroy(c);
+}
+TEST(op_linear_lora) {
+    NEED_GPU(g, KB_F32);
+    kb_destroy(g);
+    linear_case(KB_F32, 0, 1e-5);
+    linear_case(KB_F32, 1, 1e-5);
+    linear_case(KB_BF16, 0, 2e-2);
+    linear_case(KB_F16, 1, 4e-3);
+}
+
+static void ce_case(kb_dtype wdt, int chunk, double tol) {
+    kb_backend *g = gpu(wdt), *c = cpu();
+    int N = 61, C = 64, V = 1000;
+    float *W = rnd((size_t)V * C, 0.5f), *x = rnd((size_t)N * C, 1), *ts = rnd(N, 1);
+    int32_t tg[61];
+    for (int i = 0; i < N; i++) tg[i] = i % 5 == 2 ? LR_IGNORE_INDEX : (int)(lr_mix64((uint64_t)i + 99) % V);
+    void *gW = put_w(g, W, (size_t)V * C);
+    float *gx = put(g, x, (size_t)N * C), *gts = put(g, ts, N), *gdx = g->alloc(g, (size_t)N * C * 4);
+    float *gtl = g->alloc(g, N * 4), *dx = calloc((size_t)N * C, 4), *tl = calloc(N, 4);
+    int32_t *gtg = g->alloc(g, sizeof tg);
+    g->upload(g, gtg, tg, sizeof tg);
+    int64_t nc = 0, ng = 0;
+    double lc = c->lmhead_ce(c, &nc, tl, dx, x, W, tg, ts, N, C, V, 0.25f, chunk);
+    double lg = g->lmhead_ce(g, &ng, gtl, gdx, gx, gW, gtg, gts, N, C, V, 0.25f, chunk);
+    CHECK_EQ_INT(ng, nc);
+    CHECKF(fabs(lg - lc) <= (wdt == KB_F32 ? 1e-5 : 1e-3) * fabs(lc), "loss %.9g vs %.9g (dtype %d)", lg, lc, wdt);
+    float *h = get(g, gdx, (size_t)N * C);
+    CHECKF(relerr(h, dx, (size_t)N * C) <= tol, "ce dx (dtype %d): %.3g", wdt, relerr(h, dx, (size_t)N * C));
+    free(h);
+    h = get(g, gtl, N);
+    CHECK_REL(h, tl, N, wdt == KB_F32 ? 1e-5 : 1e-2);
+    free(h);
+    /* loss only */
+    lg = g->lmhead_ce(g, &ng, NULL, NULL, gx, gW, gtg, NULL, N, C, V, 1.0f, 0);
+    CHECKF(fabs(lg - lc) <= (wdt == KB_F32 ? 1e-5 : 1e-3) * fabs(lc), "loss-only %.9g vs %.9g", lg, lc);
+    check_ok(g);
+    free(W), free(x), free(ts), free(dx), free(tl);
+    kb_destroy(g), kb_destroy(c);
+}
+TEST(op_lmhead_ce) {
+    NEED_GPU(g, KB_F32);
+    kb_destroy(g);
+    ce_case(KB_F32, 0, 1e-5);
+    ce_case(KB_F32, 16, 1e-5); /* several chunks */
+    ce_case(KB_BF16, 20, 2e-2);
+}
+
+/* Out of memory is an answer with numbers, and the backend goes on. */
+TEST(op_out_of_memory) {
+    NEED_GPU(g, KB_BF16);
+    lr_err err = {0};
+    void *p = g->alloc(g, (size_t)1 << 50);
+    CHECK(p == NULL);
+    CHECK(g->check(g, &err) == -1);
+    CHECK(strstr(err.msg, "out of GPU memory") && strstr(err.msg, "needed 1048576.00 GiB"));
+    CHECK_EQ_INT(err.code, LR_E_NOMEM);
+    CHECK(g->check(g, &err) == 0);
+    p = g->alloc(g, 1 << 20);
+    CHECK(p != NULL);
+    g->free(g, p);
+    kb_cuda_mem mi;
+    CHECK(kb_cuda_meminfo(g, &mi) == 0 && mi.total_bytes > 0 && mi.peak_bytes >= (1u << 20));
+    kb_destroy(g);
+}
+
+/* ---- whole models (GPU needed) ---- */
+
+static int mkmodel(const char *dir, const char *arch, const char *dtype) {
+    char *argv[] = {"mkmodel", "--arch", (char *)arch, "--out", (char *)dir, "--preset", "tiny", "--dtype",
+                    (char *)dtype, "--seed", "7", NULL};
+    return cmd_mkmodel(11, argv);
+}
+
+typedef struct run {
+    double loss[50];
+    float *grads;
+    size_t numel;
+} run;
+
+/* Loads dir on be, attaches r=8 adapters on all linear layers with B
+ * randomised (so every gradient is non-zero), and either takes the
+ * gradients of one batch (steps = 0) or trains steps AdamW steps. */
+static int model_run(kb_backend *be, const char *dir, int steps, run *out, lr_err *err) {
+    model *m = NULL;
+    int B = 2, T = 24, rc = -1;
+    memset(out, 0, sizeof *out);
+    if (model_load(dir, be, &m, err)) return -1;
+    model_lora_cfg lc = {.r = 8, .alpha = 16, .n_targets = 1};
+    snprintf(lc.targets[0], sizeof lc.targets[0], "all-linear");
+    if (model_lora_init(m, &lc, 11, err)) goto done;
+    for (size_t i = 0; i < model_n_params(m); i++) {
+        const model_param *p = model_param_at(m, i);
+        if (!strstr(p->name, "lora_B")) continue;
+        rng_state = 1000 + i;
+        float *v = rnd(p->numel, 0.05f);
+        int e = model_param_set(m, i, v, p->numel, err);
+        free(v);
+        if (e) goto done;
+    }
+    int V = model_config(m)->vocab_size;
+    int32_t ids[48], labels[48];
+    size_t n = model_numel(m);
+    kb_backend *b = be; /* short name for the ops below */
+    float *mom = b->alloc(b, n * 4), *vel = b->alloc(b, n * 4);
+    for (int s = 0; s < (steps ? steps : 1); s++) {
+        for (int i = 0; i < B * T; i++) {
+            ids[i] = (int)(lr_mix64((uint64_t)(s % 4) * 1000 + i) % V);
+            labels[i] = i % 7 == 0 ? -100 : ids[i];
+        }
+        double ls;
+        int64_t nt;
+        model_zero_grad(m);
+        if (model_fwd_bwd(m, ids, labels, B, T, 1.0f, &ls, &nt, err)) goto done_free;
+        out->loss[s] = ls / (double)nt;
+        if (!steps) break;
+        kb_adamw hp = {1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, s + 1};
+        b->scale(b, model_grads(m), 1.0f / (float)nt, n);
+        b->adamw(b, model_params(m), model_grads(m), mom, vel, n, &hp);
+    }
+    if (b->check && b->check(b, err)) goto done_free;
+    out->numel = n;
+    out->grads = malloc(n * 4);
+    b->download(b, out->grads, model_grads(m), n * 4);
+    rc = 0;
+done_free:
+    b->free(b, mom);
+    b->free(b, vel);
+done:
+    model_free(m);
+    return rc;
+}
+
+static void grads_case(const char *arch, kb_dtype wdt, double loss_tol, double grad_tol) {
+    const char *dir = test_tmpdir();
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s-%d", dir, arch, (int)wdt);
+    REQUIRE(mkmodel(path, arch, wdt == KB_F32 ? "f32" : "bf16") == 0);
+    kb_backend *c = cpu(), *g = gpu(wdt);
+    lr_err err = {0};
+    run rc, rg;
+    REQUIRE(model_run(c, path, 0, &rc, &err) == 0);
+    int ok = model_run(g, path, 0, &rg, &err) == 0;
+    CHECKF(ok, "%s on the GPU: %s", arch, err.msg);
+    if (ok) {
+        double e = fabs(rg.loss[0] - rc.loss[0]) / rc.loss[0], ge = relerr(rg.grads, rc.grads, rc.numel);
+        printf("    %s %s: loss %.7f vs %.7f (rel %.2g), LoRA grads rel %.2g\n", arch, wdt == KB_F32 ? "f32" : "bf16",
+               rg.loss[0], rc.loss[0], e, ge);
+        CHECKF(e <= loss_tol, "%s loss rel err %.3g > %g", arch, e, loss_tol);
+        CHECKF(ge <= grad_tol, "%s LoRA grads rel err %.3g > %g", arch, ge, grad_tol);
+    }
+    free(rc.grads), free(rg.grads);
+    kb_destroy(c), kb_destroy(g);
+}
+
+#define GRADS_TEST(arch)                                                       \
+    TEST(grads_##arch) {                                                       \
+        NEED_GPU(g, KB_F32);                                                   \
+        kb_destroy(g);                                                         \
+        grads_case(#arch, KB_F32, 1e-5, 1e-4);                                 \
+        grads_case(#arch, KB_BF16, 1e-3, 5e-2);                                \
+    }
+GRADS_TEST(llama)
+GRADS_TEST(mistral)
+GRADS_TEST(qwen2)
+GRADS_TEST(gpt2)
+
+TEST(train_50_steps_tracks_cpu) {
+    NEED_GPU(g0, KB_F32);
+    kb_destroy(g0);
+    const char *dir = test_tmpdir();
+    char path[600];
+    snprintf(path, sizeof path, "%s/train-llama", dir);
+    REQUIRE(mkmodel(path, "llama", "bf16") == 0);
+    for (int k = 0; k < 2; k++) {
+        kb_dtype wdt = k ? KB_BF16 : KB_F32;
+        double tol = k ? 2e-2 : 1e-3;
+        kb_backend *c = cpu(), *g = gpu(wdt);
+        lr_err err = {0};
+        run rc, rg;
+        REQUIRE(model_run(c, path, 50, &rc, &err) == 0);
+        int ok = model_run(g, path, 50, &rg, &err) == 0;
+        CHECKF(ok, "GPU run: %s", err.msg);
+        double worst = 0;
+        for (int s = 0; ok && s < 50; s++) {
+            double e = fabs(rg.loss[s] - rc.loss[s]) / rc.loss[s];
+            if (e > worst) worst = e;
+        }
+        if (ok) {
+            printf("    %s: loss %.4f -> %.4f (cpu %.4f -> %.4f), worst step rel diff %.2g\n", k ? "bf16" : "f32",
+                   rg.loss[0], rg.loss[49], rc.loss[0], rc.loss[49], worst);
+            CHECKF(worst <= tol, "loss curves differ by %.3g > %g", worst, tol);
+            CHECK(rc.loss[49] < rc.loss[0] * 0.9); /* it learns */
+        }
+        free(rc.grads), free(rg.grads);
+        kb_destroy(c), kb_destroy(g);
+    }
+}

@@ -1,0 +1,244 @@
+/* Frames and messages: exact bytes on the wire, incremental decoding,
+ * every protocol error, and a round trip of each message type. */
+#include "tests/unit/test.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "proto/frame.h"
+#include "proto/msg.h"
+
+static void hdr(unsigned char *h, uint32_t n) {
+    h[0] = n >> 24; h[1] = n >> 16; h[2] = n >> 8; h[3] = n;
+}
+
+TEST(encode_exact_bytes) {
+    json_t *m = json_pack("{s:s}", "type", "ack");
+    lr_buf b;
+    lr_buf_init(&b, 1024);
+    lr_err e = {0};
+    REQUIRE(frame_encode(m, &b, &e) == 0);
+    const char *body = "{\"type\":\"ack\"}";
+    CHECK_EQ_INT(b.len, 4 + strlen(body));
+    CHECK(memcmp(b.data, "\0\0\0\x0e", 4) == 0);
+    CHECK(memcmp(b.data + 4, body, strlen(body)) == 0);
+    lr_buf_free(&b);
+    json_decref(m);
+}
+
+TEST(encode_rejects_untyped) {
+    json_t *m = json_pack("{s:i}", "x", 1);
+    lr_buf b;
+    lr_buf_init(&b, 1024);
+    lr_err e = {0};
+    CHECK(frame_encode(m, &b, &e) == -1);
+    CHECK_EQ_INT(b.len, 0);
+    lr_buf_free(&b);
+    json_decref(m);
+}
+
+TEST(decode_byte_by_byte_and_batched) {
+    lr_buf b;
+    lr_buf_init(&b, 1 << 16);
+    lr_err e = {0};
+    for (int i = 0; i < 3; i++) {
+        json_t *m = msg_metric("ftjob-1", i, 10 * i, 0.5, "loss", 1.0 / (i + 1));
+        REQUIRE(frame_encode(m, &b, &e) == 0);
+        json_decref(m);
+    }
+    frame_dec d;
+    frame_dec_init(&d, 4096);
+    int got = 0;
+    for (size_t i = 0; i < b.len; i++) {
+        REQUIRE(frame_dec_feed(&d, b.data + i, 1, &e) == 0);
+        json_t *j;
+        int r;
+        while ((r = frame_dec_next(&d, &j, &e)) == 1) {
+            msg m;
+            CHECK(msg_parse(j, &m, &e) == 0);
+            CHECK_EQ_INT(m.type, MSG_METRIC);
+            CHECK_EQ_INT(m.seq, got);
+            CHECK_EQ_INT(m.step, 10 * got);
+            CHECK_NEAR(m.value, 1.0 / (got + 1), 1e-15);
+            got++;
+            json_decref(j);
+        }
+        CHECK(r == 0);
+    }
+    CHECK_EQ_INT(got, 3);
+    /* The same bytes in one piece. */
+    frame_dec_free(&d);
+    frame_dec_init(&d, 4096);
+    REQUIRE(frame_dec_feed(&d, b.data, b.len, &e) == 0);
+    json_t *j;
+    got = 0;
+    while (frame_dec_next(&d, &j, &e) == 1) {
+        got++;
+        json_decref(j);
+    }
+    CHECK_EQ_INT(got, 3);
+    frame_dec_free(&d);
+    lr_buf_free(&b);
+}
+
+static int decode_error(const void *bytes, size_t n, size_t max, char *msgout) { /* msgout: 512 bytes */
+    frame_dec d;
+    frame_dec_init(&d, max);
+    lr_err e = {0};
+    int r = frame_dec_feed(&d, bytes, n, &e);
+    json_t *j = NULL;
+    if (r == 0) r = frame_dec_next(&d, &j, &e);
+    if (j) json_decref(j);
+    /* After an error the decoder refuses everything. */
+    if (r == -1) {
+        lr_err e2 = {0};
+        if (frame_dec_feed(&d, "x", 1, &e2) != -1) r = 99;
+    }
+    if (msgout) snprintf(msgout, 512, "%s", e.msg);
+    frame_dec_free(&d);
+    return r;
+}
+
+TEST(decode_protocol_errors) {
+    unsigned char f[64];
+    char m[512];
+    hdr(f, 0);
+    CHECK_EQ_INT(decode_error(f, 4, 100, m), -1);
+    hdr(f, 101); /* over max: fails on the header alone, before the body arrives */
+    CHECK_EQ_INT(decode_error(f, 4, 100, m), -1);
+    CHECK(strstr(m, "101") != NULL);
+    hdr(f, 0xffffffffu);
+    CHECK_EQ_INT(decode_error(f, 4, 100, m), -1);
+    hdr(f, 5);
+    memcpy(f + 4, "{\"a\":", 5); /* invalid JSON */
+    CHECK_EQ_INT(decode_error(f, 9, 100, m), -1);
+    hdr(f, 2);
+    memcpy(f + 4, "[]", 2); /* not an object */
+    CHECK_EQ_INT(decode_error(f, 6, 100, m), -1);
+    hdr(f, 10);
+    memcpy(f + 4, "{\"type\":1}", 10); /* type not a string */
+    CHECK_EQ_INT(decode_error(f, 14, 100, m), -1);
+    hdr(f, 14);
+    memcpy(f + 4, "{\"type\":\"ack\"}", 14);
+    CHECK_EQ_INT(decode_error(f, 3, 100, m), 0); /* partial header: need more */
+    CHECK_EQ_INT(decode_error(f, 17, 100, m), 0); /* partial body */
+    CHECK_EQ_INT(decode_error(f, 18, 100, m), 1);
+}
+
+TEST(feed_caps_pending_bytes) {
+    frame_dec d;
+    frame_dec_init(&d, 100);
+    lr_err e = {0};
+    char *big = calloc(1, 200000);
+    CHECK(frame_dec_feed(&d, big, 200000, &e) == -1);
+    free(big);
+    frame_dec_free(&d);
+}
+
+TEST(msg_roundtrip_all_types) {
+    lr_err e = {0};
+    json_t *spec = json_pack("{s:s}", "model", "m");
+    const char *tf[2] = {"/d/a.jsonl", "/d/b.jsonl"};
+    json_t *ms[] = {
+        msg_hello("w0", "cpu", "x86", 1 << 20, 4, "0.1"),
+        msg_heartbeat("ftjob-a", 3, 10, 0.3),
+        msg_heartbeat(NULL, 0, 0, 0),
+        msg_metric("ftjob-a", 7, 3, 0.3, "loss", 2.5),
+        msg_event("ftjob-a", "info", "hello"),
+        msg_checkpoint("ftjob-a", 3, "/r/checkpoints/step-3"),
+        msg_done("ftjob-a", "succeeded"),
+        msg_failed("ftjob-a", "out of memory"),
+        msg_assign("ftjob-a", spec, "/m", tf, 2, NULL, NULL, "/r", 1),
+        msg_cancel("ftjob-a", "user"),
+        msg_ack(7),
+    };
+    msg_type want[] = {MSG_HELLO, MSG_HEARTBEAT, MSG_HEARTBEAT, MSG_METRIC, MSG_EVENT, MSG_CHECKPOINT,
+                       MSG_DONE, MSG_FAILED, MSG_ASSIGN, MSG_CANCEL, MSG_ACK};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+        REQUIRE(ms[i]);
+        lr_buf b;
+        lr_buf_init(&b, FRAME_MAX + 4);
+        REQUIRE(frame_encode(ms[i], &b, &e) == 0);
+        frame_dec d;
+        frame_dec_init(&d, 0);
+        REQUIRE(frame_dec_feed(&d, b.data, b.len, &e) == 0);
+        json_t *j;
+        REQUIRE(frame_dec_next(&d, &j, &e) == 1);
+        msg m;
+        CHECKF(msg_parse(j, &m, &e) == 0, "%s: %s", msg_type_name(want[i]), e.msg);
+        CHECK_EQ_INT(m.type, want[i]);
+        if (m.type == MSG_ASSIGN) {
+            CHECK_EQ_INT(m.n_training_files, 2);
+            CHECK_STR(m.training_files[1], "/d/b.jsonl");
+            CHECK_STR(m.run_dir, "/r");
+            CHECK(m.resume == 1);
+            CHECK(m.validation_file == NULL);
+            CHECK_STR(json_string_value(json_object_get(m.spec, "model")), "m");
+        }
+        if (m.type == MSG_HELLO) {
+            CHECK_STR(m.worker, "w0");
+            CHECK_EQ_INT(m.threads, 4);
+            CHECK_EQ_INT(m.mem_bytes, 1 << 20);
+        }
+        json_decref(j);
+        frame_dec_free(&d);
+        lr_buf_free(&b);
+        json_decref(ms[i]);
+    }
+    json_decref(spec);
+}
+
+TEST(msg_nonfinite_metric_is_null) {
+    json_t *m = msg_metric("ftjob-a", 1, 1, 0, "loss", NAN);
+    CHECK(json_is_null(json_object_get(m, "value")));
+    msg p;
+    lr_err e = {0};
+    CHECK(msg_parse(m, &p, &e) == 0);
+    CHECK(isnan(p.value));
+    json_decref(m);
+}
+
+TEST(msg_parse_rejects_bad_fields) {
+    const char *bad[] = {
+        "{\"type\":\"nope\"}",
+        "{\"type\":\"metric\",\"job_id\":\"j\",\"seq\":1,\"step\":-1,\"name\":\"loss\",\"value\":1}",
+        "{\"type\":\"metric\",\"job_id\":\"j\",\"seq\":1,\"step\":1,\"name\":\"\",\"value\":1}",
+        "{\"type\":\"metric\",\"job_id\":\"j\",\"seq\":1,\"step\":1,\"name\":\"loss\",\"value\":\"1\"}",
+        "{\"type\":\"metric\",\"seq\":1,\"step\":1,\"name\":\"loss\",\"value\":1}",
+        "{\"type\":\"done\",\"job_id\":\"j\",\"outcome\":\"maybe\"}",
+        "{\"type\":\"hello\",\"worker\":\"w\",\"backend\":\"cpu\",\"proto\":99}",
+        "{\"type\":\"hello\",\"worker\":\"w\",\"backend\":7,\"proto\":1}",
+        "{\"type\":\"assign\",\"job_id\":\"j\",\"spec\":{},\"model_dir\":\"/m\",\"run_dir\":\"/r\",\"training_files\":[]}",
+        "{\"type\":\"assign\",\"job_id\":\"j\",\"spec\":{},\"model_dir\":\"/m\",\"run_dir\":\"/r\",\"training_files\":[\"a\"],\"resume\":1}",
+        "{\"type\":\"ack\"}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        json_t *j = json_loads(bad[i], 0, NULL);
+        REQUIRE(j);
+        msg m;
+        lr_err e = {0};
+        CHECKF(msg_parse(j, &m, &e) == -1, "accepted: %s", bad[i]);
+        CHECKF(e.msg[0] != 0, "no message for: %s", bad[i]);
+        json_decref(j);
+    }
+}
+
+TEST(fd_helpers_over_socketpair) {
+    int sv[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    lr_err e = {0};
+    json_t *m = msg_event("ftjob-x", "info", "step 1");
+    REQUIRE(frame_write_fd(sv[0], m, &e) == 0);
+    json_decref(m);
+    frame_dec d;
+    frame_dec_init(&d, 0);
+    json_t *j = NULL;
+    CHECK_EQ_INT(frame_read_fd(sv[1], &d, 1000, &j, &e), 1);
+    CHECK(j && !strcmp(json_string_value(json_object_get(j, "message")), "step 1"));
+    json_decref(j);
+    CHECK_EQ_INT(frame_read_fd(sv[1], &d, 20, &j, &e), 0); /* timeout */
+    close(sv[0]);
+    CHECK_EQ_INT(frame_read_fd(sv[1], &d, 1000, &j, &e), -1); /* peer closed */
+    close(sv[1]);
+    frame_dec_free(&d);
+}

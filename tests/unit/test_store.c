@@ -1,0 +1,286 @@
+/* The SQLite store: migrations, users and tokens, job life cycle, paging,
+ * cancel rules, requeue with retries, metrics downsampling, two connections
+ * writing at once (WAL). */
+#include "tests/unit/test.h"
+
+#include <pthread.h>
+#include <sys/stat.h>
+
+#include "daemon/sha256.h"
+#include "daemon/store.h"
+
+static store *open_store(const char *name) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", test_tmpdir(), name);
+    store *st = NULL;
+    lr_err e = {0};
+    if (store_open(path, &st, &e)) {
+        printf("    open: %s\n", e.msg);
+        return NULL;
+    }
+    int applied = -1;
+    if (store_migrate(st, "migrations", &applied, &e)) {
+        printf("    migrate: %s\n", e.msg);
+        store_close(st);
+        return NULL;
+    }
+    return st;
+}
+
+static int add_job(store *st, const char *id, const char *user, int prio) {
+    store_job_new j = {.id = id, .name = id, .user = user, .model = "m", .device = "any",
+                       .spec_json = "{\"training_file\":\"file-0\"}", .priority = prio, .max_retries = 2};
+    lr_err e = {0};
+    return store_job_insert(st, &j, &e);
+}
+
+TEST(sha256_vectors) {
+    char h[65];
+    sha256_hex("", 0, h);
+    CHECK_STR(h, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    sha256_hex("abc", 3, h);
+    CHECK_STR(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    sha256_hex(m, strlen(m), h);
+    CHECK_STR(h, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    char *a = malloc(1000000);
+    memset(a, 'a', 1000000);
+    sha256_hex(a, 1000000, h);
+    CHECK_STR(h, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+    free(a);
+    CHECK(sha256_ct_equal("abc", "abc", 3));
+    CHECK(!sha256_ct_equal("abc", "abd", 3));
+}
+
+TEST(migrations_applied_once) {
+    store *st = open_store("mig.db");
+    REQUIRE(st);
+    lr_err e = {0};
+    int applied = -1;
+    CHECK(store_migrate(st, "migrations", &applied, &e) == 0);
+    CHECK_EQ_INT(applied, 0);
+    CHECK(store_migrate(st, "/nonexistent", &applied, &e) == -1);
+    store_close(st);
+}
+
+TEST(users_and_tokens) {
+    store *st = open_store("users.db");
+    REQUIRE(st);
+    lr_err e = {0};
+    char h1[65], h2[65];
+    sha256_hex("tok-a", 5, h1);
+    sha256_hex("tok-b", 5, h2);
+    CHECK(store_user_add(st, "alice", 0, h1, &e) == 0);
+    CHECK(store_user_add(st, "root", 1, h2, &e) == 0);
+    CHECK(store_user_add(st, "alice", 0, h2, &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_CONFLICT);
+    store_user u;
+    CHECK(store_user_auth(st, h1, &u, &e) == 0);
+    CHECK_STR(u.name, "alice");
+    CHECK_EQ_INT(u.admin, 0);
+    CHECK(store_user_auth(st, h2, &u, &e) == 0);
+    CHECK_STR(u.name, "root");
+    CHECK_EQ_INT(u.admin, 1);
+    char bad[65];
+    sha256_hex("nope", 4, bad);
+    CHECK(store_user_auth(st, bad, &u, &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_NOTFOUND);
+    store_close(st);
+}
+
+TEST(job_list_paging_and_filters) {
+    store *st = open_store("jobs.db");
+    REQUIRE(st);
+    lr_err e = {0};
+    char id[32];
+    for (int i = 0; i < 25; i++) {
+        snprintf(id, sizeof id, "ftjob-%012d", i);
+        REQUIRE(add_job(st, id, i % 2 ? "bob" : "alice", 0) == 0);
+    }
+    json_t *l = store_jobs_list(st, NULL, NULL, NULL, 10, NULL, &e);
+    REQUIRE(l);
+    CHECK_EQ_INT(json_array_size(json_object_get(l, "data")), 10);
+    CHECK(json_is_true(json_object_get(l, "has_more")));
+    const char *first = json_string_value(json_object_get(json_array_get(json_object_get(l, "data"), 0), "id"));
+    CHECK_STR(first, "ftjob-000000000024"); /* newest first */
+    const char *last = json_string_value(json_object_get(json_array_get(json_object_get(l, "data"), 9), "id"));
+    json_t *l2 = store_jobs_list(st, NULL, NULL, NULL, 10, last, &e);
+    CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(l2, "data"), 0), "id")),
+              "ftjob-000000000014");
+    json_decref(l2);
+    json_decref(l);
+    l = store_jobs_list(st, "queued", "bob", NULL, 100, NULL, &e);
+    CHECK_EQ_INT(json_array_size(json_object_get(l, "data")), 12);
+    CHECK(json_is_false(json_object_get(l, "has_more")));
+    json_decref(l);
+    l = store_jobs_list(st, "running", NULL, NULL, 100, NULL, &e);
+    CHECK_EQ_INT(json_array_size(json_object_get(l, "data")), 0);
+    json_decref(l);
+    json_t *j = store_job_get(st, "ftjob-000000000003", &e);
+    REQUIRE(j);
+    CHECK_STR(json_string_value(json_object_get(j, "object")), "fine_tuning.job");
+    CHECK_STR(json_string_value(json_object_get(j, "user")), "bob");
+    CHECK(json_is_object(json_object_get(j, "spec")));
+    CHECK(json_is_null(json_object_get(j, "error")));
+    json_decref(j);
+    CHECK(store_job_get(st, "ftjob-nope", &e) == NULL);
+    CHECK_EQ_INT(e.code, LR_E_NOTFOUND);
+    store_close(st);
+}
+
+TEST(cancel_rules) {
+    store *st = open_store("cancel.db");
+    REQUIRE(st);
+    lr_err e = {0};
+    REQUIRE(add_job(st, "ftjob-a", "alice", 0) == 0);
+    REQUIRE(add_job(st, "ftjob-b", "alice", 0) == 0);
+    store_user bob = {"bob", 0}, alice = {"alice", 0}, root = {"root", 1};
+    int running = -1;
+    CHECK(store_job_cancel(st, "ftjob-a", &bob, &running, &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_FORBIDDEN);
+    CHECK(store_job_cancel(st, "ftjob-a", &alice, &running, &e) == 0);
+    CHECK_EQ_INT(running, 0);
+    CHECK(store_job_cancel(st, "ftjob-a", &alice, &running, &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_CONFLICT);
+    REQUIRE(store_job_start(st, "ftjob-b", "w0", &e) == 0);
+    CHECK(store_job_cancel(st, "ftjob-b", &root, &running, &e) == 0);
+    CHECK_EQ_INT(running, 1);
+    char ids[4][32], ws[4][64];
+    int n = 0;
+    CHECK(store_jobs_cancelling(st, ids, ws, 4, &n, &e) == 0);
+    CHECK_EQ_INT(n, 1);
+    CHECK_STR(ids[0], "ftjob-b");
+    CHECK_STR(ws[0], "w0");
+    CHECK(store_job_cancel(st, "ftjob-x", &root, &running, &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_NOTFOUND);
+    store_close(st);
+}
+
+TEST(queue_order_and_requeue) {
+    store *st = open_store("queue.db");
+    REQUIRE(st);
+    lr_err e = {0};
+    REQUIRE(add_job(st, "ftjob-1", "a", 0) == 0);
+    REQUIRE(add_job(st, "ftjob-2", "a", 5) == 0);
+    REQUIRE(add_job(st, "ftjob-3", "b", 5) == 0);
+    store_qjob q[8];
+    int n;
+    REQUIRE(store_jobs_queued(st, q, 8, &n, &e) == 0);
+    CHECK_EQ_INT(n, 3);
+    CHECK_STR(q[0].id, "ftjob-2");
+    CHECK_STR(q[1].id, "ftjob-3");
+    CHECK_STR(q[2].id, "ftjob-1");
+    REQUIRE(store_job_start(st, "ftjob-2", "w0", &e) == 0);
+    CHECK(store_job_start(st, "ftjob-2", "w1", &e) == -1); /* no double assignment */
+    json_t *r = store_running_by_user(st, &e);
+    CHECK_EQ_INT(json_integer_value(json_object_get(r, "a")), 1);
+    json_decref(r);
+    int failed;
+    /* max_retries = 2: two requeues, then failed with the reason. */
+    for (int i = 0; i < 2; i++) {
+        CHECK(store_job_requeue(st, "ftjob-2", "worker w0 died", &failed, &e) == 0);
+        CHECK_EQ_INT(failed, 0);
+        REQUIRE(store_job_start(st, "ftjob-2", "w0", &e) == 0);
+    }
+    CHECK(store_job_requeue(st, "ftjob-2", "worker w0 died", &failed, &e) == 0);
+    CHECK_EQ_INT(failed, 1);
+    json_t *j = store_job_get(st, "ftjob-2", &e);
+    CHECK_STR(json_string_value(json_object_get(j, "status")), "failed");
+    const char *msg = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+    CHECK(msg && strstr(msg, "worker w0 died"));
+    json_decref(j);
+    /* Recovery after a daemon restart. */
+    REQUIRE(store_job_start(st, "ftjob-3", "w1", &e) == 0);
+    int rq = 0;
+    CHECK(store_recover(st, &rq, &e) == 0);
+    CHECK_EQ_INT(rq, 1);
+    j = store_job_get(st, "ftjob-3", &e);
+    CHECK_STR(json_string_value(json_object_get(j, "status")), "queued");
+    CHECK_EQ_INT(json_integer_value(json_object_get(j, "retries")), 1);
+    json_decref(j);
+    store_close(st);
+}
+
+TEST(metrics_downsampling) {
+    store *st = open_store("metrics.db");
+    REQUIRE(st);
+    lr_err e = {0};
+    REQUIRE(add_job(st, "ftjob-m", "a", 0) == 0);
+    REQUIRE(store_begin(st, &e) == 0);
+    for (int s = 1; s <= 1000; s++) {
+        REQUIRE(store_metric_add(st, "ftjob-m", s, "loss", 10.0 / s, 1000.0 + s, &e) == 0);
+        if (s % 100 == 0) REQUIRE(store_metric_add(st, "ftjob-m", s, "eval_loss", 5.0 / s, 1000.0 + s, &e) == 0);
+    }
+    REQUIRE(store_commit(st, &e) == 0);
+    /* Re-sent after a resume: replaces, does not duplicate. */
+    REQUIRE(store_metric_add(st, "ftjob-m", 1000, "loss", 0.5, 2000, &e) == 0);
+    json_t *m = store_metrics_query(st, "ftjob-m", 0, "loss", 11, &e);
+    REQUIRE(m);
+    json_t *series = json_object_get(m, "series");
+    CHECK_EQ_INT(json_array_size(series), 1);
+    json_t *loss = json_array_get(series, 0);
+    json_t *steps = json_object_get(loss, "steps");
+    CHECK_EQ_INT(json_array_size(steps), 11);
+    CHECK_EQ_INT(json_integer_value(json_array_get(steps, 0)), 1);
+    CHECK_EQ_INT(json_integer_value(json_array_get(steps, 10)), 1000);
+    CHECK_EQ_INT(json_integer_value(json_array_get(steps, 5)), 501);
+    CHECK_NEAR(json_real_value(json_array_get(json_object_get(loss, "values"), 10)), 0.5, 1e-12);
+    CHECK_EQ_INT(json_integer_value(json_object_get(loss, "total_points")), 1000);
+    CHECK_EQ_INT(json_integer_value(json_object_get(m, "last_step")), 1000);
+    json_decref(m);
+    m = store_metrics_query(st, "ftjob-m", 900, NULL, 0, &e);
+    series = json_object_get(m, "series");
+    CHECK_EQ_INT(json_array_size(series), 2);
+    CHECK_EQ_INT(json_array_size(json_object_get(json_array_get(series, 0), "steps")), 1);   /* eval_loss 1000 */
+    CHECK_EQ_INT(json_array_size(json_object_get(json_array_get(series, 1), "steps")), 100); /* loss 901..1000 */
+    json_decref(m);
+    json_t *j = store_job_get(st, "ftjob-m", &e);
+    CHECK_NEAR(json_real_value(json_object_get(json_object_get(j, "metrics"), "loss")), 0.5, 1e-12);
+    json_decref(j);
+    store_close(st);
+}
+
+TEST(datasets_and_delete_conflict) {
+    store *st = open_store("ds.db");
+    REQUIRE(st);
+    lr_err e = {0};
+    store_dataset d = {.id = "file-abc", .user = "a", .filename = "x.jsonl", .format = "jsonl", .kind = "chat",
+                       .rows = 3, .bytes = 100, .path = "/tmp/x"};
+    REQUIRE(store_dataset_add(st, &d, NULL, &e) == 0);
+    store_job_new j = {.id = "ftjob-d", .user = "a", .model = "m", .device = "any",
+                       .spec_json = "{\"training_file\":\"file-abc\"}", .max_retries = 1};
+    REQUIRE(store_job_insert(st, &j, &e) == 0);
+    CHECK(store_dataset_delete(st, "file-abc", &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_CONFLICT);
+    REQUIRE(store_job_finish(st, "ftjob-d", "succeeded", NULL, NULL, &e) == 0);
+    CHECK(store_dataset_delete(st, "file-abc", &e) == 0);
+    CHECK(store_dataset_delete(st, "file-abc", &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_NOTFOUND);
+    store_close(st);
+}
+
+static void *writer(void *arg) {
+    store *st = arg;
+    lr_err e = {0};
+    for (int i = 0; i < 200; i++)
+        if (store_event_add(st, "ftjob-w", "info", "x", &e)) return (void *)1;
+    return NULL;
+}
+
+TEST(two_connections_write_concurrently) {
+    store *a = open_store("wal.db"), *b = open_store("wal.db");
+    REQUIRE(a && b);
+    pthread_t t1, t2;
+    pthread_create(&t1, NULL, writer, a);
+    pthread_create(&t2, NULL, writer, b);
+    void *r1, *r2;
+    pthread_join(t1, &r1);
+    pthread_join(t2, &r2);
+    CHECK(r1 == NULL && r2 == NULL);
+    lr_err e = {0};
+    json_t *l = store_events_list(a, "ftjob-w", 0, 1000, &e);
+    CHECK_EQ_INT(json_array_size(json_object_get(l, "data")), 400);
+    json_decref(l);
+    store_close(a);
+    store_close(b);
+}

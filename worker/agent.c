@@ -1,0 +1,325 @@
+#include "worker/agent.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto/frame.h"
+#include "proto/msg.h"
+#include "worker/commands.h"
+
+#define AGENT_VERSION "0.1"
+
+typedef struct job {
+    struct agent *ag;
+    char id[32];
+    jobspec spec;
+    char model_dir[1024], run_dir[1024], val[1024], ref[1024];
+    char files[JOBSPEC_MAX_FILES][1024];
+    int n_files, resume;
+    pthread_t thread;
+    atomic_int cancel, finished;
+} job;
+
+typedef struct agent {
+    const agent_opts *o;
+    int fd;
+    pthread_mutex_t wlock;     /* one writer at a time on the socket */
+    atomic_long seq;
+    pthread_mutex_t plock;     /* progress */
+    int64_t step, total;
+    double epoch;
+    job *cur;
+    int write_failed;
+} agent;
+
+static void send_locked(agent *ag, json_t *m) {
+    if (!m) return;
+    lr_err e = {0};
+    pthread_mutex_lock(&ag->wlock);
+    if (!ag->write_failed && frame_write_fd(ag->fd, m, &e)) {
+        ag->write_failed = 1;
+        fprintf(stderr, "lora-worker %s: %s\n", ag->o->name, e.msg);
+    }
+    pthread_mutex_unlock(&ag->wlock);
+    json_decref(m);
+}
+
+/* ---- hooks, called from the job thread ---- */
+
+static void h_metric(void *ud, int64_t step, double epoch, const char *name, double value) {
+    job *j = ud;
+    send_locked(j->ag, msg_metric(j->id, atomic_fetch_add(&j->ag->seq, 1), step, epoch, name, value));
+}
+
+static void h_event(void *ud, const char *level, const char *text) {
+    job *j = ud;
+    send_locked(j->ag, msg_event(j->id, level, text));
+}
+
+static void h_checkpoint(void *ud, int64_t step, const char *dir) {
+    job *j = ud;
+    send_locked(j->ag, msg_checkpoint(j->id, step, dir));
+}
+
+static void h_progress(void *ud, int64_t step, int64_t total, double epoch) {
+    job *j = ud;
+    pthread_mutex_lock(&j->ag->plock);
+    j->ag->step = step;
+    j->ag->total = total;
+    j->ag->epoch = epoch;
+    pthread_mutex_unlock(&j->ag->plock);
+}
+
+static int h_cancelled(void *ud) {
+    job *j = ud;
+    return atomic_load(&j->cancel);
+}
+
+static void *job_main(void *arg) {
+    job *j = arg;
+    agent *ag = j->ag;
+    train_paths p = {.model_dir = j->model_dir, .validation_file = j->val[0] ? j->val : NULL,
+                     .reference_adapter_dir = j->ref[0] ? j->ref : NULL, .run_dir = j->run_dir};
+    for (int i = 0; i < j->n_files; i++) p.training_files[i] = j->files[i];
+    train_opts to = {.backend = ag->o->backend, .threads = ag->o->threads, .resume = j->resume};
+    train_hooks th = {.ud = j, .metric = h_metric, .event = h_event, .checkpoint = h_checkpoint,
+                      .progress = h_progress, .cancelled = h_cancelled};
+    train_outcome out = TRAIN_DONE;
+    lr_err e = {0};
+    json_t *end;
+    if (ag->o->run(&j->spec, &p, &to, &th, &out, &e))
+        end = msg_failed(j->id, e.msg[0] ? e.msg : "training failed");
+    else
+        end = msg_done(j->id, out == TRAIN_CANCELLED ? "cancelled"
+                              : out == TRAIN_STOPPED_EARLY ? "stopped_early"
+                                                           : "succeeded");
+    /* Finished before the daemon can hear of it, so its next ASSIGN always
+     * finds this job joinable. */
+    atomic_store(&j->finished, 1);
+    send_locked(ag, end);
+    return NULL;
+}
+
+static void join_job(agent *ag) {
+    if (!ag->cur) return;
+    pthread_join(ag->cur->thread, NULL);
+    free(ag->cur);
+    ag->cur = NULL;
+    pthread_mutex_lock(&ag->plock);
+    ag->step = ag->total = 0;
+    ag->epoch = 0;
+    pthread_mutex_unlock(&ag->plock);
+}
+
+static int copy(char *dst, size_t cap, const char *src) {
+    if (!src) {
+        dst[0] = 0;
+        return 0;
+    }
+    size_t n = strlen(src);
+    if (n >= cap) return -1;
+    memcpy(dst, src, n + 1);
+    return 0;
+}
+
+static int start_job(agent *ag, const msg *m, lr_err *err) {
+    if (ag->cur && atomic_load(&ag->cur->finished)) join_job(ag);
+    if (ag->cur) {
+        send_locked(ag, msg_failed(m->job_id, "worker is busy with another job"));
+        return 0;
+    }
+    job *j = calloc(1, sizeof *j);
+    if (!j) return lr_errf(err, "out of memory");
+    j->ag = ag;
+    lr_err e = {0};
+    int bad = copy(j->id, sizeof j->id, m->job_id) || copy(j->model_dir, sizeof j->model_dir, m->model_dir) ||
+              copy(j->run_dir, sizeof j->run_dir, m->run_dir) || copy(j->val, sizeof j->val, m->validation_file) ||
+              copy(j->ref, sizeof j->ref, m->reference_adapter_dir);
+    for (int i = 0; i < m->n_training_files; i++) bad |= copy(j->files[i], sizeof j->files[i], m->training_files[i]);
+    if (bad) lr_errf(&e, "a path in the assignment is too long");
+    if (bad || jobspec_from_json(m->spec, &j->spec, &e)) {
+        send_locked(ag, msg_failed(m->job_id, e.msg));
+        free(j);
+        return 0;
+    }
+    j->n_files = m->n_training_files;
+    j->resume = m->resume;
+    ag->cur = j;
+    if (pthread_create(&j->thread, NULL, job_main, j)) {
+        ag->cur = NULL;
+        free(j);
+        send_locked(ag, msg_failed(m->job_id, "cannot start the job thread"));
+    }
+    return 0;
+}
+
+static void heartbeat(agent *ag) {
+    json_t *m;
+    pthread_mutex_lock(&ag->plock);
+    if (ag->cur && !atomic_load(&ag->cur->finished)) m = msg_heartbeat(ag->cur->id, ag->step, ag->total, ag->epoch);
+    else m = msg_heartbeat(NULL, 0, 0, 0);
+    pthread_mutex_unlock(&ag->plock);
+    send_locked(ag, m);
+}
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int connect_socket(const char *path, lr_err *err) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) return lr_errf(err, "socket path too long: %s", path);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    /* lorad binds before it spawns workers, but allow a short race. */
+    for (int tries = 0; tries < 50; tries++) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) return lr_errf(err, "socket: %s", strerror(errno));
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return fd;
+        close(fd);
+        usleep(100000);
+    }
+    return lr_errf(err, "cannot connect to lorad at %s: %s", path, strerror(errno));
+}
+
+static void device_name(const char *backend, char *out, size_t cap) {
+    snprintf(out, cap, "%s", backend);
+    if (strcmp(backend, "cpu")) return;
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "model name", 10)) {
+            char *c = strchr(line, ':');
+            if (c) {
+                c++;
+                while (*c == ' ') c++;
+                c[strcspn(c, "\n")] = 0;
+                snprintf(out, cap, "%s", c);
+            }
+            break;
+        }
+    }
+    if (f) fclose(f);
+}
+
+int agent_run(const agent_opts *o, lr_err *err) {
+    agent ag;
+    memset(&ag, 0, sizeof ag);
+    ag.o = o;
+    pthread_mutex_init(&ag.wlock, NULL);
+    pthread_mutex_init(&ag.plock, NULL);
+    frame_dec d;
+    frame_dec_init(&d, FRAME_MAX);
+    int rc = -1;
+    ag.fd = connect_socket(o->socket_path, err);
+    if (ag.fd < 0) goto out;
+    char dev[256];
+    device_name(o->backend, dev, sizeof dev);
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    send_locked(&ag, msg_hello(o->name, o->backend, dev, pages > 0 && psz > 0 ? (int64_t)pages * psz : 0, o->threads,
+                               AGENT_VERSION));
+    int64_t period = (int64_t)(o->heartbeat_s > 0 ? o->heartbeat_s : 2) * 1000, next_hb = now_ms() + period;
+    for (;;) {
+        if (ag.write_failed) {
+            lr_errf(err, "lost the connection to lorad");
+            goto out;
+        }
+        int64_t wait = next_hb - now_ms();
+        json_t *f = NULL;
+        int r = frame_read_fd(ag.fd, &d, wait > 0 ? (int)wait : 0, &f, err);
+        if (r < 0) {
+            /* The daemon closed the socket (stopped or restarting): that is
+             * the normal end of an agent. */
+            rc = strstr(err->msg, "peer closed") ? 0 : -1;
+            goto out;
+        }
+        if (now_ms() >= next_hb) {
+            heartbeat(&ag);
+            next_hb = now_ms() + period;
+        }
+        if (ag.cur && atomic_load(&ag.cur->finished)) join_job(&ag);
+        if (r == 0) continue;
+        msg m;
+        if (msg_parse(f, &m, err)) {
+            json_decref(f);
+            lr_err_prefix(err, "protocol error: ");
+            goto out;
+        }
+        if (m.type == MSG_ASSIGN) {
+            if (start_job(&ag, &m, err)) {
+                json_decref(f);
+                goto out;
+            }
+        } else if (m.type == MSG_CANCEL) {
+            if (ag.cur && !strcmp(ag.cur->id, m.job_id)) atomic_store(&ag.cur->cancel, 1);
+        } else if (m.type != MSG_ACK && m.type != MSG_HEARTBEAT) {
+            lr_errf(err, "protocol error: lorad sent %s", msg_type_name(m.type));
+            json_decref(f);
+            goto out;
+        }
+        json_decref(f);
+    }
+out:
+    if (ag.cur) {
+        atomic_store(&ag.cur->cancel, 1);
+        join_job(&ag);
+    }
+    if (ag.fd >= 0) close(ag.fd);
+    frame_dec_free(&d);
+    pthread_mutex_destroy(&ag.wlock);
+    pthread_mutex_destroy(&ag.plock);
+    return rc;
+}
+
+/* A bounded integer flag; out of range or not a number gives lo. */
+static long num_arg(const char *v, long lo, long hi) {
+    char *end;
+    long x = strtol(v, &end, 10);
+    return *end || x < lo || x > hi ? lo : x;
+}
+
+int cmd_agent(int argc, char **argv) {
+    agent_opts o = {.name = "w0", .backend = "cpu", .heartbeat_s = 2, .run = train_run};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) {
+            fprintf(stderr, "lora-worker agent: %s needs a value\n", a);
+            return 1;
+        }
+        if (!strcmp(a, "--socket")) o.socket_path = v;
+        else if (!strcmp(a, "--name")) o.name = v;
+        else if (!strcmp(a, "--backend")) o.backend = v;
+        else if (!strcmp(a, "--threads")) o.threads = (int)num_arg(v, 0, 4096);
+        else if (!strcmp(a, "--heartbeat")) o.heartbeat_s = (int)num_arg(v, 1, 600);
+        else {
+            fprintf(stderr, "usage: lora-worker agent --socket PATH [--name N] [--backend cpu|cuda:N] "
+                            "[--threads N] [--heartbeat SECONDS]\n(started by lorad; not meant to be run by hand)\n");
+            return 1;
+        }
+        i++;
+    }
+    if (!o.socket_path) {
+        fprintf(stderr, "lora-worker agent: --socket PATH is required\n");
+        return 1;
+    }
+    /* Die with the daemon: a worker lorad no longer supervises must not
+     * keep a GPU busy. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    lr_err e = {0};
+    if (agent_run(&o, &e)) {
+        fprintf(stderr, "lora-worker %s: %s\n", o.name, e.msg);
+        return 2;
+    }
+    return 0;
+}

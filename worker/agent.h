@@ -1,0 +1,33 @@
+/* agent: the worker's side of the daemon socket (`lora-worker agent`).
+ *
+ * Connects to lorad's Unix socket, says HELLO, then serves one job at a
+ * time: an ASSIGN starts the job in a thread through the run function
+ * (train_run), whose hooks stream metric, event and checkpoint frames; the
+ * end is a DONE or FAILED frame. CANCEL makes the job stop after its current
+ * optimizer step. Heartbeats (with the job's progress) go out every
+ * heartbeat_s seconds. When the daemon goes away the job is stopped and the
+ * agent exits: lorad restarts workers, and the job resumes from its last
+ * checkpoint elsewhere. */
+#ifndef LR_AGENT_H
+#define LR_AGENT_H
+
+#include "common/err.h"
+#include "worker/train.h"
+
+typedef int (*agent_run_fn)(const jobspec *spec, const train_paths *paths, const train_opts *opts,
+                            const train_hooks *hooks, train_outcome *outcome, lr_err *err);
+
+typedef struct agent_opts {
+    const char *socket_path;
+    const char *name;     /* the worker name lorad gave it */
+    const char *backend;  /* "cpu" or "cuda:N" */
+    int threads;
+    int heartbeat_s;
+    agent_run_fn run;     /* train_run, or a stand-in in tests */
+} agent_opts;
+
+/* Returns when the daemon closes the connection (0) or on a protocol or
+ * connection error (-1). */
+int agent_run(const agent_opts *o, lr_err *err) LR_WARN_UNUSED;
+
+#endif

@@ -1,0 +1,169 @@
+/* lora-worker bench: the engine's own throughput, for `make bench` and
+ * `make bench-gpu`. One LoRA training step = zero grads, forward+backward
+ * of one micro-batch, AdamW; reported as tokens/s and achieved GFLOP/s, with
+ * the FLOP count the benchmarks state:
+ *   flops/token = 4 * (matmul weights, lm_head included)      forward + input-gradient backward
+ *               + 6 * layers * n_heads * head_dim * (T + 1)   causal attention, fwd + bwd (2x fwd)
+ * `--sgemm N` instead times OpenBLAS sgemm on N x N matrices (the roofline). */
+#include <cblas.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "common/rng.h"
+#include "kernels/backend.h"
+#include "worker/commands.h"
+#include "worker/model.h"
+
+static double mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int bench_sgemm(int n, int threads, int reps) {
+    float *a = malloc((size_t)n * n * sizeof *a), *b = malloc((size_t)n * n * sizeof *b),
+          *c = malloc((size_t)n * n * sizeof *c);
+    if (!a || !b || !c) {
+        fprintf(stderr, "lora-worker bench: out of memory\n");
+        return 2;
+    }
+    lr_rng r;
+    rng_seed(&r, 1);
+    rng_fill_uniform(&r, a, (size_t)n * n, -1, 1);
+    rng_fill_uniform(&r, b, (size_t)n * n, -1, 1);
+    openblas_set_num_threads(threads > 0 ? threads : 2);
+    double best = 1e30;
+    for (int i = 0; i < reps + 1; i++) {
+        double t = mono();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        t = mono() - t;
+        if (i > 0 && t < best) best = t;
+    }
+    printf("{\"sgemm_n\": %d, \"gflops\": %.2f, \"seconds\": %.4f}\n", n, 2.0 * n * n * (double)n / best / 1e9, best);
+    free(a);
+    free(b);
+    free(c);
+    return 0;
+}
+
+/* Matmul weights of the model, lm_head included (tied or not). */
+static double matmul_weights(const hf_config *c) {
+    double C = c->hidden, qd = (double)c->n_heads * c->head_dim, kvd = (double)c->n_kv_heads * c->head_dim;
+    double per_layer = C * qd + 2 * C * kvd + qd * C + (c->arch == ARCH_GPT2 ? 2 : 3) * C * c->intermediate;
+    return c->n_layers * per_layer + (double)c->vocab_size * C;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: lora-worker bench --model DIR [--backend cpu|cuda:N] [--batch B] [--seq T] [--steps N]\n"
+               "                         [--threads N] [--r R]\n"
+               "       lora-worker bench --sgemm N [--threads N]\n"
+               "Times LoRA training steps (all linear layers, random tokens) and prints one JSON line:\n"
+               "tokens_per_s, step_s (median), gflops (flops/token = 4 x matmul weights incl. lm_head\n"
+               "+ 6 x layers x heads x head_dim x (T+1)), peak_rss_mb, loss.\n");
+}
+
+int cmd_bench(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"backend", required_argument, 0, 'b'},
+        {"batch", required_argument, 0, 'B'}, {"seq", required_argument, 0, 'T'},
+        {"steps", required_argument, 0, 's'}, {"threads", required_argument, 0, 't'},
+        {"r", required_argument, 0, 'r'},     {"sgemm", required_argument, 0, 'g'},
+        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+    const char *dir = NULL, *backend = "cpu";
+    int B = 1, T = 256, steps = 3, threads = 0, r = 16, sgemm = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:b:B:T:s:t:r:g:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': dir = optarg; break;
+        case 'b': backend = optarg; break;
+        case 'B': B = atoi(optarg); break;
+        case 'T': T = atoi(optarg); break;
+        case 's': steps = atoi(optarg); break;
+        case 't': threads = atoi(optarg); break;
+        case 'r': r = atoi(optarg); break;
+        case 'g': sgemm = atoi(optarg); break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 1;
+        }
+    }
+    if (sgemm > 0) return bench_sgemm(sgemm, threads, 5);
+    if (!dir || B < 1 || T < 2 || steps < 1 || steps > 1000 || r < 1) {
+        usage(stderr);
+        return 1;
+    }
+    lr_err err = {0};
+    kb_backend *be = NULL;
+    model *m = NULL;
+    int32_t *ids = NULL;
+    float *am = NULL, *av = NULL;
+    double *times = NULL;
+    int rc = 2;
+    if (kb_create(backend, threads, &be, &err) || model_load(dir, be, &m, &err)) goto done;
+    const hf_config *cfg = model_config(m);
+    model_lora_cfg lc = {.r = r, .alpha = 2.0f * r, .dropout = 0.0f};
+    static const char *const llama[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    static const char *const gpt2[] = {"c_attn", "c_proj", "c_fc"};
+    int nt = cfg->arch == ARCH_GPT2 ? 3 : 7;
+    for (int i = 0; i < nt; i++)
+        snprintf(lc.targets[lc.n_targets++], sizeof lc.targets[0], "%s", cfg->arch == ARCH_GPT2 ? gpt2[i] : llama[i]);
+    if (model_lora_init(m, &lc, 1, &err) || model_reserve(m, B, T, &err)) goto done;
+    size_t n = model_numel(m);
+    am = be->alloc(be, n * sizeof(float));
+    av = be->alloc(be, n * sizeof(float));
+    ids = malloc((size_t)B * T * sizeof *ids);
+    times = calloc((size_t)steps, sizeof *times);
+    if (!am || !av || !ids || !times) {
+        lr_errp(&err, LR_E_NOMEM, NULL, "out of memory");
+        goto done;
+    }
+    lr_rng rng;
+    rng_seed(&rng, 7);
+    for (int i = 0; i < B * T; i++) ids[i] = (int32_t)rng_below(&rng, (uint64_t)cfg->vocab_size);
+    model_set_train(m, 1, 1);
+    double loss = 0;
+    for (int s = 0; s <= steps; s++) { /* step 0 warms up */
+        double t = mono(), ls;
+        int64_t nt_;
+        model_zero_grad(m);
+        if (model_fwd_bwd(m, ids, ids, B, T, 1.0f / (float)(B * (T - 1)), &ls, &nt_, &err)) goto done;
+        kb_adamw hp = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, s + 1};
+        be->adamw(be, model_params(m), model_grads(m), am, av, n, &hp);
+        be->download(be, &loss, &loss, 0); /* a sync point on devices */
+        loss = ls / (double)nt_;
+        if (s > 0) times[s - 1] = mono() - t;
+    }
+    qsort(times, (size_t)steps, sizeof *times, cmp_d);
+    double step_s = times[steps / 2];
+    double flops_tok = 4.0 * matmul_weights(cfg) + 6.0 * cfg->n_layers * cfg->n_heads * (double)cfg->head_dim * (T + 1);
+    printf("{\"backend\": \"%s\", \"batch\": %d, \"seq\": %d, \"tokens_per_s\": %.1f, \"step_s\": %.4f, "
+           "\"gflops\": %.2f, \"flops_per_token\": %.4g, \"peak_rss_mb\": %.0f, \"lora_params\": %zu, \"loss\": %.4f}\n",
+           be->name, B, T, B * T / step_s, step_s, flops_tok * B * T / step_s / 1e9, flops_tok, peak_rss_mb(), n, loss);
+    rc = 0;
+done:
+    if (rc) fprintf(stderr, "lora-worker bench: %s\n", err.msg);
+    free(times);
+    free(ids);
+    if (be) {
+        if (am) be->free(be, am);
+        if (av) be->free(be, av);
+    }
+    model_free(m);
+    if (be) kb_destroy(be);
+    return rc;
+}

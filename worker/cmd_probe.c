@@ -1,0 +1,78 @@
+/* lora-worker probe: the GPUs this lora-worker can train on.
+ *
+ *   lora-worker probe [--json]
+ *
+ * One line per CUDA device (name, compute capability, memory, bf16 peak);
+ * no usable device is an answer, not an error: "no usable GPU: <why>" and
+ * exit 0, so scripts and the daemon can ask before choosing --backend. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "worker/commands.h"
+
+#define PROBE_MAX 64
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: lora-worker probe [--json]\n"
+               "  Lists the CUDA devices this lora-worker can use (--backend cuda:N).\n");
+}
+
+static json_t *device_json(const kb_cuda_device *d) {
+    char b[24], cc[24];
+    snprintf(b, sizeof b, "cuda:%d", d->index);
+    snprintf(cc, sizeof cc, "%d.%d", d->cc_major, d->cc_minor);
+    return json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:f, s:b}", "backend", b, "name", d->name,
+                     "compute_capability", cc, "sm_count", d->sm_count, "memory_total", (json_int_t)d->total_bytes,
+                     "memory_free", (json_int_t)d->free_bytes, "peak_bf16_tflops", d->peak_bf16_flops / 1e12,
+                     "usable", d->usable);
+}
+
+int cmd_probe(int argc, char **argv) {
+    int as_json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) {
+            as_json = 1;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "lora-worker probe: unknown option '%s'\n", argv[i]);
+            usage(stderr);
+            return 1;
+        }
+    }
+    kb_cuda_device devs[PROBE_MAX];
+    lr_err err = {0};
+    int n = kb_cuda_devices(devs, PROBE_MAX, &err), shown = n < PROBE_MAX ? n : PROBE_MAX, usable = 0;
+    char why[600];
+    why[0] = 0;
+    if (n < 0) snprintf(why, sizeof why, "%s", err.msg);
+    for (int i = 0; i < shown; i++) usable += devs[i].usable;
+    if (n > 0 && !usable)
+        snprintf(why, sizeof why, "%d CUDA device%s, none with compute capability 8.x or 9.x (this build's sm_80, sm_90)",
+                 n, n == 1 ? "" : "s");
+    if (as_json) {
+        json_t *arr = json_array(), *root = json_object();
+        for (int i = 0; i < shown; i++) json_array_append_new(arr, device_json(&devs[i]));
+        json_object_set_new(root, "devices", arr);
+        json_object_set_new(root, "usable", json_integer(usable));
+        if (why[0]) json_object_set_new(root, "reason", json_string(why));
+        char *s = json_dumps(root, JSON_INDENT(2));
+        if (s) printf("%s\n", s);
+        free(s);
+        json_decref(root);
+        return 0;
+    }
+    const double G = 1024.0 * 1024.0 * 1024.0;
+    for (int i = 0; i < shown; i++) {
+        const kb_cuda_device *d = &devs[i];
+        printf("cuda:%d  %s  compute %d.%d  %d SMs  %.1f GiB (%.1f GiB free)  bf16 peak %.0f TFLOP/s%s\n", d->index,
+               d->name, d->cc_major, d->cc_minor, d->sm_count, d->total_bytes / G, d->free_bytes / G,
+               d->peak_bf16_flops / 1e12, d->usable ? "" : "  (not usable by this build)");
+    }
+    if (!usable) printf("no usable GPU: %s\n", why);
+    return 0;
+}

@@ -1,0 +1,1154 @@
+#include "worker/data.h"
+
+#include <ctype.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/buf.h"
+#include "common/rng.h"
+#include "worker/utf8.h"
+
+/* rng streams (with the job seed) for the split and the epoch orders */
+#define STREAM_SPLIT 0x73706c6974ull
+#define STREAM_EPOCH 0x65706f6368ull
+
+const char *data_format_name(data_format f) {
+    switch (f) {
+    case DATA_FMT_MESSAGES: return "messages";
+    case DATA_FMT_ALPACA: return "alpaca";
+    case DATA_FMT_PROMPT_COMPLETION: return "prompt_completion";
+    case DATA_FMT_INPUT_OUTPUT: return "input_output";
+    case DATA_FMT_DPO: return "dpo";
+    case DATA_FMT_UNKNOWN: break;
+    }
+    return "unknown";
+}
+
+/* ---- rows ---------------------------------------------------------------- */
+
+/* The fields a form must have, in the order they are reported missing. */
+static const char *const *required(data_format f) {
+    static const char *const msg[] = {"messages", NULL}, *const alp[] = {"instruction", "output", NULL},
+                             *const pc[] = {"prompt", "completion", NULL},
+                             *const io[] = {"input", "output", NULL},
+                             *const dpo[] = {"prompt", "chosen", "rejected", NULL}, *const none[] = {NULL};
+    switch (f) {
+    case DATA_FMT_MESSAGES: return msg;
+    case DATA_FMT_ALPACA: return alp;
+    case DATA_FMT_PROMPT_COMPLETION: return pc;
+    case DATA_FMT_INPUT_OUTPUT: return io;
+    case DATA_FMT_DPO: return dpo;
+    case DATA_FMT_UNKNOWN: break;
+    }
+    return none;
+}
+
+static data_format classify(json_t *o) {
+    if (json_object_get(o, "messages")) return DATA_FMT_MESSAGES;
+    if (json_object_get(o, "chosen") || json_object_get(o, "rejected")) return DATA_FMT_DPO;
+    if (json_object_get(o, "instruction")) return DATA_FMT_ALPACA;
+    if (json_object_get(o, "prompt")) return DATA_FMT_PROMPT_COMPLETION;
+    if (json_object_get(o, "input") && json_object_get(o, "output")) return DATA_FMT_INPUT_OUTPUT;
+    return DATA_FMT_UNKNOWN;
+}
+
+typedef struct msgvec {
+    chat_msg *m;
+    int n, cap;
+} msgvec;
+
+static int is_blank(const char *s, size_t n) {
+    size_t k = utf8_space_prefix((const uint8_t *)s, n);
+    return k == n;
+}
+
+/* Appends a message; the text is copied when keep, else only checked. */
+static int msg_add(msgvec *v, chat_role role, const char *s, size_t n, int train, int keep,
+                   char *why, size_t cap) {
+    if (v->n >= DATA_MAX_MSGS) {
+        snprintf(why, cap, "more than %d messages", DATA_MAX_MSGS);
+        return -1;
+    }
+    if (!keep) {
+        v->n++;
+        return 0;
+    }
+    if (v->n == v->cap) {
+        int c = v->cap ? v->cap * 2 : 4;
+        chat_msg *m = realloc(v->m, (size_t)c * sizeof *m);
+        if (!m) goto oom;
+        v->m = m;
+        v->cap = c;
+    }
+    char *t = malloc(n + 1);
+    if (!t) goto oom;
+    memcpy(t, s, n);
+    t[n] = 0;
+    v->m[v->n++] = (chat_msg){role, t, n, train};
+    return 0;
+oom:
+    snprintf(why, cap, "out of memory");
+    return -1;
+}
+
+static void msgvec_free(msgvec *v) {
+    for (int i = 0; i < v->n && v->m; i++) free((char *)v->m[i].text);
+    free(v->m);
+    v->m = NULL;
+    v->n = v->cap = 0;
+}
+
+/* A required string field: present, a string, and (when nonempty) not
+ * blank. */
+static int get_str(json_t *o, const char *key, int nonempty, const char **s, size_t *n, char *why,
+                   size_t cap) {
+    json_t *v = json_object_get(o, key);
+    if (!v) {
+        snprintf(why, cap, "missing field '%s'", key);
+        return -1;
+    }
+    if (!json_is_string(v)) {
+        snprintf(why, cap, "field '%s' is not a string", key);
+        return -1;
+    }
+    *s = json_string_value(v);
+    *n = json_string_length(v);
+    if (nonempty && is_blank(*s, *n)) {
+        snprintf(why, cap, "field '%s' is empty", key);
+        return -1;
+    }
+    return 0;
+}
+
+/* A messages list; only_assistant for DPO answers. Returns the number of
+ * trained assistant messages, or -1. */
+static int get_messages(json_t *arr, const char *key, int only_assistant, msgvec *v, int keep,
+                        char *why, size_t cap) {
+    if (!json_is_array(arr)) {
+        snprintf(why, cap, "field '%s' is not a list of messages", key);
+        return -1;
+    }
+    if (!json_array_size(arr)) {
+        snprintf(why, cap, "'%s' is empty", key);
+        return -1;
+    }
+    int trained = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach(arr, i, m) {
+        int k = (int)i + 1;
+        if (!json_is_object(m)) {
+            snprintf(why, cap, "'%s' message %d is not an object", key, k);
+            return -1;
+        }
+        json_t *jr = json_object_get(m, "role"), *jc = json_object_get(m, "content");
+        if (!json_is_string(jr)) {
+            snprintf(why, cap, "'%s' message %d has no role", key, k);
+            return -1;
+        }
+        int role = chat_role_parse(json_string_value(jr));
+        if (role < 0) {
+            snprintf(why, cap, "role '%.40s' is not one of system, user, assistant (message %d)",
+                     json_string_value(jr), k);
+            return -1;
+        }
+        if (only_assistant && role != CHAT_ASSISTANT) {
+            snprintf(why, cap, "'%s' message %d is %s; answers hold assistant messages only", key, k,
+                     json_string_value(jr));
+            return -1;
+        }
+        if (!json_is_string(jc)) {
+            snprintf(why, cap, "'%s' message %d: content is %s, not a string", key, k,
+                     jc ? "not a string" : "missing");
+            return -1;
+        }
+        const char *s = json_string_value(jc);
+        size_t n = json_string_length(jc);
+        int train = role == CHAT_ASSISTANT;
+        json_t *w = json_object_get(m, "weight");
+        if (w) {
+            if (role != CHAT_ASSISTANT || !json_is_integer(w) || json_integer_value(w) < 0 ||
+                json_integer_value(w) > 1) {
+                snprintf(why, cap, "'%s' message %d: weight must be 0 or 1 on an assistant message",
+                         key, k);
+                return -1;
+            }
+            train = (int)json_integer_value(w);
+        }
+        if (role == CHAT_ASSISTANT && is_blank(s, n)) {
+            snprintf(why, cap, "empty assistant content ('%s' message %d)", key, k);
+            return -1;
+        }
+        trained += train;
+        if (msg_add(v, (chat_role)role, s, n, train, keep, why, cap)) return -1;
+    }
+    return trained;
+}
+
+/* DPO prompt or answer: a string or a messages list. */
+static int get_turns(json_t *o, const char *key, chat_role role, msgvec *v, int keep, char *why,
+                     size_t cap) {
+    json_t *x = json_object_get(o, key);
+    if (json_is_array(x)) {
+        int tr = get_messages(x, key, role == CHAT_ASSISTANT, v, keep, why, cap);
+        if (tr < 0) return -1;
+        if (role == CHAT_ASSISTANT && !tr) {
+            snprintf(why, cap, "'%s' has no trained assistant message", key);
+            return -1;
+        }
+        return 0;
+    }
+    const char *s;
+    size_t n;
+    if (get_str(o, key, role == CHAT_ASSISTANT, &s, &n, why, cap)) {
+        if (x && !json_is_string(x)) snprintf(why, cap, "field '%s' is neither a string nor a list of messages", key);
+        return -1;
+    }
+    return msg_add(v, role, s, n, 1, keep, why, cap);
+}
+
+/* Checks a row against the file's form (the first row sets it) and, when
+ * row is not NULL, fills it. why gets the reason without the line. */
+static int row_from_json(json_t *o, data_format *fmt, data_row *row, char *why, size_t cap) {
+    msgvec v = {0};
+    int keep = row != NULL;
+    data_format rf = classify(o);
+    if (!json_is_object(o)) {
+        snprintf(why, cap, "not a JSON object");
+        return -1;
+    }
+    if (*fmt == DATA_FMT_UNKNOWN) {
+        if (rf == DATA_FMT_UNKNOWN) {
+            snprintf(why, cap, "no known fields: expected 'messages', 'prompt'+'completion', "
+                               "'instruction'+'output', 'input'+'output' or "
+                               "'prompt'+'chosen'+'rejected'");
+            return -1;
+        }
+        *fmt = rf;
+    } else if (rf != *fmt) {
+        for (const char *const *k = required(*fmt); *k; k++)
+            if (!json_object_get(o, *k)) {
+                snprintf(why, cap, "missing field '%s'", *k);
+                return -1;
+            }
+        snprintf(why, cap, "row is in %s form but the file is in %s form (one form per file)",
+                 data_format_name(rf), data_format_name(*fmt));
+        return -1;
+    }
+    const char *a, *b;
+    size_t na, nb;
+    int n_prompt = 0, n_chosen = 0;
+    switch (*fmt) {
+    case DATA_FMT_MESSAGES: {
+        int tr = get_messages(json_object_get(o, "messages"), "messages", 0, &v, keep, why, cap);
+        if (tr < 0) goto fail;
+        if (!tr) {
+            int any = 0;
+            for (size_t i = 0; i < json_array_size(json_object_get(o, "messages")); i++) {
+                json_t *r = json_object_get(json_array_get(json_object_get(o, "messages"), i), "role");
+                any |= !strcmp(json_string_value(r), "assistant");
+            }
+            snprintf(why, cap, any ? "no assistant message with weight 1" : "'messages' has no assistant message");
+            goto fail;
+        }
+        break;
+    }
+    case DATA_FMT_ALPACA: {
+        if (get_str(o, "instruction", 0, &a, &na, why, cap) || get_str(o, "output", 1, &b, &nb, why, cap))
+            goto fail;
+        json_t *in = json_object_get(o, "input");
+        if (in && !json_is_string(in) && !json_is_null(in)) {
+            snprintf(why, cap, "field 'input' is not a string");
+            goto fail;
+        }
+        if (msg_add(&v, CHAT_USER, a, na, 0, keep, why, cap)) goto fail;
+        if (json_is_string(in) && json_string_length(in) &&
+            msg_add(&v, CHAT_INPUT, json_string_value(in), json_string_length(in), 0, keep, why, cap))
+            goto fail;
+        if (msg_add(&v, CHAT_ASSISTANT, b, nb, 1, keep, why, cap)) goto fail;
+        break;
+    }
+    case DATA_FMT_PROMPT_COMPLETION:
+    case DATA_FMT_INPUT_OUTPUT: {
+        int pc = *fmt == DATA_FMT_PROMPT_COMPLETION;
+        if (get_str(o, pc ? "prompt" : "input", 0, &a, &na, why, cap) ||
+            get_str(o, pc ? "completion" : "output", 1, &b, &nb, why, cap) ||
+            msg_add(&v, CHAT_USER, a, na, 0, keep, why, cap) ||
+            msg_add(&v, CHAT_ASSISTANT, b, nb, 1, keep, why, cap))
+            goto fail;
+        break;
+    }
+    case DATA_FMT_DPO:
+        for (const char *const *k = required(DATA_FMT_DPO); *k; k++)
+            if (!json_object_get(o, *k)) {
+                snprintf(why, cap, "missing field '%s'", *k);
+                goto fail;
+            }
+        if (get_turns(o, "prompt", CHAT_USER, &v, keep, why, cap)) goto fail;
+        n_prompt = v.n;
+        if (get_turns(o, "chosen", CHAT_ASSISTANT, &v, keep, why, cap)) goto fail;
+        n_chosen = v.n - n_prompt;
+        if (get_turns(o, "rejected", CHAT_ASSISTANT, &v, keep, why, cap)) goto fail;
+        break;
+    case DATA_FMT_UNKNOWN:
+        goto fail;
+    }
+    if (row) {
+        row->msgs = v.m;
+        if (*fmt == DATA_FMT_DPO) {
+            row->n_msgs = n_prompt;
+            row->n_chosen = n_chosen;
+            row->n_rejected = v.n - n_prompt - n_chosen;
+        } else {
+            row->n_msgs = v.n;
+            row->n_chosen = row->n_rejected = 0;
+        }
+    }
+    return 0;
+fail:
+    msgvec_free(&v);
+    return -1;
+}
+
+static void row_free(data_row *r) {
+    for (int i = 0; i < r->n_msgs + r->n_chosen + r->n_rejected; i++) free((char *)r->msgs[i].text);
+    free(r->msgs);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- parsing -------------------------------------------------------------- */
+
+typedef struct parser {
+    data_report *r;
+    data_file *f; /* NULL: validate only */
+    lr_err *err;
+} parser;
+
+static void report_error(parser *p, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void report_error(parser *p, int line, const char *fmt, ...) {
+    p->r->n_invalid++;
+    if (p->r->n_errors >= DATA_MAX_ERRORS) return;
+    char *dst = p->r->errors[p->r->n_errors++];
+    int k = snprintf(dst, sizeof p->r->errors[0], "line %d: ", line);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(dst + k, sizeof p->r->errors[0] - (size_t)k, fmt, ap);
+    va_end(ap);
+}
+
+/* One row as a JSON object; -1 only for a fatal (whole-file) failure. */
+static int take_row(parser *p, json_t *o, int line) {
+    char why[224];
+    data_row row = {0};
+    if (p->r->n_rows >= DATA_MAX_ROWS)
+        return lr_errp(p->err, LR_E_TOOBIG, "file", "dataset has more than %d rows", DATA_MAX_ROWS);
+    p->r->n_rows++;
+    if (row_from_json(o, &p->r->format, p->f ? &row : NULL, why, sizeof why)) {
+        report_error(p, line, "%s", why);
+        return 0;
+    }
+    if (!p->f) return 0;
+    if (p->f->n_rows % 1024 == 0) {
+        data_row *rows = realloc(p->f->rows, (p->f->n_rows + 1024) * sizeof *rows);
+        if (!rows) {
+            row_free(&row);
+            return lr_errp(p->err, LR_E_NOMEM, NULL, "out of memory reading the dataset");
+        }
+        p->f->rows = rows;
+    }
+    row.line = line;
+    p->f->rows[p->f->n_rows++] = row;
+    return 0;
+}
+
+static int parse_jsonl(parser *p, const char *buf, size_t len) {
+    int line = 0;
+    for (size_t pos = 0; pos < len;) {
+        const char *s = buf + pos, *nl = memchr(s, '\n', len - pos);
+        size_t n = nl ? (size_t)(nl - s) : len - pos;
+        pos += n + (nl ? 1 : 0);
+        line++;
+        if (n && s[n - 1] == '\r') n--;
+        if (is_blank(s, n)) continue;
+        if (n > DATA_MAX_LINE) {
+            if (p->r->n_rows >= DATA_MAX_ROWS)
+                return lr_errp(p->err, LR_E_TOOBIG, "file", "dataset has more than %d rows", DATA_MAX_ROWS);
+            p->r->n_rows++;
+            report_error(p, line, "longer than %zu bytes", DATA_MAX_LINE);
+            continue;
+        }
+        json_error_t je;
+        json_t *o = json_loadb(s, n, JSON_REJECT_DUPLICATES, &je);
+        if (!o) {
+            if (p->r->n_rows >= DATA_MAX_ROWS)
+                return lr_errp(p->err, LR_E_TOOBIG, "file", "dataset has more than %d rows", DATA_MAX_ROWS);
+            p->r->n_rows++;
+            report_error(p, line, "invalid JSON: %s (column %d)", je.text, je.column);
+            continue;
+        }
+        int rc = take_row(p, o, line);
+        json_decref(o);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+/* CSV --------------------------------------------------------------------- */
+
+typedef struct csv_rec {
+    lr_buf cells;             /* the unescaped cells, NUL-separated */
+    size_t off[DATA_MAX_COLUMNS + 1];
+    int n;                    /* cells */
+    int line;                 /* where the record starts */
+    int too_many, unterminated, too_long;
+} csv_rec;
+
+/* Reads one record at *pos (RFC 4180; LF or CRLF). */
+static void csv_next(const char *buf, size_t len, size_t *pos, int *line, csv_rec *r) {
+    size_t i = *pos;
+    lr_buf_reset(&r->cells);
+    r->n = 0;
+    r->line = *line;
+    r->too_many = r->unterminated = r->too_long = 0;
+    size_t start = i;
+    for (;;) {
+        /* one cell */
+        int quoted = i < len && buf[i] == '"';
+        if (r->n < DATA_MAX_COLUMNS) r->off[r->n] = r->cells.len;
+        if (quoted) {
+            i++;
+            for (;;) {
+                if (i >= len) {
+                    r->unterminated = 1;
+                    break;
+                }
+                if (buf[i] == '"') {
+                    if (i + 1 < len && buf[i + 1] == '"') i++;
+                    else {
+                        i++;
+                        break;
+                    }
+                }
+                if (buf[i] == '\n') (*line)++;
+                if (!r->too_long && lr_buf_add(&r->cells, buf + i, 1)) r->too_long = 1;
+                i++;
+            }
+        }
+        /* unquoted part (or text after a closing quote, kept as written) */
+        while (i < len && buf[i] != ',' && buf[i] != '\n') {
+            if (!(buf[i] == '\r' && (i + 1 == len || buf[i + 1] == '\n')) && !r->too_long &&
+                lr_buf_add(&r->cells, buf + i, 1))
+                r->too_long = 1;
+            i++;
+        }
+        if (!r->too_long && lr_buf_add(&r->cells, "", 1)) r->too_long = 1;
+        if (r->n < DATA_MAX_COLUMNS) r->n++;
+        else r->too_many = 1;
+        if (i - start > DATA_MAX_LINE) r->too_long = 1;
+        if (i < len && buf[i] == ',') {
+            i++;
+            continue;
+        }
+        break;
+    }
+    if (i < len) i++; /* the newline */
+    (*line)++;
+    *pos = i;
+}
+
+static const char *cell(const csv_rec *r, int k) { return r->cells.data + r->off[k]; }
+
+static int csv_blank(const csv_rec *r) { return r->n == 1 && !cell(r, 0)[0]; }
+
+/* Column mapping: the first set the header has entirely. */
+static const struct {
+    const char *col[3];  /* CSV names */
+    const char *key[3];  /* row fields */
+} csv_maps[] = {
+    {{"prompt", "chosen", "rejected"}, {"prompt", "chosen", "rejected"}},
+    {{"instruction", "output", "input"}, {"instruction", "output", "input"}},
+    {{"instruction", "output", NULL}, {"instruction", "output", NULL}},
+    {{"prompt", "completion", NULL}, {"prompt", "completion", NULL}},
+    {{"question", "answer", NULL}, {"prompt", "completion", NULL}},
+    {{"input", "output", NULL}, {"input", "output", NULL}},
+};
+
+static int parse_csv(parser *p, const char *buf, size_t len) {
+    csv_rec rec;
+    int rc = -1, line = 1, idx[3] = {-1, -1, -1}, map = -1, ncols;
+    size_t pos = 0;
+    lr_buf_init(&rec.cells, DATA_MAX_LINE);
+    p->r->csv = 1;
+    csv_next(buf, len, &pos, &line, &rec);
+    if (rec.unterminated || rec.too_long || rec.too_many) {
+        lr_errp(p->err, LR_E_INVALID, "file", "line 1: the CSV header is malformed or too long");
+        goto done;
+    }
+    ncols = rec.n;
+    char names[DATA_MAX_COLUMNS][64];
+    for (int k = 0; k < ncols; k++) {
+        const char *s = cell(&rec, k);
+        size_t n = strlen(s);
+        while (n && isspace((unsigned char)s[n - 1])) n--;
+        while (n && isspace((unsigned char)*s)) s++, n--;
+        snprintf(names[k], sizeof names[k], "%.*s", (int)n, s);
+    }
+    for (size_t m = 0; m < sizeof csv_maps / sizeof csv_maps[0] && map < 0; m++) {
+        int ok = 1;
+        for (int j = 0; j < 3; j++) {
+            idx[j] = -1;
+            if (!csv_maps[m].col[j]) continue;
+            for (int k = 0; k < ncols; k++)
+                if (!strcasecmp(names[k], csv_maps[m].col[j])) idx[j] = k;
+            ok &= idx[j] >= 0;
+        }
+        if (ok) map = (int)m;
+    }
+    /* Rows are counted (and checked for shape) even when no mapping fits, so
+     * that the report says what the file holds. */
+    while (pos < len) {
+        csv_next(buf, len, &pos, &line, &rec);
+        if (csv_blank(&rec)) continue;
+        if (map < 0 || rec.unterminated || rec.too_long || rec.too_many || rec.n != ncols) {
+            if (p->r->n_rows >= DATA_MAX_ROWS) {
+                lr_errp(p->err, LR_E_TOOBIG, "file", "dataset has more than %d rows", DATA_MAX_ROWS);
+                goto done;
+            }
+            p->r->n_rows++;
+            if (rec.unterminated) report_error(p, rec.line, "unterminated quoted field");
+            else if (rec.too_long) report_error(p, rec.line, "longer than %zu bytes", DATA_MAX_LINE);
+            else if (rec.too_many) report_error(p, rec.line, "more than %d fields", DATA_MAX_COLUMNS);
+            else if (rec.n != ncols)
+                report_error(p, rec.line, "%d fields, but the header has %d", rec.n, ncols);
+            else p->r->n_invalid++;
+            continue;
+        }
+        json_t *o = json_object();
+        int bad_utf8 = 0;
+        for (int j = 0; j < 3 && o; j++) {
+            if (idx[j] < 0) continue;
+            const char *s = cell(&rec, idx[j]);
+            json_t *v = json_string(s); /* NULL on invalid UTF-8 */
+            if (!v) bad_utf8 = 1;
+            else json_object_set_new(o, csv_maps[map].key[j], v);
+        }
+        if (!o) {
+            lr_errp(p->err, LR_E_NOMEM, NULL, "out of memory reading the dataset");
+            goto done;
+        }
+        if (bad_utf8) {
+            p->r->n_rows++;
+            report_error(p, rec.line, "invalid UTF-8");
+            json_decref(o);
+            continue;
+        }
+        int r = take_row(p, o, rec.line);
+        json_decref(o);
+        if (r) goto done;
+    }
+    if (map < 0) {
+        lr_buf names_list;
+        lr_buf_init(&names_list, 400);
+        for (int k = 0; k < ncols; k++)
+            if (lr_buf_printf(&names_list, "%s%s", k ? ", " : "", names[k])) break;
+        snprintf(p->r->errors[0], sizeof p->r->errors[0],
+                 "line 1: the CSV header has none of the column sets prompt,completion / "
+                 "question,answer / instruction,output / input,output / prompt,chosen,rejected "
+                 "(found: %.80s)", names_list.data ? names_list.data : "");
+        p->r->n_errors = 1;
+        lr_buf_free(&names_list);
+    }
+    rc = 0;
+done:
+    lr_buf_free(&rec.cells);
+    return rc;
+}
+
+static int parse_any(const char *buf, size_t len, data_report *r, data_file *f, lr_err *err) {
+    parser p = {r, f, err};
+    memset(r, 0, sizeof *r);
+    if (f) memset(f, 0, sizeof *f);
+    if (len > DATA_MAX_FILE)
+        return lr_errp(err, LR_E_TOOBIG, "file", "dataset is larger than %zu bytes", DATA_MAX_FILE);
+    if (len >= 3 && !memcmp(buf, "\xef\xbb\xbf", 3)) buf += 3, len -= 3;
+    size_t k = 0;
+    while (k < len && isspace((unsigned char)buf[k])) k++;
+    if (k == len) return lr_errp(err, LR_E_INVALID, "file", "dataset is empty");
+    if (buf[k] == '[')
+        return lr_errp(err, LR_E_INVALID, "file",
+                       "the file is one JSON array; JSONL wants one JSON object per line");
+    int rc = buf[k] == '{' ? parse_jsonl(&p, buf, len) : parse_csv(&p, buf, len);
+    if (f) {
+        f->format = r->format;
+        f->csv = r->csv;
+    }
+    if (rc) return -1;
+    if (r->n_invalid) {
+        const char *first = r->n_errors ? r->errors[0] : "invalid rows";
+        if (r->n_invalid > 1)
+            return lr_errp(err, LR_E_INVALID, "file", "%s (and %lld more invalid rows)", first,
+                           (long long)r->n_invalid - 1);
+        return lr_errp(err, LR_E_INVALID, "file", "%s", first);
+    }
+    if (!r->n_rows) return lr_errp(err, LR_E_INVALID, "file", "dataset has no rows");
+    return 0;
+}
+
+int data_validate(const char *buf, size_t len, data_report *r, lr_err *err) {
+    return parse_any(buf, len, r, NULL, err);
+}
+
+int data_validate_file(const char *path, data_report *r, lr_err *err) {
+    char *buf = NULL;
+    size_t len = 0;
+    memset(r, 0, sizeof *r);
+    if (lr_read_file(path, DATA_MAX_FILE, &buf, &len, err)) return -1;
+    int rc = data_validate(buf, len, r, err);
+    free(buf);
+    return rc;
+}
+
+int data_parse(const char *buf, size_t len, data_file *f, lr_err *err) {
+    data_report r;
+    if (parse_any(buf, len, &r, f, err)) {
+        data_file_free(f);
+        return -1;
+    }
+    return 0;
+}
+
+int data_load(const char *path, data_file *f, lr_err *err) {
+    char *buf = NULL;
+    size_t len = 0;
+    memset(f, 0, sizeof *f);
+    if (lr_read_file(path, DATA_MAX_FILE, &buf, &len, err)) return -1;
+    int rc = data_parse(buf, len, f, err);
+    free(buf);
+    if (rc) lr_err_prefix(err, "dataset %s: ", path);
+    return rc;
+}
+
+void data_file_free(data_file *f) {
+    for (size_t i = 0; i < f->n_rows; i++) row_free(&f->rows[i]);
+    free(f->rows);
+    memset(f, 0, sizeof *f);
+}
+
+/* ---- building examples ----------------------------------------------------- */
+
+typedef struct exvec {
+    data_example *e;
+    size_t n, cap;
+} exvec;
+
+static void example_free(data_example *e) {
+    free(e->ids);
+    free(e->labels);
+    free(e->rej_ids);
+    free(e->rej_labels);
+    memset(e, 0, sizeof *e);
+}
+
+static int has_target(const int32_t *labels, int n) {
+    for (int i = 0; i < n; i++)
+        if (labels[i] != CHAT_IGNORE) return 1;
+    return 0;
+}
+
+typedef struct builder {
+    const chat *c;
+    const data_opts *o;
+    data_set *ds;
+    int64_t truncated_rows;
+    char dropped_lines[160];
+} builder;
+
+static void warnf(const data_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void warnf(const data_opts *o, const char *fmt, ...) {
+    if (!o->warn) return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    o->warn(o->ud, msg);
+}
+
+/* Renders one sequence and cuts it to max_seq_len. Returns 1 when it keeps
+ * a trained token, 0 when not, -1 on error. */
+static int render_one(builder *b, const chat_msg *m, int n, int32_t **ids, int32_t **labels, int *len,
+                      int *cut, lr_err *err) {
+    chat_out out;
+    if (chat_render(b->c, m, n, b->o->system_prompt, 0, 0, &out, err)) return -1;
+    size_t keep = out.n;
+    if (b->o->max_seq_len > 0 && keep > (size_t)b->o->max_seq_len) {
+        keep = (size_t)b->o->max_seq_len;
+        *cut = 1;
+    }
+    *ids = out.ids;
+    *labels = out.labels;
+    *len = (int)keep;
+    return has_target(out.labels, (int)keep);
+}
+
+static int build_row(builder *b, const data_row *row, int file, const char *path, exvec *v, lr_err *err) {
+    data_example e = {0};
+    chat_msg *pair = NULL;
+    int cut = 0, ok, rc = -1;
+    e.file = file;
+    e.line = row->line;
+    if (b->ds->dpo) {
+        int np = row->n_msgs, nc = row->n_chosen, nr = row->n_rejected;
+        ok = render_one(b, row->msgs, np + nc, &e.ids, &e.labels, &e.n, &cut, err);
+        if (ok > 0) {
+            pair = malloc((size_t)(np + nr) * sizeof *pair);
+            if (!pair) {
+                lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+                goto done;
+            }
+            memcpy(pair, row->msgs, (size_t)np * sizeof *pair);
+            memcpy(pair + np, row->msgs + np + nc, (size_t)nr * sizeof *pair);
+            ok = render_one(b, pair, np + nr, &e.rej_ids, &e.rej_labels, &e.rej_n, &cut, err);
+        }
+    } else {
+        ok = render_one(b, row->msgs, row->n_msgs, &e.ids, &e.labels, &e.n, &cut, err);
+    }
+    if (ok < 0) {
+        lr_err_prefix(err, "dataset %s line %d: ", path, row->line);
+        goto done;
+    }
+    b->truncated_rows += cut;
+    if (!ok) {
+        b->ds->n_dropped++;
+        size_t used = strlen(b->dropped_lines);
+        if (used + 16 < sizeof b->dropped_lines)
+            snprintf(b->dropped_lines + used, sizeof b->dropped_lines - used, "%s%d", used ? ", " : "",
+                     row->line);
+        rc = 0;
+        goto done;
+    }
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 256;
+        data_example *p = realloc(v->e, cap * sizeof *p);
+        if (!p) {
+            lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+            goto done;
+        }
+        v->e = p;
+        v->cap = cap;
+    }
+    v->e[v->n++] = e;
+    memset(&e, 0, sizeof e);
+    rc = 0;
+done:
+    example_free(&e);
+    free(pair);
+    return rc;
+}
+
+static int build_file(builder *b, const char *path, int file, exvec *v, lr_err *err) {
+    data_file f;
+    int rc = -1;
+    if (data_load(path, &f, err)) return -1;
+    if (b->ds->dpo != (f.format == DATA_FMT_DPO)) {
+        lr_errp(err, LR_E_INVALID, "method.type",
+                b->ds->dpo ? "dataset %s: method dpo needs rows with prompt, chosen and rejected; "
+                             "this file is in %s form"
+                           : "dataset %s: rows with chosen/rejected answers (%s form) need method dpo",
+                path, data_format_name(f.format));
+        goto done;
+    }
+    b->truncated_rows = 0;
+    b->dropped_lines[0] = 0;
+    int64_t dropped0 = b->ds->n_dropped;
+    for (size_t i = 0; i < f.n_rows; i++)
+        if (build_row(b, &f.rows[i], file, path, v, err)) goto done;
+    b->ds->n_truncated += b->truncated_rows;
+    if (b->ds->n_dropped > dropped0)
+        warnf(b->o, "dataset %s: %lld rows dropped: no trained token left within max_seq_len %d "
+                    "(lines %s%s)", path, (long long)(b->ds->n_dropped - dropped0), b->o->max_seq_len,
+              b->dropped_lines, b->ds->n_dropped - dropped0 > 10 ? ", ..." : "");
+    if (b->truncated_rows)
+        warnf(b->o, "dataset %s: %lld rows cut to max_seq_len %d", path,
+              (long long)b->truncated_rows, b->o->max_seq_len);
+    rc = 0;
+done:
+    data_file_free(&f);
+    return rc;
+}
+
+static uint64_t ex_hash(const data_example *e) {
+    uint64_t h = 1469598103934665603ull;
+    const int32_t *arr[4] = {e->ids, e->labels, e->rej_ids, e->rej_labels};
+    int len[4] = {e->n, e->n, e->rej_n, e->rej_n};
+    for (int a = 0; a < 4; a++) {
+        h = (h ^ (uint64_t)len[a]) * 1099511628211ull;
+        for (int i = 0; i < len[a]; i++) h = (h ^ (uint32_t)arr[a][i]) * 1099511628211ull;
+    }
+    return h;
+}
+
+static int ex_equal(const data_example *a, const data_example *b) {
+    return a->n == b->n && a->rej_n == b->rej_n &&
+           !memcmp(a->ids, b->ids, (size_t)a->n * sizeof *a->ids) &&
+           !memcmp(a->labels, b->labels, (size_t)a->n * sizeof *a->labels) &&
+           (!a->rej_n || (!memcmp(a->rej_ids, b->rej_ids, (size_t)a->rej_n * sizeof *a->rej_ids) &&
+                          !memcmp(a->rej_labels, b->rej_labels, (size_t)a->rej_n * sizeof *a->rej_labels)));
+}
+
+/* Drops exact duplicates from v[from..], keeping the first; 'seen' is an
+ * open-addressing table of example indices shared across calls so that
+ * duplicates across files go too. */
+typedef struct dedupe {
+    int64_t *slot; /* index + 1; 0 empty */
+    size_t cap;
+} dedupe;
+
+static int dedupe_run(dedupe *d, exvec *v, size_t from, int64_t *dropped, lr_err *err) {
+    if (d->cap < 2 * v->n + 16) {
+        size_t cap = 64;
+        while (cap < 4 * v->n + 16) cap *= 2;
+        int64_t *s = calloc(cap, sizeof *s);
+        if (!s) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+        free(d->slot);
+        d->slot = s;
+        d->cap = cap;
+        for (size_t i = 0; i < from; i++) {
+            size_t h = (size_t)ex_hash(&v->e[i]) & (cap - 1);
+            while (s[h]) h = (h + 1) & (cap - 1);
+            s[h] = (int64_t)i + 1;
+        }
+    }
+    size_t w = from;
+    for (size_t i = from; i < v->n; i++) {
+        size_t h = (size_t)ex_hash(&v->e[i]) & (d->cap - 1);
+        int dup = 0;
+        while (d->slot[h]) {
+            if (ex_equal(&v->e[d->slot[h] - 1], &v->e[i])) {
+                dup = 1;
+                break;
+            }
+            h = (h + 1) & (d->cap - 1);
+        }
+        if (dup) {
+            example_free(&v->e[i]);
+            (*dropped)++;
+            continue;
+        }
+        v->e[w] = v->e[i];
+        d->slot[h] = (int64_t)w + 1;
+        w++;
+    }
+    v->n = w;
+    return 0;
+}
+
+static size_t val_count(size_t n, double ratio) {
+    if (ratio <= 0 || n < 2) return 0;
+    double k = ceil((double)n * ratio - 1e-9);
+    if (k < 1) k = 1;
+    if (k > (double)(n - 1)) k = (double)(n - 1);
+    return (size_t)k;
+}
+
+int data_build(const chat *c, const data_opts *o, data_set *ds, lr_err *err) {
+    exvec tr = {0}, va = {0};
+    dedupe d = {0};
+    int *perm = NULL;
+    char *is_val = NULL;
+    builder b = {c, o, ds, 0, ""};
+    int rc = -1;
+    memset(ds, 0, sizeof *ds);
+    ds->dpo = o->dpo;
+    ds->pad_id = tok_eos_id(c->t) >= 0 ? tok_eos_id(c->t) : 0;
+    if (o->n_files < 1 || o->n_files > JOBSPEC_MAX_FILES) {
+        lr_errp(err, LR_E_INVALID, "training_file", "between 1 and %d training files are needed",
+                JOBSPEC_MAX_FILES);
+        goto done;
+    }
+    ds->n_files = o->n_files;
+    for (int f = 0; f < o->n_files; f++) {
+        size_t from = tr.n;
+        double w = o->weights ? o->weights[f] : 1.0;
+        if (!(w >= 0) || w > 1000) {
+            lr_errp(err, LR_E_INVALID, "training_file", "training file %d: weight %g is not in [0, 1000]", f + 1, w);
+            goto done;
+        }
+        ds->weight[f] = w;
+        if (build_file(&b, o->files[f], f, &tr, err)) goto done;
+        if (dedupe_run(&d, &tr, from, &ds->n_duplicates, err)) goto done;
+        /* the split, per file, so that each file is represented */
+        size_t n = tr.n - from, nv = o->validation_file ? 0 : val_count(n, o->val_ratio);
+        if (nv) {
+            lr_rng r;
+            rng_stream(&r, o->seed, STREAM_SPLIT + (uint64_t)f);
+            free(perm);
+            free(is_val);
+            perm = malloc(n * sizeof *perm);
+            is_val = calloc(n, 1);
+            if (!perm || !is_val) {
+                lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+                goto done;
+            }
+            for (size_t i = 0; i < n; i++) perm[i] = (int)i;
+            rng_shuffle_int(&r, perm, n);
+            for (size_t i = 0; i < nv; i++) is_val[perm[i]] = 1;
+            if (!va.e || va.cap < va.n + nv) {
+                data_example *p = realloc(va.e, (va.n + nv) * sizeof *p);
+                if (!p) {
+                    lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+                    goto done;
+                }
+                va.e = p;
+                va.cap = va.n + nv;
+            }
+            size_t w2 = from;
+            for (size_t i = 0; i < n; i++) {
+                if (is_val[i]) va.e[va.n++] = tr.e[from + i];
+                else tr.e[w2++] = tr.e[from + i];
+            }
+            tr.n = w2;
+            /* the table holds positions that just moved */
+            free(d.slot);
+            d.slot = NULL;
+            d.cap = 0;
+        }
+        ds->file_end[f] = tr.n;
+    }
+    if (o->validation_file) {
+        dedupe dv = {0};
+        int r1 = build_file(&b, o->validation_file, -1, &va, err);
+        int r2 = r1 ? -1 : dedupe_run(&dv, &va, 0, &ds->n_duplicates, err);
+        free(dv.slot);
+        if (r2) goto done;
+    }
+    if (ds->n_duplicates) warnf(o, "%lld exact duplicate rows dropped", (long long)ds->n_duplicates);
+    if (!tr.n) {
+        lr_errp(err, LR_E_INVALID, "training_file", "no training rows left (%lld dropped for max_seq_len, "
+                "%lld duplicates, %zu for validation)", (long long)ds->n_dropped,
+                (long long)ds->n_duplicates, va.n);
+        goto done;
+    }
+    ds->train = tr.e;
+    ds->n_train = tr.n;
+    ds->val = va.e;
+    ds->n_val = va.n;
+    tr.e = va.e = NULL;
+    tr.n = va.n = 0;
+    rc = 0;
+done:
+    for (size_t i = 0; i < tr.n; i++) example_free(&tr.e[i]);
+    for (size_t i = 0; i < va.n; i++) example_free(&va.e[i]);
+    free(tr.e);
+    free(va.e);
+    free(d.slot);
+    free(perm);
+    free(is_val);
+    return rc;
+}
+
+void data_set_free(data_set *ds) {
+    for (size_t i = 0; i < ds->n_train; i++) example_free(&ds->train[i]);
+    for (size_t i = 0; i < ds->n_val; i++) example_free(&ds->val[i]);
+    free(ds->train);
+    free(ds->val);
+    memset(ds, 0, sizeof *ds);
+}
+
+/* ---- loading batches --------------------------------------------------------- */
+
+int data_loader_init(data_loader *L, const data_set *ds, data_split split, int batch_size,
+                     int packing, int max_seq_len, uint64_t seed, lr_err *err) {
+    memset(L, 0, sizeof *L);
+    if (batch_size < 1) return lr_errp(err, LR_E_INVALID, "hyperparameters.batch_size", "batch_size must be at least 1");
+    if (packing && ds->dpo)
+        return lr_errp(err, LR_E_INVALID, "hyperparameters.packing", "packing is not supported with method dpo");
+    if (packing && max_seq_len < 1)
+        return lr_errp(err, LR_E_INVALID, "hyperparameters.max_seq_len", "packing needs max_seq_len");
+    L->ds = ds;
+    L->split = split;
+    L->batch_size = batch_size;
+    L->packing = packing;
+    L->max_seq_len = max_seq_len;
+    L->seed = seed;
+    L->order_epoch = -1;
+    return 0;
+}
+
+void data_loader_free(data_loader *L) {
+    free(L->order);
+    L->order = NULL;
+}
+
+data_pos data_tell(const data_loader *L) { return L->pos; }
+
+void data_seek(data_loader *L, data_pos pos) { L->pos = pos; }
+
+/* The order of epoch e (see the mixing rule in data.h). */
+static int make_order(data_loader *L, int64_t epoch, lr_err *err) {
+    const data_set *ds = L->ds;
+    if (L->order_epoch == epoch && L->order) return 0;
+    size_t total = 0;
+    if (L->split == DATA_VAL) total = ds->n_val;
+    else
+        for (int f = 0; f < ds->n_files; f++) {
+            size_t n = ds->file_end[f] - (f ? ds->file_end[f - 1] : 0);
+            total += n * (size_t)ceil(ds->weight[f]);
+        }
+    int64_t *o = malloc((total ? total : 1) * sizeof *o);
+    if (!o) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    size_t k = 0;
+    if (L->split == DATA_VAL) {
+        for (size_t i = 0; i < ds->n_val; i++) o[k++] = (int64_t)i;
+    } else {
+        lr_rng r;
+        rng_stream(&r, L->seed, STREAM_EPOCH + (uint64_t)epoch);
+        for (int f = 0; f < ds->n_files; f++) {
+            size_t a = f ? ds->file_end[f - 1] : 0, n = ds->file_end[f] - a;
+            double w = ds->weight[f], whole = floor(w);
+            for (double rep = 0; rep < whole; rep++)
+                for (size_t i = 0; i < n; i++) o[k++] = (int64_t)(a + i);
+            size_t m = (size_t)llround((w - whole) * (double)n);
+            /* m distinct rows: a partial Fisher-Yates over the file's rows,
+             * done in the tail of o that is free */
+            int64_t *pool = o + k;
+            for (size_t i = 0; i < n && m; i++) pool[i] = (int64_t)(a + i);
+            for (size_t i = 0; i < m; i++) {
+                size_t j = i + (size_t)rng_below(&r, n - i);
+                int64_t t = pool[i];
+                pool[i] = pool[j];
+                pool[j] = t;
+            }
+            k += m;
+        }
+        for (size_t i = k; i > 1; i--) {
+            size_t j = (size_t)rng_below(&r, i);
+            int64_t t = o[i - 1];
+            o[i - 1] = o[j];
+            o[j] = t;
+        }
+    }
+    free(L->order);
+    L->order = o;
+    L->n_order = (int64_t)k;
+    L->order_epoch = epoch;
+    return 0;
+}
+
+static const data_example *ex_at(const data_loader *L, int64_t i) {
+    const data_set *ds = L->ds;
+    return L->split == DATA_VAL ? &ds->val[L->order[i]] : &ds->train[L->order[i]];
+}
+
+/* How many examples from index i go into one micro-batch. */
+static int64_t batch_span(const data_loader *L, int64_t i) {
+    if (!L->packing) {
+        int64_t left = L->n_order - i;
+        return left < L->batch_size ? left : L->batch_size;
+    }
+    int64_t j = i;
+    for (int row = 0; row < L->batch_size && j < L->n_order; row++) {
+        int used = 0;
+        while (j < L->n_order && used + ex_at(L, j)->n <= L->max_seq_len) used += ex_at(L, j++)->n;
+        if (!used) j++; /* longer than a row (no max_seq_len cut): alone, cut */
+    }
+    return j - i;
+}
+
+int64_t data_epoch_batches(data_loader *L, int64_t epoch) {
+    lr_err e;
+    if (make_order(L, epoch, &e)) return -1;
+    int64_t nb = 0;
+    for (int64_t i = 0; i < L->n_order; i += batch_span(L, i)) nb++;
+    return nb;
+}
+
+static int batch_reserve(data_batch *b, int rows, int T, int32_t pad, lr_err *err) {
+    size_t need = (size_t)rows * (size_t)T;
+    if (need > b->cap || !b->ids) {
+        int32_t *ids = realloc(b->ids, (need ? need : 1) * sizeof *ids);
+        if (ids) b->ids = ids;
+        int32_t *lab = realloc(b->labels, (need ? need : 1) * sizeof *lab);
+        if (lab) b->labels = lab;
+        if (!ids || !lab) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory for a batch");
+        b->cap = need;
+    }
+    int *lens = realloc(b->lens, (size_t)(rows ? rows : 1) * sizeof *lens);
+    if (!lens) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory for a batch");
+    b->lens = lens;
+    b->rows = rows;
+    b->T = T;
+    for (size_t i = 0; i < need; i++) {
+        b->ids[i] = pad;
+        b->labels[i] = CHAT_IGNORE;
+    }
+    for (int r = 0; r < rows; r++) b->lens[r] = 0;
+    b->n_tokens = b->n_targets = 0;
+    return 0;
+}
+
+/* Appends n tokens to row r of b at its current length. */
+static void put_row(data_batch *b, int r, const int32_t *ids, const int32_t *labels, int n) {
+    int32_t *di = b->ids + (size_t)r * (size_t)b->T + b->lens[r];
+    int32_t *dl = b->labels + (size_t)r * (size_t)b->T + b->lens[r];
+    memcpy(di, ids, (size_t)n * sizeof *di);
+    memcpy(dl, labels, (size_t)n * sizeof *dl);
+    b->lens[r] += n;
+    b->n_tokens += n;
+    for (int i = 0; i < n; i++) b->n_targets += labels[i] != CHAT_IGNORE;
+}
+
+int data_next(data_loader *L, data_batch *b, lr_err *err) {
+    const data_set *ds = L->ds;
+    if (make_order(L, L->pos.epoch, err)) return -1;
+    int64_t i = L->pos.index;
+    if (i >= L->n_order) {
+        L->pos.epoch++;
+        L->pos.index = 0;
+        return 0;
+    }
+    int64_t span = batch_span(L, i);
+    if (!L->packing) {
+        int nex = (int)span, T = 1;
+        for (int k = 0; k < nex; k++) {
+            const data_example *e = ex_at(L, i + k);
+            if (e->n > T) T = e->n;
+            if (ds->dpo && e->rej_n > T) T = e->rej_n;
+        }
+        if (batch_reserve(b, ds->dpo ? 2 * nex : nex, T, ds->pad_id, err)) return -1;
+        for (int k = 0; k < nex; k++) {
+            const data_example *e = ex_at(L, i + k);
+            put_row(b, k, e->ids, e->labels, e->n);
+            if (ds->dpo) put_row(b, nex + k, e->rej_ids, e->rej_labels, e->rej_n);
+        }
+    } else {
+        int T = L->max_seq_len, rows = 0;
+        if (batch_reserve(b, L->batch_size, T, ds->pad_id, err)) return -1;
+        for (int64_t j = i; j < i + span; rows++) {
+            while (j < i + span && b->lens[rows] + ex_at(L, j)->n <= T) {
+                const data_example *e = ex_at(L, j++);
+                put_row(b, rows, e->ids, e->labels, e->n);
+            }
+            if (!b->lens[rows]) {
+                const data_example *e = ex_at(L, j++);
+                put_row(b, rows, e->ids, e->labels, T);
+            }
+        }
+        b->rows = rows;
+    }
+    b->n_examples = (int)span;
+    L->pos.index = i + span;
+    return 1;
+}
+
+void data_batch_free(data_batch *b) {
+    free(b->ids);
+    free(b->labels);
+    free(b->lens);
+    memset(b, 0, sizeof *b);
+}

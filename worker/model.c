@@ -1,0 +1,792 @@
+/* model: HF decoders with LoRA on a kernels/ backend. */
+#include "worker/model.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rng.h"
+#include "kernels/elem.h"
+#include "worker/adapter.h"
+#include "worker/safetensors.h"
+
+/* The linear modules of a layer. GPT-2 uses four: S_Q is attn.c_attn
+ * (q, k, v fused), S_O attn.c_proj, S_UP mlp.c_fc, S_DOWN mlp.c_proj. */
+enum { S_Q, S_K, S_V, S_O, S_GATE, S_UP, S_DOWN, S_N };
+static const char *const LLAMA_MOD[S_N] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                           "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                           "mlp.down_proj"};
+static const char *const GPT2_MOD[S_N] = {"attn.c_attn", NULL, NULL, "attn.c_proj", NULL, "mlp.c_fc", "mlp.c_proj"};
+
+typedef struct lin {
+    kb_linear L;
+    kb_lora lora;
+    float *xa; /* [N, r] saved LoRA input projection */
+} lin;
+
+typedef struct layer {
+    const void *n1w, *n1b, *n2w, *n2b;
+    lin m[S_N];
+    /* activations saved for the backward */
+    float *res;                  /* [N,C] layer input */
+    float *ln1, *n1mean, *n1rstd; /* [N,C], [N], [N] */
+    float *qkv;                  /* q [N,Qd], k [N,KVd], v [N,KVd] (gpt2: [N,3C] interleaved rows) */
+    float *att, *lse;            /* [N,Qd], [B,Hq,T] */
+    float *mid;                  /* [N,C] after attention */
+    float *ln2, *n2mean, *n2rstd;
+    float *f1, *f2;              /* [N,I]: gate, up (gpt2: c_fc output, f2 unused) */
+} layer;
+
+struct model {
+    hf_config cfg;
+    kb_backend *be;
+    int gpt2, exact_gelu;
+    int Qd, KVd;
+    size_t wsize; /* element size of frozen weights */
+    void *wmem;
+    const void *wte, *wpe, *nfw, *nfb, *lm;
+    layer *layers;
+
+    adapter *ad; /* LoRA settings and tensor names; NULL without adapters */
+    model_lora_cfg lcfg;
+    model_param *params;
+    size_t nparams, numel;
+    float *pmem, *gmem;
+
+    /* activations planned for capN rows of at most capT positions */
+    size_t capN;
+    int capT, cap_r;
+    void *amem;
+    float *resL, *lnf, *nfmean, *nfrstd;
+    float *tmpC, *tmpI, *dres, *dln, *dqkv, *datt, *d1, *d2, *dI;
+    int32_t *ids, *targets;
+    float *rcos, *rsin;
+    int32_t *htargets; /* host staging for the shifted labels */
+
+    int train;
+    uint64_t seed, micro;
+};
+
+const hf_config *model_config(const model *m) { return &m->cfg; }
+const model_lora_cfg *model_lora(const model *m) { return m->ad ? &m->lcfg : NULL; }
+size_t model_n_params(const model *m) { return m->nparams; }
+const model_param *model_param_at(const model *m, size_t i) { return i < m->nparams ? &m->params[i] : NULL; }
+float *model_params(model *m) { return m->pmem; }
+float *model_grads(model *m) { return m->gmem; }
+size_t model_numel(const model *m) { return m->numel; }
+
+static const char *mod_name(const model *m, int s) { return m->gpt2 ? GPT2_MOD[s] : LLAMA_MOD[s]; }
+
+/* in/out features of module slot s. */
+static void slot_dims(const model *m, int s, int *in, int *out) {
+    int C = m->cfg.hidden, I = m->cfg.intermediate;
+    switch (s) {
+    case S_Q: *in = C, *out = m->gpt2 ? 3 * C : m->Qd; break;
+    case S_K:
+    case S_V: *in = C, *out = m->KVd; break;
+    case S_O: *in = m->Qd, *out = C; break;
+    case S_GATE:
+    case S_UP: *in = C, *out = I; break;
+    default: *in = I, *out = C; break;
+    }
+}
+
+/* ---- loading the base weights ---- */
+
+typedef struct wctx {
+    model *m;
+    const st_set *s;
+    char *base;    /* NULL: planning pass */
+    size_t off;    /* bytes */
+    float *stage;  /* host f32 staging when the backend memory is not host f32 */
+    lr_err *err;
+} wctx;
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Finds name (for gpt2 also without the "transformer." prefix that
+ * GPT2LMHeadModel checkpoints carry and GPT2Model ones do not), checks its
+ * shape [d0] or [d0, d1], and in the loading pass converts it into the
+ * weight arena. Missing optional tensors leave *dst NULL. */
+static int wget(wctx *w, const char *name, int64_t d0, int64_t d1, int optional, const void **dst) {
+    const st_tensor *t = st_set_find(w->s, name);
+    if (!t && !strncmp(name, "transformer.", 12)) t = st_set_find(w->s, name + 12);
+    *dst = NULL;
+    if (!t) {
+        if (optional) return 0;
+        return lr_errf(w->err, "model weights: tensor '%s' is missing", name);
+    }
+    int ndim = d1 ? 2 : 1;
+    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1))
+        return lr_errf(w->err, "model weights: tensor '%s' has shape [%lld%s%lld], expected [%lld%s%lld]", name,
+                       (long long)t->shape[0], t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
+                       (long long)d0, d1 ? ", " : "", d1 ? (long long)d1 : 0LL);
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+        return lr_errf(w->err, "model weights: tensor '%s' has dtype %s (expected F32, F16 or BF16)", name,
+                       st_dtype_name(t->dtype));
+    size_t n = (size_t)d0 * (size_t)(d1 ? d1 : 1);
+    size_t bytes = n * w->m->wsize;
+    if (w->base) {
+        kb_backend *be = w->m->be;
+        void *p = w->base + w->off;
+        if (be->host_memory && be->weight_dtype == KB_F32) {
+            if (st_to_f32(t, p, n, w->err)) return lr_err_prefix(w->err, "tensor '%s': ", name);
+        } else {
+            if (st_to_f32(t, w->stage, n, w->err)) return lr_err_prefix(w->err, "tensor '%s': ", name);
+            if (be->weight_dtype != KB_F32) { /* in place: element i goes to bytes 2i..2i+1 */
+                uint16_t *h = (uint16_t *)w->stage;
+                for (size_t i = 0; i < n; i++)
+                    h[i] = be->weight_dtype == KB_BF16 ? st_f32_to_bf16(w->stage[i]) : st_f32_to_f16(w->stage[i]);
+            }
+            be->upload(be, p, w->stage, bytes);
+        }
+        *dst = p;
+    } else {
+        *dst = (const void *)1; /* planning: only presence matters */
+    }
+    w->off += align64(bytes);
+    return 0;
+}
+
+static int load_weights(wctx *w) {
+    model *m = w->m;
+    const hf_config *c = &m->cfg;
+    int C = c->hidden, V = c->vocab_size;
+    char nm[256];
+    if (m->gpt2) {
+        if (wget(w, "transformer.wte.weight", V, C, 0, &m->wte) ||
+            wget(w, "transformer.wpe.weight", c->max_pos, C, 0, &m->wpe) ||
+            wget(w, "transformer.ln_f.weight", C, 0, 0, &m->nfw) || wget(w, "transformer.ln_f.bias", C, 0, 0, &m->nfb))
+            return -1;
+    } else {
+        if (wget(w, "model.embed_tokens.weight", V, C, 0, &m->wte) || wget(w, "model.norm.weight", C, 0, 0, &m->nfw))
+            return -1;
+    }
+    if (c->tie_embeddings)
+        m->lm = m->wte;
+    else if (wget(w, "lm_head.weight", V, C, 0, &m->lm))
+        return -1;
+    const char *pre = m->gpt2 ? "transformer.h" : "model.layers";
+    for (int l = 0; l < c->n_layers; l++) {
+        layer *L = &m->layers[l];
+        const char *n1 = m->gpt2 ? "ln_1" : "input_layernorm", *n2 = m->gpt2 ? "ln_2" : "post_attention_layernorm";
+#define NAME(...) (snprintf(nm, sizeof nm, __VA_ARGS__), nm)
+        if (wget(w, NAME("%s.%d.%s.weight", pre, l, n1), C, 0, 0, &L->n1w) ||
+            wget(w, NAME("%s.%d.%s.weight", pre, l, n2), C, 0, 0, &L->n2w))
+            return -1;
+        if (m->gpt2 && (wget(w, NAME("%s.%d.%s.bias", pre, l, n1), C, 0, 0, &L->n1b) ||
+                        wget(w, NAME("%s.%d.%s.bias", pre, l, n2), C, 0, 0, &L->n2b)))
+            return -1;
+        for (int s = 0; s < S_N; s++) {
+            if (!mod_name(m, s)) continue;
+            int in, out;
+            slot_dims(m, s, &in, &out);
+            kb_linear *k = &L->m[s].L;
+            k->in = in, k->out = out, k->w_in_out = m->gpt2;
+            if (wget(w, NAME("%s.%d.%s.weight", pre, l, mod_name(m, s)), m->gpt2 ? in : out, m->gpt2 ? out : in, 0,
+                     &k->W) ||
+                wget(w, NAME("%s.%d.%s.bias", pre, l, mod_name(m, s)), out, 0, 1, &k->b))
+                return -1;
+        }
+#undef NAME
+    }
+    return 0;
+}
+
+int model_load(const char *dir, kb_backend *be, model **out, lr_err *err) {
+    char path[4096];
+    st_set *s = NULL;
+    model *m = calloc(1, sizeof *m);
+    *out = NULL;
+    if (!m) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory loading the model");
+    m->be = be;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (hf_config_load(path, &m->cfg, err)) goto fail;
+    const hf_config *c = &m->cfg;
+    m->gpt2 = c->arch == ARCH_GPT2;
+    if (m->gpt2) {
+        if (!strcmp(c->hidden_act, "gelu"))
+            m->exact_gelu = 1;
+        else if (strcmp(c->hidden_act, "gelu_new") && strcmp(c->hidden_act, "gelu_pytorch_tanh")) {
+            lr_errf(err, "%s: activation_function '%s' is not supported for gpt2 (gelu_new, gelu)", path, c->hidden_act);
+            goto fail;
+        }
+    } else if (strcmp(c->hidden_act, "silu")) {
+        lr_errf(err, "%s: hidden_act '%s' is not supported (silu)", path, c->hidden_act);
+        goto fail;
+    }
+    if (c->n_heads % c->n_kv_heads) {
+        lr_errf(err, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads,
+                c->n_kv_heads);
+        goto fail;
+    }
+    m->Qd = c->n_heads * c->head_dim;
+    m->KVd = c->n_kv_heads * c->head_dim;
+    m->wsize = be->weight_dtype == KB_F32 ? 4 : 2;
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers) {
+        lr_errp(err, LR_E_NOMEM, NULL, "out of memory loading the model");
+        goto fail;
+    }
+    if (st_set_open_dir(dir, &s, err)) goto fail;
+    wctx w = {.m = m, .s = s, .err = err};
+    if (load_weights(&w)) goto fail;
+    size_t total = w.off, maxn = (size_t)c->vocab_size * c->hidden;
+    if (!be->host_memory || be->weight_dtype != KB_F32) {
+        size_t in_max = (size_t)(c->intermediate > 3 * c->hidden ? c->intermediate : 3 * c->hidden) * c->hidden;
+        if (in_max > maxn) maxn = in_max;
+        if (c->max_pos * (size_t)c->hidden > maxn) maxn = (size_t)c->max_pos * c->hidden;
+        w.stage = malloc(maxn * sizeof(float));
+        if (!w.stage) {
+            lr_errp(err, LR_E_NOMEM, NULL, "out of memory staging the model weights");
+            goto fail;
+        }
+    }
+    m->wmem = be->alloc(be, total);
+    if (!m->wmem) {
+        free(w.stage);
+        lr_errp(err, LR_E_NOMEM, NULL, "out of memory for %zu MiB of model weights", total >> 20);
+        goto fail;
+    }
+    w.base = m->wmem;
+    w.off = 0;
+    int rc = load_weights(&w);
+    free(w.stage);
+    if (rc) goto fail;
+    st_set_close(s);
+    *out = m;
+    return 0;
+fail:
+    lr_err_prefix(err, "model %s: ", dir);
+    st_set_close(s);
+    model_free(m);
+    return -1;
+}
+
+static void free_acts(model *m) {
+    if (m->amem) m->be->free(m->be, m->amem);
+    m->amem = NULL;
+    m->capN = 0;
+    free(m->htargets);
+    m->htargets = NULL;
+}
+
+static void free_lora(model *m) {
+    if (m->pmem) m->be->free(m->be, m->pmem);
+    if (m->gmem) m->be->free(m->be, m->gmem);
+    m->pmem = m->gmem = NULL;
+    free(m->params);
+    m->params = NULL;
+    m->nparams = m->numel = 0;
+    adapter_free(m->ad);
+    m->ad = NULL;
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
+        for (int s = 0; s < S_N; s++) m->layers[l].m[s].L.lora = NULL;
+}
+
+void model_free(model *m) {
+    if (!m) return;
+    free_lora(m);
+    free_acts(m);
+    if (m->wmem) m->be->free(m->be, m->wmem);
+    free(m->layers);
+    free(m);
+}
+
+/* ---- LoRA ---- */
+
+/* Creates the adapter tensors of the modules that a selects, zeroed, in
+ * layer then module order, A before B. a becomes the model's. */
+static int lora_attach(model *m, adapter *a, float dropout, lr_err *err) {
+    const hf_config *c = &m->cfg;
+    size_t cap = (size_t)c->n_layers * S_N * 2, off = 0;
+    free_lora(m);
+    m->params = calloc(cap, sizeof *m->params);
+    if (!m->params) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory attaching LoRA");
+    for (int pass = 0; pass < 2; pass++) {
+        off = 0;
+        m->nparams = 0;
+        for (int l = 0; l < c->n_layers; l++)
+            for (int s = 0; s < S_N; s++) {
+                if (!mod_name(m, s) || !adapter_targets_module(a, m->gpt2 ? ARCH_GPT2 : ARCH_LLAMA, l, mod_name(m, s)))
+                    continue;
+                int in, out;
+                slot_dims(m, s, &in, &out);
+                lin *li = &m->layers[l].m[s];
+                char key[160];
+                if (!adapter_module_key(m->gpt2 ? ARCH_GPT2 : ARCH_LLAMA, l, mod_name(m, s), key, sizeof key))
+                    return lr_errf(err, "LoRA: module name too long");
+                for (int ab = 0; ab < 2; ab++) {
+                    model_param *p = &m->params[m->nparams++];
+                    snprintf(p->name, sizeof p->name, "%s.lora_%c.weight", key, ab ? 'B' : 'A');
+                    p->shape[0] = ab ? out : a->r;
+                    p->shape[1] = ab ? a->r : in;
+                    p->numel = (size_t)p->shape[0] * p->shape[1];
+                    p->offset = off;
+                    off += p->numel;
+                }
+                if (pass == 1) {
+                    kb_lora *k = &li->lora;
+                    model_param *pa = &m->params[m->nparams - 2], *pb = &m->params[m->nparams - 1];
+                    k->A = m->pmem + pa->offset, k->B = m->pmem + pb->offset;
+                    k->dA = m->gmem + pa->offset, k->dB = m->gmem + pb->offset;
+                    k->r = a->r;
+                    k->scale = adapter_scale(a);
+                    k->dropout = 0.0f;
+                    li->L.lora = k;
+                }
+            }
+        if (pass == 0) {
+            if (!m->nparams) {
+                free(m->params);
+                m->params = NULL;
+                return lr_errp(err, LR_E_INVALID, "lora.targets", "LoRA targets select no module of this %s model",
+                               m->cfg.model_type);
+            }
+            m->pmem = m->be->alloc(m->be, off * sizeof(float));
+            m->gmem = m->be->alloc(m->be, off * sizeof(float));
+            if (!m->pmem || !m->gmem) {
+                free_lora(m);
+                return lr_errp(err, LR_E_NOMEM, NULL, "out of memory for the LoRA parameters");
+            }
+        }
+    }
+    m->numel = off;
+    m->ad = a;
+    memset(&m->lcfg, 0, sizeof m->lcfg);
+    m->lcfg.r = a->r;
+    m->lcfg.alpha = a->alpha;
+    m->lcfg.dropout = dropout;
+    m->lcfg.use_rslora = a->use_rslora;
+    m->lcfg.n_targets = a->n_targets;
+    for (int i = 0; i < a->n_targets && i < MODEL_MAX_TARGETS; i++)
+        snprintf(m->lcfg.targets[i], sizeof m->lcfg.targets[i], "%s", a->targets[i]);
+    return 0;
+}
+
+int model_lora_init(model *m, const model_lora_cfg *cfg, uint64_t seed, lr_err *err) {
+    if (cfg->r <= 0 || cfg->r > 4096) return lr_errp(err, LR_E_INVALID, "lora.r", "LoRA r must be in 1..4096");
+    if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
+        return lr_errp(err, LR_E_INVALID, "lora.dropout", "LoRA dropout must be in [0, 1)");
+    if (cfg->n_targets <= 0 || cfg->n_targets > ADAPTER_MAX_TARGETS)
+        return lr_errp(err, LR_E_INVALID, "lora.targets", "LoRA needs 1..%d target modules", ADAPTER_MAX_TARGETS);
+    adapter *a = adapter_new();
+    if (!a) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    a->arch = m->gpt2 ? ARCH_GPT2 : ARCH_LLAMA;
+    a->r = cfg->r;
+    a->alpha = cfg->alpha;
+    a->dropout = cfg->dropout;
+    a->use_rslora = cfg->use_rslora;
+    a->fan_in_fan_out = m->gpt2;
+    a->n_targets = cfg->n_targets;
+    if (cfg->n_targets == 1 && !strcmp(cfg->targets[0], "all-linear")) { /* PEFT's string form */
+        snprintf(a->target_regex, sizeof a->target_regex, "all-linear");
+        a->n_targets = 0;
+    }
+    for (int i = 0; i < a->n_targets; i++) {
+        if (strlen(cfg->targets[i]) >= sizeof a->targets[i]) {
+            adapter_free(a);
+            return lr_errp(err, LR_E_INVALID, "lora.targets", "LoRA target '%s' is too long", cfg->targets[i]);
+        }
+        snprintf(a->targets[i], sizeof a->targets[i], "%s", cfg->targets[i]);
+    }
+    if (lora_attach(m, a, cfg->dropout, err)) {
+        adapter_free(a);
+        return -1;
+    }
+    /* PEFT: nn.init.kaiming_uniform_(A, a=sqrt(5)): gain sqrt(2 / (1 + 5)),
+     * bound = gain * sqrt(3 / fan_in) = 1 / sqrt(in). B stays zero. */
+    size_t maxa = 0;
+    for (size_t i = 0; i < m->nparams; i += 2) maxa = m->params[i].numel > maxa ? m->params[i].numel : maxa;
+    float *h = malloc(maxa * sizeof(float));
+    if (!h) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    for (size_t i = 0; i < m->nparams; i += 2) {
+        model_param *p = &m->params[i];
+        lr_rng r;
+        float bound = 1.0f / sqrtf((float)p->shape[1]);
+        rng_stream(&r, seed, lr_hash64(p->name));
+        rng_fill_uniform(&r, h, p->numel, -bound, bound);
+        m->be->upload(m->be, m->pmem + p->offset, h, p->numel * sizeof(float));
+    }
+    free(h);
+    return 0;
+}
+
+int model_lora_load(model *m, const char *adapter_dir, lr_err *err) {
+    adapter *a = NULL;
+    if (adapter_load(adapter_dir, &a, err)) return lr_err_prefix(err, "adapter %s: ", adapter_dir);
+    if ((a->arch == ARCH_GPT2) != m->gpt2) {
+        lr_errf(err, "adapter %s was made for a %s model, not %s", adapter_dir, a->arch == ARCH_GPT2 ? "gpt2" : "llama-family",
+                m->cfg.model_type);
+        goto fail;
+    }
+    if (a->use_dora) {
+        lr_errf(err, "adapter %s uses DoRA, which this engine does not implement yet", adapter_dir);
+        goto fail;
+    }
+    if (adapter_check_model(a, &m->cfg, err)) {
+        lr_err_prefix(err, "adapter %s: ", adapter_dir);
+        goto fail;
+    }
+    adapter_tensor *t = a->t;
+    int nt = a->n_tensors;
+    a->t = NULL, a->n_tensors = a->cap_tensors = 0; /* the model keeps a's settings, the data go to the backend */
+    if (lora_attach(m, a, a->dropout, err)) {
+        a->t = t, a->n_tensors = nt;
+        goto fail;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < m->nparams && !rc; i++) {
+        const model_param *p = &m->params[i];
+        int k;
+        for (k = 0; k < nt && strcmp(t[k].key, p->name); k++) {}
+        if (k == nt) {
+            rc = lr_errf(err, "adapter %s: target_modules select %s but the file has no such tensor", adapter_dir, p->name);
+            break;
+        }
+        if (t[k].rows != p->shape[0] || t[k].cols != p->shape[1]) {
+            rc = lr_errf(err, "adapter %s: %s has shape [%d, %d], expected [%lld, %lld]", adapter_dir, p->name, t[k].rows,
+                         t[k].cols, (long long)p->shape[0], (long long)p->shape[1]);
+            break;
+        }
+        m->be->upload(m->be, m->pmem + p->offset, t[k].data, p->numel * sizeof(float));
+    }
+    if (!rc && (size_t)nt != m->nparams)
+        rc = lr_errf(err, "adapter %s has %d tensors but its target_modules select %zu", adapter_dir, nt, m->nparams);
+    for (int k = 0; k < nt; k++) free(t[k].data);
+    free(t);
+    if (rc) free_lora(m);
+    return rc;
+fail:
+    adapter_free(a);
+    return -1;
+}
+
+int model_lora_save(model *m, const char *adapter_dir, lr_err *err) {
+    if (!m->ad) return lr_errf(err, "the model has no LoRA adapters to save");
+    adapter *a = adapter_new();
+    if (!a) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    adapter_tensor *t0 = a->t;
+    *a = *m->ad; /* the settings; m->ad holds no tensors */
+    a->t = NULL, a->n_tensors = a->cap_tensors = 0;
+    free(t0);
+    int rc = 0;
+    for (int l = 0; l < m->cfg.n_layers && !rc; l++)
+        for (int s = 0; s < S_N && !rc; s++) {
+            const kb_lora *k = m->layers[l].m[s].L.lora;
+            if (!k) continue;
+            const kb_linear *L = &m->layers[l].m[s].L;
+            adapter_tensor *ta = adapter_add(a, l, mod_name(m, s), ADAPTER_A, k->r, L->in, err);
+            if (!ta) { rc = -1; break; }
+            m->be->download(m->be, ta->data, k->A, (size_t)k->r * L->in * sizeof(float));
+            adapter_tensor *tb = adapter_add(a, l, mod_name(m, s), ADAPTER_B, L->out, k->r, err);
+            if (!tb) { rc = -1; break; }
+            m->be->download(m->be, tb->data, k->B, (size_t)L->out * k->r * sizeof(float));
+        }
+    if (!rc) rc = adapter_save(a, adapter_dir, err);
+    adapter_free(a);
+    return rc;
+}
+
+void model_zero_grad(model *m) {
+    if (m->gmem) m->be->zero(m->be, m->gmem, m->numel * sizeof(float));
+}
+
+static int param_io(model *m, size_t i, float *host, size_t n, int dir, lr_err *err) {
+    if (i >= m->nparams) return lr_errf(err, "no LoRA tensor %zu", i);
+    const model_param *p = &m->params[i];
+    if (n != p->numel) return lr_errf(err, "%s has %zu elements, not %zu", p->name, p->numel, n);
+    if (dir == 0) m->be->download(m->be, host, m->pmem + p->offset, n * sizeof(float));
+    if (dir == 1) m->be->upload(m->be, m->pmem + p->offset, host, n * sizeof(float));
+    if (dir == 2) m->be->download(m->be, host, m->gmem + p->offset, n * sizeof(float));
+    return 0;
+}
+int model_param_get(model *m, size_t i, float *host, size_t n, lr_err *err) { return param_io(m, i, host, n, 0, err); }
+int model_param_set(model *m, size_t i, const float *host, size_t n, lr_err *err) {
+    return param_io(m, i, (float *)host, n, 1, err);
+}
+int model_grad_get(model *m, size_t i, float *host, size_t n, lr_err *err) { return param_io(m, i, host, n, 2, err); }
+
+void model_set_train(model *m, int train, uint64_t seed) {
+    m->train = train;
+    m->seed = seed;
+    m->micro = 0;
+}
+
+/* ---- activations ---- */
+
+static float *take(char *base, size_t *off, size_t nfloats) {
+    float *p = base ? (float *)(base + *off) : NULL;
+    *off += align64(nfloats * sizeof(float));
+    return p;
+}
+
+/* Carves the activations for N rows (T positions) out of base; returns the
+ * size in bytes. With base NULL, only measures. */
+static size_t plan_acts(model *m, char *base, size_t N, int T, int r) {
+    const hf_config *c = &m->cfg;
+    size_t C = c->hidden, I = c->intermediate, W3 = (size_t)m->Qd + 2 * (size_t)m->KVd, off = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        layer *L = &m->layers[l];
+        L->res = take(base, &off, N * C);
+        L->ln1 = take(base, &off, N * C);
+        L->n1mean = take(base, &off, N);
+        L->n1rstd = take(base, &off, N);
+        L->qkv = take(base, &off, N * W3);
+        L->att = take(base, &off, N * m->Qd);
+        L->lse = take(base, &off, N * c->n_heads);
+        L->mid = take(base, &off, N * C);
+        L->ln2 = take(base, &off, N * C);
+        L->n2mean = take(base, &off, N);
+        L->n2rstd = take(base, &off, N);
+        L->f1 = take(base, &off, N * I);
+        L->f2 = m->gpt2 ? NULL : take(base, &off, N * I);
+        for (int s = 0; s < S_N; s++) L->m[s].xa = L->m[s].L.lora ? take(base, &off, N * r) : NULL;
+    }
+    m->resL = take(base, &off, N * C);
+    m->lnf = take(base, &off, N * C);
+    m->nfmean = take(base, &off, N);
+    m->nfrstd = take(base, &off, N);
+    m->tmpC = take(base, &off, N * C);
+    m->tmpI = take(base, &off, N * I);
+    m->dres = take(base, &off, N * C);
+    m->dln = take(base, &off, N * C);
+    m->dqkv = take(base, &off, N * W3);
+    m->datt = take(base, &off, N * m->Qd);
+    m->d1 = take(base, &off, N * I);
+    m->d2 = take(base, &off, N * I);
+    m->dI = take(base, &off, N * I);
+    m->ids = (int32_t *)take(base, &off, N);
+    m->targets = (int32_t *)take(base, &off, N);
+    m->rcos = take(base, &off, (size_t)T * c->head_dim / 2);
+    m->rsin = take(base, &off, (size_t)T * c->head_dim / 2);
+    return off;
+}
+
+static int reserve(model *m, int B, int T, lr_err *err) {
+    int r = m->ad ? m->ad->r : 0;
+    size_t N = (size_t)B * T;
+    if (m->amem && N <= m->capN && T <= m->capT && r == m->cap_r) return 0;
+    if (r == m->cap_r) { /* grow to cover both shapes */
+        if (N < m->capN) N = m->capN;
+        if (T < m->capT) T = m->capT;
+    }
+    free_acts(m);
+    size_t bytes = plan_acts(m, NULL, N, T, r);
+    m->amem = m->be->alloc(m->be, bytes);
+    m->htargets = malloc(N * sizeof(int32_t));
+    if (!m->amem || !m->htargets) {
+        free_acts(m);
+        return lr_errp(err, LR_E_NOMEM, NULL, "out of memory for %zu MiB of activations (batch %d x %d tokens)",
+                       bytes >> 20, B, T);
+    }
+    plan_acts(m, m->amem, N, T, r);
+    m->capN = N, m->capT = T, m->cap_r = r;
+    /* RoPE tables for positions 0..T-1, in f32 as HF computes them */
+    const hf_config *c = &m->cfg;
+    if (!m->gpt2) {
+        int half = c->head_dim / 2;
+        float *h = malloc((size_t)T * half * 2 * sizeof(float));
+        if (!h) {
+            free_acts(m);
+            return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+        }
+        for (int i = 0; i < half; i++) {
+            float inv = lr_rope_inv_freq(i, c->head_dim, c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
+                                         c->rope_high_freq_factor, c->rope_orig_max_pos);
+            for (int t = 0; t < T; t++) {
+                float f = (float)t * inv;
+                h[(size_t)t * half + i] = cosf(f);
+                h[(size_t)T * half + (size_t)t * half + i] = sinf(f);
+            }
+        }
+        m->be->upload(m->be, m->rcos, h, (size_t)T * half * sizeof(float));
+        m->be->upload(m->be, m->rsin, h + (size_t)T * half, (size_t)T * half * sizeof(float));
+        free(h);
+    }
+    return 0;
+}
+
+int model_reserve(model *m, int B, int T, lr_err *err) {
+    if (B <= 0 || T <= 0 || (long long)B * T > (1 << 24))
+        return lr_errp(err, LR_E_INVALID, NULL, "batch %d x %d tokens is out of range", B, T);
+    return reserve(m, B, T, err);
+}
+
+/* ---- forward and backward ---- */
+
+static void norm_fwd(model *m, float *out, float *mean, float *rstd, const float *x, const void *w, const void *b,
+                     int N) {
+    kb_backend *be = m->be;
+    if (m->gpt2)
+        be->layernorm_fwd(be, out, mean, rstd, x, w, b, N, m->cfg.hidden, m->cfg.norm_eps);
+    else
+        be->rmsnorm_fwd(be, out, rstd, x, w, N, m->cfg.hidden, m->cfg.norm_eps);
+}
+
+static void norm_bwd(model *m, float *dx, const float *dout, const float *x, const void *w, const float *mean,
+                     const float *rstd, int N) {
+    kb_backend *be = m->be;
+    if (m->gpt2)
+        be->layernorm_bwd(be, dx, NULL, NULL, dout, x, w, mean, rstd, N, m->cfg.hidden);
+    else
+        be->rmsnorm_bwd(be, dx, NULL, dout, x, w, rstd, N, m->cfg.hidden);
+}
+
+/* Pointers to q, k, v inside a qkv-shaped buffer and their row strides. */
+static void qkv_split(const model *m, float *buf, int N, float **q, float **k, float **v, int *ldq, int *ldkv) {
+    if (m->gpt2) {
+        int C = m->cfg.hidden;
+        *q = buf, *k = buf + C, *v = buf + 2 * C, *ldq = *ldkv = 3 * C;
+    } else {
+        *q = buf, *k = buf + (size_t)N * m->Qd, *v = *k + (size_t)N * m->KVd, *ldq = m->Qd, *ldkv = m->KVd;
+    }
+}
+
+static void forward(model *m, int B, int T) {
+    kb_backend *be = m->be;
+    const hf_config *c = &m->cfg;
+    int N = B * T, C = c->hidden, I = c->intermediate, D = c->head_dim;
+    size_t NC = (size_t)N * C, NI = (size_t)N * I;
+    be->embed_fwd(be, m->layers[0].res, m->ids, m->wte, m->gpt2 ? m->wpe : NULL, N, T, C);
+    for (int l = 0; l < c->n_layers; l++) {
+        layer *L = &m->layers[l];
+        float *next = l + 1 < c->n_layers ? m->layers[l + 1].res : m->resL;
+        float *q, *k, *v;
+        int ldq, ldkv;
+        qkv_split(m, L->qkv, N, &q, &k, &v, &ldq, &ldkv);
+        norm_fwd(m, L->ln1, L->n1mean, L->n1rstd, L->res, L->n1w, L->n1b, N);
+        if (m->gpt2) {
+            be->linear_fwd(be, &L->m[S_Q].L, L->qkv, L->m[S_Q].xa, L->ln1, N);
+        } else {
+            be->linear_fwd(be, &L->m[S_Q].L, q, L->m[S_Q].xa, L->ln1, N);
+            be->linear_fwd(be, &L->m[S_K].L, k, L->m[S_K].xa, L->ln1, N);
+            be->linear_fwd(be, &L->m[S_V].L, v, L->m[S_V].xa, L->ln1, N);
+            be->rope_fwd(be, q, ldq, m->rcos, m->rsin, N, T, c->n_heads, D);
+            be->rope_fwd(be, k, ldkv, m->rcos, m->rsin, N, T, c->n_kv_heads, D);
+        }
+        be->attn_fwd(be, L->att, L->lse, q, k, v, ldq, ldkv, B, T, c->n_heads, c->n_kv_heads, D);
+        be->linear_fwd(be, &L->m[S_O].L, L->mid, L->m[S_O].xa, L->att, N);
+        be->add(be, L->mid, L->res, NC);
+        norm_fwd(m, L->ln2, L->n2mean, L->n2rstd, L->mid, L->n2w, L->n2b, N);
+        if (m->gpt2) {
+            be->linear_fwd(be, &L->m[S_UP].L, L->f1, L->m[S_UP].xa, L->ln2, N);
+            be->gelu_fwd(be, m->tmpI, L->f1, NI, m->exact_gelu);
+        } else {
+            be->linear_fwd(be, &L->m[S_GATE].L, L->f1, L->m[S_GATE].xa, L->ln2, N);
+            be->linear_fwd(be, &L->m[S_UP].L, L->f2, L->m[S_UP].xa, L->ln2, N);
+            be->swiglu_fwd(be, m->tmpI, L->f1, L->f2, NI);
+        }
+        be->linear_fwd(be, &L->m[S_DOWN].L, next, L->m[S_DOWN].xa, m->tmpI, N);
+        be->add(be, next, L->mid, NC);
+    }
+    norm_fwd(m, m->lnf, m->nfmean, m->nfrstd, m->resL, m->nfw, m->nfb, N);
+}
+
+/* Backward from dlnf (in m->dln) to the LoRA gradients. The residual-stream
+ * gradient is m->dres; the base weights are frozen so no weight gradient
+ * is formed, and layer 0 stops before the (frozen) embeddings. */
+static void backward(model *m, int B, int T) {
+    kb_backend *be = m->be;
+    const hf_config *c = &m->cfg;
+    int N = B * T, D = c->head_dim;
+    size_t NC = (size_t)N * c->hidden, NI = (size_t)N * c->intermediate;
+    be->zero(be, m->dres, NC * sizeof(float));
+    norm_bwd(m, m->dres, m->dln, m->resL, m->nfw, m->nfmean, m->nfrstd, N);
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        layer *L = &m->layers[l];
+        float *q, *k, *v, *dq, *dk, *dv;
+        int ldq, ldkv;
+        qkv_split(m, L->qkv, N, &q, &k, &v, &ldq, &ldkv);
+        qkv_split(m, m->dqkv, N, &dq, &dk, &dv, &ldq, &ldkv);
+        /* MLP: next = mid + down(act(ln2)) */
+        if (m->gpt2) {
+            be->gelu_fwd(be, m->tmpI, L->f1, NI, m->exact_gelu);
+            be->linear_bwd(be, &L->m[S_DOWN].L, m->dI, 0, m->dres, m->tmpI, L->m[S_DOWN].xa, N);
+            be->gelu_bwd(be, m->d1, m->dI, L->f1, NI, m->exact_gelu);
+            be->linear_bwd(be, &L->m[S_UP].L, m->dln, 0, m->d1, L->ln2, L->m[S_UP].xa, N);
+        } else {
+            be->swiglu_fwd(be, m->tmpI, L->f1, L->f2, NI);
+            be->linear_bwd(be, &L->m[S_DOWN].L, m->dI, 0, m->dres, m->tmpI, L->m[S_DOWN].xa, N);
+            be->swiglu_bwd(be, m->d1, m->d2, m->dI, L->f1, L->f2, NI);
+            be->linear_bwd(be, &L->m[S_GATE].L, m->dln, 0, m->d1, L->ln2, L->m[S_GATE].xa, N);
+            be->linear_bwd(be, &L->m[S_UP].L, m->dln, 1, m->d2, L->ln2, L->m[S_UP].xa, N);
+        }
+        norm_bwd(m, m->dres, m->dln, L->mid, L->n2w, L->n2mean, L->n2rstd, N);
+        /* attention: mid = res + o(attn(q, k, v)) */
+        be->linear_bwd(be, &L->m[S_O].L, m->datt, 0, m->dres, L->att, L->m[S_O].xa, N);
+        be->attn_bwd(be, dq, dk, dv, m->datt, L->att, L->lse, q, k, v, ldq, ldkv, B, T, c->n_heads, c->n_kv_heads, D);
+        float *dln = l > 0 ? m->dln : NULL; /* nothing below layer 0 needs an input gradient */
+        if (m->gpt2) {
+            be->linear_bwd(be, &L->m[S_Q].L, dln, 0, m->dqkv, L->ln1, L->m[S_Q].xa, N);
+        } else {
+            be->rope_bwd(be, dq, ldq, m->rcos, m->rsin, N, T, c->n_heads, D);
+            be->rope_bwd(be, dk, ldkv, m->rcos, m->rsin, N, T, c->n_kv_heads, D);
+            be->linear_bwd(be, &L->m[S_Q].L, dln, 0, dq, L->ln1, L->m[S_Q].xa, N);
+            be->linear_bwd(be, &L->m[S_K].L, dln, 1, dk, L->ln1, L->m[S_K].xa, N);
+            be->linear_bwd(be, &L->m[S_V].L, dln, 1, dv, L->ln1, L->m[S_V].xa, N);
+        }
+        if (l > 0) norm_bwd(m, m->dres, m->dln, L->res, L->n1w, L->n1mean, L->n1rstd, N);
+    }
+}
+
+static int run(model *m, const int32_t *ids, const int32_t *labels, int B, int T, int bwd, float grad_scale,
+               double *loss_sum, int64_t *n_tokens, lr_err *err) {
+    const hf_config *c = &m->cfg;
+    *loss_sum = 0;
+    *n_tokens = 0;
+    if (B <= 0 || T <= 0 || (long long)B * T > (1 << 24))
+        return lr_errp(err, LR_E_INVALID, NULL, "batch %d x %d tokens is out of range", B, T);
+    if (m->gpt2 && T > c->max_pos)
+        return lr_errp(err, LR_E_INVALID, "hyperparameters.max_seq_len",
+                       "sequence length %d exceeds the model's %d positions", T, c->max_pos);
+    if (c->sliding_window > 0 && T > c->sliding_window)
+        return lr_errp(err, LR_E_INVALID, "hyperparameters.max_seq_len",
+                       "sequence length %d exceeds the model's sliding window %d, which is not implemented", T,
+                       c->sliding_window);
+    if (bwd && !m->ad) return lr_errf(err, "no LoRA adapters to train: attach or load one first");
+    if (reserve(m, B, T, err)) return -1;
+    int N = B * T;
+    for (int n = 0; n < N; n++) {
+        if (ids[n] < 0 || ids[n] >= c->vocab_size)
+            return lr_errp(err, LR_E_INVALID, "input_ids", "token id %d at [%d][%d] is outside the vocabulary (%d)",
+                           ids[n], n / T, n % T, c->vocab_size);
+        int32_t lab = labels[n];
+        if (lab != LR_IGNORE_INDEX && (lab < 0 || lab >= c->vocab_size))
+            return lr_errp(err, LR_E_INVALID, "labels", "label %d at [%d][%d] is neither -100 nor a token id", lab,
+                           n / T, n % T);
+        m->htargets[n] = n % T == T - 1 ? LR_IGNORE_INDEX : labels[n + 1];
+    }
+    kb_backend *be = m->be;
+    be->upload(be, m->ids, ids, (size_t)N * sizeof(int32_t));
+    be->upload(be, m->targets, m->htargets, (size_t)N * sizeof(int32_t));
+    /* dropout only when training with gradients; fresh masks per micro-batch */
+    lr_rng rng;
+    int drop = bwd && m->train && m->lcfg.dropout > 0.0f;
+    if (drop) rng_stream(&rng, m->seed, m->micro++);
+    for (int l = 0; m->ad && l < c->n_layers; l++)
+        for (int s = 0; s < S_N; s++) {
+            kb_lora *k = &m->layers[l].m[s].lora;
+            if (!m->layers[l].m[s].L.lora) continue;
+            k->dropout = drop ? m->lcfg.dropout : 0.0f;
+            k->seed = drop ? rng_u64(&rng) : 0;
+        }
+    forward(m, B, T);
+    *loss_sum = be->lmhead_ce(be, n_tokens, NULL, bwd ? m->dln : NULL, m->lnf, m->lm, m->targets, NULL, N, c->hidden,
+                              c->vocab_size, grad_scale, 0);
+    if (bwd && *n_tokens) backward(m, B, T);
+    if (be->check && be->check(be, err)) return -1; /* a deferred device failure */
+    return 0;
+}
+
+int model_fwd_bwd(model *m, const int32_t *ids, const int32_t *labels, int B, int T, float grad_scale,
+                  double *loss_sum, int64_t *n_tokens, lr_err *err) {
+    return run(m, ids, labels, B, T, 1, grad_scale, loss_sum, n_tokens, err);
+}
+
+int model_loss(model *m, const int32_t *ids, const int32_t *labels, int B, int T, double *loss_sum,
+               int64_t *n_tokens, lr_err *err) {
+    return run(m, ids, labels, B, T, 0, 0.0f, loss_sum, n_tokens, err);
+}

@@ -1,0 +1,98 @@
+/* model: a Hugging Face decoder (Llama, Mistral, Qwen2, GPT-2) with LoRA
+ * adapters, forward and backward, on a compute backend (kernels/backend.h).
+ *
+ * The frozen base weights live in one backend allocation (converted from
+ * f32/f16/bf16 to the backend's weight dtype at load), the LoRA parameters
+ * in a second, their gradients in a third, and the activations in a fourth
+ * sized from (B, T) and reused across steps (llm.c's layout). LoRA follows
+ * PEFT exactly: A [r, in], B [out, r], y += scale * B A dropout(x) with
+ * scale = alpha / r (alpha / sqrt(r) with rslora), dropout on the LoRA input
+ * only; parameter names are PEFT's saved keys. */
+#ifndef LR_MODEL_H
+#define LR_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "common/err.h"
+#include "kernels/backend.h"
+#include "worker/hfconfig.h"
+
+#define MODEL_MAX_TARGETS 16
+
+typedef struct model model;
+
+/* Which modules get an adapter and how. targets are PEFT target_modules
+ * names matched as PEFT does, against the end of the module's dotted name:
+ * "q_proj" ... "down_proj" for llama/mistral/qwen2; "c_attn", "c_proj"
+ * (attn.c_proj and mlp.c_proj both), "c_fc" for gpt2; a longer suffix such
+ * as "mlp.c_proj" selects one; the single target "all-linear" selects every
+ * linear module of the decoder layers (not the LM head), as in PEFT. */
+typedef struct model_lora_cfg {
+    int r;
+    float alpha;
+    float dropout;
+    int use_rslora;
+    int n_targets;
+    char targets[MODEL_MAX_TARGETS][48];
+} model_lora_cfg;
+
+/* One trainable tensor. Data are at offset floats into model_params() and
+ * its gradient at the same offset into model_grads(). */
+typedef struct model_param {
+    char name[192];  /* PEFT key: base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight */
+    int64_t shape[2];
+    size_t offset, numel;
+} model_param;
+
+/* Loads config.json and the safetensors weights of an HF model directory. */
+int model_load(const char *dir, kb_backend *be, model **out, lr_err *err) LR_WARN_UNUSED;
+void model_free(model *m);
+const hf_config *model_config(const model *m);
+
+/* Attaches fresh adapters: A Kaiming-uniform as PEFT (bound 1/sqrt(in)),
+ * drawn from a stream of seed per tensor name, B zero. Replaces any
+ * previous adapters. */
+int model_lora_init(model *m, const model_lora_cfg *cfg, uint64_t seed, lr_err *err) LR_WARN_UNUSED;
+/* Attaches the adapters of a PEFT adapter directory (adapter_config.json +
+ * adapter_model.safetensors) with their weights. */
+int model_lora_load(model *m, const char *adapter_dir, lr_err *err) LR_WARN_UNUSED;
+/* Writes the adapters as a PEFT adapter directory. */
+int model_lora_save(model *m, const char *adapter_dir, lr_err *err) LR_WARN_UNUSED;
+/* The adapter configuration in use (NULL before init/load). */
+const model_lora_cfg *model_lora(const model *m);
+
+/* The trainable tensors, in a fixed order (layer, then module, A before B). */
+size_t model_n_params(const model *m);
+const model_param *model_param_at(const model *m, size_t i);
+/* Flat parameter and gradient arrays (backend memory) of model_numel floats. */
+float *model_params(model *m);
+float *model_grads(model *m);
+size_t model_numel(const model *m);
+void model_zero_grad(model *m);
+/* Copies one tensor between host memory and the model (n = numel). */
+int model_param_get(model *m, size_t i, float *host, size_t n, lr_err *err) LR_WARN_UNUSED;
+int model_param_set(model *m, size_t i, const float *host, size_t n, lr_err *err) LR_WARN_UNUSED;
+/* Same for a tensor's gradient. */
+int model_grad_get(model *m, size_t i, float *host, size_t n, lr_err *err) LR_WARN_UNUSED;
+
+/* Training mode turns LoRA dropout on; each model_fwd_bwd in training mode
+ * draws fresh masks from a stream of seed and a micro-batch counter, so a
+ * run is reproducible. Default: eval mode. */
+void model_set_train(model *m, int train, uint64_t seed);
+
+/* Plans the activations for micro-batches of up to B x T tokens (done
+ * implicitly by the first larger call; call it first to fail early). */
+int model_reserve(model *m, int B, int T, lr_err *err) LR_WARN_UNUSED;
+
+/* One micro-batch: ids and labels are [B, T] row-major; labels are aligned
+ * with ids and shifted inside as HF does (position t is scored on
+ * labels[t + 1]; -100 ignored). Sets *loss_sum to the sum of token
+ * cross-entropies over the scored targets and *n_tokens to their count,
+ * and adds grad_scale * d(loss_sum)/d(param) into the gradients. */
+int model_fwd_bwd(model *m, const int32_t *ids, const int32_t *labels, int B, int T, float grad_scale,
+                  double *loss_sum, int64_t *n_tokens, lr_err *err) LR_WARN_UNUSED;
+/* The same loss without gradients (evaluation). */
+int model_loss(model *m, const int32_t *ids, const int32_t *labels, int B, int T, double *loss_sum,
+               int64_t *n_tokens, lr_err *err) LR_WARN_UNUSED;
+
+#endif
