@@ -617,8 +617,10 @@ int store_job_start(store *st, const char *id, const char *worker, lr_err *err) 
 
 int store_job_finish(store *st, const char *id, const char *status, const char *error_code,
                      const char *error_message, lr_err *err) {
-    sqlite3_stmt *s = q(st, "UPDATE jobs SET status=?, finished_at=?, error_code=?, error_message=? "
-                            "WHERE id=? AND status IN ('queued','running')", err);
+    /* A finished job shows its last step even if no heartbeat carried it. */
+    sqlite3_stmt *s = q(st, "UPDATE jobs SET status=?1, finished_at=?2, error_code=?3, error_message=?4, "
+                            "step=CASE WHEN ?1='succeeded' AND total_steps>0 THEN total_steps ELSE step END "
+                            "WHERE id=?5 AND status IN ('queued','running')", err);
     if (!s) return -1;
     bt(s, 1, status);
     bi(s, 2, (int64_t)time(NULL));

@@ -13,11 +13,14 @@ things = ["the sky", "grass", "snow", "the sea", "a lemon", "coal", "a tomato", 
           "an orange", "a plum", "the sun", "a cloud", "ash", "ivy", "a ruby", "ink"]
 colours = ["blue", "green", "white", "blue", "yellow", "black", "red", "white",
            "orange", "purple", "yellow", "grey", "grey", "green", "red", "black"]
-verbs = ["What colour is", "Tell me the colour of", "Which colour has", "Name the colour of"]
+verbs = ["What colour is", "Tell me the colour of", "Which colour has", "Name the colour of",
+         "Do you know the colour of", "Quick question: what colour is"]
+tails = ["", " Please answer briefly.", " Thanks!", " I am curious."]
+pairs = [(v, k, t) for v in verbs for k in range(len(things)) for t in tails]
+rng.shuffle(pairs)
 rows = []
-for i in range(240):
-    k = rng.randrange(len(things))
-    q = f"{rng.choice(verbs)} {things[k]}?"
+for v, k, t in pairs[:240]:  # 240 distinct questions
+    q = f"{v} {things[k]}?{t}"
     a = (f"Answer: {things[k]} is {colours[k]}.\n"
          f"Reason: {things[k]} is usually seen as {colours[k]}.\n"
          f"Confidence: high")

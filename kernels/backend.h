@@ -35,6 +35,15 @@ typedef struct kb_lora {
     float scale;      /* alpha / r, or alpha / sqrt(r) with rslora */
     float dropout;    /* probability of zeroing an input element; 0 = off */
     uint64_t seed;
+    /* DoRA (PEFT's use_dora), when mag != NULL: with s = mag / wnorm per
+     * output feature and xd = drop(x),
+     *   y = x W^T + b + (s - 1) * (xd W^T) + s * scale * (xd A^T) B^T,
+     * which without dropout is s * (x W^T + scale * (x A^T) B^T) + b.
+     * wnorm = ||W + scale B A|| per output row, from dora_norm, is a
+     * constant to the backward (detached, as in the DoRA paper and PEFT);
+     * dmag accumulates d/d mag. */
+    float *mag, *dmag;  /* [out] */
+    const float *wnorm; /* [out] */
 } kb_lora;
 
 /* A frozen linear layer y = x W^T + b with an optional LoRA path. GPT-2's
@@ -149,6 +158,25 @@ struct kb_backend {
     void (*scale)(kb_backend *be, float *x, float s, size_t n);
 
     void (*destroy)(kb_backend *be);
+
+    /* Added with DoRA and KL-regularised SFT. NULL in a backend that does
+     * not implement them yet; the model then refuses those methods. A
+     * backend that sets dora_norm also honours kb_lora.mag in linear_fwd
+     * and linear_bwd. */
+
+    /* wnorm[out] = L2 norm of each output row of W + scale * B A (W as
+     * [out, in], i.e. Conv1D's [in, out] transposed), L->lora's A, B, scale. */
+    void (*dora_norm)(kb_backend *be, const kb_linear *L, float *wnorm);
+    /* LM head + cross-entropy + KL to a reference, for rows whose target is
+     * not LR_IGNORE_INDEX: with l = x W^T and lr = x_ref W^T (the same
+     * frozen head), q = softmax(lr / tau), p_tau = softmax(l / tau),
+     *   ce_n = -log softmax(l)[target_n], kl_n = sum_v q_v (log q_v - log p_tau_v).
+     * Sets *ce_sum, *kl_sum (sums over those rows) and *n_valid; when dx !=
+     * NULL, dx[N,C] is overwritten with grad_scale * d(sum_n ce_n +
+     * kl_coef * kl_n)/dx (zero on ignored rows). x_ref gets no gradient. */
+    void (*lmhead_ce_kl)(kb_backend *be, double *ce_sum, double *kl_sum, int64_t *n_valid, float *dx,
+                         const float *x, const float *x_ref, const void *W, const int32_t *targets, int N, int C,
+                         int V, float tau, float kl_coef, float grad_scale, int chunk_rows);
 
     /* Optional (NULL: the backend has no deferred failures). Ops cannot
      * return errors, so a backend whose ops can fail mid-step (device out

@@ -96,8 +96,14 @@ static void *job_main(void *arg) {
                       .progress = h_progress, .cancelled = h_cancelled};
     train_outcome out = TRAIN_DONE;
     lr_err e = {0};
-    json_t *end;
-    if (ag->o->run(&j->spec, &p, &to, &th, &out, &e))
+    json_t *end, *last;
+    int rc = ag->o->run(&j->spec, &p, &to, &th, &out, &e);
+    /* The last progress, which a short job may finish before any heartbeat. */
+    pthread_mutex_lock(&ag->plock);
+    last = ag->total > 0 ? msg_heartbeat(j->id, ag->step, ag->total, ag->epoch) : NULL;
+    pthread_mutex_unlock(&ag->plock);
+    send_locked(ag, last);
+    if (rc)
         end = msg_failed(j->id, e.msg[0] ? e.msg : "training failed");
     else
         end = msg_done(j->id, out == TRAIN_CANCELLED ? "cancelled"

@@ -16,6 +16,7 @@
 
 #include "common/rng.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "worker/commands.h"
 #include "worker/model.h"
 
@@ -151,9 +152,17 @@ int cmd_bench(int argc, char **argv) {
     qsort(times, (size_t)steps, sizeof *times, cmp_d);
     double step_s = times[steps / 2];
     double flops_tok = 4.0 * matmul_weights(cfg) + 6.0 * cfg->n_layers * cfg->n_heads * (double)cfg->head_dim * (T + 1);
+    char gpu[400] = ""; /* on a GPU: its name, peak memory and MFU (over the dense bf16 peak) */
+    kb_cuda_mem mi;
+    const kb_cuda_device *dv = kb_cuda_device_of(be);
+    if (dv && kb_cuda_meminfo(be, &mi) == 0)
+        snprintf(gpu, sizeof gpu, ", \"gpu\": \"%s\", \"gpu_peak_mb\": %.0f, \"peak_bf16_tflops\": %.1f, \"mfu\": %.4f",
+                 dv->name, mi.peak_bytes / 1048576.0, dv->peak_bf16_flops / 1e12,
+                 dv->peak_bf16_flops > 0 ? flops_tok * B * T / step_s / dv->peak_bf16_flops : 0.0);
     printf("{\"backend\": \"%s\", \"batch\": %d, \"seq\": %d, \"tokens_per_s\": %.1f, \"step_s\": %.4f, "
-           "\"gflops\": %.2f, \"flops_per_token\": %.4g, \"peak_rss_mb\": %.0f, \"lora_params\": %zu, \"loss\": %.4f}\n",
-           be->name, B, T, B * T / step_s, step_s, flops_tok * B * T / step_s / 1e9, flops_tok, peak_rss_mb(), n, loss);
+           "\"gflops\": %.2f, \"flops_per_token\": %.4g, \"peak_rss_mb\": %.0f, \"lora_params\": %zu, \"loss\": %.4f%s}\n",
+           be->name, B, T, B * T / step_s, step_s, flops_tok * B * T / step_s / 1e9, flops_tok, peak_rss_mb(), n, loss,
+           gpu);
     rc = 0;
 done:
     if (rc) fprintf(stderr, "lora-worker bench: %s\n", err.msg);

@@ -146,7 +146,9 @@ static int write_tokenizer_config(const char *dir, const tok *t, const hf_config
     json_object_set_new(o, "clean_up_tokenization_spaces", json_false());
     json_object_set_new(o, "model_max_length", json_integer(c->max_pos));
     json_object_set_new(o, "tokenizer_class", json_string("PreTrainedTokenizerFast"));
-    if (c->arch != ARCH_GPT2) json_object_set_new(o, "chat_template", json_string(CHATML));
+    /* ChatML only where the tokenizer has its two tokens (a copied tokenizer may not) */
+    if (c->arch != ARCH_GPT2 && tok_piece_id(t, SPECIALS[1]) >= 0 && tok_piece_id(t, SPECIALS[2]) >= 0)
+        json_object_set_new(o, "chat_template", json_string(CHATML));
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     return write_json(o, path, 1, err);

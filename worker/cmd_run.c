@@ -56,7 +56,8 @@ static void ui_metric(void *ud, int64_t step, double epoch, const char *name, do
 
 static void ui_event(void *ud, const char *level, const char *msg) {
     (void)ud;
-    fprintf(stderr, "[%s] %s\n", level, msg);
+    if (strcmp(level, "error")) /* the failure itself is printed once, on exit */
+        fprintf(stderr, "[%s] %s\n", level, msg);
 }
 
 static void ui_progress(void *ud, int64_t step, int64_t total, double epoch) {

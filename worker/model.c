@@ -790,3 +790,309 @@ int model_loss(model *m, const int32_t *ids, const int32_t *labels, int B, int T
                int64_t *n_tokens, lr_err *err) {
     return run(m, ids, labels, B, T, 0, 0.0f, loss_sum, n_tokens, err);
 }
+
+/* ==== inference: logits, a KV cache for generation, switching adapters off ====
+ * Used by generation (worker/generate.c), merging checks and evaluation jobs.
+ * Dropout is always off here. The full-forward functions reuse forward()
+ * above, so they compute exactly what training computes; the KV cache runs
+ * the same ops one new token at a time. */
+
+#define KV_HEAD_ROWS 64 /* LM-head rows computed at once (logits exist for one chunk) */
+
+static void lora_no_dropout(model *m) {
+    for (int l = 0; m->ad && l < m->cfg.n_layers; l++)
+        for (int s = 0; s < S_N; s++) {
+            m->layers[l].m[s].lora.dropout = 0.0f;
+            m->layers[l].m[s].lora.seed = 0;
+        }
+}
+
+static int check_ids(const model *m, const int32_t *ids, int T, lr_err *err) {
+    const hf_config *c = &m->cfg;
+    if (T <= 0 || T > (1 << 24)) return lr_errp(err, LR_E_INVALID, NULL, "sequence of %d tokens is out of range", T);
+    if (m->gpt2 && T > c->max_pos)
+        return lr_errp(err, LR_E_INVALID, NULL, "sequence of %d tokens exceeds the model's %d positions", T, c->max_pos);
+    if (c->sliding_window > 0 && T > c->sliding_window)
+        return lr_errp(err, LR_E_INVALID, NULL,
+                       "sequence of %d tokens exceeds the model's sliding window %d, which is not implemented", T,
+                       c->sliding_window);
+    for (int t = 0; t < T; t++)
+        if (ids[t] < 0 || ids[t] >= c->vocab_size)
+            return lr_errp(err, LR_E_INVALID, "input_ids", "token id %d at position %d is outside the vocabulary (%d)",
+                           ids[t], t, c->vocab_size);
+    return 0;
+}
+
+int model_lora_enable(model *m, int on) {
+    int n = 0;
+    for (int l = 0; m->ad && l < m->cfg.n_layers; l++)
+        for (int s = 0; s < S_N; s++) {
+            lin *li = &m->layers[l].m[s];
+            if (!mod_name(m, s) || !adapter_targets_module(m->ad, m->gpt2 ? ARCH_GPT2 : ARCH_LLAMA, l, mod_name(m, s)))
+                continue;
+            li->L.lora = on ? &li->lora : NULL;
+            n++;
+        }
+    free_acts(m); /* the saved LoRA inputs are planned per module: plan again */
+    return n;
+}
+
+int model_hidden(model *m, const int32_t *ids, int T, float *hidden, lr_err *err) {
+    if (check_ids(m, ids, T, err) || reserve(m, 1, T, err)) return -1;
+    kb_backend *be = m->be;
+    be->upload(be, m->ids, ids, (size_t)T * sizeof(int32_t));
+    lora_no_dropout(m);
+    forward(m, 1, T);
+    be->download(be, hidden, m->lnf, (size_t)T * m->cfg.hidden * sizeof(float));
+    if (be->check && be->check(be, err)) return -1;
+    return 0;
+}
+
+int model_head(model *m, const float *hidden, int n, float *logits, lr_err *err) {
+    kb_backend *be = m->be;
+    int C = m->cfg.hidden, V = m->cfg.vocab_size, rows = n < KV_HEAD_ROWS ? n : KV_HEAD_ROWS;
+    if (n <= 0) return 0;
+    float *x = be->alloc(be, (size_t)rows * C * sizeof(float)), *y = be->alloc(be, (size_t)rows * V * sizeof(float));
+    int rc = 0;
+    if (!x || !y) {
+        rc = lr_errp(err, LR_E_NOMEM, NULL, "out of memory for the logits of %d rows", rows);
+        goto done;
+    }
+    kb_linear head = {.W = m->lm, .in = C, .out = V};
+    for (int r0 = 0; r0 < n; r0 += rows) {
+        int k = n - r0 < rows ? n - r0 : rows;
+        be->upload(be, x, hidden + (size_t)r0 * C, (size_t)k * C * sizeof(float));
+        be->linear_fwd(be, &head, y, NULL, x, k);
+        be->download(be, logits + (size_t)r0 * V, y, (size_t)k * V * sizeof(float));
+    }
+    if (be->check && be->check(be, err)) rc = -1;
+done:
+    if (x) be->free(be, x);
+    if (y) be->free(be, y);
+    return rc;
+}
+
+int model_logits(model *m, const int32_t *ids, int T, float *logits, lr_err *err) {
+    float *h = malloc((size_t)T * m->cfg.hidden * sizeof(float));
+    if (T <= 0 || !h) {
+        free(h);
+        return T <= 0 ? lr_errp(err, LR_E_INVALID, NULL, "no tokens") : lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    }
+    int rc = model_hidden(m, ids, T, h, err) || model_head(m, h, T, logits, err) ? -1 : 0;
+    free(h);
+    return rc;
+}
+
+struct model_kv {
+    model *m;
+    int cap, len, r;  /* positions held, positions filled, LoRA rank the scratch fits */
+    void *mem;
+    float *k, *v;     /* [n_layers][cap][KVd]: keys after RoPE, values */
+    float *x, *ln, *q, *qkv, *att, *mid, *f1, *f2, *act, *xa, *mean, *rstd, *lse, *y, *rcos, *rsin;
+    int32_t *ids;     /* [cap] */
+    float *scores;    /* host [cap] for one decoding attention row */
+};
+
+static size_t kv_plan(model_kv *kv, char *base) {
+    const model *m = kv->m;
+    const hf_config *c = &m->cfg;
+    size_t N = (size_t)kv->cap, C = c->hidden, I = c->intermediate, off = 0;
+    size_t half = (size_t)c->head_dim / 2, rows = N < KV_HEAD_ROWS ? N : KV_HEAD_ROWS;
+    kv->k = take(base, &off, (size_t)c->n_layers * N * m->KVd);
+    kv->v = take(base, &off, (size_t)c->n_layers * N * m->KVd);
+    kv->x = take(base, &off, N * C);
+    kv->ln = take(base, &off, N * C);
+    kv->q = take(base, &off, N * m->Qd);
+    kv->qkv = m->gpt2 ? take(base, &off, N * 3 * C) : NULL;
+    kv->att = take(base, &off, N * m->Qd);
+    kv->mid = take(base, &off, N * C);
+    kv->f1 = take(base, &off, N * I);
+    kv->f2 = take(base, &off, N * I);
+    kv->act = take(base, &off, N * I);
+    kv->xa = take(base, &off, N * (size_t)(kv->r ? kv->r : 1));
+    kv->mean = take(base, &off, N);
+    kv->rstd = take(base, &off, N);
+    kv->lse = take(base, &off, N * c->n_heads);
+    kv->y = take(base, &off, rows * c->vocab_size);
+    kv->rcos = take(base, &off, N * half);
+    kv->rsin = take(base, &off, N * half);
+    kv->ids = (int32_t *)take(base, &off, N);
+    return off;
+}
+
+int model_kv_new(model *m, int max_len, model_kv **out, lr_err *err) {
+    const hf_config *c = &m->cfg;
+    *out = NULL;
+    if (!m->be->host_memory)
+        return lr_errf(err, "generation with a KV cache runs on the cpu backend only (this is %s)", m->be->name);
+    if (max_len <= 0 || max_len > (1 << 20))
+        return lr_errp(err, LR_E_INVALID, NULL, "KV cache of %d positions is out of range", max_len);
+    if (m->gpt2 && max_len > c->max_pos)
+        return lr_errp(err, LR_E_INVALID, NULL, "%d positions exceed the model's %d", max_len, c->max_pos);
+    if (c->sliding_window > 0 && max_len > c->sliding_window)
+        return lr_errp(err, LR_E_INVALID, NULL,
+                       "%d positions exceed the model's sliding window %d, which is not implemented", max_len,
+                       c->sliding_window);
+    model_kv *kv = calloc(1, sizeof *kv);
+    if (!kv) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    kv->m = m;
+    kv->cap = max_len;
+    kv->r = m->ad ? m->ad->r : 0;
+    size_t bytes = kv_plan(kv, NULL);
+    kv->mem = m->be->alloc(m->be, bytes);
+    kv->scores = malloc((size_t)max_len * sizeof(float));
+    if (!kv->mem || !kv->scores) {
+        model_kv_free(kv);
+        return lr_errp(err, LR_E_NOMEM, NULL, "out of memory for a KV cache of %d positions (%zu MiB)", max_len,
+                       bytes >> 20);
+    }
+    kv_plan(kv, kv->mem);
+    if (!m->gpt2) { /* RoPE tables for positions 0..cap-1, as reserve() makes them */
+        int half = c->head_dim / 2;
+        for (int i = 0; i < half; i++) {
+            float inv = lr_rope_inv_freq(i, c->head_dim, c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
+                                         c->rope_high_freq_factor, c->rope_orig_max_pos);
+            for (int t = 0; t < max_len; t++) {
+                float f = (float)t * inv;
+                kv->rcos[(size_t)t * half + i] = cosf(f);
+                kv->rsin[(size_t)t * half + i] = sinf(f);
+            }
+        }
+    }
+    *out = kv;
+    return 0;
+}
+
+void model_kv_free(model_kv *kv) {
+    if (!kv) return;
+    if (kv->mem) kv->m->be->free(kv->m->be, kv->mem);
+    free(kv->scores);
+    free(kv);
+}
+
+void model_kv_reset(model_kv *kv) { kv->len = 0; }
+int model_kv_len(const model_kv *kv) { return kv->len; }
+int model_kv_cap(const model_kv *kv) { return kv->cap; }
+model *model_kv_model(const model_kv *kv) { return kv->m; }
+
+/* Attention of one query row (position p, keys 0..p in the cache) on the
+ * host: the decoding step, where attn_fwd's square causal tile does not
+ * apply. Same math as the backend: softmax(q k^T / sqrt(D)) v per head. */
+static void kv_attn_row(model_kv *kv, float *out, const float *q, const float *K, const float *Vc, int p) {
+    const hf_config *c = &kv->m->cfg;
+    int D = c->head_dim, G = c->n_heads / c->n_kv_heads, KVd = kv->m->KVd;
+    float scale = 1.0f / sqrtf((float)D), *s = kv->scores;
+    for (int h = 0; h < c->n_heads; h++) {
+        const float *qh = q + (size_t)h * D;
+        int kh = h / G;
+        float mx = -INFINITY;
+        for (int j = 0; j <= p; j++) {
+            const float *kj = K + (size_t)j * KVd + (size_t)kh * D;
+            float d = 0.0f;
+            for (int i = 0; i < D; i++) d += qh[i] * kj[i];
+            s[j] = d * scale;
+            mx = s[j] > mx ? s[j] : mx;
+        }
+        double sum = 0;
+        for (int j = 0; j <= p; j++) sum += expf(s[j] - mx);
+        float lse = mx + (float)log(sum);
+        float *oh = out + (size_t)h * D;
+        memset(oh, 0, (size_t)D * sizeof(float));
+        for (int j = 0; j <= p; j++) {
+            float w = expf(s[j] - lse);
+            const float *vj = Vc + (size_t)j * KVd + (size_t)kh * D;
+            for (int i = 0; i < D; i++) oh[i] += w * vj[i];
+        }
+    }
+}
+
+/* Runs n new tokens (already in kv->ids[p0..p0+n)) through every layer;
+ * n > 1 only from an empty cache (p0 == 0: the causal prefill). Leaves the
+ * final-norm hidden states of the n rows in kv->ln. */
+static void kv_forward(model_kv *kv, int p0, int n) {
+    model *m = kv->m;
+    kb_backend *be = m->be;
+    const hf_config *c = &m->cfg;
+    int C = c->hidden, D = c->head_dim, half = D / 2, KVd = m->KVd, Qd = m->Qd;
+    size_t NC = (size_t)n * C, NI = (size_t)n * c->intermediate;
+    const void *wpe = m->gpt2 ? (const char *)m->wpe + (size_t)p0 * C * m->wsize : NULL;
+    be->embed_fwd(be, kv->x, kv->ids + p0, m->wte, wpe, n, n, C);
+    for (int l = 0; l < c->n_layers; l++) {
+        layer *L = &m->layers[l];
+        float *K = kv->k + (size_t)l * kv->cap * KVd, *Vc = kv->v + (size_t)l * kv->cap * KVd;
+        float *kn = K + (size_t)p0 * KVd, *vn = Vc + (size_t)p0 * KVd;
+        const float *q;
+        int ldq;
+        norm_fwd(m, kv->ln, kv->mean, kv->rstd, kv->x, L->n1w, L->n1b, n);
+        if (m->gpt2) { /* fused c_attn: copy k and v into the cache */
+            be->linear_fwd(be, &L->m[S_Q].L, kv->qkv, kv->xa, kv->ln, n);
+            for (int t = 0; t < n; t++) {
+                memcpy(kn + (size_t)t * KVd, kv->qkv + (size_t)t * 3 * C + C, (size_t)C * sizeof(float));
+                memcpy(vn + (size_t)t * KVd, kv->qkv + (size_t)t * 3 * C + 2 * C, (size_t)C * sizeof(float));
+            }
+            q = kv->qkv, ldq = 3 * C;
+        } else {
+            be->linear_fwd(be, &L->m[S_Q].L, kv->q, kv->xa, kv->ln, n);
+            be->linear_fwd(be, &L->m[S_K].L, kn, kv->xa, kv->ln, n);
+            be->linear_fwd(be, &L->m[S_V].L, vn, kv->xa, kv->ln, n);
+            be->rope_fwd(be, kv->q, Qd, kv->rcos + (size_t)p0 * half, kv->rsin + (size_t)p0 * half, n, n, c->n_heads, D);
+            be->rope_fwd(be, kn, KVd, kv->rcos + (size_t)p0 * half, kv->rsin + (size_t)p0 * half, n, n, c->n_kv_heads,
+                         D);
+            q = kv->q, ldq = Qd;
+        }
+        if (p0 == 0)
+            be->attn_fwd(be, kv->att, kv->lse, q, K, Vc, ldq, KVd, 1, n, c->n_heads, c->n_kv_heads, D);
+        else
+            kv_attn_row(kv, kv->att, q, K, Vc, p0);
+        be->linear_fwd(be, &L->m[S_O].L, kv->mid, kv->xa, kv->att, n);
+        be->add(be, kv->mid, kv->x, NC);
+        norm_fwd(m, kv->ln, kv->mean, kv->rstd, kv->mid, L->n2w, L->n2b, n);
+        if (m->gpt2) {
+            be->linear_fwd(be, &L->m[S_UP].L, kv->f1, kv->xa, kv->ln, n);
+            be->gelu_fwd(be, kv->act, kv->f1, NI, m->exact_gelu);
+        } else {
+            be->linear_fwd(be, &L->m[S_GATE].L, kv->f1, kv->xa, kv->ln, n);
+            be->linear_fwd(be, &L->m[S_UP].L, kv->f2, kv->xa, kv->ln, n);
+            be->swiglu_fwd(be, kv->act, kv->f1, kv->f2, NI);
+        }
+        be->linear_fwd(be, &L->m[S_DOWN].L, kv->x, kv->xa, kv->act, n); /* the layer input is no longer needed */
+        be->add(be, kv->x, kv->mid, NC);
+    }
+    norm_fwd(m, kv->ln, kv->mean, kv->rstd, kv->x, m->nfw, m->nfb, n);
+}
+
+int model_kv_append(model_kv *kv, const int32_t *ids, int n, float *logits, int all_logits, lr_err *err) {
+    model *m = kv->m;
+    kb_backend *be = m->be;
+    int C = m->cfg.hidden, V = m->cfg.vocab_size;
+    if (n <= 0) return lr_errp(err, LR_E_INVALID, NULL, "no tokens to append");
+    if (n > kv->cap - kv->len)
+        return lr_errp(err, LR_E_INVALID, NULL, "%d more tokens do not fit the KV cache (%d of %d positions used)", n,
+                       kv->len, kv->cap);
+    if (m->ad && m->ad->r > kv->r)
+        return lr_errf(err, "the adapter changed after the KV cache was made (rank %d > %d): make a new cache",
+                       m->ad->r, kv->r);
+    if (check_ids(m, ids, n, err)) return -1;
+    lora_no_dropout(m);
+    be->upload(be, kv->ids + kv->len, ids, (size_t)n * sizeof(int32_t));
+    kb_linear head = {.W = m->lm, .in = C, .out = V};
+    /* From an empty cache the whole prompt runs as one causal block; later
+     * tokens one at a time against the cache. */
+    int step = kv->len == 0 ? n : 1;
+    for (int done = 0; done < n; done += step) {
+        int p0 = kv->len;
+        kv_forward(kv, p0, step);
+        kv->len += step;
+        int last = done + step == n;
+        if (!logits || (!all_logits && !last)) continue;
+        int r0 = all_logits ? 0 : step - 1; /* rows of this block whose logits are wanted */
+        for (int r = r0; r < step; r += KV_HEAD_ROWS) {
+            int k = step - r < KV_HEAD_ROWS ? step - r : KV_HEAD_ROWS;
+            be->linear_fwd(be, &head, kv->y, NULL, kv->ln + (size_t)r * C, k);
+            float *dst = all_logits ? logits + (size_t)(done + r) * V : logits;
+            be->download(be, dst, kv->y, (size_t)k * V * sizeof(float));
+        }
+    }
+    if (be->check && be->check(be, err)) return -1;
+    return 0;
+}

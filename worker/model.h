@@ -95,4 +95,40 @@ int model_fwd_bwd(model *m, const int32_t *ids, const int32_t *labels, int B, in
 int model_loss(model *m, const int32_t *ids, const int32_t *labels, int B, int T, double *loss_sum,
                int64_t *n_tokens, lr_err *err) LR_WARN_UNUSED;
 
+/* ---- inference (generation, merge checks, evaluation jobs) ----
+ * Dropout is off in all of these. */
+
+/* Switches the attached adapters off (on = 0: the base model) or back on;
+ * returns how many modules carry one. */
+int model_lora_enable(model *m, int on);
+
+/* Final-norm hidden states [T, C] (host memory) of one sequence by the
+ * training forward. */
+int model_hidden(model *m, const int32_t *ids, int T, float *hidden, lr_err *err) LR_WARN_UNUSED;
+/* logits [n, V] = hidden [n, C] times the LM head (host arrays; computed a
+ * chunk of rows at a time). */
+int model_head(model *m, const float *hidden, int n, float *logits, lr_err *err) LR_WARN_UNUSED;
+/* Both: the logits [T, V] of every position of one sequence. */
+int model_logits(model *m, const int32_t *ids, int T, float *logits, lr_err *err) LR_WARN_UNUSED;
+
+/* A KV cache for decoding: keys (after RoPE) and values of every layer for
+ * up to max_len positions, plus the scratch to run new tokens. Needs a
+ * host-memory backend (cpu). Attach or load adapters before making it (its
+ * scratch fits the rank in use then). */
+typedef struct model_kv model_kv;
+int model_kv_new(model *m, int max_len, model_kv **out, lr_err *err) LR_WARN_UNUSED;
+void model_kv_free(model_kv *kv);
+/* Empties the cache (a new sequence). */
+void model_kv_reset(model_kv *kv);
+/* Positions filled, positions held, the model it runs. */
+int model_kv_len(const model_kv *kv);
+int model_kv_cap(const model_kv *kv);
+model *model_kv_model(const model_kv *kv);
+/* Appends n tokens at the next positions. On an empty cache they run as
+ * one causal block (the prefill), otherwise one at a time. logits (may be
+ * NULL) receives [V] for the last token, or [n, V] for all of them with
+ * all_logits. */
+int model_kv_append(model_kv *kv, const int32_t *ids, int n, float *logits, int all_logits,
+                    lr_err *err) LR_WARN_UNUSED;
+
 #endif

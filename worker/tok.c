@@ -31,7 +31,8 @@
 #define TOK_MAX_MERGES (1 << 24)
 #define TOK_MAX_OPS 64                /* normalizer / pre-tokenizer / decoder steps */
 #define TOK_MAX_ADDED 65536
-#define TOK_MAX_TEXT ((size_t)1 << 30)
+#define TOK_MAX_TEXT ((size_t)1 << 30)    /* one text to encode */
+#define TOK_MAX_WORK (TOK_MAX_TEXT * 4) /* its normalized / byte-mapped forms grow it */
 
 /* ---- maps ------------------------------------------------------------ */
 
@@ -623,12 +624,11 @@ static int parse_merge(tok *t, json_t *e, int32_t rank, lr_err *err) {
     return lr_errf(err, "merge %d: must be \"a b\" or [\"a\", \"b\"]", (int)rank);
 }
 
-static int opt_string(tok *t, json_t *m, const char *k, char **out, size_t *len, lr_err *err) {
+static int opt_string(json_t *m, const char *k, char **out, size_t *len, lr_err *err) {
     json_t *v = json_object_get(m, k);
     if (!json_is_string(v) || json_string_length(v) == 0) return 0;
     *len = json_string_length(v);
     if (!(*out = dupn(json_string_value(v), *len))) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
-    (void)t;
     return 0;
 }
 
@@ -649,14 +649,14 @@ static int parse_model(tok *t, json_t *m, lr_err *err) {
                        type ? type : "(none)");
     if (!json_is_array(merges)) return lr_errf(err, "model: 'merges' must be an array");
     if (json_array_size(merges) > TOK_MAX_MERGES) return lr_errf(err, "model: too many merges");
-    if (json_is_string(json_object_get(m, "dropout")) ||
-        (json_is_number(json_object_get(m, "dropout")) && json_number_value(json_object_get(m, "dropout")) > 0))
+    json_t *dropout = json_object_get(m, "dropout");
+    if (json_is_number(dropout) && json_number_value(dropout) > 0) /* random merges: not reproducible */
         return lr_errf(err, "model: BPE dropout is not supported");
     t->byte_fallback = jbool(m, "byte_fallback", 0);
     t->fuse_unk = jbool(m, "fuse_unk", 0);
     t->ignore_merges = jbool(m, "ignore_merges", 0);
-    if (opt_string(t, m, "continuing_subword_prefix", &t->prefix, &t->prefix_len, err) ||
-        opt_string(t, m, "end_of_word_suffix", &t->suffix, &t->suffix_len, err))
+    if (opt_string(m, "continuing_subword_prefix", &t->prefix, &t->prefix_len, err) ||
+        opt_string(m, "end_of_word_suffix", &t->suffix, &t->suffix_len, err))
         return -1;
     if (parse_vocab_object(t, json_object_get(m, "vocab"), err)) return -1;
     if (merge_init(&t->merges, json_array_size(merges)))
@@ -1161,7 +1161,7 @@ static int normalize_step(const tok_op *op, const char *s, size_t n, lr_buf *out
 /* Runs the normalizer chain on s into out (which it resets). */
 static int normalize(const tok *t, const char *s, size_t n, lr_buf *out, lr_err *err) {
     lr_buf tmp;
-    lr_buf_init(&tmp, TOK_MAX_TEXT * 2);
+    lr_buf_init(&tmp, TOK_MAX_WORK);
     lr_buf_reset(out);
     pcre2_match_data *md = pcre2_match_data_create(8, NULL);
     int rc = -1;
@@ -1194,7 +1194,7 @@ typedef struct {
 
 static void plist_init(plist *p) {
     memset(p, 0, sizeof *p);
-    lr_buf_init(&p->text, TOK_MAX_TEXT * 4);
+    lr_buf_init(&p->text, TOK_MAX_WORK);
 }
 
 static void plist_free(plist *p) {
@@ -1730,10 +1730,10 @@ int tok_encode(const tok *t, const char *text, size_t len, int allow_special, in
     memset(&c, 0, sizeof c);
     plist_init(&c.a);
     plist_init(&c.b);
-    lr_buf_init(&c.tmp, TOK_MAX_TEXT * 2);
-    lr_buf_init(&c.norm, TOK_MAX_TEXT * 4);
+    lr_buf_init(&c.tmp, TOK_MAX_WORK);
+    lr_buf_init(&c.norm, TOK_MAX_WORK);
     lr_buf_init(&c.key, TOK_MAX_TEXT);
-    lr_buf_init(&c.bl, TOK_MAX_TEXT * 2);
+    lr_buf_init(&c.bl, TOK_MAX_WORK);
     c.md = pcre2_match_data_create(1, NULL);
     int rc = -1;
     if (!c.md) {
@@ -1897,7 +1897,7 @@ int tok_decode(const tok *t, const int32_t *ids, size_t n, char **out, size_t *l
     lr_buf tmp;
     plist_init(&a);
     plist_init(&b);
-    lr_buf_init(&tmp, TOK_MAX_TEXT * 4);
+    lr_buf_init(&tmp, TOK_MAX_WORK);
     pcre2_match_data *md = pcre2_match_data_create(1, NULL);
     int rc = -1;
     if (!md) goto oom;

@@ -405,57 +405,149 @@ static const float *lora_input(kb_backend *be, float *dst, const float *x, const
     return dst;
 }
 
+/* DoRA's per-feature multiplier s = mag / wnorm into sv[out]. */
+static void dora_scale(const kb_linear *L, float *sv) {
+    const kb_lora *l = L->lora;
+    for (int j = 0; j < L->out; j++) sv[j] = l->mag[j] / l->wnorm[j];
+}
+
+/* z[N,out] = x W^T (no bias), accumulated when acc. */
+static void base_gemm(int nt, const kb_linear *L, float *z, const float *x, int N, int acc) {
+    const float *W = L->W;
+    if (L->w_in_out)
+        gemm(nt, 0, 0, N, L->out, L->in, 1.0f, x, L->in, W, L->out, acc ? 1.0f : 0.0f, z, L->out);
+    else
+        gemm(nt, 0, 1, N, L->out, L->in, 1.0f, x, L->in, W, L->in, acc ? 1.0f : 0.0f, z, L->out);
+}
+
 static void cpu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N) {
     int nt = impl_of(be)->nt;
-    const float *W = L->W, *b = L->b;
-    float beta = 0.0f;
-    if (b) {
+    const float *b = L->b;
+    const kb_lora *l = L->lora;
+    int dora = l && l->mag;
+    if (b && !dora) {
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int n = 0; n < N; n++) memcpy(y + (size_t)n * L->out, b, (size_t)L->out * sizeof(float));
-        beta = 1.0f;
     }
-    if (L->w_in_out)
-        gemm(nt, 0, 0, N, L->out, L->in, 1.0f, x, L->in, W, L->out, beta, y, L->out);
-    else
-        gemm(nt, 0, 1, N, L->out, L->in, 1.0f, x, L->in, W, L->in, beta, y, L->out);
-    const kb_lora *l = L->lora;
+    base_gemm(nt, L, y, x, N, b && !dora);
     if (!l) return;
-    float *tmp = l->dropout > 0.0f ? ws_get(be, (size_t)N * L->in) : NULL;
-    const float *xd = lora_input(be, tmp, x, l, (size_t)N * L->in);
+    int drop = l->dropout > 0.0f, out = L->out;
+    size_t nin = (size_t)N * L->in, nout = (size_t)N * out;
+    /* scratch: dropped input, then (DoRA) s, the LoRA term and the dropped base term */
+    float *ws = ws_get(be, (drop ? nin : 0) + (dora ? (size_t)out + nout * (drop ? 2 : 1) : 0));
+    float *tmp = drop ? ws : NULL;
+    const float *xd = lora_input(be, tmp, x, l, nin);
     gemm(nt, 0, 1, N, l->r, L->in, 1.0f, xd, L->in, l->A, L->in, 0.0f, xa, l->r);
-    gemm(nt, 0, 1, N, L->out, l->r, l->scale, xa, l->r, l->B, l->r, 1.0f, y, L->out);
+    if (!dora) {
+        gemm(nt, 0, 1, N, out, l->r, l->scale, xa, l->r, l->B, l->r, 1.0f, y, out);
+        return;
+    }
+    float *sv = ws + (drop ? nin : 0), *u = sv + out, *zb = drop ? u + nout : NULL;
+    dora_scale(L, sv);
+    gemm(nt, 0, 1, N, out, l->r, l->scale, xa, l->r, l->B, l->r, 0.0f, u, out);
+    if (drop) base_gemm(nt, L, zb, xd, N, 0);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *yr = y + (size_t)n * out;
+        const float *ur = u + (size_t)n * out, *zr = drop ? zb + (size_t)n * out : NULL;
+        for (int j = 0; j < out; j++) {
+            float v = drop ? yr[j] + (sv[j] - 1.0f) * zr[j] + sv[j] * ur[j] : sv[j] * (yr[j] + ur[j]);
+            yr[j] = b ? v + ((const float *)b)[j] : v;
+        }
+    }
 }
 
 static void cpu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_acc, const float *dy,
                            const float *x, const float *xa, int N) {
     int nt = impl_of(be)->nt;
     const float *W = L->W;
-    if (dx) {
-        if (L->w_in_out)
-            gemm(nt, 0, 1, N, L->in, L->out, 1.0f, dy, L->out, W, L->out, dx_acc ? 1.0f : 0.0f, dx, L->in);
-        else
-            gemm(nt, 0, 0, N, L->in, L->out, 1.0f, dy, L->out, W, L->in, dx_acc ? 1.0f : 0.0f, dx, L->in);
-    }
     const kb_lora *l = L->lora;
+    int dora = l && l->mag, out = L->out;
+    if (dx && !dora) {
+        if (L->w_in_out)
+            gemm(nt, 0, 1, N, L->in, out, 1.0f, dy, out, W, out, dx_acc ? 1.0f : 0.0f, dx, L->in);
+        else
+            gemm(nt, 0, 0, N, L->in, out, 1.0f, dy, out, W, L->in, dx_acc ? 1.0f : 0.0f, dx, L->in);
+    }
     if (!l) return;
     int r = l->r;
     int drop = l->dropout > 0.0f;
-    float *ws = ws_get(be, (size_t)N * r + (drop ? (size_t)N * L->in : 0));
+    size_t nin = (size_t)N * L->in, nout = (size_t)N * out;
+    float *ws = ws_get(be, (size_t)N * r + (drop ? nin : 0) + (dora ? nout + out : 0));
     float *dh = ws, *tmp = drop ? ws + (size_t)N * r : NULL;
-    /* dB += s dy^T xa; dh = s dy B; dA += dh^T drop(x); dx += drop'(dh A) */
-    gemm(nt, 1, 0, L->out, r, N, l->scale, dy, L->out, xa, r, 1.0f, l->dB, r);
-    gemm(nt, 0, 0, N, r, L->out, l->scale, dy, L->out, l->B, r, 0.0f, dh, r);
-    const float *xd = lora_input(be, tmp, x, l, (size_t)N * L->in);
+    float *G = dora ? ws + (size_t)N * r + (drop ? nin : 0) : NULL, *sv = dora ? G + nout : NULL;
+    const float *xd = lora_input(be, tmp, x, l, nin);
+    const float *g = dy;
+    if (dora) {
+        /* d mag_j = sum_n dy[n,j] z[n,j] / wnorm_j, z = xd W^T + scale xa B^T
+         * (the pre-bias DoRA direction term), then the LoRA path sees s * dy. */
+        dora_scale(L, sv);
+        base_gemm(nt, L, G, xd, N, 0);
+        gemm(nt, 0, 1, N, out, r, l->scale, xa, r, l->B, r, 1.0f, G, out);
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int j = 0; j < out; j++) {
+            double acc = 0;
+            for (int n = 0; n < N; n++) acc += (double)dy[(size_t)n * out + j] * G[(size_t)n * out + j];
+            l->dmag[j] += (float)(acc / l->wnorm[j]);
+        }
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (size_t i = 0; i < nout; i++) G[i] = sv[i % out] * dy[i];
+        g = G;
+    }
+    /* dB += s g^T xa; dh = s g B; dA += dh^T drop(x); dx += drop'(dh A) */
+    gemm(nt, 1, 0, out, r, N, l->scale, g, out, xa, r, 1.0f, l->dB, r);
+    gemm(nt, 0, 0, N, r, out, l->scale, g, out, l->B, r, 0.0f, dh, r);
     gemm(nt, 1, 0, r, L->in, N, 1.0f, dh, r, xd, L->in, 1.0f, l->dA, L->in);
     if (!dx) return;
     if (!drop) {
+        /* DoRA without dropout: the base path is scaled by s as well: dx = g W + dh A */
+        if (dora) {
+            if (L->w_in_out)
+                gemm(nt, 0, 1, N, L->in, out, 1.0f, g, out, W, out, dx_acc ? 1.0f : 0.0f, dx, L->in);
+            else
+                gemm(nt, 0, 0, N, L->in, out, 1.0f, g, out, W, L->in, dx_acc ? 1.0f : 0.0f, dx, L->in);
+        }
         gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, dx, L->in);
         return;
     }
-    gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 0.0f, tmp, L->in);
-    size_t n = (size_t)N * L->in;
+    if (dora) {
+        /* the undropped base path carries dy; the dropped one (s - 1) dy = g - dy */
+        if (L->w_in_out)
+            gemm(nt, 0, 1, N, L->in, out, 1.0f, dy, out, W, out, dx_acc ? 1.0f : 0.0f, dx, L->in);
+        else
+            gemm(nt, 0, 0, N, L->in, out, 1.0f, dy, out, W, L->in, dx_acc ? 1.0f : 0.0f, dx, L->in);
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (size_t i = 0; i < n; i++) dx[i] += tmp[i] * lr_dropout_mult(l->seed, i, l->dropout);
+        for (size_t i = 0; i < nout; i++) G[i] -= dy[i];
+        if (L->w_in_out)
+            gemm(nt, 0, 1, N, L->in, out, 1.0f, G, out, W, out, 0.0f, tmp, L->in);
+        else
+            gemm(nt, 0, 0, N, L->in, out, 1.0f, G, out, W, L->in, 0.0f, tmp, L->in);
+        gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, tmp, L->in);
+    } else {
+        gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 0.0f, tmp, L->in);
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < nin; i++) dx[i] += tmp[i] * lr_dropout_mult(l->seed, i, l->dropout);
+}
+
+/* Row norms of W + scale B A, in double. */
+static void cpu_dora_norm(kb_backend *be, const kb_linear *L, float *wnorm) {
+    int nt = impl_of(be)->nt, in = L->in, out = L->out;
+    const kb_lora *l = L->lora;
+    const float *W = L->W;
+    float *BA = ws_get(be, (size_t)out * in);
+    gemm(nt, 0, 0, out, in, l->r, 1.0f, l->B, l->r, l->A, in, 0.0f, BA, in);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int j = 0; j < out; j++) {
+        const float *ba = BA + (size_t)j * in;
+        double ss = 0;
+        for (int i = 0; i < in; i++) {
+            float w = L->w_in_out ? W[(size_t)i * out + j] : W[(size_t)j * in + i];
+            float v = w + l->scale * ba[i];
+            ss += (double)v * v;
+        }
+        wnorm[j] = (float)sqrt(ss);
+    }
 }
 
 /* ---- LM head + cross-entropy ---- */
@@ -520,6 +612,92 @@ static double cpu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, f
     }
     for (int i = 0; i < nv; i++) total += lossv[i];
     return total;
+}
+
+/* Two logits chunks per step (tuned and reference); the per-row work is
+ * three log-sum-exps over V, in double. */
+static void cpu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int64_t *n_valid, float *dx,
+                             const float *x, const float *x_ref, const void *W_, const int32_t *targets, int N,
+                             int C, int V, float tau, float kl_coef, float grad_scale, int chunk_rows) {
+    const float *W = W_;
+    int nt = impl_of(be)->nt;
+    int nv = 0;
+    for (int n = 0; n < N; n++) nv += targets[n] != LR_IGNORE_INDEX;
+    *n_valid = nv;
+    *ce_sum = *kl_sum = 0;
+    if (dx) memset(dx, 0, (size_t)N * C * sizeof(float));
+    if (!nv) return;
+    int cr = chunk_rows > 0 ? chunk_rows : (int)(CE_CHUNK_FLOATS / 2u / (unsigned)V);
+    if (cr < 16) cr = 16;
+    if (cr > nv) cr = nv;
+    /* scratch: per-row ce and kl (double), row list, gathered x and x_ref, two logits blocks */
+    size_t need = (size_t)nv * 5 + (size_t)cr * C * 2 + (size_t)cr * V * 2;
+    float *ws = ws_get(be, need);
+    double *cev = (double *)ws, *klv = cev + nv;
+    int *rows = (int *)(ws + (size_t)nv * 4);
+    float *xc = ws + (size_t)nv * 5, *xr = xc + (size_t)cr * C, *lg = xr + (size_t)cr * C, *lr = lg + (size_t)cr * V;
+    int k = 0;
+    for (int n = 0; n < N; n++)
+        if (targets[n] != LR_IGNORE_INDEX) rows[k++] = n;
+    double itau = 1.0 / tau;
+    for (int c0 = 0; c0 < nv; c0 += cr) {
+        int m = nv - c0 < cr ? nv - c0 : cr;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int i = 0; i < m; i++) {
+            memcpy(xc + (size_t)i * C, x + (size_t)rows[c0 + i] * C, (size_t)C * sizeof(float));
+            memcpy(xr + (size_t)i * C, x_ref + (size_t)rows[c0 + i] * C, (size_t)C * sizeof(float));
+        }
+        gemm(nt, 0, 1, m, V, C, 1.0f, xc, C, W, C, 0.0f, lg, V);
+        gemm(nt, 0, 1, m, V, C, 1.0f, xr, C, W, C, 0.0f, lr, V);
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int i = 0; i < m; i++) {
+            float *l = lg + (size_t)i * V, *q = lr + (size_t)i * V;
+            int tg = targets[rows[c0 + i]];
+            float mx = l[0], mq = q[0];
+            for (int j = 1; j < V; j++) {
+                mx = l[j] > mx ? l[j] : mx;
+                mq = q[j] > mq ? q[j] : mq;
+            }
+            double s1 = 0, st = 0, sq = 0;
+            for (int j = 0; j < V; j++) {
+                s1 += exp((double)l[j] - mx);
+                st += exp(((double)l[j] - mx) * itau);
+                sq += exp(((double)q[j] - mq) * itau);
+            }
+            double lse1 = mx + log(s1), lset = log(st), lseq = log(sq);
+            cev[c0 + i] = lse1 - (double)l[tg];
+            /* kl = sum q (log q - log p_tau); log q = (q - mq)/tau - lseq, log p_tau = (l - mx)/tau - lset */
+            double kl = 0;
+            for (int j = 0; j < V; j++) {
+                double lq = ((double)q[j] - mq) * itau - lseq, lp = ((double)l[j] - mx) * itau - lset;
+                double qv = exp(lq);
+                kl += qv * (lq - lp);
+                if (dx) q[j] = (float)qv; /* keep q for the gradient */
+            }
+            klv[c0 + i] = kl;
+            if (dx) {
+                /* d/dl_v: (p_v - [v = tg]) + kl_coef / tau (p_tau_v - q_v), times grad_scale */
+                double kc = kl_coef * itau;
+                for (int j = 0; j < V; j++) {
+                    double p = exp((double)l[j] - lse1), pt = exp(((double)l[j] - mx) * itau - lset);
+                    l[j] = (float)(grad_scale * (p + kc * (pt - q[j])));
+                }
+                l[tg] -= grad_scale;
+            }
+        }
+        if (!dx) continue;
+        gemm(nt, 0, 0, m, C, V, 1.0f, lg, V, W, C, 0.0f, xc, C);
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int i = 0; i < m; i++)
+            memcpy(dx + (size_t)rows[c0 + i] * C, xc + (size_t)i * C, (size_t)C * sizeof(float));
+    }
+    double ce = 0, kl = 0;
+    for (int i = 0; i < nv; i++) {
+        ce += cev[i];
+        kl += klv[i];
+    }
+    *ce_sum = ce;
+    *kl_sum = kl;
 }
 
 /* ---- optimizer and clipping ---- */
@@ -606,6 +784,8 @@ int kb_cpu_create(int threads, kb_backend **out, lr_err *err) {
     be->linear_fwd = cpu_linear_fwd;
     be->linear_bwd = cpu_linear_bwd;
     be->lmhead_ce = cpu_lmhead_ce;
+    be->lmhead_ce_kl = cpu_lmhead_ce_kl;
+    be->dora_norm = cpu_dora_norm;
     be->adamw = cpu_adamw;
     be->sumsq = cpu_sumsq;
     be->scale = cpu_scale;

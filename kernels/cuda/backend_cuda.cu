@@ -211,12 +211,12 @@ static void cu_upload(kb_backend *be, void *dst, const void *src, size_t bytes) 
     if (cuda_ok(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->st), "upload"))
         cuda_ok(c, cudaStreamSynchronize(c->st), "upload");
 }
+/* Waits for every queued op even when bytes is 0: callers use it as the sync point. */
 static void cu_download(kb_backend *be, void *dst, const void *src, size_t bytes) {
     cu_impl *c = impl_of(be);
-    if (!bytes) return;
-    if (!cuda_ok(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->st), "download") ||
+    if ((bytes && !cuda_ok(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->st), "download")) ||
         !cuda_ok(c, cudaStreamSynchronize(c->st), "download"))
-        memset(dst, 0, bytes);
+        if (bytes) memset(dst, 0, bytes);
 }
 static void cu_zero(kb_backend *be, void *p, size_t bytes) {
     cu_impl *c = impl_of(be);
@@ -928,13 +928,14 @@ __global__ void ce_rows_k(double *loss, float *tok_loss, W *G, const float *logi
     int i = blockIdx.x, row = rows[i];
     const float *l = logits + (size_t)i * V;
     int tg = tgt[i];
+    float lt = l[tg]; /* read before the reductions' barriers: with f32 weights G is the logits */
     float mx = -INFINITY;
     for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
     mx = block_maxf(mx, shf);
     double s = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf(l[j] - mx);
     s = block_sumd(s, shd);
-    double li = (double)mx + log(s) - (double)l[tg];
+    double li = (double)mx + log(s) - (double)lt;
     if (!threadIdx.x) {
         loss[i] = li;
         if (tok_loss) tok_loss[row] = (float)li;

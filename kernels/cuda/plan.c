@@ -172,7 +172,7 @@ double cuplan_matmul_params(const cuplan_shape *s) {
 }
 
 double cuplan_flops_per_token(const cuplan_shape *s, int T) {
-    return 4.0 * cuplan_matmul_params(s) + 6.0 * s->layers * (double)s->Hq * s->D * T;
+    return 4.0 * cuplan_matmul_params(s) + 6.0 * s->layers * (double)s->Hq * s->D * (T + 1.0);
 }
 
 void cuplan_train_memory(const cuplan_shape *s, kb_dtype wdt, int B, int T, int r, int checkpointing,

@@ -100,10 +100,13 @@ typedef struct cuplan_shape {
 double cuplan_matmul_params(const cuplan_shape *s);
 /* Training FLOPs per token for LoRA at sequence length T:
  * 4 P (forward 2P, input gradients 2P; frozen weights get no weight
- * gradient) + 6 L Hq D T (causal attention: forward 2 L Hq D T, backward
- * twice that). LoRA's own matmuls are left out (under 1% at r = 16). */
+ * gradient) + 6 L Hq D (T + 1) (causal attention: a query sees (T + 1) / 2
+ * keys on average, 4 D FLOPs per key forward, twice that backward). LoRA's
+ * own matmuls are left out (under 1% at r = 16). The same count as
+ * `lora-worker bench`. */
 double cuplan_flops_per_token(const cuplan_shape *s, int T);
-#define CUPLAN_FLOPS_FORMULA "FLOPs/token = 4*P + 6*L*Hq*D*T (P = matmul params incl. lm_head; causal attention fwd+bwd)"
+#define CUPLAN_FLOPS_FORMULA \
+    "FLOPs/token = 4*P + 6*L*Hq*D*(T+1) (P = matmul params incl. lm_head; causal attention fwd+bwd)"
 
 /* An estimate of the device memory of a LoRA training step with adapters of
  * rank r on every linear layer, B sequences of T tokens, with or without

@@ -14,6 +14,8 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const BUILD = path.resolve(ROOT, process.env.LR_BUILD || 'build');
 export const SCREENS = process.env.LR_ARTIFACTS || '/tmp/lorad-screens';
 export const CHROMIUM = process.env.LR_CHROMIUM || '/usr/bin/chromium';
+// The worker lorad spawns and the tests use for mkmodel (default: beside lorad).
+export const WORKER = process.env.LR_WORKER_BIN || path.join(BUILD, 'lora-worker');
 
 // ---- test registry ----------------------------------------------------------
 
@@ -72,8 +74,15 @@ function helpText(bin, args) {
 // The first missing piece for the browser and the daemon, or null.
 export function missingPiece() {
   if (!fs.existsSync(CHROMIUM)) return `${CHROMIUM} (apt-get install -y chromium)`;
-  if (!fs.existsSync(path.join(ROOT, 'tests/browser/node_modules/playwright-core'))) return 'tests/browser/node_modules/playwright-core (cd tests/browser && npm ci)';
-  if (!fs.existsSync(path.join(ROOT, 'web/vendor/uPlot.iife.min.js'))) return 'web/vendor/uPlot.iife.min.js (make web)';
+  const pw = path.join(ROOT, 'tests/browser/node_modules/playwright-core');
+  const uplot = path.join(ROOT, 'web/vendor/uPlot.iife.min.js');
+  if (!fs.existsSync(pw) || !fs.existsSync(uplot)) {
+    // The same pinned install `make` does, plus the test's own package.
+    const r = spawnSync('bash', [path.join(ROOT, 'mk/web.sh'), '--tests'], { encoding: 'utf8', timeout: 180000 });
+    if (r.status !== 0) process.stdout.write(`mk/web.sh --tests: ${(r.stderr || r.stdout || '').trim()}\n`);
+  }
+  if (!fs.existsSync(pw)) return `${pw} (bash mk/web.sh --tests)`;
+  if (!fs.existsSync(uplot)) return `${uplot} (make web)`;
   const lorad = path.join(BUILD, 'lorad');
   if (!fs.existsSync(lorad)) return `${lorad} (make)`;
   const lh = helpText(lorad, ['--help']);
@@ -83,7 +92,7 @@ export function missingPiece() {
 
 // The first missing piece for real training by a CPU worker, or null.
 export function missingTraining() {
-  const worker = path.join(BUILD, 'lora-worker');
+  const worker = WORKER;
   if (!fs.existsSync(worker)) return `${worker} (make)`;
   for (const sub of ['mkmodel', 'agent']) {
     if (/unknown command/.test(helpText(worker, [sub, '--help']))) return `\`lora-worker ${sub}\` (an unknown command to ${worker})`;
@@ -130,7 +139,7 @@ export class Lorad {
     const lorad = path.join(BUILD, 'lorad');
     if (training) {
       modelDir = path.join(this.tmp, 'model');
-      run(path.join(BUILD, 'lora-worker'), ['mkmodel', '--arch', 'llama', '--preset', 'tiny', '--out', modelDir], 'making the tiny model');
+      run(WORKER, ['mkmodel', '--arch', 'llama', '--preset', 'tiny', '--out', modelDir], 'making the tiny model');
     }
     run(lorad, ['model', 'add', 'tiny', modelDir, '--data-dir', this.dataDir], 'registering the model');
     this.tokens = {};
@@ -144,7 +153,9 @@ export class Lorad {
     this.url = `http://127.0.0.1:${this.port}`;
     this.log = path.join(this.tmp, 'lorad.log');
     const fd = fs.openSync(this.log, 'a');
-    const p = spawn(lorad, ['serve', '--data-dir', this.dataDir, '--listen', `127.0.0.1:${this.port}`, '--workers', workers],
+    const args = ['serve', '--data-dir', this.dataDir, '--listen', `127.0.0.1:${this.port}`, '--workers', workers];
+    if (process.env.LR_WORKER_BIN) args.push('--worker-bin', WORKER);
+    const p = spawn(lorad, args,
       { stdio: ['ignore', fd, fd], detached: true });
     fs.closeSync(fd);
     this.procs.push(p);

@@ -5,6 +5,7 @@
 // Any console error on any page fails the test that opened it.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import { MAX_POINTS } from '../../web/js/job.js'; // points per series the job page asks for
 import { Suite, Lorad, Browser, missingPiece, missingTraining, fixtureModel, waitFor, sleep, assert, SCREENS } from './harness.mjs';
 
 const suite = new Suite();
@@ -19,7 +20,6 @@ else if (noTraining) suite.blockTraining(noTraining);
 let lorad, alice, bob; // Lorad, Browser (alice), Browser (bob)
 let datasetId, longJob, runs = [];
 const BIG = 'ftjob-100ksteps0001';
-const MAX_POINTS = 1000; // web/js/job.js asks for this many points per series
 
 const CHAT = Array.from({ length: 24 }, (_, i) => JSON.stringify({
   messages: [
@@ -226,6 +226,24 @@ suite.test('cancel works for the owner', async () => {
   await p.close();
 });
 
+suite.test('jobs filters: status and user', async () => {
+  const p = await alice.page(lorad.url, lorad.tokens.alice);
+  await p.open('#/jobs');
+  await p.page.waitForSelector(`tr[data-id="${longJob}"]`);
+  await p.page.selectOption('select[name=status]', 'cancelled');
+  await p.page.waitForFunction(() => location.hash.includes('status=cancelled'));
+  await p.page.waitForSelector(`tr[data-id="${longJob}"][data-status="cancelled"]`);
+  const st = await p.page.$$eval('table.jobs tbody tr', (trs) => trs.map((t) => t.dataset.status));
+  assert(st.length && st.every((x) => x === 'cancelled'), `status filter shows ${st}`);
+  await p.page.selectOption('select[name=user]', 'alice');
+  await p.page.waitForFunction(() => location.hash.includes('user=alice') && location.hash.includes('status=cancelled'));
+  await p.page.waitForSelector(`tr[data-id="${longJob}"]`);
+  await p.open('#/jobs?status=running&user=bob');
+  await p.page.waitForSelector('#view p.muted:has-text("No jobs match")');
+  p.checkConsole();
+  await p.close();
+});
+
 suite.test('compare overlays two runs, best first', async () => {
   const tpl = { name: 'sweep', model: 'tiny', training_file: datasetId, hyperparameters: { ...TRAIN, max_steps: 30 }, lora: { r: 4 } };
   const sw = await lorad.api('alice', 'POST', '/v1/sweeps', { template: tpl, parameters: { 'hyperparameters.learning_rate': [1e-3, 1e-2] } });
@@ -252,6 +270,14 @@ suite.test('compare overlays two runs, best first', async () => {
   await p.shot('compare');
   await p.open(`#/compare?sweep=${sw.id}`);
   await waitFor(async () => (await p.page.$$('table.compare tbody tr')).length === 2, 20000, 'the sweep\'s two runs');
+  // A finished run's page lists its artifacts; a download carries the token.
+  await p.open(`#/jobs/${runs[0]}`);
+  const link = await p.page.waitForSelector('ul.files a:has-text("adapter_config.json")');
+  await p.page.waitForSelector('ul.files a:has-text("adapter_model.safetensors")');
+  const [dl] = await Promise.all([p.page.waitForEvent('download'), link.click()]);
+  const cfg = JSON.parse(fs.readFileSync(await dl.path(), 'utf8'));
+  assert(cfg.r === 4 || cfg.peft_type, `adapter_config.json: ${JSON.stringify(cfg).slice(0, 200)}`);
+  await p.page.waitForSelector('.card table tbody tr'); // checkpoints
   p.checkConsole();
   await p.close();
 }, { training: true });
@@ -312,6 +338,23 @@ COMMIT;
   assert(pts.loss === MAX_POINTS, `chart holds ${pts.loss} loss points`);
   console.log(`    100k-step job: series sizes ${JSON.stringify(sizes)}; curve drawn in ${ms} ms`);
   await p.shot('job-100k');
+  p.checkConsole();
+  await p.close();
+});
+
+suite.test('compare: runs picked by checkbox', async () => {
+  const p = await alice.page(lorad.url, lorad.tokens.alice);
+  await p.open('#/compare');
+  await p.page.check(`.pick-list input[value="${BIG}"]`);
+  await p.page.check(`.pick-list input[value="${longJob}"]`);
+  await p.page.click('button.compare-go');
+  await p.page.waitForFunction(() => location.hash.startsWith('#/compare?ids='));
+  await p.page.waitForSelector('table.compare tbody tr:nth-child(2)');
+  const ids = await p.page.$$eval('table.compare tbody tr', (trs) => trs.map((t) => t.dataset.id));
+  assert(ids.length === 2 && ids.includes(BIG) && ids.includes(longJob), `compare rows ${ids}`);
+  if (noTraining) assert(ids[0] === BIG, 'the run with an eval loss should rank first');
+  await waitFor(async () => Number(await p.page.$eval('.chart[data-chart="loss"]', (el) => el.dataset.series)) >= 1, 20000, 'the 100k run\'s curve');
+  await p.shot('compare-picked');
   p.checkConsole();
   await p.close();
 });

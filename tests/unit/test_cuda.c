@@ -248,8 +248,8 @@ static const cuplan_shape LLAMA8 = {32, 4096, 14336, 32, 8, 128, 128256, 1, 0};
 TEST(plan_flops) {
     CHECK_NEAR(cuplan_matmul_params(&QWEN05), 493961216.0, 0.5);
     CHECK_NEAR(cuplan_matmul_params(&LLAMA8), 7504658432.0, 0.5);
-    CHECK_NEAR(cuplan_flops_per_token(&QWEN05, 1024), 4 * 493961216.0 + 6.0 * 24 * 14 * 64 * 1024, 1);
-    CHECK_NEAR(cuplan_flops_per_token(&LLAMA8, 2048), 4 * 7504658432.0 + 6.0 * 32 * 32 * 128 * 2048, 1);
+    CHECK_NEAR(cuplan_flops_per_token(&QWEN05, 1024), 4 * 493961216.0 + 6.0 * 24 * 14 * 64 * 1025, 1);
+    CHECK_NEAR(cuplan_flops_per_token(&LLAMA8, 2048), 4 * 7504658432.0 + 6.0 * 32 * 32 * 128 * 2049, 1);
     CHECK(strstr(CUPLAN_FLOPS_FORMULA, "4*P") != NULL);
 }
 

@@ -63,20 +63,6 @@ export async function api(path, { method = 'GET', body, params, signal } = {}) {
   return data;
 }
 
-// Every page of a list endpoint, up to max items.
-export async function listAll(path, params = {}, max = 1000) {
-  const out = [];
-  let after;
-  while (out.length < max) {
-    const r = await api(path, { params: { ...params, limit: Math.min(100, max - out.length), after } });
-    const d = (r && r.data) || [];
-    out.push(...d);
-    if (!r || !r.has_more || !d.length) break;
-    after = d[d.length - 1].id;
-  }
-  return out;
-}
-
 // Dataset upload as multipart with progress (fetch cannot report upload progress).
 export function upload(path, file, fields, onProgress) {
   return new Promise((resolve, reject) => {

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# HTTP load on lorad with wrk, against a store holding 10,000 jobs:
+# GET /v1/jobs?limit=50 and GET /v1/jobs/{id}, next to serving a static file
+# from the same server in the same run (the HTTP layer's ceiling).
+# Not a timed test: it prints requests/s and p99 latency.
+#   bash bench/http_load.sh [seconds per case, default 5] [connections, default 32]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${LR_BUILD:-build}
+DUR=${1:-5}
+CONNS=${2:-32}
+NJOBS=${NJOBS:-10000}
+FIX=${LR_FIXTURES:-$(cd .. && pwd)/shared/fixtures}
+for t in wrk sqlite3 curl; do command -v $t >/dev/null || { echo "bench/http_load.sh: needs $t"; exit 1; }; done
+[ -x "$B/lorad" ] || { echo "bench/http_load.sh: build $B/lorad first (make)"; exit 1; }
+
+D=$(mktemp -d /tmp/lrbench.XXXXXX)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PID=
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$D"; }
+trap cleanup EXIT
+
+mkdir -p "$D/web"
+head -c 2048 /dev/zero | tr '\0' 'x' > "$D/web/static.txt"
+A=(--data-dir "$D" --migrations-dir migrations)
+TOKEN=$("$B/lorad" user add bench "${A[@]}" 2>/dev/null)
+"$B/lorad" model add tiny "$FIX/models/tiny-gpt2-hf" "${A[@]}" >/dev/null
+"$B/lorad" serve "${A[@]}" --listen 127.0.0.1:$PORT --workers "" --web-dir "$D/web" --http-threads 2 \
+    >"$D/lorad.log" 2>&1 &
+PID=$!
+for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null && break; sleep 0.1; done
+AUTH="Authorization: Bearer $TOKEN"
+printf '{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}]}\n' |
+    curl -sf -H "$AUTH" --data-binary @- "http://127.0.0.1:$PORT/v1/datasets?filename=d.jsonl" >"$D/ds.json"
+FID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$D/ds.json")
+curl -sf -H "$AUTH" -d "{\"model\":\"tiny\",\"training_file\":\"$FID\"}" "http://127.0.0.1:$PORT/v1/jobs" >"$D/job.json"
+ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$D/job.json")
+# Copies of that job, straight into the database (the API path is not what is measured here).
+sqlite3 "$D/lorad.db" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < $NJOBS - 1)
+  INSERT INTO jobs(id, name, user, model, status, priority, device, spec, created_at, loss)
+  SELECT printf('ftjob-%012x', i), 'bench', 'bench', model, 'succeeded', 0, device, spec, created_at, 1.5
+  FROM n, (SELECT * FROM jobs WHERE id = '$ID');"
+
+run() { # name, path, header...
+  local name=$1 path=$2; shift 2
+  local out
+  out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "$@" "http://127.0.0.1:$PORT$path")
+  local rps p99
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  printf '%-28s %10s req/s   p99 %8s\n' "$name" "$rps" "$p99"
+  echo "$rps" >"$D/rps.$name"
+}
+echo "lorad HTTP load: $NJOBS jobs in the store, $CONNS connections, ${DUR}s per case, 2 HTTP threads"
+run static_file /static.txt
+run jobs_list_50 "/v1/jobs?limit=50" -H "$AUTH"
+run job_get "/v1/jobs/$ID" -H "$AUTH"
+python3 - "$D" <<'PY'
+import sys
+d = sys.argv[1]
+r = {n: float(open("%s/rps.%s" % (d, n)).read()) for n in ("static_file", "jobs_list_50", "job_get")}
+for n in ("jobs_list_50", "job_get"):
+    print("%-28s %.3f of the static-file ceiling" % (n, r[n] / r["static_file"]))
+PY
