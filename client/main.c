@@ -843,7 +843,7 @@ static int sweep_body(ctx *c, const json_t *tpl, const sweep_plan *pl, const jso
                       json_t **out) {
     json_t *params = json_object(), *specs = json_array(), *pt, *as;
     size_t i, k;
-    char path[256], top[128] = "";
+    char path[256], top[256] = "";
     *out = NULL;
     json_array_foreach((json_t *)points, i, pt) {
         json_t *spec = json_deep_copy(tpl);

@@ -1001,7 +1001,7 @@ static void h_sweep_create(ctx *c) {
     for (size_t pt = 0; pt < total; pt++) {
         json_t *doc = json_deep_copy(tpl);
         size_t rest = pt;
-        char suffix[256] = "";
+        char suffix[24] = "";
         for (int a = na - 1; a >= 0; a--) {
             size_t n = json_array_size(axis[a]), idx = rest % n;
             rest /= n;

@@ -39,33 +39,22 @@ else
   curl -fs "$URL/healthz" >/dev/null || { echo "lorad did not start; see $DATA/lorad.log"; tail -20 "$DATA/lorad.log"; exit 1; }
 fi
 
-AUTH="Authorization: Bearer $TOKEN"
-echo "== uploading examples/demo.jsonl"
-DS=$(curl -fsS -H "$AUTH" -F "file=@examples/demo.jsonl" "$URL/v1/datasets" |
+export LORA_URL=$URL LORA_TOKEN=$TOKEN
+echo "== uploading examples/demo.jsonl (lora datasets upload)"
+DS=$("$B/lora" datasets upload examples/demo.jsonl --json |
      /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["id"]); print("   ", d.get("rows"), "rows,", d.get("format"), file=sys.stderr)')
-echo "== submitting the demo job (examples/demo-job.yaml)"
-SPEC=$(sed "s/DATASET_ID/$DS/" examples/demo-job.yaml |
-       /usr/bin/python3 -c 'import sys,json,yaml; print(json.dumps(yaml.safe_load(sys.stdin)))' 2>/dev/null ||
-       sed "s/DATASET_ID/$DS/" examples/demo-job.yaml)
-JOB=$(curl -fsS -H "$AUTH" -H 'Content-Type: application/json' --data-binary "$SPEC" "$URL/v1/jobs" |
-      /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+echo "== submitting the demo job (lora submit examples/demo-job.yaml)"
+JOB=$("$B/lora" submit examples/demo-job.yaml --set training_file="$DS")
 echo "   job $JOB"
-echo "== first loss points"
-for _ in $(seq 60); do
-  sleep 2
-  J=$(curl -fsS -H "$AUTH" "$URL/v1/jobs/$JOB")
-  line=$(echo "$J" | /usr/bin/python3 -c 'import json,sys; j=json.load(sys.stdin); p=j.get("progress") or {}; m=j.get("metrics") or {}; print(j["status"], p.get("step"), "/", p.get("total_steps"), "loss", m.get("loss"))')
-  echo "   $line"
-  case "$line" in succeeded*|failed*|cancelled*) break ;; esac
-  step=$(echo "$line" | awk '{print $2}')
-  [ "$step" != None ] && [ "${step:-0}" -ge 30 ] 2>/dev/null && break
-done
+echo "== following it (lora watch; Ctrl-C leaves it running)"
+"$B/lora" watch "$JOB" || true
+"$B/lora" ls
 cat <<MSG
 
 lorad is running (pid $(cat "$DATA/lorad.pid"), log $DATA/lorad.log).
   dashboard:  $URL/
   token:      $TOKEN
   the job:    $URL/#/jobs/$JOB
-  CLI:        export LORA_URL=$URL LORA_TOKEN=$TOKEN; $B/lora ls
+  CLI:        export LORA_URL=$URL LORA_TOKEN=$TOKEN; $B/lora ls; $B/lora metrics $JOB
   stop:       kill \$(cat $DATA/lorad.pid)
 MSG

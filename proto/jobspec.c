@@ -5,7 +5,11 @@
 #include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <yaml.h>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 
 /* ---- names ---------------------------------------------------------------- */
 
@@ -49,6 +53,9 @@ void jobspec_init(jobspec *s) {
     s->method.kl_lambda = 0.1;
     s->method.kl_tau = 1.0;
     s->method.beta = 0.1;
+    s->eval.generation.max_new_tokens = 256;
+    s->eval.generation.top_p = 1.0;
+    s->eval.format.in_order = 1;
     s->hp.n_epochs = 3;
     s->hp.batch_size = 4;
     s->hp.grad_accum = 1;
@@ -210,7 +217,7 @@ static int parse_files(const json_t *v, jobspec *s, lr_err *err) {
 }
 
 static int parse_method(const json_t *v, jobspec *s, lr_err *err) {
-    static const char *const keys[] = {"type", "kl_lambda", "kl_tau", "beta", "reference_adapter"};
+    static const char *const keys[] = {"type", "kl_lambda", "kl_tau", "beta", "reference_adapter", "adapter"};
     if (json_is_string(v)) { /* shorthand: method: dpo */
         int t;
         if (get_enum(v, "method", method_names, NELEM(method_names), &t, err)) return -1;
@@ -247,6 +254,133 @@ static int parse_method(const json_t *v, jobspec *s, lr_err *err) {
                                         sizeof s->method.reference_adapter, err))
             return -1;
     }
+    if ((x = json_object_get(v, "adapter"))) {
+        if (s->method.type != METHOD_EVAL)
+            return lr_errp(err, LR_E_INVALID, "method.adapter", "method.adapter applies to eval only");
+        if (!json_is_null(x) && get_str(x, "method.adapter", s->method.adapter, sizeof s->method.adapter, err))
+            return -1;
+    }
+    return 0;
+}
+
+/* eval.format.sections[i]: a name, or {name, bullets, ends_with}. */
+static int parse_section(const json_t *v, const char *p, jobspec_section *sec, lr_err *err) {
+    static const char *const keys[] = {"name", "bullets", "ends_with"};
+    char q[96];
+    sec->bullets = -1;
+    if (json_is_string(v)) {
+        if (get_str(v, p, sec->name, sizeof sec->name, err)) return -1;
+    } else {
+        if (check_object(v, p, keys, NELEM(keys), err)) return -1;
+        json_t *x = json_object_get(v, "name");
+        snprintf(q, sizeof q, "%s.name", p);
+        if (!x) return lr_errp(err, LR_E_INVALID, q, "%s is required", q);
+        if (get_str(x, q, sec->name, sizeof sec->name, err)) return -1;
+        snprintf(q, sizeof q, "%s.bullets", p);
+        if ((x = json_object_get(v, "bullets")) && !json_is_null(x) && get_int32(x, q, 0, 1000, &sec->bullets, err))
+            return -1;
+        snprintf(q, sizeof q, "%s.ends_with", p);
+        if ((x = json_object_get(v, "ends_with")) && !json_is_null(x) &&
+            get_str(x, q, sec->ends_with, sizeof sec->ends_with, err))
+            return -1;
+    }
+    if (!sec->name[0] || strchr(sec->name, '\n') || strchr(sec->name, ':'))
+        return lr_errp(err, LR_E_INVALID, p, "%s: a section name must be non-empty, one line, without ':'", p);
+    return 0;
+}
+
+static int parse_format(const json_t *v, jobspec_format *f, lr_err *err) {
+    static const char *const keys[] = {"sections", "in_order", "exact_headers", "nothing_after", "regex"};
+    const char *P = "eval.format";
+    if (check_object(v, P, keys, NELEM(keys), err)) return -1;
+    json_t *x;
+    if ((x = json_object_get(v, "sections"))) {
+        if (!json_is_array(x) || json_array_size(x) > JOBSPEC_MAX_SECTIONS)
+            return lr_errp(err, LR_E_INVALID, "eval.format.sections",
+                           "eval.format.sections must be a list of up to %d sections", JOBSPEC_MAX_SECTIONS);
+        size_t i;
+        json_t *e;
+        json_array_foreach(x, i, e) {
+            char p[64];
+            snprintf(p, sizeof p, "eval.format.sections[%zu]", i);
+            if (parse_section(e, p, &f->sections[i], err)) return -1;
+            for (size_t k = 0; k < i; k++)
+                if (!strcasecmp(f->sections[k].name, f->sections[i].name))
+                    return lr_errp(err, LR_E_INVALID, p, "%s: section '%s' is listed twice", p, f->sections[i].name);
+        }
+        f->n_sections = (int)json_array_size(x);
+    }
+    if ((x = json_object_get(v, "in_order")) && get_bool(x, "eval.format.in_order", &f->in_order, err)) return -1;
+    if ((x = json_object_get(v, "exact_headers")) && get_bool(x, "eval.format.exact_headers", &f->exact_headers, err))
+        return -1;
+    if ((x = json_object_get(v, "nothing_after")) && get_bool(x, "eval.format.nothing_after", &f->nothing_after, err))
+        return -1;
+    if (f->nothing_after && !f->n_sections)
+        return lr_errp(err, LR_E_INVALID, "eval.format.nothing_after", "eval.format.nothing_after needs sections");
+    if ((x = json_object_get(v, "regex")) && !json_is_null(x)) {
+        if (get_str(x, "eval.format.regex", f->regex, sizeof f->regex, err)) return -1;
+        int ec;
+        PCRE2_SIZE off;
+        pcre2_code *re = pcre2_compile((PCRE2_SPTR)f->regex, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &ec, &off, NULL);
+        if (!re) {
+            PCRE2_UCHAR msg[160];
+            pcre2_get_error_message(ec, msg, sizeof msg);
+            return lr_errp(err, LR_E_INVALID, "eval.format.regex", "eval.format.regex: %s at offset %zu", (char *)msg,
+                           (size_t)off);
+        }
+        pcre2_code_free(re);
+    }
+    return 0;
+}
+
+static int parse_eval(const json_t *v, jobspec *s, lr_err *err) {
+    static const char *const keys[] = {"max_rows", "generation", "format"};
+    static const char *const gkeys[] = {"max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop"};
+    if (check_object(v, "eval", keys, NELEM(keys), err)) return -1;
+    json_t *x, *g;
+    long long ll;
+    if ((x = json_object_get(v, "max_rows")) && get_int32(x, "eval.max_rows", 0, 1000000, &s->eval.max_rows, err))
+        return -1;
+    if ((g = json_object_get(v, "generation"))) {
+        if (check_object(g, "eval.generation", gkeys, NELEM(gkeys), err)) return -1;
+        if ((x = json_object_get(g, "max_new_tokens")) &&
+            get_int32(x, "eval.generation.max_new_tokens", 1, 65536, &s->eval.generation.max_new_tokens, err))
+            return -1;
+        if ((x = json_object_get(g, "temperature")) &&
+            get_num(x, "eval.generation.temperature", 0, 100, 0, &s->eval.generation.temperature, err))
+            return -1;
+        if ((x = json_object_get(g, "top_p")) && get_num(x, "eval.generation.top_p", 0, 1, 1, &s->eval.generation.top_p, err))
+            return -1;
+        if ((x = json_object_get(g, "top_k")) && get_int32(x, "eval.generation.top_k", 0, 1000000, &s->eval.generation.top_k, err))
+            return -1;
+        if ((x = json_object_get(g, "seed"))) {
+            if (get_int(x, "eval.generation.seed", 0, 0x7fffffffffffffffLL, &ll, err)) return -1;
+            s->eval.generation.seed = (uint64_t)ll;
+        }
+        if ((x = json_object_get(g, "stop")) && !json_is_null(x)) {
+            if (json_is_string(x)) {
+                s->eval.generation.n_stop = 1;
+                if (get_str(x, "eval.generation.stop", s->eval.generation.stop[0], sizeof s->eval.generation.stop[0], err))
+                    return -1;
+            } else if (json_is_array(x) && json_array_size(x) <= JOBSPEC_MAX_STOP) {
+                size_t i;
+                json_t *e;
+                json_array_foreach(x, i, e) {
+                    char p[48];
+                    snprintf(p, sizeof p, "eval.generation.stop[%zu]", i);
+                    if (get_str(e, p, s->eval.generation.stop[i], sizeof s->eval.generation.stop[i], err)) return -1;
+                    if (!s->eval.generation.stop[i][0]) return lr_errp(err, LR_E_INVALID, p, "%s must not be empty", p);
+                }
+                s->eval.generation.n_stop = (int)json_array_size(x);
+            } else {
+                return lr_errp(err, LR_E_INVALID, "eval.generation.stop",
+                               "eval.generation.stop must be a string or a list of up to %d strings", JOBSPEC_MAX_STOP);
+            }
+            if (s->eval.generation.n_stop == 1 && !s->eval.generation.stop[0][0])
+                return lr_errp(err, LR_E_INVALID, "eval.generation.stop", "eval.generation.stop must not be empty");
+        }
+    }
+    if ((x = json_object_get(v, "format")) && parse_format(x, &s->eval.format, err)) return -1;
     return 0;
 }
 
@@ -360,7 +494,7 @@ static int parse_lora(const json_t *v, jobspec *s, lr_err *err) {
 int jobspec_from_json(const json_t *obj, jobspec *s, lr_err *err) {
     static const char *const keys[] = {"name", "model", "training_file", "validation_file", "method",
                                        "hyperparameters", "lora", "chat_template", "system_prompt",
-                                       "device", "priority", "max_retries"};
+                                       "device", "priority", "max_retries", "eval"};
     jobspec_init(s);
     if (!json_is_object(obj)) return lr_errp(err, LR_E_INVALID, "", "a job spec must be a JSON object");
     if (check_object(obj, "", keys, NELEM(keys), err)) return -1;
@@ -380,6 +514,11 @@ int jobspec_from_json(const json_t *obj, jobspec *s, lr_err *err) {
         get_str(x, "validation_file", s->validation_file, sizeof s->validation_file, err))
         return -1;
     if ((x = json_object_get(obj, "method")) && parse_method(x, s, err)) return -1;
+    if ((x = json_object_get(obj, "eval"))) {
+        if (s->method.type != METHOD_EVAL)
+            return lr_errp(err, LR_E_INVALID, "eval", "eval applies to method eval only");
+        if (parse_eval(x, s, err)) return -1;
+    }
     if ((x = json_object_get(obj, "hyperparameters")) && parse_hp(x, s, err)) return -1;
     if ((x = json_object_get(obj, "lora")) && parse_lora(x, s, err)) return -1;
     if ((x = json_object_get(obj, "chat_template"))) {
@@ -434,6 +573,34 @@ json_t *jobspec_to_json(const jobspec *s) {
         json_object_set_new(m, "beta", json_real(s->method.beta));
         json_object_set_new(m, "reference_adapter",
                             s->method.reference_adapter[0] ? json_string(s->method.reference_adapter) : json_null());
+    }
+    if (s->method.type == METHOD_EVAL) {
+        json_object_set_new(m, "adapter", s->method.adapter[0] ? json_string(s->method.adapter) : json_null());
+        json_t *e = json_object(), *g = json_object(), *f = json_object(), *secs = json_array();
+        json_object_set_new(e, "max_rows", json_integer(s->eval.max_rows));
+        json_object_set_new(g, "max_new_tokens", json_integer(s->eval.generation.max_new_tokens));
+        json_object_set_new(g, "temperature", json_real(s->eval.generation.temperature));
+        json_object_set_new(g, "top_p", json_real(s->eval.generation.top_p));
+        json_object_set_new(g, "top_k", json_integer(s->eval.generation.top_k));
+        json_object_set_new(g, "seed", json_integer((json_int_t)s->eval.generation.seed));
+        json_t *stop = json_array();
+        for (int i = 0; i < s->eval.generation.n_stop; i++) json_array_append_new(stop, json_string(s->eval.generation.stop[i]));
+        json_object_set_new(g, "stop", stop);
+        json_object_set_new(e, "generation", g);
+        for (int i = 0; i < s->eval.format.n_sections; i++) {
+            const jobspec_section *sec = &s->eval.format.sections[i];
+            json_t *so = json_pack("{s:s}", "name", sec->name);
+            json_object_set_new(so, "bullets", sec->bullets >= 0 ? json_integer(sec->bullets) : json_null());
+            json_object_set_new(so, "ends_with", sec->ends_with[0] ? json_string(sec->ends_with) : json_null());
+            json_array_append_new(secs, so);
+        }
+        json_object_set_new(f, "sections", secs);
+        json_object_set_new(f, "in_order", json_boolean(s->eval.format.in_order));
+        json_object_set_new(f, "exact_headers", json_boolean(s->eval.format.exact_headers));
+        json_object_set_new(f, "nothing_after", json_boolean(s->eval.format.nothing_after));
+        json_object_set_new(f, "regex", s->eval.format.regex[0] ? json_string(s->eval.format.regex) : json_null());
+        json_object_set_new(e, "format", f);
+        json_object_set_new(o, "eval", e);
     }
     json_object_set_new(o, "method", m);
 

@@ -15,6 +15,9 @@
 #define JOBSPEC_MAX_TEXT (1u << 20)
 #define JOBSPEC_MAX_TARGETS 16
 #define JOBSPEC_MAX_FILES 8
+#define JOBSPEC_MAX_SECTIONS 16
+#define JOBSPEC_MAX_STOP 8
+#define JOBSPEC_MAX_REGEX 1024
 
 typedef enum { METHOD_SFT, METHOD_KL_SFT, METHOD_DPO, METHOD_FULL_SFT, METHOD_EVAL } job_method;
 typedef enum { SCHED_COSINE, SCHED_LINEAR, SCHED_CONSTANT } lr_sched;
@@ -25,6 +28,23 @@ typedef struct jobspec_file {
     char name[512];   /* dataset id (daemon) or a path (lora-worker run) */
     double weight;    /* mixing weight, default 1 */
 } jobspec_file;
+
+/* eval: one required section of the output format (worker/fmtcheck.h). */
+typedef struct jobspec_section {
+    char name[64];
+    int bullets;          /* exact number of bullet lines in it; -1 = not checked */
+    char ends_with[16];   /* its text must end with this; "" = not checked */
+} jobspec_section;
+
+/* eval: the format rules an output must follow to count as compliant. */
+typedef struct jobspec_format {
+    int n_sections;
+    jobspec_section sections[JOBSPEC_MAX_SECTIONS];
+    int in_order;         /* the sections appear in the listed order (default true) */
+    int exact_headers;    /* headers as written: case and no space before ':' (default false) */
+    int nothing_after;    /* the final section is the end: one line of text, nothing after (default false) */
+    char regex[JOBSPEC_MAX_REGEX]; /* PCRE2 that must match somewhere; "" = none */
+} jobspec_format;
 
 typedef struct jobspec {
     char name[128];
@@ -38,6 +58,7 @@ typedef struct jobspec {
         double kl_lambda, kl_tau;    /* kl_sft */
         double beta;                 /* dpo */
         char reference_adapter[512]; /* dpo: "" = base model, else job id / adapter dir */
+        char adapter[512];           /* eval: the adapter to evaluate: "" = base only, else job id / adapter dir */
     } method;
 
     struct {
@@ -71,6 +92,20 @@ typedef struct jobspec {
         char target_set[16];         /* "attn", "attn_mlp", "all-linear" or "list" */
         int use_dora, use_rslora;
     } lora;
+
+    struct {                         /* method eval */
+        int max_rows;                /* rows of the file evaluated, 0 = all */
+        struct {
+            int max_new_tokens;
+            double temperature;      /* 0 = greedy */
+            double top_p;
+            int top_k;               /* 0 = off */
+            uint64_t seed;
+            int n_stop;
+            char stop[JOBSPEC_MAX_STOP][256];
+        } generation;
+        jobspec_format format;
+    } eval;
 
     chat_tpl chat_template;
     char system_prompt[4096];        /* optional system message for every row */

@@ -2,12 +2,23 @@
  * checking the engine against an independent implementation.
  *
  *   lora-worker grads --model DIR --adapter ADAPTER_DIR --batch BATCH.json --out GRADS.safetensors
+ *                     [--method sft|kl_sft|dpo] [--kl-lambda L] [--kl-tau T] [--beta B]
+ *                     [--reference-adapter DIR]
  *
  * BATCH.json is {"input_ids": [[...], ...], "labels": [[...], ...]}, rows of
  * equal length, labels aligned with input_ids (-100 = not scored; absent =
- * the ids themselves), shifted as HF does. Prints {"loss": mean CE over
- * the scored targets, "tokens": their count} and writes d loss / d param of
- * every LoRA tensor under the adapter's PEFT key names, f32. Dropout off. */
+ * the ids themselves), shifted as HF does. Writes d loss / d param of every
+ * trainable tensor (LoRA A, B and DoRA magnitudes) under the adapter's PEFT
+ * key names, f32, and prints one JSON line with "loss" and "tokens" (the
+ * scored targets):
+ *  - sft: loss = mean CE over the scored targets;
+ *  - kl_sft: loss = mean CE + lambda tau^2 mean KL(base || adapted) over the
+ *    scored targets (model_fwd_bwd_kl), also "ce" and "kl" (the means);
+ *  - dpo: rows [0, B/2) are the chosen, [B/2, B) the rejected answers;
+ *    loss = mean over pairs of the sigmoid DPO loss against the base model
+ *    or --reference-adapter, also "rewards/accuracy", "rewards/margin",
+ *    "rewards/chosen", "rewards/rejected" (means over pairs).
+ * Dropout off. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +35,8 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: lora-worker grads --model DIR --adapter ADAPTER_DIR --batch BATCH.json --out GRADS.safetensors\n"
-               "                         [--backend cpu] [--threads N]\n"
+               "                         [--backend cpu] [--threads N] [--method sft|kl_sft|dpo]\n"
+               "                         [--kl-lambda L] [--kl-tau T] [--beta B] [--reference-adapter DIR]\n"
                "  BATCH.json: {\"input_ids\": [[...]], \"labels\": [[...]]} (-100 = ignored)\n");
 }
 
@@ -79,7 +91,7 @@ static int write_grads(model *m, const char *path, lr_err *err) {
             goto done;
         }
         if (model_grad_get(m, i, bufs[i], p->numel, err) ||
-            st_writer_add(w, p->name, ST_F32, 2, p->shape, bufs[i], err))
+            st_writer_add(w, p->name, ST_F32, p->ndim, p->shape, bufs[i], err))
             goto done;
     }
     if (st_writer_meta(w, "format", "pt", err) || st_writer_write(w, path, err)) goto done;
@@ -93,6 +105,8 @@ done:
 
 int cmd_grads(int argc, char **argv) {
     const char *model_dir = NULL, *adapter_dir = NULL, *batch_path = NULL, *out_path = NULL, *backend = "cpu";
+    const char *method = "sft", *ref_dir = NULL;
+    double kl_lambda = 0.1, kl_tau = 1.0, beta = 0.1;
     int threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -110,7 +124,17 @@ int cmd_grads(int argc, char **argv) {
         else if (!strcmp(a, "--batch")) batch_path = v;
         else if (!strcmp(a, "--out")) out_path = v;
         else if (!strcmp(a, "--backend")) backend = v;
-        else if (!strcmp(a, "--threads")) {
+        else if (!strcmp(a, "--method")) method = v;
+        else if (!strcmp(a, "--reference-adapter")) ref_dir = v;
+        else if (!strcmp(a, "--kl-lambda") || !strcmp(a, "--kl-tau") || !strcmp(a, "--beta")) {
+            char *end;
+            double x = strtod(v, &end);
+            if (*end || !(x >= 0 && x <= 1e4)) {
+                fprintf(stderr, "lora-worker grads: %s must be a number in [0, 1e4]\n", a);
+                return 1;
+            }
+            *(!strcmp(a, "--kl-lambda") ? &kl_lambda : !strcmp(a, "--kl-tau") ? &kl_tau : &beta) = x;
+        } else if (!strcmp(a, "--threads")) {
             char *end;
             long t = strtol(v, &end, 10);
             if (*end || t < 0 || t > 1024) {
@@ -127,6 +151,15 @@ int cmd_grads(int argc, char **argv) {
     }
     if (!model_dir || !adapter_dir || !batch_path || !out_path) {
         usage(stderr);
+        return 1;
+    }
+    int kind = !strcmp(method, "sft") ? 0 : !strcmp(method, "kl_sft") ? 1 : !strcmp(method, "dpo") ? 2 : -1;
+    if (kind < 0) {
+        fprintf(stderr, "lora-worker grads: --method must be sft, kl_sft or dpo\n");
+        return 1;
+    }
+    if (ref_dir && kind != 2) {
+        fprintf(stderr, "lora-worker grads: --reference-adapter applies to --method dpo\n");
         return 1;
     }
     lr_err err = {0};
@@ -157,16 +190,38 @@ int cmd_grads(int argc, char **argv) {
     }
     int64_t scored = 0;
     for (int n = 0; n < B * T; n++) scored += n % T != T - 1 && labels[n + 1] != LR_IGNORE_INDEX;
+    if (kind == 2 && B % 2) {
+        lr_errf(&err, "%s: --method dpo needs an even number of rows (chosen rows, then rejected rows)", batch_path);
+        goto fail;
+    }
     if (kb_create(backend, threads, &be, &err) || model_load(model_dir, be, &m, &err) ||
-        model_lora_load(m, adapter_dir, &err))
+        model_lora_load(m, adapter_dir, &err) || (ref_dir && model_ref_load(m, ref_dir, &err)))
         goto fail;
-    double loss_sum;
+    double loss_sum, ce, kl;
     int64_t ntok;
+    float gs = scored ? 1.0f / (float)scored : 0.0f;
     model_zero_grad(m);
-    if (model_fwd_bwd(m, ids, labels, B, T, scored ? 1.0f / (float)scored : 0.0f, &loss_sum, &ntok, &err) ||
-        write_grads(m, out_path, &err))
-        goto fail;
-    printf("{\"loss\": %.9g, \"tokens\": %lld}\n", ntok ? loss_sum / (double)ntok : 0.0, (long long)ntok);
+    if (kind == 0) {
+        if (model_fwd_bwd(m, ids, labels, B, T, gs, &loss_sum, &ntok, &err)) goto fail;
+        printf("{\"loss\": %.9g, \"tokens\": %lld}\n", ntok ? loss_sum / (double)ntok : 0.0, (long long)ntok);
+    } else if (kind == 1) {
+        if (model_fwd_bwd_kl(m, ids, labels, B, T, (float)kl_lambda, (float)kl_tau, gs, &ce, &kl, &ntok, &err))
+            goto fail;
+        double n = ntok ? (double)ntok : 1.0;
+        printf("{\"loss\": %.9g, \"ce\": %.9g, \"kl\": %.9g, \"tokens\": %lld}\n",
+               (ce + kl_lambda * kl_tau * kl_tau * kl) / n, ce / n, kl / n, (long long)ntok);
+    } else {
+        model_dpo_out o;
+        int P = B / 2;
+        if (model_dpo(m, ids, labels, P, T, (float)beta, ref_dir ? MODEL_REF_ADAPTER : MODEL_REF_BASE, 1,
+                      1.0f / (float)P, &o, &err))
+            goto fail;
+        printf("{\"loss\": %.9g, \"tokens\": %lld, \"rewards/accuracy\": %.9g, \"rewards/margin\": %.9g, "
+               "\"rewards/chosen\": %.9g, \"rewards/rejected\": %.9g}\n",
+               o.loss_sum / P, (long long)o.n_tokens, o.accurate / P, (o.chosen_reward_sum - o.rejected_reward_sum) / P,
+               o.chosen_reward_sum / P, o.rejected_reward_sum / P);
+    }
+    if (write_grads(m, out_path, &err)) goto fail;
     rc = 0;
 fail:
     if (rc) fprintf(stderr, "lora-worker grads: %s\n", err.msg);

@@ -146,7 +146,7 @@ int cmd_run(int argc, char **argv) {
     if (jobspec_from_json(doc, &spec, &err)) goto done;
 
     char cfgcopy[PATH_MAX], base[PATH_MAX], model[PATH_MAX], files[JOBSPEC_MAX_FILES][PATH_MAX], val[PATH_MAX];
-    char rundir[PATH_MAX];
+    char rundir[PATH_MAX], refdir[PATH_MAX];
     snprintf(cfgcopy, sizeof cfgcopy, "%s", config);
     snprintf(base, sizeof base, "%s", dirname(cfgcopy));
     resolve(base, spec.model, model, sizeof model);
@@ -159,6 +159,14 @@ int cmd_run(int argc, char **argv) {
     if (spec.validation_file[0]) {
         resolve(base, spec.validation_file, val, sizeof val);
         paths.validation_file = val;
+    }
+    if (spec.method.reference_adapter[0]) { /* dpo: an adapter directory */
+        resolve(base, spec.method.reference_adapter, refdir, sizeof refdir);
+        paths.reference_adapter_dir = refdir;
+    }
+    if (spec.method.adapter[0]) { /* eval: the adapter evaluated, a directory */
+        resolve(base, spec.method.adapter, refdir, sizeof refdir);
+        paths.reference_adapter_dir = refdir;
     }
     if (out) {
         snprintf(rundir, sizeof rundir, "%s", out);

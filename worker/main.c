@@ -13,9 +13,12 @@ typedef struct {
 
 static const worker_cmd cmds[] = {
     /* name, function, one-line help — keep in this order in --help */
+    {"agent", cmd_agent, "serve jobs for lorad over its Unix socket (lorad starts this)"},
     {"run", cmd_run, "run one training job from a job file, no daemon needed"},
     {"render", cmd_render, "show a dataset rendered by a chat template: text, ids, labels"},
     {"grads", cmd_grads, "loss and LoRA gradients of one batch (for checking against PyTorch)"},
+    {"generate", cmd_generate, "generate text from a model, with or without an adapter (KV cache, CPU)"},
+    {"merge", cmd_merge, "merge an adapter into its base model: a full Hugging Face model folder"},
     {"tokenize", cmd_tokenize, "print the token ids of each line of stdin with a model's tokenizer"},
     {"mkmodel", cmd_mkmodel, "write a randomly initialised model folder in Hugging Face format"},
     {"probe", cmd_probe, "list the GPUs this lora-worker can train on (--backend cuda:N)"},

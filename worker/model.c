@@ -20,9 +20,12 @@ static const char *const LLAMA_MOD[S_N] = {"self_attn.q_proj", "self_attn.k_proj
                                            "mlp.down_proj"};
 static const char *const GPT2_MOD[S_N] = {"attn.c_attn", NULL, NULL, "attn.c_proj", NULL, "mlp.c_fc", "mlp.c_proj"};
 
+/* L.lora points at lora (the trained adapter, attached when lora.A is
+ * set), at rlora (the frozen reference adapter, attached when rlora.A is
+ * set) for a reference forward, or is NULL (the base model). */
 typedef struct lin {
     kb_linear L;
-    kb_lora lora;
+    kb_lora lora, rlora;
     float *xa; /* [N, r] saved LoRA input projection */
 } lin;
 
@@ -54,6 +57,10 @@ struct model {
     model_param *params;
     size_t nparams, numel;
     float *pmem, *gmem;
+    float *nmem;  /* DoRA: the detached norms ||W + scale B A|| of the trained adapter */
+
+    adapter *rad; /* the frozen reference adapter (settings only); NULL without one */
+    float *rmem;  /* its A, B, magnitudes and norms */
 
     /* activations planned for capN rows of at most capT positions */
     size_t capN;
@@ -63,7 +70,10 @@ struct model {
     float *tmpC, *tmpI, *dres, *dln, *dqkv, *datt, *d1, *d2, *dI;
     int32_t *ids, *targets;
     float *rcos, *rsin;
+    float *lnref;            /* [N,C] final hidden states of the reference forward (KL) */
+    float *tokloss, *tokscale; /* [N] per-position losses and loss weights (DPO) */
     int32_t *htargets; /* host staging for the shifted labels */
+    float *hrow;       /* host [N] staging for tokloss / tokscale */
 
     int train;
     uint64_t seed, micro;
@@ -271,24 +281,45 @@ static void free_acts(model *m) {
     m->capN = 0;
     free(m->htargets);
     m->htargets = NULL;
+    free(m->hrow);
+    m->hrow = NULL;
 }
 
 static void free_lora(model *m) {
     if (m->pmem) m->be->free(m->be, m->pmem);
     if (m->gmem) m->be->free(m->be, m->gmem);
-    m->pmem = m->gmem = NULL;
+    if (m->nmem) m->be->free(m->be, m->nmem);
+    m->pmem = m->gmem = m->nmem = NULL;
     free(m->params);
     m->params = NULL;
     m->nparams = m->numel = 0;
     adapter_free(m->ad);
     m->ad = NULL;
     for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
-        for (int s = 0; s < S_N; s++) m->layers[l].m[s].L.lora = NULL;
+        for (int s = 0; s < S_N; s++) {
+            lin *li = &m->layers[l].m[s];
+            if (li->L.lora == &li->lora) li->L.lora = NULL;
+            memset(&li->lora, 0, sizeof li->lora);
+        }
+}
+
+static void free_ref(model *m) {
+    if (m->rmem) m->be->free(m->be, m->rmem);
+    m->rmem = NULL;
+    adapter_free(m->rad);
+    m->rad = NULL;
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
+        for (int s = 0; s < S_N; s++) {
+            lin *li = &m->layers[l].m[s];
+            if (li->L.lora == &li->rlora) li->L.lora = NULL;
+            memset(&li->rlora, 0, sizeof li->rlora);
+        }
 }
 
 void model_free(model *m) {
     if (!m) return;
     free_lora(m);
+    free_ref(m);
     free_acts(m);
     if (m->wmem) m->be->free(m->be, m->wmem);
     free(m->layers);
@@ -297,16 +328,26 @@ void model_free(model *m) {
 
 /* ---- LoRA ---- */
 
+static int dora_supported(const model *m, lr_err *err) {
+    if (!m->be->dora_norm)
+        return lr_errp(err, LR_E_INVALID, "lora.use_dora", "DoRA is not implemented by the %s backend yet", m->be->name);
+    return 0;
+}
+
 /* Creates the adapter tensors of the modules that a selects, zeroed, in
- * layer then module order, A before B. a becomes the model's. */
+ * layer then module order: A, B, then (DoRA) the magnitude. a becomes the
+ * model's. */
 static int lora_attach(model *m, adapter *a, float dropout, lr_err *err) {
     const hf_config *c = &m->cfg;
-    size_t cap = (size_t)c->n_layers * S_N * 2, off = 0;
+    size_t cap = (size_t)c->n_layers * S_N * 3, off = 0, noff = 0;
+    int nper = a->use_dora ? 3 : 2;
     free_lora(m);
+    free_acts(m); /* the saved LoRA inputs are planned per module: plan again */
+    if (a->use_dora && dora_supported(m, err)) return -1;
     m->params = calloc(cap, sizeof *m->params);
     if (!m->params) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory attaching LoRA");
     for (int pass = 0; pass < 2; pass++) {
-        off = 0;
+        off = noff = 0;
         m->nparams = 0;
         for (int l = 0; l < c->n_layers; l++)
             for (int s = 0; s < S_N; s++) {
@@ -316,27 +357,42 @@ static int lora_attach(model *m, adapter *a, float dropout, lr_err *err) {
                 slot_dims(m, s, &in, &out);
                 lin *li = &m->layers[l].m[s];
                 char key[160];
-                if (!adapter_module_key(m->gpt2 ? ARCH_GPT2 : ARCH_LLAMA, l, mod_name(m, s), key, sizeof key))
+                if (!adapter_module_key(m->gpt2 ? ARCH_GPT2 : ARCH_LLAMA, l, mod_name(m, s), key, sizeof key)) {
+                    free_lora(m);
                     return lr_errf(err, "LoRA: module name too long");
-                for (int ab = 0; ab < 2; ab++) {
+                }
+                for (int k = 0; k < nper; k++) {
                     model_param *p = &m->params[m->nparams++];
-                    snprintf(p->name, sizeof p->name, "%s.lora_%c.weight", key, ab ? 'B' : 'A');
-                    p->shape[0] = ab ? out : a->r;
-                    p->shape[1] = ab ? a->r : in;
+                    if (k < 2) {
+                        snprintf(p->name, sizeof p->name, "%s.lora_%c.weight", key, k ? 'B' : 'A');
+                        p->shape[0] = k ? out : a->r;
+                        p->shape[1] = k ? a->r : in;
+                        p->ndim = 2;
+                    } else { /* PEFT saves DoRA's magnitude as a 1-D [out] tensor */
+                        snprintf(p->name, sizeof p->name, "%s.lora_magnitude_vector", key);
+                        p->shape[0] = out;
+                        p->shape[1] = 1;
+                        p->ndim = 1;
+                    }
                     p->numel = (size_t)p->shape[0] * p->shape[1];
                     p->offset = off;
                     off += p->numel;
                 }
                 if (pass == 1) {
                     kb_lora *k = &li->lora;
-                    model_param *pa = &m->params[m->nparams - 2], *pb = &m->params[m->nparams - 1];
+                    model_param *pa = &m->params[m->nparams - nper], *pb = pa + 1;
                     k->A = m->pmem + pa->offset, k->B = m->pmem + pb->offset;
                     k->dA = m->gmem + pa->offset, k->dB = m->gmem + pb->offset;
                     k->r = a->r;
                     k->scale = adapter_scale(a);
                     k->dropout = 0.0f;
+                    if (a->use_dora) {
+                        k->mag = m->pmem + pa[2].offset, k->dmag = m->gmem + pa[2].offset;
+                        k->wnorm = m->nmem + noff;
+                    }
                     li->L.lora = k;
                 }
+                noff += a->use_dora ? (size_t)out : 0;
             }
         if (pass == 0) {
             if (!m->nparams) {
@@ -347,7 +403,8 @@ static int lora_attach(model *m, adapter *a, float dropout, lr_err *err) {
             }
             m->pmem = m->be->alloc(m->be, off * sizeof(float));
             m->gmem = m->be->alloc(m->be, off * sizeof(float));
-            if (!m->pmem || !m->gmem) {
+            m->nmem = noff ? m->be->alloc(m->be, noff * sizeof(float)) : NULL;
+            if (!m->pmem || !m->gmem || (noff && !m->nmem)) {
                 free_lora(m);
                 return lr_errp(err, LR_E_NOMEM, NULL, "out of memory for the LoRA parameters");
             }
@@ -360,10 +417,23 @@ static int lora_attach(model *m, adapter *a, float dropout, lr_err *err) {
     m->lcfg.alpha = a->alpha;
     m->lcfg.dropout = dropout;
     m->lcfg.use_rslora = a->use_rslora;
+    m->lcfg.use_dora = a->use_dora;
     m->lcfg.n_targets = a->n_targets;
     for (int i = 0; i < a->n_targets && i < MODEL_MAX_TARGETS; i++)
         snprintf(m->lcfg.targets[i], sizeof m->lcfg.targets[i], "%s", a->targets[i]);
     return 0;
+}
+
+/* DoRA: recomputes the detached norms ||W + scale B A|| of every adapter in
+ * use from its current A and B. Every forward starts with it, so the norms
+ * follow the optimizer's updates; anything that runs linear_fwd by itself
+ * (the KV cache) calls it first too. */
+static void dora_refresh(model *m) {
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int s = 0; s < S_N; s++) {
+            lin *li = &m->layers[l].m[s];
+            if (li->L.lora && li->L.lora->mag) m->be->dora_norm(m->be, &li->L, (float *)li->L.lora->wnorm);
+        }
 }
 
 int model_lora_init(model *m, const model_lora_cfg *cfg, uint64_t seed, lr_err *err) {
@@ -379,6 +449,7 @@ int model_lora_init(model *m, const model_lora_cfg *cfg, uint64_t seed, lr_err *
     a->alpha = cfg->alpha;
     a->dropout = cfg->dropout;
     a->use_rslora = cfg->use_rslora;
+    a->use_dora = cfg->use_dora;
     a->fan_in_fan_out = m->gpt2;
     a->n_targets = cfg->n_targets;
     if (cfg->n_targets == 1 && !strcmp(cfg->targets[0], "all-linear")) { /* PEFT's string form */
@@ -398,11 +469,11 @@ int model_lora_init(model *m, const model_lora_cfg *cfg, uint64_t seed, lr_err *
     }
     /* PEFT: nn.init.kaiming_uniform_(A, a=sqrt(5)): gain sqrt(2 / (1 + 5)),
      * bound = gain * sqrt(3 / fan_in) = 1 / sqrt(in). B stays zero. */
-    size_t maxa = 0;
-    for (size_t i = 0; i < m->nparams; i += 2) maxa = m->params[i].numel > maxa ? m->params[i].numel : maxa;
+    size_t maxa = 0, step = cfg->use_dora ? 3 : 2;
+    for (size_t i = 0; i < m->nparams; i += step) maxa = m->params[i].numel > maxa ? m->params[i].numel : maxa;
     float *h = malloc(maxa * sizeof(float));
     if (!h) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
-    for (size_t i = 0; i < m->nparams; i += 2) {
+    for (size_t i = 0; i < m->nparams; i += step) {
         model_param *p = &m->params[i];
         lr_rng r;
         float bound = 1.0f / sqrtf((float)p->shape[1]);
@@ -411,6 +482,13 @@ int model_lora_init(model *m, const model_lora_cfg *cfg, uint64_t seed, lr_err *
         m->be->upload(m->be, m->pmem + p->offset, h, p->numel * sizeof(float));
     }
     free(h);
+    /* DoRA (PEFT's init): magnitude = ||W + scale B A|| = ||W|| row-wise with B = 0 */
+    for (int l = 0; cfg->use_dora && l < m->cfg.n_layers; l++)
+        for (int s = 0; s < S_N; s++) {
+            lin *li = &m->layers[l].m[s];
+            if (li->lora.mag) m->be->dora_norm(m->be, &li->L, li->lora.mag);
+        }
+    dora_refresh(m);
     return 0;
 }
 
@@ -420,10 +498,6 @@ int model_lora_load(model *m, const char *adapter_dir, lr_err *err) {
     if ((a->arch == ARCH_GPT2) != m->gpt2) {
         lr_errf(err, "adapter %s was made for a %s model, not %s", adapter_dir, a->arch == ARCH_GPT2 ? "gpt2" : "llama-family",
                 m->cfg.model_type);
-        goto fail;
-    }
-    if (a->use_dora) {
-        lr_errf(err, "adapter %s uses DoRA, which this engine does not implement yet", adapter_dir);
         goto fail;
     }
     if (adapter_check_model(a, &m->cfg, err)) {
@@ -458,6 +532,7 @@ int model_lora_load(model *m, const char *adapter_dir, lr_err *err) {
     for (int k = 0; k < nt; k++) free(t[k].data);
     free(t);
     if (rc) free_lora(m);
+    else dora_refresh(m);
     return rc;
 fail:
     adapter_free(a);
@@ -475,8 +550,8 @@ int model_lora_save(model *m, const char *adapter_dir, lr_err *err) {
     int rc = 0;
     for (int l = 0; l < m->cfg.n_layers && !rc; l++)
         for (int s = 0; s < S_N && !rc; s++) {
-            const kb_lora *k = m->layers[l].m[s].L.lora;
-            if (!k) continue;
+            const kb_lora *k = &m->layers[l].m[s].lora;
+            if (!k->A) continue; /* attached, whether switched on or not */
             const kb_linear *L = &m->layers[l].m[s].L;
             adapter_tensor *ta = adapter_add(a, l, mod_name(m, s), ADAPTER_A, k->r, L->in, err);
             if (!ta) { rc = -1; break; }
@@ -484,6 +559,10 @@ int model_lora_save(model *m, const char *adapter_dir, lr_err *err) {
             adapter_tensor *tb = adapter_add(a, l, mod_name(m, s), ADAPTER_B, L->out, k->r, err);
             if (!tb) { rc = -1; break; }
             m->be->download(m->be, tb->data, k->B, (size_t)L->out * k->r * sizeof(float));
+            if (!k->mag) continue;
+            adapter_tensor *tm = adapter_add(a, l, mod_name(m, s), ADAPTER_MAGNITUDE, L->out, 1, err);
+            if (!tm) { rc = -1; break; }
+            m->be->download(m->be, tm->data, k->mag, (size_t)L->out * sizeof(float));
         }
     if (!rc) rc = adapter_save(a, adapter_dir, err);
     adapter_free(a);
@@ -543,7 +622,8 @@ static size_t plan_acts(model *m, char *base, size_t N, int T, int r) {
         L->n2rstd = take(base, &off, N);
         L->f1 = take(base, &off, N * I);
         L->f2 = m->gpt2 ? NULL : take(base, &off, N * I);
-        for (int s = 0; s < S_N; s++) L->m[s].xa = L->m[s].L.lora ? take(base, &off, N * r) : NULL;
+        for (int s = 0; s < S_N; s++)
+            L->m[s].xa = L->m[s].L.lora || L->m[s].rlora.A ? take(base, &off, N * r) : NULL;
     }
     m->resL = take(base, &off, N * C);
     m->lnf = take(base, &off, N * C);
@@ -562,11 +642,21 @@ static size_t plan_acts(model *m, char *base, size_t N, int T, int r) {
     m->targets = (int32_t *)take(base, &off, N);
     m->rcos = take(base, &off, (size_t)T * c->head_dim / 2);
     m->rsin = take(base, &off, (size_t)T * c->head_dim / 2);
+    m->lnref = take(base, &off, N * C);
+    m->tokloss = take(base, &off, N);
+    m->tokscale = take(base, &off, N);
     return off;
 }
 
-static int reserve(model *m, int B, int T, lr_err *err) {
+/* The rank the saved LoRA inputs are planned for: the larger of the
+ * trained and the reference adapter's. */
+static int act_rank(const model *m) {
     int r = m->ad ? m->ad->r : 0;
+    return m->rad && m->rad->r > r ? m->rad->r : r;
+}
+
+static int reserve(model *m, int B, int T, lr_err *err) {
+    int r = act_rank(m);
     size_t N = (size_t)B * T;
     if (m->amem && N <= m->capN && T <= m->capT && r == m->cap_r) return 0;
     if (r == m->cap_r) { /* grow to cover both shapes */
@@ -577,7 +667,8 @@ static int reserve(model *m, int B, int T, lr_err *err) {
     size_t bytes = plan_acts(m, NULL, N, T, r);
     m->amem = m->be->alloc(m->be, bytes);
     m->htargets = malloc(N * sizeof(int32_t));
-    if (!m->amem || !m->htargets) {
+    m->hrow = malloc(N * sizeof(float));
+    if (!m->amem || !m->htargets || !m->hrow) {
         free_acts(m);
         return lr_errp(err, LR_E_NOMEM, NULL, "out of memory for %zu MiB of activations (batch %d x %d tokens)",
                        bytes >> 20, B, T);
@@ -650,6 +741,7 @@ static void forward(model *m, int B, int T) {
     const hf_config *c = &m->cfg;
     int N = B * T, C = c->hidden, I = c->intermediate, D = c->head_dim;
     size_t NC = (size_t)N * C, NI = (size_t)N * I;
+    dora_refresh(m);
     be->embed_fwd(be, m->layers[0].res, m->ids, m->wte, m->gpt2 ? m->wpe : NULL, N, T, C);
     for (int l = 0; l < c->n_layers; l++) {
         layer *L = &m->layers[l];
@@ -732,11 +824,11 @@ static void backward(model *m, int B, int T) {
     }
 }
 
-static int run(model *m, const int32_t *ids, const int32_t *labels, int B, int T, int bwd, float grad_scale,
-               double *loss_sum, int64_t *n_tokens, lr_err *err) {
+/* Checks a micro-batch, plans the activations, uploads ids and the shifted
+ * targets and draws the dropout masks of this micro-batch (training with
+ * gradients only). */
+static int prep(model *m, const int32_t *ids, const int32_t *labels, int B, int T, int bwd, lr_err *err) {
     const hf_config *c = &m->cfg;
-    *loss_sum = 0;
-    *n_tokens = 0;
     if (B <= 0 || T <= 0 || (long long)B * T > (1 << 24))
         return lr_errp(err, LR_E_INVALID, NULL, "batch %d x %d tokens is out of range", B, T);
     if (m->gpt2 && T > c->max_pos)
@@ -769,10 +861,21 @@ static int run(model *m, const int32_t *ids, const int32_t *labels, int B, int T
     for (int l = 0; m->ad && l < c->n_layers; l++)
         for (int s = 0; s < S_N; s++) {
             kb_lora *k = &m->layers[l].m[s].lora;
-            if (!m->layers[l].m[s].L.lora) continue;
+            if (!k->A) continue;
             k->dropout = drop ? m->lcfg.dropout : 0.0f;
             k->seed = drop ? rng_u64(&rng) : 0;
         }
+    return 0;
+}
+
+static int run(model *m, const int32_t *ids, const int32_t *labels, int B, int T, int bwd, float grad_scale,
+               double *loss_sum, int64_t *n_tokens, lr_err *err) {
+    const hf_config *c = &m->cfg;
+    *loss_sum = 0;
+    *n_tokens = 0;
+    if (prep(m, ids, labels, B, T, bwd, err)) return -1;
+    int N = B * T;
+    kb_backend *be = m->be;
     forward(m, B, T);
     *loss_sum = be->lmhead_ce(be, n_tokens, NULL, bwd ? m->dln : NULL, m->lnf, m->lm, m->targets, NULL, N, c->hidden,
                               c->vocab_size, grad_scale, 0);
@@ -789,6 +892,195 @@ int model_fwd_bwd(model *m, const int32_t *ids, const int32_t *labels, int B, in
 int model_loss(model *m, const int32_t *ids, const int32_t *labels, int B, int T, double *loss_sum,
                int64_t *n_tokens, lr_err *err) {
     return run(m, ids, labels, B, T, 0, 0.0f, loss_sum, n_tokens, err);
+}
+
+void model_set_dropout(model *m, float p) {
+    m->lcfg.dropout = p;
+    if (m->ad) m->ad->dropout = p;
+}
+
+/* ---- the reference: base model or a frozen adapter ---- */
+
+int model_ref_load(model *m, const char *adapter_dir, lr_err *err) {
+    const hf_config *c = &m->cfg;
+    hf_arch arch = m->gpt2 ? ARCH_GPT2 : ARCH_LLAMA;
+    adapter *a = NULL;
+    if (adapter_load(adapter_dir, &a, err)) return lr_err_prefix(err, "reference adapter %s: ", adapter_dir);
+    if ((a->arch == ARCH_GPT2) != m->gpt2) {
+        lr_errf(err, "reference adapter %s was made for a %s model, not %s", adapter_dir,
+                a->arch == ARCH_GPT2 ? "gpt2" : "llama-family", c->model_type);
+        goto fail;
+    }
+    if (adapter_check_model(a, c, err)) {
+        lr_err_prefix(err, "reference adapter %s: ", adapter_dir);
+        goto fail;
+    }
+    if (a->use_dora && dora_supported(m, err)) goto fail;
+    free_ref(m);
+    size_t off = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        off = 0;
+        for (int l = 0; l < c->n_layers; l++)
+            for (int s = 0; s < S_N; s++) {
+                if (!mod_name(m, s) || !adapter_targets_module(a, arch, l, mod_name(m, s))) continue;
+                int in, out;
+                slot_dims(m, s, &in, &out);
+                const adapter_tensor *A = adapter_find(a, l, mod_name(m, s), ADAPTER_A);
+                const adapter_tensor *B = adapter_find(a, l, mod_name(m, s), ADAPTER_B);
+                const adapter_tensor *M = adapter_find(a, l, mod_name(m, s), ADAPTER_MAGNITUDE);
+                if (!A || !B || (a->use_dora && !M)) {
+                    lr_errf(err, "reference adapter %s: target_modules select layer %d %s but the file has no tensors for it",
+                            adapter_dir, l, mod_name(m, s));
+                    goto fail;
+                }
+                size_t na = (size_t)a->r * in, nb = (size_t)out * a->r;
+                if (pass == 1) {
+                    lin *li = &m->layers[l].m[s];
+                    kb_lora *k = &li->rlora;
+                    k->A = m->rmem + off, k->B = k->A + na;
+                    k->r = a->r;
+                    k->scale = adapter_scale(a);
+                    m->be->upload(m->be, k->A, A->data, na * sizeof(float));
+                    m->be->upload(m->be, k->B, B->data, nb * sizeof(float));
+                    if (a->use_dora) {
+                        k->mag = k->B + nb;
+                        k->wnorm = k->mag + out;
+                        m->be->upload(m->be, k->mag, M->data, (size_t)out * sizeof(float));
+                    }
+                }
+                off += na + nb + (a->use_dora ? 2 * (size_t)out : 0);
+            }
+        if (pass == 0) {
+            if (!off) {
+                lr_errf(err, "reference adapter %s selects no module of this %s model", adapter_dir, c->model_type);
+                goto fail;
+            }
+            m->rmem = m->be->alloc(m->be, off * sizeof(float));
+            if (!m->rmem) {
+                lr_errp(err, LR_E_NOMEM, NULL, "out of memory for the reference adapter");
+                goto fail;
+            }
+        }
+    }
+    for (int k = 0; k < a->n_tensors; k++) free(a->t[k].data);
+    free(a->t);
+    a->t = NULL, a->n_tensors = a->cap_tensors = 0; /* the data live in the backend now */
+    m->rad = a;
+    free_acts(m); /* the saved LoRA inputs are planned per module: plan again */
+    return 0;
+fail:
+    if (m->rmem) free_ref(m);
+    adapter_free(a);
+    return -1;
+}
+
+/* Points every module at the reference (keep[] gets the current pointers). */
+static void ref_on(model *m, model_ref ref, const kb_lora **keep) {
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int s = 0; s < S_N; s++) {
+            lin *li = &m->layers[l].m[s];
+            keep[l * S_N + s] = li->L.lora;
+            li->L.lora = ref == MODEL_REF_ADAPTER && li->rlora.A ? &li->rlora : NULL;
+        }
+}
+static void ref_off(model *m, const kb_lora **keep) {
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int s = 0; s < S_N; s++) m->layers[l].m[s].L.lora = keep[l * S_N + s];
+}
+
+/* One forward of the reference on the uploaded batch (no dropout: the
+ * reference is not trained). */
+static int ref_forward(model *m, model_ref ref, int B, int T, lr_err *err) {
+    const kb_lora **keep = malloc((size_t)m->cfg.n_layers * S_N * sizeof *keep);
+    if (!keep) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    ref_on(m, ref, keep);
+    forward(m, B, T);
+    ref_off(m, keep);
+    free(keep);
+    return 0;
+}
+
+int model_fwd_bwd_kl(model *m, const int32_t *ids, const int32_t *labels, int B, int T, float lambda, float tau,
+                     float grad_scale, double *ce_sum, double *kl_sum, int64_t *n_tokens, lr_err *err) {
+    const hf_config *c = &m->cfg;
+    kb_backend *be = m->be;
+    *ce_sum = *kl_sum = 0;
+    *n_tokens = 0;
+    if (!be->lmhead_ce_kl)
+        return lr_errp(err, LR_E_INVALID, "method.type", "kl_sft is not implemented by the %s backend yet", be->name);
+    if (!(tau > 0.0f) || !(lambda >= 0.0f))
+        return lr_errp(err, LR_E_INVALID, "method", "kl_sft needs kl_tau > 0 and kl_lambda >= 0");
+    if (prep(m, ids, labels, B, T, 1, err)) return -1;
+    size_t NC = (size_t)B * T * c->hidden;
+    if (ref_forward(m, MODEL_REF_BASE, B, T, err)) return -1;
+    be->zero(be, m->lnref, NC * sizeof(float)); /* a device copy from the ops there are */
+    be->add(be, m->lnref, m->lnf, NC);
+    forward(m, B, T);
+    be->lmhead_ce_kl(be, ce_sum, kl_sum, n_tokens, m->dln, m->lnf, m->lnref, m->lm, m->targets, B * T, c->hidden,
+                     c->vocab_size, tau, lambda * tau * tau, grad_scale, 0);
+    if (*n_tokens) backward(m, B, T);
+    if (be->check && be->check(be, err)) return -1;
+    return 0;
+}
+
+/* Sum of the per-position log-probabilities of each row (from the host copy of tokloss). */
+static void row_logps(const float *tokloss, int rows, int T, double *out) {
+    for (int b = 0; b < rows; b++) {
+        double s = 0;
+        for (int t = 0; t < T; t++) s -= tokloss[(size_t)b * T + t];
+        out[b] = s;
+    }
+}
+
+int model_dpo(model *m, const int32_t *ids, const int32_t *labels, int pairs, int T, float beta, model_ref ref,
+              int bwd, float grad_scale, model_dpo_out *out, lr_err *err) {
+    const hf_config *c = &m->cfg;
+    kb_backend *be = m->be;
+    memset(out, 0, sizeof *out);
+    if (pairs <= 0) return lr_errp(err, LR_E_INVALID, NULL, "a DPO batch needs at least one pair");
+    if (ref == MODEL_REF_ADAPTER && !m->rad) return lr_errf(err, "DPO: no reference adapter is loaded");
+    if (!(beta > 0.0f)) return lr_errp(err, LR_E_INVALID, "method.beta", "DPO needs beta > 0");
+    int B = 2 * pairs, N = B * T, C = c->hidden, V = c->vocab_size;
+    if (prep(m, ids, labels, B, T, bwd, err)) return -1;
+    double *lp = malloc((size_t)B * 2 * sizeof *lp), *rl = lp + B; /* policy, reference */
+    if (!lp) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    int64_t nv;
+    if (ref_forward(m, ref, B, T, err)) goto fail;
+    be->lmhead_ce(be, &nv, m->tokloss, NULL, m->lnf, m->lm, m->targets, NULL, N, C, V, 0.0f, 0);
+    be->download(be, m->hrow, m->tokloss, (size_t)N * sizeof(float));
+    row_logps(m->hrow, B, T, rl);
+    forward(m, B, T);
+    be->lmhead_ce(be, &out->n_tokens, m->tokloss, NULL, m->lnf, m->lm, m->targets, NULL, N, C, V, 0.0f, 0);
+    be->download(be, m->hrow, m->tokloss, (size_t)N * sizeof(float));
+    row_logps(m->hrow, B, T, lp);
+    /* loss = softplus(-z), z = beta h; d loss / d(policy logp): -+ beta sigmoid(-z) */
+    for (int i = 0; i < pairs; i++) {
+        double rc = beta * (lp[i] - rl[i]), rr = beta * (lp[pairs + i] - rl[pairs + i]), z = rc - rr;
+        out->loss_sum += z > 0 ? log1p(exp(-z)) : -z + log1p(exp(z));
+        out->chosen_reward_sum += rc;
+        out->rejected_reward_sum += rr;
+        out->accurate += rc > rr;
+        out->chosen_logp_sum += lp[i];
+        out->rejected_logp_sum += lp[pairs + i];
+        double g = beta / (1.0 + exp(z)); /* beta sigmoid(-z) */
+        /* a token's loss is -log p: chosen tokens weigh +g, rejected -g */
+        for (int t = 0; t < T; t++) {
+            m->hrow[(size_t)i * T + t] = (float)g;
+            m->hrow[(size_t)(pairs + i) * T + t] = (float)-g;
+        }
+    }
+    out->pairs = pairs;
+    if (bwd && out->n_tokens) {
+        be->upload(be, m->tokscale, m->hrow, (size_t)N * sizeof(float));
+        be->lmhead_ce(be, &nv, NULL, m->dln, m->lnf, m->lm, m->targets, m->tokscale, N, C, V, grad_scale, 0);
+        backward(m, B, T);
+    }
+    free(lp);
+    if (be->check && be->check(be, err)) return -1;
+    return 0;
+fail:
+    free(lp);
+    return -1;
 }
 
 /* ==== inference: logits, a KV cache for generation, switching adapters off ====
@@ -825,11 +1117,10 @@ static int check_ids(const model *m, const int32_t *ids, int T, lr_err *err) {
 
 int model_lora_enable(model *m, int on) {
     int n = 0;
-    for (int l = 0; m->ad && l < m->cfg.n_layers; l++)
+    for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < S_N; s++) {
             lin *li = &m->layers[l].m[s];
-            if (!mod_name(m, s) || !adapter_targets_module(m->ad, m->gpt2 ? ARCH_GPT2 : ARCH_LLAMA, l, mod_name(m, s)))
-                continue;
+            if (!li->lora.A) continue;
             li->L.lora = on ? &li->lora : NULL;
             n++;
         }
@@ -937,7 +1228,7 @@ int model_kv_new(model *m, int max_len, model_kv **out, lr_err *err) {
     if (!kv) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
     kv->m = m;
     kv->cap = max_len;
-    kv->r = m->ad ? m->ad->r : 0;
+    kv->r = act_rank(m);
     size_t bytes = kv_plan(kv, NULL);
     kv->mem = m->be->alloc(m->be, bytes);
     kv->scores = malloc((size_t)max_len * sizeof(float));
@@ -1069,11 +1360,12 @@ int model_kv_append(model_kv *kv, const int32_t *ids, int n, float *logits, int 
     if (n > kv->cap - kv->len)
         return lr_errp(err, LR_E_INVALID, NULL, "%d more tokens do not fit the KV cache (%d of %d positions used)", n,
                        kv->len, kv->cap);
-    if (m->ad && m->ad->r > kv->r)
+    if (act_rank(m) > kv->r)
         return lr_errf(err, "the adapter changed after the KV cache was made (rank %d > %d): make a new cache",
-                       m->ad->r, kv->r);
+                       act_rank(m), kv->r);
     if (check_ids(m, ids, n, err)) return -1;
     lora_no_dropout(m);
+    if (kv->len == 0) dora_refresh(m); /* the adapter is fixed while a sequence is generated */
     be->upload(be, kv->ids + kv->len, ids, (size_t)n * sizeof(int32_t));
     kb_linear head = {.W = m->lm, .in = C, .out = V};
     /* From an empty cache the whole prompt runs as one causal block; later

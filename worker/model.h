@@ -7,7 +7,15 @@
  * sized from (B, T) and reused across steps (llm.c's layout). LoRA follows
  * PEFT exactly: A [r, in], B [out, r], y += scale * B A dropout(x) with
  * scale = alpha / r (alpha / sqrt(r) with rslora), dropout on the LoRA input
- * only; parameter names are PEFT's saved keys. */
+ * only; parameter names are PEFT's saved keys. DoRA (use_dora) as PEFT:
+ * a trainable magnitude m [out] per module, initialised to the row norms of
+ * W + scale B A, and y = (m / ||W + scale B A||) * (x W^T + scale x A^T B^T)
+ * + b with the norm detached (see kernels/backend.h for the dropout form).
+ *
+ * Objectives beyond SFT (model_fwd_bwd_kl, model_dpo) compare the trained
+ * adapter with a reference computed in the same call without gradient:
+ * the base model (adapters switched off) or a frozen reference adapter
+ * (model_ref_load). */
 #ifndef LR_MODEL_H
 #define LR_MODEL_H
 
@@ -34,14 +42,16 @@ typedef struct model_lora_cfg {
     int use_rslora;
     int n_targets;
     char targets[MODEL_MAX_TARGETS][48];
+    int use_dora;
 } model_lora_cfg;
 
 /* One trainable tensor. Data are at offset floats into model_params() and
  * its gradient at the same offset into model_grads(). */
 typedef struct model_param {
     char name[192];  /* PEFT key: base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight */
-    int64_t shape[2];
+    int64_t shape[2]; /* a DoRA magnitude ("...q_proj.lora_magnitude_vector") is [out, 1] */
     size_t offset, numel;
+    int ndim;         /* as PEFT saves it: 2, or 1 for a magnitude */
 } model_param;
 
 /* Loads config.json and the safetensors weights of an HF model directory. */
@@ -61,7 +71,8 @@ int model_lora_save(model *m, const char *adapter_dir, lr_err *err) LR_WARN_UNUS
 /* The adapter configuration in use (NULL before init/load). */
 const model_lora_cfg *model_lora(const model *m);
 
-/* The trainable tensors, in a fixed order (layer, then module, A before B). */
+/* The trainable tensors, in a fixed order (layer, then module: A, B, then
+ * the DoRA magnitude). */
 size_t model_n_params(const model *m);
 const model_param *model_param_at(const model *m, size_t i);
 /* Flat parameter and gradient arrays (backend memory) of model_numel floats. */
@@ -74,6 +85,10 @@ int model_param_get(model *m, size_t i, float *host, size_t n, lr_err *err) LR_W
 int model_param_set(model *m, size_t i, const float *host, size_t n, lr_err *err) LR_WARN_UNUSED;
 /* Same for a tensor's gradient. */
 int model_grad_get(model *m, size_t i, float *host, size_t n, lr_err *err) LR_WARN_UNUSED;
+
+/* Sets the LoRA dropout of the attached adapter (what training uses and
+ * adapter_config.json records); model_lora_load takes the file's. */
+void model_set_dropout(model *m, float p);
 
 /* Training mode turns LoRA dropout on; each model_fwd_bwd in training mode
  * draws fresh masks from a stream of seed and a micro-batch counter, so a
@@ -94,6 +109,54 @@ int model_fwd_bwd(model *m, const int32_t *ids, const int32_t *labels, int B, in
 /* The same loss without gradients (evaluation). */
 int model_loss(model *m, const int32_t *ids, const int32_t *labels, int B, int T, double *loss_sum,
                int64_t *n_tokens, lr_err *err) LR_WARN_UNUSED;
+
+/* ---- objectives with a reference (KL-regularised SFT, DPO) ---- */
+
+typedef enum {
+    MODEL_REF_BASE = 0,    /* the base model: adapters switched off */
+    MODEL_REF_ADAPTER = 1, /* the frozen adapter of model_ref_load */
+} model_ref;
+
+/* Loads a PEFT adapter directory as the frozen reference adapter (any
+ * targets and rank; DoRA or not). It is never trained nor saved, and
+ * survives model_lora_load (resuming). */
+int model_ref_load(model *m, const char *adapter_dir, lr_err *err) LR_WARN_UNUSED;
+
+/* KL-regularised SFT on one micro-batch (ids, labels as model_fwd_bwd).
+ * Over the scored positions n (label not -100 after the shift), with
+ * logits l of the adapted model and l0 of the base model (adapters off, no
+ * gradient, computed here on the same batch):
+ *   ce_n = -log softmax(l)[target_n]
+ *   kl_n = KL(softmax(l0 / tau) || softmax(l / tau))
+ *        = sum_v q_v (log q_v - log softmax(l / tau)_v),  q = softmax(l0 / tau)
+ * Sets *ce_sum = sum_n ce_n, *kl_sum = sum_n kl_n, *n_tokens, and adds
+ * grad_scale * d(sum_n ce_n + lambda tau^2 kl_n)/d(param) into the
+ * gradients; with grad_scale = 1 / (scored tokens of the step) the
+ * objective is mean CE + lambda tau^2 mean KL, both per scored token. */
+int model_fwd_bwd_kl(model *m, const int32_t *ids, const int32_t *labels, int B, int T, float lambda, float tau,
+                     float grad_scale, double *ce_sum, double *kl_sum, int64_t *n_tokens, lr_err *err) LR_WARN_UNUSED;
+
+/* DPO sums over the pairs of one micro-batch. */
+typedef struct model_dpo_out {
+    double loss_sum;            /* sum of -log sigmoid(beta ((pc - rc) - (pr - rr))) */
+    double chosen_reward_sum;   /* sum of beta (pc - rc): TRL's rewards/chosen */
+    double rejected_reward_sum; /* sum of beta (pr - rr) */
+    double accurate;            /* pairs whose chosen reward is strictly above the rejected one */
+    double chosen_logp_sum, rejected_logp_sum; /* sum of pc, pr */
+    int pairs;
+    int64_t n_tokens;           /* scored answer tokens, both answers */
+} model_dpo_out;
+
+/* DPO (sigmoid loss) on one micro-batch of 2 * pairs rows of T tokens:
+ * rows [0, pairs) the chosen answers, rows [pairs, 2 pairs) the rejected
+ * ones, in pair order; labels -100 except on the answer. A sequence's
+ * log-probability (pc, pr for the policy, rc, rr for the reference) is the
+ * sum over its scored tokens of log softmax(logits)[label], the reference
+ * computed here without gradient (ref: base model or reference adapter).
+ * With bwd, adds grad_scale * d(loss_sum)/d(param) into the gradients
+ * (grad_scale = 1 / pairs of the step: the mean over pairs). */
+int model_dpo(model *m, const int32_t *ids, const int32_t *labels, int pairs, int T, float beta, model_ref ref,
+              int bwd, float grad_scale, model_dpo_out *out, lr_err *err) LR_WARN_UNUSED;
 
 /* ---- inference (generation, merge checks, evaluation jobs) ----
  * Dropout is off in all of these. */

@@ -8,6 +8,24 @@
  *  - the learning rate of optimizer step s (counting from 0) is
  *    lr * lambda(s), lambda as transformers' get_*_schedule_with_warmup;
  *  - logged "loss" is the mean of the step losses since the last log.
+ * Methods (method.type):
+ *  - sft: the loss above;
+ *  - kl_sft: loss = mean CE + kl_lambda * kl_tau^2 * mean KL(base || tuned)
+ *    of softmax(logits / kl_tau), both means over all trained tokens of the
+ *    step (token-weighted like the CE), the base distribution from the same
+ *    model with its adapters switched off, computed in the same step without
+ *    gradient (model_fwd_bwd_kl); also logs ce_loss and kl (the means);
+ *  - dpo: micro-batches of batch_size pairs; loss = mean over the step's
+ *    pairs of TRL's sigmoid DPO loss -log sigmoid(beta ((pc - rc) - (pr -
+ *    rr))), sequence log-probabilities summed over the answer tokens,
+ *    against the base model or, with method.reference_adapter, that frozen
+ *    adapter (the trained adapter then starts as a copy of it, with its own
+ *    r, alpha, targets and DoRA setting; lora.dropout still applies). Logs
+ *    rewards/accuracy (pairs with chosen reward > rejected), rewards/margin
+ *    (mean chosen minus rejected reward, reward = beta (policy - reference)
+ *    log-probability), rewards/chosen, rewards/rejected; eval_loss is the
+ *    mean DPO loss of the validation pairs.
+ * lora.use_dora trains DoRA adapters (worker/model.h) with any method.
  * Every random draw derives from (seed, step) or (seed, epoch), never from
  * how many draws came before, so a run resumed from a checkpoint continues
  * bit for bit. */
@@ -27,14 +45,18 @@
 #include "worker/chat.h"
 #include "worker/ckpt.h"
 #include "worker/data.h"
+#include "worker/evaljob.h"
 #include "worker/model.h"
 #include "worker/tok.h"
 
 #define LOG_MAX_ROWS 1000000
 
+#define LOG_EXTRA 4 /* method-specific columns, named by extra_names() */
+
 typedef struct log_row {
     int64_t step;
     double epoch, loss, lr, grad_norm, tokens_per_s, eval_loss; /* NAN when absent */
+    double x[LOG_EXTRA];                                        /* NAN when absent */
 } log_row;
 
 typedef struct trainer {
@@ -131,6 +153,19 @@ static void lora_targets(const jobspec *spec, hf_arch arch, model_lora_cfg *cfg)
 
 /* ---- the run log (train_log.csv / .json), rewritten whole at each log ---- */
 
+/* The method's own logged values (the log_row.x columns and metrics). */
+static const char *const *extra_names(const jobspec *spec, int *n) {
+    static const char *const kl[] = {"ce_loss", "kl"};
+    static const char *const dpo[] = {"rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected"};
+    *n = spec->method.type == METHOD_KL_SFT ? 2 : spec->method.type == METHOD_DPO ? 4 : 0;
+    return spec->method.type == METHOD_DPO ? dpo : kl;
+}
+
+static log_row log_row_new(int64_t step, double epoch) {
+    log_row r = {step, epoch, NAN, NAN, NAN, NAN, NAN, {NAN, NAN, NAN, NAN}};
+    return r;
+}
+
 static int log_add(trainer *T, log_row r, lr_err *err) {
     if (T->n_log > 0 && T->log[T->n_log - 1].step == r.step) {
         /* the eval of a logged step joins its row */
@@ -164,7 +199,12 @@ static int log_write(trainer *T, lr_err *err) {
     char path[4200];
     int rc = -1;
     char *js = NULL;
-    if (lr_buf_adds(&csv, "step,epoch,loss,lr,grad_norm,tokens_per_s,eval_loss\n")) goto done;
+    int nx;
+    const char *const *xn = extra_names(T->spec, &nx);
+    if (lr_buf_adds(&csv, "step,epoch,loss,lr,grad_norm,tokens_per_s,eval_loss")) goto done;
+    for (int k = 0; k < nx; k++)
+        if (lr_buf_printf(&csv, ",%s", xn[k])) goto done;
+    if (lr_buf_adds(&csv, "\n")) goto done;
     for (size_t i = 0; i < T->n_log; i++) {
         const log_row *r = &T->log[i];
         char ev_s[32] = "", l_s[32] = "", lr_s[32] = "", g_s[32] = "", t_s[32] = "";
@@ -173,14 +213,21 @@ static int log_write(trainer *T, lr_err *err) {
         if (!isnan(r->lr)) snprintf(lr_s, sizeof lr_s, "%.6e", r->lr);
         if (!isnan(r->grad_norm)) snprintf(g_s, sizeof g_s, "%.6f", r->grad_norm);
         if (!isnan(r->tokens_per_s)) snprintf(t_s, sizeof t_s, "%.1f", r->tokens_per_s);
-        if (lr_buf_printf(&csv, "%" PRId64 ",%.4f,%s,%s,%s,%s,%s\n", r->step, r->epoch, l_s, lr_s, g_s, t_s, ev_s))
+        if (lr_buf_printf(&csv, "%" PRId64 ",%.4f,%s,%s,%s,%s,%s", r->step, r->epoch, l_s, lr_s, g_s, t_s, ev_s))
             goto done;
+        for (int k = 0; k < nx; k++) {
+            char x_s[32] = "";
+            if (!isnan(r->x[k])) snprintf(x_s, sizeof x_s, "%.6f", r->x[k]);
+            if (lr_buf_printf(&csv, ",%s", x_s)) goto done;
+        }
+        if (lr_buf_adds(&csv, "\n")) goto done;
         json_t *o = json_pack("{s:I,s:f}", "step", (json_int_t)r->step, "epoch", r->epoch);
         json_object_set_new(o, "loss", num_or_null(r->loss));
         json_object_set_new(o, "lr", num_or_null(r->lr));
         json_object_set_new(o, "grad_norm", num_or_null(r->grad_norm));
         json_object_set_new(o, "tokens_per_s", num_or_null(r->tokens_per_s));
         json_object_set_new(o, "eval_loss", num_or_null(r->eval_loss));
+        for (int k = 0; k < nx; k++) json_object_set_new(o, xn[k], num_or_null(r->x[k]));
         json_array_append_new(arr, o);
     }
     if (lr_pathf(path, sizeof path, "%s/train_log.csv", T->paths->run_dir) ||
@@ -217,8 +264,10 @@ static int log_reload(trainer *T, int64_t upto, lr_err *err) {
     size_t i;
     json_t *o;
     int rc = 0;
+    int nx;
+    const char *const *xn = extra_names(T->spec, &nx);
     json_array_foreach(arr, i, o) {
-        log_row r;
+        log_row r = log_row_new(0, 0);
         r.step = json_integer_value(json_object_get(o, "step"));
         if (r.step > upto) break;
 #define F(k) (json_is_number(json_object_get(o, k)) ? json_number_value(json_object_get(o, k)) : NAN)
@@ -228,6 +277,7 @@ static int log_reload(trainer *T, int64_t upto, lr_err *err) {
         r.grad_norm = F("grad_norm");
         r.tokens_per_s = F("tokens_per_s");
         r.eval_loss = F("eval_loss");
+        for (int k = 0; k < nx; k++) r.x[k] = F(xn[k]);
 #undef F
         if ((rc = log_add(T, r, err))) break;
     }
@@ -269,9 +319,16 @@ static int next_step_batches(trainer *T, int *n, lr_err *err) {
     return 0;
 }
 
+static model_ref dpo_ref(const trainer *T) {
+    return T->spec->method.reference_adapter[0] ? MODEL_REF_ADAPTER : MODEL_REF_BASE;
+}
+
+/* The eval loss: mean CE per validation token (sft, kl_sft) or mean DPO
+ * loss per validation pair (dpo, which also reports eval_rewards/accuracy). */
 static int evaluate(trainer *T, double *out, lr_err *err) {
     *out = NAN;
-    if (T->ds.n_val == 0 || T->spec->method.type == METHOD_DPO) return 0;
+    if (T->ds.n_val == 0) return 0;
+    int dpo = T->spec->method.type == METHOD_DPO;
     data_loader vl;
     data_batch b = {0};
     if (data_loader_init(&vl, &T->ds, DATA_VAL, T->spec->hp.batch_size, 0, T->spec->hp.max_seq_len,
@@ -281,10 +338,19 @@ static int evaluate(trainer *T, double *out, lr_err *err) {
     int64_t n = 0;
     int rc = 0, got;
     model_set_train(T->m, 0, 0);
+    double acc = 0;
     while ((got = data_next(&vl, &b, err)) == 1) {
         double s;
         int64_t c;
-        if ((rc = model_loss(T->m, b.ids, b.labels, b.rows, b.T, &s, &c, err))) break;
+        if (dpo) {
+            model_dpo_out o;
+            if ((rc = model_dpo(T->m, b.ids, b.labels, b.n_examples, b.T, (float)T->spec->method.beta, dpo_ref(T), 0,
+                                0.0f, &o, err)))
+                break;
+            s = o.loss_sum, c = o.pairs, acc += o.accurate;
+        } else if ((rc = model_loss(T->m, b.ids, b.labels, b.rows, b.T, &s, &c, err))) {
+            break;
+        }
         sum += s;
         n += c;
     }
@@ -292,6 +358,7 @@ static int evaluate(trainer *T, double *out, lr_err *err) {
     data_batch_free(&b);
     data_loader_free(&vl);
     if (!rc && n > 0) *out = sum / (double)n;
+    if (!rc && n > 0 && dpo) metric(T, "eval_rewards/accuracy", acc / (double)n);
     return rc;
 }
 
@@ -404,11 +471,14 @@ static int write_time_metrics(trainer *T, lr_err *err) {
 
 static int setup(trainer *T, const train_opts *opts, lr_err *err) {
     const jobspec *s = T->spec;
-    if (s->method.type != METHOD_SFT)
+    job_method mt = s->method.type;
+    if (mt != METHOD_SFT && mt != METHOD_KL_SFT && mt != METHOD_DPO)
         return lr_errp(err, LR_E_INVALID, "method.type", "method '%s' is not available in this build of lora-worker yet",
                        jobspec_method_name(s->method.type));
-    if (s->lora.use_dora)
-        return lr_errp(err, LR_E_INVALID, "lora.use_dora", "lora.use_dora is not available in this build of lora-worker yet");
+    const char *ref_dir = mt == METHOD_DPO && s->method.reference_adapter[0] ? T->paths->reference_adapter_dir : NULL;
+    if (mt == METHOD_DPO && s->method.reference_adapter[0] && !ref_dir)
+        return lr_errp(err, LR_E_INVALID, "method.reference_adapter", "reference adapter '%s' was not resolved to a directory",
+                       s->method.reference_adapter);
     if (lr_mkdirs(T->paths->run_dir, err)) return -1;
     if (kb_create(opts->backend ? opts->backend : "cpu", opts->threads, &T->be, err)) return -1;
     if (tok_load(T->paths->model_dir, &T->tk, err)) return lr_err_prefix(err, "model tokenizer: ");
@@ -425,6 +495,7 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
     o.seed = s->hp.seed;
     o.max_seq_len = s->hp.max_seq_len;
     o.system_prompt = s->system_prompt;
+    o.dpo = mt == METHOD_DPO;
     o.warn = data_warn;
     o.ud = T;
     if (data_build(&T->ch, &o, &T->ds, err)) return -1;
@@ -441,9 +512,20 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
     lc.alpha = (float)s->lora.alpha;
     lc.dropout = (float)s->lora.dropout;
     lc.use_rslora = s->lora.use_rslora;
+    lc.use_dora = s->lora.use_dora;
     lora_targets(s, model_config(T->m)->arch, &lc);
-    if (model_lora_init(T->m, &lc, s->hp.seed, err)) return -1;
-    if (model_reserve(T->m, s->hp.batch_size, s->hp.max_seq_len, err)) return -1;
+    if (ref_dir) {
+        /* DPO on top of an adapter: the policy starts as that adapter, which stays frozen as the reference */
+        if (model_lora_load(T->m, ref_dir, err) || model_ref_load(T->m, ref_dir, err)) return -1;
+        model_set_dropout(T->m, lc.dropout);
+        const model_lora_cfg *rc = model_lora(T->m);
+        ev(T, "info", "DPO starts from the reference adapter %s (r %d, alpha %g%s); its settings replace lora.r, alpha, targets and use_dora",
+           s->method.reference_adapter, rc->r, rc->alpha, rc->use_dora ? ", DoRA" : "");
+    } else if (model_lora_init(T->m, &lc, s->hp.seed, err)) {
+        return -1;
+    }
+    if (model_reserve(T->m, mt == METHOD_DPO ? 2 * s->hp.batch_size : s->hp.batch_size, s->hp.max_seq_len, err))
+        return -1;
     T->numel = model_numel(T->m);
     T->adam_m = T->be->alloc(T->be, T->numel * sizeof(float));
     T->adam_v = T->be->alloc(T->be, T->numel * sizeof(float));
@@ -456,30 +538,59 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
     return 0;
 }
 
-static int step_once(trainer *T, double *loss, double *gnorm, double *lr, int64_t *tokens, lr_err *err) {
+/* extra[] gets the method's values of the step (extra_names order). */
+static int step_once(trainer *T, double *loss, double *gnorm, double *lr, int64_t *tokens, double *extra,
+                     lr_err *err) {
     const jobspec *s = T->spec;
     int n;
     if (next_step_batches(T, &n, err)) return -1;
-    int64_t targets = 0;
+    int64_t targets = 0, pairs = 0;
     *tokens = 0;
     for (int k = 0; k < n; k++) {
         targets += T->mb[k].n_targets;
+        pairs += T->mb[k].n_examples;
         *tokens += T->mb[k].n_tokens;
     }
     model_zero_grad(T->m);
     /* dropout masks from (seed, step): independent of what ran before */
     uint64_t x = s->hp.seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(T->step + 1));
     model_set_train(T->m, 1, lr_splitmix64(&x));
-    double sum = 0;
+    double sum = 0, xs[LOG_EXTRA] = {0};
     float scale = targets > 0 ? 1.0f / (float)targets : 0.0f;
+    double coef = s->method.kl_lambda * s->method.kl_tau * s->method.kl_tau;
     for (int k = 0; k < n; k++) {
-        double ls;
+        const data_batch *b = &T->mb[k];
+        double ls, kl;
         int64_t c;
-        if (model_fwd_bwd(T->m, T->mb[k].ids, T->mb[k].labels, T->mb[k].rows, T->mb[k].T, scale, &ls, &c, err))
-            return -1;
-        sum += ls;
+        model_dpo_out o;
+        switch (s->method.type) {
+        case METHOD_KL_SFT:
+            if (model_fwd_bwd_kl(T->m, b->ids, b->labels, b->rows, b->T, (float)s->method.kl_lambda,
+                                 (float)s->method.kl_tau, scale, &ls, &kl, &c, err))
+                return -1;
+            sum += ls + coef * kl;
+            xs[0] += ls;
+            xs[1] += kl;
+            break;
+        case METHOD_DPO:
+            if (model_dpo(T->m, b->ids, b->labels, b->n_examples, b->T, (float)s->method.beta, dpo_ref(T), 1,
+                          1.0f / (float)pairs, &o, err))
+                return -1;
+            sum += o.loss_sum;
+            xs[0] += o.accurate;
+            xs[1] += o.chosen_reward_sum - o.rejected_reward_sum;
+            xs[2] += o.chosen_reward_sum;
+            xs[3] += o.rejected_reward_sum;
+            break;
+        default:
+            if (model_fwd_bwd(T->m, b->ids, b->labels, b->rows, b->T, scale, &ls, &c, err)) return -1;
+            sum += ls;
+        }
     }
-    *loss = targets > 0 ? sum / (double)targets : NAN;
+    /* per trained token (sft, kl_sft) or per pair (dpo) */
+    double denom = s->method.type == METHOD_DPO ? (double)pairs : (double)targets;
+    *loss = denom > 0 ? sum / denom : NAN;
+    for (int k = 0; k < LOG_EXTRA; k++) extra[k] = denom > 0 ? xs[k] / denom : NAN;
     float *g = model_grads(T->m);
     double norm = sqrt(T->be->sumsq(T->be, g, T->numel));
     *gnorm = norm;
@@ -495,19 +606,22 @@ static int step_once(trainer *T, double *loss, double *gnorm, double *lr, int64_
 
 static int loop(trainer *T, train_outcome *outcome, lr_err *err) {
     const jobspec *s = T->spec;
-    double win_loss = 0, win_t = now_s();
+    double win_loss = 0, win_t = now_s(), win_x[LOG_EXTRA] = {0};
     int64_t win_n = 0, win_tokens = 0;
+    int nx;
+    const char *const *xn = extra_names(s, &nx);
     int64_t epoch_batches = data_epoch_batches(&T->tl, 0);
     int64_t steps_per_epoch = epoch_batches > 0 ? (epoch_batches + s->hp.grad_accum - 1) / s->hp.grad_accum : 1;
     *outcome = TRAIN_DONE;
     while (T->step < T->total_steps) {
-        double loss, gnorm, lr;
+        double loss, gnorm, lr, x[LOG_EXTRA];
         int64_t tokens;
-        if (step_once(T, &loss, &gnorm, &lr, &tokens, err)) return -1;
+        if (step_once(T, &loss, &gnorm, &lr, &tokens, x, err)) return -1;
         if (!isfinite(loss)) return lr_errf(err, "loss became %f at step %" PRId64 "; lower the learning rate", loss, T->step);
         T->tokens_seen += tokens;
         T->epoch_f = (double)T->step / (double)steps_per_epoch;
         win_loss += loss;
+        for (int k = 0; k < nx; k++) win_x[k] += x[k];
         win_n++;
         win_tokens += tokens;
         if (T->hooks && T->hooks->progress) T->hooks->progress(T->hooks->ud, T->step, T->total_steps, T->epoch_f);
@@ -515,11 +629,17 @@ static int loop(trainer *T, train_outcome *outcome, lr_err *err) {
         int last = T->step == T->total_steps;
         if (T->step % s->hp.logging_steps == 0 || last) {
             double t = now_s();
-            log_row r = {T->step, T->epoch_f, win_loss / win_n, lr, gnorm, win_tokens / (t - win_t + 1e-9), NAN};
+            log_row r = log_row_new(T->step, T->epoch_f);
+            r.loss = win_loss / win_n, r.lr = lr, r.grad_norm = gnorm, r.tokens_per_s = win_tokens / (t - win_t + 1e-9);
             metric(T, "loss", r.loss);
             metric(T, "lr", r.lr);
             metric(T, "grad_norm", r.grad_norm);
             metric(T, "tokens_per_s", r.tokens_per_s);
+            for (int k = 0; k < nx; k++) {
+                r.x[k] = win_x[k] / win_n;
+                metric(T, xn[k], r.x[k]);
+                win_x[k] = 0;
+            }
             if (log_add(T, r, err)) return -1;
             win_loss = 0;
             win_n = 0;
@@ -532,8 +652,9 @@ static int loop(trainer *T, train_outcome *outcome, lr_err *err) {
             if (evaluate(T, &el, err)) return -1;
             if (!isnan(el)) {
                 metric(T, "eval_loss", el);
-                metric(T, "eval_ppl", exp(el));
-                log_row r = {T->step, T->epoch_f, NAN, NAN, NAN, NAN, el};
+                if (s->method.type != METHOD_DPO) metric(T, "eval_ppl", exp(el)); /* a DPO loss is no perplexity */
+                log_row r = log_row_new(T->step, T->epoch_f);
+                r.eval_loss = el;
                 if (log_add(T, r, err)) return -1;
                 stop = plateau(T, el);
             }
@@ -582,6 +703,7 @@ static void teardown(trainer *T) {
 
 int train_run(const jobspec *spec, const train_paths *paths, const train_opts *opts, const train_hooks *hooks,
               train_outcome *outcome, lr_err *err) {
+    if (spec->method.type == METHOD_EVAL) return evaljob_run(spec, paths, opts, hooks, outcome, err); /* no training */
     trainer T;
     memset(&T, 0, sizeof T);
     T.spec = spec;

@@ -820,9 +820,18 @@ __global__ void dropout_acc_k(float *dx, const float *t, uint64_t seed, float p,
     GRID_STRIDE(i, n) dx[i] += t[i] * lr_dropout_mult(seed, i, p);
 }
 
+/* DoRA (kb_lora.mag) is not implemented here yet: dora_norm is NULL, so the
+ * model refuses use_dora on this backend; a caller that sets mag anyway gets
+ * a failure rather than plain LoRA's numbers. */
+static int no_dora(cu_impl *c, const kb_lora *l) {
+    if (!l || !l->mag) return 0;
+    fail(c, LR_E_INVALID, "DoRA (use_dora) is not implemented by the CUDA backend yet; use --backend cpu");
+    return 1;
+}
+
 static void cu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N) {
     cu_impl *c = impl_of(be);
-    if (c->failed || N <= 0) return;
+    if (c->failed || N <= 0 || no_dora(c, L->lora)) return;
     kb_dtype dt = be->weight_dtype;
     const kb_lora *l = L->lora;
     int drop = l && l->dropout > 0.0f;
@@ -859,7 +868,7 @@ static void cu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *x
 static void cu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_acc, const float *dy, const float *x,
                           const float *xa, int N) {
     cu_impl *c = impl_of(be);
-    if (c->failed || N <= 0) return;
+    if (c->failed || N <= 0 || no_dora(c, L->lora)) return;
     kb_dtype dt = be->weight_dtype;
     const kb_lora *l = L->lora;
     int drop = l && l->dropout > 0.0f, r = l ? l->r : 0;

@@ -75,6 +75,12 @@ test('fmtAxis is short', () => {
   assert.equal(L.fmtAxis(0.0002), '2.0e-4');
 });
 
+test('fmtTicks adds digits until neighbouring ticks differ', () => {
+  assert.deepEqual(L.fmtTicks([0.000998, 0.000999, 0.001]), ['9.98e-4', '9.99e-4', '0.001']);
+  assert.deepEqual(L.fmtTicks([2, 4, 6]), ['2', '4', '6']);
+  assert.deepEqual(L.fmtTicks([20000, 40000, 100000]), ['20k', '40k', '100k']);
+});
+
 test('fmtNum and fmtBytes', () => {
   assert.equal(L.fmtNum(2.345678), '2.346');
   assert.equal(L.fmtNum(0.0002), '2.00e-4');

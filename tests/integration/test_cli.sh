@@ -8,7 +8,7 @@ set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 B=${LR_BUILD:-build}
-LORA=$ROOT/$B/lora
+LORA=${LORA_BIN:-$ROOT/$B/lora}  # LORA_BIN: e.g. an ASan build of the client
 LORAD=$ROOT/$B/lorad
 WORKER=$ROOT/$B/lora-worker
 PY=/usr/bin/python3
@@ -115,6 +115,11 @@ for _ in $(seq 1 100); do
 done
 [ $up = 1 ] || skip_server "lorad serve did not answer /healthz in 20 s: $(tail -1 "$T/lorad.log")"
 export LORA_URL="http://127.0.0.1:$PORT" LORA_TOKEN="$TOKEN"
+# the CPU worker says hello after lorad starts: wait (bounded) until it is idle
+for _ in $(seq 1 100); do
+  "$LORA" workers --json >"$T/wk" 2>/dev/null && [ "$(json "$T/wk" 'any(w["status"]=="idle" for w in j)')" = 1 ] && break
+  sleep 0.2
+done
 
 "$LORA" ls --token lr_not_a_token >"$T/o" 2>"$T/e"; rc=$?
 [ $rc -eq 2 ] && [ "$(lines "$T/e")" = 1 ] && grep -qi "token" "$T/e" \
@@ -176,11 +181,11 @@ if [ $rc -eq 0 ] && [[ "$JOB" =~ ^ftjob- ]] &&
   ok "submit with --set overrides"
 else bad "submit with --set overrides" "rc=$rc $JOB $(cat "$T/e")"; fi
 
-timeout 300 "$LORA" watch "$JOB" --interval 0.3 >"$T/watch" 2>&1; rc=$?
+timeout 120 "$LORA" watch "$JOB" --interval 0.3 >"$T/watch" 2>&1; rc=$?
 "$LORA" show "$JOB" --json >"$T/show" 2>/dev/null
 if [ $rc -eq 0 ] && [ "$(json "$T/show" 'j["status"]')" = succeeded ] && grep -q "succeeded" "$T/watch" &&
    ! grep -q $'\x1b' "$T/watch"; then ok "watch to completion -> exit 0 (piped)"
-else bad "watch to completion -> exit 0 (piped)" "rc=$rc $(tail -3 "$T/watch")"; fi
+else bad "watch to completion -> exit 0 (piped)" "rc=$rc $(tail -3 "$T/watch") lorad: $(tail -5 "$T/lorad.log")"; fi
 
 "$LORA" ls >"$T/o" 2>&1 && head -1 "$T/o" | grep -q "^ID  *NAME  *USER  *STATUS  *PROGRESS  *STEP  *LOSS  *EVAL LOSS  *ELAPSED  *ETA$" &&
   grep -q "^$JOB  *over  *alice  *succeeded  *100%" "$T/o" && "$LORA" ls --status succeeded --json >"$T/lj" 2>/dev/null &&
@@ -268,6 +273,7 @@ for _ in $(seq 1 600); do
   sleep 0.2
 done
 cp "$T/pane" "$T/pane.final"
+[ -n "${LR_VERBOSE:-}" ] && cat "$T/pane.final"
 heads=$(grep -c "^$TJOB " "$T/pane.final")
 if [ $seen_bar = 1 ] && [ $seen_spark = 1 ] && [ "$exited" = EXIT=0 ] && [ "$heads" = 1 ]; then
   ok "watch in a terminal (tmux): bar + sparkline, redrawn in place, exit 0"

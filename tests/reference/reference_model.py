@@ -1,9 +1,12 @@
 """An independent PyTorch reference of the decoders lorad trains, with
 PEFT-style LoRA, written from the semantics of transformers' modeling files
 (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel)
-and PEFT's lora.Linear, using plain torch autograd. Weights are a dict of
-HF tensor names; LoRA tensors a dict of PEFT keys. Also: writers for an HF
-model folder and a PEFT adapter folder (safetensors by struct + json)."""
+and PEFT's lora.Linear (with DoRA as PEFT's lora.dora.DoraLinearLayer),
+using plain torch autograd. Weights are a dict of HF tensor names; LoRA
+tensors a dict of PEFT keys. The objectives beyond SFT (KL-regularised SFT,
+DPO) are written from their definitions (TRL's sigmoid DPO loss). Also:
+writers for an HF model folder and a PEFT adapter folder (safetensors by
+struct + json)."""
 import json
 import math
 import os
@@ -127,17 +130,46 @@ def random_lora(cfg, targets, r, gen):
 
 # ---------------------------------------------------------------- the model
 
+def dora_weight_norm(weight, A, B, scale, conv1d):
+    """PEFT get_weight_norm: ||W + scale B A|| over the input dimension of W as [out, in]."""
+    w = weight.T if conv1d else weight
+    return torch.linalg.norm(w + scale * (B @ A), dim=1)
+
+
+def random_magnitudes(cfg, weights, lora, scale, gen):
+    """DoRA magnitudes near the PEFT initial value (the weight norm), perturbed
+    so that m / ||W + sBA|| != 1 and every path carries gradient."""
+    out = {}
+    for k in [k for k in lora if k.endswith(".lora_A.weight")]:
+        mod = k[len("base_model.model."):-len(".lora_A.weight")]
+        A, B = lora[k], lora[k.replace("lora_A", "lora_B")]
+        n = dora_weight_norm(weights[mod + ".weight"], A, B, scale, cfg["model_type"] == "gpt2")
+        out[k.replace(".lora_A.weight", ".lora_magnitude_vector")] = n * (1 + 0.2 * torch.randn(n.shape, generator=gen))
+    return out
+
+
 class Lora:
+    """PEFT keys -> tensors; an empty dict is the base model (adapters off)."""
+
     def __init__(self, tensors, scale):
         self.t, self.scale = tensors, scale
 
     def linear(self, x, name, weight, bias, conv1d):
-        """PEFT lora.Linear: base(x) + lora_B(lora_A(dropout(x))) * scaling (dropout off)."""
+        """PEFT lora.Linear: base(x) + lora_B(lora_A(dropout(x))) * scaling (dropout off);
+        with DoRA, base(x) + (m / ||W + sBA|| - 1) * xW^T + m / ||W + sBA|| * lora(x) * s,
+        the norm detached."""
         y = (x @ weight if conv1d else F.linear(x, weight)) + (bias if bias is not None else 0)
         k = "base_model.model." + name
         if k + ".lora_A.weight" in self.t:
             A, B = self.t[k + ".lora_A.weight"], self.t[k + ".lora_B.weight"]
-            y = y + F.linear(F.linear(x, A), B) * self.scale
+            lora = F.linear(F.linear(x, A), B)
+            mag = self.t.get(k + ".lora_magnitude_vector")
+            if mag is None:
+                return y + lora * self.scale
+            norm = dora_weight_norm(weight, A.detach(), B.detach(), self.scale, conv1d).detach()
+            s = (mag / norm).view(1, -1)
+            base = x @ weight if conv1d else F.linear(x, weight)
+            y = y + (s - 1) * base + s * lora * self.scale
         return y
 
 
@@ -183,6 +215,52 @@ def attention(q, k, v, n_rep):
 
 def forward_loss(cfg, w, lora, ids, labels):
     """Mean cross-entropy of HF's ForCausalLM with labels (shifted inside)."""
+    logits = forward_logits(cfg, w, lora, ids)
+    V = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def kl_sft_loss(cfg, w, lora, ids, labels, lam, tau):
+    """CE + lam * tau^2 * KL(base || tuned) of softmax(logits / tau), both the
+    mean over the scored positions; the base logits without gradient."""
+    logits = forward_logits(cfg, w, lora, ids)[:, :-1]
+    with torch.no_grad():
+        base = forward_logits(cfg, w, Lora({}, 0.0), ids)[:, :-1]
+    tgt = labels[:, 1:]
+    mask = tgt != -100
+    V = logits.shape[-1]
+    ce = F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), ignore_index=-100)
+    logq = F.log_softmax(base / tau, dim=-1)
+    logp = F.log_softmax(logits / tau, dim=-1)
+    kl_tok = (logq.exp() * (logq - logp)).sum(-1)
+    kl = kl_tok[mask].mean()
+    return ce + lam * tau * tau * kl, ce, kl
+
+
+def sequence_logps(logits, labels):
+    """Sum over each row's scored positions of log p(label) (labels shifted)."""
+    lp = F.log_softmax(logits[:, :-1], dim=-1)
+    tgt = labels[:, 1:]
+    mask = tgt != -100
+    tok = torch.gather(lp, 2, tgt.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return (tok * mask).sum(-1)
+
+
+def dpo_loss(cfg, w, policy, reference, ids, labels, beta):
+    """TRL's sigmoid DPO loss over pairs: rows [0, P) chosen, [P, 2P) rejected.
+    Returns the mean loss and the rewards (chosen, rejected)."""
+    P = ids.shape[0] // 2
+    pol = sequence_logps(forward_logits(cfg, w, policy, ids), labels)
+    with torch.no_grad():
+        ref = sequence_logps(forward_logits(cfg, w, reference, ids), labels)
+    chosen = beta * (pol[:P] - ref[:P])
+    rejected = beta * (pol[P:] - ref[P:])
+    loss = -F.logsigmoid(chosen - rejected).mean()
+    return loss, chosen.detach(), rejected.detach()
+
+
+def forward_logits(cfg, w, lora, ids):
+    """Logits [B, T, V] of HF's ForCausalLM."""
     B, T = ids.shape
     if cfg["model_type"] == "gpt2":
         C, H = cfg["n_embd"], cfg["n_head"]
@@ -229,8 +307,7 @@ def forward_loss(cfg, w, lora, ids, labels):
         x = rms_norm(x, w["model.norm.weight"], eps)
         head = w["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else w["lm_head.weight"]
         logits = x @ head.T
-    V = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+    return logits.float()
 
 
 # ---------------------------------------------------------------- files
@@ -272,13 +349,13 @@ def write_model(dirpath, cfg, weights, dtype=torch.float32):
                       {"format": "pt"})
 
 
-def write_adapter(dirpath, cfg, lora, r, alpha, targets, use_rslora=False):
+def write_adapter(dirpath, cfg, lora, r, alpha, targets, use_rslora=False, use_dora=False):
     os.makedirs(dirpath, exist_ok=True)
     conf = {"alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": "test-model", "bias": "none",
             "fan_in_fan_out": cfg["model_type"] == "gpt2", "inference_mode": True, "init_lora_weights": True,
             "layers_pattern": None, "layers_to_transform": None, "lora_alpha": alpha, "lora_dropout": 0.0,
             "modules_to_save": None, "peft_type": "LORA", "r": r, "rank_pattern": {}, "revision": None,
-            "target_modules": targets, "task_type": "CAUSAL_LM", "use_dora": False, "use_rslora": use_rslora}
+            "target_modules": targets, "task_type": "CAUSAL_LM", "use_dora": use_dora, "use_rslora": use_rslora}
     with open(os.path.join(dirpath, "adapter_config.json"), "w") as f:
         json.dump(conf, f, indent=2, sort_keys=True)
     write_safetensors(os.path.join(dirpath, "adapter_model.safetensors"), lora, {"format": "pt"})

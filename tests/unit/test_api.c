@@ -28,7 +28,8 @@ TEST(routes_match_openapi) {
             if (!json_object_get(ops, methods[m])) continue;
             spec_n++;
             char up[8];
-            for (int i = 0; i < 8; i++) up[i] = (char)(methods[m][i] >= 'a' ? methods[m][i] - 32 : methods[m][i]);
+            size_t ml = strlen(methods[m]);
+            for (size_t i = 0; i <= ml; i++) up[i] = (char)(methods[m][i] >= 'a' ? methods[m][i] - 32 : methods[m][i]);
             int found = 0;
             for (int r = 0; r < api_route_count(); r++)
                 found |= !strcmp(api_route_method(r), up) && !strcmp(api_route_path(r), path);
@@ -95,7 +96,10 @@ static int setup(void) {
     if (store_user_add(g_st, "alice", 0, h, &e)) return -1;
     sha256_hex("tok-root", 8, h);
     if (store_user_add(g_st, "root", 1, h, &e)) return -1;
-    if (store_model_add(g_st, "tiny", "/nonexistent", json_object(), &e)) return -1;
+    json_t *info = json_object();
+    int bad = store_model_add(g_st, "tiny", "/nonexistent", info, &e);
+    json_decref(info);
+    if (bad) return -1;
     store_dataset d = {.id = "file-000000000001", .user = "alice", .filename = "a.jsonl", .format = "jsonl",
                        .kind = "messages", .rows = 1, .bytes = 10, .path = "/nonexistent"};
     if (store_dataset_add(g_st, &d, NULL, &e)) return -1;

@@ -505,9 +505,10 @@ static void linear_case(kb_dtype wdt, int w_in_out, double tol) {
     float *dA = calloc((size_t)r * in, 4), *dB = calloc((size_t)out * r, 4), *y = calloc((size_t)N * out, 4);
     float *xa = calloc((size_t)N * r, 4);
     void *gW = put_w(g, W, (size_t)in * out), *gb = put_w(g, b, out);
-    kb_lora lc = {A, Bm, dA, dB, r, 2.0f, 0.1f, 1234};
-    kb_lora lg = {put(g, A, (size_t)r * in), put(g, Bm, (size_t)out * r), g->alloc(g, (size_t)r * in * 4),
-                  g->alloc(g, (size_t)out * r * 4), r, 2.0f, 0.1f, 1234};
+    kb_lora lc = {.A = A, .B = Bm, .dA = dA, .dB = dB, .r = r, .scale = 2.0f, .dropout = 0.1f, .seed = 1234};
+    kb_lora lg = {.A = put(g, A, (size_t)r * in), .B = put(g, Bm, (size_t)out * r),
+                  .dA = g->alloc(g, (size_t)r * in * 4), .dB = g->alloc(g, (size_t)out * r * 4), .r = r,
+                  .scale = 2.0f, .dropout = 0.1f, .seed = 1234};
     kb_linear Lc = {W, b, in, out, w_in_out, &lc}, Lg = {gW, gb, in, out, w_in_out, &lg};
     float *gx = put(g, x, (size_t)N * in), *gy = g->alloc(g, (size_t)N * out * 4), *gxa = g->alloc(g, (size_t)N * r * 4);
     float *gdy = put(g, dy, (size_t)N * out), *gdx = put(g, dx, (size_t)N * in);

@@ -123,3 +123,96 @@ TEST(set_overrides) {
     CHECK_STR(s.name, "my run");
     json_decref(j);
 }
+
+TEST(eval_block) {
+    const char *y =
+        "model: m\ntraining_file: heldout.jsonl\n"
+        "method: {type: eval, adapter: runs/notes}\n"
+        "eval:\n"
+        "  max_rows: 20\n"
+        "  generation: {max_new_tokens: 400, temperature: 0.1, top_p: 0.9, top_k: 50, seed: 3, stop: [\"\\n\\n\\n\"]}\n"
+        "  format:\n"
+        "    sections: [Summary, {name: Key Points, bullets: 3}, Limitation, {name: Follow-up Question, ends_with: \"?\"}]\n"
+        "    in_order: false\n"
+        "    nothing_after: true\n"
+        "    regex: '(?s)\\ASummary:'\n";
+    jobspec s, t;
+    lr_err e = {0};
+    REQUIRE(parse(y, &s, &e) == 0);
+    CHECK_EQ_INT(s.method.type, METHOD_EVAL);
+    CHECK_STR(s.method.adapter, "runs/notes");
+    CHECK_EQ_INT(s.eval.max_rows, 20);
+    CHECK_EQ_INT(s.eval.generation.max_new_tokens, 400);
+    CHECK_NEAR(s.eval.generation.temperature, 0.1, 1e-12);
+    CHECK_NEAR(s.eval.generation.top_p, 0.9, 1e-12);
+    CHECK_EQ_INT(s.eval.generation.top_k, 50);
+    CHECK_EQ_INT(s.eval.generation.seed, 3);
+    CHECK_EQ_INT(s.eval.generation.n_stop, 1);
+    CHECK_STR(s.eval.generation.stop[0], "\n\n\n");
+    CHECK_EQ_INT(s.eval.format.n_sections, 4);
+    CHECK_STR(s.eval.format.sections[1].name, "Key Points");
+    CHECK_EQ_INT(s.eval.format.sections[0].bullets, -1);
+    CHECK_EQ_INT(s.eval.format.sections[1].bullets, 3);
+    CHECK_STR(s.eval.format.sections[3].ends_with, "?");
+    CHECK_EQ_INT(s.eval.format.in_order, 0);
+    CHECK_EQ_INT(s.eval.format.nothing_after, 1);
+    CHECK_STR(s.eval.format.regex, "(?s)\\ASummary:");
+    /* written back whole, it reads the same */
+    json_t *j = jobspec_to_json(&s);
+    REQUIRE(jobspec_from_json(j, &t, &e) == 0);
+    json_t *j2 = jobspec_to_json(&t);
+    CHECK(json_equal(j, j2));
+    CHECK(json_is_object(json_object_get(j, "eval")));
+    json_decref(j);
+    json_decref(j2);
+    /* defaults of an eval job; other methods write no eval block */
+    REQUIRE(parse("{\"model\":\"m\",\"training_file\":\"f\",\"method\":\"eval\"}", &s, &e) == 0);
+    CHECK_EQ_INT(s.eval.generation.max_new_tokens, 256);
+    CHECK_NEAR(s.eval.generation.top_p, 1.0, 0);
+    CHECK_EQ_INT(s.eval.format.in_order, 1);
+    CHECK_STR(s.method.adapter, "");
+    REQUIRE(parse("{\"model\":\"m\",\"training_file\":\"f\"}", &s, &e) == 0);
+    j = jobspec_to_json(&s);
+    CHECK(json_object_get(j, "eval") == NULL);
+    json_decref(j);
+}
+
+TEST(eval_errors_name_the_field) {
+    static const struct {
+        const char *text, *param, *needle;
+    } cases[] = {
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"eval\":{}}", "eval", "method eval only"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"method\":{\"type\":\"sft\",\"adapter\":\"x\"}}", "method.adapter",
+         "eval only"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"method\":\"eval\",\"eval\":{\"bogus\":1}}", "eval.bogus",
+         "unknown field"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"method\":\"eval\",\"eval\":{\"generation\":{\"top_p\":0}}}",
+         "eval.generation.top_p", "must be"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"method\":\"eval\",\"eval\":{\"generation\":{\"max_new_tokens\":0}}}",
+         "eval.generation.max_new_tokens", "between"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"method\":\"eval\",\"eval\":{\"generation\":{\"stop\":[\"a\",\"\"]}}}",
+         "eval.generation.stop[1]", "empty"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"method\":\"eval\",\"eval\":{\"format\":{\"sections\":[\"A\",{\"name\":\"B\",\"bullets\":-1}]}}}",
+         "eval.format.sections[1].bullets", "between"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"method\":\"eval\",\"eval\":{\"format\":{\"sections\":[\"A\",{\"bullets\":1}]}}}",
+         "eval.format.sections[1].name", "required"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"method\":\"eval\",\"eval\":{\"format\":{\"sections\":[\"A:\"]}}}",
+         "eval.format.sections[0]", "without ':'"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"method\":\"eval\",\"eval\":{\"format\":{\"sections\":[\"A\",\"a\"]}}}",
+         "eval.format.sections[1]", "twice"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"method\":\"eval\",\"eval\":{\"format\":{\"regex\":\"(x\"}}}",
+         "eval.format.regex", "offset"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"method\":\"eval\",\"eval\":{\"format\":{\"nothing_after\":true}}}",
+         "eval.format.nothing_after", "needs sections"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"method\":\"eval\",\"eval\":{\"format\":{\"order\":true}}}",
+         "eval.format.order", "unknown field"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        jobspec s;
+        lr_err e = {0};
+        CHECKF(parse(cases[i].text, &s, &e) == -1, "case %zu accepted", i);
+        CHECKF(!strcmp(e.param, cases[i].param), "case %zu: param '%s', want '%s'", i, e.param, cases[i].param);
+        CHECKF(strstr(e.msg, cases[i].needle) != NULL, "case %zu: message '%s' lacks '%s'", i, e.msg,
+               cases[i].needle);
+    }
+}

@@ -255,8 +255,9 @@ static void lin_test(int w_in_out, int bias, float dropout) {
     int N = 9, in = 12, out = 10, r = 3;
     float *W = rnd((size_t)in * out, 12, 0.5f), *b = rnd(out, 13, 0.5f);
     lin_ud u = {.N = N, .x = rnd((size_t)N * in, 14, 1.0f), .xa = malloc((size_t)N * r * 4)};
-    u.lo = (kb_lora){rnd((size_t)r * in, 15, 0.5f), rnd((size_t)out * r, 16, 0.5f), calloc((size_t)r * in, 4),
-                     calloc((size_t)out * r, 4), r, 1.7f, dropout, 42};
+    u.lo = (kb_lora){.A = rnd((size_t)r * in, 15, 0.5f), .B = rnd((size_t)out * r, 16, 0.5f),
+                     .dA = calloc((size_t)r * in, 4), .dB = calloc((size_t)out * r, 4), .r = r, .scale = 1.7f,
+                     .dropout = dropout, .seed = 42};
     u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo};
     fd_case c = {lin_fwd, (size_t)N * out, &u};
     float *R = rnd((size_t)N * out, 17, 1.0f), *y = malloc((size_t)N * out * 4), *dx = malloc((size_t)N * in * 4);
@@ -285,6 +286,121 @@ static void lin_test(int w_in_out, int bias, float dropout) {
 TEST(linear_lora_backward) { lin_test(0, 0, 0.0f); }
 TEST(linear_lora_backward_conv1d_bias) { lin_test(1, 1, 0.0f); }
 TEST(linear_lora_backward_dropout) { lin_test(0, 1, 0.3f); }
+
+/* DoRA: the norm is computed once (dora_norm) and held fixed, so finite
+ * differences see it detached, as the backward treats it. */
+static void dora_test(int w_in_out, int bias, float dropout) {
+    kb_backend *be = be2();
+    REQUIRE(be);
+    int N = 7, in = 11, out = 9, r = 3;
+    float *W = rnd((size_t)in * out, 22, 0.5f), *b = rnd(out, 23, 0.5f), *wn = malloc((size_t)out * 4);
+    lin_ud u = {.N = N, .x = rnd((size_t)N * in, 24, 1.0f), .xa = malloc((size_t)N * r * 4)};
+    u.lo = (kb_lora){.A = rnd((size_t)r * in, 25, 0.5f), .B = rnd((size_t)out * r, 26, 0.5f),
+                     .dA = calloc((size_t)r * in, 4), .dB = calloc((size_t)out * r, 4), .r = r, .scale = 1.7f,
+                     .dropout = dropout, .seed = 77};
+    u.lo.mag = rnd(out, 27, 1.0f);
+    for (int j = 0; j < out; j++) u.lo.mag[j] += 2.0f;
+    u.lo.dmag = calloc(out, 4);
+    u.lo.wnorm = wn;
+    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo};
+    be->dora_norm(be, &u.L, wn);
+    /* ||W + s B A|| of one row by hand */
+    int o = 5;
+    double ss = 0;
+    for (int i = 0; i < in; i++) {
+        double ba = 0;
+        for (int k = 0; k < r; k++) ba += (double)u.lo.B[o * r + k] * u.lo.A[k * in + i];
+        double v = (w_in_out ? W[i * out + o] : W[o * in + i]) + 1.7 * ba;
+        ss += v * v;
+    }
+    CHECK_NEAR(wn[o], sqrt(ss), 1e-5 * sqrt(ss));
+    fd_case c = {lin_fwd, (size_t)N * out, &u};
+    float *R = rnd((size_t)N * out, 28, 1.0f), *y = malloc((size_t)N * out * 4), *dx = malloc((size_t)N * in * 4);
+    for (int i = 0; i < N * in; i++) dx[i] = 0.25f;
+    c.fwd(&c, y);
+    be->linear_bwd(be, &u.L, dx, 1, R, u.x, u.xa, N);
+    for (int i = 0; i < N * in; i++) dx[i] -= 0.25f;
+    fd_check(&c, R, u.x, (size_t)N * in, dx, "dora dx");
+    fd_check(&c, R, u.lo.A, (size_t)r * in, u.lo.dA, "dora dA");
+    fd_check(&c, R, u.lo.B, (size_t)out * r, u.lo.dB, "dora dB");
+    fd_check(&c, R, u.lo.mag, out, u.lo.dmag, "dora dmag");
+    /* PEFT: y = x W^T + b + (s - 1) (xd W^T) + s * 1.7 (xd A^T) B^T, s = mag / norm */
+    int n = 3;
+    double sj = (double)u.lo.mag[o] / wn[o], base = 0, based = 0, lora = 0;
+    for (int i = 0; i < in; i++) {
+        double w = w_in_out ? W[i * out + o] : W[o * in + i];
+        double xd = (double)u.x[n * in + i] * lr_dropout_mult(77, (uint64_t)n * in + i, dropout);
+        base += (double)u.x[n * in + i] * w;
+        based += xd * w;
+        for (int k = 0; k < r; k++) lora += xd * u.lo.A[k * in + i] * u.lo.B[o * r + k];
+    }
+    double ref = base + (bias ? b[o] : 0) + (sj - 1) * based + sj * 1.7 * lora;
+    CHECK_NEAR(y[n * out + o], ref, 1e-5);
+    free(W), free(b), free(wn), free(u.x), free(u.xa), free(u.lo.A), free(u.lo.B), free(u.lo.dA), free(u.lo.dB),
+        free(u.lo.mag), free(u.lo.dmag), free(R), free(y), free(dx);
+}
+
+TEST(linear_dora_backward) { dora_test(0, 0, 0.0f); }
+TEST(linear_dora_backward_conv1d_bias) { dora_test(1, 1, 0.0f); }
+TEST(linear_dora_backward_dropout) { dora_test(0, 1, 0.3f); }
+TEST(linear_dora_backward_conv1d_dropout) { dora_test(1, 1, 0.25f); }
+
+/* The KL head: ce and kl against a direct computation, its gradient
+ * against finite differences of sum ce + coef * kl, and chunking. */
+typedef struct kl_ud {
+    float *x, *xr, *W;
+    int32_t *tg;
+    int N, C, V;
+    float tau, coef;
+} kl_ud;
+
+static void kl_fwd(fd_case *c, float *out) {
+    kl_ud *u = c->ud;
+    double ce, kl;
+    int64_t nv;
+    be2()->lmhead_ce_kl(be2(), &ce, &kl, &nv, NULL, u->x, u->xr, u->W, u->tg, u->N, u->C, u->V, u->tau, u->coef, 0, 0);
+    out[0] = (float)(ce + u->coef * kl);
+}
+
+TEST(lmhead_ce_kl_backward_and_chunking) {
+    kb_backend *be = be2();
+    REQUIRE(be);
+    int N = 6, C = 8, V = 13;
+    int32_t tg[6] = {3, LR_IGNORE_INDEX, 0, 12, 7, LR_IGNORE_INDEX};
+    kl_ud u = {rnd((size_t)N * C, 31, 1.0f), rnd((size_t)N * C, 32, 1.0f), rnd((size_t)V * C, 33, 1.0f), tg, N, C, V,
+               1.7f, 0.6f};
+    double ce, kl, ce2, kl2;
+    int64_t nv;
+    float *dx = malloc((size_t)N * C * 4), *dx2 = malloc((size_t)N * C * 4), R = 1.0f;
+    be->lmhead_ce_kl(be, &ce, &kl, &nv, dx, u.x, u.xr, u.W, tg, N, C, V, u.tau, u.coef, 1.0f, 0);
+    CHECK_EQ_INT(nv, 4);
+    /* by hand */
+    double rce = 0, rkl = 0;
+    for (int n = 0; n < N; n++) {
+        if (tg[n] == LR_IGNORE_INDEX) continue;
+        double l[13], q[13], s1 = 0, st = 0, sq = 0;
+        for (int v = 0; v < V; v++) {
+            l[v] = q[v] = 0;
+            for (int k = 0; k < C; k++) l[v] += (double)u.x[n * C + k] * u.W[v * C + k], q[v] += (double)u.xr[n * C + k] * u.W[v * C + k];
+            s1 += exp(l[v]), st += exp(l[v] / u.tau), sq += exp(q[v] / u.tau);
+        }
+        rce += log(s1) - l[tg[n]];
+        for (int v = 0; v < V; v++) {
+            double lq = q[v] / u.tau - log(sq), lp = l[v] / u.tau - log(st);
+            rkl += exp(lq) * (lq - lp);
+        }
+    }
+    CHECK_NEAR(ce, rce, 1e-5 * rce);
+    CHECK_NEAR(kl, rkl, 1e-5 * rkl + 1e-9);
+    CHECK(kl > 0);
+    for (int i = 0; i < C; i++) CHECK(dx[1 * C + i] == 0.0f); /* an ignored row */
+    fd_case c = {kl_fwd, 1, &u};
+    fd_check(&c, &R, u.x, (size_t)N * C, dx, "ce+kl dx");
+    be->lmhead_ce_kl(be, &ce2, &kl2, &nv, dx2, u.x, u.xr, u.W, tg, N, C, V, u.tau, u.coef, 1.0f, 1); /* chunks of 16 rows minimum */
+    CHECK_NEAR(ce2, ce, 1e-9);
+    CHECK_NEAR(kl2, kl, 1e-9);
+    free(u.x), free(u.xr), free(u.W), free(dx), free(dx2);
+}
 
 TEST(dropout_mask_rate) {
     int kept = 0, n = 100000;
@@ -416,8 +532,8 @@ TEST(adamw_matches_torch_formula) {
 static void att_lin_run(kb_backend *be, float *dq, float *dA) {
     int B = 2, T = 150, H = 4, D = 16, N = B * T, C = H * D, r = 4;
     float *x = rnd((size_t)N * C, 30, 1.0f), *W = rnd((size_t)3 * C * C, 31, 0.2f);
-    kb_lora lo = {rnd((size_t)r * C, 32, 0.3f), rnd((size_t)3 * C * r, 33, 0.3f), dA, calloc((size_t)3 * C * r, 4), r,
-                  2.0f, 0.1f, 9};
+    kb_lora lo = {.A = rnd((size_t)r * C, 32, 0.3f), .B = rnd((size_t)3 * C * r, 33, 0.3f), .dA = dA,
+                  .dB = calloc((size_t)3 * C * r, 4), .r = r, .scale = 2.0f, .dropout = 0.1f, .seed = 9};
     kb_linear L = {W, NULL, C, 3 * C, 0, &lo};
     float *qkv = malloc((size_t)N * 3 * C * 4), *xa = malloc((size_t)N * r * 4), *o = malloc((size_t)N * C * 4);
     float *lse = malloc((size_t)N * H * 4), *dqkv = malloc((size_t)N * 3 * C * 4), *dx = malloc((size_t)N * C * 4);

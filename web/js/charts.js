@@ -1,7 +1,7 @@
 // Line charts on uPlot (web/vendor/uPlot.iife.min.js, loaded by index.html
 // as the global uPlot). A chart is rebuilt when its shape changes (series,
 // log scale, x mode) and only fed new data otherwise, so polling is cheap.
-import { alignSeries, positiveOnly, fmtDuration, fmtNum, fmtAxis } from './logic.js';
+import { alignSeries, positiveOnly, fmtDuration, fmtNum, fmtTicks } from './logic.js';
 
 export const PALETTE = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2', '#ca8a04', '#db2777', '#4b5563', '#65a30d'];
 
@@ -64,8 +64,8 @@ export class LineChart {
       cursor: this.opts.syncKey ? { sync: { key: this.opts.syncKey } } : {},
       scales: { x: { time: false }, y: this.opts.log ? { distr: 3 } : {} },
       axes: [
-        { values: (u, splits) => splits.map((v) => (wall ? fmtDuration(v) : fmtAxis(v))), label: wall ? 'wall time' : 'step', labelSize: 20, size: 36 },
-        { values: (u, splits) => splits.map(fmtAxis), size: 60 },
+        { values: (u, splits) => (wall ? splits.map(fmtDuration) : fmtTicks(splits)), label: wall ? 'wall time' : 'step', labelSize: 20, size: 36 },
+        { values: (u, splits) => fmtTicks(splits), size: 64 },
       ],
       series: [
         { label: wall ? 'time' : 'step', value: (u, v) => (v === null || v === undefined ? '–' : wall ? fmtDuration(v) : fmtNum(v, 8)) },

@@ -45,6 +45,19 @@ export function fmtAxis(v) {
   return fmtNum(v, 3);
 }
 
+// Tick labels of one axis: the shortest fmtAxis-like form that still tells
+// neighbouring ticks apart (a learning rate sweeping 9.99e-4..1.0e-3 needs
+// more digits than a loss from 2 to 6).
+export function fmtTicks(vals) {
+  const fin = vals.filter((v) => v !== null && Number.isFinite(v));
+  const big = fin.some((v) => Math.abs(v) >= 1e4);
+  for (let d = 3; d <= 8; d++) {
+    const out = vals.map((v) => (big ? fmtAxis(v) : fmtNum(v, d)));
+    if (new Set(out).size === new Set(fin).size) return out;
+  }
+  return vals.map((v) => fmtNum(v, 8));
+}
+
 export function fmtInt(v) {
   if (v === null || v === undefined) return '–';
   return Math.round(Number(v)).toLocaleString('en-US');
