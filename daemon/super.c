@@ -441,14 +441,17 @@ static int assign(super *s, wslot *w, const char *id) {
     snprintf(run_dir, sizeof run_dir, "%s/runs/%s", s->cfg->data_dir, id);
     if (lr_mkdirs(run_dir, &e)) goto bad;
     const char *ref = NULL;
-    if (spec->method.reference_adapter[0]) {
+    /* dpo's reference adapter, or the adapter an eval job evaluates */
+    const char *ref_id = spec->method.reference_adapter[0] ? spec->method.reference_adapter : spec->method.adapter;
+    if (ref_id[0]) {
         /* A job id names that job's adapter; nothing else is a server path
          * a user may choose. */
-        if (strncmp(spec->method.reference_adapter, "ftjob-", 6) || strchr(spec->method.reference_adapter, '/')) {
-            lr_errf(&e, "method.reference_adapter must be the id of a finished job");
+        if (strncmp(ref_id, "ftjob-", 6) || strchr(ref_id, '/')) {
+            lr_errf(&e, "method.%s must be the id of a finished job",
+                    spec->method.reference_adapter[0] ? "reference_adapter" : "adapter");
             goto bad;
         }
-        snprintf(ref_dir, sizeof ref_dir, "%s/runs/%s", s->cfg->data_dir, spec->method.reference_adapter);
+        snprintf(ref_dir, sizeof ref_dir, "%s/runs/%s", s->cfg->data_dir, ref_id);
         ref = ref_dir;
     }
     char ck[1300];

@@ -99,6 +99,16 @@ LR_HD static inline void lr_adamw_elem(float *p, float g, float *m, float *v, fl
     *p = pv - (lr / bc1) * mv / (sqrtf(vv) / bc2_sqrt + eps);
 }
 
+/* DoRA's output element (PEFT's lora.dora): s = magnitude / ||W + scale B A||
+ * (detached), base = x W^T, based = drop(x) W^T, lora = scale drop(x) A^T B^T
+ * (all pre-bias), b the bias (0 without). Without dropout based = base and
+ * this is s * (base + lora) + b; the two forms are kept apart so that the
+ * no-dropout path rounds as s (base + lora). */
+LR_HD static inline float lr_dora_out(float base, float based, float lora, float s, float b, int drop) {
+    float v = drop ? base + (s - 1.0f) * based + s * lora : s * (base + lora);
+    return v + b;
+}
+
 /* Counter-based dropout mask: keep element idx of the call keyed by key
  * with probability 1 - p. A hash of (key, idx), so the forward and the
  * backward (and the CUDA kernels) regenerate the same mask without storing

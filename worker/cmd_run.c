@@ -195,7 +195,7 @@ int cmd_run(int argc, char **argv) {
     }
     if (!quiet) {
         if (oc == TRAIN_CANCELLED) printf("interrupted; resume with --resume\n");
-        else printf("done: adapter in %s\n", rundir);
+        else printf("done: %s in %s\n", spec.method.type == METHOD_EVAL ? "evaluation results" : "adapter", rundir);
     }
     rc = oc == TRAIN_CANCELLED ? 130 : 0;
 done:

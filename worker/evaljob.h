@@ -6,7 +6,9 @@
  * header appended and answered by the base model, then by the base model
  * with the adapter (paths->reference_adapter_dir, the directory of
  * method.adapter; without one only the base is evaluated), using
- * eval.generation's settings (the job's system_prompt applies). Scores:
+ * eval.generation's settings (the job's system_prompt applies; rows whose
+ * prompt is longer than hyperparameters.max_seq_len or the model's
+ * positions are skipped with a warning). Scores:
  *  - compliance: the share of outputs that pass eval.format
  *    (worker/fmtcheck.h), when it has rules;
  *  - f1: SQuAD's token-level F1 against the row's reference answer, when

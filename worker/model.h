@@ -60,8 +60,10 @@ void model_free(model *m);
 const hf_config *model_config(const model *m);
 
 /* Attaches fresh adapters: A Kaiming-uniform as PEFT (bound 1/sqrt(in)),
- * drawn from a stream of seed per tensor name, B zero. Replaces any
- * previous adapters. */
+ * drawn from a stream of seed per tensor name, B zero, and with use_dora
+ * the magnitudes ||W|| per output row (so the model starts as the base
+ * model). Replaces any previous adapters. DoRA needs a backend with
+ * dora_norm. */
 int model_lora_init(model *m, const model_lora_cfg *cfg, uint64_t seed, lr_err *err) LR_WARN_UNUSED;
 /* Attaches the adapters of a PEFT adapter directory (adapter_config.json +
  * adapter_model.safetensors) with their weights. */

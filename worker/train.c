@@ -481,6 +481,8 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
                        s->method.reference_adapter);
     if (lr_mkdirs(T->paths->run_dir, err)) return -1;
     if (kb_create(opts->backend ? opts->backend : "cpu", opts->threads, &T->be, err)) return -1;
+    if (mt == METHOD_KL_SFT && !T->be->lmhead_ce_kl)
+        return lr_errp(err, LR_E_INVALID, "method.type", "kl_sft is not implemented by the %s backend yet", T->be->name);
     if (tok_load(T->paths->model_dir, &T->tk, err)) return lr_err_prefix(err, "model tokenizer: ");
     if (chat_init(&T->ch, T->tk, s->chat_template, T->paths->model_dir, err)) return -1;
 

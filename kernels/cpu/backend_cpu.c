@@ -450,10 +450,8 @@ static void cpu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *
     for (int n = 0; n < N; n++) {
         float *yr = y + (size_t)n * out;
         const float *ur = u + (size_t)n * out, *zr = drop ? zb + (size_t)n * out : NULL;
-        for (int j = 0; j < out; j++) {
-            float v = drop ? yr[j] + (sv[j] - 1.0f) * zr[j] + sv[j] * ur[j] : sv[j] * (yr[j] + ur[j]);
-            yr[j] = b ? v + ((const float *)b)[j] : v;
-        }
+        for (int j = 0; j < out; j++)
+            yr[j] = lr_dora_out(yr[j], drop ? zr[j] : yr[j], ur[j], sv[j], b ? ((const float *)b)[j] : 0.0f, drop);
     }
 }
 

@@ -2,7 +2,7 @@
  * (numerical agreement with PyTorch is tests/reference/test_grads.py):
  * determinism, gradient accumulation over micro-batches equal to one
  * batch, eval loss equal to the training loss, reproducible dropout,
- * LoRA init, and the PEFT save/load round trip. */
+ * LoRA init, the PEFT save/load round trip, and DoRA / KL / DPO identities. */
 #include <stdint.h>
 
 #include "common/buf.h"
@@ -254,6 +254,71 @@ TEST(lora_init_like_peft) {
     CHECK_STR(err.param, "lora.targets");
     model_free(m);
 }
+
+/* DoRA and the references, by identities: a fresh DoRA adapter (B = 0,
+ * magnitude = ||W||) is the base model exactly, so against the base model
+ * its KL is 0 and its DPO rewards are 0 (loss log 2); a saved and reloaded
+ * DoRA adapter keeps A, B and magnitudes, and used as the reference of a
+ * policy equal to it gives rewards 0 again. */
+static void dora_identities(hf_arch arch, const char *sub) {
+    model *m = tiny(arch, sub, 0.0f);
+    REQUIRE(m);
+    lr_err err;
+    model_lora_cfg lc = {.r = 4, .alpha = 8, .n_targets = 1, .use_dora = 1};
+    snprintf(lc.targets[0], sizeof lc.targets[0], "all-linear");
+    REQUIRE(!model_lora_init(m, &lc, 5, &err));
+    int nmod = arch == ARCH_GPT2 ? 4 * 2 : 7 * 2;
+    CHECK_EQ_INT(model_n_params(m), 3 * nmod);
+    const model_param *mp = model_param_at(m, 2);
+    CHECK(strstr(mp->name, ".lora_magnitude_vector") && mp->ndim == 1 && mp->shape[1] == 1);
+    const float *mag = model_params(m) + mp->offset;
+    for (size_t i = 0; i < mp->numel; i++) CHECK(mag[i] > 0.0f);
+    int32_t ids[B * T], labels[B * T];
+    batch(ids, labels);
+    double ce, kl, base;
+    int64_t n, n2;
+    REQUIRE(!model_loss(m, ids, labels, B, T, &ce, &n, &err));
+    model_lora_enable(m, 0);
+    REQUIRE(!model_loss(m, ids, labels, B, T, &base, &n2, &err));
+    model_lora_enable(m, 1);
+    CHECK_NEAR(ce, base, 1e-6 * base);
+    model_zero_grad(m);
+    REQUIRE(!model_fwd_bwd_kl(m, ids, labels, B, T, 0.5f, 2.0f, 1.0f, &ce, &kl, &n, &err));
+    CHECK_NEAR(ce, base, 1e-6 * base);
+    CHECK(fabs(kl) < 1e-6 * n);
+    /* a pair batch: rows 0,1 chosen, 2,3 rejected (B = 4 rows) */
+    model_dpo_out o;
+    REQUIRE(!model_dpo(m, ids, labels, B / 2, T, 0.1f, MODEL_REF_BASE, 1, 0.5f, &o, &err));
+    CHECK_EQ_INT(o.pairs, B / 2);
+    CHECK(fabs(o.chosen_reward_sum) < 1e-6 && fabs(o.rejected_reward_sum) < 1e-6);
+    CHECK_NEAR(o.loss_sum / o.pairs, log(2.0), 1e-6);
+    CHECK(model_dpo(m, ids, labels, B / 2, T, 0.1f, MODEL_REF_ADAPTER, 0, 0, &o, &err) == -1); /* none loaded */
+    /* perturb, save, reload as both policy and reference */
+    float *p = model_params(m);
+    for (size_t i = 0; i < model_numel(m); i++) p[i] += 0.01f * (float)((i * 7919) % 13) - 0.06f;
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/%s-adapter", test_tmpdir(), sub);
+    REQUIRE(!model_lora_save(m, dir, &err));
+    float *before = malloc(model_numel(m) * sizeof(float));
+    memcpy(before, p, model_numel(m) * sizeof(float));
+    double l0, l1;
+    REQUIRE(!model_loss(m, ids, labels, B, T, &l0, &n, &err));
+    REQUIRE(!model_lora_load(m, dir, &err));
+    CHECK(model_lora(m)->use_dora);
+    CHECK(!memcmp(before, model_params(m), model_numel(m) * sizeof(float)));
+    REQUIRE(!model_loss(m, ids, labels, B, T, &l1, &n, &err));
+    CHECK(l0 == l1);
+    REQUIRE(!model_ref_load(m, dir, &err));
+    REQUIRE(!model_dpo(m, ids, labels, B / 2, T, 0.1f, MODEL_REF_ADAPTER, 0, 0, &o, &err));
+    CHECK(o.chosen_reward_sum == 0.0 && o.rejected_reward_sum == 0.0);
+    REQUIRE(!model_dpo(m, ids, labels, B / 2, T, 0.1f, MODEL_REF_BASE, 0, 0, &o, &err));
+    CHECK(o.chosen_reward_sum != 0.0);
+    free(before);
+    model_free(m);
+}
+
+TEST(dora_llama_identities) { dora_identities(ARCH_LLAMA, "dora-llama"); }
+TEST(dora_gpt2_identities) { dora_identities(ARCH_GPT2, "dora-gpt2"); }
 
 TEST(dropout_reproducible) {
     model *m = tiny(ARCH_LLAMA, "drop", 0.2f);
