@@ -1,5 +1,7 @@
 #include "worker/hfconfig.h"
 
+#include <limits.h>
+
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -224,7 +226,7 @@ static int validate(const hf_config *c, lr_err *err) {
     if (c->head_dim <= 0 || (c->arch != ARCH_GPT2 && c->head_dim % 2)) /* RoPE rotates pairs */
         BAD("head_dim", "head_dim must be a positive even integer (got %d; hidden_size %d / %d heads)", c->head_dim,
             c->hidden, c->n_heads);
-    if (c->arch == ARCH_GPT2 && c->head_dim * c->n_heads != c->hidden)
+    if (c->arch == ARCH_GPT2 && (long long)c->head_dim * c->n_heads != c->hidden)
         BAD("n_head", "n_embd (%d) must be a multiple of n_head (%d)", c->hidden, c->n_heads);
     if (c->intermediate <= 0) BAD("intermediate_size", "intermediate_size must be a positive integer");
     if (c->max_pos <= 0) BAD("max_position_embeddings", "max_position_embeddings must be a positive integer");
@@ -268,6 +270,8 @@ static int parse_gpt2(json_t *o, hf_config *c, lr_err *err) {
                        !scale ? "scale_attn_weights false" : by_layer ? "scale_attn_by_inverse_layer_idx true" : "add_cross_attention true");
     c->n_kv_heads = c->n_heads;
     c->head_dim = c->hidden / c->n_heads;
+    if (!inner && c->hidden > INT_MAX / 4)
+        return lr_errp(err, LR_E_INVALID, "n_embd", "config.json: n_embd %d is too large", c->hidden);
     c->intermediate = inner ? inner : 4 * c->hidden;
     return 0;
 }
