@@ -10,6 +10,7 @@
 # in its folder, no Makefile edit. Programs have their main() in <dir>/main.c.
 
 BUILD   ?= build
+MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
 CC      ?= cc
 NVCC    ?= $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
 OPT     ?= -O2
