@@ -66,8 +66,10 @@ try:
             firsts.append((a[0] if a else 1 << 60, j))
         return [j for _, j in sorted(firsts)]
 
-    b1 = job(ta, 8, name="b1")
-    b2 = job(ta, 40, name="b2")
+    # b1 and b2 must outlast the four submissions below, even on a fast idle
+    # machine, or a worker frees up before the queue holds all four
+    b1 = job(ta, 300, name="b1")
+    b2 = job(ta, 500, name="b2")
     wait_until(lambda: len(L.req("GET", "/v1/jobs?status=running", ta)[1]["data"]) == 2, 60, "two running")
     R.check(True, "two jobs run at once")
     j3 = job(tb, 4, 0, "j3")
