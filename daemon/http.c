@@ -172,14 +172,16 @@ int http_start(const lorad_config *cfg, api *a, http_server **out, lr_err *err) 
     http_server *s = calloc(1, sizeof *s);
     if (!s) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
     s->a = a;
-    /* ITC: quiesce (stop accepting on SIGTERM) needs it with a thread pool. */
+    /* ITC: quiesce (stop accepting on SIGTERM) needs it with a thread pool.
+     * No SO_REUSEPORT: a second lorad on a busy port must fail, not share it
+     * (MHD's default SO_REUSEADDR still allows a restart over TIME_WAIT). */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                             MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
                             (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
                             (unsigned)cfg->request_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_done, s,
-                            MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
+                            MHD_OPTION_END);
     if (!s->d) {
         free(s);
         return lr_errp(err, LR_E_IO, "listen", "cannot listen on %s (in use, or not an address of this host)",
