@@ -84,6 +84,24 @@ class Lorad:
         except (urllib.error.URLError, ConnectionError, socket.timeout) as e:
             return 0, str(e)
 
+    def job(self, jid, token):
+        return self.req("GET", "/v1/jobs/" + jid, token)[1]
+
+    def finished(self, jid, token):
+        """The job's final status, or None while it is queued or running."""
+        s = self.job(jid, token)["status"]
+        return s if s in ("succeeded", "failed", "cancelled") else None
+
+    def start_order(self, ids, token):
+        """ids sorted by when they were first assigned: event ids are global
+        and increase, so the first "assigned" event of each job orders starts."""
+        firsts = []
+        for j in ids:
+            evs = self.req("GET", "/v1/jobs/%s/events?limit=10000" % j, token)[1]["data"]
+            a = [e["id"] for e in evs if e["message"].startswith("assigned")]
+            firsts.append((a[0] if a else 1 << 60, j))
+        return [j for _, j in sorted(firsts)]
+
     def kill9(self):
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)

@@ -35,20 +35,13 @@ try:
         return j["id"]
 
     def get(jid):
-        return L.req("GET", "/v1/jobs/" + jid, ta)[1]
+        return L.job(jid, ta)
 
     def done(jid):
-        s = get(jid)["status"]
-        return s if s in ("succeeded", "failed", "cancelled") else None
+        return L.finished(jid, ta)
 
     def assign_order(ids):
-        # Event ids are global and increase: the "assigned" event orders starts.
-        firsts = []
-        for j in ids:
-            evs = L.req("GET", "/v1/jobs/%s/events" % j, ta)[1]["data"]
-            a = [e["id"] for e in evs if e["message"].startswith("assigned")]
-            firsts.append((a[0] if a else 1 << 60, j))
-        return [j for _, j in sorted(firsts)]
+        return L.start_order(ids, ta)
 
     # --- order, concurrency, success ---
     b1 = job(ta, 10, name="b1")

@@ -52,19 +52,13 @@ try:
         return j["id"]
 
     def get(jid):
-        return L.req("GET", "/v1/jobs/" + jid, ta)[1]
+        return L.job(jid, ta)
 
     def done(jid):
-        s = get(jid)["status"]
-        return s if s in ("succeeded", "failed", "cancelled") else None
+        return L.finished(jid, ta)
 
     def starts(ids):
-        firsts = []
-        for j in ids:
-            evs = L.req("GET", "/v1/jobs/%s/events?limit=10000" % j, ta)[1]["data"]
-            a = [e["id"] for e in evs if e["message"].startswith("assigned")]
-            firsts.append((a[0] if a else 1 << 60, j))
-        return [j for _, j in sorted(firsts)]
+        return L.start_order(ids, ta)
 
     # b1 and b2 must outlast the four submissions below, even on a fast idle
     # machine, or a worker frees up before the queue holds all four
