@@ -297,6 +297,22 @@ static json_t *list_obj(json_t *data, int has_more) {
     return json_pack("{s:s, s:o, s:b}", "object", "list", "data", data, "has_more", has_more);
 }
 
+/* One page of a list: the statement asks for limit + 1 rows, so a row past
+ * the limit means has_more without a second COUNT query. */
+static json_t *list_page(sqlite3_stmt *s, int limit, json_t *(*row)(sqlite3_stmt *)) {
+    json_t *a = json_array();
+    int n = 0, more = 0;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        if (n++ == limit) {
+            more = 1;
+            break;
+        }
+        json_array_append_new(a, row(s));
+    }
+    sqlite3_reset(s);
+    return list_obj(a, more);
+}
+
 json_t *store_models_list(store *st, lr_err *err) {
     sqlite3_stmt *s = q(st, "SELECT name, info, created_at FROM models ORDER BY name", err);
     if (!s) return NULL;
@@ -384,17 +400,7 @@ json_t *store_datasets_list(store *st, int limit, const char *after, lr_err *err
     if (!s) return NULL;
     bt(s, 1, after);
     bi(s, 2, limit + 1);
-    json_t *a = json_array();
-    int n = 0, more = 0;
-    while (sqlite3_step(s) == SQLITE_ROW) {
-        if (n++ == limit) {
-            more = 1;
-            break;
-        }
-        json_array_append_new(a, ds_json(s));
-    }
-    sqlite3_reset(s);
-    return list_obj(a, more);
+    return list_page(s, limit, ds_json);
 }
 
 int store_dataset_delete(store *st, const char *id, lr_err *err) {
@@ -500,17 +506,7 @@ json_t *store_jobs_list(store *st, const char *status, const char *user, const c
     bt(s, 3, sweep_id);
     bt(s, 4, after);
     bi(s, 5, limit + 1);
-    json_t *a = json_array();
-    int n = 0, more = 0;
-    while (sqlite3_step(s) == SQLITE_ROW) {
-        if (n++ == limit) {
-            more = 1;
-            break;
-        }
-        json_array_append_new(a, job_json(s));
-    }
-    sqlite3_reset(s);
-    return list_obj(a, more);
+    return list_page(s, limit, job_json);
 }
 
 int store_job_cancel(store *st, const char *id, const store_user *who, int *running, lr_err *err) {
@@ -851,6 +847,12 @@ int store_event_add(store *st, const char *job, const char *level, const char *m
     return exec1(st, s, err, "add event");
 }
 
+static json_t *event_json(sqlite3_stmt *s) {
+    return json_pack("{s:I, s:s, s:f, s:s, s:s}", "id", (json_int_t)sqlite3_column_int64(s, 0), "object",
+                     "fine_tuning.job.event", "created_at", sqlite3_column_double(s, 1), "level", ct(s, 2), "message",
+                     ct(s, 3));
+}
+
 json_t *store_events_list(store *st, const char *job, int64_t after, int limit, lr_err *err) {
     sqlite3_stmt *s = q(st, "SELECT id, created_at, level, message FROM events WHERE job_id=? AND id > ? "
                             "ORDER BY id LIMIT ?", err);
@@ -858,19 +860,7 @@ json_t *store_events_list(store *st, const char *job, int64_t after, int limit, 
     bt(s, 1, job);
     bi(s, 2, after);
     bi(s, 3, limit + 1);
-    json_t *a = json_array();
-    int n = 0, more = 0;
-    while (sqlite3_step(s) == SQLITE_ROW) {
-        if (n++ == limit) {
-            more = 1;
-            break;
-        }
-        json_array_append_new(a, json_pack("{s:I, s:s, s:f, s:s, s:s}", "id", (json_int_t)sqlite3_column_int64(s, 0),
-                                           "object", "fine_tuning.job.event", "created_at",
-                                           sqlite3_column_double(s, 1), "level", ct(s, 2), "message", ct(s, 3)));
-    }
-    sqlite3_reset(s);
-    return list_obj(a, more);
+    return list_page(s, limit, event_json);
 }
 
 int store_checkpoint_add(store *st, const char *job, int64_t step, const char *dir, lr_err *err) {
