@@ -16,6 +16,7 @@
 
 #include "common/rng.h"
 #include "kernels/backend.h"
+#include "worker/adapter.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "worker/commands.h"
 #include "worker/model.h"
@@ -118,11 +119,10 @@ int cmd_bench(int argc, char **argv) {
     if (kb_create(backend, threads, &be, &err) || model_load(dir, be, &m, &err)) goto done;
     const hf_config *cfg = model_config(m);
     model_lora_cfg lc = {.r = r, .alpha = 2.0f * r, .dropout = 0.0f};
-    static const char *const llama[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-    static const char *const gpt2[] = {"c_attn", "c_proj", "c_fc"};
-    int nt = cfg->arch == ARCH_GPT2 ? 3 : 7;
-    for (int i = 0; i < nt; i++)
-        snprintf(lc.targets[lc.n_targets++], sizeof lc.targets[0], "%s", cfg->arch == ARCH_GPT2 ? gpt2[i] : llama[i]);
+    int nt;
+    const char *const *mods = adapter_layer_modules(cfg->arch, &nt); /* every linear layer */
+    for (int i = 0; i < nt && i < MODEL_MAX_TARGETS; i++)
+        snprintf(lc.targets[lc.n_targets++], sizeof lc.targets[0], "%s", mods[i]);
     if (model_lora_init(m, &lc, 1, &err) || model_reserve(m, B, T, &err)) goto done;
     size_t n = model_numel(m);
     am = be->alloc(be, n * sizeof(float));
