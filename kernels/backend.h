@@ -54,6 +54,10 @@ typedef struct kb_linear {
     int in, out;
     int w_in_out;
     const kb_lora *lora;  /* NULL: no adapter on this layer */
+    /* Full fine-tuning (a backend with weight_grads, f32 weights, no
+     * lora): when not NULL, linear_bwd accumulates d/dW into dW (W's own
+     * layout) and d/db into db. */
+    float *dW, *db;
 } kb_linear;
 
 /* AdamW hyperparameters of one step (t counts from 1). */
@@ -68,6 +72,7 @@ struct kb_backend {
     kb_dtype weight_dtype;  /* storage of frozen weights */
     int threads;
     int host_memory;        /* 1: its pointers are host memory (the CPU backend) */
+    int weight_grads;       /* 1: honours kb_linear.dW/db and lmhead_ce's dW (full fine-tuning) */
     void *impl;
 
     /* Memory. alloc returns zeroed memory or NULL. */
@@ -133,7 +138,8 @@ struct kb_backend {
      * With a LoRA path, xa [N,r] = drop(x) A^T is saved for the backward. */
     void (*linear_fwd)(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N);
     /* dx[N,in] = dy W (+ LoRA term), accumulated when dx_acc, may be NULL
-     * (no input gradient needed); lora->dA, dB accumulate. W, b frozen. */
+     * (no input gradient needed); lora->dA, dB accumulate; L->dW, L->db
+     * accumulate when set, otherwise W, b are frozen. */
     void (*linear_bwd)(kb_backend *be, const kb_linear *L, float *dx, int dx_acc, const float *dy,
                        const float *x, const float *xa, int N);
 
@@ -145,8 +151,10 @@ struct kb_backend {
      * (0 on ignored rows), for per-sequence objectives (DPO). When dx !=
      * NULL, dx[N,C] is overwritten with d(sum_n w_n loss_n)/dx where
      * w_n = grad_scale * (tok_scale ? tok_scale[n] : 1) (zero on ignored
-     * rows). targets, tok_scale, tok_loss are backend memory. */
-    double (*lmhead_ce)(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, const float *x,
+     * rows). dW [V,C], when not NULL (full fine-tuning; only on a backend
+     * with weight_grads), accumulates d(sum_n w_n loss_n)/dW. targets,
+     * tok_scale, tok_loss are backend memory. */
+    double (*lmhead_ce)(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, float *dW, const float *x,
                         const void *W, const int32_t *targets, const float *tok_scale, int N, int C, int V,
                         float grad_scale, int chunk_rows);
 

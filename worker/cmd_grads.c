@@ -4,6 +4,7 @@
  *   lora-worker grads --model DIR --adapter ADAPTER_DIR --batch BATCH.json --out GRADS.safetensors
  *                     [--method sft|kl_sft|dpo] [--kl-lambda L] [--kl-tau T] [--beta B]
  *                     [--reference-adapter DIR]
+ *   lora-worker grads --model DIR --full --batch BATCH.json --out GRADS.safetensors
  *
  * BATCH.json is {"input_ids": [[...], ...], "labels": [[...], ...]}, rows of
  * equal length, labels aligned with input_ids (-100 = not scored; absent =
@@ -18,6 +19,8 @@
  *    loss = mean over pairs of the sigmoid DPO loss against the base model
  *    or --reference-adapter, also "rewards/accuracy", "rewards/margin",
  *    "rewards/chosen", "rewards/rejected" (means over pairs).
+ * With --full (full fine-tuning, sft only) the trainable tensors are every
+ * base weight, written under the model checkpoint's own names.
  * Dropout off. */
 #include <jansson.h>
 #include <stdio.h>
@@ -34,7 +37,7 @@
 #define GRADS_MAX_BATCH (256u << 20)
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: lora-worker grads --model DIR --adapter ADAPTER_DIR --batch BATCH.json --out GRADS.safetensors\n"
+    fprintf(f, "usage: lora-worker grads --model DIR (--adapter ADAPTER_DIR | --full) --batch BATCH.json --out GRADS.safetensors\n"
                "                         [--backend cpu] [--threads N] [--method sft|kl_sft|dpo]\n"
                "                         [--kl-lambda L] [--kl-tau T] [--beta B] [--reference-adapter DIR]\n"
                "  BATCH.json: {\"input_ids\": [[...]], \"labels\": [[...]]} (-100 = ignored)\n");
@@ -107,12 +110,16 @@ int cmd_grads(int argc, char **argv) {
     const char *model_dir = NULL, *adapter_dir = NULL, *batch_path = NULL, *out_path = NULL, *backend = "cpu";
     const char *method = "sft", *ref_dir = NULL;
     double kl_lambda = 0.1, kl_tau = 1.0, beta = 0.1;
-    int threads = 0;
+    int threads = 0, full = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
+        }
+        if (!strcmp(a, "--full")) {
+            full = 1;
+            continue;
         }
         if (!v) {
             fprintf(stderr, "lora-worker grads: %s needs a value\n", a);
@@ -149,13 +156,17 @@ int cmd_grads(int argc, char **argv) {
         }
         i++;
     }
-    if (!model_dir || !adapter_dir || !batch_path || !out_path) {
+    if (!model_dir || !adapter_dir == !full || !batch_path || !out_path) {
         usage(stderr);
         return 1;
     }
     int kind = !strcmp(method, "sft") ? 0 : !strcmp(method, "kl_sft") ? 1 : !strcmp(method, "dpo") ? 2 : -1;
     if (kind < 0) {
         fprintf(stderr, "lora-worker grads: --method must be sft, kl_sft or dpo\n");
+        return 1;
+    }
+    if (full && kind != 0) {
+        fprintf(stderr, "lora-worker grads: --full applies to --method sft\n");
         return 1;
     }
     if (ref_dir && kind != 2) {
@@ -195,7 +206,7 @@ int cmd_grads(int argc, char **argv) {
         goto fail;
     }
     if (kb_create(backend, threads, &be, &err) || model_load(model_dir, be, &m, &err) ||
-        model_lora_load(m, adapter_dir, &err) || (ref_dir && model_ref_load(m, ref_dir, &err)))
+        (full ? model_full_init(m, &err) : model_lora_load(m, adapter_dir, &err)) || (ref_dir && model_ref_load(m, ref_dir, &err)))
         goto fail;
     double loss_sum, ce, kl;
     int64_t ntok;

@@ -83,7 +83,7 @@ done:
     return rc;
 }
 
-static int copy_side_files(const char *from, const char *to, lr_err *err) {
+int merge_copy_side_files(const char *from, const char *to, lr_err *err) {
     char src[PATH_MAX], dst[PATH_MAX];
     for (size_t i = 0; i < sizeof SIDE_FILES / sizeof SIDE_FILES[0]; i++) {
         if (lr_pathf(src, sizeof src, "%s/%s", from, SIDE_FILES[i]) ||
@@ -193,7 +193,7 @@ int merge_adapter(const char *model_dir, const char *adapter_dir, const char *ou
     rc = st_stream_finish(ss, err);
     ss = NULL;
     if (rc) goto fail;
-    rc = copy_side_files(model_dir, out_dir, err);
+    rc = merge_copy_side_files(model_dir, out_dir, err);
     if (!rc && n_merged) *n_merged = nm;
     goto done;
 fail_stream:

@@ -23,4 +23,8 @@
 int merge_adapter(const char *model_dir, const char *adapter_dir, const char *out_dir, int *n_merged,
                   lr_err *err) LR_WARN_UNUSED;
 
+/* Copies config.json and the tokenizer and generation files of a model
+ * folder (those present) into another. */
+int merge_copy_side_files(const char *from, const char *to, lr_err *err) LR_WARN_UNUSED;
+
 #endif

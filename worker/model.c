@@ -7,9 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/buf.h"
 #include "common/rng.h"
 #include "kernels/elem.h"
 #include "worker/adapter.h"
+#include "worker/merge.h"
 #include "worker/safetensors.h"
 
 /* The linear modules of a layer. GPT-2 uses four: S_Q is attn.c_attn
@@ -42,6 +44,16 @@ typedef struct layer {
     float *f1, *f2;              /* [N,I]: gate, up (gpt2: c_fc output, f2 unused) */
 } layer;
 
+/* A base tensor as the checkpoint named and stored it (full fine-tuning
+ * trains and saves these). */
+typedef struct wtensor {
+    char name[160];
+    int64_t shape[2];
+    int ndim;
+    size_t off; /* bytes into wmem */
+    st_dtype dtype;
+} wtensor;
+
 struct model {
     hf_config cfg;
     kb_backend *be;
@@ -51,6 +63,9 @@ struct model {
     void *wmem;
     const void *wte, *wpe, *nfw, *nfb, *lm;
     layer *layers;
+    wtensor *wt;   /* the base tensors in load order */
+    size_t nwt, wbytes;
+    int full;      /* full fine-tuning: the params are the base weights */
 
     adapter *ad; /* LoRA settings and tensor names; NULL without adapters */
     model_lora_cfg lcfg;
@@ -139,6 +154,10 @@ static int wget(wctx *w, const char *name, int64_t d0, int64_t d1, int optional,
     size_t n = (size_t)d0 * (size_t)(d1 ? d1 : 1);
     size_t bytes = n * w->m->wsize;
     if (w->base) {
+        model *m = w->m;
+        wtensor *wt = &m->wt[m->nwt++];
+        snprintf(wt->name, sizeof wt->name, "%s", t->name);
+        wt->shape[0] = d0, wt->shape[1] = d1 ? d1 : 1, wt->ndim = ndim, wt->off = w->off, wt->dtype = t->dtype;
         kb_backend *be = w->m->be;
         void *p = w->base + w->off;
         if (be->host_memory && be->weight_dtype == KB_F32) {
@@ -244,6 +263,13 @@ int model_load(const char *dir, kb_backend *be, model **out, lr_err *err) {
     wctx w = {.m = m, .s = s, .err = err};
     if (load_weights(&w)) goto fail;
     size_t total = w.off, maxn = (size_t)c->vocab_size * c->hidden;
+    /* at most: embeddings, positions, final norm weight and bias, LM head,
+     * and per layer two norms with biases and each module's weight and bias */
+    m->wt = calloc(5 + (size_t)c->n_layers * (4 + 2 * S_N), sizeof *m->wt);
+    if (!m->wt) {
+        lr_errp(err, LR_E_NOMEM, NULL, "out of memory loading the model");
+        goto fail;
+    }
     if (!be->host_memory || be->weight_dtype != KB_F32) {
         size_t in_max = (size_t)(c->intermediate > 3 * c->hidden ? c->intermediate : 3 * c->hidden) * c->hidden;
         if (in_max > maxn) maxn = in_max;
@@ -262,6 +288,7 @@ int model_load(const char *dir, kb_backend *be, model **out, lr_err *err) {
     }
     w.base = m->wmem;
     w.off = 0;
+    m->wbytes = total;
     int rc = load_weights(&w);
     free(w.stage);
     if (rc) goto fail;
@@ -286,7 +313,7 @@ static void free_acts(model *m) {
 }
 
 static void free_lora(model *m) {
-    if (m->pmem) m->be->free(m->be, m->pmem);
+    if (m->pmem && !m->full) m->be->free(m->be, m->pmem); /* full: pmem is the weight arena */
     if (m->gmem) m->be->free(m->be, m->gmem);
     if (m->nmem) m->be->free(m->be, m->nmem);
     m->pmem = m->gmem = m->nmem = NULL;
@@ -300,7 +327,9 @@ static void free_lora(model *m) {
             lin *li = &m->layers[l].m[s];
             if (li->L.lora == &li->lora) li->L.lora = NULL;
             memset(&li->lora, 0, sizeof li->lora);
+            li->L.dW = li->L.db = NULL;
         }
+    m->full = 0;
 }
 
 static void free_ref(model *m) {
@@ -322,6 +351,7 @@ void model_free(model *m) {
     free_ref(m);
     free_acts(m);
     if (m->wmem) m->be->free(m->be, m->wmem);
+    free(m->wt);
     free(m->layers);
     free(m);
 }
@@ -490,6 +520,124 @@ int model_lora_init(model *m, const model_lora_cfg *cfg, uint64_t seed, lr_err *
         }
     dora_refresh(m);
     return 0;
+}
+
+/* ---- full fine-tuning ---- */
+
+/* The gradient of a base tensor: the same offset into gmem. */
+static float *gradof(const model *m, const void *w) {
+    if (!m->full || !w) return NULL;
+    return m->gmem + ((const char *)w - (const char *)m->wmem) / sizeof(float);
+}
+
+int model_full_init(model *m, lr_err *err) {
+    kb_backend *be = m->be;
+    if (!be->weight_grads || !be->host_memory || be->weight_dtype != KB_F32)
+        return lr_errp(err, LR_E_INVALID, "method.type", "full_sft is not implemented by the %s backend yet (use cpu)",
+                       be->name);
+    free_lora(m);
+    free_ref(m);
+    free_acts(m);
+    m->params = calloc(m->nwt, sizeof *m->params);
+    m->gmem = be->alloc(be, m->wbytes);
+    if (!m->params || !m->gmem) {
+        free_lora(m);
+        return lr_errp(err, LR_E_NOMEM, NULL, "out of memory for %zu MiB of full fine-tuning gradients",
+                       m->wbytes >> 20);
+    }
+    for (size_t i = 0; i < m->nwt; i++) {
+        const wtensor *t = &m->wt[i];
+        model_param *p = &m->params[i];
+        snprintf(p->name, sizeof p->name, "%s", t->name);
+        p->shape[0] = t->shape[0], p->shape[1] = t->shape[1], p->ndim = t->ndim;
+        p->offset = t->off / sizeof(float);
+        p->numel = (size_t)t->shape[0] * t->shape[1];
+        p->no_decay = t->ndim == 1; /* HF Trainer: no weight decay on biases and norm weights */
+    }
+    m->nparams = m->nwt;
+    m->full = 1;
+    m->pmem = m->wmem;
+    m->numel = m->wbytes / sizeof(float);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int s = 0; s < S_N; s++) {
+            kb_linear *L = &m->layers[l].m[s].L;
+            if (!L->W) continue;
+            L->dW = gradof(m, L->W);
+            L->db = gradof(m, L->b);
+        }
+    return 0;
+}
+
+int model_is_full(const model *m) { return m->full; }
+
+int model_full_save(model *m, const char *src_dir, const char *out_dir, int keep_f32, lr_err *err) {
+    if (!m->full) return lr_errf(err, "the model is not set up for full fine-tuning");
+    char path[4096];
+    st_writer *w = st_writer_new();
+    st_stream *ss = NULL;
+    uint16_t *h = NULL;
+    size_t maxn = 0;
+    int rc = -1;
+    if (!w) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    if (lr_mkdirs(out_dir, err) || merge_copy_side_files(src_dir, out_dir, err)) goto done;
+    for (size_t i = 0; i < m->nparams; i++) {
+        const model_param *p = &m->params[i];
+        st_dtype dt = keep_f32 ? ST_F32 : m->wt[i].dtype;
+        if (st_writer_add(w, p->name, dt, p->ndim, p->shape, NULL, err)) goto done;
+        if (p->numel > maxn) maxn = p->numel;
+    }
+    if (st_writer_meta(w, "format", "pt", err)) goto done;
+    h = malloc(maxn * sizeof *h);
+    if (!h) {
+        lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+        goto done;
+    }
+    if (lr_pathf(path, sizeof path, "%s/model.safetensors", out_dir)) {
+        lr_errf(err, "path too long: %s", out_dir);
+        goto done;
+    }
+    if (st_stream_begin(w, path, &ss, err)) goto done;
+    for (const st_tensor *t; (t = st_stream_next(ss));) {
+        size_t i;
+        for (i = 0; i < m->nparams && strcmp(m->params[i].name, t->name); i++) {}
+        const float *x = m->pmem + m->params[i].offset;
+        size_t n = m->params[i].numel;
+        int prc;
+        if (t->dtype == ST_F32) {
+            prc = st_stream_put(ss, x, n * sizeof(float), err);
+        } else {
+            for (size_t k = 0; k < n; k++) h[k] = t->dtype == ST_BF16 ? st_f32_to_bf16(x[k]) : st_f32_to_f16(x[k]);
+            prc = st_stream_put(ss, h, n * sizeof *h, err);
+        }
+        if (prc) {
+            ss = NULL; /* a failed put aborts the stream */
+            goto done;
+        }
+    }
+    rc = st_stream_finish(ss, err);
+    ss = NULL;
+done:
+    if (ss) st_stream_abort(ss);
+    free(h);
+    st_writer_free(w);
+    return rc;
+}
+
+int model_full_restore(model *m, const char *dir, lr_err *err) {
+    if (!m->full) return lr_errf(err, "the model is not set up for full fine-tuning");
+    st_set *s = NULL;
+    if (st_set_open_dir(dir, &s, err)) return lr_err_prefix(err, "checkpoint %s: ", dir);
+    int rc = 0;
+    for (size_t i = 0; i < m->nparams && !rc; i++) {
+        const model_param *p = &m->params[i];
+        const st_tensor *t = st_set_find(s, p->name);
+        if (!t || st_numel(t) != (int64_t)p->numel)
+            rc = lr_errf(err, "checkpoint %s: tensor '%s' is missing or has another shape", dir, p->name);
+        else if (st_to_f32(t, m->pmem + p->offset, p->numel, err))
+            rc = lr_err_prefix(err, "checkpoint %s: tensor '%s': ", dir, p->name);
+    }
+    st_set_close(s);
+    return rc;
 }
 
 int model_lora_load(model *m, const char *adapter_dir, lr_err *err) {
@@ -717,13 +865,14 @@ static void norm_fwd(model *m, float *out, float *mean, float *rstd, const float
         be->rmsnorm_fwd(be, out, rstd, x, w, N, m->cfg.hidden, m->cfg.norm_eps);
 }
 
-static void norm_bwd(model *m, float *dx, const float *dout, const float *x, const void *w, const float *mean,
-                     const float *rstd, int N) {
+/* With full fine-tuning the norm's weight (and bias) gradients too. */
+static void norm_bwd(model *m, float *dx, const float *dout, const float *x, const void *w, const void *b,
+                     const float *mean, const float *rstd, int N) {
     kb_backend *be = m->be;
     if (m->gpt2)
-        be->layernorm_bwd(be, dx, NULL, NULL, dout, x, w, mean, rstd, N, m->cfg.hidden);
+        be->layernorm_bwd(be, dx, gradof(m, w), gradof(m, b), dout, x, w, mean, rstd, N, m->cfg.hidden);
     else
-        be->rmsnorm_bwd(be, dx, NULL, dout, x, w, rstd, N, m->cfg.hidden);
+        be->rmsnorm_bwd(be, dx, gradof(m, w), dout, x, w, rstd, N, m->cfg.hidden);
 }
 
 /* Pointers to q, k, v inside a qkv-shaped buffer and their row strides. */
@@ -777,16 +926,17 @@ static void forward(model *m, int B, int T) {
     norm_fwd(m, m->lnf, m->nfmean, m->nfrstd, m->resL, m->nfw, m->nfb, N);
 }
 
-/* Backward from dlnf (in m->dln) to the LoRA gradients. The residual-stream
- * gradient is m->dres; the base weights are frozen so no weight gradient
- * is formed, and layer 0 stops before the (frozen) embeddings. */
+/* Backward from dlnf (in m->dln) to the LoRA gradients, or with full
+ * fine-tuning to every weight's. The residual-stream gradient is m->dres;
+ * with a frozen base no weight gradient is formed and layer 0 stops before
+ * the embeddings. */
 static void backward(model *m, int B, int T) {
     kb_backend *be = m->be;
     const hf_config *c = &m->cfg;
     int N = B * T, D = c->head_dim;
     size_t NC = (size_t)N * c->hidden, NI = (size_t)N * c->intermediate;
     be->zero(be, m->dres, NC * sizeof(float));
-    norm_bwd(m, m->dres, m->dln, m->resL, m->nfw, m->nfmean, m->nfrstd, N);
+    norm_bwd(m, m->dres, m->dln, m->resL, m->nfw, m->nfb, m->nfmean, m->nfrstd, N);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         layer *L = &m->layers[l];
         float *q, *k, *v, *dq, *dk, *dv;
@@ -806,11 +956,12 @@ static void backward(model *m, int B, int T) {
             be->linear_bwd(be, &L->m[S_GATE].L, m->dln, 0, m->d1, L->ln2, L->m[S_GATE].xa, N);
             be->linear_bwd(be, &L->m[S_UP].L, m->dln, 1, m->d2, L->ln2, L->m[S_UP].xa, N);
         }
-        norm_bwd(m, m->dres, m->dln, L->mid, L->n2w, L->n2mean, L->n2rstd, N);
+        norm_bwd(m, m->dres, m->dln, L->mid, L->n2w, L->n2b, L->n2mean, L->n2rstd, N);
         /* attention: mid = res + o(attn(q, k, v)) */
         be->linear_bwd(be, &L->m[S_O].L, m->datt, 0, m->dres, L->att, L->m[S_O].xa, N);
         be->attn_bwd(be, dq, dk, dv, m->datt, L->att, L->lse, q, k, v, ldq, ldkv, B, T, c->n_heads, c->n_kv_heads, D);
-        float *dln = l > 0 ? m->dln : NULL; /* nothing below layer 0 needs an input gradient */
+        /* below layer 0 only trained embeddings need an input gradient */
+        float *dln = l > 0 || m->full ? m->dln : NULL;
         if (m->gpt2) {
             be->linear_bwd(be, &L->m[S_Q].L, dln, 0, m->dqkv, L->ln1, L->m[S_Q].xa, N);
         } else {
@@ -820,8 +971,9 @@ static void backward(model *m, int B, int T) {
             be->linear_bwd(be, &L->m[S_K].L, dln, 1, dk, L->ln1, L->m[S_K].xa, N);
             be->linear_bwd(be, &L->m[S_V].L, dln, 1, dv, L->ln1, L->m[S_V].xa, N);
         }
-        if (l > 0) norm_bwd(m, m->dres, m->dln, L->res, L->n1w, L->n1mean, L->n1rstd, N);
+        if (dln) norm_bwd(m, m->dres, m->dln, L->res, L->n1w, L->n1b, L->n1mean, L->n1rstd, N);
     }
+    if (m->full) be->embed_bwd(be, gradof(m, m->wte), m->gpt2 ? gradof(m, m->wpe) : NULL, m->dres, m->ids, N, T, c->hidden);
 }
 
 /* Checks a micro-batch, plans the activations, uploads ids and the shifted
@@ -838,7 +990,7 @@ static int prep(model *m, const int32_t *ids, const int32_t *labels, int B, int 
         return lr_errp(err, LR_E_INVALID, "hyperparameters.max_seq_len",
                        "sequence length %d exceeds the model's sliding window %d, which is not implemented", T,
                        c->sliding_window);
-    if (bwd && !m->ad) return lr_errf(err, "no LoRA adapters to train: attach or load one first");
+    if (bwd && !m->ad && !m->full) return lr_errf(err, "no LoRA adapters to train: attach or load one first");
     if (reserve(m, B, T, err)) return -1;
     int N = B * T;
     for (int n = 0; n < N; n++) {
@@ -877,7 +1029,7 @@ static int run(model *m, const int32_t *ids, const int32_t *labels, int B, int T
     int N = B * T;
     kb_backend *be = m->be;
     forward(m, B, T);
-    *loss_sum = be->lmhead_ce(be, n_tokens, NULL, bwd ? m->dln : NULL, m->lnf, m->lm, m->targets, NULL, N, c->hidden,
+    *loss_sum = be->lmhead_ce(be, n_tokens, NULL, bwd ? m->dln : NULL, bwd ? gradof(m, m->lm) : NULL, m->lnf, m->lm, m->targets, NULL, N, c->hidden,
                               c->vocab_size, grad_scale, 0);
     if (bwd && *n_tokens) backward(m, B, T);
     if (be->check && be->check(be, err)) return -1; /* a deferred device failure */
@@ -1008,6 +1160,7 @@ int model_fwd_bwd_kl(model *m, const int32_t *ids, const int32_t *labels, int B,
     *n_tokens = 0;
     if (!be->lmhead_ce_kl)
         return lr_errp(err, LR_E_INVALID, "method.type", "kl_sft is not implemented by the %s backend yet", be->name);
+    if (m->full) return lr_errp(err, LR_E_INVALID, "method.type", "kl_sft trains adapters, not full weights");
     if (!(tau > 0.0f) || !(lambda >= 0.0f))
         return lr_errp(err, LR_E_INVALID, "method", "kl_sft needs kl_tau > 0 and kl_lambda >= 0");
     if (prep(m, ids, labels, B, T, 1, err)) return -1;
@@ -1038,6 +1191,7 @@ int model_dpo(model *m, const int32_t *ids, const int32_t *labels, int pairs, in
     kb_backend *be = m->be;
     memset(out, 0, sizeof *out);
     if (pairs <= 0) return lr_errp(err, LR_E_INVALID, NULL, "a DPO batch needs at least one pair");
+    if (m->full) return lr_errp(err, LR_E_INVALID, "method.type", "dpo trains adapters, not full weights");
     if (ref == MODEL_REF_ADAPTER && !m->rad) return lr_errf(err, "DPO: no reference adapter is loaded");
     if (!(beta > 0.0f)) return lr_errp(err, LR_E_INVALID, "method.beta", "DPO needs beta > 0");
     int B = 2 * pairs, N = B * T, C = c->hidden, V = c->vocab_size;
@@ -1046,11 +1200,11 @@ int model_dpo(model *m, const int32_t *ids, const int32_t *labels, int pairs, in
     if (!lp) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
     int64_t nv;
     if (ref_forward(m, ref, B, T, err)) goto fail;
-    be->lmhead_ce(be, &nv, m->tokloss, NULL, m->lnf, m->lm, m->targets, NULL, N, C, V, 0.0f, 0);
+    be->lmhead_ce(be, &nv, m->tokloss, NULL, NULL, m->lnf, m->lm, m->targets, NULL, N, C, V, 0.0f, 0);
     be->download(be, m->hrow, m->tokloss, (size_t)N * sizeof(float));
     row_logps(m->hrow, B, T, rl);
     forward(m, B, T);
-    be->lmhead_ce(be, &out->n_tokens, m->tokloss, NULL, m->lnf, m->lm, m->targets, NULL, N, C, V, 0.0f, 0);
+    be->lmhead_ce(be, &out->n_tokens, m->tokloss, NULL, NULL, m->lnf, m->lm, m->targets, NULL, N, C, V, 0.0f, 0);
     be->download(be, m->hrow, m->tokloss, (size_t)N * sizeof(float));
     row_logps(m->hrow, B, T, lp);
     /* loss = softplus(-z), z = beta h; d loss / d(policy logp): -+ beta sigmoid(-z) */
@@ -1072,7 +1226,7 @@ int model_dpo(model *m, const int32_t *ids, const int32_t *labels, int pairs, in
     out->pairs = pairs;
     if (bwd && out->n_tokens) {
         be->upload(be, m->tokscale, m->hrow, (size_t)N * sizeof(float));
-        be->lmhead_ce(be, &nv, NULL, m->dln, m->lnf, m->lm, m->targets, m->tokscale, N, C, V, grad_scale, 0);
+        be->lmhead_ce(be, &nv, NULL, m->dln, NULL, m->lnf, m->lm, m->targets, m->tokscale, N, C, V, grad_scale, 0);
         backward(m, B, T);
     }
     free(lp);

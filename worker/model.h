@@ -52,6 +52,7 @@ typedef struct model_param {
     int64_t shape[2]; /* a DoRA magnitude ("...q_proj.lora_magnitude_vector") is [out, 1] */
     size_t offset, numel;
     int ndim;         /* as PEFT saves it: 2, or 1 for a magnitude */
+    int no_decay;     /* 1: AdamW without weight decay (full fine-tuning's biases and norms) */
 } model_param;
 
 /* Loads config.json and the safetensors weights of an HF model directory. */
@@ -72,6 +73,20 @@ int model_lora_load(model *m, const char *adapter_dir, lr_err *err) LR_WARN_UNUS
 int model_lora_save(model *m, const char *adapter_dir, lr_err *err) LR_WARN_UNUSED;
 /* The adapter configuration in use (NULL before init/load). */
 const model_lora_cfg *model_lora(const model *m);
+
+/* Full fine-tuning (method full_sft): every base weight becomes trainable
+ * in place of adapters (which are dropped), with HF's names, shapes and
+ * order of the checkpoint; model_params() is then the weight arena itself
+ * and the gradients of tied embeddings add up in one tensor. Needs a
+ * backend with weight_grads and f32 weights (the CPU). */
+int model_full_init(model *m, lr_err *err) LR_WARN_UNUSED;
+int model_is_full(const model *m);
+/* Writes the trained weights as an HF model folder: model.safetensors in
+ * each tensor's checkpoint dtype (keep_f32: all f32, for a checkpoint that
+ * resumes exactly) and config.json and the tokenizer files of src_dir. */
+int model_full_save(model *m, const char *src_dir, const char *out_dir, int keep_f32, lr_err *err) LR_WARN_UNUSED;
+/* Reads the weights of such a folder back into the trained model (resume). */
+int model_full_restore(model *m, const char *dir, lr_err *err) LR_WARN_UNUSED;
 
 /* The trainable tensors, in a fixed order (layer, then module: A, B, then
  * the DoRA magnitude). */

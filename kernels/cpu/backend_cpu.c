@@ -461,6 +461,20 @@ static void cpu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx
     const float *W = L->W;
     const kb_lora *l = L->lora;
     int dora = l && l->mag, out = L->out;
+    if (L->dW) {
+        if (L->w_in_out)
+            gemm(nt, 1, 0, L->in, out, N, 1.0f, x, L->in, dy, out, 1.0f, L->dW, out);
+        else
+            gemm(nt, 1, 0, out, L->in, N, 1.0f, dy, out, x, L->in, 1.0f, L->dW, L->in);
+    }
+    if (L->db) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int j = 0; j < out; j++) {
+            double acc = 0;
+            for (int n = 0; n < N; n++) acc += dy[(size_t)n * out + j];
+            L->db[j] += (float)acc;
+        }
+    }
     if (dx && !dora) {
         if (L->w_in_out)
             gemm(nt, 0, 1, N, L->in, out, 1.0f, dy, out, W, out, dx_acc ? 1.0f : 0.0f, dx, L->in);
@@ -550,7 +564,7 @@ static void cpu_dora_norm(kb_backend *be, const kb_linear *L, float *wnorm) {
 
 /* ---- LM head + cross-entropy ---- */
 
-static double cpu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, const float *x,
+static double cpu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, float *dW, const float *x,
                             const void *W_, const int32_t *targets, const float *tok_scale, int N, int C, int V,
                             float grad_scale, int chunk_rows) {
     const float *W = W_;
@@ -595,13 +609,14 @@ static double cpu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, f
             }
             lossv[c0 + i] = (double)mx + log(sum) - (double)lt;
             if (tok_loss) tok_loss[row] = (float)lossv[c0 + i];
-            if (dx) {
+            if (dx || dW) {
                 float w = grad_scale * (tok_scale ? tok_scale[row] : 1.0f);
                 float inv = (float)(1.0 / sum) * w;
                 for (int j = 0; j < V; j++) l[j] *= inv;
                 l[tg] -= w;
             }
         }
+        if (dW) gemm(nt, 1, 0, V, C, m, 1.0f, lg, V, xc, C, 1.0f, dW, C);
         if (!dx) continue;
         gemm(nt, 0, 0, m, C, V, 1.0f, lg, V, W, C, 0.0f, dxc, C);
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -758,6 +773,7 @@ int kb_cpu_create(int threads, kb_backend **out, lr_err *err) {
     be->weight_dtype = KB_F32;
     be->threads = threads;
     be->host_memory = 1;
+    be->weight_grads = 1;
     be->impl = c;
     be->alloc = cpu_alloc;
     be->free = cpu_free;

@@ -959,9 +959,12 @@ __global__ void ce_rows_k(double *loss, float *tok_loss, W *G, const float *logi
     }
 }
 
-static double cu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, const float *x,
+/* dW is never set here: this backend has no weight_grads (full fine-tuning
+ * runs on the CPU backend only), and the model checks that first. */
+static double cu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, float *dW, const float *x,
                            const void *W, const int32_t *targets, const float *tok_scale, int N, int C, int V,
                            float grad_scale, int chunk_rows) {
+    (void)dW;
     cu_impl *c = impl_of(be);
     kb_dtype dt = be->weight_dtype;
     *n_valid = 0;

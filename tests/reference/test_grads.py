@@ -10,7 +10,11 @@ same tolerances: DoRA (magnitudes perturbed away from their initial value
 so that every term of the DoRA output carries gradient; the magnitude
 gradients are checked like A and B), KL-regularised SFT (loss = CE +
 lambda tau^2 KL(base || tuned)), and DPO against the base model or against
-a separate reference adapter (LoRA or DoRA), with the DPO metrics."""
+a separate reference adapter (LoRA or DoRA), with the DPO metrics.
+
+FULL_CASES are full fine-tuning (`grads --full`): the gradient of every
+base weight (embeddings, positions, norms, biases, tied or separate LM
+head) under the checkpoint's names, same tolerances."""
 import json
 import os
 import subprocess
@@ -154,6 +158,60 @@ def run_case(tmp, name, arch, kw, targets, r, alpha, rslora, dtype, seed):
     return not problems, msg
 
 
+# name, arch, config kwargs, dtype
+FULL_CASES = [
+    ("full-llama-untied", "llama", {}, torch.float32),
+    ("full-llama-tied-bf16", "llama", {"tie": True}, torch.bfloat16),
+    ("full-mistral", "mistral", {"kv_heads": 2}, torch.float32),
+    ("full-qwen2-bias-tied", "qwen2", {"tie": True, "kv_heads": 2}, torch.float32),
+    ("full-gpt2", "gpt2", {"heads": 4, "inter": 256}, torch.float32),
+]
+
+
+def run_full_case(tmp, name, arch, kw, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    cfg = ref.make_config(arch, **kw)
+    weights = ref.random_weights(cfg, gen)
+    ids, labels = make_batch(gen, cfg["vocab_size"])
+    d = os.path.join(tmp, name)
+    mdir = os.path.join(d, "model")
+    ref.write_model(mdir, cfg, weights, dtype)
+    bpath, gpath = os.path.join(d, "batch.json"), os.path.join(d, "grads.safetensors")
+    with open(bpath, "w") as f:
+        json.dump({"input_ids": ids.tolist(), "labels": labels.tolist()}, f)
+    params = {k: v.to(dtype).float().requires_grad_(True) for k, v in weights.items()}
+    loss = ref.forward_loss(cfg, params, ref.Lora({}, 1.0), ids, labels)
+    loss.backward()
+    p = subprocess.run([WORKER, "grads", "--model", mdir, "--full", "--batch", bpath, "--out", gpath],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        return False, f"lora-worker failed ({p.returncode}): {p.stderr.strip()}"
+    out = json.loads(p.stdout)
+    got = ref.read_safetensors(gpath)
+    loss_err = abs(out["loss"] - loss.item()) / abs(loss.item())
+    problems = []
+    if loss_err > LOSS_TOL:
+        problems.append(f"loss {out['loss']:.8g} vs {loss.item():.8g}")
+    if set(got) != set(params):
+        problems.append(f"tensor names differ: {sorted(set(got) ^ set(params))[:4]}")
+    worst, worst_name = 0.0, ""
+    for k, v in params.items():
+        if k not in got:
+            continue
+        if tuple(got[k].shape) != tuple(v.grad.shape):
+            problems.append(f"{k}: shape {tuple(got[k].shape)} vs {tuple(v.grad.shape)}")
+            continue
+        e = ((got[k] - v.grad).abs().max() / v.grad.abs().max().clamp_min(1e-30)).item()
+        if e > worst:
+            worst, worst_name = e, k
+    if worst > GRAD_TOL:
+        problems.append(f"gradient {worst_name}: rel err {worst:.2e}")
+    msg = f"loss {loss.item():.6f} rel err {loss_err:.1e}, {len(params)} tensors, worst grad rel err {worst:.1e}"
+    if problems:
+        msg += " -- " + "; ".join(problems)
+    return not problems, msg
+
+
 def run_method_case(tmp, name, arch, kw, targets, r, alpha, opt, seed):
     gen = torch.Generator().manual_seed(seed)
     method, dora, rslora = opt.get("method", "sft"), opt.get("dora", False), opt.get("rslora", False)
@@ -255,9 +313,9 @@ def main():
     t0 = time.time()
     passed = failed = skipped = 0
     if not os.access(WORKER, os.X_OK):
-        for c in CASES + METHOD_CASES:
+        for c in CASES + METHOD_CASES + FULL_CASES:
             print(f"skip {c[0]}: {WORKER} is not built")
-        print(f"0 passed, 0 failed, {len(CASES) + len(METHOD_CASES)} skipped")
+        print(f"0 passed, 0 failed, {len(CASES) + len(METHOD_CASES) + len(FULL_CASES)} skipped")
         return 0
     with tempfile.TemporaryDirectory(prefix="lrgrads.") as tmp:
         for i, c in enumerate(CASES):
@@ -267,6 +325,11 @@ def main():
             failed += not ok
         for i, c in enumerate(METHOD_CASES):
             ok, msg = run_method_case(tmp, *c, seed=2000 + i)
+            print(f"{'ok  ' if ok else 'FAIL'} {c[0]:26s} {msg}")
+            passed += ok
+            failed += not ok
+        for i, c in enumerate(FULL_CASES):
+            ok, msg = run_full_case(tmp, *c, seed=3000 + i)
             print(f"{'ok  ' if ok else 'FAIL'} {c[0]:26s} {msg}")
             passed += ok
             failed += not ok

@@ -509,7 +509,7 @@ static void linear_case(kb_dtype wdt, int w_in_out, double tol) {
     kb_lora lg = {.A = put(g, A, (size_t)r * in), .B = put(g, Bm, (size_t)out * r),
                   .dA = g->alloc(g, (size_t)r * in * 4), .dB = g->alloc(g, (size_t)out * r * 4), .r = r,
                   .scale = 2.0f, .dropout = 0.1f, .seed = 1234};
-    kb_linear Lc = {W, b, in, out, w_in_out, &lc}, Lg = {gW, gb, in, out, w_in_out, &lg};
+    kb_linear Lc = {W, b, in, out, w_in_out, &lc, NULL, NULL}, Lg = {gW, gb, in, out, w_in_out, &lg, NULL, NULL};
     float *gx = put(g, x, (size_t)N * in), *gy = g->alloc(g, (size_t)N * out * 4), *gxa = g->alloc(g, (size_t)N * r * 4);
     float *gdy = put(g, dy, (size_t)N * out), *gdx = put(g, dx, (size_t)N * in);
     c->linear_fwd(c, &Lc, y, xa, x, N);
@@ -554,8 +554,8 @@ static void ce_case(kb_dtype wdt, int chunk, double tol) {
     int32_t *gtg = g->alloc(g, sizeof tg);
     g->upload(g, gtg, tg, sizeof tg);
     int64_t nc = 0, ng = 0;
-    double lc = c->lmhead_ce(c, &nc, tl, dx, x, W, tg, ts, N, C, V, 0.25f, chunk);
-    double lg = g->lmhead_ce(g, &ng, gtl, gdx, gx, gW, gtg, gts, N, C, V, 0.25f, chunk);
+    double lc = c->lmhead_ce(c, &nc, tl, dx, NULL, x, W, tg, ts, N, C, V, 0.25f, chunk);
+    double lg = g->lmhead_ce(g, &ng, gtl, gdx, NULL, gx, gW, gtg, gts, N, C, V, 0.25f, chunk);
     CHECK_EQ_INT(ng, nc);
     CHECKF(fabs(lg - lc) <= (wdt == KB_F32 ? 1e-5 : 1e-3) * fabs(lc), "loss %.9g vs %.9g (dtype %d)", lg, lc, wdt);
     float *h = get(g, gdx, (size_t)N * C);
@@ -565,7 +565,7 @@ static void ce_case(kb_dtype wdt, int chunk, double tol) {
     CHECK_REL(h, tl, N, wdt == KB_F32 ? 1e-5 : 1e-2);
     free(h);
     /* loss only */
-    lg = g->lmhead_ce(g, &ng, NULL, NULL, gx, gW, gtg, NULL, N, C, V, 1.0f, 0);
+    lg = g->lmhead_ce(g, &ng, NULL, NULL, NULL, gx, gW, gtg, NULL, N, C, V, 1.0f, 0);
     CHECKF(fabs(lg - lc) <= (wdt == KB_F32 ? 1e-5 : 1e-3) * fabs(lc), "loss-only %.9g vs %.9g", lg, lc);
     check_ok(g);
     free(W), free(x), free(ts), free(dx), free(tl);

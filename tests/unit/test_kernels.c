@@ -258,7 +258,7 @@ static void lin_test(int w_in_out, int bias, float dropout) {
     u.lo = (kb_lora){.A = rnd((size_t)r * in, 15, 0.5f), .B = rnd((size_t)out * r, 16, 0.5f),
                      .dA = calloc((size_t)r * in, 4), .dB = calloc((size_t)out * r, 4), .r = r, .scale = 1.7f,
                      .dropout = dropout, .seed = 42};
-    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo};
+    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo, NULL, NULL};
     fd_case c = {lin_fwd, (size_t)N * out, &u};
     float *R = rnd((size_t)N * out, 17, 1.0f), *y = malloc((size_t)N * out * 4), *dx = malloc((size_t)N * in * 4);
     for (int i = 0; i < N * in; i++) dx[i] = 0.25f;
@@ -302,7 +302,7 @@ static void dora_test(int w_in_out, int bias, float dropout) {
     for (int j = 0; j < out; j++) u.lo.mag[j] += 2.0f;
     u.lo.dmag = calloc(out, 4);
     u.lo.wnorm = wn;
-    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo};
+    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo, NULL, NULL};
     be->dora_norm(be, &u.L, wn);
     /* ||W + s B A|| of one row by hand */
     int o = 5;
@@ -421,7 +421,7 @@ typedef struct ce_ud {
 static void ce_fwd(fd_case *c, float *out) {
     ce_ud *u = c->ud;
     int64_t nv;
-    u->loss = be2()->lmhead_ce(be2(), &nv, NULL, NULL, u->x, u->W, u->tg, NULL, u->N, u->C, u->V, 0, u->chunk);
+    u->loss = be2()->lmhead_ce(be2(), &nv, NULL, NULL, NULL, u->x, u->W, u->tg, NULL, u->N, u->C, u->V, 0, u->chunk);
     out[0] = (float)u->loss;
 }
 
@@ -433,7 +433,7 @@ TEST(lmhead_ce_backward_and_chunking) {
     for (int n = 0; n < N; n++) u.tg[n] = n % 4 == 1 ? LR_IGNORE_INDEX : (n * 7) % V;
     int64_t nv;
     float *dx = malloc((size_t)N * C * 4), *tl = malloc(N * 4);
-    double loss = be->lmhead_ce(be, &nv, tl, dx, u.x, u.W, u.tg, NULL, N, C, V, 1.0f, 3);
+    double loss = be->lmhead_ce(be, &nv, tl, dx, NULL, u.x, u.W, u.tg, NULL, N, C, V, 1.0f, 3);
     CHECK_EQ_INT(nv, 8);
     /* against a direct double computation */
     double ref = 0;
@@ -462,7 +462,7 @@ TEST(lmhead_ce_backward_and_chunking) {
     int chunks[] = {1, 5, 0, 1000};
     for (int k = 0; k < 4; k++) {
         float *dx2 = malloc((size_t)N * C * 4);
-        double l2 = be->lmhead_ce(be, &nv, NULL, dx2, u.x, u.W, u.tg, NULL, N, C, V, 1.0f, chunks[k]);
+        double l2 = be->lmhead_ce(be, &nv, NULL, dx2, NULL, u.x, u.W, u.tg, NULL, N, C, V, 1.0f, chunks[k]);
         CHECK_NEAR(l2, loss, 1e-9 * fabs(loss));
         double md = 0;
         for (int i = 0; i < N * C; i++) md = fmax(md, fabs(dx2[i] - dx[i]));
@@ -472,7 +472,7 @@ TEST(lmhead_ce_backward_and_chunking) {
     /* per-row weights scale the per-row gradient */
     float *ts = malloc(N * 4), *dx3 = malloc((size_t)N * C * 4);
     for (int n = 0; n < N; n++) ts[n] = (float)(n % 3);
-    be->lmhead_ce(be, &nv, NULL, dx3, u.x, u.W, u.tg, ts, N, C, V, 0.5f, 0);
+    be->lmhead_ce(be, &nv, NULL, dx3, NULL, u.x, u.W, u.tg, ts, N, C, V, 0.5f, 0);
     for (int i = 0; i < N * C; i++) CHECK_NEAR(dx3[i], dx[i] * 0.5f * ts[i / C], 1e-6);
     free(u.x), free(u.W), free(u.tg), free(dx), free(tl), free(ts), free(dx3);
 }
@@ -534,7 +534,7 @@ static void att_lin_run(kb_backend *be, float *dq, float *dA) {
     float *x = rnd((size_t)N * C, 30, 1.0f), *W = rnd((size_t)3 * C * C, 31, 0.2f);
     kb_lora lo = {.A = rnd((size_t)r * C, 32, 0.3f), .B = rnd((size_t)3 * C * r, 33, 0.3f), .dA = dA,
                   .dB = calloc((size_t)3 * C * r, 4), .r = r, .scale = 2.0f, .dropout = 0.1f, .seed = 9};
-    kb_linear L = {W, NULL, C, 3 * C, 0, &lo};
+    kb_linear L = {W, NULL, C, 3 * C, 0, &lo, NULL, NULL};
     float *qkv = malloc((size_t)N * 3 * C * 4), *xa = malloc((size_t)N * r * 4), *o = malloc((size_t)N * C * 4);
     float *lse = malloc((size_t)N * H * 4), *dqkv = malloc((size_t)N * 3 * C * 4), *dx = malloc((size_t)N * C * 4);
     be->linear_fwd(be, &L, qkv, xa, x, N);
