@@ -109,6 +109,44 @@ LR_HD static inline float lr_dora_out(float base, float based, float lora, float
     return v + b;
 }
 
+/* DoRA's per-feature multiplier s = magnitude / ||W + scale B A||. */
+LR_HD static inline float lr_dora_scale(float mag, float wnorm) { return mag / wnorm; }
+/* One element's share of ||W + scale B A||^2: w of W, ba of B A (f32 sum,
+ * f64 square, so the row sum can run in double). */
+LR_HD static inline double lr_dora_sq(float w, float ba, float scale) {
+    float v = w + scale * ba;
+    return (double)v * v;
+}
+
+/* Cross-entropy + KL to a reference (lmhead_ce_kl), per row, in double:
+ * l the tuned logit, q the reference one, mx and mq their row maxima,
+ * itau = 1 / tau. lr_kl_sums adds one element to the three exp-sums
+ * s1 = sum exp(l - mx), st = sum exp((l - mx) / tau), sq = sum exp((q - mq) / tau);
+ * then lse1 = mx + log s1 (ce = lse1 - l[target]), lset = log st, lseq = log sq. */
+LR_HD static inline void lr_kl_sums(float l, float q, float mx, float mq, double itau, double *s1, double *st,
+                                    double *sq) {
+    *s1 += exp((double)l - mx);
+    *st += exp(((double)l - mx) * itau);
+    *sq += exp(((double)q - mq) * itau);
+}
+/* One element of kl = sum q_v (log q_v - log p_tau_v); *qv receives q_v
+ * rounded to float, the value lr_ce_kl_grad takes. */
+LR_HD static inline double lr_kl_elem(float l, float q, float mx, float mq, double itau, double lset, double lseq,
+                                      float *qv) {
+    double lq = ((double)q - mq) * itau - lseq, lp = ((double)l - mx) * itau - lset;
+    double e = exp(lq);
+    *qv = (float)e;
+    return e * (lq - lp);
+}
+/* w * d(ce + kl_coef kl)/dl_v = w (p_v - [v = target]) + w kc (p_tau_v - q_v),
+ * kc = kl_coef / tau, p = softmax(l), p_tau = softmax(l / tau). */
+LR_HD static inline float lr_ce_kl_grad(float l, float qv, float mx, double itau, double lse1, double lset, double kc,
+                                        float w, int is_target) {
+    double p = exp((double)l - lse1), pt = exp(((double)l - mx) * itau - lset);
+    float g = (float)(w * (p + kc * (pt - qv)));
+    return is_target ? g - w : g;
+}
+
 /* Counter-based dropout mask: keep element idx of the call keyed by key
  * with probability 1 - p. A hash of (key, idx), so the forward and the
  * backward (and the CUDA kernels) regenerate the same mask without storing

@@ -408,7 +408,7 @@ static const float *lora_input(kb_backend *be, float *dst, const float *x, const
 /* DoRA's per-feature multiplier s = mag / wnorm into sv[out]. */
 static void dora_scale(const kb_linear *L, float *sv) {
     const kb_lora *l = L->lora;
-    for (int j = 0; j < L->out; j++) sv[j] = l->mag[j] / l->wnorm[j];
+    for (int j = 0; j < L->out; j++) sv[j] = lr_dora_scale(l->mag[j], l->wnorm[j]);
 }
 
 /* z[N,out] = x W^T (no bias), accumulated when acc. */
@@ -553,11 +553,8 @@ static void cpu_dora_norm(kb_backend *be, const kb_linear *L, float *wnorm) {
     for (int j = 0; j < out; j++) {
         const float *ba = BA + (size_t)j * in;
         double ss = 0;
-        for (int i = 0; i < in; i++) {
-            float w = L->w_in_out ? W[(size_t)i * out + j] : W[(size_t)j * in + i];
-            float v = w + l->scale * ba[i];
-            ss += (double)v * v;
-        }
+        for (int i = 0; i < in; i++)
+            ss += lr_dora_sq(L->w_in_out ? W[(size_t)i * out + j] : W[(size_t)j * in + i], ba[i], l->scale);
         wnorm[j] = (float)sqrt(ss);
     }
 }
@@ -628,7 +625,8 @@ static double cpu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, f
 }
 
 /* Two logits chunks per step (tuned and reference); the per-row work is
- * three log-sum-exps over V, in double. */
+ * three log-sum-exps over V, in double (elem.h's lr_kl_*, shared with the CUDA
+ * backend). */
 static void cpu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int64_t *n_valid, float *dx,
                              const float *x, const float *x_ref, const void *W_, const int32_t *targets, int N,
                              int C, int V, float tau, float kl_coef, float grad_scale, int chunk_rows) {
@@ -672,30 +670,20 @@ static void cpu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int
                 mq = q[j] > mq ? q[j] : mq;
             }
             double s1 = 0, st = 0, sq = 0;
-            for (int j = 0; j < V; j++) {
-                s1 += exp((double)l[j] - mx);
-                st += exp(((double)l[j] - mx) * itau);
-                sq += exp(((double)q[j] - mq) * itau);
-            }
+            for (int j = 0; j < V; j++) lr_kl_sums(l[j], q[j], mx, mq, itau, &s1, &st, &sq);
             double lse1 = mx + log(s1), lset = log(st), lseq = log(sq);
             cev[c0 + i] = lse1 - (double)l[tg];
-            /* kl = sum q (log q - log p_tau); log q = (q - mq)/tau - lseq, log p_tau = (l - mx)/tau - lset */
             double kl = 0;
             for (int j = 0; j < V; j++) {
-                double lq = ((double)q[j] - mq) * itau - lseq, lp = ((double)l[j] - mx) * itau - lset;
-                double qv = exp(lq);
-                kl += qv * (lq - lp);
-                if (dx) q[j] = (float)qv; /* keep q for the gradient */
+                float qv;
+                kl += lr_kl_elem(l[j], q[j], mx, mq, itau, lset, lseq, &qv);
+                q[j] = qv; /* the reference logit is not needed again: keep q for the gradient */
             }
             klv[c0 + i] = kl;
             if (dx) {
-                /* d/dl_v: (p_v - [v = tg]) + kl_coef / tau (p_tau_v - q_v), times grad_scale */
                 double kc = kl_coef * itau;
-                for (int j = 0; j < V; j++) {
-                    double p = exp((double)l[j] - lse1), pt = exp(((double)l[j] - mx) * itau - lset);
-                    l[j] = (float)(grad_scale * (p + kc * (pt - q[j])));
-                }
-                l[tg] -= grad_scale;
+                for (int j = 0; j < V; j++)
+                    l[j] = lr_ce_kl_grad(l[j], q[j], mx, itau, lse1, lset, kc, grad_scale, j == tg);
             }
         }
         if (!dx) continue;

@@ -1,7 +1,8 @@
 /* backend_cuda: the kb_backend ops on an NVIDIA GPU.
  *
  * One stream per backend; every op is queued on it and returns at once,
- * except those that hand a value to the host (lmhead_ce, sumsq, download).
+ * except those that hand a value to the host (lmhead_ce, lmhead_ce_kl, sumsq,
+ * download).
  * Large matmuls are cuBLAS GemmEx: the f32 activation operand is rounded to
  * the weight dtype by a small kernel, the product accumulates in f32 on
  * tensor cores; with f32 weights it is true f32 (no TF32), which is what
@@ -15,6 +16,11 @@
  * columns lane, lane + 32, ... of its rows. dK/dV sum the query heads of a
  * GQA group inside one block, so nothing needs atomics and every result is
  * deterministic.
+ *
+ * DoRA's row norms, output and magnitude gradient, and the KL head's per-row
+ * ce / kl / gradient, are kernels around elem.h's helpers (the CPU backend's
+ * formulas); their cross-row sums run in fixed-size blocks added in order,
+ * never with float atomics.
  *
  * Failures inside ops (scratch out of memory, a cuBLAS or launch error) are
  * recorded once, make the following ops no-ops, and come out of check(). */
@@ -755,6 +761,9 @@ __global__ void gelu_bwd_k(float *dx, const float *dy, const float *x, size_t n,
 __global__ void add_k(float *y, const float *x, size_t n) {
     GRID_STRIDE(i, n) y[i] += x[i];
 }
+__global__ void sub_k(float *y, const float *x, size_t n) {
+    GRID_STRIDE(i, n) y[i] -= x[i];
+}
 __global__ void scale_k(float *x, float s, size_t n) {
     GRID_STRIDE(i, n) x[i] *= s;
 }
@@ -820,38 +829,126 @@ __global__ void dropout_acc_k(float *dx, const float *t, uint64_t seed, float p,
     GRID_STRIDE(i, n) dx[i] += t[i] * lr_dropout_mult(seed, i, p);
 }
 
-/* DoRA (kb_lora.mag) is not implemented here yet: dora_norm is NULL, so the
- * model refuses use_dora on this backend; a caller that sets mag anyway gets
- * a failure rather than plain LoRA's numbers. */
-static int no_dora(cu_impl *c, const kb_lora *l) {
-    if (!l || !l->mag) return 0;
-    fail(c, LR_E_INVALID, "DoRA (use_dora) is not implemented by the CUDA backend yet; use --backend cpu");
-    return 1;
+/* z[N,out] = x W^T + beta z; x goes through lowp (scratch [N,in], NULL with
+ * f32 weights) rounded to the weight dtype. */
+static void base_gemm(cu_impl *c, kb_dtype dt, const kb_linear *L, void *lowp, const float *x, int N, float beta,
+                      float *z) {
+    const void *xop = x;
+    if (lowp) {
+        to_lowp(c, dt, lowp, x, (size_t)N * L->in);
+        xop = lowp;
+    }
+    if (L->w_in_out) gemm(c, dt, 0, 0, N, L->out, L->in, 1.0f, xop, L->in, L->W, L->out, beta, z, L->out);
+    else gemm(c, dt, 0, 1, N, L->out, L->in, 1.0f, xop, L->in, L->W, L->in, beta, z, L->out);
 }
+/* dx[N,in] = g W + beta dx, g [N,out] rounded the same way. */
+static void input_grad(cu_impl *c, kb_dtype dt, const kb_linear *L, void *lowp, const float *g, int N, float beta,
+                       float *dx) {
+    const void *gop = g;
+    if (lowp) {
+        to_lowp(c, dt, lowp, g, (size_t)N * L->out);
+        gop = lowp;
+    }
+    if (L->w_in_out) gemm(c, dt, 0, 1, N, L->in, L->out, 1.0f, gop, L->out, L->W, L->out, beta, dx, L->in);
+    else gemm(c, dt, 0, 0, N, L->in, L->out, 1.0f, gop, L->out, L->W, L->in, beta, dx, L->in);
+}
+
+/* ---- DoRA ---- */
+
+/* wnorm[j] = ||W_j + scale (B A)_j|| for the rows j0 + blockIdx.x of a block
+ * of B A rows (BA [gridDim.x, in], f32), one thread block per row, the
+ * squares summed in f64. */
+template <typename W>
+__global__ void dora_norm_k(float *wnorm, const W *w, const float *BA, int j0, int in, int out, int w_in_out,
+                            float scale) {
+    __shared__ double sh[33];
+    int j = j0 + blockIdx.x;
+    const float *ba = BA + (size_t)blockIdx.x * in;
+    double ss = 0;
+    for (int i = threadIdx.x; i < in; i += blockDim.x)
+        ss += lr_dora_sq(ldw(w, w_in_out ? (size_t)i * out + j : (size_t)j * in + i), ba[i], scale);
+    ss = block_sumd(ss, sh);
+    if (!threadIdx.x) wnorm[j] = (float)sqrt(ss);
+}
+
+/* y = lr_dora_out of the base term y (pre-bias), the dropped base term zb
+ * (NULL without dropout) and the LoRA term u, per output feature j. */
+template <typename W>
+__global__ void dora_out_k(float *y, const float *zb, const float *u, const float *mag, const float *wnorm,
+                           const W *b, int out, size_t n) {
+    GRID_STRIDE(i, n) {
+        int j = (int)(i % out);
+        float base = y[i];
+        y[i] = lr_dora_out(base, zb ? zb[i] : base, u[i], lr_dora_scale(mag[j], wnorm[j]), b ? ldw(b, j) : 0.0f,
+                           zb != NULL);
+    }
+}
+
+/* d magnitude, first pass: thread j of grid row p sums dy G over rows
+ * [p, p + 1) * CUPLAN_DORA_ROWS of column j into part[p, j] (f64, rows in
+ * order), and turns G into s dy there, the gradient the LoRA path sees. */
+__global__ void dora_dmag_part_k(double *part, float *G, const float *dy, const float *mag, const float *wnorm, int N,
+                                 int out) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= out) return;
+    int n0 = blockIdx.y * CUPLAN_DORA_ROWS, n1 = min(n0 + CUPLAN_DORA_ROWS, N);
+    float s = lr_dora_scale(mag[j], wnorm[j]);
+    double acc = 0;
+    for (int n = n0; n < n1; n++) {
+        size_t e = (size_t)n * out + j;
+        float d = dy[e];
+        acc += (double)d * G[e];
+        G[e] = s * d;
+    }
+    part[(size_t)blockIdx.y * out + j] = acc;
+}
+/* Second pass: dmag[j] += (sum of the partials in order) / wnorm[j]. */
+__global__ void dora_dmag_k(float *dmag, const double *part, const float *wnorm, int nparts, int out) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= out) return;
+    double acc = 0;
+    for (int p = 0; p < nparts; p++) acc += part[(size_t)p * out + j];
+    dmag[j] += (float)(acc / wnorm[j]);
+}
+
+/* B A is f32 (cuBLAS, no TF32), a block of output rows at a time so that
+ * the scratch stays within CUPLAN_DORA_BUDGET for any layer. */
+static void cu_dora_norm(kb_backend *be, const kb_linear *L, float *wnorm) {
+    cu_impl *c = impl_of(be);
+    const kb_lora *l = L->lora;
+    if (c->failed || !l || L->out <= 0) return;
+    int in = L->in, out = L->out, rows = cuplan_dora_rows(in, out, CUPLAN_DORA_BUDGET);
+    float *BA = (float *)ws_get(c, (size_t)rows * in * sizeof(float), "DoRA norm scratch");
+    if (!BA) return;
+    for (int j0 = 0; j0 < out && !c->failed; j0 += rows) {
+        int m = out - j0 < rows ? out - j0 : rows;
+        gemm(c, KB_F32, 0, 0, m, in, l->r, 1.0f, l->B + (size_t)j0 * l->r, l->r, l->A, in, 0.0f, BA, in);
+        WDISPATCH(be->weight_dtype, dora_norm_k<W><<<m, CUPLAN_BLOCK, 0, c->st>>>(wnorm, (const W *)L->W, BA, j0, in,
+                                                                                  out, L->w_in_out, l->scale));
+        launched(c, "dora_norm");
+    }
+}
+
+/* ---- linear with LoRA / DoRA ---- */
 
 static void cu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N) {
     cu_impl *c = impl_of(be);
-    if (c->failed || N <= 0 || no_dora(c, L->lora)) return;
+    if (c->failed || N <= 0) return;
     kb_dtype dt = be->weight_dtype;
     const kb_lora *l = L->lora;
-    int drop = l && l->dropout > 0.0f;
+    int drop = l && l->dropout > 0.0f, dora = l && l->mag, out = L->out;
     cuplan_linear lay;
-    cuplan_linear_layout(dt, N, L->in, L->out, l ? l->r : 0, drop, 0, &lay);
+    cuplan_linear_layout(dt, N, L->in, out, l ? l->r : 0, drop, dora, 0, &lay);
     char *ws = ws_get(c, lay.total, "linear layer scratch");
     if (lay.total && !ws) return;
-    size_t ny = (size_t)N * L->out, nx = (size_t)N * L->in;
+    void *lowp = lay.x_lowp == SIZE_MAX ? NULL : ws + lay.x_lowp;
+    size_t ny = (size_t)N * out, nx = (size_t)N * L->in;
     float beta = 0.0f;
-    if (L->b) {
-        WDISPATCH(dt, bias_rows_k<W><<<grid_for(c, ny), CUPLAN_BLOCK, 0, c->st>>>(y, (const W *)L->b, N, L->out));
+    if (L->b && !dora) { /* DoRA adds the bias after scaling */
+        WDISPATCH(dt, bias_rows_k<W><<<grid_for(c, ny), CUPLAN_BLOCK, 0, c->st>>>(y, (const W *)L->b, N, out));
         beta = 1.0f;
     }
-    const void *xop = x;
-    if (dt != KB_F32) {
-        to_lowp(c, dt, ws + lay.x_lowp, x, nx);
-        xop = ws + lay.x_lowp;
-    }
-    if (L->w_in_out) gemm(c, dt, 0, 0, N, L->out, L->in, 1.0f, xop, L->in, L->W, L->out, beta, y, L->out);
-    else gemm(c, dt, 0, 1, N, L->out, L->in, 1.0f, xop, L->in, L->W, L->in, beta, y, L->out);
+    base_gemm(c, dt, L, lowp, x, N, beta, y);
     launched(c, "linear_fwd");
     if (!l) return;
     const float *xd = x;
@@ -861,51 +958,73 @@ static void cu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *x
         xd = t;
     }
     gemm(c, KB_F32, 0, 1, N, l->r, L->in, 1.0f, xd, L->in, l->A, L->in, 0.0f, xa, l->r);
-    gemm(c, KB_F32, 0, 1, N, L->out, l->r, l->scale, xa, l->r, l->B, l->r, 1.0f, y, L->out);
-    launched(c, "linear_fwd lora");
+    if (!dora) {
+        gemm(c, KB_F32, 0, 1, N, out, l->r, l->scale, xa, l->r, l->B, l->r, 1.0f, y, out);
+        launched(c, "linear_fwd lora");
+        return;
+    }
+    /* DoRA: y = lr_dora_out(x W^T, drop(x) W^T, scale xa B^T) per element */
+    float *u = (float *)(ws + lay.dz), *zb = drop ? (float *)(ws + lay.zb) : NULL;
+    gemm(c, KB_F32, 0, 1, N, out, l->r, l->scale, xa, l->r, l->B, l->r, 0.0f, u, out);
+    if (drop) base_gemm(c, dt, L, lowp, xd, N, 0.0f, zb);
+    WDISPATCH(dt, dora_out_k<W><<<grid_for(c, ny), CUPLAN_BLOCK, 0, c->st>>>(y, zb, u, l->mag, l->wnorm,
+                                                                            (const W *)L->b, out, ny));
+    launched(c, "linear_fwd dora");
 }
 
 static void cu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_acc, const float *dy, const float *x,
                           const float *xa, int N) {
     cu_impl *c = impl_of(be);
-    if (c->failed || N <= 0 || no_dora(c, L->lora)) return;
+    if (c->failed || N <= 0) return;
     kb_dtype dt = be->weight_dtype;
     const kb_lora *l = L->lora;
-    int drop = l && l->dropout > 0.0f, r = l ? l->r : 0;
+    int drop = l && l->dropout > 0.0f, dora = l && l->mag, r = l ? l->r : 0, out = L->out;
     cuplan_linear lay;
-    cuplan_linear_layout(dt, N, L->in, L->out, r, drop, 1, &lay);
+    cuplan_linear_layout(dt, N, L->in, out, r, drop, dora, 1, &lay);
     char *ws = ws_get(c, lay.total, "linear layer scratch");
     if (lay.total && !ws) return;
-    size_t nx = (size_t)N * L->in;
-    if (dx) {
-        const void *dyop = dy;
-        if (dt != KB_F32) {
-            to_lowp(c, dt, ws + lay.x_lowp, dy, (size_t)N * L->out);
-            dyop = ws + lay.x_lowp;
-        }
-        float beta = dx_acc ? 1.0f : 0.0f;
-        if (L->w_in_out) gemm(c, dt, 0, 1, N, L->in, L->out, 1.0f, dyop, L->out, L->W, L->out, beta, dx, L->in);
-        else gemm(c, dt, 0, 0, N, L->in, L->out, 1.0f, dyop, L->out, L->W, L->in, beta, dx, L->in);
-    }
+    void *lowp = lay.x_lowp == SIZE_MAX ? NULL : ws + lay.x_lowp;
+    size_t nx = (size_t)N * L->in, ny = (size_t)N * out;
+    float bx = dx_acc ? 1.0f : 0.0f;
+    if (dx && !dora) input_grad(c, dt, L, lowp, dy, N, bx, dx);
     if (!l) return;
     float *dh = (float *)(ws + lay.dh);
-    /* dB += s dy^T xa; dh = s dy B; dA += dh^T drop(x); dx += drop'(dh A) */
-    gemm(c, KB_F32, 1, 0, L->out, r, N, l->scale, dy, L->out, xa, r, 1.0f, l->dB, r);
-    gemm(c, KB_F32, 0, 0, N, r, L->out, l->scale, dy, L->out, l->B, r, 0.0f, dh, r);
     const float *xd = x;
     float *t = drop ? (float *)(ws + lay.drop) : NULL;
     if (drop) {
         dropout_k<<<grid_for(c, nx), CUPLAN_BLOCK, 0, c->st>>>(t, x, l->seed, l->dropout, nx);
         xd = t;
     }
+    const float *g = dy;
+    float *G = dora ? (float *)(ws + lay.dz) : NULL;
+    if (dora) {
+        /* d mag_j = sum_n dy[n,j] G[n,j] / wnorm_j with G = drop(x) W^T + scale xa B^T
+         * (the pre-bias direction term); then G = s dy for the LoRA path */
+        unsigned parts = (unsigned)((N + CUPLAN_DORA_ROWS - 1) / CUPLAN_DORA_ROWS), cols = (unsigned)((out + 127) / 128);
+        double *part = (double *)(ws + lay.part);
+        base_gemm(c, dt, L, lowp, xd, N, 0.0f, G);
+        gemm(c, KB_F32, 0, 1, N, out, r, l->scale, xa, r, l->B, r, 1.0f, G, out);
+        dora_dmag_part_k<<<dim3(cols, parts), 128, 0, c->st>>>(part, G, dy, l->mag, l->wnorm, N, out);
+        dora_dmag_k<<<cols, 128, 0, c->st>>>(l->dmag, part, l->wnorm, (int)parts, out);
+        launched(c, "linear_bwd dora");
+        g = G;
+    }
+    /* dB += s g^T xa; dh = s g B; dA += dh^T drop(x); dx += drop'(dh A) */
+    gemm(c, KB_F32, 1, 0, out, r, N, l->scale, g, out, xa, r, 1.0f, l->dB, r);
+    gemm(c, KB_F32, 0, 0, N, r, out, l->scale, g, out, l->B, r, 0.0f, dh, r);
     gemm(c, KB_F32, 1, 0, r, L->in, N, 1.0f, dh, r, xd, L->in, 1.0f, l->dA, L->in);
-    if (dx) {
-        if (!drop) {
-            gemm(c, KB_F32, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, dx, L->in);
-        } else {
-            gemm(c, KB_F32, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 0.0f, t, L->in);
-            dropout_acc_k<<<grid_for(c, nx), CUPLAN_BLOCK, 0, c->st>>>(dx, t, l->seed, l->dropout, nx);
+    if (dx && !drop) {
+        if (dora) input_grad(c, dt, L, lowp, g, N, bx, dx); /* the base path is scaled by s as well */
+        gemm(c, KB_F32, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, dx, L->in);
+    } else if (dx) {
+        if (dora) {
+            /* the undropped base path carries dy, the dropped one (s - 1) dy = G - dy */
+            input_grad(c, dt, L, lowp, dy, N, bx, dx);
+            sub_k<<<grid_for(c, ny), CUPLAN_BLOCK, 0, c->st>>>(G, dy, ny);
+            input_grad(c, dt, L, lowp, G, N, 0.0f, t);
         }
+        gemm(c, KB_F32, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, dora ? 1.0f : 0.0f, t, L->in);
+        dropout_acc_k<<<grid_for(c, nx), CUPLAN_BLOCK, 0, c->st>>>(dx, t, l->seed, l->dropout, nx);
     }
     launched(c, "linear_bwd");
 }
@@ -959,6 +1078,43 @@ __global__ void ce_rows_k(double *loss, float *tok_loss, W *G, const float *logi
     }
 }
 
+/* The rows whose target is not LR_IGNORE_INDEX, listed on the host (which
+ * needs their count anyway): *buf (to free) holds the compacted targets
+ * [0, nv) and then their row indexes [N, N + nv). Returns nv, or -1 when out
+ * of host memory (recorded). */
+static int valid_rows(kb_backend *be, const int32_t *targets, int N, int32_t **buf) {
+    cu_impl *c = impl_of(be);
+    int32_t *ht = (int32_t *)malloc((size_t)N * 2 * sizeof(int32_t));
+    int nv = 0;
+    *buf = ht;
+    if (!ht) {
+        fail(c, LR_E_NOMEM, "out of host memory for %d targets", N);
+        return -1;
+    }
+    int32_t *rows = ht + N;
+    cu_download(be, ht, targets, (size_t)N * sizeof(int32_t));
+    for (int n = 0; n < N; n++)
+        if (ht[n] != LR_IGNORE_INDEX) {
+            ht[nv] = ht[n]; /* compacted targets, nv <= n */
+            rows[nv++] = n;
+        }
+    return nv;
+}
+
+/* Sum of n f64 values of device memory, in order (as the CPU backend). */
+static double sum_rows(kb_backend *be, const void *d, int n) {
+    cu_impl *c = impl_of(be);
+    double *h = (double *)malloc((size_t)(n > 0 ? n : 1) * sizeof(double)), s = 0;
+    if (!h) {
+        fail(c, LR_E_NOMEM, "out of host memory for %d losses", n);
+        return NAN;
+    }
+    cu_download(be, h, d, (size_t)n * sizeof(double));
+    for (int i = 0; i < n; i++) s += h[i];
+    free(h);
+    return s;
+}
+
 /* dW is never set here: this backend has no weight_grads (full fine-tuning
  * runs on the CPU backend only), and the model checks that first. */
 static double cu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, float *dW, const float *x,
@@ -969,30 +1125,19 @@ static double cu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, fl
     kb_dtype dt = be->weight_dtype;
     *n_valid = 0;
     if (c->failed || N <= 0) return NAN;
-    /* The valid rows are listed on the host: the host needs the count anyway. */
-    int32_t *ht = (int32_t *)malloc((size_t)N * 2 * sizeof(int32_t));
-    double *hl = NULL, total = 0;
+    int32_t *ht;
+    double total = 0;
     char *ws = NULL;
-    int nv = 0;
     cuplan_ce lay;
-    if (!ht) {
-        fail(c, LR_E_NOMEM, "out of host memory for %d targets", N);
-        return NAN;
-    }
-    int32_t *rows = ht + N;
-    cu_download(be, ht, targets, (size_t)N * sizeof(int32_t));
-    for (int n = 0; n < N; n++)
-        if (ht[n] != LR_IGNORE_INDEX) {
-            ht[nv] = ht[n]; /* compacted targets, nv <= n */
-            rows[nv++] = n;
-        }
+    int nv = valid_rows(be, targets, N, &ht);
+    if (nv < 0) goto out;
     *n_valid = nv;
     if (dx) cu_zero(be, dx, (size_t)N * C * sizeof(float));
     if (tok_loss) cu_zero(be, tok_loss, (size_t)N * sizeof(float));
-    cuplan_ce_layout(dt, nv, C, V, chunk_rows, CUPLAN_CE_BUDGET, &lay);
+    cuplan_ce_layout(dt, nv, C, V, chunk_rows, CUPLAN_CE_BUDGET, 0, &lay);
     if (nv) ws = ws_get(c, lay.total, "LM head logits");
     if (!nv || !ws || c->failed) goto out;
-    cu_upload(be, ws + lay.rows, rows, (size_t)nv * sizeof(int32_t));
+    cu_upload(be, ws + lay.rows, ht + N, (size_t)nv * sizeof(int32_t));
     cu_upload(be, ws + lay.tgt, ht, (size_t)nv * sizeof(int32_t));
     for (int c0 = 0; c0 < nv && !c->failed; c0 += lay.chunk) {
         int m = nv - c0 < lay.chunk ? nv - c0 : lay.chunk;
@@ -1013,17 +1158,106 @@ static double cu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, fl
         scatter_k<<<grid_for(c, (size_t)m * C), CUPLAN_BLOCK, 0, c->st>>>(dx, dxc, rc, m, C);
         launched(c, "lmhead_ce backward");
     }
-    hl = (double *)malloc((size_t)nv * sizeof(double));
-    if (!hl) {
-        fail(c, LR_E_NOMEM, "out of host memory for %d losses", nv);
-        goto out;
-    }
-    cu_download(be, hl, ws + lay.loss, (size_t)nv * sizeof(double));
-    for (int i = 0; i < nv; i++) total += hl[i]; /* row order, as the CPU backend */
+    total = sum_rows(be, ws + lay.loss, nv);
 out:
     free(ht);
-    free(hl);
     return c->failed ? NAN : total;
+}
+
+/* ---- LM head + KL to a reference ---- */
+
+/* One block per row of the chunk: the row's ce and kl (f64, elem.h's
+ * lr_kl_*, as the CPU backend) into ce[i], kl[i]; with G != NULL, w times
+ * d(ce + kl_coef kl)/dl goes to G in the weight dtype, from the logits in
+ * one pass (with f32 weights G is the logits, overwritten in place). */
+template <typename W>
+__global__ void ce_kl_rows_k(double *ce, double *kl, W *G, const float *logits, const float *ref,
+                             const int32_t *tgt, int V, double itau, double kc, float w) {
+    __shared__ double shd[33];
+    __shared__ float shf[33];
+    int i = blockIdx.x, tg = tgt[i];
+    const float *l = logits + (size_t)i * V, *q = ref + (size_t)i * V;
+    float lt = l[tg]; /* read before the reductions' barriers: G may be the logits */
+    float mx = -INFINITY, mq = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        mx = fmaxf(mx, l[j]);
+        mq = fmaxf(mq, q[j]);
+    }
+    mx = block_maxf(mx, shf);
+    mq = block_maxf(mq, shf);
+    double s1 = 0, st = 0, sq = 0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) lr_kl_sums(l[j], q[j], mx, mq, itau, &s1, &st, &sq);
+    s1 = block_sumd(s1, shd);
+    st = block_sumd(st, shd);
+    sq = block_sumd(sq, shd);
+    double lse1 = mx + log(s1), lset = log(st), lseq = log(sq), k = 0;
+    W *g = G ? G + (size_t)i * V : NULL;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float qv;
+        k += lr_kl_elem(l[j], q[j], mx, mq, itau, lset, lseq, &qv);
+        if (g) g[j] = stw<W>(lr_ce_kl_grad(l[j], qv, mx, itau, lse1, lset, kc, w, j == tg));
+    }
+    k = block_sumd(k, shd);
+    if (!threadIdx.x) {
+        ce[i] = lse1 - (double)lt;
+        kl[i] = k;
+    }
+}
+
+/* As lmhead_ce, with the reference rows gathered and multiplied alongside. */
+static void cu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int64_t *n_valid, float *dx,
+                            const float *x, const float *x_ref, const void *W, const int32_t *targets, int N, int C,
+                            int V, float tau, float kl_coef, float grad_scale, int chunk_rows) {
+    cu_impl *c = impl_of(be);
+    kb_dtype dt = be->weight_dtype;
+    *n_valid = 0;
+    *ce_sum = *kl_sum = NAN;
+    if (c->failed || N <= 0) return;
+    int32_t *ht;
+    char *ws = NULL;
+    cuplan_ce lay;
+    int nv = valid_rows(be, targets, N, &ht);
+    if (nv < 0) goto out;
+    *n_valid = nv;
+    if (dx) cu_zero(be, dx, (size_t)N * C * sizeof(float));
+    cuplan_ce_layout(dt, nv, C, V, chunk_rows, CUPLAN_CE_BUDGET, 1, &lay);
+    if (nv) ws = ws_get(c, lay.total, "LM head logits");
+    if (!nv) *ce_sum = *kl_sum = 0;
+    if (!nv || !ws || c->failed) goto out;
+    cu_upload(be, ws + lay.rows, ht + N, (size_t)nv * sizeof(int32_t));
+    cu_upload(be, ws + lay.tgt, ht, (size_t)nv * sizeof(int32_t));
+    {
+        double itau = 1.0 / tau, kc = kl_coef * itau;
+        /* A 16-bit gradient is stored without grad_scale (1 / tokens would
+         * push most of it below f16's range); the matmul applies it. */
+        float w = dt == KB_F32 ? grad_scale : 1.0f, alpha = dt == KB_F32 ? 1.0f : grad_scale;
+        for (int c0 = 0; c0 < nv && !c->failed; c0 += lay.chunk) {
+            int m = nv - c0 < lay.chunk ? nv - c0 : lay.chunk;
+            const int32_t *rc = (const int32_t *)(ws + lay.rows) + c0;
+            float *lg = (float *)(ws + lay.logits), *lr = (float *)(ws + lay.ref);
+            void *xc = ws + lay.xc, *xr = ws + lay.xr;
+            unsigned gr = grid_for(c, (size_t)m * C);
+            WDISPATCH(dt, gather_k<W><<<gr, CUPLAN_BLOCK, 0, c->st>>>((W *)xc, x, rc, m, C));
+            WDISPATCH(dt, gather_k<W><<<gr, CUPLAN_BLOCK, 0, c->st>>>((W *)xr, x_ref, rc, m, C));
+            gemm(c, dt, 0, 1, m, V, C, 1.0f, xc, C, W, C, 0.0f, lg, V);
+            gemm(c, dt, 0, 1, m, V, C, 1.0f, xr, C, W, C, 0.0f, lr, V);
+            void *G = dx ? (dt == KB_F32 ? (void *)lg : (void *)(ws + lay.dlg)) : NULL;
+            double *cec = (double *)(ws + lay.loss) + c0, *klc = (double *)(ws + lay.klv) + c0;
+            const int32_t *tc = (const int32_t *)(ws + lay.tgt) + c0;
+            WDISPATCH(dt, ce_kl_rows_k<W><<<m, 1024, 0, c->st>>>(cec, klc, (W *)G, lg, lr, tc, V, itau, kc, w));
+            launched(c, "lmhead_ce_kl");
+            if (!dx) continue;
+            float *dxc = (float *)(ws + lay.dxc);
+            gemm(c, dt, 0, 0, m, C, V, alpha, G, V, W, C, 0.0f, dxc, C);
+            scatter_k<<<gr, CUPLAN_BLOCK, 0, c->st>>>(dx, dxc, rc, m, C);
+            launched(c, "lmhead_ce_kl backward");
+        }
+    }
+    *ce_sum = sum_rows(be, ws + lay.loss, nv);
+    *kl_sum = sum_rows(be, ws + lay.klv, nv);
+out:
+    free(ht);
+    if (c->failed) *ce_sum = *kl_sum = NAN;
 }
 
 /* ---- optimizer and clipping ---- */
@@ -1241,6 +1475,8 @@ extern "C" int kb_cuda_create(int device, kb_dtype wdt, kb_backend **out, lr_err
     be->linear_fwd = cu_linear_fwd;
     be->linear_bwd = cu_linear_bwd;
     be->lmhead_ce = cu_lmhead_ce;
+    be->lmhead_ce_kl = cu_lmhead_ce_kl;
+    be->dora_norm = cu_dora_norm;
     be->adamw = cu_adamw;
     be->sumsq = cu_sumsq;
     be->scale = cu_scale;

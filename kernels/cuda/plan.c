@@ -44,19 +44,31 @@ static size_t carve(size_t *off, size_t bytes) {
 
 size_t cuplan_dtype_size(kb_dtype dt) { return dt == KB_F32 ? 4 : 2; }
 
-void cuplan_linear_layout(kb_dtype wdt, int N, int in, int out, int r, int dropout, int backward,
+void cuplan_linear_layout(kb_dtype wdt, int N, int in, int out, int r, int dropout, int dora, int backward,
                           cuplan_linear *o) {
     size_t off = 0, n = (size_t)N;
-    o->x_lowp = o->drop = o->dh = SIZE_MAX;
-    if (wdt != KB_F32) o->x_lowp = carve(&off, n * (size_t)(backward ? out : in) * cuplan_dtype_size(wdt));
+    o->x_lowp = o->drop = o->dh = o->dz = o->zb = o->part = SIZE_MAX;
+    dora = dora && r > 0;
+    int lw = backward ? (dora && in > out ? in : out) : in;
+    if (wdt != KB_F32) o->x_lowp = carve(&off, n * (size_t)lw * cuplan_dtype_size(wdt));
     if (r > 0 && dropout) o->drop = carve(&off, n * (size_t)in * sizeof(float));
     if (r > 0 && backward) o->dh = carve(&off, n * (size_t)r * sizeof(float));
+    if (dora) o->dz = carve(&off, n * (size_t)out * sizeof(float));
+    if (dora && dropout && !backward) o->zb = carve(&off, n * (size_t)out * sizeof(float));
+    if (dora && backward)
+        o->part = carve(&off, (n + CUPLAN_DORA_ROWS - 1) / CUPLAN_DORA_ROWS * (size_t)out * sizeof(double));
     o->total = off;
 }
 
-void cuplan_ce_layout(kb_dtype wdt, int n_valid, int C, int V, int chunk_rows, size_t budget, cuplan_ce *o) {
+int cuplan_dora_rows(int in, int out, size_t budget) {
+    size_t rows = budget / ((size_t)(in > 0 ? in : 1) * sizeof(float));
+    if (rows > (size_t)out) rows = (size_t)out;
+    return rows ? (int)rows : 1;
+}
+
+void cuplan_ce_layout(kb_dtype wdt, int n_valid, int C, int V, int chunk_rows, size_t budget, int kl, cuplan_ce *o) {
     size_t es = cuplan_dtype_size(wdt);
-    size_t per_row = (size_t)V * (sizeof(float) + (wdt != KB_F32 ? es : 0));
+    size_t per_row = (size_t)V * (sizeof(float) * (kl ? 2 : 1) + (wdt != KB_F32 ? es : 0));
     long long cr = chunk_rows > 0 ? chunk_rows : (long long)(budget / per_row);
     if (chunk_rows <= 0 && cr > 16) cr -= cr % 16; /* tensor-core friendly */
     if (cr < 16) cr = 16;
@@ -71,6 +83,12 @@ void cuplan_ce_layout(kb_dtype wdt, int n_valid, int C, int V, int chunk_rows, s
     o->logits = carve(&off, m * (size_t)V * sizeof(float));
     o->dlg = wdt != KB_F32 ? carve(&off, m * (size_t)V * es) : SIZE_MAX;
     o->dxc = carve(&off, m * (size_t)C * sizeof(float));
+    o->klv = o->xr = o->ref = SIZE_MAX;
+    if (kl) {
+        o->klv = carve(&off, nv * sizeof(double));
+        o->xr = carve(&off, m * (size_t)C * es);
+        o->ref = carve(&off, m * (size_t)V * sizeof(float));
+    }
     o->total = off;
 }
 

@@ -26,6 +26,11 @@
 #define CUPLAN_CE_BUDGET ((size_t)512 << 20)
 /* Sequence length from which activation checkpointing is on by default. */
 #define CUPLAN_CKPT_MIN_T 2048
+/* DoRA: rows of dy summed into one partial of d magnitude (fixed, so the
+ * result is independent of the GPU), and the byte budget of one block of
+ * B A rows in dora_norm. */
+#define CUPLAN_DORA_ROWS 128
+#define CUPLAN_DORA_BUDGET ((size_t)64 << 20)
 /* Alignment of every region carved out of the scratch buffer. */
 #define CUPLAN_ALIGN 256
 
@@ -50,26 +55,38 @@ int cuplan_attention(int B, int T, int Hq, int Hkv, int D, size_t smem_optin, cu
 
 /* Scratch layout of linear_fwd / linear_bwd, byte offsets (SIZE_MAX: the
  * region is not needed). x_lowp: the activation rounded to the weight dtype
- * (the cuBLAS operand; forward x, backward dy); drop: dropout(x) f32; dh: the
- * LoRA hidden gradient f32 [N, r]. total: bytes. */
+ * (the cuBLAS operand; forward x, backward dy; with DoRA, backward, also
+ * drop(x), so [N, max(in, out)]); drop: dropout(x) f32; dh: the LoRA hidden
+ * gradient f32 [N, r]. DoRA (dora = 1) adds dz, f32 [N, out] (forward: the
+ * LoRA term; backward: the direction term, then the gradient the LoRA path
+ * sees), zb, f32 [N, out] (forward with dropout: drop(x) W^T), and part, f64
+ * [ceil(N / CUPLAN_DORA_ROWS), out] (backward: partial sums of d magnitude).
+ * total: bytes. */
 typedef struct cuplan_linear {
-    size_t x_lowp, drop, dh, total;
+    size_t x_lowp, drop, dh, dz, zb, part, total;
 } cuplan_linear;
-void cuplan_linear_layout(kb_dtype wdt, int N, int in, int out, int r, int dropout, int backward,
+void cuplan_linear_layout(kb_dtype wdt, int N, int in, int out, int r, int dropout, int dora, int backward,
                           cuplan_linear *o);
 
-/* Scratch layout of lmhead_ce for n_valid rows, offsets in bytes: rows
- * (int32 row index of each valid target), tgt (int32 targets), loss (f64 per
- * valid row), xc (gathered x rows, weight dtype), logits (f32 [chunk, V]),
- * dlg (the logits' gradient in the weight dtype for the backward matmul;
- * SIZE_MAX with f32 weights: it is written over the logits), dxc (f32
- * [chunk, C]). chunk = chunk_rows when > 0, else as many rows as fit in
- * budget bytes of logits + dlg, at least 16, at most n_valid. */
+/* dora_norm computes B A a block of output rows at a time, in budget bytes
+ * of f32: the rows per block, at least 1, at most out. */
+int cuplan_dora_rows(int in, int out, size_t budget);
+
+/* Scratch layout of lmhead_ce (kl = 0) and lmhead_ce_kl (kl = 1) for
+ * n_valid rows, offsets in bytes: rows (int32 row index of each valid
+ * target), tgt (int32 targets), loss (f64 per valid row: its cross-entropy),
+ * xc (gathered x rows, weight dtype), logits (f32 [chunk, V]), dlg (the
+ * logits' gradient in the weight dtype for the backward matmul; SIZE_MAX
+ * with f32 weights: it is written over the logits), dxc (f32 [chunk, C]);
+ * with kl, also klv (f64 per valid row), xr (gathered x_ref rows, weight
+ * dtype) and ref (the reference logits, f32 [chunk, V]), else SIZE_MAX.
+ * chunk = chunk_rows when > 0, else as many rows as fit in budget bytes of
+ * logits (+ ref) + dlg, at least 16, at most n_valid. */
 typedef struct cuplan_ce {
     int chunk;
-    size_t rows, tgt, loss, xc, logits, dlg, dxc, total;
+    size_t rows, tgt, loss, xc, logits, dlg, dxc, klv, xr, ref, total;
 } cuplan_ce;
-void cuplan_ce_layout(kb_dtype wdt, int n_valid, int C, int V, int chunk_rows, size_t budget, cuplan_ce *o);
+void cuplan_ce_layout(kb_dtype wdt, int n_valid, int C, int V, int chunk_rows, size_t budget, int kl, cuplan_ce *o);
 
 /* Bytes of one element of dtype. */
 size_t cuplan_dtype_size(kb_dtype dt);

@@ -5,12 +5,16 @@
  * geometry, scratch layouts, chunking, dtype conversion, peaks, FLOP and
  * memory estimates, device names) and that asking for a GPU that is not
  * there is a clear error. The per-element arithmetic of the kernels is
- * kernels/elem.h, covered by the CPU backend's tests.
+ * kernels/elem.h, covered by the CPU backend's tests and test_elem; the
+ * custom kernels' indexing and reductions are run on the host by
+ * tests/integration/test_cuda_*_emu.sh.
  *
  * With a GPU, every op forward and backward is compared with the CPU
  * backend on random inputs (f32 weights: 1e-5 relative to the largest
- * value, attention 1e-4; bf16/f16 weights: 2e-2 where the activation is
- * rounded to 16 bits for the tensor cores, 1e-6 where it is not), then
+ * value, attention 1e-4; bf16/f16 weights: 2e-2 (bf16) / 4e-3 (f16) where
+ * the activation is rounded to 16 bits for the tensor cores, 1e-6 where it
+ * is not; DoRA norms 1e-6 and LoRA gradients 1e-5 on every dtype, the KL
+ * head's kl 5e-3 bf16 / 1e-3 f16), then
  * whole models: the loss and LoRA gradients of one batch for each
  * architecture (loss 1e-5 / grads 1e-4 with f32 weights; loss 1e-3 /
  * grads 5e-2 with bf16 weights) and 50 AdamW steps whose loss curve must
@@ -158,23 +162,49 @@ static int disjoint(const size_t *off, const size_t *len, int n, size_t total) {
 TEST(plan_linear_layout) {
     cuplan_linear l;
     int N = 1000, in = 896, out = 4864, r = 16;
-    cuplan_linear_layout(KB_BF16, N, in, out, r, 1, 0, &l);
+    cuplan_linear_layout(KB_BF16, N, in, out, r, 1, 0, 0, &l);
     CHECK_EQ_INT(l.x_lowp, 0);
     CHECK(l.drop != SIZE_MAX && l.dh == SIZE_MAX);
+    CHECK(l.dz == SIZE_MAX && l.zb == SIZE_MAX && l.part == SIZE_MAX);
     size_t off[] = {l.x_lowp, l.drop}, len[] = {(size_t)N * in * 2, (size_t)N * in * 4};
     CHECK(disjoint(off, len, 2, l.total));
-    cuplan_linear_layout(KB_BF16, N, in, out, r, 1, 1, &l);
+    cuplan_linear_layout(KB_BF16, N, in, out, r, 1, 0, 1, &l);
     size_t off2[] = {l.x_lowp, l.drop, l.dh}, len2[] = {(size_t)N * out * 2, (size_t)N * in * 4, (size_t)N * r * 4};
     CHECK(disjoint(off2, len2, 3, l.total));
-    cuplan_linear_layout(KB_F32, N, in, out, 0, 0, 1, &l);
+    cuplan_linear_layout(KB_F32, N, in, out, 0, 0, 0, 1, &l);
     CHECK(l.x_lowp == SIZE_MAX && l.drop == SIZE_MAX && l.dh == SIZE_MAX);
     CHECK_EQ_INT(l.total, 0);
+    /* DoRA forward with dropout: LoRA term and dropped base term, [N, out] f32 each */
+    cuplan_linear_layout(KB_F16, N, in, out, r, 1, 1, 0, &l);
+    size_t off3[] = {l.x_lowp, l.drop, l.dz, l.zb};
+    size_t len3[] = {(size_t)N * in * 2, (size_t)N * in * 4, (size_t)N * out * 4, (size_t)N * out * 4};
+    CHECK(l.part == SIZE_MAX && l.dh == SIZE_MAX);
+    CHECK(disjoint(off3, len3, 4, l.total));
+    /* DoRA backward: the 16-bit operand also holds drop(x) [N, in], in > out here */
+    cuplan_linear_layout(KB_BF16, N, out, in, r, 0, 1, 1, &l);
+    size_t np = (N + CUPLAN_DORA_ROWS - 1) / CUPLAN_DORA_ROWS;
+    size_t off4[] = {l.x_lowp, l.dh, l.dz, l.part};
+    size_t len4[] = {(size_t)N * out * 2, (size_t)N * r * 4, (size_t)N * in * 4, np * in * 8};
+    CHECK(l.drop == SIZE_MAX && l.zb == SIZE_MAX);
+    CHECK(disjoint(off4, len4, 4, l.total));
+    /* DoRA needs a LoRA path: r = 0 carves nothing for it */
+    cuplan_linear_layout(KB_F32, N, in, out, 0, 0, 1, 1, &l);
+    CHECK(l.dz == SIZE_MAX && l.part == SIZE_MAX && l.total == 0);
+}
+
+TEST(plan_dora_rows) {
+    /* 64 MiB of f32 B A rows */
+    CHECK_EQ_INT(cuplan_dora_rows(896, 4864, CUPLAN_DORA_BUDGET), 4864);
+    CHECK_EQ_INT(cuplan_dora_rows(14336, 4096, CUPLAN_DORA_BUDGET), 1170);
+    CHECK_EQ_INT(cuplan_dora_rows(8192, 2100, CUPLAN_DORA_BUDGET), 2048);
+    CHECK_EQ_INT(cuplan_dora_rows(1 << 30, 10, CUPLAN_DORA_BUDGET), 1); /* at least one row */
 }
 
 TEST(plan_ce_layout) {
     cuplan_ce c;
     int V = 151936, C = 896;
-    cuplan_ce_layout(KB_BF16, 8192, C, V, 0, CUPLAN_CE_BUDGET, &c);
+    cuplan_ce_layout(KB_BF16, 8192, C, V, 0, CUPLAN_CE_BUDGET, 0, &c);
+    CHECK(c.klv == SIZE_MAX && c.xr == SIZE_MAX && c.ref == SIZE_MAX);
     /* 512 MiB / (V * (4 + 2)) = 588 rows, down to a multiple of 16 */
     CHECK_EQ_INT(c.chunk, 576);
     CHECK((size_t)c.chunk * V * 6 <= CUPLAN_CE_BUDGET);
@@ -182,15 +212,25 @@ TEST(plan_ce_layout) {
     size_t len[] = {8192 * 4, 8192 * 4, 8192 * 8, (size_t)c.chunk * C * 2, (size_t)c.chunk * V * 4,
                     (size_t)c.chunk * V * 2, (size_t)c.chunk * C * 4};
     CHECK(disjoint(off, len, 7, c.total));
-    cuplan_ce_layout(KB_F32, 5, C, V, 0, CUPLAN_CE_BUDGET, &c);
+    cuplan_ce_layout(KB_F32, 5, C, V, 0, CUPLAN_CE_BUDGET, 0, &c);
     CHECK_EQ_INT(c.chunk, 5);
     CHECK(c.dlg == SIZE_MAX);
-    cuplan_ce_layout(KB_BF16, 100, C, V, 20, CUPLAN_CE_BUDGET, &c);
+    cuplan_ce_layout(KB_BF16, 100, C, V, 20, CUPLAN_CE_BUDGET, 0, &c);
     CHECK_EQ_INT(c.chunk, 20);
-    cuplan_ce_layout(KB_BF16, 100, C, V, 7, CUPLAN_CE_BUDGET, &c); /* as the CPU backend: at least 16 */
+    cuplan_ce_layout(KB_BF16, 100, C, V, 7, CUPLAN_CE_BUDGET, 0, &c); /* as the CPU backend: at least 16 */
     CHECK_EQ_INT(c.chunk, 16);
-    cuplan_ce_layout(KB_BF16, 100, C, V, 0, 1000, &c); /* tiny budget: at least 16 rows */
+    cuplan_ce_layout(KB_BF16, 100, C, V, 0, 1000, 0, &c); /* tiny budget: at least 16 rows */
     CHECK_EQ_INT(c.chunk, 16);
+    /* with KL: two f32 logits blocks per row: 512 MiB / (V * (4 + 4 + 2)) = 353 rows -> 352 */
+    cuplan_ce_layout(KB_BF16, 8192, C, V, 0, CUPLAN_CE_BUDGET, 1, &c);
+    CHECK_EQ_INT(c.chunk, 352);
+    size_t koff[] = {c.rows, c.tgt, c.loss, c.xc, c.logits, c.dlg, c.dxc, c.klv, c.xr, c.ref};
+    size_t klen[] = {8192 * 4, 8192 * 4, 8192 * 8, (size_t)c.chunk * C * 2, (size_t)c.chunk * V * 4,
+                     (size_t)c.chunk * V * 2, (size_t)c.chunk * C * 4, 8192 * 8, (size_t)c.chunk * C * 2,
+                     (size_t)c.chunk * V * 4};
+    CHECK(disjoint(koff, klen, 10, c.total));
+    cuplan_ce_layout(KB_F32, 40, C, V, 16, CUPLAN_CE_BUDGET, 1, &c);
+    CHECK(c.chunk == 16 && c.dlg == SIZE_MAX && c.ref != SIZE_MAX);
 }
 
 TEST(plan_bf16_f16_conversion) {
@@ -577,6 +617,153 @@ TEST(op_lmhead_ce) {
     ce_case(KB_F32, 0, 1e-5);
     ce_case(KB_F32, 16, 1e-5); /* several chunks */
     ce_case(KB_BF16, 20, 2e-2);
+}
+
+/* A DoRA layer (kb_lora.mag): dora_norm, then forward and backward, with
+ * the magnitude away from the norm (s != 1) and every gradient accumulated
+ * onto non-zero values. N > CUPLAN_DORA_ROWS, out > 128: several partial
+ * sums of d magnitude in both directions. */
+static void dora_case(kb_dtype wdt, int w_in_out, int bias, float dropout, double tol) {
+    kb_backend *g = gpu(wdt), *c = cpu();
+    int N = 200, in = 96, out = 160, r = 8;
+    size_t nw = (size_t)in * out, nx = (size_t)N * in, ny = (size_t)N * out;
+    float *W = rnd(nw, 0.1f), *b = rnd(out, 0.1f), *x = rnd(nx, 1), *dy = rnd(ny, 1), *dx = rnd(nx, 1);
+    float *A = rnd((size_t)r * in, 0.1f), *Bm = rnd((size_t)out * r, 0.1f), *dA = rnd((size_t)r * in, 0.1f);
+    float *dB = rnd((size_t)out * r, 0.1f), *dmag = rnd(out, 0.1f), *wn = calloc(out, 4), *mag = calloc(out, 4);
+    float *y = calloc(ny, 4), *xa = calloc((size_t)N * r, 4), *h;
+    void *gW = put_w(g, W, nw), *gb = bias ? put_w(g, b, out) : NULL;
+    kb_lora lc = {.A = A, .B = Bm, .dA = dA, .dB = dB, .r = r, .scale = 2.0f, .dropout = dropout, .seed = 99,
+                  .mag = mag, .dmag = dmag, .wnorm = wn};
+    kb_linear Lc = {W, bias ? b : NULL, in, out, w_in_out, &lc, NULL, NULL};
+    kb_lora lg = {.A = put(g, A, (size_t)r * in), .B = put(g, Bm, (size_t)out * r), .dA = put(g, dA, (size_t)r * in),
+                  .dB = put(g, dB, (size_t)out * r), .r = r, .scale = 2.0f, .dropout = dropout, .seed = 99,
+                  .dmag = put(g, dmag, out)};
+    float *gwn = g->alloc(g, (size_t)out * 4);
+    lg.wnorm = gwn;
+    kb_linear Lg = {gW, gb, in, out, w_in_out, &lg, NULL, NULL};
+    /* the norms depend on W (rounded alike on both sides), A and B only: f32 on both */
+    c->dora_norm(c, &Lc, wn);
+    g->dora_norm(g, &Lg, gwn);
+    CHECK_REL((h = get(g, gwn, out)), wn, out, 1e-6);
+    free(h);
+    for (int j = 0; j < out; j++) mag[j] = wn[j] * (1.0f + 0.3f * frand());
+    lg.mag = put(g, mag, out);
+    float *gx = put(g, x, nx), *gy = g->alloc(g, ny * 4), *gxa = g->alloc(g, (size_t)N * r * 4);
+    float *gdy = put(g, dy, ny), *gdx = put(g, dx, nx);
+    c->linear_fwd(c, &Lc, y, xa, x, N);
+    g->linear_fwd(g, &Lg, gy, gxa, gx, N);
+    h = get(g, gy, ny);
+    CHECKF(relerr(h, y, ny) <= tol, "dora y (dtype %d, in_out %d, bias %d, dropout %g): %.3g", wdt, w_in_out, bias,
+           dropout, relerr(h, y, ny));
+    free(h);
+    c->linear_bwd(c, &Lc, dx, 1, dy, x, xa, N);
+    g->linear_bwd(g, &Lg, gdx, 1, gdy, gx, gxa, N);
+    h = get(g, gdx, nx);
+    CHECKF(relerr(h, dx, nx) <= tol, "dora dx (dtype %d, in_out %d, bias %d, dropout %g): %.3g", wdt, w_in_out, bias,
+           dropout, relerr(h, dx, nx));
+    free(h);
+    /* the LoRA path sees s dy, f32 on both; d magnitude goes through drop(x) W^T */
+    CHECK_REL((h = get(g, lg.dA, (size_t)r * in)), dA, (size_t)r * in, 1e-5);
+    free(h);
+    CHECK_REL((h = get(g, lg.dB, (size_t)out * r)), dB, (size_t)out * r, 1e-5);
+    free(h);
+    h = get(g, lg.dmag, out);
+    CHECKF(relerr(h, dmag, out) <= tol, "dora dmag (dtype %d): %.3g", wdt, relerr(h, dmag, out));
+    free(h);
+    check_ok(g);
+    free(W), free(b), free(x), free(dy), free(dx), free(A), free(Bm), free(dA), free(dB), free(dmag), free(wn);
+    free(mag), free(y), free(xa);
+    kb_destroy(g), kb_destroy(c);
+}
+TEST(op_linear_dora) {
+    NEED_GPU(g, KB_F32);
+    kb_destroy(g);
+    dora_case(KB_F32, 0, 0, 0.0f, 1e-5);
+    dora_case(KB_F32, 1, 1, 0.0f, 1e-5);  /* Conv1D layout, bias */
+    dora_case(KB_F32, 0, 1, 0.1f, 1e-5);  /* dropout: the dropped and undropped base terms */
+    dora_case(KB_F32, 1, 0, 0.2f, 1e-5);
+    dora_case(KB_BF16, 0, 1, 0.1f, 2e-2);
+    dora_case(KB_BF16, 1, 0, 0.0f, 2e-2);
+    dora_case(KB_F16, 1, 1, 0.1f, 4e-3);
+    dora_case(KB_F16, 0, 0, 0.0f, 4e-3);
+}
+
+/* dora_norm of a layer whose B A does not fit one CUPLAN_DORA_BUDGET block
+ * (2100 rows of 8192: two blocks), both layouts. */
+TEST(op_dora_norm_blocks) {
+    NEED_GPU(g, KB_BF16);
+    kb_backend *c = cpu();
+    int in = 8192, out = 2100, r = 4;
+    REQUIRE(cuplan_dora_rows(in, out, CUPLAN_DORA_BUDGET) < out);
+    float *W = rnd((size_t)in * out, 0.05f), *A = rnd((size_t)r * in, 0.05f), *Bm = rnd((size_t)out * r, 0.5f);
+    float *wn = calloc(out, 4), *h;
+    void *gW = put_w(g, W, (size_t)in * out);
+    kb_lora lc = {.A = A, .B = Bm, .r = r, .scale = 0.5f};
+    kb_lora lg = {.A = put(g, A, (size_t)r * in), .B = put(g, Bm, (size_t)out * r), .r = r, .scale = 0.5f};
+    float *gwn = g->alloc(g, (size_t)out * 4);
+    for (int w_in_out = 0; w_in_out < 2; w_in_out++) {
+        kb_linear Lc = {W, NULL, in, out, w_in_out, &lc, NULL, NULL}, Lg = {gW, NULL, in, out, w_in_out, &lg, NULL, NULL};
+        c->dora_norm(c, &Lc, wn);
+        g->dora_norm(g, &Lg, gwn);
+        CHECK_REL((h = get(g, gwn, out)), wn, out, 1e-6);
+        free(h);
+    }
+    check_ok(g);
+    free(W), free(A), free(Bm), free(wn);
+    kb_destroy(g), kb_destroy(c);
+}
+
+/* lmhead_ce_kl against the CPU backend; x_ref near x, as a tuned model
+ * stays near its reference. */
+static void kl_case(kb_dtype wdt, int chunk, double tol, double kl_tol) {
+    kb_backend *g = gpu(wdt), *c = cpu();
+    int N = 61, C = 64, V = 1000;
+    float *W = rnd((size_t)V * C, 0.5f), *x = rnd((size_t)N * C, 1), *xr = rnd((size_t)N * C, 0.3f);
+    for (int i = 0; i < N * C; i++) xr[i] += x[i];
+    int32_t tg[61];
+    for (int i = 0; i < N; i++) tg[i] = i % 5 == 2 ? LR_IGNORE_INDEX : (int)(lr_mix64((uint64_t)i + 7) % V);
+    void *gW = put_w(g, W, (size_t)V * C);
+    float *gx = put(g, x, (size_t)N * C), *gxr = put(g, xr, (size_t)N * C), *gdx = g->alloc(g, (size_t)N * C * 4);
+    float *dx = calloc((size_t)N * C, 4), *h;
+    int32_t *gtg = g->alloc(g, sizeof tg);
+    g->upload(g, gtg, tg, sizeof tg);
+    int64_t nc = 0, ng = 0;
+    double cc, kc, cg, kg;
+    c->lmhead_ce_kl(c, &cc, &kc, &nc, dx, x, xr, W, tg, N, C, V, 1.5f, 0.8f, 0.25f, chunk);
+    g->lmhead_ce_kl(g, &cg, &kg, &ng, gdx, gx, gxr, gW, gtg, N, C, V, 1.5f, 0.8f, 0.25f, chunk);
+    CHECK_EQ_INT(ng, nc);
+    CHECK(kc > 0);
+    double ce_tol = wdt == KB_F32 ? 1e-5 : 1e-3;
+    CHECKF(fabs(cg - cc) <= ce_tol * cc, "ce %.9g vs %.9g (dtype %d)", cg, cc, wdt);
+    CHECKF(fabs(kg - kc) <= kl_tol * kc, "kl %.9g vs %.9g (dtype %d)", kg, kc, wdt);
+    h = get(g, gdx, (size_t)N * C);
+    CHECKF(relerr(h, dx, (size_t)N * C) <= tol, "ce+kl dx (dtype %d): %.3g", wdt, relerr(h, dx, (size_t)N * C));
+    for (int k = 0; k < C; k++) CHECK(h[2 * C + k] == 0.0f); /* an ignored row */
+    free(h);
+    /* loss only, default chunking */
+    g->lmhead_ce_kl(g, &cg, &kg, &ng, NULL, gx, gxr, gW, gtg, N, C, V, 1.5f, 0.8f, 1.0f, 0);
+    CHECKF(fabs(cg - cc) <= ce_tol * cc && fabs(kg - kc) <= kl_tol * kc, "loss-only ce %.9g kl %.9g", cg, kg);
+    /* no valid row: zeros, dx cleared */
+    for (int i = 0; i < N; i++) tg[i] = LR_IGNORE_INDEX;
+    g->upload(g, gtg, tg, sizeof tg);
+    g->lmhead_ce_kl(g, &cg, &kg, &ng, gdx, gx, gxr, gW, gtg, N, C, V, 1.5f, 0.8f, 0.25f, chunk);
+    CHECK(ng == 0 && cg == 0.0 && kg == 0.0);
+    h = get(g, gdx, (size_t)N * C);
+    double mx = 0;
+    for (int i = 0; i < N * C; i++) mx = fabs(h[i]) > mx ? fabs(h[i]) : mx;
+    CHECK(mx == 0.0);
+    free(h);
+    check_ok(g);
+    free(W), free(x), free(xr), free(dx);
+    kb_destroy(g), kb_destroy(c);
+}
+TEST(op_lmhead_ce_kl) {
+    NEED_GPU(g, KB_F32);
+    kb_destroy(g);
+    kl_case(KB_F32, 0, 1e-5, 1e-5);
+    kl_case(KB_F32, 16, 1e-5, 1e-5); /* several chunks */
+    kl_case(KB_BF16, 20, 2e-2, 5e-3);
+    kl_case(KB_F16, 0, 4e-3, 1e-3);
 }
 
 /* Out of memory is an answer with numbers, and the backend goes on. */
