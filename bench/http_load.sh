@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # HTTP load on lorad with wrk, against a store holding 10,000 jobs:
-# GET /v1/jobs?limit=50 and GET /v1/jobs/{id}, next to serving a static file
+# GET /v1/jobs?limit=50 (first page, the one queued job by status, a page
+# deep in the list by after=) and GET /v1/jobs/{id}, next to serving a static file
 # from the same server in the same run (the HTTP layer's ceiling).
 # Not a timed test: it prints requests/s and p99 latency.
 #   bash bench/http_load.sh [seconds per case, default 5] [connections, default 32]
@@ -54,11 +55,14 @@ run() { # name, path, header...
 echo "lorad HTTP load: $NJOBS jobs in the store, $CONNS connections, ${DUR}s per case, 2 HTTP threads"
 run static_file /static.txt
 run jobs_list_50 "/v1/jobs?limit=50" -H "$AUTH"
+run jobs_list_status "/v1/jobs?status=queued&limit=50" -H "$AUTH"
+run jobs_list_deep "/v1/jobs?limit=50&after=ftjob-000000000064" -H "$AUTH"
 run job_get "/v1/jobs/$ID" -H "$AUTH"
 python3 - "$D" <<'PY'
 import sys
 d = sys.argv[1]
-r = {n: float(open("%s/rps.%s" % (d, n)).read()) for n in ("static_file", "jobs_list_50", "job_get")}
-for n in ("jobs_list_50", "job_get"):
+names = ("jobs_list_50", "jobs_list_status", "jobs_list_deep", "job_get")
+r = {n: float(open("%s/rps.%s" % (d, n)).read()) for n in ("static_file",) + names}
+for n in names:
     print("%-28s %.3f of the static-file ceiling" % (n, r[n] / r["static_file"]))
 PY

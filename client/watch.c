@@ -142,6 +142,13 @@ int watch_render(FILE *f, const json_t *job, const double *loss, size_t n, const
         emit(f, line, v, st, status_sgr(st));
         lines++;
     }
+    /* A stopping rule ended the run: say which, the way a failure says why. */
+    const char *why = str(job, "stop_reason", NULL);
+    if (why) {
+        snprintf(line, sizeof line, "%s: %s", st, why);
+        emit(f, line, v, st, status_sgr(st));
+        lines++;
+    }
     return lines;
 }
 
@@ -162,7 +169,9 @@ void watch_line(const json_t *job, double now, char *out, size_t cap) {
                      total > 0 && isfinite(step) ? 100 * step / total : 0, l, e, lr, el, eta_s);
     const json_t *err = json_object_get(job, "error");
     if (n > 0 && (size_t)n < cap && json_is_object(err))
-        snprintf(out + n, cap - (size_t)n, " error \"%s\"", str(err, "message", "no reason given"));
+        n += snprintf(out + n, cap - (size_t)n, " error \"%s\"", str(err, "message", "no reason given"));
+    const char *why = str(job, "stop_reason", NULL);
+    if (n > 0 && (size_t)n < cap && why) snprintf(out + n, cap - (size_t)n, " stop_reason \"%s\"", why);
 }
 
 /* ---- the loop ---- */

@@ -3,7 +3,8 @@
  * On a terminal the view is redrawn in place every poll: a header (id, name,
  * status, user, worker), a progress bar with percent, step/total, elapsed and
  * ETA, the latest loss / eval loss / learning rate / tokens per second, and a
- * sparkline of the whole loss curve. Piped, it prints one plain line whenever
+ * sparkline of the whole loss curve, and why the job ended when it failed or
+ * a stopping rule ended it. Piped, it prints one plain line whenever
  * the step or the status changes. Either way it returns when the job ends,
  * with the job's outcome as the exit status (watch_exit_code). */
 #ifndef LR_CLIENT_WATCH_H

@@ -448,9 +448,10 @@ int store_job_insert(store *st, const store_job_new *j, lr_err *err) {
 #define JOB_COLS                                                                                  \
     "id, name, user, model, status, priority, device, spec, sweep_id, created_at, started_at, "   \
     "finished_at, error_code, error_message, worker, retries, max_retries, step, total_steps, "   \
-    "epoch, loss, eval_loss, tokens_per_s, lr, cancel_requested, last_checkpoint_step"
+    "epoch, loss, eval_loss, tokens_per_s, lr, cancel_requested, last_checkpoint_step, stop_reason"
 
-static json_t *job_json(sqlite3_stmt *s) {
+/* Every field of the job object but its spec. */
+static json_t *job_fields(sqlite3_stmt *s) {
     json_t *o = json_object();
     json_object_set_new(o, "id", json_string(ct(s, 0)));
     json_object_set_new(o, "object", json_string("fine_tuning.job"));
@@ -460,8 +461,6 @@ static json_t *job_json(sqlite3_stmt *s) {
     json_object_set_new(o, "status", json_string(ct(s, 4)));
     json_object_set_new(o, "priority", json_integer(sqlite3_column_int(s, 5)));
     json_object_set_new(o, "device", json_string(ct(s, 6)));
-    json_t *spec = json_loads(ct(s, 7), 0, NULL);
-    json_object_set_new(o, "spec", spec ? spec : json_null());
     json_object_set_new(o, "sweep_id", cj_text(s, 8));
     json_object_set_new(o, "created_at", cj_int(s, 9));
     json_object_set_new(o, "started_at", cj_int(s, 10));
@@ -480,6 +479,14 @@ static json_t *job_json(sqlite3_stmt *s) {
                                                 cj_real(s, 21), "tokens_per_s", cj_real(s, 22), "lr", cj_real(s, 23)));
     json_object_set_new(o, "cancel_requested", json_boolean(sqlite3_column_int(s, 24)));
     json_object_set_new(o, "last_checkpoint_step", cj_int(s, 25));
+    json_object_set_new(o, "stop_reason", cj_text(s, 26));
+    return o;
+}
+
+static json_t *job_json(sqlite3_stmt *s) {
+    json_t *o = job_fields(s);
+    json_t *spec = json_loads(ct(s, 7), 0, NULL);
+    json_object_set_new(o, "spec", spec ? spec : json_null());
     return o;
 }
 
@@ -494,19 +501,82 @@ json_t *store_job_get(store *st, const char *id, lr_err *err) {
     return o;
 }
 
-json_t *store_jobs_list(store *st, const char *status, const char *user, const char *sweep_id, int limit,
-                        const char *after, lr_err *err) {
-    sqlite3_stmt *s = q(st, "SELECT " JOB_COLS " FROM jobs WHERE (?1 IS NULL OR status = ?1) AND "
-                            "(?2 IS NULL OR user = ?2) AND (?3 IS NULL OR sweep_id = ?3) AND "
-                            "(?4 IS NULL OR seq < (SELECT seq FROM jobs WHERE id = ?4)) "
-                            "ORDER BY seq DESC LIMIT ?5", err);
+/* One statement per filter combination, so that each can use its index
+ * (an "(?1 IS NULL OR status = ?1)" term can use none), and the after bound
+ * is a range on seq: any page costs its own rows, not those before it. A
+ * sweep is the narrowest filter, so "+" keeps the others off its index. */
+#define JOBS_PAGE(where)                                                                                      \
+    "SELECT " JOB_COLS " FROM jobs WHERE " where "seq < CASE WHEN ?4 IS NULL THEN 9223372036854775807 ELSE " \
+    "(SELECT seq FROM jobs WHERE id = ?4) END ORDER BY seq DESC LIMIT ?5"
+static const char *const jobs_page_sql[8] = {
+    JOBS_PAGE(""),
+    JOBS_PAGE("status = ?1 AND "),
+    JOBS_PAGE("user = ?2 AND "),
+    JOBS_PAGE("status = ?1 AND user = ?2 AND "),
+    JOBS_PAGE("sweep_id = ?3 AND "),
+    JOBS_PAGE("+status = ?1 AND sweep_id = ?3 AND "),
+    JOBS_PAGE("+user = ?2 AND sweep_id = ?3 AND "),
+    JOBS_PAGE("+status = ?1 AND +user = ?2 AND sweep_id = ?3 AND "),
+};
+
+static sqlite3_stmt *jobs_page(store *st, const char *status, const char *user, const char *sweep_id, int limit,
+                               const char *after, lr_err *err) {
+    sqlite3_stmt *s = q(st, jobs_page_sql[(status ? 1 : 0) | (user ? 2 : 0) | (sweep_id ? 4 : 0)], err);
     if (!s) return NULL;
     bt(s, 1, status);
     bt(s, 2, user);
     bt(s, 3, sweep_id);
     bt(s, 4, after);
     bi(s, 5, limit + 1);
-    return list_page(s, limit, job_json);
+    return s;
+}
+
+json_t *store_jobs_list(store *st, const char *status, const char *user, const char *sweep_id, int limit,
+                        const char *after, lr_err *err) {
+    sqlite3_stmt *s = jobs_page(st, status, user, sweep_id, limit, after, err);
+    return s ? list_page(s, limit, job_json) : NULL;
+}
+
+char *store_jobs_list_text(store *st, const char *status, const char *user, const char *sweep_id, int limit,
+                           const char *after, size_t *len, lr_err *err) {
+    sqlite3_stmt *s = jobs_page(st, status, user, sweep_id, limit, after, err);
+    if (!s) return NULL;
+    lr_buf b;
+    lr_buf_init(&b, STORE_LIST_TEXT_MAX);
+    int n = 0, more = 0, bad = lr_buf_adds(&b, "{\"object\":\"list\",\"data\":[");
+    while (!bad && sqlite3_step(s) == SQLITE_ROW) {
+        if (n == limit) {
+            more = 1;
+            break;
+        }
+        json_t *o = job_fields(s);
+        const char *spec = ct(s, 7);
+        size_t sl = strlen(spec);
+        /* The API wrote this text with json_dumps; a row edited by hand into
+         * something that is not an object reads as null, as in job_json. */
+        int obj = sl >= 2 && spec[0] == '{' && spec[sl - 1] == '}';
+        char tmp[4096], *big = NULL;
+        const char *txt = tmp;
+        size_t ol = o ? json_dumpb(o, tmp, sizeof tmp, JSON_COMPACT) : 0;
+        if (ol > sizeof tmp) { /* long error or stop messages */
+            txt = big = json_dumps(o, JSON_COMPACT);
+            ol = big ? strlen(big) : 0;
+        }
+        json_decref(o);
+        /* The object ends in '}': the spec goes in before it. */
+        bad = ol < 2 || (n > 0 && lr_buf_add(&b, ",", 1)) || lr_buf_add(&b, txt, ol - 1) ||
+              lr_buf_adds(&b, ",\"spec\":") || (obj ? lr_buf_add(&b, spec, sl) : lr_buf_adds(&b, "null")) ||
+              lr_buf_adds(&b, "}");
+        free(big);
+        n++;
+    }
+    sqlite3_reset(s);
+    if (bad || lr_buf_adds(&b, more ? "],\"has_more\":true}" : "],\"has_more\":false}")) {
+        lr_buf_free(&b);
+        lr_errp(err, LR_E_NOMEM, NULL, "out of memory (or over %d MiB) listing jobs", STORE_LIST_TEXT_MAX >> 20);
+        return NULL;
+    }
+    return lr_buf_take(&b, len);
 }
 
 int store_job_cancel(store *st, const char *id, const store_user *who, int *running, lr_err *err) {
@@ -611,19 +681,31 @@ int store_job_start(store *st, const char *id, const char *worker, lr_err *err) 
     return 0;
 }
 
-int store_job_finish(store *st, const char *id, const char *status, const char *error_code,
-                     const char *error_message, lr_err *err) {
-    /* A finished job shows its last step even if no heartbeat carried it. */
+static int finish(store *st, const char *id, const char *status, const char *error_code, const char *error_message,
+                  int stopped, const char *stop_reason, lr_err *err) {
+    /* A job that ran to its end shows its last step even if no heartbeat
+     * carried it; one a stopping rule ended keeps the step it reached. */
     sqlite3_stmt *s = q(st, "UPDATE jobs SET status=?1, finished_at=?2, error_code=?3, error_message=?4, "
-                            "step=CASE WHEN ?1='succeeded' AND total_steps>0 THEN total_steps ELSE step END "
-                            "WHERE id=?5 AND status IN ('queued','running')", err);
+                            "stop_reason=?6, step=CASE WHEN ?1='succeeded' AND NOT ?7 AND total_steps>0 "
+                            "THEN total_steps ELSE step END WHERE id=?5 AND status IN ('queued','running')", err);
     if (!s) return -1;
     bt(s, 1, status);
     bi(s, 2, (int64_t)time(NULL));
     bt(s, 3, error_message ? (error_code ? error_code : "error") : NULL);
     bt(s, 4, error_message);
     bt(s, 5, id);
+    bt(s, 6, stop_reason);
+    bi(s, 7, stopped);
     return exec1(st, s, err, "finish job");
+}
+
+int store_job_finish(store *st, const char *id, const char *status, const char *error_code,
+                     const char *error_message, lr_err *err) {
+    return finish(st, id, status, error_code, error_message, 0, NULL, err);
+}
+
+int store_job_stopped(store *st, const char *id, const char *reason, lr_err *err) {
+    return finish(st, id, "succeeded", NULL, NULL, 1, reason, err);
 }
 
 int store_job_requeue(store *st, const char *id, const char *reason, int *failed, lr_err *err) {

@@ -69,6 +69,12 @@ json_t *store_job_get(store *st, const char *id, lr_err *err);
 /* status, user, sweep_id filter when non-NULL; newest first; after = a job id. */
 json_t *store_jobs_list(store *st, const char *status, const char *user, const char *sweep_id,
                         int limit, const char *after, lr_err *err);
+/* The same page serialized as the response body (caller frees; *len its
+ * length): each job's stored spec text, canonical JSON the API wrote, is
+ * copied in, not parsed and re-encoded, which was most of a list's cost. */
+#define STORE_LIST_TEXT_MAX (64 << 20)
+char *store_jobs_list_text(store *st, const char *status, const char *user, const char *sweep_id, int limit,
+                           const char *after, size_t *len, lr_err *err);
 /* A queued job is cancelled at once (*running = 0); a running one is marked
  * for the loop to tell its worker (*running = 1). Only the owner or an admin:
  * LR_E_FORBIDDEN; a finished job: LR_E_CONFLICT. */
@@ -92,6 +98,9 @@ int store_job_start(store *st, const char *id, const char *worker, lr_err *err) 
 /* status: succeeded | failed | cancelled. error_code/message may be NULL. */
 int store_job_finish(store *st, const char *id, const char *status, const char *error_code,
                      const char *error_message, lr_err *err) LR_WARN_UNUSED;
+/* A job a stopping rule ended (patience, max_minutes) succeeded; reason
+ * (may be NULL) says why and becomes the job object's stop_reason. */
+int store_job_stopped(store *st, const char *id, const char *reason, lr_err *err) LR_WARN_UNUSED;
 /* A running job goes back to queued (retries + 1), or to failed with reason
  * when it has used max_retries; *failed tells which. */
 int store_job_requeue(store *st, const char *id, const char *reason, int *failed, lr_err *err) LR_WARN_UNUSED;

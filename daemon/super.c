@@ -249,9 +249,11 @@ static void handle_msg(conn *c, const msg *m, int64_t *ack) {
             job_event(s, w->job, "info", "lorad is shutting down; the job is queued again");
         } else {
             const char *st = !strcmp(m->outcome, "cancelled") ? "cancelled" : "succeeded";
-            if (store_job_finish(s->st, w->job, st, NULL, NULL, &e)) logf_("finish %s: %s", w->job, e.msg);
-            job_event(s, w->job, "info", "job %s%s", st,
-                      !strcmp(m->outcome, "stopped_early") ? " (stopped early)" : "");
+            int stopped = !strcmp(m->outcome, "stopped_early");
+            if (stopped ? store_job_stopped(s->st, w->job, m->stop_reason, &e)
+                        : store_job_finish(s->st, w->job, st, NULL, NULL, &e))
+                logf_("finish %s: %s", w->job, e.msg);
+            job_event(s, w->job, "info", "job %s%s", st, stopped ? " (stopped early)" : "");
         }
         job_ended(w);
         break;

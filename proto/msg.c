@@ -12,6 +12,8 @@ static const char *const type_names[MSG_N_TYPES] = {
 const char *msg_type_name(msg_type t) { return (unsigned)t < MSG_N_TYPES ? type_names[t] : "?"; }
 
 #define MSG_MAX_STR 4096
+/* A stop reason is one sentence the job object shows; the worker's is < 256. */
+#define MSG_MAX_STOP_REASON 1024
 
 static int get_str(const json_t *o, const char *key, int required, const char **out, lr_err *err) {
     const json_t *v = json_object_get(o, key);
@@ -116,6 +118,12 @@ int msg_parse(const json_t *f, msg *m, lr_err *err) {
         if (strcmp(m->outcome, "succeeded") && strcmp(m->outcome, "cancelled") &&
             strcmp(m->outcome, "stopped_early"))
             return lr_errp(err, LR_E_INVALID, "outcome", "unknown outcome \"%.64s\"", m->outcome);
+        if (get_str(f, "stop_reason", 0, &m->stop_reason, err)) return -1;
+        if (m->stop_reason && strcmp(m->outcome, "stopped_early"))
+            return lr_errp(err, LR_E_INVALID, "stop_reason", "\"stop_reason\" goes with outcome \"stopped_early\" only");
+        if (m->stop_reason && strlen(m->stop_reason) > MSG_MAX_STOP_REASON)
+            return lr_errp(err, LR_E_INVALID, "stop_reason", "\"stop_reason\" is longer than %d bytes",
+                           MSG_MAX_STOP_REASON);
         break;
     case MSG_FAILED:
         if (get_str(f, "error", 1, &m->text, err)) return -1;
@@ -219,9 +227,17 @@ json_t *msg_checkpoint(const char *job_id, int64_t step, const char *dir) {
     return o;
 }
 
-json_t *msg_done(const char *job_id, const char *outcome) {
+json_t *msg_done(const char *job_id, const char *outcome, const char *stop_reason) {
     json_t *o = base(MSG_DONE, job_id);
-    if (o) json_object_set_new(o, "outcome", json_string(outcome));
+    if (!o) return NULL;
+    json_object_set_new(o, "outcome", json_string(outcome));
+    if (stop_reason) {
+        /* Cut to what the daemon accepts, on a UTF-8 character boundary. */
+        size_t len = strlen(stop_reason), n = len < MSG_MAX_STOP_REASON ? len : MSG_MAX_STOP_REASON;
+        while (n > 0 && n < len && ((unsigned char)stop_reason[n] & 0xC0) == 0x80) n--;
+        json_t *s = json_stringn(stop_reason, n);
+        json_object_set_new(o, "stop_reason", s ? s : json_string("(stop reason not UTF-8)"));
+    }
     return o;
 }
 

@@ -35,6 +35,7 @@ typedef struct msg {
     const char *level, *text; /* event level and message; failed: the error; cancel: reason */
     const char *dir;         /* checkpoint directory */
     const char *outcome;     /* done: "succeeded", "cancelled", "stopped_early" */
+    const char *stop_reason; /* done with "stopped_early": which rule ended the run (may be NULL) */
     /* assign */
     const json_t *spec;
     const char *model_dir, *validation_file, *reference_adapter_dir, *run_dir;
@@ -56,7 +57,8 @@ json_t *msg_metric(const char *job_id, int64_t seq, int64_t step, double epoch, 
                    double value);
 json_t *msg_event(const char *job_id, const char *level, const char *text);
 json_t *msg_checkpoint(const char *job_id, int64_t step, const char *dir);
-json_t *msg_done(const char *job_id, const char *outcome);
+/* stop_reason: with outcome "stopped_early" only; NULL leaves it out. */
+json_t *msg_done(const char *job_id, const char *outcome, const char *stop_reason);
 json_t *msg_failed(const char *job_id, const char *error);
 /* spec is borrowed (copied into the frame). */
 json_t *msg_assign(const char *job_id, const json_t *spec, const char *model_dir,

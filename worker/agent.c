@@ -26,6 +26,7 @@ typedef struct job {
     char model_dir[1024], run_dir[1024], val[1024], ref[1024];
     char files[JOBSPEC_MAX_FILES][1024];
     int n_files, resume;
+    char stop_reason[256]; /* set by the stopped hook, sent with DONE */
     pthread_t thread;
     atomic_int cancel, finished;
 } job;
@@ -85,6 +86,11 @@ static int h_cancelled(void *ud) {
     return atomic_load(&j->cancel);
 }
 
+static void h_stopped(void *ud, const char *reason) {
+    job *j = ud;
+    snprintf(j->stop_reason, sizeof j->stop_reason, "%s", reason);
+}
+
 static void *job_main(void *arg) {
     job *j = arg;
     agent *ag = j->ag;
@@ -93,7 +99,7 @@ static void *job_main(void *arg) {
     for (int i = 0; i < j->n_files; i++) p.training_files[i] = j->files[i];
     train_opts to = {.backend = ag->o->backend, .threads = ag->o->threads, .resume = j->resume};
     train_hooks th = {.ud = j, .metric = h_metric, .event = h_event, .checkpoint = h_checkpoint,
-                      .progress = h_progress, .cancelled = h_cancelled};
+                      .progress = h_progress, .cancelled = h_cancelled, .stopped = h_stopped};
     train_outcome out = TRAIN_DONE;
     lr_err e = {0};
     json_t *end, *last;
@@ -105,10 +111,10 @@ static void *job_main(void *arg) {
     send_locked(ag, last);
     if (rc)
         end = msg_failed(j->id, e.msg[0] ? e.msg : "training failed");
+    else if (out == TRAIN_STOPPED_EARLY)
+        end = msg_done(j->id, "stopped_early", j->stop_reason[0] ? j->stop_reason : NULL);
     else
-        end = msg_done(j->id, out == TRAIN_CANCELLED ? "cancelled"
-                              : out == TRAIN_STOPPED_EARLY ? "stopped_early"
-                                                           : "succeeded");
+        end = msg_done(j->id, out == TRAIN_CANCELLED ? "cancelled" : "succeeded", NULL);
     /* Finished before the daemon can hear of it, so its next ASSIGN always
      * finds this job joinable. */
     atomic_store(&j->finished, 1);

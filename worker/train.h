@@ -31,6 +31,10 @@ typedef struct train_hooks {
     void (*progress)(void *ud, int64_t step, int64_t total_steps, double epoch);
     /* Non-zero asks the job to stop after the current optimizer step. */
     int (*cancelled)(void *ud);
+    /* Optional: a stopping rule (patience, max_minutes) ended the run; reason
+     * says which and at what step. Called once, before train_run returns
+     * TRAIN_STOPPED_EARLY. */
+    void (*stopped)(void *ud, const char *reason);
 } train_hooks;
 
 typedef struct train_opts {

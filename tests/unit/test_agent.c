@@ -44,7 +44,8 @@ static int fake_train(const jobspec *spec, const train_paths *p, const train_opt
     if (start) h->event(h->ud, "info", "resumed from checkpoint");
     /* A loss that depends only on (seed, step): resumed and fresh runs agree. */
     double acc = 0;
-    for (int64_t s = 1; s <= total; s++) {
+    int stopped = 0;
+    for (int64_t s = 1; s <= total && !stopped; s++) {
         double loss = 3.0 / (double)s + (double)(spec->hp.seed % 7) * 0.01;
         acc += loss;
         if (s <= start) continue;
@@ -64,6 +65,13 @@ static int fake_train(const jobspec *spec, const train_paths *p, const train_opt
             *outcome = TRAIN_CANCELLED;
             return 0;
         }
+        /* hyperparameters.patience N stands for a stopping rule that fires at step N. */
+        if (spec->hp.patience > 0 && s == spec->hp.patience) {
+            char why[96];
+            snprintf(why, sizeof why, "early stop at step %lld: the stand-in rule", (long long)s);
+            if (h->stopped) h->stopped(h->ud, why);
+            stopped = 1;
+        }
     }
     char path[2100], body[256];
     int n = snprintf(body, sizeof body, "adapter seed=%llu r=%d lr=%g steps=%lld sum=%.17g\n",
@@ -73,7 +81,7 @@ static int fake_train(const jobspec *spec, const train_paths *p, const train_opt
     snprintf(path, sizeof path, "%s/adapter_config.json", p->run_dir);
     if (lr_write_file_atomic(path, "{\"peft_type\":\"LORA\"}\n", 21, err)) return -1;
     if (spec->hp.seed == 666) return lr_errf(err, "the stand-in trainer fails on seed 666");
-    *outcome = TRAIN_DONE;
+    *outcome = stopped ? TRAIN_STOPPED_EARLY : TRAIN_DONE;
     return 0;
 }
 
@@ -143,9 +151,9 @@ static void *agent_thread(void *arg) {
     return NULL;
 }
 
-static int send_assign(daemon_side *ds, const char *id, int steps, const char *run_dir) {
-    json_t *spec = json_pack("{s:s, s:s, s:{s:i, s:i}}", "model", "/m", "training_file", "/d.jsonl", "hyperparameters",
-                             "max_steps", steps, "save_steps", 2);
+static int send_assign(daemon_side *ds, const char *id, int steps, int patience, const char *run_dir) {
+    json_t *spec = json_pack("{s:s, s:s, s:{s:i, s:i, s:i}}", "model", "/m", "training_file", "/d.jsonl",
+                             "hyperparameters", "max_steps", steps, "save_steps", 2, "patience", patience);
     const char *files[1] = {"/d.jsonl"};
     json_t *a = msg_assign(id, spec, "/m", files, 1, NULL, NULL, run_dir, 0);
     lr_err e = {0};
@@ -172,7 +180,7 @@ TEST(hello_assign_stream_done) {
     json_decref(j);
     char run[512];
     snprintf(run, sizeof run, "%s/run1", test_tmpdir());
-    REQUIRE(send_assign(&ds, "ftjob-1", 6, run) == 0);
+    REQUIRE(send_assign(&ds, "ftjob-1", 6, 0, run) == 0);
     int metrics = 0, ckpts = 0, done = 0;
     int64_t last_seq = -1;
     lr_err e = {0};
@@ -190,6 +198,7 @@ TEST(hello_assign_stream_done) {
         if (m.type == MSG_DONE) {
             done = 1;
             CHECK_STR(m.outcome, "succeeded");
+            CHECK(m.stop_reason == NULL);
         }
         json_decref(f);
     }
@@ -203,7 +212,7 @@ TEST(hello_assign_stream_done) {
     /* Cancel: the job stops within a step and reports cancelled. */
     setenv("LR_FAKE_STEP_MS", "20", 1);
     snprintf(run, sizeof run, "%s/run2", test_tmpdir());
-    REQUIRE(send_assign(&ds, "ftjob-2", 1000, run) == 0);
+    REQUIRE(send_assign(&ds, "ftjob-2", 1000, 0, run) == 0);
     j = next_of(&ds, MSG_METRIC, &m);
     REQUIRE(j);
     json_decref(j);
@@ -214,6 +223,17 @@ TEST(hello_assign_stream_done) {
     REQUIRE(j);
     CHECK_STR(m.outcome, "cancelled");
     CHECK_STR(m.job_id, "ftjob-2");
+    json_decref(j);
+
+    /* A stopping rule: DONE says stopped_early and carries the trainer's reason. */
+    setenv("LR_FAKE_STEP_MS", "1", 1);
+    snprintf(run, sizeof run, "%s/run3", test_tmpdir());
+    REQUIRE(send_assign(&ds, "ftjob-3", 10, 3, run) == 0);
+    j = next_of(&ds, MSG_DONE, &m);
+    REQUIRE(j);
+    CHECK_STR(m.job_id, "ftjob-3");
+    CHECK_STR(m.outcome, "stopped_early");
+    CHECK_STR(m.stop_reason ? m.stop_reason : "(none)", "early stop at step 3: the stand-in rule");
     json_decref(j);
 
     /* The daemon goes away: the agent returns 0. */

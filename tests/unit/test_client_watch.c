@@ -69,6 +69,33 @@ TEST(render_failed_shows_reason) {
     free(s);
 }
 
+static const char *stopped_job =
+    "{\"id\":\"j\",\"status\":\"succeeded\",\"started_at\":1000,\"finished_at\":1030,"
+    "\"progress\":{\"step\":12,\"total_steps\":100},\"metrics\":{},\"error\":null,"
+    "\"stop_reason\":\"early stop at step 12: train loss did not improve by 0.01 for 3 evaluations (best 2.0000)\"}";
+
+TEST(render_stopped_shows_reason) {
+    int lines;
+    char *s = render(stopped_job, NULL, 0, 0, 0, 120, &lines);
+    CHECK_EQ_INT(lines, 5);
+    CHECK(strstr(s, "succeeded: early stop at step 12: train loss did not improve by 0.01 for 3 evaluations "
+                    "(best 2.0000)\n") != NULL);
+    free(s);
+    s = render(running_job, NULL, 0, 0, 0, 120, &lines);
+    CHECK(strstr(s, "stop") == NULL); /* no reason, no line */
+    free(s);
+}
+
+TEST(plain_line_stopped) {
+    json_t *job = json_loads(stopped_job, 0, NULL);
+    char line[512];
+    watch_line(job, 1100, line, sizeof line);
+    CHECK(strstr(line, "j succeeded step 12/100 (12%) ") == line);
+    CHECK(strstr(line, " stop_reason \"early stop at step 12: train loss did not improve by 0.01 for 3 evaluations "
+                       "(best 2.0000)\"") != NULL);
+    json_decref(job);
+}
+
 TEST(plain_line) {
     json_t *job = json_loads(running_job, 0, NULL);
     char line[512];

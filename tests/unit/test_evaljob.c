@@ -145,7 +145,7 @@ TEST(eval_job_zero_adapter) {
     train_paths paths = {.model_dir = mdir, .training_files = {data}, .reference_adapter_dir = adir, .run_dir = rdir};
     train_opts opts = {"cpu", 1, 0};
     seen s = {0};
-    train_hooks hooks = {&s, on_metric, on_event, NULL, NULL, NULL};
+    train_hooks hooks = {.ud = &s, .metric = on_metric, .event = on_event};
     train_outcome oc;
     int rc = train_run(&spec, &paths, &opts, &hooks, &oc, &err);
     if (rc) printf("    %s\n", err.msg);

@@ -146,7 +146,7 @@ TEST(msg_roundtrip_all_types) {
         msg_metric("ftjob-a", 7, 3, 0.3, "loss", 2.5),
         msg_event("ftjob-a", "info", "hello"),
         msg_checkpoint("ftjob-a", 3, "/r/checkpoints/step-3"),
-        msg_done("ftjob-a", "succeeded"),
+        msg_done("ftjob-a", "succeeded", NULL),
         msg_failed("ftjob-a", "out of memory"),
         msg_assign("ftjob-a", spec, "/m", tf, 2, NULL, NULL, "/r", 1),
         msg_cancel("ftjob-a", "user"),
@@ -206,6 +206,8 @@ TEST(msg_parse_rejects_bad_fields) {
         "{\"type\":\"metric\",\"job_id\":\"j\",\"seq\":1,\"step\":1,\"name\":\"loss\",\"value\":\"1\"}",
         "{\"type\":\"metric\",\"seq\":1,\"step\":1,\"name\":\"loss\",\"value\":1}",
         "{\"type\":\"done\",\"job_id\":\"j\",\"outcome\":\"maybe\"}",
+        "{\"type\":\"done\",\"job_id\":\"j\",\"outcome\":\"succeeded\",\"stop_reason\":\"x\"}",
+        "{\"type\":\"done\",\"job_id\":\"j\",\"outcome\":\"stopped_early\",\"stop_reason\":7}",
         "{\"type\":\"hello\",\"worker\":\"w\",\"backend\":\"cpu\",\"proto\":99}",
         "{\"type\":\"hello\",\"worker\":\"w\",\"backend\":7,\"proto\":1}",
         "{\"type\":\"assign\",\"job_id\":\"j\",\"spec\":{},\"model_dir\":\"/m\",\"run_dir\":\"/r\",\"training_files\":[]}",
@@ -221,6 +223,40 @@ TEST(msg_parse_rejects_bad_fields) {
         CHECKF(e.msg[0] != 0, "no message for: %s", bad[i]);
         json_decref(j);
     }
+}
+
+TEST(msg_done_stop_reason) {
+    lr_err e = {0};
+    msg m;
+    json_t *d = msg_done("ftjob-a", "stopped_early", "early stop at step 12: eval loss did not improve");
+    REQUIRE(d);
+    CHECKF(msg_parse(d, &m, &e) == 0, "%s", e.msg);
+    CHECK_STR(m.outcome, "stopped_early");
+    CHECK_STR(m.stop_reason, "early stop at step 12: eval loss did not improve");
+    json_decref(d);
+    /* No reason (an older worker): parses, NULL. */
+    d = msg_done("ftjob-a", "stopped_early", NULL);
+    CHECK(json_object_get(d, "stop_reason") == NULL);
+    CHECK(msg_parse(d, &m, &e) == 0 && m.stop_reason == NULL);
+    json_decref(d);
+    /* A reason over the cap is cut by the builder, never rejected, and the cut
+     * does not split a UTF-8 character ("é" is 2 bytes; 1025 of them). */
+    char *big = malloc(2 * 1025 + 1);
+    REQUIRE(big);
+    for (int i = 0; i < 1025; i++) memcpy(big + 2 * i, "\xc3\xa9", 2);
+    big[2 * 1025] = 0;
+    d = msg_done("ftjob-a", "stopped_early", big);
+    REQUIRE(d);
+    CHECKF(msg_parse(d, &m, &e) == 0, "%s", e.msg);
+    CHECK_EQ_INT((long long)strlen(m.stop_reason), 1024);
+    json_decref(d);
+    /* A peer that sends more than the cap is a protocol error. */
+    json_t *raw = json_pack("{s:s, s:s, s:s, s:s%}", "type", "done", "job_id", "j", "outcome", "stopped_early",
+                            "stop_reason", big, (size_t)1026);
+    REQUIRE(raw);
+    CHECK(msg_parse(raw, &m, &e) == -1 && strstr(e.msg, "stop_reason"));
+    json_decref(raw);
+    free(big);
 }
 
 TEST(fd_helpers_over_socketpair) {

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <sys/stat.h>
 
+#include "common/buf.h"
 #include "daemon/sha256.h"
 #include "daemon/store.h"
 
@@ -60,6 +61,73 @@ TEST(migrations_applied_once) {
     CHECK(store_migrate(st, "migrations", &applied, &e) == 0);
     CHECK_EQ_INT(applied, 0);
     CHECK(store_migrate(st, "/nonexistent", &applied, &e) == -1);
+    store_close(st);
+}
+
+/* A database made by the first schema alone takes the later migrations with
+ * its rows intact: what an upgraded lorad finds on disk. */
+TEST(later_migrations_upgrade_a_0001_database) {
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, "%s/mig0001", test_tmpdir());
+    snprintf(path, sizeof path, "%s/0001_init.sql", dir);
+    lr_err e = {0};
+    char *sql = NULL;
+    size_t n = 0;
+    REQUIRE(lr_mkdirs(dir, &e) == 0);
+    REQUIRE(lr_read_file("migrations/0001_init.sql", 1 << 20, &sql, &n, &e) == 0);
+    REQUIRE(lr_write_file_atomic(path, sql, n, &e) == 0);
+    free(sql);
+    snprintf(path, sizeof path, "%s/old.db", test_tmpdir());
+    store *st = NULL;
+    REQUIRE(store_open(path, &st, &e) == 0);
+    int applied = -1;
+    REQUIRE(store_migrate(st, dir, &applied, &e) == 0);
+    CHECK_EQ_INT(applied, 1);
+    REQUIRE(add_job(st, "ftjob-old", "alice", 0) == 0);
+    CHECKF(store_migrate(st, "migrations", &applied, &e) == 0, "%s", e.msg);
+    CHECK(applied >= 1);
+    json_t *j = store_job_get(st, "ftjob-old", &e);
+    REQUIRE(j);
+    CHECK_STR(json_string_value(json_object_get(j, "status")), "queued");
+    CHECK(json_is_null(json_object_get(j, "stop_reason")));
+    json_decref(j);
+    CHECK(store_migrate(st, "migrations", &applied, &e) == 0);
+    CHECK_EQ_INT(applied, 0);
+    store_close(st);
+}
+
+/* A job a stopping rule ended: succeeded, the reason kept, and the step it
+ * reached (not total_steps, which a job run to its end shows). */
+TEST(stopped_job_keeps_reason_and_step) {
+    store *st = open_store("stop.db");
+    REQUIRE(st);
+    lr_err e = {0};
+    REQUIRE(add_job(st, "ftjob-s", "alice", 0) == 0);
+    REQUIRE(add_job(st, "ftjob-f", "alice", 0) == 0);
+    for (int i = 0; i < 2; i++) {
+        const char *id = i ? "ftjob-f" : "ftjob-s";
+        REQUIRE(store_job_start(st, id, "w0", &e) == 0);
+        REQUIRE(store_job_progress(st, id, 12, 100, 0.5, &e) == 0);
+    }
+    const char *why = "early stop at step 12: train loss did not improve by 0.01 for 3 evaluations (best 2.0000)";
+    REQUIRE(store_job_stopped(st, "ftjob-s", why, &e) == 0);
+    REQUIRE(store_job_finish(st, "ftjob-f", "succeeded", NULL, NULL, &e) == 0);
+    json_t *j = store_job_get(st, "ftjob-s", &e);
+    REQUIRE(j);
+    CHECK_STR(json_string_value(json_object_get(j, "status")), "succeeded");
+    CHECK_STR(json_string_value(json_object_get(j, "stop_reason")), why);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(j, "progress"), "step")), 12);
+    json_decref(j);
+    j = store_job_get(st, "ftjob-f", &e);
+    REQUIRE(j);
+    CHECK(json_is_null(json_object_get(j, "stop_reason")));
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(j, "progress"), "step")), 100);
+    json_decref(j);
+    /* Finished is final: a late second DONE changes nothing. */
+    REQUIRE(store_job_stopped(st, "ftjob-f", "late", &e) == 0);
+    j = store_job_get(st, "ftjob-f", &e);
+    CHECK(j && json_is_null(json_object_get(j, "stop_reason")));
+    json_decref(j);
     store_close(st);
 }
 
@@ -125,6 +193,67 @@ TEST(job_list_paging_and_filters) {
     json_decref(j);
     CHECK(store_job_get(st, "ftjob-nope", &e) == NULL);
     CHECK_EQ_INT(e.code, LR_E_NOTFOUND);
+    store_close(st);
+}
+
+/* The serialized page (GET /v1/jobs) says what store_jobs_list says, for
+ * every filter combination and page, with the spec copied in unparsed. */
+TEST(job_list_text_matches_objects) {
+    store *st = open_store("jobtext.db");
+    REQUIRE(st);
+    lr_err e = {0};
+    char id[32];
+    for (int i = 0; i < 40; i++) {
+        snprintf(id, sizeof id, "ftjob-%012d", i);
+        store_job_new j = {.id = id, .name = id, .user = i % 3 ? "bob" : "alice", .model = "m", .device = "any",
+                           .spec_json = "{\"lora\":{\"r\":8},\"training_file\":\"file-0\"}",
+                           .sweep_id = i % 4 ? NULL : "sweep-1", .max_retries = 1};
+        REQUIRE(store_job_insert(st, &j, &e) == 0);
+        if (i % 5 == 0) REQUIRE(store_job_start(st, id, "w0", &e) == 0);
+    }
+    /* A long error takes the object past the fast path's buffer. */
+    char msg[6000];
+    memset(msg, 'x', sizeof msg - 1);
+    msg[sizeof msg - 1] = 0;
+    REQUIRE(store_job_finish(st, "ftjob-000000000001", "failed", "training_failed", msg, &e) == 0);
+    const char *status[] = {NULL, "running", "queued"}, *user[] = {NULL, "alice"}, *sweep[] = {NULL, "sweep-1"};
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 2; b++)
+            for (int c = 0; c < 2; c++) {
+                /* Page through with after; pages of 3 and the objects must agree. */
+                char after[32] = "";
+                int seen = 0, pages = 0;
+                for (;;) {
+                    const char *af = after[0] ? after : NULL;
+                    size_t len = 0;
+                    char *txt = store_jobs_list_text(st, status[a], user[b], sweep[c], 3, af, &len, &e);
+                    json_t *obj = store_jobs_list(st, status[a], user[b], sweep[c], 3, af, &e);
+                    REQUIRE(txt && obj);
+                    CHECK_EQ_INT((long long)len, (long long)strlen(txt));
+                    json_t *parsed = json_loads(txt, 0, NULL);
+                    CHECKF(parsed && json_equal(parsed, obj), "status %s user %s sweep %s after %s: %.200s", status[a],
+                           user[b], sweep[c], af, txt);
+                    json_t *d = json_object_get(obj, "data");
+                    seen += (int)json_array_size(d);
+                    pages++;
+                    int more = json_is_true(json_object_get(obj, "has_more"));
+                    if (json_array_size(d))
+                        snprintf(after, sizeof after, "%s",
+                                 json_string_value(json_object_get(json_array_get(d, json_array_size(d) - 1), "id")));
+                    json_decref(parsed);
+                    json_decref(obj);
+                    free(txt);
+                    if (!more || pages > 20) break;
+                }
+                json_t *all = store_jobs_list(st, status[a], user[b], sweep[c], 1000, NULL, &e);
+                CHECK_EQ_INT(seen, (long long)json_array_size(json_object_get(all, "data")));
+                json_decref(all);
+            }
+    /* An unknown after: an empty page, as before. */
+    size_t len;
+    char *txt = store_jobs_list_text(st, NULL, NULL, NULL, 10, "ftjob-nope", &len, &e);
+    CHECK_STR(txt, "{\"object\":\"list\",\"data\":[],\"has_more\":false}");
+    free(txt);
     store_close(st);
 }
 
