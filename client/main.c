@@ -3,7 +3,7 @@
  * Exit statuses (documented in client/README.md and `lora --help`):
  *   0 ok, 1 usage or local error (unknown flag, missing file, bad --set),
  *   2 the server said no (4xx/5xx: its message is printed as it worded it),
- *   3 cannot connect, 4 the watched job failed, 5 it was cancelled,
+ *   3 cannot connect, 4 the watched job failed (or, for merge --wait, the merge), 5 it was cancelled,
  *   130 interrupted.
  * Output: tables and plain lines for people, --json for programs (the
  * server's objects; lists as a JSON array). Colours and in-place redraws only
@@ -641,6 +641,7 @@ static int cmd_show(ctx *c) {
            isfinite(jnum(m, "tokens_per_s")) ? jnum(m, "tokens_per_s") : 0);
     const json_t *e = json_object_get(j, "error");
     if (json_is_object(e)) printf("%-14s %s (%s)\n", "error", jstr(e, "message", "?"), jstr(e, "code", "?"));
+    if (json_is_string(json_object_get(j, "stop_reason"))) printf("%-14s %s\n", "stop reason", jstr(j, "stop_reason", "?"));
     const json_t *spec = json_object_get(j, "spec");
     if (json_is_object(spec)) {
         printf("spec:\n");
@@ -1024,6 +1025,183 @@ static int cmd_sweep_show(ctx *c) {
     return 0;
 }
 
+/* ---- trying and merging an adapter ---- */
+
+/* A number option in [lo, hi] into obj[key] (absent: nothing set). */
+static int num_opt(ctx *c, const char *opt, const char *key, double lo, double hi, int integer, json_t *obj) {
+    const char *v = args_get(&c->a, opt, NULL);
+    if (!v) return 0;
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || !(x >= lo && x <= hi) || (integer && x != floor(x))) {
+        lr_errf(&c->err, "--%s must be %s in %g..%g (got '%s')", opt, integer ? "an integer" : "a number", lo, hi, v);
+        return -1;
+    }
+    json_object_set_new(obj, key, integer ? json_integer((json_int_t)x) : json_real(x));
+    return 0;
+}
+
+static void print_side(ctx *c, const char *label, const json_t *s) {
+    const char *on = c->color ? "\x1b[1m" : "", *off = c->color ? "\x1b[0m" : "";
+    printf("%s%s %s%s  (%.0f tokens, %s)\n", on, c->utf8 ? "──" : "--", label, off, jnum(s, "tokens"),
+           jstr(s, "stop", "?"));
+    const char *t = jstr(s, "text", "");
+    printf("%s%s", t, *t && t[strlen(t) - 1] == '\n' ? "" : "\n");
+}
+
+static int cmd_generate(ctx *c) {
+    const char *id = c->a.pos[0], *prompt = c->a.pos[1];
+    char *stdin_text = NULL;
+    json_t *body = json_object(), *r = NULL;
+    int code = EXIT_USAGE;
+    if (!strcmp(prompt, "-")) { /* a prompt of several lines */
+        lr_buf b;
+        lr_buf_init(&b, 32768);
+        char chunk[4096];
+        size_t n;
+        int over = 0;
+        while (!over && (n = fread(chunk, 1, sizeof chunk, stdin)) > 0) over = lr_buf_add(&b, chunk, n);
+        if (over) {
+            lr_buf_free(&b);
+            lr_errf(&c->err, "the prompt on stdin is over 32768 bytes");
+            goto out;
+        }
+        stdin_text = lr_buf_take(&b, &n);
+        prompt = stdin_text ? stdin_text : "";
+    }
+    json_object_set_new(body, "prompt", json_string(prompt));
+    if (!json_object_get(body, "prompt")) {
+        lr_errf(&c->err, "the prompt is not UTF-8 text");
+        goto out;
+    }
+    if (num_opt(c, "max-new-tokens", "max_new_tokens", 1, 1024, 1, body) ||
+        num_opt(c, "temperature", "temperature", 0, 5, 0, body) || num_opt(c, "top-p", "top_p", 1e-9, 1, 0, body) ||
+        num_opt(c, "top-k", "top_k", 0, 1e6, 1, body) || num_opt(c, "seed", "seed", 0, 9007199254740992.0, 1, body))
+        goto out;
+    const char *const *stops;
+    int ns = args_list(&c->a, "stop", &stops);
+    if (ns) {
+        json_t *a = json_array();
+        for (int i = 0; i < ns; i++) json_array_append_new(a, json_string(stops[i]));
+        json_object_set_new(body, "stop", a);
+    }
+    const char *sys = args_get(&c->a, "system", NULL);
+    if (sys) json_object_set_new(body, "system", json_string(sys));
+    char p[256], e[160];
+    snprintf(p, sizeof p, "/v1/jobs/%s/generate", seg(id, e, sizeof e));
+    if (c->err_tty && !c->json) fprintf(stderr, "generating with the base model and with %s's adapter...\n", id);
+    if (http_json(&c->h, "POST", p, body, &r, &c->err)) {
+        code = srv_fail(c);
+        goto done;
+    }
+    if (c->json) {
+        print_json(r);
+    } else {
+        char label[200];
+        snprintf(label, sizeof label, "base (%s)", jstr(r, "model", "?"));
+        print_side(c, label, json_object_get(r, "base"));
+        snprintf(label, sizeof label, "tuned (%s)", id);
+        print_side(c, label, json_object_get(r, "tuned"));
+        fprintf(stderr, "%.0f prompt tokens, %.1f s\n", jnum(r, "prompt_tokens"), jnum(r, "seconds"));
+    }
+    code = 0;
+    goto done;
+out:
+    code = usage_fail(c);
+done:
+    json_decref(r);
+    json_decref(body);
+    free(stdin_text);
+    return code;
+}
+
+/* The id of the job's newest event (0 when none), so that --wait reads only
+ * what this merge adds. */
+static int last_event_id(ctx *c, const char *jid_seg, long long *out) {
+    char p[256];
+    json_t *r;
+    *out = 0;
+    for (;;) {
+        snprintf(p, sizeof p, "/v1/jobs/%s/events?limit=10000&after=%lld", jid_seg, *out);
+        if (http_json(&c->h, "GET", p, NULL, &r, &c->err)) return -1;
+        json_t *d = json_object_get(r, "data");
+        size_t n = json_array_size(d);
+        if (n) *out = (long long)jnum(json_array_get(d, n - 1), "id");
+        json_decref(r);
+        if (n < 10000) return 0;
+    }
+}
+
+static int cmd_merge(ctx *c) {
+    const char *id = c->a.pos[0], *name = args_get(&c->a, "name", NULL);
+    int wait = args_count(&c->a, "wait") > 0, code = 0;
+    char p[512], e[160], ne[200];
+    long long after = 0;
+    json_t *body = json_object(), *r = NULL;
+    if (name) json_object_set_new(body, "name", json_string(name));
+    seg(id, e, sizeof e);
+    if (wait && last_event_id(c, e, &after)) {
+        code = srv_fail(c);
+        goto out;
+    }
+    snprintf(p, sizeof p, "/v1/jobs/%s/merge", e);
+    if (http_json(&c->h, "POST", p, body, &r, &c->err)) {
+        code = srv_fail(c);
+        goto out;
+    }
+    char model[128];
+    snprintf(model, sizeof model, "%s", jstr(r, "id", "?"));
+    if (!wait) {
+        if (c->json) print_json(r);
+        else printf("%s\n", model);
+        if (!c->json) fprintf(stderr, "merging %s into model %s (lora models ls lists it when done)\n", id, model);
+        goto out;
+    }
+    if (!c->json && c->err_tty) fprintf(stderr, "merging %s into model %s...\n", id, model);
+    char failed[64 + 128], mp[300];
+    snprintf(failed, sizeof failed, "merge into model %s failed", model);
+    snprintf(mp, sizeof mp, "/v1/models/%s", seg(model, ne, sizeof ne));
+    for (;;) {
+        json_t *m = NULL, *ev = NULL;
+        if (!http_json(&c->h, "GET", mp, NULL, &m, &c->err)) {
+            if (c->json) print_json(m);
+            else printf("%s\n", model);
+            if (!c->json) fprintf(stderr, "merged %s into model %s\n", id, model);
+            json_decref(m);
+            break;
+        }
+        if (c->h.status != 404) {
+            code = srv_fail(c);
+            break;
+        }
+        snprintf(p, sizeof p, "/v1/jobs/%s/events?limit=10000&after=%lld", e, after);
+        if (http_json(&c->h, "GET", p, NULL, &ev, &c->err)) {
+            code = srv_fail(c);
+            break;
+        }
+        json_t *x;
+        size_t i;
+        const char *why = NULL;
+        json_array_foreach(json_object_get(ev, "data"), i, x) {
+            after = (long long)jnum(x, "id");
+            if (!strncmp(jstr(x, "message", ""), failed, strlen(failed))) why = jstr(x, "message", "");
+        }
+        if (why) {
+            fprintf(stderr, "lora: %s\n", why);
+            json_decref(ev);
+            code = 4;
+            break;
+        }
+        json_decref(ev);
+        usleep(500000);
+    }
+out:
+    json_decref(r);
+    json_decref(body);
+    return code;
+}
+
 /* ---- download ---- */
 
 static void dl_progress(void *ud, int64_t done, int64_t total) {
@@ -1126,6 +1304,19 @@ static const arg_opt sweep_opts[] = {
     {"name", 0, ARG_VALUE, "N", "the template's name"},
     {0}};
 static const arg_opt download_opts[] = {{"out", 'o', ARG_VALUE, "DIR", "directory to write into (default ./ID)"}, {0}};
+static const arg_opt generate_opts[] = {
+    {"max-new-tokens", 'n', ARG_VALUE, "N", "new tokens at most, 1..1024 (default 128)"},
+    {"temperature", 't', ARG_VALUE, "T", "0..5; 0 (default) is greedy: the same text every time"},
+    {"top-p", 0, ARG_VALUE, "P", "nucleus sampling, (0, 1] (default 1)"},
+    {"top-k", 0, ARG_VALUE, "K", "sample from the K likeliest tokens (default 0: off)"},
+    {"seed", 0, ARG_VALUE, "S", "sampling seed (default 0)"},
+    {"stop", 0, ARG_LIST, "STR", "stop at this string, cut from the text (repeatable, at most 8)"},
+    {"system", 0, ARG_VALUE, "TEXT", "system message (default the job's system_prompt)"},
+    {0}};
+static const arg_opt merge_opts[] = {
+    {"name", 0, ARG_VALUE, "NAME", "the new model's name (default <job name or id>-merged)"},
+    {"wait", 'w', ARG_FLAG, NULL, "wait until the model is registered; exit 4 if the merge fails"},
+    {0}};
 
 static int cmd_help(ctx *c);
 
@@ -1147,6 +1338,10 @@ static const command commands[] = {
     {"sweep", cmd_sweep, 1, 1, "JOB.yaml --grid K=V1,V2 ... | --random N --range K=LO:HI[:log]", "submit a sweep; prints its id", sweep_opts},
     {"sweep show", cmd_sweep_show, 1, 1, "ID", "a sweep's jobs ranked by eval loss", NULL},
     {"download", cmd_download, 1, 1, "ID [--out DIR]", "the adapter (adapter_model.safetensors, adapter_config.json) and logs", download_opts},
+    {"generate", cmd_generate, 2, 2, "ID PROMPT [-n N] [-t T] [--stop STR]...",
+     "answer PROMPT (or - for stdin) with the base model and with the job's adapter, side by side", generate_opts},
+    {"merge", cmd_merge, 1, 1, "ID [--name NAME] [--wait]",
+     "merge the job's adapter into its base model, registered as a new model (owner or admin)", merge_opts},
     {"workers", cmd_workers, 0, 0, "", "the training workers and what they run", NULL},
     {"help", cmd_help, 0, 2, "[COMMAND]", "help on a command", NULL},
     {NULL, NULL, 0, 0, NULL, NULL, NULL},
@@ -1170,7 +1365,8 @@ static void usage_all(FILE *f) {
     args_print_opts(f, global_opts);
     fprintf(f, "\nserver: --url/--token, else LORA_URL/LORA_TOKEN, else `lora login` (%s)\n"
                "exit status: 0 ok, 1 usage or local error, 2 the server said no, 3 cannot connect,\n"
-               "             4 job failed, 5 job cancelled (watch, submit --watch), 130 interrupted\n",
+               "             4 job failed (watch, submit --watch) or merge failed (merge --wait),\n"
+               "             5 job cancelled (watch, submit --watch), 130 interrupted\n",
             "~/.config/lora/config");
 }
 

@@ -27,6 +27,8 @@ enum {
     LR_E_IO,           /* file system or socket: 500 */
     LR_E_NOMEM,        /* out of memory (host or device): 500 / job failure */
     LR_E_INTERNAL,     /* a bug: 500 */
+    LR_E_BUSY,         /* a capacity limit, try again later: 429 */
+    LR_E_TIMEOUT,      /* ran past its deadline: 504 */
 };
 
 /* Sets the message (printf-style) and returns -1 so that callers can write

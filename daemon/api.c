@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "daemon/models.h"
 #include "daemon/sha256.h"
 #include "proto/jobspec.h"
 #include "worker/chat.h"
@@ -63,6 +64,8 @@ static void h_job_events(ctx *c);
 static void h_job_checkpoints(ctx *c);
 static void h_job_artifacts(ctx *c);
 static void h_job_artifact(ctx *c);
+static void h_job_generate(ctx *c);
+static void h_job_merge(ctx *c);
 static void h_sweep_create(ctx *c);
 static void h_sweep_get(ctx *c);
 static void h_workers(ctx *c);
@@ -88,6 +91,8 @@ static const route routes[] = {
     {"GET", "/v1/jobs/{id}/checkpoints", h_job_checkpoints, 1},
     {"GET", "/v1/jobs/{id}/artifacts", h_job_artifacts, 1},
     {"GET", "/v1/jobs/{id}/artifacts/{file}", h_job_artifact, 1},
+    {"POST", "/v1/jobs/{id}/generate", h_job_generate, 1},
+    {"POST", "/v1/jobs/{id}/merge", h_job_merge, 1},
     {"POST", "/v1/sweeps", h_sweep_create, 1},
     {"GET", "/v1/sweeps/{id}", h_sweep_get, 1},
     {"GET", "/v1/workers", h_workers, 1},
@@ -798,7 +803,18 @@ static void h_jobs_list(ctx *c) {
         }
     }
     lr_err e = {0};
-    reply(c, store_jobs_list(c->st, status, user, sweep, (int)limit, after, &e), &e);
+    size_t len = 0;
+    char *body = store_jobs_list_text(c->st, status, user, sweep, (int)limit, after, &len, &e);
+    if (!body) {
+        fail_err(c, &e);
+        return;
+    }
+    /* Already serialized: the stored specs are copied in, not re-encoded. */
+    free(c->rs->body);
+    c->rs->status = 200;
+    c->rs->content_type = "application/json";
+    c->rs->body = body;
+    c->rs->body_len = len;
 }
 
 static void h_job_get(ctx *c) {
@@ -907,6 +923,221 @@ static void h_job_artifact(ctx *c) {
                           : l > 4 && !strcmp(name + l - 4, ".csv") ? "text/csv"
                                                                    : "application/octet-stream";
     snprintf(c->rs->disposition, sizeof c->rs->disposition, "attachment; filename=\"%s\"", name);
+}
+
+/* ---- trying and merging a job's adapter ---- */
+
+/* One argv string each: far below the kernel's 128 KiB per argument. */
+#define GEN_MAX_PROMPT 32768
+#define GEN_MAX_SYSTEM 8192
+
+/* A body field that is a string of 1..max bytes (0..max when empty_ok).
+ * body_object already refused "\u0000", which could not reach argv. */
+static int body_string(ctx *c, json_t *v, const char *k, size_t max, int empty_ok, const char **out) {
+    if (!json_is_string(v) || json_string_length(v) > max || (!empty_ok && !json_string_length(v))) {
+        fail(c, 400, "invalid_request", k, "%s must be a%s string of at most %zu bytes", k, empty_ok ? "" : " non-empty",
+             max);
+        return -1;
+    }
+    *out = json_string_value(v);
+    return 0;
+}
+
+static int body_number(ctx *c, json_t *v, const char *k, double lo, double hi, int integer, double *out) {
+    double x = json_number_value(v);
+    if ((integer ? !json_is_integer(v) : !json_is_number(v)) || !(x >= lo && x <= hi)) {
+        fail(c, 400, "invalid_request", k, "%s must be %s in %g..%g", k, integer ? "an integer" : "a number", lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int body_stops(ctx *c, json_t *v, runner_gen *g) {
+    json_t *one = json_is_string(v) ? v : NULL, *x;
+    size_t n = one ? 1 : json_array_size(v), i;
+    if ((!one && !json_is_array(v)) || n > RUNNER_MAX_STOP) {
+        fail(c, 400, "invalid_request", "stop", "stop must be a string or a list of at most %d strings",
+             RUNNER_MAX_STOP);
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        x = one ? one : json_array_get(v, i);
+        char param[32];
+        snprintf(param, sizeof param, one ? "stop" : "stop[%zu]", i);
+        if (body_string(c, x, param, RUNNER_MAX_STOP_LEN, 0, &g->stop[i])) return -1;
+    }
+    g->n_stop = (int)n;
+    return 0;
+}
+
+/* Whether job j (GET /v1/jobs/{id}) has a finished adapter; fills its run
+ * directory and its base model's directory, else answers 409. */
+static int adapter_ready(ctx *c, json_t *j, char *run_dir, size_t run_cap, char *model_dir, size_t model_cap) {
+    const char *status = json_string_value(json_object_get(j, "status"));
+    const char *model = json_string_value(json_object_get(j, "model"));
+    char path[1600];
+    struct stat st;
+    status = status ? status : "?";
+    if (!strcmp(status, "queued") || !strcmp(status, "running")) {
+        fail(c, 409, "conflict", NULL, "job %s is %s: its adapter can be used once it has finished", c->p[0], status);
+        return 0;
+    }
+    snprintf(run_dir, run_cap, "%s/runs/%s", c->a->env.cfg->data_dir, c->p[0]);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", run_dir);
+    if (stat(path, &st) || !S_ISREG(st.st_mode)) {
+        fail(c, 409, "conflict", NULL, "job %s (%s) has no adapter: it ended before saving adapter_model.safetensors",
+             c->p[0], status);
+        return 0;
+    }
+    lr_err e = {0};
+    if (store_model_dir(c->st, model ? model : "", model_dir, model_cap, &e)) {
+        if (e.code == LR_E_NOTFOUND)
+            fail(c, 409, "conflict", NULL, "job %s's base model '%s' is no longer registered", c->p[0], model ? model : "?");
+        else fail_err(c, &e);
+        return 0;
+    }
+    return 1;
+}
+
+static int runner_ready(ctx *c) {
+    if (c->a->env.runner) return 1;
+    fail(c, 503, "unavailable", NULL, "this lorad runs no lora-worker for generations and merges");
+    return 0;
+}
+
+static void h_job_generate(ctx *c) {
+    lr_err e = {0};
+    json_t *job = store_job_get(c->st, c->p[0], &e), *o = NULL, *out = NULL;
+    if (!job) {
+        fail_err(c, &e);
+        return;
+    }
+    if (!(o = body_object(c))) goto out;
+    runner_gen g = {.max_new_tokens = 128, .top_p = 1.0};
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v) {
+        double x = 0;
+        int bad;
+        if (!strcmp(k, "prompt")) bad = body_string(c, v, k, GEN_MAX_PROMPT, 0, &g.prompt);
+        else if (!strcmp(k, "system")) bad = body_string(c, v, k, GEN_MAX_SYSTEM, 1, &g.system);
+        else if (!strcmp(k, "max_new_tokens")) bad = body_number(c, v, k, 1, 1024, 1, &x), g.max_new_tokens = (int)x;
+        else if (!strcmp(k, "temperature")) bad = body_number(c, v, k, 0, 5, 0, &g.temperature);
+        else if (!strcmp(k, "top_p")) {
+            bad = body_number(c, v, k, 0, 1, 0, &g.top_p);
+            if (!bad && g.top_p <= 0) bad = 1, fail(c, 400, "invalid_request", k, "top_p must be in (0, 1]");
+        } else if (!strcmp(k, "top_k")) bad = body_number(c, v, k, 0, 1e6, 1, &x), g.top_k = (int)x;
+        else if (!strcmp(k, "seed")) bad = body_number(c, v, k, 0, 9007199254740992.0, 1, &x), g.seed = (long long)x;
+        else if (!strcmp(k, "stop")) bad = body_stops(c, v, &g);
+        else {
+            fail(c, 400, "invalid_request", k, "unknown field '%s' (a generation takes prompt, max_new_tokens, "
+                                              "temperature, top_p, top_k, seed, stop, system)", k);
+            bad = 1;
+        }
+        if (bad) goto out;
+    }
+    if (!g.prompt) {
+        fail(c, 400, "invalid_request", "prompt", "prompt is required");
+        goto out;
+    }
+    char run_dir[1300], model_dir[1024];
+    if (!adapter_ready(c, job, run_dir, sizeof run_dir, model_dir, sizeof model_dir) || !runner_ready(c)) goto out;
+    json_t *spec = json_object_get(job, "spec");
+    g.model_dir = model_dir;
+    g.adapter_dir = run_dir;
+    g.chat_template = json_string_value(json_object_get(spec, "chat_template"));
+    if (!g.system) g.system = json_string_value(json_object_get(spec, "system_prompt")); /* as it was trained */
+    if (runner_generate(c->a->env.runner, &g, &out, &e)) {
+        if (e.code == LR_E_BUSY) fail(c, 429, "busy", NULL, "%s", e.msg);
+        else if (e.code == LR_E_TIMEOUT) fail(c, 504, "timeout", NULL, "%s", e.msg);
+        else if (e.code == LR_E_INVALID) fail(c, 400, "invalid_request", "prompt", "%s", e.msg);
+        else fail(c, 500, "generation_failed", NULL, "%s", e.msg);
+        goto out;
+    }
+    json_t *r = json_pack("{s:s, s:s, s:O, s:O}", "object", "generation", "job", c->p[0], "model",
+                          json_object_get(job, "model"), "prompt", json_object_get(o, "prompt"));
+    if (r) json_object_update(r, out);
+    set_json(c->rs, 200, r);
+out:
+    json_decref(out);
+    json_decref(o);
+    json_decref(job);
+}
+
+/* "<job name or id>-merged", made a valid model name. */
+static void default_merge_name(const json_t *job, char *out, size_t cap) {
+    const char *src = json_string_value(json_object_get(job, "name"));
+    char base[57];
+    size_t n = 0;
+    for (const char *p = src ? src : ""; *p && n < sizeof base - 1; p++) {
+        char ch = *p;
+        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+                 ch == '_' || ch == '-';
+        if (!n && (ch == '.' || ch == '-' || !ok)) continue;
+        base[n++] = ok ? ch : '-';
+    }
+    base[n] = 0;
+    snprintf(out, cap, "%s-merged", n ? base : json_string_value(json_object_get(job, "id")));
+}
+
+static void h_job_merge(ctx *c) {
+    lr_err e = {0};
+    json_t *job = store_job_get(c->st, c->p[0], &e), *o = NULL;
+    if (!job) {
+        fail_err(c, &e);
+        return;
+    }
+    const char *name = NULL, *k;
+    json_t *v;
+    if (c->rq->body_len) { /* the body is optional */
+        if (!(o = body_object(c))) goto out;
+        json_object_foreach(o, k, v) {
+            if (strcmp(k, "name")) {
+                fail(c, 400, "invalid_request", k, "unknown field '%s' (a merge takes name)", k);
+                goto out;
+            }
+            if (body_string(c, v, k, 63, 0, &name)) goto out;
+            if (!models_name_ok(name)) {
+                fail(c, 400, "invalid_request", k, "a model name has 1..63 letters, digits, '.', '_' or '-' and does "
+                                                   "not start with '.' or '-'");
+                goto out;
+            }
+        }
+    }
+    const char *owner = json_string_value(json_object_get(job, "user"));
+    if (!c->user.admin && strcmp(owner ? owner : "", c->user.name)) {
+        fail(c, 403, "forbidden", NULL, "job %s belongs to %s; only its owner or an admin can merge it", c->p[0],
+             owner ? owner : "?");
+        goto out;
+    }
+    char defname[80], run_dir[1300], model_dir[1024], other[1024];
+    if (!name) {
+        default_merge_name(job, defname, sizeof defname);
+        name = defname;
+    }
+    if (!adapter_ready(c, job, run_dir, sizeof run_dir, model_dir, sizeof model_dir)) goto out;
+    if (!store_model_dir(c->st, name, other, sizeof other, &e)) {
+        fail(c, 409, "conflict", "name", "a model named '%s' is already registered", name);
+        goto out;
+    }
+    if (e.code != LR_E_NOTFOUND) {
+        fail_err(c, &e);
+        goto out;
+    }
+    lr_err_clear(&e);
+    if (!runner_ready(c)) goto out;
+    runner_merge m = {.job_id = c->p[0], .model_dir = model_dir, .adapter_dir = run_dir, .name = name};
+    if (runner_merge_start(c->a->env.runner, &m, &e)) {
+        if (e.code == LR_E_BUSY) fail(c, 503, "unavailable", NULL, "%s", e.msg);
+        else fail_err(c, &e);
+        goto out;
+    }
+    set_json(c->rs, 202, json_pack("{s:s, s:s, s:s, s:s, s:O, s:f}", "object", "model", "id", name, "status", "merging",
+                                   "job", c->p[0], "base_model", json_object_get(job, "model"), "created", store_now()));
+out:
+    json_decref(o);
+    json_decref(job);
 }
 
 /* ---- sweeps ---- */

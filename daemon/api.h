@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include "common/err.h"
 #include "daemon/config.h"
+#include "daemon/runner.h"
 #include "daemon/store.h"
 
 typedef struct api_env {
@@ -25,6 +26,8 @@ typedef struct api_env {
     /* Wakes the scheduler (uv_async_send); may be NULL in tests. */
     void (*wake)(void *wake_ud);
     void *wake_ud;
+    /* Runs lora-worker for generate and merge; NULL: those routes answer 503. */
+    runner *runner;
 } api_env;
 
 typedef struct api_req {

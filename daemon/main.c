@@ -1,22 +1,28 @@
 /* lorad: the daemon and its admin commands. */
-#include <dirent.h>
 #include <errno.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/buf.h"
 #include "daemon/api.h"
 #include "daemon/config.h"
 #include "daemon/http.h"
+#include "daemon/models.h"
 #include "daemon/sha256.h"
 #include "daemon/store.h"
 #include "daemon/super.h"
-#include "worker/hfconfig.h"
+
+/* Side-by-side generations (POST /v1/jobs/{id}/generate): at most this many
+ * at once, both runs within the time limit (below the CLI's 120 s request
+ * timeout, so the CLI sees lorad's 504), one thread each: two OpenMP
+ * processes of two threads on a busy two-core box were 60x slower than two
+ * of one thread, and a generation is latency-bound anyway. */
+#define GEN_MAX_AT_ONCE 2
+#define GEN_TIMEOUT_S 110
+#define GEN_THREADS 1
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -109,18 +115,8 @@ fail:
     return -1;
 }
 
-static int valid_name(const char *n) {
-    size_t l = strlen(n);
-    if (l == 0 || l > 63 || n[0] == '.' || n[0] == '-') return 0;
-    for (size_t i = 0; i < l; i++)
-        if (!((n[i] >= 'a' && n[i] <= 'z') || (n[i] >= 'A' && n[i] <= 'Z') || (n[i] >= '0' && n[i] <= '9') ||
-              n[i] == '.' || n[i] == '_' || n[i] == '-'))
-            return 0;
-    return 1;
-}
-
 static int cmd_user_add(const lorad_config *c, const char *name, int admin) {
-    if (!valid_name(name)) {
+    if (!models_name_ok(name)) {
         fprintf(stderr, "lorad: a user name has 1..63 letters, digits, '.', '_' or '-'\n");
         return 1;
     }
@@ -152,28 +148,8 @@ static int cmd_user_add(const lorad_config *c, const char *name, int admin) {
     return 0;
 }
 
-static int has_file(const char *dir, const char *name) {
-    char p[PATH_MAX + 64];
-    snprintf(p, sizeof p, "%s/%s", dir, name);
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static int has_suffix_file(const char *dir, const char *suffix) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    int found = 0;
-    size_t sl = strlen(suffix);
-    while (d && !found && (e = readdir(d))) {
-        size_t l = strlen(e->d_name);
-        found = l > sl && !strcmp(e->d_name + l - sl, suffix) && has_file(dir, e->d_name);
-    }
-    if (d) closedir(d);
-    return found;
-}
-
 static int cmd_model_add(const lorad_config *c, const char *name, const char *dir_arg) {
-    if (!valid_name(name)) {
+    if (!models_name_ok(name)) {
         fprintf(stderr, "lorad: a model name has 1..63 letters, digits, '.', '_' or '-'\n");
         return 1;
     }
@@ -184,39 +160,24 @@ static int cmd_model_add(const lorad_config *c, const char *name, const char *di
     }
     int rc = 2;
     store *st = NULL;
-    char cfgp[PATH_MAX + 16];
-    snprintf(cfgp, sizeof cfgp, "%s/config.json", dir);
-    hf_config hc;
+    json_t *info = NULL;
     lr_err e = {0};
-    if (hf_config_load(cfgp, &hc, &e)) {
-        fprintf(stderr, "lorad: %s is not a supported model: %s\n", dir, e.msg);
-        goto out;
-    }
-    if (!has_suffix_file(dir, ".safetensors")) {
-        fprintf(stderr, "lorad: %s has no *.safetensors weights\n", dir);
-        goto out;
-    }
-    if (!has_file(dir, "tokenizer.json") && !(has_file(dir, "vocab.json") && has_file(dir, "merges.txt"))) {
-        fprintf(stderr, "lorad: %s has no tokenizer.json (nor vocab.json + merges.txt)\n", dir);
-        goto out;
-    }
-    json_t *info = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:s}", "architecture", hc.arch_name, "model_type",
-                             hc.model_type, "hidden_size", hc.hidden, "num_layers", hc.n_layers, "num_heads",
-                             hc.n_heads, "vocab_size", hc.vocab_size, "max_position_embeddings", hc.max_pos,
-                             "torch_dtype", hc.torch_dtype);
     char db[1100];
-    if (open_db(c, db, sizeof db, &st)) {
-        json_decref(info);
+    if (models_inspect(dir, &info, &e)) {
+        fprintf(stderr, "lorad: %s\n", e.msg);
         goto out;
     }
+    if (open_db(c, db, sizeof db, &st)) goto out;
     if (store_model_add(st, name, dir, info, &e)) fprintf(stderr, "lorad: %s\n", e.msg);
     else {
-        printf("registered model %s (%s, %d layers, hidden %d) from %s\n", name, hc.arch_name, hc.n_layers, hc.hidden,
-               dir);
+        printf("registered model %s (%s, %lld layers, hidden %lld) from %s\n", name,
+               json_string_value(json_object_get(info, "architecture")),
+               (long long)json_integer_value(json_object_get(info, "num_layers")),
+               (long long)json_integer_value(json_object_get(info, "hidden_size")), dir);
         rc = 0;
     }
-    json_decref(info);
 out:
+    json_decref(info);
     store_close(st);
     free(dir);
     return rc;
@@ -253,9 +214,14 @@ static int cmd_serve(const lorad_config *c) {
     super *sv = NULL;
     api *a = NULL;
     http_server *h = NULL;
+    runner *rn = NULL;
     int rc = 2;
-    if (super_init(&sv, c, db, &e)) goto out;
-    api_env env = {.cfg = c, .db = http_thread_store, .db_ud = db, .wake = super_wake, .wake_ud = sv};
+    /* Generations hold an HTTP thread each: leave at least one for the rest. */
+    int max_gen = c->http_threads > GEN_MAX_AT_ONCE ? GEN_MAX_AT_ONCE : c->http_threads - 1;
+    runner_config rconf = {.worker_bin = c->worker_bin, .data_dir = c->data_dir, .db_path = db,
+                         .max_generations = max_gen, .gen_timeout_s = GEN_TIMEOUT_S, .gen_threads = GEN_THREADS};
+    if (super_init(&sv, c, db, &e) || runner_new(&rconf, &rn, &e)) goto out;
+    api_env env = {.cfg = c, .db = http_thread_store, .db_ud = db, .wake = super_wake, .wake_ud = sv, .runner = rn};
     a = api_new(&env);
     if (!a) {
         lr_errf(&e, "out of memory");
@@ -268,8 +234,10 @@ static int cmd_serve(const lorad_config *c) {
     rc = 0;
 out:
     if (rc) fprintf(stderr, "lorad: %s\n", e.msg);
+    runner_stop(rn); /* generations in HTTP threads end now, so http_stop does not wait for them */
     http_stop(h);
     api_free(a);
+    runner_free(rn);
     super_free(sv);
     return rc;
 }

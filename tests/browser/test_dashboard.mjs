@@ -1,7 +1,7 @@
 // The dashboard in headless Chromium against a real lorad with a CPU worker
 // training a tiny Llama: token entry, uploads, submit, the live jobs table
-// and job page, cancel rights, compare, workers, a finished 100,000-step job
-// and phone width. Screenshots go to $LR_ARTIFACTS (default /tmp/lorad-screens).
+// and job page, cancel rights, compare, "Try it" and merge, workers, a
+// finished 100,000-step job and phone width. Screenshots go to $LR_ARTIFACTS (default /tmp/lorad-screens).
 // Any console error on any page fails the test that opened it.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -280,6 +280,48 @@ suite.test('compare overlays two runs, best first', async () => {
   await p.page.waitForSelector('.card table tbody tr'); // checkpoints
   p.checkConsole();
   await p.close();
+}, { training: true });
+
+suite.test('job page: "Try it" shows base and tuned side by side; merge into a model', async () => {
+  const id = runs[0];
+  const p = await alice.page(lorad.url, lorad.tokens.alice);
+  await p.open(`#/jobs/${id}`);
+  await p.page.waitForSelector('.tryit textarea[name=prompt]');
+  await p.page.fill('.tryit textarea[name=prompt]', 'What is 2 plus 5?');
+  await p.page.fill('.tryit input[name=max_new_tokens]', '5000');
+  await p.page.click('.tryit button.generate');
+  const local = await p.page.waitForSelector('.tryit .gen-msg .error');
+  assert(/1\.\.1024/.test(await local.textContent()), 'no inline message for max tokens 5000');
+  await p.page.fill('.tryit input[name=max_new_tokens]', '8');
+  await p.page.click('.tryit button.generate');
+  await p.page.waitForSelector('.tryit .gen-out:not([hidden])', { timeout: 60000 });
+  const shown = await p.page.$$eval('.gen-side', (els) => els.map((e) => [e.dataset.side, e.querySelector('pre').textContent, e.querySelector('.gen-info').textContent]));
+  const r = await lorad.api('alice', 'POST', `/v1/jobs/${id}/generate`, { prompt: 'What is 2 plus 5?', max_new_tokens: 8, temperature: 0 });
+  assert(shown.length === 2 && shown[0][0] === 'base' && shown[1][0] === 'tuned', `columns ${JSON.stringify(shown)}`);
+  assert(shown[0][1] === r.base.text && shown[1][1] === r.tuned.text, 'the page shows other texts than the API gives (greedy)');
+  assert(/^\d+ tokens/.test(shown[0][2]) && r.base.tokens <= 8, `info: ${shown[0][2]}`);
+  assert(await p.page.$eval('.tryit .gen-msg', (e) => !e.firstChild), 'the local error stayed after a good generation');
+  p.expectHttp(400, `/v1/jobs/${id}/generate`); // a server refusal is shown inline too
+  await p.page.fill('.tryit textarea[name=prompt]', 'x'.repeat(33000));
+  await p.page.click('.tryit button.generate');
+  const srv = await p.page.waitForSelector('.tryit .gen-msg .error');
+  assert(/prompt/.test(await srv.textContent()), 'the server\'s message is not shown');
+  await p.page.fill('.tryit textarea[name=prompt]', 'What is 2 plus 5?');
+  await p.shot('job-tryit');
+  await p.page.fill('.tryit input[name=merge_name]', 'web-merged');
+  await p.page.click('.tryit button.merge');
+  await p.page.waitForSelector('.merge-msg [data-state=merged][data-model=web-merged]', { timeout: 60000 });
+  const m = await lorad.api('alice', 'GET', '/v1/models/web-merged');
+  assert(m.id === 'web-merged', `model ${JSON.stringify(m)}`);
+  p.checkConsole();
+  await p.close();
+  const q = await bob.page(lorad.url, lorad.tokens.bob);
+  await q.open(`#/jobs/${id}`);
+  await q.page.waitForFunction(() => document.getElementById('who').textContent.includes('bob'));
+  const b = await q.page.waitForSelector('.tryit button.merge');
+  assert(await b.isDisabled(), 'bob may merge alice\'s job');
+  q.checkConsole();
+  await q.close();
 }, { training: true });
 
 suite.test('workers page: device, status, since', async () => {

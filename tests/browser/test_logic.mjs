@@ -260,5 +260,30 @@ test('previewRuns merges tokens into trained and untrained runs', () => {
     [{ text: 'user: q\n', trained: false }, { text: 'assistant: a\n', trained: true }]);
 });
 
+
+test('generationRequest checks like the server', () => {
+  assert.deepEqual(L.generationRequest({ prompt: 'hi', max_new_tokens: '8', temperature: '0.5' }), { body: { prompt: 'hi', max_new_tokens: 8, temperature: 0.5 } });
+  assert.deepEqual(L.generationRequest({ prompt: 'hi', max_new_tokens: '', temperature: '' }), { body: { prompt: 'hi' } });
+  assert.equal(L.generationRequest({ prompt: '  ' }).param, 'prompt');
+  for (const n of ['0', '1025', '2.5', 'x']) assert.equal(L.generationRequest({ prompt: 'a', max_new_tokens: n }).param, 'max_new_tokens', n);
+  for (const t of ['-1', '5.1', 'warm']) assert.equal(L.generationRequest({ prompt: 'a', temperature: t }).param, 'temperature', t);
+});
+
+test('mergeNameFor is lorad\'s default merged model name', () => {
+  assert.equal(L.mergeNameFor({ id: 'ftjob-1', name: 'notes r16' }), 'notes-r16-merged');
+  assert.equal(L.mergeNameFor({ id: 'ftjob-1', name: '' }), 'ftjob-1-merged');
+  assert.equal(L.mergeNameFor({ id: 'ftjob-1', name: '-.x' }), 'x-merged');
+  assert.equal(L.mergeNameFor({ id: 'ftjob-1', name: 'aé' }), 'a---merged'); // é is two UTF-8 bytes
+  assert.equal(L.mergeNameFor({ id: 'j', name: 'x'.repeat(80) }).length, 56 + '-merged'.length);
+});
+
+test('canMerge: a finished job, its owner or an admin', () => {
+  const j = { status: 'succeeded', user: 'alice' };
+  assert.equal(L.canMerge(j, { user: 'alice', admin: false }), true);
+  assert.equal(L.canMerge(j, { user: 'bob', admin: false }), false);
+  assert.equal(L.canMerge(j, { user: 'bob', admin: true }), true);
+  assert.equal(L.canMerge({ ...j, status: 'running' }, { user: 'alice' }), false);
+});
+
 console.log(`${passed} passed, ${failed} failed, 0 skipped`);
 process.exit(failed ? 1 : 0);

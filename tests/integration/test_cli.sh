@@ -90,7 +90,9 @@ LORA_URL="http://127.0.0.1:$dead" "$LORA" workers --json >"$T/o" 2>"$T/e"; rc=$?
 SERVER_TESTS=("wrong token -> exit 2" "login writes the config" "models ls --json" "datasets upload + ls --json"
   "datasets upload: validation report with line numbers" "datasets show/preview" "submit with --set overrides"
   "watch to completion -> exit 0 (piped)" "ls table and --json" "show --json" "metrics --csv" "logs"
-  "download matches the server byte for byte" "failing job -> watch exit 4" "cancel -> watch exit 5"
+  "download matches the server byte for byte" "generate: base and tuned blocks" "generate --json, sampling options"
+  "generate: bad option -> exit 1" "generate: prompt from stdin" "merge --wait registers the model"
+  "merge into a taken name -> exit 2" "failing job -> watch exit 4" "generate on a failed job -> exit 2" "cancel -> watch exit 5"
   "sweep of 4 points ranked by eval loss" "workers --json" "watch in a terminal (tmux): bar + sparkline"
   "watch in a terminal: Ctrl-C -> 130")
 skip_server() { for t in "${SERVER_TESTS[@]}"; do skip "$t: $1"; done; finish; }
@@ -214,12 +216,34 @@ if [ $rc -eq 0 ] && [ $same = 1 ] && [ -s "$T/dl/adapter_model.safetensors" ] &&
   ok "download matches the server byte for byte ($n files)"
 else bad "download matches the server byte for byte" "rc=$rc same=$same $(cat "$T/e")"; fi
 
+"$LORA" generate "$JOB" "what is 2 plus 3?" -n 8 >"$T/o" 2>"$T/e"; rc=$?
+[ $rc -eq 0 ] && grep -qE "^(──|--) base \(tiny\)  \([0-8] tokens, " "$T/o" && grep -qE "^(──|--) tuned \($JOB\)" "$T/o" \
+  && ok "generate: base and tuned blocks" || bad "generate: base and tuned blocks" "rc=$rc $(cat "$T/o" "$T/e")"
+"$LORA" generate "$JOB" "what is 2 plus 3?" --json -n 4 -t 0.7 --top-p 0.9 --top-k 20 --seed 3 --stop zz >"$T/o" 2>"$T/e"; rc=$?
+[ $rc -eq 0 ] && [ "$(json "$T/o" 'j["object"] == "generation" and j["base"]["tokens"] <= 4 and j["tuned"]["tokens"] <= 4')" = 1 ] \
+  && ok "generate --json, sampling options" || bad "generate --json, sampling options" "rc=$rc $(cat "$T/e")"
+"$LORA" generate "$JOB" x -n 0 >"$T/o" 2>"$T/e"; rc=$?
+[ $rc -eq 1 ] && grep -q -- "--max-new-tokens must be an integer in 1..1024" "$T/e" \
+  && ok "generate: bad option -> exit 1" || bad "generate: bad option -> exit 1" "rc=$rc $(cat "$T/e")"
+printf 'what is\n2 plus 3?\n' | "$LORA" generate "$JOB" - -n 4 --json >"$T/o" 2>"$T/e"; rc=$?
+[ $rc -eq 0 ] && [ "$(json "$T/o" 'j["prompt"] == "what is\n2 plus 3?\n"')" = 1 ] \
+  && ok "generate: prompt from stdin" || bad "generate: prompt from stdin" "rc=$rc $(cat "$T/e")"
+timeout 120 "$LORA" merge "$JOB" --name cli-merged --wait >"$T/o" 2>"$T/e"; rc=$?
+"$LORA" models ls --json >"$T/ml" 2>/dev/null
+[ $rc -eq 0 ] && [ "$(cat "$T/o")" = cli-merged ] && [ "$(json "$T/ml" '"cli-merged" in [m["id"] for m in j]')" = 1 ] \
+  && ok "merge --wait registers the model" || bad "merge --wait registers the model" "rc=$rc $(cat "$T/o" "$T/e")"
+"$LORA" merge "$JOB" --name cli-merged >"$T/o" 2>"$T/e"; rc=$?
+[ $rc -eq 2 ] && grep -q "already registered" "$T/e" \
+  && ok "merge into a taken name -> exit 2" || bad "merge into a taken name -> exit 2" "rc=$rc $(cat "$T/e")"
+
 # max_seq_len 8 cuts every assistant turn away: the worker has nothing to train on.
 "$LORA" submit "$T/job.yaml" --set max_seq_len=8 --set name=doomed --watch --interval 0.3 >"$T/o" 2>&1; rc=$?
 FJOB=$(head -1 "$T/o")
 "$LORA" show "$FJOB" --json >"$T/fs" 2>/dev/null
 [ $rc -eq 4 ] && [ "$(json "$T/fs" 'j["status"]')" = failed ] && grep -q "error" "$T/o" \
   && ok "failing job -> watch exit 4" || bad "failing job -> watch exit 4" "rc=$rc $(tail -2 "$T/o")"
+"$LORA" generate "$FJOB" x >"$T/o" 2>"$T/e"; rc=$?
+[ $rc -eq 2 ] && grep -q "no adapter" "$T/e" && ok "generate on a failed job -> exit 2" || bad "generate on a failed job -> exit 2" "rc=$rc $(cat "$T/e")"
 
 "$LORA" submit "$T/job.yaml" --set max_steps=100000 --set name=long >"$T/o" 2>/dev/null
 CJOB=$(cat "$T/o")

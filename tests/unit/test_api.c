@@ -322,3 +322,66 @@ TEST(prometheus_metrics) {
     CHECK(rs.body && strstr(rs.body, "lorad_http_request_duration_seconds_bucket"));
     api_resp_free(&rs);
 }
+
+/* generate and merge: every check before lora-worker runs (no runner here). */
+TEST(generate_and_merge_checks) {
+    REQUIRE(setup() == 0);
+    int st;
+    lr_err e = {0};
+    char h[65];
+    sha256_hex("tok-bob", 7, h);
+    REQUIRE(store_user_add(g_st, "bob", 0, h, &e) == 0);
+    json_t *j = call("POST", "/v1/jobs", "tok-alice",
+                     "{\"name\":\"my job!\",\"model\":\"tiny\",\"training_file\":\"file-000000000001\"}", NULL, &st);
+    REQUIRE(st == 200);
+    char id[64], gen[128], merge[128];
+    snprintf(id, sizeof id, "%s", json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    snprintf(gen, sizeof gen, "/v1/jobs/%s/generate", id);
+    snprintf(merge, sizeof merge, "/v1/jobs/%s/merge", id);
+    struct {
+        const char *body, *param;
+    } bad[] = {
+        {"{}", "prompt"}, {"{\"prompt\":\"\"}", "prompt"}, {"{\"prompt\":\"x\",\"max_new_tokens\":0}", "max_new_tokens"},
+        {"{\"prompt\":\"x\",\"max_new_tokens\":1025}", "max_new_tokens"}, {"{\"prompt\":\"x\",\"top_p\":0}", "top_p"},
+        {"{\"prompt\":\"x\",\"temperature\":5.5}", "temperature"}, {"{\"prompt\":\"x\",\"stop\":[\"a\",\"\"]}", "stop[1]"},
+        {"{\"prompt\":\"x\",\"stop\":\"\"}", "stop"}, {"{\"prompt\":\"x\",\"top_k\":1.5}", "top_k"},
+        {"{\"prompt\":\"x\",\"nope\":1}", "nope"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        j = call("POST", gen, "tok-alice", bad[i].body, NULL, &st);
+        CHECKF(st == 400 && err_param(j) && !strcmp(err_param(j), bad[i].param), "case %zu: %d %s", i, st,
+               err_param(j) ? err_param(j) : "(null)");
+        json_decref(j);
+    }
+    j = call("POST", gen, "tok-alice", "{\"prompt\":\"x\"}", NULL, &st);
+    CHECK_EQ_INT(st, 409); /* queued */
+    json_decref(j);
+    j = call("POST", "/v1/jobs/ftjob-ffffffffffff/generate", "tok-alice", "{\"prompt\":\"x\"}", NULL, &st);
+    CHECK_EQ_INT(st, 404);
+    json_decref(j);
+    j = call("POST", merge, "tok-bob", NULL, NULL, &st);
+    CHECK_EQ_INT(st, 403);
+    json_decref(j);
+    j = call("POST", merge, "tok-alice", "{\"name\":\"a/b\"}", NULL, &st);
+    CHECK(st == 400 && err_param(j) && !strcmp(err_param(j), "name"));
+    json_decref(j);
+    j = call("POST", merge, "tok-alice", NULL, NULL, &st);
+    CHECK_EQ_INT(st, 409); /* queued: no adapter yet */
+    json_decref(j);
+    /* Finished with an adapter: what is left needs lora-worker. */
+    REQUIRE(store_job_start(g_st, id, "w1", &e) == 0 && store_job_finish(g_st, id, "succeeded", NULL, NULL, &e) == 0);
+    char dir[1300], path[1400];
+    snprintf(dir, sizeof dir, "%s/runs/%s", g_cfg.data_dir, id);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    REQUIRE(lr_mkdirs(dir, &e) == 0 && lr_write_file_atomic(path, "x", 1, &e) == 0);
+    j = call("POST", merge, "tok-alice", "{\"name\":\"tiny\"}", NULL, &st);
+    CHECK_EQ_INT(st, 409); /* a registered model's name */
+    json_decref(j);
+    j = call("POST", gen, "tok-alice", "{\"prompt\":\"x\"}", NULL, &st);
+    CHECK_EQ_INT(st, 503);
+    json_decref(j);
+    j = call("POST", merge, "tok-root", NULL, NULL, &st);
+    CHECK_EQ_INT(st, 503);
+    json_decref(j);
+}

@@ -9,6 +9,7 @@ import {
 import { h, replace, statusBadge, progressBar, errorBox, table, poll, pref, setPref } from './ui.js';
 import { LineChart, PALETTE, toXY } from './charts.js';
 import { cancelButton } from './jobs.js';
+import { tryCard } from './tryit.js';
 
 export const MAX_POINTS = 1000;
 const POLL_MS = 2000;
@@ -36,7 +37,9 @@ export function mount(root, ctx) {
   const ckBox = h('div', {});
   const artBox = h('div', {});
   const cfgBox = h('pre', { class: 'config' });
-  replace(root, head, msg, controls, grid,
+  const tryBox = h('div', {}); // "Try it" once the job has finished with an adapter
+  let tryit = null;
+  replace(root, head, msg, tryBox, controls, grid,
     h('div', { class: 'cols' },
       h('section', { class: 'card' }, h('h2', {}, 'Events'), evBox),
       h('section', { class: 'card' }, h('h2', {}, 'Checkpoints'), ckBox, h('h2', {}, 'Artifacts'), artBox)),
@@ -110,6 +113,7 @@ export function mount(root, ctx) {
         cancelButton(j, ctx.me, () => refresh.now(), (e) => replace(msg, errorBox(e))),
         h('a', { class: 'button secondary small', href: buildHash(['compare'], j.sweep_id ? { sweep: j.sweep_id } : { ids: j.id }) }, j.sweep_id ? 'Compare sweep' : 'Compare')),
       j.error ? errorBox(typeof j.error === 'string' ? j.error : j.error.message || JSON.stringify(j.error)) : null,
+      j.stop_reason ? h('p', { class: 'stop-reason' }, h('strong', {}, 'Stopped early: '), j.stop_reason) : null,
       h('div', { class: 'kvs' },
         kv('id', j.id), kv('user', j.user), kv('model', j.model), kv('method', method),
         kv('worker', j.worker || '–'),
@@ -163,6 +167,10 @@ export function mount(root, ctx) {
   async function fetchArtifacts() {
     const r = await api(`/v1/jobs/${jid}/artifacts`);
     const d = (r && r.data) || [];
+    if (!tryit && isFinished(job.status) && d.some((f) => (f.name || f) === 'adapter_model.safetensors')) {
+      tryit = tryCard(job, ctx.me);
+      replace(tryBox, tryit.el);
+    }
     replace(artBox, d.length
       ? h('ul', { class: 'files' }, d.map((f) => {
         const name = typeof f === 'string' ? f : f.name || f.id || f.file;
@@ -195,6 +203,7 @@ export function mount(root, ctx) {
 
   return () => {
     refresh.stop();
+    if (tryit) tryit.destroy();
     for (const c of charts.values()) c.destroy();
   };
 }

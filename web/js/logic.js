@@ -401,3 +401,41 @@ export function previewRuns(row) {
   }
   return runs;
 }
+
+// The body of POST /v1/jobs/ID/generate from the "Try it" form's text
+// values, checked as the server checks them: { body } or { error, param }.
+export function generationRequest({ prompt, max_new_tokens: mnt, temperature }) {
+  if (!prompt || !String(prompt).trim()) return { error: 'enter a prompt', param: 'prompt' };
+  const body = { prompt: String(prompt) };
+  if (mnt !== undefined && String(mnt).trim() !== '') {
+    const n = Number(mnt);
+    if (!Number.isInteger(n) || n < 1 || n > 1024) return { error: 'max tokens must be an integer in 1..1024', param: 'max_new_tokens' };
+    body.max_new_tokens = n;
+  }
+  if (temperature !== undefined && String(temperature).trim() !== '') {
+    const t = Number(temperature);
+    if (!Number.isFinite(t) || t < 0 || t > 5) return { error: 'temperature must be a number in 0..5', param: 'temperature' };
+    body.temperature = t;
+  }
+  return { body };
+}
+
+// The server's default name for a merged model: "<job name or id>-merged",
+// each UTF-8 byte a model name cannot hold replaced by '-', as lorad does.
+export function mergeNameFor(job) {
+  let base = '';
+  for (const b of new TextEncoder().encode(String((job && job.name) || ''))) {
+    if (base.length >= 56) break;
+    const ch = String.fromCharCode(b);
+    const ok = b < 128 && /[A-Za-z0-9._-]/.test(ch);
+    if (!base && (ch === '.' || ch === '-' || !ok)) continue;
+    base += ok ? ch : '-';
+  }
+  return `${base || (job && job.id)}-merged`;
+}
+
+export function canMerge(job, me) {
+  if (!job || !isFinished(job.status)) return false;
+  if (!me) return true; // unknown identity: let the server decide
+  return !!me.admin || me.user === job.user;
+}

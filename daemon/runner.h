@@ -1,0 +1,77 @@
+/* runner: one-off lora-worker runs the REST API asks for outside the
+ * scheduler: side-by-side generations and adapter merges.
+ *
+ * lorad never loads a model itself. Each action spawns lora-worker
+ * (posix_spawn; stdin /dev/null; stdout and stderr on close-on-exec pipes,
+ * stdout capped) and reaps that child with waitpid(pid). libuv's SIGCHLD
+ * handler only waits for the pids uv_spawn started (waitpid(process->pid)
+ * per handle), so the supervisor and the runner never take each other's
+ * children. A generation runs in the calling HTTP thread, bounded by a
+ * deadline (the child is killed past it) and by a cap on generations at
+ * once, so at least some HTTP threads stay free. A merge runs on a thread of
+ * its own: the request returns at once and the thread registers the model
+ * when the child succeeds. runner_stop kills every child (shutdown);
+ * runner_free joins the merge threads. Thread-safe. */
+#ifndef LR_RUNNER_H
+#define LR_RUNNER_H
+
+#include <jansson.h>
+#include "common/err.h"
+
+#define RUNNER_MAX_STOP 8         /* stop strings of one generation (lora-worker's limit) */
+#define RUNNER_MAX_STOP_LEN 255   /* bytes in one */
+#define RUNNER_MAX_OUTPUT (1u << 20) /* stdout of one generation */
+
+typedef struct runner runner;
+
+typedef struct runner_config {
+    const char *worker_bin, *data_dir, *db_path;
+    int max_generations; /* at once; one more is LR_E_BUSY */
+    int gen_timeout_s;   /* both runs of one generation together; past it LR_E_TIMEOUT */
+    int gen_threads;     /* --threads of a generation */
+} runner_config;
+
+/* Copies the strings; removes merge leftovers of a previous lorad
+ * (<data_dir>/models/.merging-*). */
+int runner_new(const runner_config *cfg, runner **out, lr_err *err) LR_WARN_UNUSED;
+/* Kills every running child; generations fail, merges fail and clean up. */
+void runner_stop(runner *r);
+/* Waits until the merges under way have ended (without stopping them). */
+void runner_wait(runner *r);
+/* Stops, waits for the merge threads, frees. NULL is fine. */
+void runner_free(runner *r);
+
+typedef struct runner_gen {
+    const char *model_dir, *adapter_dir;
+    const char *chat_template;   /* auto, chatml, llama3, mistral, alpaca, plain */
+    const char *prompt, *system; /* system may be NULL */
+    int max_new_tokens, top_k;
+    double temperature, top_p;
+    long long seed;
+    const char *stop[RUNNER_MAX_STOP];
+    int n_stop;
+} runner_gen;
+
+/* Answers the prompt with the base model, then with base + adapter. *out:
+ * {"prompt_tokens": n, "base": {"text", "tokens", "stop"}, "tuned": {...},
+ * "seconds": wall time}. Errors: LR_E_BUSY (max_generations already run),
+ * LR_E_TIMEOUT, LR_E_INVALID (the prompt does not fit the model), else
+ * lora-worker's own message. */
+int runner_generate(runner *r, const runner_gen *g, json_t **out, lr_err *err) LR_WARN_UNUSED;
+
+typedef struct runner_merge {
+    const char *job_id;      /* the events go to this job */
+    const char *model_dir, *adapter_dir;
+    const char *name;        /* a valid model name (models_name_ok) */
+} runner_merge;
+
+/* Starts `lora-worker merge` into <data_dir>/models/.merging-<name> and
+ * returns. When the child succeeds the folder becomes models/<name> and is
+ * registered like `lorad model add` does, with an info event on the job
+ * ("merged into model NAME"); on failure the partial folder is removed and
+ * the job gets an error event ("merge into model NAME failed: ..."). The
+ * caller checks that no registered model has the name; LR_E_CONFLICT here
+ * when a merge into name is under way or models/<name> exists. */
+int runner_merge_start(runner *r, const runner_merge *m, lr_err *err) LR_WARN_UNUSED;
+
+#endif

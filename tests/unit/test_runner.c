@@ -1,0 +1,224 @@
+/* runner against a fake lora-worker (a shell script whose behaviour the
+ * FAKE_MODE variable picks): results parsed, the worker's message passed on,
+ * deadline, output cap, the cap on generations at once, runner_stop, no
+ * child left unreaped, and merges that register a model or clean up. */
+#include "tests/unit/test.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "daemon/runner.h"
+#include "daemon/store.h"
+
+static const char FAKE[] =
+    "#!/bin/sh\n"
+    "cmd=$1; shift\n"
+    "tuned=0; out=; model=\n"
+    "while [ $# -gt 0 ]; do case $1 in --adapter) tuned=1;; --out) out=$2;; --model) model=$2;; esac; shift; done\n"
+    "case $FAKE_MODE in\n"
+    "ok) [ $tuned = 1 ] && t=tuned || t=base\n"
+    "    echo '{\"id\":\"prompt\",\"prompt_tokens\":3,\"ids\":[5,6],\"stop\":\"length\",\"text\":\"'$t'\\u0000!\"}';;\n"
+    "slow) exec sleep 30;;\n"
+    "flood) exec yes;;\n"
+    "long) echo 'loading...' >&2; echo 'generate: prompt: the prompt has 99 tokens; the model takes at most 10' >&2; "
+    "exit 2;;\n"
+    "boom) echo 'generate: model: no such file' >&2; exit 3;;\n"
+    "merge) mkdir -p \"$out\" && cp \"$model\"/* \"$out\"/;;\n"
+    "mergefail) mkdir -p \"$out\" && echo partial >\"$out\"/x && echo 'merge: adapter: no adapter_config.json' >&2; "
+    "exit 1;;\n"
+    "esac\n";
+
+static char g_bin[1024], g_data[1024], g_db[1100];
+
+static runner *make_runner(int max_gen, int timeout_s) {
+    lr_err e = {0};
+    snprintf(g_bin, sizeof g_bin, "%s/fake-worker", test_tmpdir());
+    snprintf(g_data, sizeof g_data, "%s/data", test_tmpdir());
+    snprintf(g_db, sizeof g_db, "%s/lorad.db", g_data);
+    if (lr_write_file_atomic(g_bin, FAKE, sizeof FAKE - 1, &e) || chmod(g_bin, 0755) || lr_mkdirs(g_data, &e))
+        return NULL;
+    runner_config c = {.worker_bin = g_bin, .data_dir = g_data, .db_path = g_db, .max_generations = max_gen,
+                       .gen_timeout_s = timeout_s, .gen_threads = 1};
+    runner *r = NULL;
+    return runner_new(&c, &r, &e) ? NULL : r;
+}
+
+static const runner_gen GEN = {.model_dir = "/m", .adapter_dir = "/a", .chat_template = "auto", .prompt = "hi",
+                               .system = "be brief", .max_new_tokens = 8, .temperature = 0, .top_p = 1,
+                               .stop = {"--json"}, .n_stop = 1};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Every child was reaped: none left, zombie or running. */
+static int no_children(void) { return waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD; }
+
+TEST(generate_base_and_tuned) {
+    runner *r = make_runner(2, 10);
+    REQUIRE(r);
+    setenv("FAKE_MODE", "ok", 1);
+    json_t *o = NULL;
+    lr_err e = {0};
+    REQUIRE(runner_generate(r, &GEN, &o, &e) == 0);
+    json_t *b = json_object_get(o, "base"), *t = json_object_get(o, "tuned");
+    CHECK_EQ_INT(json_string_length(json_object_get(b, "text")), 6); /* "base\0!": a NUL survives */
+    CHECK(!memcmp(json_string_value(json_object_get(t, "text")), "tuned", 5));
+    CHECK_EQ_INT(json_integer_value(json_object_get(b, "tokens")), 2);
+    CHECK_STR(json_string_value(json_object_get(t, "stop")), "length");
+    CHECK_EQ_INT(json_integer_value(json_object_get(o, "prompt_tokens")), 3);
+    CHECK(json_real_value(json_object_get(o, "seconds")) >= 0);
+    json_decref(o);
+    CHECK(no_children());
+    runner_free(r);
+}
+
+TEST(generate_failures_carry_the_workers_words) {
+    runner *r = make_runner(2, 10);
+    REQUIRE(r);
+    json_t *o = NULL;
+    lr_err e = {0};
+    setenv("FAKE_MODE", "long", 1);
+    CHECK(runner_generate(r, &GEN, &o, &e) == -1 && !o);
+    CHECK_EQ_INT(e.code, LR_E_INVALID);
+    CHECKF(strstr(e.msg, "the model takes at most 10") && !strstr(e.msg, "loading"), "%s", e.msg);
+    lr_err_clear(&e);
+    setenv("FAKE_MODE", "boom", 1);
+    CHECK(runner_generate(r, &GEN, &o, &e) == -1);
+    CHECK(e.code != LR_E_INVALID && strstr(e.msg, "base model: generate: model: no such file"));
+    lr_err_clear(&e);
+    setenv("FAKE_MODE", "flood", 1);
+    CHECK(runner_generate(r, &GEN, &o, &e) == -1);
+    CHECKF(strstr(e.msg, "printed more than"), "%s", e.msg);
+    CHECK(no_children());
+    runner_free(r);
+}
+
+TEST(generate_deadline_kills_the_child) {
+    runner *r = make_runner(2, 1);
+    REQUIRE(r);
+    setenv("FAKE_MODE", "slow", 1);
+    json_t *o = NULL;
+    lr_err e = {0};
+    double t0 = now_s();
+    CHECK(runner_generate(r, &GEN, &o, &e) == -1);
+    double dt = now_s() - t0;
+    CHECK_EQ_INT(e.code, LR_E_TIMEOUT);
+    CHECKF(dt >= 0.9 && dt < 3, "returned after %.2f s", dt);
+    CHECK(no_children());
+    runner_free(r);
+}
+
+typedef struct slow_call {
+    runner *r;
+    int rc, code;
+    double secs;
+} slow_call;
+
+static void *slow_generate(void *p) {
+    slow_call *s = p;
+    json_t *o = NULL;
+    lr_err e = {0};
+    double t0 = now_s();
+    s->rc = runner_generate(s->r, &GEN, &o, &e);
+    s->code = e.code;
+    s->secs = now_s() - t0;
+    json_decref(o);
+    return NULL;
+}
+
+TEST(generations_at_once_are_capped_and_stop_ends_them) {
+    runner *r = make_runner(1, 60);
+    REQUIRE(r);
+    setenv("FAKE_MODE", "slow", 1);
+    slow_call s = {.r = r};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, slow_generate, &s) == 0);
+    usleep(300000);
+    json_t *o = NULL;
+    lr_err e = {0};
+    CHECK(runner_generate(r, &GEN, &o, &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_BUSY);
+    runner_stop(r);
+    pthread_join(th, NULL);
+    CHECK(s.rc == -1 && s.secs < 2);
+    CHECK(no_children());
+    lr_err_clear(&e);
+    CHECK(runner_generate(r, &GEN, &o, &e) == -1 && e.code == LR_E_BUSY); /* stopped: no new ones */
+    runner_free(r);
+}
+
+static store *open_store(void) {
+    store *st = NULL;
+    lr_err e = {0};
+    int applied;
+    if (store_open(g_db, &st, &e) || store_migrate(st, "migrations", &applied, &e)) {
+        store_close(st);
+        return NULL;
+    }
+    store_job_new j = {.id = "ftjob-000000000001", .name = "j", .user = "alice", .model = "m", .device = "any",
+                       .spec_json = "{}", .max_retries = 1};
+    if (store_job_insert(st, &j, &e)) {
+        store_close(st);
+        return NULL;
+    }
+    return st;
+}
+
+static int has_event(store *st, const char *prefix) {
+    lr_err e = {0};
+    json_t *l = store_events_list(st, "ftjob-000000000001", 0, 100, &e), *ev;
+    size_t i;
+    int found = 0;
+    json_array_foreach(json_object_get(l, "data"), i, ev)
+        found |= !strncmp(json_string_value(json_object_get(ev, "message")), prefix, strlen(prefix));
+    json_decref(l);
+    return found;
+}
+
+TEST(merge_registers_the_model_or_cleans_up) {
+    const char *model = test_fixture("models/tiny-gpt2-hf");
+    char cfg[1200];
+    snprintf(cfg, sizeof cfg, "%s/config.json", model);
+    if (access(cfg, R_OK)) SKIP("fixture models/tiny-gpt2-hf is missing");
+    runner *r = make_runner(2, 10);
+    REQUIRE(r);
+    store *st = open_store();
+    REQUIRE(st);
+    lr_err e = {0};
+    setenv("FAKE_MODE", "merge", 1);
+    runner_merge m = {.job_id = "ftjob-000000000001", .model_dir = model, .adapter_dir = "/a", .name = "merged-1"};
+    REQUIRE(runner_merge_start(r, &m, &e) == 0);
+    m.name = "../x";
+    CHECK(runner_merge_start(r, &m, &e) == -1 && e.code == LR_E_INVALID);
+    runner_wait(r);
+    char dir[1200];
+    CHECK(store_model_dir(st, "merged-1", dir, sizeof dir, &e) == 0);
+    CHECKF(strstr(dir, "/models/merged-1"), "%s", dir);
+    CHECK(has_event(st, "merging the adapter into a new model merged-1"));
+    CHECK(has_event(st, "merged into model merged-1 ("));
+    m.name = "merged-1";
+    lr_err_clear(&e);
+    CHECK(runner_merge_start(r, &m, &e) == -1 && e.code == LR_E_CONFLICT); /* the folder exists */
+    setenv("FAKE_MODE", "mergefail", 1);
+    m.name = "merged-2";
+    REQUIRE(runner_merge_start(r, &m, &e) == 0);
+    runner_wait(r);
+    CHECK(store_model_dir(st, "merged-2", dir, sizeof dir, &e) == -1);
+    CHECK(has_event(st, "merge into model merged-2 failed: lora-worker merge: merge: adapter: no adapter_config.json"));
+    struct stat sb;
+    snprintf(dir, sizeof dir, "%s/models/.merging-merged-2", g_data);
+    CHECK(stat(dir, &sb) != 0);
+    snprintf(dir, sizeof dir, "%s/models/merged-2", g_data);
+    CHECK(stat(dir, &sb) != 0);
+    CHECK(no_children());
+    runner_free(r);
+    store_close(st);
+}
