@@ -182,7 +182,8 @@ int cmd_run(int argc, char **argv) {
     paths.run_dir = rundir;
 
     run_ui ui = {.t0 = mono(), .quiet = quiet};
-    train_hooks hooks = {&ui, ui_metric, ui_event, ui_checkpoint, ui_progress, ui_cancelled};
+    train_hooks hooks = {.ud = &ui, .metric = ui_metric, .event = ui_event, .checkpoint = ui_checkpoint,
+                         .progress = ui_progress, .cancelled = ui_cancelled};
     train_opts to = {backend, threads, resume};
     signal(SIGINT, on_sigint);
     train_outcome oc;
@@ -195,7 +196,11 @@ int cmd_run(int argc, char **argv) {
     }
     if (!quiet) {
         if (oc == TRAIN_CANCELLED) printf("interrupted; resume with --resume\n");
-        else printf("done: %s in %s\n", spec.method.type == METHOD_EVAL ? "evaluation results" : "adapter", rundir);
+        else printf("done: %s in %s\n",
+                    spec.method.type == METHOD_EVAL       ? "evaluation results"
+                    : spec.method.type == METHOD_FULL_SFT ? "model"
+                                                          : "adapter",
+                    rundir);
     }
     rc = oc == TRAIN_CANCELLED ? 130 : 0;
 done:

@@ -24,6 +24,7 @@ const char *data_format_name(data_format f) {
     case DATA_FMT_PROMPT_COMPLETION: return "prompt_completion";
     case DATA_FMT_INPUT_OUTPUT: return "input_output";
     case DATA_FMT_DPO: return "dpo";
+    case DATA_FMT_TEXT: return "text";
     case DATA_FMT_UNKNOWN: break;
     }
     return "unknown";
@@ -36,13 +37,15 @@ static const char *const *required(data_format f) {
     static const char *const msg[] = {"messages", NULL}, *const alp[] = {"instruction", "output", NULL},
                              *const pc[] = {"prompt", "completion", NULL},
                              *const io[] = {"input", "output", NULL},
-                             *const dpo[] = {"prompt", "chosen", "rejected", NULL}, *const none[] = {NULL};
+                             *const dpo[] = {"prompt", "chosen", "rejected", NULL}, *const txt[] = {"text", NULL},
+                             *const none[] = {NULL};
     switch (f) {
     case DATA_FMT_MESSAGES: return msg;
     case DATA_FMT_ALPACA: return alp;
     case DATA_FMT_PROMPT_COMPLETION: return pc;
     case DATA_FMT_INPUT_OUTPUT: return io;
     case DATA_FMT_DPO: return dpo;
+    case DATA_FMT_TEXT: return txt;
     case DATA_FMT_UNKNOWN: break;
     }
     return none;
@@ -54,6 +57,7 @@ static data_format classify(json_t *o) {
     if (json_object_get(o, "instruction")) return DATA_FMT_ALPACA;
     if (json_object_get(o, "prompt")) return DATA_FMT_PROMPT_COMPLETION;
     if (json_object_get(o, "input") && json_object_get(o, "output")) return DATA_FMT_INPUT_OUTPUT;
+    if (json_object_get(o, "text")) return DATA_FMT_TEXT;
     return DATA_FMT_UNKNOWN;
 }
 
@@ -225,8 +229,8 @@ static int row_from_json(json_t *o, data_format *fmt, data_row *row, char *why, 
     if (*fmt == DATA_FMT_UNKNOWN) {
         if (rf == DATA_FMT_UNKNOWN) {
             snprintf(why, cap, "no known fields: expected 'messages', 'prompt'+'completion', "
-                               "'instruction'+'output', 'input'+'output' or "
-                               "'prompt'+'chosen'+'rejected'");
+                               "'instruction'+'output', 'input'+'output', "
+                               "'prompt'+'chosen'+'rejected' or 'text'");
             return -1;
         }
         *fmt = rf;
@@ -283,6 +287,10 @@ static int row_from_json(json_t *o, data_format *fmt, data_row *row, char *why, 
             goto fail;
         break;
     }
+    case DATA_FMT_TEXT:
+        if (get_str(o, "text", 1, &a, &na, why, cap) || msg_add(&v, CHAT_ASSISTANT, a, na, 1, keep, why, cap))
+            goto fail;
+        break;
     case DATA_FMT_DPO:
         for (const char *const *k = required(DATA_FMT_DPO); *k; k++)
             if (!json_object_get(o, *k)) {
@@ -662,6 +670,9 @@ static int has_target(const int32_t *labels, int n) {
 
 typedef struct builder {
     const chat *c;
+    chat plain;     /* renders text rows: BOS?, the text, EOS */
+    int has_plain;  /* plain is set up (the tokenizer has an EOS) */
+    int text;       /* the file being built is in text form */
     const data_opts *o;
     data_set *ds;
     int64_t truncated_rows;
@@ -684,7 +695,9 @@ static void warnf(const data_opts *o, const char *fmt, ...) {
 static int render_one(builder *b, const chat_msg *m, int n, int32_t **ids, int32_t **labels, int *len,
                       int *cut, lr_err *err) {
     chat_out out;
-    if (chat_render(b->c, m, n, b->o->system_prompt, 0, 0, &out, err)) return -1;
+    if (b->text ? chat_render(&b->plain, m, n, NULL, 0, 0, &out, err)
+                : chat_render(b->c, m, n, b->o->system_prompt, 0, 0, &out, err))
+        return -1;
     size_t keep = out.n;
     if (b->o->max_seq_len > 0 && keep > (size_t)b->o->max_seq_len) {
         keep = (size_t)b->o->max_seq_len;
@@ -761,6 +774,12 @@ static int build_file(builder *b, const char *path, int file, exvec *v, lr_err *
                              "this file is in %s form"
                            : "dataset %s: rows with chosen/rejected answers (%s form) need method dpo",
                 path, data_format_name(f.format));
+        goto done;
+    }
+    b->text = f.format == DATA_FMT_TEXT;
+    if (b->text && !b->has_plain) {
+        lr_errp(err, LR_E_INVALID, "training_file", "dataset %s: text rows end with EOS, which this tokenizer lacks",
+                path);
         goto done;
     }
     b->truncated_rows = 0;
@@ -861,8 +880,10 @@ int data_build(const chat *c, const data_opts *o, data_set *ds, lr_err *err) {
     dedupe d = {0};
     int *perm = NULL;
     char *is_val = NULL;
-    builder b = {c, o, ds, 0, ""};
+    builder b = {.c = c, .o = o, .ds = ds};
     int rc = -1;
+    lr_err perr = {0};
+    b.has_plain = chat_init(&b.plain, c->t, TPL_PLAIN, NULL, &perr) == 0;
     memset(ds, 0, sizeof *ds);
     ds->dpo = o->dpo;
     ds->pad_id = tok_eos_id(c->t) >= 0 ? tok_eos_id(c->t) : 0;

@@ -10,6 +10,11 @@
  *      {"input","output"}                       the same as prompt/completion
  *      {"prompt","chosen","rejected"}           DPO; each a string or a
  *                                               messages list
+ *      {"text"}                                 plain text for (continued)
+ *                                               pre-training: BOS when the
+ *                                               tokenizer adds one, the text,
+ *                                               EOS, every token trained and
+ *                                               no chat template
  *    Other fields (id, source, ...) are ignored.
  *  - CSV (RFC 4180: quoted fields may hold commas, "" and newlines) with a
  *    header row whose names are matched trimmed and case-insensitively:
@@ -63,6 +68,7 @@ typedef enum {
     DATA_FMT_PROMPT_COMPLETION,
     DATA_FMT_INPUT_OUTPUT,
     DATA_FMT_DPO,
+    DATA_FMT_TEXT,
 } data_format;
 
 typedef struct data_report {

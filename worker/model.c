@@ -92,6 +92,7 @@ struct model {
 
     int train;
     uint64_t seed, micro;
+    int recompute; /* activation checkpointing: layers share one set of activations */
 };
 
 const hf_config *model_config(const model *m) { return &m->cfg; }
@@ -491,7 +492,7 @@ int model_lora_init(model *m, const model_lora_cfg *cfg, uint64_t seed, lr_err *
             adapter_free(a);
             return lr_errp(err, LR_E_INVALID, "lora.targets", "LoRA target '%s' is too long", cfg->targets[i]);
         }
-        snprintf(a->targets[i], sizeof a->targets[i], "%s", cfg->targets[i]);
+        memcpy(a->targets[i], cfg->targets[i], strlen(cfg->targets[i]) + 1); /* length checked above */
     }
     if (lora_attach(m, a, cfg->dropout, err)) {
         adapter_free(a);
@@ -758,6 +759,15 @@ static size_t plan_acts(model *m, char *base, size_t N, int T, int r) {
     for (int l = 0; l < c->n_layers; l++) {
         layer *L = &m->layers[l];
         L->res = take(base, &off, N * C);
+        for (int s = 0; s < S_N; s++)
+            L->m[s].xa = L->m[s].L.lora || L->m[s].rlora.A ? take(base, &off, N * r) : NULL;
+        if (m->recompute && l > 0) { /* everything but the layer input is recomputed in the backward */
+            const layer *L0 = &m->layers[0];
+            L->ln1 = L0->ln1, L->n1mean = L0->n1mean, L->n1rstd = L0->n1rstd, L->qkv = L0->qkv, L->att = L0->att;
+            L->lse = L0->lse, L->mid = L0->mid, L->ln2 = L0->ln2, L->n2mean = L0->n2mean, L->n2rstd = L0->n2rstd;
+            L->f1 = L0->f1, L->f2 = L0->f2;
+            continue;
+        }
         L->ln1 = take(base, &off, N * C);
         L->n1mean = take(base, &off, N);
         L->n1rstd = take(base, &off, N);
@@ -770,8 +780,6 @@ static size_t plan_acts(model *m, char *base, size_t N, int T, int r) {
         L->n2rstd = take(base, &off, N);
         L->f1 = take(base, &off, N * I);
         L->f2 = m->gpt2 ? NULL : take(base, &off, N * I);
-        for (int s = 0; s < S_N; s++)
-            L->m[s].xa = L->m[s].L.lora || L->m[s].rlora.A ? take(base, &off, N * r) : NULL;
     }
     m->resL = take(base, &off, N * C);
     m->lnf = take(base, &off, N * C);
@@ -848,6 +856,12 @@ static int reserve(model *m, int B, int T, lr_err *err) {
     return 0;
 }
 
+void model_set_recompute(model *m, int on) {
+    if (m->recompute == !!on) return;
+    m->recompute = !!on;
+    free_acts(m); /* planned the other way: plan again */
+}
+
 int model_reserve(model *m, int B, int T, lr_err *err) {
     if (B <= 0 || T <= 0 || (long long)B * T > (1 << 24))
         return lr_errp(err, LR_E_INVALID, NULL, "batch %d x %d tokens is out of range", B, T);
@@ -885,44 +899,49 @@ static void qkv_split(const model *m, float *buf, int N, float **q, float **k, f
     }
 }
 
-static void forward(model *m, int B, int T) {
+/* Layer l from its input L->res to the next layer's input. */
+static void layer_fwd(model *m, int l, int B, int T) {
     kb_backend *be = m->be;
     const hf_config *c = &m->cfg;
     int N = B * T, C = c->hidden, I = c->intermediate, D = c->head_dim;
     size_t NC = (size_t)N * C, NI = (size_t)N * I;
-    dora_refresh(m);
-    be->embed_fwd(be, m->layers[0].res, m->ids, m->wte, m->gpt2 ? m->wpe : NULL, N, T, C);
-    for (int l = 0; l < c->n_layers; l++) {
-        layer *L = &m->layers[l];
-        float *next = l + 1 < c->n_layers ? m->layers[l + 1].res : m->resL;
-        float *q, *k, *v;
-        int ldq, ldkv;
-        qkv_split(m, L->qkv, N, &q, &k, &v, &ldq, &ldkv);
-        norm_fwd(m, L->ln1, L->n1mean, L->n1rstd, L->res, L->n1w, L->n1b, N);
-        if (m->gpt2) {
-            be->linear_fwd(be, &L->m[S_Q].L, L->qkv, L->m[S_Q].xa, L->ln1, N);
-        } else {
-            be->linear_fwd(be, &L->m[S_Q].L, q, L->m[S_Q].xa, L->ln1, N);
-            be->linear_fwd(be, &L->m[S_K].L, k, L->m[S_K].xa, L->ln1, N);
-            be->linear_fwd(be, &L->m[S_V].L, v, L->m[S_V].xa, L->ln1, N);
-            be->rope_fwd(be, q, ldq, m->rcos, m->rsin, N, T, c->n_heads, D);
-            be->rope_fwd(be, k, ldkv, m->rcos, m->rsin, N, T, c->n_kv_heads, D);
-        }
-        be->attn_fwd(be, L->att, L->lse, q, k, v, ldq, ldkv, B, T, c->n_heads, c->n_kv_heads, D);
-        be->linear_fwd(be, &L->m[S_O].L, L->mid, L->m[S_O].xa, L->att, N);
-        be->add(be, L->mid, L->res, NC);
-        norm_fwd(m, L->ln2, L->n2mean, L->n2rstd, L->mid, L->n2w, L->n2b, N);
-        if (m->gpt2) {
-            be->linear_fwd(be, &L->m[S_UP].L, L->f1, L->m[S_UP].xa, L->ln2, N);
-            be->gelu_fwd(be, m->tmpI, L->f1, NI, m->exact_gelu);
-        } else {
-            be->linear_fwd(be, &L->m[S_GATE].L, L->f1, L->m[S_GATE].xa, L->ln2, N);
-            be->linear_fwd(be, &L->m[S_UP].L, L->f2, L->m[S_UP].xa, L->ln2, N);
-            be->swiglu_fwd(be, m->tmpI, L->f1, L->f2, NI);
-        }
-        be->linear_fwd(be, &L->m[S_DOWN].L, next, L->m[S_DOWN].xa, m->tmpI, N);
-        be->add(be, next, L->mid, NC);
+    layer *L = &m->layers[l];
+    float *next = l + 1 < c->n_layers ? m->layers[l + 1].res : m->resL;
+    float *q, *k, *v;
+    int ldq, ldkv;
+    qkv_split(m, L->qkv, N, &q, &k, &v, &ldq, &ldkv);
+    norm_fwd(m, L->ln1, L->n1mean, L->n1rstd, L->res, L->n1w, L->n1b, N);
+    if (m->gpt2) {
+        be->linear_fwd(be, &L->m[S_Q].L, L->qkv, L->m[S_Q].xa, L->ln1, N);
+    } else {
+        be->linear_fwd(be, &L->m[S_Q].L, q, L->m[S_Q].xa, L->ln1, N);
+        be->linear_fwd(be, &L->m[S_K].L, k, L->m[S_K].xa, L->ln1, N);
+        be->linear_fwd(be, &L->m[S_V].L, v, L->m[S_V].xa, L->ln1, N);
+        be->rope_fwd(be, q, ldq, m->rcos, m->rsin, N, T, c->n_heads, D);
+        be->rope_fwd(be, k, ldkv, m->rcos, m->rsin, N, T, c->n_kv_heads, D);
     }
+    be->attn_fwd(be, L->att, L->lse, q, k, v, ldq, ldkv, B, T, c->n_heads, c->n_kv_heads, D);
+    be->linear_fwd(be, &L->m[S_O].L, L->mid, L->m[S_O].xa, L->att, N);
+    be->add(be, L->mid, L->res, NC);
+    norm_fwd(m, L->ln2, L->n2mean, L->n2rstd, L->mid, L->n2w, L->n2b, N);
+    if (m->gpt2) {
+        be->linear_fwd(be, &L->m[S_UP].L, L->f1, L->m[S_UP].xa, L->ln2, N);
+        be->gelu_fwd(be, m->tmpI, L->f1, NI, m->exact_gelu);
+    } else {
+        be->linear_fwd(be, &L->m[S_GATE].L, L->f1, L->m[S_GATE].xa, L->ln2, N);
+        be->linear_fwd(be, &L->m[S_UP].L, L->f2, L->m[S_UP].xa, L->ln2, N);
+        be->swiglu_fwd(be, m->tmpI, L->f1, L->f2, NI);
+    }
+    be->linear_fwd(be, &L->m[S_DOWN].L, next, L->m[S_DOWN].xa, m->tmpI, N);
+    be->add(be, next, L->mid, NC);
+}
+
+static void forward(model *m, int B, int T) {
+    const hf_config *c = &m->cfg;
+    int N = B * T;
+    dora_refresh(m);
+    m->be->embed_fwd(m->be, m->layers[0].res, m->ids, m->wte, m->gpt2 ? m->wpe : NULL, N, T, c->hidden);
+    for (int l = 0; l < c->n_layers; l++) layer_fwd(m, l, B, T);
     norm_fwd(m, m->lnf, m->nfmean, m->nfrstd, m->resL, m->nfw, m->nfb, N);
 }
 
@@ -939,6 +958,9 @@ static void backward(model *m, int B, int T) {
     norm_bwd(m, m->dres, m->dln, m->resL, m->nfw, m->nfb, m->nfmean, m->nfrstd, N);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         layer *L = &m->layers[l];
+        /* the forward left the last layer's activations in place; the same
+         * ops on the same input give the same values bit for bit */
+        if (m->recompute && l + 1 < c->n_layers) layer_fwd(m, l, B, T);
         float *q, *k, *v, *dq, *dk, *dv;
         int ldq, ldkv;
         qkv_split(m, L->qkv, N, &q, &k, &v, &ldq, &ldkv);

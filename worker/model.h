@@ -112,6 +112,12 @@ void model_set_dropout(model *m, float p);
  * run is reproducible. Default: eval mode. */
 void model_set_train(model *m, int train, uint64_t seed);
 
+/* Activation checkpointing: keep only each layer's input through the
+ * forward and recompute the layer's activations in the backward, so that
+ * activation memory no longer grows with the layer count (one more
+ * forward's work per step; the gradients are bit for bit the same). */
+void model_set_recompute(model *m, int on);
+
 /* Plans the activations for micro-batches of up to B x T tokens (done
  * implicitly by the first larger call; call it first to fail early). */
 int model_reserve(model *m, int B, int T, lr_err *err) LR_WARN_UNUSED;

@@ -25,7 +25,16 @@
  *    (mean chosen minus rejected reward, reward = beta (policy - reference)
  *    log-probability), rewards/chosen, rewards/rejected; eval_loss is the
  *    mean DPO loss of the validation pairs.
+ *  - full_sft: the sft loss on every weight of the model (no adapters; the
+ *    lora block is ignored); AdamW without weight decay on biases and norm
+ *    weights (HF Trainer's rule); checkpoints hold the weights in f32 so
+ *    a resumed run continues bit for bit, and the run directory ends with
+ *    a full HF model folder (model.safetensors in the base's dtypes,
+ *    config.json, tokenizer files) in place of the adapter.
  * lora.use_dora trains DoRA adapters (worker/model.h) with any method.
+ * hyperparameters.activation_checkpointing recomputes each layer's
+ * activations in the backward (model_set_recompute); auto turns it on for
+ * max_seq_len >= 2048.
  * Every random draw derives from (seed, step) or (seed, epoch), never from
  * how many draws came before, so a run resumed from a checkpoint continues
  * bit for bit. */
@@ -370,7 +379,18 @@ static json_t *state_json(trainer *T) {
                      (json_int_t)T->bad_evals, "tokens_seen", (double)T->tokens_seen);
 }
 
-static int write_adapter(void *ud, const char *dir, lr_err *err) { return model_lora_save(ud, dir, err); }
+/* What a checkpoint and the run directory hold: the adapter, or with
+ * full_sft the whole model (f32 in checkpoints, so resuming is exact). */
+static int write_adapter(void *ud, const char *dir, lr_err *err) {
+    trainer *T = ud;
+    if (model_is_full(T->m)) return model_full_save(T->m, T->paths->model_dir, dir, 1, err);
+    return model_lora_save(T->m, dir, err);
+}
+
+static int write_result(trainer *T, lr_err *err) {
+    if (model_is_full(T->m)) return model_full_save(T->m, T->paths->model_dir, T->paths->run_dir, 0, err);
+    return model_lora_save(T->m, T->paths->run_dir, err);
+}
 
 /* The moments live in backend memory; checkpoints hold host copies. */
 static int host_moments(trainer *T, ckpt_tensor ex[2], lr_err *err) {
@@ -391,7 +411,7 @@ static int save_checkpoint(trainer *T, lr_err *err) {
     T->be->download(T->be, ex[0].data, T->adam_m, T->numel * sizeof(float));
     T->be->download(T->be, ex[1].data, T->adam_v, T->numel * sizeof(float));
     json_t *st = state_json(T);
-    int rc = ckpt_save(T->paths->run_dir, T->step, write_adapter, T->m, ex, 2, st, T->spec->hp.save_total_limit, cdir,
+    int rc = ckpt_save(T->paths->run_dir, T->step, write_adapter, T, ex, 2, st, T->spec->hp.save_total_limit, cdir,
                        sizeof cdir, err);
     json_decref(st);
     free(ex[0].data);
@@ -411,7 +431,7 @@ static int resume(trainer *T, int *resumed, lr_err *err) {
     if (host_moments(T, ex, err)) return -1;
     int rc = -1;
     if (ckpt_load(dir, ex, 2, &st, err)) goto done;
-    if (model_lora_load(T->m, dir, err)) goto done;
+    if (model_is_full(T->m) ? model_full_restore(T->m, dir, err) : model_lora_load(T->m, dir, err)) goto done;
     T->be->upload(T->be, T->adam_m, ex[0].data, T->numel * sizeof(float));
     T->be->upload(T->be, T->adam_v, ex[1].data, T->numel * sizeof(float));
     T->step = json_integer_value(json_object_get(st, "step"));
@@ -472,7 +492,7 @@ static int write_time_metrics(trainer *T, lr_err *err) {
 static int setup(trainer *T, const train_opts *opts, lr_err *err) {
     const jobspec *s = T->spec;
     job_method mt = s->method.type;
-    if (mt != METHOD_SFT && mt != METHOD_KL_SFT && mt != METHOD_DPO)
+    if (mt != METHOD_SFT && mt != METHOD_KL_SFT && mt != METHOD_DPO && mt != METHOD_FULL_SFT)
         return lr_errp(err, LR_E_INVALID, "method.type", "method '%s' is not available in this build of lora-worker yet",
                        jobspec_method_name(s->method.type));
     const char *ref_dir = mt == METHOD_DPO && s->method.reference_adapter[0] ? T->paths->reference_adapter_dir : NULL;
@@ -523,9 +543,15 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
         const model_lora_cfg *rc = model_lora(T->m);
         ev(T, "info", "DPO starts from the reference adapter %s (r %d, alpha %g%s); its settings replace lora.r, alpha, targets and use_dora",
            s->method.reference_adapter, rc->r, rc->alpha, rc->use_dora ? ", DoRA" : "");
+    } else if (mt == METHOD_FULL_SFT) {
+        if (model_full_init(T->m, err)) return -1;
     } else if (model_lora_init(T->m, &lc, s->hp.seed, err)) {
         return -1;
     }
+    /* auto: activation memory grows with the sequence; past 2048 tokens it
+     * outweighs the LoRA model on every preset, so recompute instead */
+    int ac = s->hp.activation_checkpointing;
+    model_set_recompute(T->m, ac < 0 ? s->hp.max_seq_len >= 2048 : ac);
     if (model_reserve(T->m, mt == METHOD_DPO ? 2 * s->hp.batch_size : s->hp.batch_size, s->hp.max_seq_len, err))
         return -1;
     T->numel = model_numel(T->m);
@@ -601,53 +627,69 @@ static int step_once(trainer *T, double *loss, double *gnorm, double *lr, int64_
     *lr = s->hp.learning_rate * lr_lambda(s, T->step, T->total_steps, T->warmup);
     kb_adamw hp = {(float)*lr, (float)s->hp.adam_beta1, (float)s->hp.adam_beta2, (float)s->hp.adam_eps,
                    (float)s->hp.weight_decay, T->step + 1};
-    T->be->adamw(T->be, model_params(T->m), g, T->adam_m, T->adam_v, T->numel, &hp);
+    if (!model_is_full(T->m)) {
+        T->be->adamw(T->be, model_params(T->m), g, T->adam_m, T->adam_v, T->numel, &hp);
+    } else {
+        kb_adamw nd = hp;
+        nd.weight_decay = 0.0f;
+        for (size_t i = 0; i < model_n_params(T->m); i++) {
+            const model_param *p = model_param_at(T->m, i);
+            T->be->adamw(T->be, model_params(T->m) + p->offset, g + p->offset, T->adam_m + p->offset,
+                         T->adam_v + p->offset, p->numel, p->no_decay ? &nd : &hp);
+        }
+    }
     T->step++;
     return 0;
 }
 
+/* The steps since the last logged one. */
+typedef struct logwin {
+    double loss, x[LOG_EXTRA], t0;
+    int64_t n, tokens;
+} logwin;
+
+/* Logs the window's means as the current step's row ("loss" is the mean
+ * of its step losses, tokens/s over its wall time) and starts a new one. */
+static int log_window(trainer *T, logwin *w, double lr, double gnorm, lr_err *err) {
+    int nx;
+    const char *const *xn = extra_names(T->spec, &nx);
+    double t = now_s();
+    log_row r = log_row_new(T->step, T->epoch_f);
+    r.loss = w->loss / w->n, r.lr = lr, r.grad_norm = gnorm, r.tokens_per_s = w->tokens / (t - w->t0 + 1e-9);
+    metric(T, "loss", r.loss);
+    metric(T, "lr", r.lr);
+    metric(T, "grad_norm", r.grad_norm);
+    metric(T, "tokens_per_s", r.tokens_per_s);
+    for (int k = 0; k < nx; k++) {
+        r.x[k] = w->x[k] / w->n;
+        metric(T, xn[k], r.x[k]);
+    }
+    *w = (logwin){.t0 = t};
+    return log_add(T, r, err);
+}
+
 static int loop(trainer *T, train_outcome *outcome, lr_err *err) {
     const jobspec *s = T->spec;
-    double win_loss = 0, win_t = now_s(), win_x[LOG_EXTRA] = {0};
-    int64_t win_n = 0, win_tokens = 0;
-    int nx;
-    const char *const *xn = extra_names(s, &nx);
+    logwin win = {.t0 = now_s()};
+    double lr = 0, gnorm = 0;
     int64_t epoch_batches = data_epoch_batches(&T->tl, 0);
     int64_t steps_per_epoch = epoch_batches > 0 ? (epoch_batches + s->hp.grad_accum - 1) / s->hp.grad_accum : 1;
     *outcome = TRAIN_DONE;
     while (T->step < T->total_steps) {
-        double loss, gnorm, lr, x[LOG_EXTRA];
+        double loss, x[LOG_EXTRA];
         int64_t tokens;
         if (step_once(T, &loss, &gnorm, &lr, &tokens, x, err)) return -1;
         if (!isfinite(loss)) return lr_errf(err, "loss became %f at step %" PRId64 "; lower the learning rate", loss, T->step);
         T->tokens_seen += tokens;
         T->epoch_f = (double)T->step / (double)steps_per_epoch;
-        win_loss += loss;
-        for (int k = 0; k < nx; k++) win_x[k] += x[k];
-        win_n++;
-        win_tokens += tokens;
+        win.loss += loss;
+        for (int k = 0; k < LOG_EXTRA; k++) win.x[k] += x[k];
+        win.n++;
+        win.tokens += tokens;
         if (T->hooks && T->hooks->progress) T->hooks->progress(T->hooks->ud, T->step, T->total_steps, T->epoch_f);
 
         int last = T->step == T->total_steps;
-        if (T->step % s->hp.logging_steps == 0 || last) {
-            double t = now_s();
-            log_row r = log_row_new(T->step, T->epoch_f);
-            r.loss = win_loss / win_n, r.lr = lr, r.grad_norm = gnorm, r.tokens_per_s = win_tokens / (t - win_t + 1e-9);
-            metric(T, "loss", r.loss);
-            metric(T, "lr", r.lr);
-            metric(T, "grad_norm", r.grad_norm);
-            metric(T, "tokens_per_s", r.tokens_per_s);
-            for (int k = 0; k < nx; k++) {
-                r.x[k] = win_x[k] / win_n;
-                metric(T, xn[k], r.x[k]);
-                win_x[k] = 0;
-            }
-            if (log_add(T, r, err)) return -1;
-            win_loss = 0;
-            win_n = 0;
-            win_tokens = 0;
-            win_t = t;
-        }
+        if ((T->step % s->hp.logging_steps == 0 || last) && log_window(T, &win, lr, gnorm, err)) return -1;
         int stop = 0;
         if ((s->hp.eval_steps > 0 && T->step % s->hp.eval_steps == 0) || last) {
             double el;
@@ -667,23 +709,27 @@ static int loop(trainer *T, train_outcome *outcome, lr_err *err) {
                      T->step, s->hp.max_minutes);
             stop = 1;
         }
+        /* a run that stops between logging steps logs its last window too */
+        if (stop && win.n && log_window(T, &win, lr, gnorm, err)) return -1;
         if (T->step % s->hp.logging_steps == 0 || last || stop)
             if (log_write(T, err)) return -1;
         if (!last && !stop && s->hp.save_steps > 0 && T->step % s->hp.save_steps == 0)
             if (save_checkpoint(T, err)) return -1;
         if (stop) {
             ev(T, "info", "%s", T->stop_reason);
+            if (T->hooks && T->hooks->stopped) T->hooks->stopped(T->hooks->ud, T->stop_reason);
             *outcome = TRAIN_STOPPED_EARLY;
             break;
         }
         if (T->hooks && T->hooks->cancelled && T->hooks->cancelled(T->hooks->ud)) {
             ev(T, "info", "cancelled after step %" PRId64, T->step);
             *outcome = TRAIN_CANCELLED;
+            if (win.n && log_window(T, &win, lr, gnorm, err)) return -1;
             return log_write(T, err);
         }
     }
     if (log_write(T, err)) return -1;
-    if (model_lora_save(T->m, T->paths->run_dir, err)) return -1;
+    if (write_result(T, err)) return -1;
     return 0;
 }
 
@@ -718,8 +764,8 @@ int train_run(const jobspec *spec, const train_paths *paths, const train_opts *o
     int resumed = 0;
     if (opts->resume && resume(&T, &resumed, err) < 0) goto done;
     if (!resumed)
-        ev(&T, "info", "training on %zu rows (%zu held out) for %" PRId64 " steps, %zu LoRA parameters", T.ds.n_train,
-           T.ds.n_val, T.total_steps, T.numel);
+        ev(&T, "info", "training on %zu rows (%zu held out) for %" PRId64 " steps, %zu %s parameters", T.ds.n_train,
+           T.ds.n_val, T.total_steps, T.numel, model_is_full(T.m) ? "model" : "LoRA");
     T.t_setup = now_s();
     T.t_train_start = T.t_setup;
     if (loop(&T, outcome, err)) goto done;

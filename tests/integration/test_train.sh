@@ -74,6 +74,47 @@ print('max rel diff', d)
 assert d < 1e-4, d
 PY"
 
+# 5. full_sft on plain-text rows: a full HF model folder in the base's dtype, and a resumed run ends bit for bit
+/usr/bin/python3 - "$T/text.jsonl" <<'PY'
+import json, random, sys
+r = random.Random(1)
+with open(sys.argv[1], "w") as f:
+    for i in range(64):
+        f.write(json.dumps({"text": f"the {r.choice(['red','blue','green'])} {r.choice(['cat','dog','owl'])} sat near the {r.choice(['hill','lake'])}."}) + "\n")
+PY
+cat > "$T/full.yaml" <<YAML
+model: model
+training_file: text.jsonl
+method: {type: full_sft}
+hyperparameters: {max_steps: 20, batch_size: 8, learning_rate: 1.0e-3, max_seq_len: 32, val_ratio: 0, logging_steps: 5,
+                  eval_steps: 0, save_steps: 10, save_total_limit: 0, weight_decay: 0.1, seed: 2}
+YAML
+"$W" run --config "$T/full.yaml" --out "$T/fs" --threads 2 > "$T/fs.log" 2>&1
+check "full_sft run writes model.safetensors, config.json, tokenizer.json and no adapter" \
+  "[ -s '$T/fs/model.safetensors' ] && [ -s '$T/fs/config.json' ] && [ -s '$T/fs/tokenizer.json' ] && [ ! -e '$T/fs/adapter_model.safetensors' ]"
+check "full_sft weights changed and loss fell" "/usr/bin/python3 - '$T/model' '$T/fs' <<'PY'
+import json, struct, sys
+def header(d):
+    b = open(d + '/model.safetensors', 'rb').read()
+    n = struct.unpack('<Q', b[:8])[0]
+    h = json.loads(b[8:8 + n]); h.pop('__metadata__', None)
+    return h, b[8 + n:]
+(h0, d0), (h1, d1) = header(sys.argv[1]), header(sys.argv[2])
+assert sorted(h0) == sorted(h1), 'tensor names differ'
+assert all(h0[k]['dtype'] == h1[k]['dtype'] and h0[k]['shape'] == h1[k]['shape'] for k in h0)
+assert d0 != d1, 'weights unchanged'
+rows = [r['loss'] for r in json.load(open(sys.argv[2] + '/train_log.json')) if r['loss'] is not None]
+assert rows[-1] < rows[0], rows
+PY"
+mkdir -p "$T/fsr/checkpoints"
+cp -r "$T/fs/checkpoints/checkpoint-10" "$T/fsr/checkpoints/"
+cp "$T/fs/train_log.json" "$T/fsr/"
+"$W" run --config "$T/full.yaml" --out "$T/fsr" --threads 2 --resume > "$T/fsr.log" 2>&1
+check "full_sft resumed from step 10 ends with a bitwise identical model" \
+  "grep -q 'resumed from checkpoint at step 10' '$T/fsr.log' && cmp -s '$T/fs/model.safetensors' '$T/fsr/model.safetensors'"
+"$W" generate --model "$T/fs" --raw --prompt "the red" --max-new-tokens 8 > "$T/fsg.log" 2>&1
+check "the full_sft model folder loads back for generation" "[ -s '$T/fsg.log' ]"
+
 # 4. bad input fails with a clear message and exit code 2
 printf 'model: model\ntraining_file: data.jsonl\nhyperparameters: {learning_rate: -1}\n' > "$T/bad.yaml"
 "$W" run --config "$T/bad.yaml" --out "$T/bad" > "$T/bad.log" 2>&1; rc=$?

@@ -454,3 +454,36 @@ TEST(validation_file_and_strict_rows) {
     CHECK(strstr(e.msg, "line 2: missing field 'completion'") != NULL);
     tok_free(t);
 }
+
+/* {"text"} rows: no chat template whatever the job's (alpaca here), every
+ * token trained, EOS last, and the file's form enforced row by row. */
+TEST(text_rows_train_every_token) {
+    data_report r;
+    CHECK_EQ_INT(validate("{\"text\":\"hello world\"}\n{\"text\":\"again\",\"source\":\"x\"}\n", &r), 0);
+    CHECK_EQ_INT(r.format, DATA_FMT_TEXT);
+    CHECK_EQ_INT(r.n_rows, 2);
+    CHECK(validate("{\"text\":\"hello\"}\n{\"prompt\":\"p\",\"completion\":\"c\"}\n", &r) != 0);
+    CHECK(has_error(&r, "line 2"));
+    CHECK(validate("{\"text\":\"\"}\n", &r) != 0);
+    CHECK(validate("{\"text\":7}\n", &r) != 0);
+    tok *t = gpt2();
+    REQUIRE(t);
+    chat c;
+    lr_err e = {0};
+    REQUIRE(chat_init(&c, t, TPL_ALPACA, NULL, &e) == 0); /* the job's template must not apply */
+    const char *files[] = {write_tmp("text.jsonl", "{\"text\":\"The cat sat.\"}\n")};
+    data_set ds;
+    REQUIRE(build(&c, files, NULL, 1, 0, 1, 0, &ds) == 0);
+    REQUIRE(ds.n_train == 1);
+    const data_example *x = &ds.train[0];
+    int32_t *ids = NULL;
+    size_t n = 0;
+    REQUIRE(tok_encode(t, "The cat sat.", 12, 0, &ids, &n, &e) == 0);
+    CHECK_EQ_INT(x->n, (int)n + 1);
+    for (size_t i = 0; i < n && i < (size_t)x->n; i++) CHECK_EQ_INT(x->ids[i], ids[i]);
+    CHECK_EQ_INT(x->ids[x->n - 1], 50256);
+    for (int i = 0; i < x->n; i++) CHECK_EQ_INT(x->labels[i], x->ids[i]);
+    free(ids);
+    data_set_free(&ds);
+    tok_free(t);
+}
