@@ -96,8 +96,10 @@ static void usage(FILE *f) {
             "  --threads N       CPU threads (default: all cores)\n"
             "  --resume          continue from the newest checkpoint in the run directory\n"
             "  --quiet           no progress lines\n"
-            "Outputs: adapter_model.safetensors, adapter_config.json, train_log.csv, train_log.json,\n"
-            "time_metrics.json, checkpoints/. Ctrl-C stops after the current optimizer step.\n");
+            "Outputs: adapter_model.safetensors, adapter_config.json (method full_sft: model.safetensors,\n"
+            "config.json and the tokenizer files instead; method eval: eval_results.jsonl,\n"
+            "eval_summary.json), train_log.csv, train_log.json, time_metrics.json, checkpoints/.\n"
+            "Ctrl-C stops after the current optimizer step.\n");
 }
 
 int cmd_run(int argc, char **argv) {

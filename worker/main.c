@@ -16,7 +16,7 @@ static const worker_cmd cmds[] = {
     {"agent", cmd_agent, "serve jobs for lorad over its Unix socket (lorad starts this)"},
     {"run", cmd_run, "run one training job from a job file, no daemon needed"},
     {"render", cmd_render, "show a dataset rendered by a chat template: text, ids, labels"},
-    {"grads", cmd_grads, "loss and LoRA gradients of one batch (for checking against PyTorch)"},
+    {"grads", cmd_grads, "loss and LoRA (or, --full, all weight) gradients of one batch, for checking against PyTorch"},
     {"generate", cmd_generate, "generate text from a model, with or without an adapter (KV cache, CPU)"},
     {"merge", cmd_merge, "merge an adapter into its base model: a full Hugging Face model folder"},
     {"tokenize", cmd_tokenize, "print the token ids of each line of stdin with a model's tokenizer"},
