@@ -116,13 +116,18 @@ struct kb_backend {
      * ldq holding Hq heads; k, v: N rows of stride ldkv holding Hkv heads
      * (query head h reads kv head h / (Hq/Hkv)). out [N, Hq*D];
      * lse [B, Hq, T] (log-sum-exp of each score row, for the backward).
+     * window > 0 is a sliding window (Mistral's sliding_window): query i
+     * attends keys j with i - window < j <= i, i.e. the last window
+     * positions including itself; key tiles wholly outside it are skipped.
+     * window 0 (or >= T) is plain causal attention.
      * Memory: O(T * tile) per thread, never B*H*T*T. */
     void (*attn_fwd)(kb_backend *be, float *out, float *lse, const float *q, const float *k,
-                     const float *v, int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D);
-    /* dq (stride ldq), dk, dv (stride ldkv) are overwritten. */
+                     const float *v, int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D, int window);
+    /* dq (stride ldq), dk, dv (stride ldkv) are overwritten; window as in
+     * the forward. */
     void (*attn_bwd)(kb_backend *be, float *dq, float *dk, float *dv, const float *dout,
                      const float *out, const float *lse, const float *q, const float *k,
-                     const float *v, int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D);
+                     const float *v, int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D, int window);
 
     /* SwiGLU: h[n] = silu(g[n]) * u[n]; backward overwrites dg, du. */
     void (*swiglu_fwd)(kb_backend *be, float *h, const float *g, const float *u, size_t n);

@@ -217,7 +217,6 @@ int cmd_generate(int argc, char **argv) {
         const hf_config *c = model_config(m);
         int cap = np + o.max_new_tokens;
         if (c->arch == ARCH_GPT2 && cap > c->max_pos) cap = c->max_pos;
-        if (c->sliding_window > 0 && cap > c->sliding_window) cap = c->sliding_window;
         if (np >= cap) {
             lr_errf(&err, "%s: the prompt has %d tokens; the model takes at most %d", id, np, cap);
             chat_out_free(&co);

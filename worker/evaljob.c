@@ -173,7 +173,6 @@ static int setup(ejob *J, const train_opts *opts, lr_err *err) {
     const hf_config *c = model_config(J->m);
     int limit = 1 << 20;
     if (c->arch == ARCH_GPT2) limit = c->max_pos;
-    if (c->sliding_window > 0 && c->sliding_window < limit) limit = c->sliding_window;
     J->n = s->eval.max_rows > 0 && (size_t)s->eval.max_rows < J->ps.n ? (size_t)s->eval.max_rows : J->ps.n;
     J->rows = calloc(J->n, sizeof *J->rows);
     if (!J->rows) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");

@@ -899,6 +899,15 @@ static void qkv_split(const model *m, float *buf, int N, float **q, float **k, f
     }
 }
 
+/* Layer l's attention window, 0 for none: Mistral's sliding_window is on
+ * every layer, Qwen2's (use_sliding_window) only on layers from
+ * max_window_layers on, as transformers' layer_types has it. */
+static int layer_window(const model *m, int l) {
+    const hf_config *c = &m->cfg;
+    if (c->arch == ARCH_QWEN2 && l < c->max_window_layers) return 0;
+    return c->sliding_window;
+}
+
 /* Layer l from its input L->res to the next layer's input. */
 static void layer_fwd(model *m, int l, int B, int T) {
     kb_backend *be = m->be;
@@ -920,7 +929,7 @@ static void layer_fwd(model *m, int l, int B, int T) {
         be->rope_fwd(be, q, ldq, m->rcos, m->rsin, N, T, c->n_heads, D);
         be->rope_fwd(be, k, ldkv, m->rcos, m->rsin, N, T, c->n_kv_heads, D);
     }
-    be->attn_fwd(be, L->att, L->lse, q, k, v, ldq, ldkv, B, T, c->n_heads, c->n_kv_heads, D);
+    be->attn_fwd(be, L->att, L->lse, q, k, v, ldq, ldkv, B, T, c->n_heads, c->n_kv_heads, D, layer_window(m, l));
     be->linear_fwd(be, &L->m[S_O].L, L->mid, L->m[S_O].xa, L->att, N);
     be->add(be, L->mid, L->res, NC);
     norm_fwd(m, L->ln2, L->n2mean, L->n2rstd, L->mid, L->n2w, L->n2b, N);
@@ -981,7 +990,8 @@ static void backward(model *m, int B, int T) {
         norm_bwd(m, m->dres, m->dln, L->mid, L->n2w, L->n2b, L->n2mean, L->n2rstd, N);
         /* attention: mid = res + o(attn(q, k, v)) */
         be->linear_bwd(be, &L->m[S_O].L, m->datt, 0, m->dres, L->att, L->m[S_O].xa, N);
-        be->attn_bwd(be, dq, dk, dv, m->datt, L->att, L->lse, q, k, v, ldq, ldkv, B, T, c->n_heads, c->n_kv_heads, D);
+        be->attn_bwd(be, dq, dk, dv, m->datt, L->att, L->lse, q, k, v, ldq, ldkv, B, T, c->n_heads, c->n_kv_heads, D,
+                     layer_window(m, l));
         /* below layer 0 only trained embeddings need an input gradient */
         float *dln = l > 0 || m->full ? m->dln : NULL;
         if (m->gpt2) {
@@ -1008,10 +1018,6 @@ static int prep(model *m, const int32_t *ids, const int32_t *labels, int B, int 
     if (m->gpt2 && T > c->max_pos)
         return lr_errp(err, LR_E_INVALID, "hyperparameters.max_seq_len",
                        "sequence length %d exceeds the model's %d positions", T, c->max_pos);
-    if (c->sliding_window > 0 && T > c->sliding_window)
-        return lr_errp(err, LR_E_INVALID, "hyperparameters.max_seq_len",
-                       "sequence length %d exceeds the model's sliding window %d, which is not implemented", T,
-                       c->sliding_window);
     if (bwd && !m->ad && !m->full) return lr_errf(err, "no LoRA adapters to train: attach or load one first");
     if (reserve(m, B, T, err)) return -1;
     int N = B * T;
@@ -1280,10 +1286,6 @@ static int check_ids(const model *m, const int32_t *ids, int T, lr_err *err) {
     if (T <= 0 || T > (1 << 24)) return lr_errp(err, LR_E_INVALID, NULL, "sequence of %d tokens is out of range", T);
     if (m->gpt2 && T > c->max_pos)
         return lr_errp(err, LR_E_INVALID, NULL, "sequence of %d tokens exceeds the model's %d positions", T, c->max_pos);
-    if (c->sliding_window > 0 && T > c->sliding_window)
-        return lr_errp(err, LR_E_INVALID, NULL,
-                       "sequence of %d tokens exceeds the model's sliding window %d, which is not implemented", T,
-                       c->sliding_window);
     for (int t = 0; t < T; t++)
         if (ids[t] < 0 || ids[t] >= c->vocab_size)
             return lr_errp(err, LR_E_INVALID, "input_ids", "token id %d at position %d is outside the vocabulary (%d)",
@@ -1396,10 +1398,6 @@ int model_kv_new(model *m, int max_len, model_kv **out, lr_err *err) {
         return lr_errp(err, LR_E_INVALID, NULL, "KV cache of %d positions is out of range", max_len);
     if (m->gpt2 && max_len > c->max_pos)
         return lr_errp(err, LR_E_INVALID, NULL, "%d positions exceed the model's %d", max_len, c->max_pos);
-    if (c->sliding_window > 0 && max_len > c->sliding_window)
-        return lr_errp(err, LR_E_INVALID, NULL,
-                       "%d positions exceed the model's sliding window %d, which is not implemented", max_len,
-                       c->sliding_window);
     model_kv *kv = calloc(1, sizeof *kv);
     if (!kv) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
     kv->m = m;
@@ -1442,18 +1440,21 @@ int model_kv_len(const model_kv *kv) { return kv->len; }
 int model_kv_cap(const model_kv *kv) { return kv->cap; }
 model *model_kv_model(const model_kv *kv) { return kv->m; }
 
-/* Attention of one query row (position p, keys 0..p in the cache) on the
- * host: the decoding step, where attn_fwd's square causal tile does not
- * apply. Same math as the backend: softmax(q k^T / sqrt(D)) v per head. */
-static void kv_attn_row(model_kv *kv, float *out, const float *q, const float *K, const float *Vc, int p) {
+/* Attention of one query row (position p, keys j0..p in the cache: all of
+ * them, or the last `window` when the layer has one) on the host: the
+ * decoding step, where attn_fwd's square causal tile does not apply. Same
+ * math as the backend: softmax(q k^T / sqrt(D)) v per head. */
+static void kv_attn_row(model_kv *kv, float *out, const float *q, const float *K, const float *Vc, int p,
+                        int window) {
     const hf_config *c = &kv->m->cfg;
     int D = c->head_dim, G = c->n_heads / c->n_kv_heads, KVd = kv->m->KVd;
+    int j0 = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
     float scale = 1.0f / sqrtf((float)D), *s = kv->scores;
     for (int h = 0; h < c->n_heads; h++) {
         const float *qh = q + (size_t)h * D;
         int kh = h / G;
         float mx = -INFINITY;
-        for (int j = 0; j <= p; j++) {
+        for (int j = j0; j <= p; j++) {
             const float *kj = K + (size_t)j * KVd + (size_t)kh * D;
             float d = 0.0f;
             for (int i = 0; i < D; i++) d += qh[i] * kj[i];
@@ -1461,11 +1462,11 @@ static void kv_attn_row(model_kv *kv, float *out, const float *q, const float *K
             mx = s[j] > mx ? s[j] : mx;
         }
         double sum = 0;
-        for (int j = 0; j <= p; j++) sum += expf(s[j] - mx);
+        for (int j = j0; j <= p; j++) sum += expf(s[j] - mx);
         float lse = mx + (float)log(sum);
         float *oh = out + (size_t)h * D;
         memset(oh, 0, (size_t)D * sizeof(float));
-        for (int j = 0; j <= p; j++) {
+        for (int j = j0; j <= p; j++) {
             float w = expf(s[j] - lse);
             const float *vj = Vc + (size_t)j * KVd + (size_t)kh * D;
             for (int i = 0; i < D; i++) oh[i] += w * vj[i];
@@ -1508,9 +1509,10 @@ static void kv_forward(model_kv *kv, int p0, int n) {
             q = kv->q, ldq = Qd;
         }
         if (p0 == 0)
-            be->attn_fwd(be, kv->att, kv->lse, q, K, Vc, ldq, KVd, 1, n, c->n_heads, c->n_kv_heads, D);
+            be->attn_fwd(be, kv->att, kv->lse, q, K, Vc, ldq, KVd, 1, n, c->n_heads, c->n_kv_heads, D,
+                         layer_window(m, l));
         else
-            kv_attn_row(kv, kv->att, q, K, Vc, p0);
+            kv_attn_row(kv, kv->att, q, K, Vc, p0, layer_window(m, l));
         be->linear_fwd(be, &L->m[S_O].L, kv->mid, kv->xa, kv->att, n);
         be->add(be, kv->mid, kv->x, NC);
         norm_fwd(m, kv->ln, kv->mean, kv->rstd, kv->mid, L->n2w, L->n2b, n);

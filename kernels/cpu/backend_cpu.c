@@ -263,34 +263,39 @@ static void cpu_rope_bwd(kb_backend *be, float *dx, int ld, const float *cs, con
 
 /* ---- attention ---- */
 
-/* Scores of query rows [i0, i0+m) against keys [0, i0+m) of one (b, h),
- * turned into probabilities P = exp(S - lse) (0 above the diagonal). With
- * lse_out, the row lse is computed and stored; otherwise read from lse_in. */
-static void att_probs(float *S, int m, int nk, int i0, const float *qb, int ldq, const float *kb, int ldkv,
-                      int D, float scale, float *lse_out, const float *lse_in) {
+/* Scores of query rows [i0, i0+m) against keys [j0, i0+m) of one (b, h)
+ * (kb points at key j0), turned into probabilities P = exp(S - lse), 0
+ * outside each row's keys (i - w, i]. With lse_out, the row lse is computed
+ * and stored; otherwise read from lse_in. */
+static void att_probs(float *S, int m, int nk, int i0, int j0, int w, const float *qb, int ldq, const float *kb,
+                      int ldkv, int D, float scale, float *lse_out, const float *lse_in) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, D, scale, qb, ldq, kb, ldkv, 0.0f, S, nk);
     for (int r = 0; r < m; r++) {
         float *s = S + (size_t)r * nk;
-        int last = i0 + r; /* causal: keys 0..last */
+        int last = i0 + r - j0, first = last - w + 1 > 0 ? last - w + 1 : 0; /* keys first..last of the tile */
         float l;
         if (lse_out) {
-            float mx = s[0];
-            for (int j = 1; j <= last; j++) mx = s[j] > mx ? s[j] : mx;
+            float mx = s[first];
+            for (int j = first + 1; j <= last; j++) mx = s[j] > mx ? s[j] : mx;
             double sum = 0;
-            for (int j = 0; j <= last; j++) sum += expf(s[j] - mx);
+            for (int j = first; j <= last; j++) sum += expf(s[j] - mx);
             l = mx + (float)log(sum);
             lse_out[r] = l;
         } else {
             l = lse_in[r];
         }
-        for (int j = 0; j <= last; j++) s[j] = expf(s[j] - l);
+        for (int j = 0; j < first; j++) s[j] = 0.0f;
+        for (int j = first; j <= last; j++) s[j] = expf(s[j] - l);
         for (int j = last + 1; j < nk; j++) s[j] = 0.0f;
     }
 }
 
+/* The window as a key count: all T positions when there is none. */
+static int att_window(int window, int T) { return window > 0 && window < T ? window : T; }
+
 static void cpu_attn_fwd(kb_backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
-                         int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D) {
-    int nt = impl_of(be)->nt, G = Hq / Hkv, ldo = Hq * D;
+                         int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D, int window) {
+    int nt = impl_of(be)->nt, G = Hq / Hkv, ldo = Hq * D, w = att_window(window, T);
     float scale = 1.0f / sqrtf((float)D);
     int qb = T < ATT_QB ? T : ATT_QB;
     float *ws = ws_get(be, (size_t)nt * qb * T);
@@ -301,12 +306,13 @@ static void cpu_attn_fwd(kb_backend *be, float *out, float *lse, const float *q,
         const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
         const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
         for (int i0 = 0; i0 < T; i0 += qb) {
-            int m = T - i0 < qb ? T - i0 : qb, nk = i0 + m;
+            /* keys before j0 are outside every row's window: not computed */
+            int m = T - i0 < qb ? T - i0 : qb, j0 = i0 - w + 1 > 0 ? i0 - w + 1 : 0, nk = i0 + m - j0;
             const float *qr = q + (size_t)(b * T + i0) * ldq + (size_t)h * D;
             float *lr = lse + (size_t)bh * T + i0;
-            att_probs(S, m, nk, i0, qr, ldq, kb, ldkv, D, scale, lr, NULL);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, nk, 1.0f, S, nk, vb, ldkv, 0.0f,
-                        out + (size_t)(b * T + i0) * ldo + (size_t)h * D, ldo);
+            att_probs(S, m, nk, i0, j0, w, qr, ldq, kb + (size_t)j0 * ldkv, ldkv, D, scale, lr, NULL);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, nk, 1.0f, S, nk, vb + (size_t)j0 * ldkv,
+                        ldkv, 0.0f, out + (size_t)(b * T + i0) * ldo + (size_t)h * D, ldo);
         }
     }
 }
@@ -316,8 +322,8 @@ static void cpu_attn_fwd(kb_backend *be, float *out, float *lse, const float *q,
  * in head order. */
 static void cpu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
                          const float *lse, const float *q, const float *k, const float *v, int ldq, int ldkv,
-                         int B, int T, int Hq, int Hkv, int D) {
-    int nt = impl_of(be)->nt, G = Hq / Hkv, ldo = Hq * D;
+                         int B, int T, int Hq, int Hkv, int D, int window) {
+    int nt = impl_of(be)->nt, G = Hq / Hkv, ldo = Hq * D, w = att_window(window, T);
     float scale = 1.0f / sqrtf((float)D);
     int qb = T < ATT_QB ? T : ATT_QB;
     size_t tile = (size_t)qb * T, slab = (size_t)T * D;
@@ -333,13 +339,14 @@ static void cpu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const 
         const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
         const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
         for (int i0 = 0; i0 < T; i0 += qb) {
-            int m = T - i0 < qb ? T - i0 : qb, nk = i0 + m;
+            int m = T - i0 < qb ? T - i0 : qb, j0 = i0 - w + 1 > 0 ? i0 - w + 1 : 0, nk = i0 + m - j0;
             const float *qr = q + (size_t)(b * T + i0) * ldq + (size_t)h * D;
             const float *dor = dout + (size_t)(b * T + i0) * ldo + (size_t)h * D;
             const float *orow = out + (size_t)(b * T + i0) * ldo + (size_t)h * D;
-            att_probs(P, m, nk, i0, qr, ldq, kb, ldkv, D, scale, NULL, lse + (size_t)bh * T + i0);
+            const float *kt = kb + (size_t)j0 * ldkv, *vt = vb + (size_t)j0 * ldkv;
+            att_probs(P, m, nk, i0, j0, w, qr, ldq, kt, ldkv, D, scale, NULL, lse + (size_t)bh * T + i0);
             /* dP = dO V^T, then dS = P (dP - rowsum(dO * O)) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, D, 1.0f, dor, ldo, vb, ldkv, 0.0f, dS,
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, D, 1.0f, dor, ldo, vt, ldkv, 0.0f, dS,
                         nk);
             for (int r = 0; r < m; r++) {
                 const float *a = dor + (size_t)r * ldo, *o = orow + (size_t)r * ldo;
@@ -348,10 +355,12 @@ static void cpu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const 
                 float *p = P + (size_t)r * nk, *s = dS + (size_t)r * nk;
                 for (int j = 0; j < nk; j++) s[j] = p[j] * (s[j] - di);
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, nk, scale, dS, nk, kb, ldkv, 0.0f,
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, nk, scale, dS, nk, kt, ldkv, 0.0f,
                         dq + (size_t)(b * T + i0) * ldq + (size_t)h * D, ldq);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, m, scale, dS, nk, qr, ldq, 1.0f, dkh, D);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, m, 1.0f, P, nk, dor, ldo, 1.0f, dvh, D);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, m, scale, dS, nk, qr, ldq, 1.0f,
+                        dkh + (size_t)j0 * D, D);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, m, 1.0f, P, nk, dor, ldo, 1.0f,
+                        dvh + (size_t)j0 * D, D);
         }
     }
 #pragma omp parallel for num_threads(nt) schedule(static)

@@ -433,11 +433,14 @@ __device__ __forceinline__ void load_tile(float *dst, int lds, const float *src,
     }
 }
 
+/* The attention kernels take the window W in 1..T (T: plain causal):
+ * query i sees keys (i - W, i]. */
+
 /* Forward: grid (q tiles, B*Hq). Shared: Q [AR][D], K [AR][D+1], V [AR][D]. */
 template <int DC>
 __global__ void __launch_bounds__(ATHREADS) attn_fwd_k(float *out, float *lse, const float *q, const float *k,
                                                        const float *v, int ldq, int ldkv, int T, int Hq, int Hkv,
-                                                       int D, float scale) {
+                                                       int D, int W, float scale) {
     extern __shared__ float sm[];
     float *Qs = sm, *Ks = Qs + AR * D, *Vs = Ks + AR * (D + 1);
     int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv);
@@ -454,8 +457,9 @@ __global__ void __launch_bounds__(ATHREADS) attn_fwd_k(float *out, float *lse, c
 #pragma unroll
         for (int c = 0; c < DC; c++) o[r][c] = 0.0f;
     }
-    int kend = min(q0 + AR, T);
-    for (int k0 = 0; k0 < kend; k0 += AR) {
+    /* key tiles from the one holding the tile's first row's first key */
+    int kend = min(q0 + AR, T), kbeg = max(q0 - W + 1, 0) / AR * AR;
+    for (int k0 = kbeg; k0 < kend; k0 += AR) {
         __syncthreads();
         load_tile(Ks, D + 1, kb, ldkv, k0, T, D);
         load_tile(Vs, D, vb, ldkv, k0, T, D);
@@ -473,10 +477,13 @@ __global__ void __launch_bounds__(ATHREADS) attn_fwd_k(float *out, float *lse, c
 #pragma unroll
         for (int r = 0; r < 8; r++) {
             int qi = q0 + r0 + r;
-            /* key k0 <= qi always exists, so the row max is finite */
-            float sv = kj <= qi && kj < T ? s[r] * scale : -INFINITY;
+            float sv = kj <= qi && qi - kj < W && kj < T ? s[r] * scale : -INFINITY;
             float mnew = fmaxf(m[r], warp_max(sv));
-            float p = expf(sv - mnew), alpha = expf(m[r] - mnew);
+            /* with a window, a row may have seen no key yet (mnew = -inf):
+             * then p and alpha are 0, not exp(-inf + inf); the last tile
+             * holds key qi itself, so l > 0 at the end */
+            float mref = mnew == -INFINITY ? 0.0f : mnew;
+            float p = expf(sv - mref), alpha = expf(m[r] - mref);
             l[r] = l[r] * alpha + warp_sum(p);
             m[r] = mnew;
 #pragma unroll
@@ -537,7 +544,7 @@ template <int DC>
 __global__ void __launch_bounds__(ATHREADS) attn_dkv_k(float *dk, float *dv, const float *dout, const float *lse,
                                                        const float *di, const float *q, const float *k,
                                                        const float *v, int ldq, int ldkv, int T, int Hq, int Hkv,
-                                                       int D, float scale) {
+                                                       int D, int W, float scale) {
     extern __shared__ float sm[];
     float *Ks = sm, *Vs = Ks + AR * D, *Qs = Vs + AR * D, *Os = Qs + AR * (D + 1), *Ls = Os + AR * (D + 1),
           *Di = Ls + AR;
@@ -550,10 +557,12 @@ __global__ void __launch_bounds__(ATHREADS) attn_dkv_k(float *dk, float *dv, con
     for (int r = 0; r < 8; r++)
 #pragma unroll
         for (int c = 0; c < DC; c++) gk[r][c] = gv[r][c] = 0.0f;
+    /* queries up to the tile's last key + W - 1 */
+    int qend = min(T, k0 + AR - 1 + W);
     for (int g = 0; g < G; g++) {
         int h = kvh * G + g;
         size_t bh = (size_t)b * Hq + h;
-        for (int q0 = k0; q0 < T; q0 += AR) {
+        for (int q0 = k0; q0 < qend; q0 += AR) {
             __syncthreads();
             load_tile(Qs, D + 1, q + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T, D);
             load_tile(Os, D + 1, dout + (size_t)b * T * ldo + (size_t)h * D, ldo, q0, T, D);
@@ -579,7 +588,7 @@ __global__ void __launch_bounds__(ATHREADS) attn_dkv_k(float *dk, float *dv, con
 #pragma unroll
             for (int r = 0; r < 8; r++) {
                 int kj = k0 + r0 + r;
-                float p = qi < T && kj <= qi ? expf(s[r] * scale - Ls[lane]) : 0.0f;
+                float p = qi < T && kj <= qi && qi - kj < W ? expf(s[r] * scale - Ls[lane]) : 0.0f;
                 dp[r] = p * (dp[r] - Di[lane]);
                 s[r] = p;
             }
@@ -626,7 +635,7 @@ template <int DC>
 __global__ void __launch_bounds__(ATHREADS) attn_dq_k(float *dq, const float *dout, const float *lse,
                                                       const float *di, const float *q, const float *k,
                                                       const float *v, int ldq, int ldkv, int T, int Hq, int Hkv,
-                                                      int D, float scale) {
+                                                      int D, int W, float scale) {
     extern __shared__ float sm[];
     float *Qs = sm, *Os = Qs + AR * D, *Ks = Os + AR * D, *Vs = Ks + AR * (D + 1);
     int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv), ldo = Hq * D;
@@ -644,8 +653,8 @@ __global__ void __launch_bounds__(ATHREADS) attn_dq_k(float *dq, const float *do
 #pragma unroll
         for (int c = 0; c < DC; c++) acc[r][c] = 0.0f;
     }
-    int kend = min(q0 + AR, T);
-    for (int k0 = 0; k0 < kend; k0 += AR) {
+    int kend = min(q0 + AR, T), kbeg = max(q0 - W + 1, 0) / AR * AR;
+    for (int k0 = kbeg; k0 < kend; k0 += AR) {
         __syncthreads();
         load_tile(Ks, D + 1, kb, ldkv, k0, T, D);
         load_tile(Vs, D + 1, vb, ldkv, k0, T, D);
@@ -666,7 +675,7 @@ __global__ void __launch_bounds__(ATHREADS) attn_dq_k(float *dq, const float *do
 #pragma unroll
         for (int r = 0; r < 8; r++) {
             int qi = q0 + r0 + r;
-            float p = qi < T && kj <= qi ? expf(s[r] * scale - lr[r]) : 0.0f;
+            float p = qi < T && kj <= qi && qi - kj < W ? expf(s[r] * scale - lr[r]) : 0.0f;
             s[r] = p * (dp[r] - dr[r]);
         }
         for (int j = 0; j < AR; j++) {
@@ -711,36 +720,42 @@ static int attn_plan(cu_impl *c, int B, int T, int Hq, int Hkv, int D, cuplan_at
     return 0;
 }
 
+/* The window as a key count: all T positions when there is none. */
+static int attn_window(int window, int T) { return window > 0 && window < T ? window : T; }
+
 static void cu_attn_fwd(kb_backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
-                        int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D) {
+                        int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D, int window) {
     cu_impl *c = impl_of(be);
     cuplan_attn pl;
     if (c->failed || attn_plan(c, B, T, Hq, Hkv, D, &pl)) return;
     float scale = 1.0f / sqrtf((float)D);
+    int W = attn_window(window, T);
     dim3 grid(pl.q_tiles, (unsigned)(B * Hq));
     ATT_DISPATCH(pl.dc, attn_fwd_k,
-                 <<<grid, ATHREADS, pl.smem_fwd, c->st>>>(out, lse, q, k, v, ldq, ldkv, T, Hq, Hkv, D, scale));
+                 <<<grid, ATHREADS, pl.smem_fwd, c->st>>>(out, lse, q, k, v, ldq, ldkv, T, Hq, Hkv, D, W, scale));
     launched(c, "attn_fwd");
 }
 
 static void cu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
                         const float *lse, const float *q, const float *k, const float *v, int ldq, int ldkv, int B,
-                        int T, int Hq, int Hkv, int D) {
+                        int T, int Hq, int Hkv, int D, int window) {
     cu_impl *c = impl_of(be);
     cuplan_attn pl;
     if (c->failed || attn_plan(c, B, T, Hq, Hkv, D, &pl)) return;
     float *di = (float *)ws_get(c, pl.ws_bytes, "attention scratch");
     if (!di) return;
     float scale = 1.0f / sqrtf((float)D);
+    int W = attn_window(window, T);
     size_t rows = (size_t)B * Hq * T;
     attn_di_k<<<cuplan_grid(rows * 32, CUPLAN_BLOCK, c->dev.sm_count), CUPLAN_BLOCK, 0, c->st>>>(di, dout, out, B, T,
                                                                                                Hq, D);
     dim3 gkv(pl.q_tiles, (unsigned)(B * Hkv)), gq(pl.q_tiles, (unsigned)(B * Hq));
     ATT_DISPATCH(pl.dc, attn_dkv_k,
                  <<<gkv, ATHREADS, pl.smem_dkv, c->st>>>(dk, dv, dout, lse, di, q, k, v, ldq, ldkv, T, Hq, Hkv, D,
-                                                         scale));
+                                                         W, scale));
     ATT_DISPATCH(pl.dc, attn_dq_k,
-                 <<<gq, ATHREADS, pl.smem_dq, c->st>>>(dq, dout, lse, di, q, k, v, ldq, ldkv, T, Hq, Hkv, D, scale));
+                 <<<gq, ATHREADS, pl.smem_dq, c->st>>>(dq, dout, lse, di, q, k, v, ldq, ldkv, T, Hq, Hkv, D, W,
+                                                        scale));
     launched(c, "attn_bwd");
 }
 

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 # ---------------------------------------------------------------- config
 
 def make_config(arch, vocab=96, hidden=64, layers=2, heads=4, kv_heads=2, inter=128, tie=False,
-                rope_scaling=None, max_pos=64):
+                rope_scaling=None, max_pos=64, sliding_window=None, max_window_layers=None):
+    """sliding_window: Mistral's sliding_window, or Qwen2's with
+    use_sliding_window true (on layers >= max_window_layers, default 0)."""
     if arch == "gpt2":
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": vocab,
                 "n_embd": hidden, "n_layer": layers, "n_head": heads, "n_inner": inter,
@@ -32,10 +34,14 @@ def make_config(arch, vocab=96, hidden=64, layers=2, heads=4, kv_heads=2, inter=
            "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": tie,
            "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}
     if arch == "mistral":
-        cfg["sliding_window"] = None
+        cfg["sliding_window"] = sliding_window
     if arch == "qwen2":
-        cfg["use_sliding_window"] = False
-        cfg["max_window_layers"] = layers
+        cfg["use_sliding_window"] = sliding_window is not None
+        if sliding_window is not None:
+            cfg["sliding_window"] = sliding_window
+        if max_window_layers is None:
+            max_window_layers = layers if sliding_window is None else 0
+        cfg["max_window_layers"] = max_window_layers
     if rope_scaling:
         cfg["rope_scaling"] = rope_scaling
     return cfg
@@ -201,14 +207,31 @@ def rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def attention(q, k, v, n_rep):
-    """q [B,H,T,D], k/v [B,Hkv,T,D]: causal softmax attention (eager path)."""
+def layer_window(cfg, layer):
+    """The sliding window of a decoder layer, or None: Mistral's
+    sliding_window applies to every layer; Qwen2's only with
+    use_sliding_window and from layer max_window_layers on (transformers'
+    layer_types: "sliding_attention" if sliding_window is not None and
+    i >= max_window_layers)."""
+    if cfg["model_type"] == "mistral":
+        return cfg.get("sliding_window")
+    if cfg["model_type"] == "qwen2" and cfg.get("use_sliding_window") and layer >= cfg["max_window_layers"]:
+        return cfg.get("sliding_window")
+    return None
+
+
+def attention(q, k, v, n_rep, window=None):
+    """q [B,H,T,D], k/v [B,Hkv,T,D]: causal softmax attention (eager path);
+    with a window, query i sees keys j with i - window < j <= i (the
+    sliding-window causal mask of flash/sdpa)."""
     B, Hkv, T, D = k.shape
     if n_rep > 1:  # repeat_kv
         k = k[:, :, None].expand(B, Hkv, n_rep, T, D).reshape(B, Hkv * n_rep, T, D)
         v = v[:, :, None].expand(B, Hkv, n_rep, T, D).reshape(B, Hkv * n_rep, T, D)
     s = q @ k.transpose(2, 3) / math.sqrt(D)
-    mask = torch.full((T, T), float("-inf")).triu(1)
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    allowed = (j <= i) if window is None else (j <= i) & (i - j < window)
+    mask = torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
     p = torch.softmax(s + mask, dim=-1, dtype=torch.float32)
     return p @ v
 
@@ -300,7 +323,7 @@ def forward_logits(cfg, w, lora, ids):
             v = lin(h, "self_attn.v_proj").view(B, T, Hkv, D).transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-            a = attention(q, k, v, H // Hkv).transpose(1, 2).reshape(B, T, H * D)
+            a = attention(q, k, v, H // Hkv, layer_window(cfg, l)).transpose(1, 2).reshape(B, T, H * D)
             x = x + lin(a, "self_attn.o_proj")
             h = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
             x = x + lin(F.silu(lin(h, "mlp.gate_proj")) * lin(h, "mlp.up_proj"), "mlp.down_proj")

@@ -4,7 +4,10 @@ random LoRA adapter, (1) the logits of every prompt position (the prefill,
 --logits-out) match the reference to 1e-4 of the largest |logit|, and
 (2) greedy decoding with the KV cache gives the same tokens as greedy
 decoding by full recomputation in PyTorch (stopping at the config's EOS
-as lora-worker does).
+as lora-worker does). The sliding-window cases have a window shorter than
+the prompt (13) + output (10): the prefill, and each decode step against
+the cache, must see only the last `window` positions, as the reference's
+full recomputation with the windowed mask does.
 
 reference_model.forward_loss returns a loss, not logits; the logits are
 taken from its F.cross_entropy call (with one extra token appended, so that
@@ -36,6 +39,8 @@ CASES = [
     ("mistral-qv", "mistral", {}, ["q_proj", "v_proj"], 8, 16),
     ("gpt2", "gpt2", {"heads": 4, "inter": 256}, ["c_attn", "c_proj", "c_fc"], 4, 8),
     ("llama-base-only", "llama", {"layers": 1}, None, 0, 0),
+    ("mistral-window-6", "mistral", {"sliding_window": 6}, ["q_proj", "v_proj"], 8, 16),
+    ("qwen2-window-l1", "qwen2", {"sliding_window": 5, "max_window_layers": 1}, LLAMA_ALL, 4, 8),
 ]
 
 

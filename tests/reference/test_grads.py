@@ -48,6 +48,13 @@ CASES = [
     ("llama-bf16", "llama", {}, LLAMA_ALL, 4, 8, False, torch.bfloat16),
     ("qwen2-bf16", "qwen2", {"tie": True}, LLAMA_ALL, 4, 8, False, torch.bfloat16),
     ("gpt2-bf16", "gpt2", {"heads": 4, "inter": 256}, ["c_attn", "c_proj", "c_fc"], 4, 8, False, torch.bfloat16),
+    # sliding windows shorter than the batch's T = 17: Mistral on every layer,
+    # Qwen2 from layer max_window_layers on
+    ("mistral-sliding-window", "mistral", {"sliding_window": 5}, LLAMA_ALL, 4, 8, False, torch.float32),
+    ("mistral-sliding-window-1", "mistral", {"sliding_window": 1, "layers": 1}, LLAMA_ALL, 4, 8, False,
+     torch.float32),
+    ("qwen2-sliding-window-layer1", "qwen2", {"sliding_window": 4, "max_window_layers": 1, "layers": 3}, LLAMA_ALL,
+     4, 8, False, torch.float32),
 ]
 
 
@@ -69,6 +76,8 @@ METHOD_CASES = [
      {"method": "kl_sft", "lam": 0.5, "tau": 2.0, "dora": True}),
     ("llama-dpo", "llama", {}, LLAMA_ALL, 4, 8, {"method": "dpo", "beta": 0.5}),
     ("mistral-dpo", "mistral", {}, ["q_proj", "v_proj"], 8, 16, {"method": "dpo", "beta": 0.1}),
+    ("mistral-dpo-sliding-window", "mistral", {"sliding_window": 4}, ["q_proj", "v_proj"], 8, 16,
+     {"method": "dpo", "beta": 0.1}),
     ("qwen2-dpo-dora", "qwen2", {"tie": True}, LLAMA_ALL, 4, 8, {"method": "dpo", "beta": 0.5, "dora": True}),
     ("gpt2-dpo", "gpt2", {"heads": 4, "inter": 256}, GPT2_ALL, 4, 8, {"method": "dpo", "beta": 0.5}),
     ("llama-dpo-refadapter", "llama", {}, LLAMA_ALL, 4, 8,
@@ -165,6 +174,7 @@ FULL_CASES = [
     ("full-mistral", "mistral", {"kv_heads": 2}, torch.float32),
     ("full-qwen2-bias-tied", "qwen2", {"tie": True, "kv_heads": 2}, torch.float32),
     ("full-gpt2", "gpt2", {"heads": 4, "inter": 256}, torch.float32),
+    ("full-mistral-sliding-window", "mistral", {"kv_heads": 2, "sliding_window": 6}, torch.float32),
 ]
 
 

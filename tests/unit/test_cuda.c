@@ -452,7 +452,7 @@ TEST(op_rope) {
 }
 
 /* q, k, v inside one fused qkv buffer (strides as the model lays them out). */
-static void attn_case(int B, int T, int Hq, int Hkv, int D) {
+static void attn_case_w(int B, int T, int Hq, int Hkv, int D, int W) {
     kb_backend *g = gpu(KB_F32), *c = cpu();
     int N = B * T, ld = (Hq + 2 * Hkv) * D, ldo = Hq * D;
     size_t nq = (size_t)N * ld, no = (size_t)N * ldo;
@@ -462,20 +462,22 @@ static void attn_case(int B, int T, int Hq, int Hkv, int D) {
     float *gqkv = put(g, qkv, nq), *gdout = put(g, dout, no), *gout = g->alloc(g, no * 4);
     float *glse = g->alloc(g, (size_t)B * Hq * T * 4), *gd = g->alloc(g, nq * 4);
     float *gq = gqkv, *gk = gqkv + Hq * D, *gv = gk + Hkv * D;
-    c->attn_fwd(c, out, lse, q, k, v, ld, ld, B, T, Hq, Hkv, D);
-    g->attn_fwd(g, gout, glse, gq, gk, gv, ld, ld, B, T, Hq, Hkv, D);
+    c->attn_fwd(c, out, lse, q, k, v, ld, ld, B, T, Hq, Hkv, D, W);
+    g->attn_fwd(g, gout, glse, gq, gk, gv, ld, ld, B, T, Hq, Hkv, D, W);
     float *ho = get(g, gout, no), *hl = get(g, glse, (size_t)B * Hq * T);
-    CHECKF(relerr(ho, out, no) <= 1e-4, "attn out B%d T%d Hq%d Hkv%d D%d: %.3g", B, T, Hq, Hkv, D, relerr(ho, out, no));
+    CHECKF(relerr(ho, out, no) <= 1e-4, "attn out B%d T%d Hq%d Hkv%d D%d W%d: %.3g", B, T, Hq, Hkv, D, W,
+           relerr(ho, out, no));
     CHECK_REL(hl, lse, (size_t)B * Hq * T, 1e-5);
-    c->attn_bwd(c, dqkv, dqkv + Hq * D, dqkv + (Hq + Hkv) * D, dout, out, lse, q, k, v, ld, ld, B, T, Hq, Hkv, D);
-    g->attn_bwd(g, gd, gd + Hq * D, gd + (Hq + Hkv) * D, gdout, gout, glse, gq, gk, gv, ld, ld, B, T, Hq, Hkv, D);
+    c->attn_bwd(c, dqkv, dqkv + Hq * D, dqkv + (Hq + Hkv) * D, dout, out, lse, q, k, v, ld, ld, B, T, Hq, Hkv, D, W);
+    g->attn_bwd(g, gd, gd + Hq * D, gd + (Hq + Hkv) * D, gdout, gout, glse, gq, gk, gv, ld, ld, B, T, Hq, Hkv, D, W);
     float *hd = get(g, gd, nq);
-    CHECKF(relerr(hd, dqkv, nq) <= 1e-4, "attn grads B%d T%d Hq%d Hkv%d D%d: %.3g", B, T, Hq, Hkv, D,
+    CHECKF(relerr(hd, dqkv, nq) <= 1e-4, "attn grads B%d T%d Hq%d Hkv%d D%d W%d: %.3g", B, T, Hq, Hkv, D, W,
            relerr(hd, dqkv, nq));
     check_ok(g);
     free(qkv), free(dout), free(out), free(lse), free(dqkv), free(ho), free(hl), free(hd);
     kb_destroy(g), kb_destroy(c);
 }
+static void attn_case(int B, int T, int Hq, int Hkv, int D) { attn_case_w(B, T, Hq, Hkv, D, 0); }
 TEST(op_attention) {
     NEED_GPU(g, KB_F32);
     kb_destroy(g);
@@ -484,6 +486,17 @@ TEST(op_attention) {
     attn_case(1, 33, 4, 1, 80);   /* D not a multiple of 32 */
     attn_case(1, 5, 2, 1, 16);    /* shorter than a tile */
     attn_case(1, 300, 8, 2, 64);  /* several tiles, G = 4 */
+}
+/* Sliding windows against the CPU backend (itself checked against a naive
+ * reference in test_kernels). */
+TEST(op_attention_window) {
+    NEED_GPU(g, KB_F32);
+    kb_destroy(g);
+    attn_case_w(2, 77, 4, 2, 64, 1);    /* only the diagonal */
+    attn_case_w(1, 300, 8, 2, 64, 3);   /* tiles whose rows see no key of the first key tile */
+    attn_case_w(1, 300, 2, 1, 128, 40); /* window crosses tile edges; early key tiles skipped */
+    attn_case_w(1, 33, 4, 1, 80, 32);   /* window = tile */
+    attn_case_w(1, 70, 2, 1, 16, 100);  /* window > T: causal */
 }
 
 TEST(op_elementwise) {

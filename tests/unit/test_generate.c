@@ -1,5 +1,6 @@
 /* generate: KV-cached decoding against full recomputation on tiny random
- * models (mkmodel) with a random non-zero LoRA adapter; the sampling rules;
+ * models (mkmodel) with a random non-zero LoRA adapter, also with a sliding
+ * window shorter than prompt + output; the sampling rules;
  * stop tokens and stop strings. Agreement of the logits with PyTorch is
  * tests/reference/test_generate.py. */
 #include <stdint.h>
@@ -10,6 +11,7 @@
 #include "worker/chat.h"
 #include "worker/commands.h"
 #include "worker/generate.h"
+#include "worker/hfconfig.h"
 #include "worker/model.h"
 #include "worker/tok.h"
 
@@ -54,14 +56,28 @@ static int32_t argmax(const float *v, int n) {
     return b;
 }
 
+/* Sets the sliding window of the model in dir (Qwen2: on layers from
+ * max_window_layers on). */
+static int set_window(const char *dir, int window, int max_window_layers) {
+    char path[600];
+    hf_config c;
+    lr_err err = {0};
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (hf_config_load(path, &c, &err)) return -1;
+    c.sliding_window = window;
+    c.max_window_layers = max_window_layers;
+    return hf_config_write(&c, path, &err);
+}
+
 /* Greedy decoding: KV cache vs. the full forward over the growing sequence
  * at every step; also the logits of the prefill (all rows) and of each
- * step. */
-static void kv_vs_full(const char *arch, int dora) {
+ * step. window > 0: with that sliding window, shorter than the prompt. */
+static void kv_vs_full_w(const char *arch, int dora, int window, int max_window_layers) {
     char dir[512];
     lr_err err = {0};
-    snprintf(dir, sizeof dir, "%s/%s%s", test_tmpdir(), arch, dora ? "-dora" : "");
+    snprintf(dir, sizeof dir, "%s/%s%s-w%d", test_tmpdir(), arch, dora ? "-dora" : "", window);
     REQUIRE(mk(arch, dir) == 0);
+    if (window) REQUIRE(set_window(dir, window, max_window_layers) == 0);
     kb_backend *be = NULL;
     REQUIRE(kb_cpu_create(1, &be, &err) == 0);
     model *m = load_with_lora(be, dir, dora);
@@ -131,6 +147,26 @@ static void kv_vs_full(const char *arch, int dora) {
     CHECKF(d_ad > 1e-3, "the adapter does not change the logits (%g)", d_ad);
     printf("    %s%s: prefill max|diff| %.2e, decode max|diff| %.2e, %d greedy tokens equal\n", arch, dora ? " (DoRA)" : "", worst, step_worst,
            NEW);
+    if (window) { /* the window matters: the same model without it gives other logits */
+        int T = P + NEW - 1;
+        float *wl = malloc((size_t)T * V * sizeof(float));
+        model *m2 = NULL;
+        REQUIRE(model_logits(m, ref, T, wl, &err) == 0);
+        REQUIRE(set_window(dir, 0, 0) == 0);
+        REQUIRE((m2 = load_with_lora(be, dir, dora)) != NULL);
+        REQUIRE(model_logits(m2, ref, T, full, &err) == 0);
+        double d_first = 0, d_last = 0;
+        for (int i = 0; i < V; i++) {
+            d_first = fmax(d_first, fabs(full[(size_t)(window - 1) * V + i] - wl[(size_t)(window - 1) * V + i]));
+            d_last = fmax(d_last, fabs(full[(size_t)(T - 1) * V + i] - wl[(size_t)(T - 1) * V + i]));
+        }
+        CHECKF(d_first <= 1e-5 * scale, "row %d is inside the window, yet differs by %g", window - 1, d_first);
+        CHECKF(d_last > 1e-3, "the window %d does not change the logits (%g)", window, d_last);
+        printf("    window %d: positions < window unchanged (%.1e), last position changed by %.2e\n", window,
+               d_first, d_last);
+        model_free(m2);
+        free(wl);
+    }
 
     /* the cache is bounded */
     model_kv_reset(kv2);
@@ -144,11 +180,18 @@ static void kv_vs_full(const char *arch, int dora) {
     kb_destroy(be);
 }
 
+static void kv_vs_full(const char *arch, int dora) { kv_vs_full_w(arch, dora, 0, 0); }
+
 TEST(kv_equals_full_llama) { kv_vs_full("llama", 0); }
 TEST(kv_equals_full_qwen2) { kv_vs_full("qwen2", 0); }
 TEST(kv_equals_full_gpt2) { kv_vs_full("gpt2", 0); }
 TEST(kv_equals_full_llama_dora) { kv_vs_full("llama", 1); }
 TEST(kv_equals_full_gpt2_dora) { kv_vs_full("gpt2", 1); }
+/* prompt 9 + 24 new tokens through a window of 5 */
+TEST(kv_equals_full_mistral_window) { kv_vs_full_w("mistral", 0, 5, 0); }
+TEST(kv_equals_full_mistral_window_dora) { kv_vs_full_w("mistral", 1, 7, 0); }
+/* Qwen2: the window on layer 1 only (max_window_layers 1) */
+TEST(kv_equals_full_qwen2_window_layer1) { kv_vs_full_w("qwen2", 0, 4, 1); }
 
 TEST(pick_rules) {
     gen_opts o;

@@ -160,22 +160,92 @@ TEST(rope_backward_and_tables) {
 /* ---- attention ---- */
 
 typedef struct att_ud {
-    int B, T, Hq, Hkv, D, ldq, ldkv;
+    int B, T, Hq, Hkv, D, ldq, ldkv, window;
     float *q, *k, *v, *lse;
 } att_ud;
 
 static void att_fwd(fd_case *c, float *out) {
     att_ud *u = c->ud;
-    be2()->attn_fwd(be2(), out, u->lse, u->q, u->k, u->v, u->ldq, u->ldkv, u->B, u->T, u->Hq, u->Hkv, u->D);
+    be2()->attn_fwd(be2(), out, u->lse, u->q, u->k, u->v, u->ldq, u->ldkv, u->B, u->T, u->Hq, u->Hkv, u->D,
+                    u->window);
 }
 
-static void att_test(int B, int T, int Hq, int Hkv, int D, int interleaved) {
+/* The naive attention in double, written from the definition: query i of
+ * head h sees keys j of kv head h / G with j <= i and i - j < window (0:
+ * all j <= i); the backward of L = sum(out * R) by the chain rule. Returns
+ * the largest of (out, lse, gradient) errors, each relative to its largest
+ * reference magnitude. */
+static double att_naive_err(const att_ud *u, const float *out, const float *R, const float *dq, const float *dk,
+                            const float *dv) {
+    int B = u->B, T = u->T, Hq = u->Hq, D = u->D, G = Hq / u->Hkv, ldo = Hq * D;
+    size_t nq = (size_t)B * T * u->ldq, nkv = (size_t)B * T * u->ldkv;
+    double *gq = calloc(nq, sizeof(double)), *gk = calloc(nkv, sizeof(double)), *gv = calloc(nkv, sizeof(double));
+    double *p = malloc((size_t)T * sizeof(double)), scale = 1.0 / sqrt((double)D);
+    double eo = 0, mo = 0, el = 0, eg = 0, mg = 0;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < Hq; h++) {
+            int kh = h / G;
+            for (int i = 0; i < T; i++) {
+                int j0 = u->window > 0 && i - u->window + 1 > 0 ? i - u->window + 1 : 0;
+                const float *qi = u->q + (size_t)(b * T + i) * u->ldq + (size_t)h * D;
+                const float *ri = R + (size_t)(b * T + i) * ldo + (size_t)h * D;
+                double mx = -INFINITY, sum = 0, di = 0;
+                for (int j = j0; j <= i; j++) {
+                    const float *kj = u->k + (size_t)(b * T + j) * u->ldkv + (size_t)kh * D;
+                    double a = 0;
+                    for (int d = 0; d < D; d++) a += (double)qi[d] * kj[d];
+                    p[j] = a * scale;
+                    mx = p[j] > mx ? p[j] : mx;
+                }
+                for (int j = j0; j <= i; j++) sum += exp(p[j] - mx);
+                double lse = mx + log(sum);
+                el = fmax(el, fabs(lse - u->lse[(size_t)(b * Hq + h) * T + i]));
+                for (int j = j0; j <= i; j++) p[j] = exp(p[j] - lse);
+                for (int d = 0; d < D; d++) {
+                    double o = 0;
+                    for (int j = j0; j <= i; j++) o += p[j] * u->v[(size_t)(b * T + j) * u->ldkv + (size_t)kh * D + d];
+                    eo = fmax(eo, fabs(o - out[(size_t)(b * T + i) * ldo + (size_t)h * D + d]));
+                    mo = fmax(mo, fabs(o));
+                    di += o * ri[d];
+                }
+                for (int j = j0; j <= i; j++) {
+                    size_t kj = (size_t)(b * T + j) * u->ldkv + (size_t)kh * D;
+                    double dp = 0;
+                    for (int d = 0; d < D; d++) dp += (double)ri[d] * u->v[kj + d];
+                    double ds = p[j] * (dp - di) * scale;
+                    for (int d = 0; d < D; d++) {
+                        gq[(size_t)(b * T + i) * u->ldq + (size_t)h * D + d] += ds * u->k[kj + d];
+                        gk[kj + d] += ds * qi[d];
+                        gv[kj + d] += p[j] * ri[d];
+                    }
+                }
+            }
+        }
+    /* only the head columns: with interleaved q/k/v the other columns are not theirs */
+    for (size_t n = 0; n < (size_t)B * T; n++) {
+        for (int e = 0; e < Hq * D; e++) {
+            size_t i = n * u->ldq + e;
+            eg = fmax(eg, fabs(gq[i] - dq[i])), mg = fmax(mg, fabs(gq[i]));
+        }
+        for (int e = 0; e < u->Hkv * D; e++) {
+            size_t i = n * u->ldkv + e;
+            eg = fmax(eg, fmax(fabs(gk[i] - dk[i]), fabs(gv[i] - dv[i])));
+            mg = fmax(mg, fmax(fabs(gk[i]), fabs(gv[i])));
+        }
+    }
+    free(gq), free(gk), free(gv), free(p);
+    printf("    window %-4d naive reference: out rel %.2e, lse abs %.2e, grads rel %.2e\n", u->window, eo / mo, el,
+           eg / mg);
+    return fmax(fmax(eo / mo, el), eg / mg);
+}
+
+static void att_test_w(int B, int T, int Hq, int Hkv, int D, int interleaved, int window) {
     kb_backend *be = be2();
     REQUIRE(be);
     int N = B * T, Qd = Hq * D, KVd = Hkv * D;
     int ldq = interleaved ? Qd + 2 * KVd : Qd, ldkv = interleaved ? ldq : KVd;
     float *qkv = rnd((size_t)N * (Qd + 2 * KVd), 7, 1.5f);
-    att_ud u = {B, T, Hq, Hkv, D, ldq, ldkv, qkv, NULL, NULL, malloc((size_t)N * Hq * 4)};
+    att_ud u = {B, T, Hq, Hkv, D, ldq, ldkv, window, qkv, NULL, NULL, malloc((size_t)N * Hq * 4)};
     if (interleaved)
         u.k = qkv + Qd, u.v = qkv + Qd + KVd;
     else
@@ -185,17 +255,56 @@ static void att_test(int B, int T, int Hq, int Hkv, int D, int interleaved) {
     float *dqkv = calloc((size_t)N * (Qd + 2 * KVd), 4);
     float *dq = dqkv, *dk = dqkv + (u.k - qkv), *dv = dqkv + (u.v - qkv);
     c.fwd(&c, out);
-    be->attn_bwd(be, dq, dk, dv, R, out, u.lse, u.q, u.k, u.v, ldq, ldkv, B, T, Hq, Hkv, D);
+    be->attn_bwd(be, dq, dk, dv, R, out, u.lse, u.q, u.k, u.v, ldq, ldkv, B, T, Hq, Hkv, D, window);
+    double e = att_naive_err(&u, out, R, dq, dk, dv); /* before fd_check's forwards overwrite lse */
+    CHECKF(e < 1e-5, "attention differs from the naive reference by %.3g", e);
     fd_check(&c, R, qkv, (size_t)N * (Qd + 2 * KVd), dqkv, "attention dq/dk/dv");
     /* row 0 attends only to itself: out = v[0] of its kv head */
     CHECK_NEAR(out[0], u.v[0], 1e-6);
     CHECK_NEAR(out[(size_t)(Hq - 1) * D], u.v[(size_t)(Hkv - 1) * D], 1e-6);
+    if (window == 1) { /* every row attends only to itself */
+        size_t n = (size_t)N - 1;
+        CHECK_NEAR(out[n * Qd + (size_t)(Hq - 1) * D + 1], u.v[n * ldkv + (size_t)(Hkv - 1) * D + 1], 1e-6);
+    }
     free(qkv), free(u.lse), free(R), free(out), free(dqkv);
+}
+
+static void att_test(int B, int T, int Hq, int Hkv, int D, int interleaved) {
+    att_test_w(B, T, Hq, Hkv, D, interleaved, 0);
 }
 
 TEST(attention_backward_gqa) { att_test(2, 7, 4, 2, 8, 0); }
 TEST(attention_backward_interleaved_mha) { att_test(1, 5, 2, 2, 4, 1); }
 TEST(attention_backward_two_tiles) { att_test(1, 140, 2, 1, 4, 0); }
+TEST(attention_window_1) { att_test_w(2, 7, 4, 2, 8, 0, 1); }
+TEST(attention_window_3) { att_test_w(2, 7, 4, 2, 8, 0, 3); }
+TEST(attention_window_3_interleaved) { att_test_w(1, 9, 2, 2, 4, 1, 3); }
+/* the second query tile (rows 128..139) skips keys 0..78 */
+TEST(attention_window_two_tiles) { att_test_w(1, 140, 2, 1, 4, 0, 50); }
+TEST(attention_window_1_two_tiles) { att_test_w(1, 140, 2, 1, 4, 0, 1); }
+TEST(attention_window_over_T) { att_test_w(2, 7, 4, 2, 8, 0, 20); }
+
+/* A window of T or more is no window: bit for bit the causal result. */
+TEST(attention_window_over_T_is_causal) {
+    kb_backend *be = be2();
+    REQUIRE(be);
+    int B = 1, T = 140, H = 2, D = 8, N = B * T, C = H * D;
+    float *qkv = rnd((size_t)N * 3 * C, 17, 1.5f), *R = rnd((size_t)N * C, 18, 1.0f);
+    float *o[2], *lse[2], *d[2];
+    int windows[2] = {0, T};
+    for (int i = 0; i < 2; i++) {
+        o[i] = malloc((size_t)N * C * 4), lse[i] = malloc((size_t)N * H * 4), d[i] = malloc((size_t)N * 3 * C * 4);
+        be->attn_fwd(be, o[i], lse[i], qkv, qkv + C, qkv + 2 * C, 3 * C, 3 * C, B, T, H, H, D, windows[i]);
+        be->attn_bwd(be, d[i], d[i] + C, d[i] + 2 * C, R, o[i], lse[i], qkv, qkv + C, qkv + 2 * C, 3 * C, 3 * C, B,
+                     T, H, H, D, windows[i]);
+    }
+    CHECK(!memcmp(o[0], o[1], (size_t)N * C * 4));
+    CHECK(!memcmp(lse[0], lse[1], (size_t)N * H * 4));
+    /* only the q/k/v columns: the interleaved buffer has no other */
+    CHECK(!memcmp(d[0], d[1], (size_t)N * 3 * C * 4));
+    for (int i = 0; i < 2; i++) free(o[i]), free(lse[i]), free(d[i]);
+    free(qkv), free(R);
+}
 
 /* ---- activations ---- */
 
@@ -529,7 +638,7 @@ TEST(adamw_matches_torch_formula) {
 
 /* ---- determinism ---- */
 
-static void att_lin_run(kb_backend *be, float *dq, float *dA) {
+static void att_lin_run(kb_backend *be, float *dq, float *dA, int window) {
     int B = 2, T = 150, H = 4, D = 16, N = B * T, C = H * D, r = 4;
     float *x = rnd((size_t)N * C, 30, 1.0f), *W = rnd((size_t)3 * C * C, 31, 0.2f);
     kb_lora lo = {.A = rnd((size_t)r * C, 32, 0.3f), .B = rnd((size_t)3 * C * r, 33, 0.3f), .dA = dA,
@@ -538,8 +647,9 @@ static void att_lin_run(kb_backend *be, float *dq, float *dA) {
     float *qkv = malloc((size_t)N * 3 * C * 4), *xa = malloc((size_t)N * r * 4), *o = malloc((size_t)N * C * 4);
     float *lse = malloc((size_t)N * H * 4), *dqkv = malloc((size_t)N * 3 * C * 4), *dx = malloc((size_t)N * C * 4);
     be->linear_fwd(be, &L, qkv, xa, x, N);
-    be->attn_fwd(be, o, lse, qkv, qkv + C, qkv + 2 * C, 3 * C, 3 * C, B, T, H, H, D);
-    be->attn_bwd(be, dqkv, dqkv + C, dqkv + 2 * C, o, o, lse, qkv, qkv + C, qkv + 2 * C, 3 * C, 3 * C, B, T, H, H, D);
+    be->attn_fwd(be, o, lse, qkv, qkv + C, qkv + 2 * C, 3 * C, 3 * C, B, T, H, H, D, window);
+    be->attn_bwd(be, dqkv, dqkv + C, dqkv + 2 * C, o, o, lse, qkv, qkv + C, qkv + 2 * C, 3 * C, 3 * C, B, T, H, H, D,
+                 window);
     be->linear_bwd(be, &L, dx, 0, dqkv, x, xa, N);
     memcpy(dq, dx, (size_t)N * C * 4);
     free(x), free(W), free(lo.A), free(lo.B), free(lo.dB), free(qkv), free(xa), free(o), free(lse), free(dqkv), free(dx);
@@ -550,9 +660,12 @@ TEST(deterministic_across_runs) {
     REQUIRE(be);
     size_t n = (size_t)300 * 64, na = (size_t)4 * 64;
     float *a = malloc(n * 4), *b = malloc(n * 4), *da = calloc(na, 4), *db = calloc(na, 4);
-    att_lin_run(be, a, da);
-    att_lin_run(be, b, db);
-    CHECK(!memcmp(a, b, n * 4));
-    CHECK(!memcmp(da, db, na * 4));
+    for (int window = 0; window <= 40; window += 40) {
+        memset(da, 0, na * 4), memset(db, 0, na * 4);
+        att_lin_run(be, a, da, window);
+        att_lin_run(be, b, db, window);
+        CHECK(!memcmp(a, b, n * 4));
+        CHECK(!memcmp(da, db, na * 4));
+    }
     free(a), free(b), free(da), free(db);
 }
