@@ -1025,7 +1025,7 @@ static int cmd_sweep_show(ctx *c) {
     return 0;
 }
 
-/* ---- trying and merging an adapter ---- */
+/* ---- trying and merging an adapter (registering a full_sft model) ---- */
 
 /* A number option in [lo, hi] into obj[key] (absent: nothing set). */
 static int num_opt(ctx *c, const char *opt, const char *key, double lo, double hi, int integer, json_t *obj) {
@@ -1090,7 +1090,7 @@ static int cmd_generate(ctx *c) {
     if (sys) json_object_set_new(body, "system", json_string(sys));
     char p[256], e[160];
     snprintf(p, sizeof p, "/v1/jobs/%s/generate", seg(id, e, sizeof e));
-    if (c->err_tty && !c->json) fprintf(stderr, "generating with the base model and with %s's adapter...\n", id);
+    if (c->err_tty && !c->json) fprintf(stderr, "generating with the base model and with what %s trained...\n", id);
     if (http_json(&c->h, "POST", p, body, &r, &c->err)) {
         code = srv_fail(c);
         goto done;
@@ -1150,24 +1150,28 @@ static int cmd_merge(ctx *c) {
         code = srv_fail(c);
         goto out;
     }
-    char model[128];
+    char model[128], doing[300];
     snprintf(model, sizeof model, "%s", jstr(r, "id", "?"));
+    /* A full_sft job's model is registered as it is, not merged. */
+    int reg = !strcmp(jstr(r, "status", ""), "registering");
+    snprintf(doing, sizeof doing, reg ? "registering %s's model as model %s" : "merging %s into model %s", id, model);
     if (!wait) {
         if (c->json) print_json(r);
         else printf("%s\n", model);
-        if (!c->json) fprintf(stderr, "merging %s into model %s (lora models ls lists it when done)\n", id, model);
+        if (!c->json) fprintf(stderr, "%s (lora models ls lists it when done)\n", doing);
         goto out;
     }
-    if (!c->json && c->err_tty) fprintf(stderr, "merging %s into model %s...\n", id, model);
+    if (!c->json && c->err_tty) fprintf(stderr, "%s...\n", doing);
     char failed[64 + 128], mp[300];
-    snprintf(failed, sizeof failed, "merge into model %s failed", model);
+    snprintf(failed, sizeof failed, reg ? "registering the full_sft model as %s failed" : "merge into model %s failed",
+             model);
     snprintf(mp, sizeof mp, "/v1/models/%s", seg(model, ne, sizeof ne));
     for (;;) {
         json_t *m = NULL, *ev = NULL;
         if (!http_json(&c->h, "GET", mp, NULL, &m, &c->err)) {
             if (c->json) print_json(m);
             else printf("%s\n", model);
-            if (!c->json) fprintf(stderr, "merged %s into model %s\n", id, model);
+            if (!c->json) fprintf(stderr, reg ? "registered %s's model as model %s\n" : "merged %s into model %s\n", id, model);
             json_decref(m);
             break;
         }
@@ -1227,7 +1231,8 @@ static int cmd_download(ctx *c) {
     list = json_object_get(r, "data");
     if (!json_array_size(list)) {
         json_decref(r);
-        lr_errf(&c->err, "%s has no artifacts yet (the adapter is written when training ends)", id);
+        lr_errf(&c->err, "%s has no artifacts yet (the adapter, or a full_sft job's model, is written when training ends)",
+                id);
         return fail(c, 2);
     }
     if (lr_mkdirs(dir, &c->err)) {
@@ -1337,11 +1342,14 @@ static const command commands[] = {
     {"metrics", cmd_metrics, 1, 1, "ID [--csv]", "a job's metric series", metrics_opts},
     {"sweep", cmd_sweep, 1, 1, "JOB.yaml --grid K=V1,V2 ... | --random N --range K=LO:HI[:log]", "submit a sweep; prints its id", sweep_opts},
     {"sweep show", cmd_sweep_show, 1, 1, "ID", "a sweep's jobs ranked by eval loss", NULL},
-    {"download", cmd_download, 1, 1, "ID [--out DIR]", "the adapter (adapter_model.safetensors, adapter_config.json) and logs", download_opts},
+    {"download", cmd_download, 1, 1, "ID [--out DIR]", "the adapter (adapter_model.safetensors, adapter_config.json; full_sft: the model folder) and logs",
+     download_opts},
     {"generate", cmd_generate, 2, 2, "ID PROMPT [-n N] [-t T] [--stop STR]...",
-     "answer PROMPT (or - for stdin) with the base model and with the job's adapter, side by side", generate_opts},
+     "answer PROMPT (or - for stdin) with the base model and with the job's adapter (full_sft: its model), side by side",
+     generate_opts},
     {"merge", cmd_merge, 1, 1, "ID [--name NAME] [--wait]",
-     "merge the job's adapter into its base model, registered as a new model (owner or admin)", merge_opts},
+     "merge the job's adapter into its base model (full_sft: take its model as is), registered as a new model (owner "
+     "or admin)", merge_opts},
     {"workers", cmd_workers, 0, 0, "", "the training workers and what they run", NULL},
     {"help", cmd_help, 0, 2, "[COMMAND]", "help on a command", NULL},
     {NULL, NULL, 0, 0, NULL, NULL, NULL},

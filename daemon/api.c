@@ -925,7 +925,7 @@ static void h_job_artifact(ctx *c) {
     snprintf(c->rs->disposition, sizeof c->rs->disposition, "attachment; filename=\"%s\"", name);
 }
 
-/* ---- trying and merging a job's adapter ---- */
+/* ---- trying and merging what a job trained ---- */
 
 /* One argv string each: far below the kernel's 128 KiB per argument. */
 #define GEN_MAX_PROMPT 32768
@@ -971,27 +971,43 @@ static int body_stops(ctx *c, json_t *v, runner_gen *g) {
     return 0;
 }
 
-/* Whether job j (GET /v1/jobs/{id}) has a finished adapter; fills its run
- * directory and its base model's directory, else answers 409. */
-static int adapter_ready(ctx *c, json_t *j, char *run_dir, size_t run_cap, char *model_dir, size_t model_cap) {
+/* What a finished job trained: an adapter in its run directory or, for a
+ * full_sft job, a whole model folder there (the run directory itself). */
+typedef struct trained {
+    char run_dir[1300];
+    char model_dir[1024]; /* the base model's folder; "" when not asked for */
+    int full;
+} trained;
+
+/* Whether job j (GET /v1/jobs/{id}) has finished with its adapter (or
+ * model); fills t, else answers 409. The base model must still be
+ * registered, except to merge a full_sft job: its folder is registered as
+ * it is. */
+static int trained_ready(ctx *c, json_t *j, int merge, trained *t) {
     const char *status = json_string_value(json_object_get(j, "status"));
     const char *model = json_string_value(json_object_get(j, "model"));
+    json_t *method = json_object_get(json_object_get(json_object_get(j, "spec"), "method"), "type");
     char path[1600];
     struct stat st;
     status = status ? status : "?";
+    t->full = json_is_string(method) && !strcmp(json_string_value(method), jobspec_method_name(METHOD_FULL_SFT));
+    t->model_dir[0] = 0;
+    const char *what = t->full ? "model" : "adapter";
+    const char *file = t->full ? "model.safetensors" : "adapter_model.safetensors";
     if (!strcmp(status, "queued") || !strcmp(status, "running")) {
-        fail(c, 409, "conflict", NULL, "job %s is %s: its adapter can be used once it has finished", c->p[0], status);
+        fail(c, 409, "conflict", NULL, "job %s is %s: its %s can be used once it has finished", c->p[0], status, what);
         return 0;
     }
-    snprintf(run_dir, run_cap, "%s/runs/%s", c->a->env.cfg->data_dir, c->p[0]);
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", run_dir);
+    snprintf(t->run_dir, sizeof t->run_dir, "%s/runs/%s", c->a->env.cfg->data_dir, c->p[0]);
+    snprintf(path, sizeof path, "%s/%s", t->run_dir, file);
     if (stat(path, &st) || !S_ISREG(st.st_mode)) {
-        fail(c, 409, "conflict", NULL, "job %s (%s) has no adapter: it ended before saving adapter_model.safetensors",
-             c->p[0], status);
+        fail(c, 409, "conflict", NULL, "job %s (%s) has no %s%s: it ended before saving %s", c->p[0], status,
+             t->full ? "trained " : "", what, file);
         return 0;
     }
+    if (merge && t->full) return 1;
     lr_err e = {0};
-    if (store_model_dir(c->st, model ? model : "", model_dir, model_cap, &e)) {
+    if (store_model_dir(c->st, model ? model : "", t->model_dir, sizeof t->model_dir, &e)) {
         if (e.code == LR_E_NOTFOUND)
             fail(c, 409, "conflict", NULL, "job %s's base model '%s' is no longer registered", c->p[0], model ? model : "?");
         else fail_err(c, &e);
@@ -1041,11 +1057,12 @@ static void h_job_generate(ctx *c) {
         fail(c, 400, "invalid_request", "prompt", "prompt is required");
         goto out;
     }
-    char run_dir[1300], model_dir[1024];
-    if (!adapter_ready(c, job, run_dir, sizeof run_dir, model_dir, sizeof model_dir) || !runner_ready(c)) goto out;
+    trained t;
+    if (!trained_ready(c, job, 0, &t) || !runner_ready(c)) goto out;
     json_t *spec = json_object_get(job, "spec");
-    g.model_dir = model_dir;
-    g.adapter_dir = run_dir;
+    g.model_dir = t.model_dir;
+    if (t.full) g.tuned_model_dir = t.run_dir;
+    else g.adapter_dir = t.run_dir;
     g.chat_template = json_string_value(json_object_get(spec, "chat_template"));
     if (!g.system) g.system = json_string_value(json_object_get(spec, "system_prompt")); /* as it was trained */
     if (runner_generate(c->a->env.runner, &g, &out, &e)) {
@@ -1111,12 +1128,13 @@ static void h_job_merge(ctx *c) {
              owner ? owner : "?");
         goto out;
     }
-    char defname[80], run_dir[1300], model_dir[1024], other[1024];
+    char defname[80], other[1024];
     if (!name) {
         default_merge_name(job, defname, sizeof defname);
         name = defname;
     }
-    if (!adapter_ready(c, job, run_dir, sizeof run_dir, model_dir, sizeof model_dir)) goto out;
+    trained t;
+    if (!trained_ready(c, job, 1, &t)) goto out;
     if (!store_model_dir(c->st, name, other, sizeof other, &e)) {
         fail(c, 409, "conflict", "name", "a model named '%s' is already registered", name);
         goto out;
@@ -1127,13 +1145,16 @@ static void h_job_merge(ctx *c) {
     }
     lr_err_clear(&e);
     if (!runner_ready(c)) goto out;
-    runner_merge m = {.job_id = c->p[0], .model_dir = model_dir, .adapter_dir = run_dir, .name = name};
+    runner_merge m = {.job_id = c->p[0], .name = name};
+    if (t.full) m.tuned_model_dir = t.run_dir;
+    else m.model_dir = t.model_dir, m.adapter_dir = t.run_dir;
     if (runner_merge_start(c->a->env.runner, &m, &e)) {
         if (e.code == LR_E_BUSY) fail(c, 503, "unavailable", NULL, "%s", e.msg);
         else fail_err(c, &e);
         goto out;
     }
-    set_json(c->rs, 202, json_pack("{s:s, s:s, s:s, s:s, s:O, s:f}", "object", "model", "id", name, "status", "merging",
+    set_json(c->rs, 202, json_pack("{s:s, s:s, s:s, s:s, s:O, s:f}", "object", "model", "id", name, "status",
+                                   t.full ? "registering" : "merging",
                                    "job", c->p[0], "base_model", json_object_get(job, "model"), "created", store_now()));
 out:
     json_decref(o);

@@ -21,6 +21,7 @@
 #include "common/buf.h"
 #include "daemon/models.h"
 #include "daemon/store.h"
+#include "worker/merge.h"
 
 extern char **environ;
 
@@ -29,12 +30,14 @@ extern char **environ;
 #define ERR_TAIL 2048       /* bytes of a child's stderr kept for the message */
 #define MERGE_OUTPUT (64u << 10)
 #define MERGING_PREFIX ".merging-"
+#define COPY_CHUNK (8u << 20)
 
 typedef struct merge_task {
     struct merge_task *next;
     runner *r;
     pthread_t th;
     atomic_int done;
+    int full; /* model_dir is a full_sft run directory, copied instead of merged */
     char job[64], name[64];
     char model_dir[PATH_MAX], adapter_dir[PATH_MAX], tmp_dir[PATH_MAX], final_dir[PATH_MAX];
 } merge_task;
@@ -301,8 +304,8 @@ static int generate_one(runner *r, const runner_gen *g, int tuned, double deadli
     argv[n++] = "generate";
     argv[n++] = "--json";
     argv[n++] = "--model";
-    argv[n++] = g->model_dir;
-    if (tuned) {
+    argv[n++] = tuned && g->tuned_model_dir ? g->tuned_model_dir : g->model_dir;
+    if (tuned && !g->tuned_model_dir) {
         argv[n++] = "--adapter";
         argv[n++] = g->adapter_dir;
     }
@@ -323,7 +326,9 @@ static int generate_one(runner *r, const runner_gen *g, int tuned, double deadli
     for (size_t i = 0; i < sizeof tail / sizeof tail[0]; i++) argv[n++] = tail[i];
     argv[n] = NULL;
     child_result res;
-    const char *what = tuned ? "generation with the adapter" : "generation with the base model";
+    const char *what = !tuned ? "generation with the base model"
+                       : g->tuned_model_dir ? "generation with the tuned model"
+                                            : "generation with the adapter";
     if (child_run(r, (char *const *)argv, deadline, RUNNER_MAX_OUTPUT, &res, err)) {
         child_free(&res);
         return -1;
@@ -368,11 +373,109 @@ static void merge_event(store *st, const char *job, const char *level, const cha
         fprintf(stderr, "lorad: job %s: %s (not recorded: %s)\n", job, msg, st ? e.msg : why);
 }
 
+static int write_all(int fd, const char *p, size_t n) {
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Copies src to dst (created), fsynced, giving up at runner_stop. Tries
+ * copy_file_range first: runs and models share the data directory, where a
+ * filesystem with reflinks copies gigabytes of weights in no time. */
+static int copy_file(runner *r, const char *src, const char *dst, lr_err *err) {
+    int in = open(src, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), out = -1, rc = -1, plain = 0;
+    char *buf = NULL;
+    if (in < 0) return lr_errp(err, LR_E_IO, NULL, "%s: %s", src, strerror(errno));
+    out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (out < 0) {
+        lr_errp(err, LR_E_IO, NULL, "%s: %s", dst, strerror(errno));
+        goto done;
+    }
+    for (off_t copied = 0;;) {
+        if (atomic_load(&r->stopping)) {
+            lr_errp(err, LR_E_INTERNAL, NULL, "copying %s was stopped: lorad is shutting down", src);
+            goto done;
+        }
+        ssize_t n;
+        if (!plain) {
+            n = copy_file_range(in, NULL, out, NULL, COPY_CHUNK, 0);
+            if (n < 0 && !copied && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+                plain = 1; /* no in-kernel copy between these files: read and write */
+                continue;
+            }
+        } else {
+            if (!buf && !(buf = malloc(COPY_CHUNK))) {
+                lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+                goto done;
+            }
+            n = read(in, buf, COPY_CHUNK);
+            if (n > 0 && write_all(out, buf, (size_t)n)) {
+                lr_errp(err, LR_E_IO, NULL, "writing %s: %s", dst, strerror(errno));
+                goto done;
+            }
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            lr_errp(err, LR_E_IO, NULL, "copying %s to %s: %s", src, dst, strerror(errno));
+            goto done;
+        }
+        if (n == 0) break;
+        copied += n;
+    }
+    if (fsync(out)) {
+        lr_errp(err, LR_E_IO, NULL, "writing %s: %s", dst, strerror(errno));
+        goto done;
+    }
+    rc = 0;
+done:
+    free(buf);
+    close(in);
+    if (out >= 0 && close(out) && !rc) rc = lr_errp(err, LR_E_IO, NULL, "writing %s: %s", dst, strerror(errno));
+    return rc;
+}
+
+static int has_suffix(const char *s, const char *suffix) {
+    size_t l = strlen(s), sl = strlen(suffix);
+    return l > sl && !strcmp(s + l - sl, suffix);
+}
+
+/* A full_sft run directory's model into t->tmp_dir: the weights (lora-worker
+ * writes one model.safetensors; a sharded folder's index goes with its
+ * shards), then config.json and the tokenizer and generation files, the
+ * same set `lora-worker merge` copies from a base. Checkpoints, logs and
+ * the rest of the run stay behind. */
+static int copy_model(merge_task *t, lr_err *err) {
+    if (mkdir(t->tmp_dir, 0755)) return lr_errp(err, LR_E_IO, NULL, "%s: %s", t->tmp_dir, strerror(errno));
+    DIR *d = opendir(t->model_dir);
+    if (!d) return lr_errp(err, LR_E_IO, NULL, "%s: %s", t->model_dir, strerror(errno));
+    char src[PATH_MAX], dst[PATH_MAX];
+    struct dirent *de;
+    struct stat sb;
+    int rc = 0, weights = 0;
+    while (!rc && (de = readdir(d))) {
+        const char *n = de->d_name;
+        if (n[0] == '.' || !(has_suffix(n, ".safetensors") || has_suffix(n, ".safetensors.index.json"))) continue;
+        if (fstatat(dirfd(d), n, &sb, AT_SYMLINK_NOFOLLOW) || !S_ISREG(sb.st_mode)) continue;
+        if (lr_pathf(src, sizeof src, "%s/%s", t->model_dir, n) || lr_pathf(dst, sizeof dst, "%s/%s", t->tmp_dir, n))
+            rc = lr_errp(err, LR_E_INVALID, NULL, "path too long in %s", t->model_dir);
+        else rc = copy_file(t->r, src, dst, err);
+        weights += has_suffix(n, ".safetensors");
+    }
+    closedir(d);
+    if (!rc && !weights) rc = lr_errp(err, LR_E_INVALID, NULL, "%s has no *.safetensors weights", t->model_dir);
+    return rc ? rc : merge_copy_side_files(t->model_dir, t->tmp_dir, err);
+}
+
 static void *merge_main(void *p) {
     merge_task *t = p;
     runner *r = t->r;
     lr_err e = {0}, se = {0};
-    child_result res;
+    child_result res = {0}; /* freed at the end even when no child ran */
     json_t *info = NULL;
     store *st = NULL;
     int ok = 0, renamed = 0;
@@ -381,9 +484,12 @@ static void *merge_main(void *p) {
                           "--out", t->tmp_dir, NULL};
     /* This thread's own connection: the HTTP thread's is not to be shared. */
     if (store_open(r->db_path, &st, &se)) st = NULL;
-    snprintf(msg, sizeof msg, "merging the adapter into a new model %s", t->name);
+    snprintf(msg, sizeof msg, t->full ? "registering the full_sft model as a new model %s"
+                                      : "merging the adapter into a new model %s", t->name);
     merge_event(st, t->job, "info", msg, se.msg);
-    if (child_run(r, argv, 0, MERGE_OUTPUT, &res, &e) || child_error(&res, "lora-worker merge", &e)) goto done;
+    if (t->full ? copy_model(t, &e)
+                : child_run(r, argv, 0, MERGE_OUTPUT, &res, &e) || child_error(&res, "lora-worker merge", &e))
+        goto done;
     /* The final name appears only once the folder is complete. */
     if (renameat2(AT_FDCWD, t->tmp_dir, AT_FDCWD, t->final_dir, RENAME_NOREPLACE)) {
         lr_errp(&e, LR_E_IO, NULL, "renaming %s to %s: %s", t->tmp_dir, t->final_dir, strerror(errno));
@@ -405,11 +511,13 @@ static void *merge_main(void *p) {
 done:
     child_free(&res);
     if (ok) {
-        snprintf(msg, sizeof msg, "merged into model %s (%s)", t->name, real);
+        snprintf(msg, sizeof msg, t->full ? "registered the full_sft model as %s (%s)" : "merged into model %s (%s)",
+                 t->name, real);
         merge_event(st, t->job, "info", msg, se.msg);
     } else {
         rm_tree(renamed ? t->final_dir : t->tmp_dir);
-        snprintf(msg, sizeof msg, "merge into model %s failed: %s", t->name, e.msg);
+        snprintf(msg, sizeof msg, t->full ? "registering the full_sft model as %s failed: %s"
+                                          : "merge into model %s failed: %s", t->name, e.msg);
         merge_event(st, t->job, "error", msg, se.msg);
     }
     store_close(st);
@@ -427,10 +535,11 @@ int runner_merge_start(runner *r, const runner_merge *m, lr_err *err) {
     t->r = r;
     snprintf(t->job, sizeof t->job, "%s", m->job_id);
     snprintf(t->name, sizeof t->name, "%s", m->name);
+    t->full = m->tuned_model_dir != NULL;
     char dir[PATH_MAX];
     if (lr_pathf(dir, sizeof dir, "%s/models", r->data_dir) ||
-        lr_pathf(t->model_dir, sizeof t->model_dir, "%s", m->model_dir) ||
-        lr_pathf(t->adapter_dir, sizeof t->adapter_dir, "%s", m->adapter_dir) ||
+        lr_pathf(t->model_dir, sizeof t->model_dir, "%s", t->full ? m->tuned_model_dir : m->model_dir) ||
+        lr_pathf(t->adapter_dir, sizeof t->adapter_dir, "%s", t->full ? "" : m->adapter_dir) ||
         lr_pathf(t->tmp_dir, sizeof t->tmp_dir, "%s/" MERGING_PREFIX "%s", dir, m->name) ||
         lr_pathf(t->final_dir, sizeof t->final_dir, "%s/%s", dir, m->name)) {
         free(t);

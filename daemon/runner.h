@@ -1,5 +1,6 @@
 /* runner: one-off lora-worker runs the REST API asks for outside the
- * scheduler: side-by-side generations and adapter merges.
+ * scheduler: side-by-side generations and adapter merges (or, for a
+ * full_sft run, registering its model folder as a new model).
  *
  * lorad never loads a model itself. Each action spawns lora-worker
  * (posix_spawn; stdin /dev/null; stdout and stderr on close-on-exec pipes,
@@ -42,7 +43,9 @@ void runner_wait(runner *r);
 void runner_free(runner *r);
 
 typedef struct runner_gen {
-    const char *model_dir, *adapter_dir;
+    const char *model_dir;       /* the base model: the "base" side */
+    const char *adapter_dir;     /* the "tuned" side is model_dir + this adapter, */
+    const char *tuned_model_dir; /* or, when set, this model folder alone (a full_sft run directory) */
     const char *chat_template;   /* auto, chatml, llama3, mistral, alpaca, plain */
     const char *prompt, *system; /* system may be NULL */
     int max_new_tokens, top_k;
@@ -52,7 +55,8 @@ typedef struct runner_gen {
     int n_stop;
 } runner_gen;
 
-/* Answers the prompt with the base model, then with base + adapter. *out:
+/* Answers the prompt with the base model, then with base + adapter (or the
+ * tuned model folder). *out:
  * {"prompt_tokens": n, "base": {"text", "tokens", "stop"}, "tuned": {...},
  * "seconds": wall time}. Errors: LR_E_BUSY (max_generations already run),
  * LR_E_TIMEOUT, LR_E_INVALID (the prompt does not fit the model), else
@@ -60,18 +64,23 @@ typedef struct runner_gen {
 int runner_generate(runner *r, const runner_gen *g, json_t **out, lr_err *err) LR_WARN_UNUSED;
 
 typedef struct runner_merge {
-    const char *job_id;      /* the events go to this job */
+    const char *job_id;          /* the events go to this job */
     const char *model_dir, *adapter_dir;
-    const char *name;        /* a valid model name (models_name_ok) */
+    const char *tuned_model_dir; /* set (a full_sft run directory): registered as is; the two above unused */
+    const char *name;            /* a valid model name (models_name_ok) */
 } runner_merge;
 
-/* Starts `lora-worker merge` into <data_dir>/models/.merging-<name> and
- * returns. When the child succeeds the folder becomes models/<name> and is
- * registered like `lorad model add` does, with an info event on the job
- * ("merged into model NAME"); on failure the partial folder is removed and
- * the job gets an error event ("merge into model NAME failed: ..."). The
- * caller checks that no registered model has the name; LR_E_CONFLICT here
- * when a merge into name is under way or models/<name> exists. */
+/* Starts `lora-worker merge` into <data_dir>/models/.merging-<name> (or,
+ * with tuned_model_dir, a copy of that folder's model files: the
+ * *.safetensors weights, config.json and the tokenizer and generation
+ * files) and returns. When that succeeds the folder becomes models/<name>
+ * and is registered like `lorad model add` does, with an info event on the
+ * job ("merged into model NAME", or "registered the full_sft model as
+ * NAME"); on failure the partial folder is removed and the job gets an
+ * error event ("merge into model NAME failed: ...", or "registering the
+ * full_sft model as NAME failed: ..."). The caller checks that no
+ * registered model has the name; LR_E_CONFLICT here when a merge into name
+ * is under way or models/<name> exists. */
 int runner_merge_start(runner *r, const runner_merge *m, lr_err *err) LR_WARN_UNUSED;
 
 #endif

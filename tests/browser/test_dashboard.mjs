@@ -1,7 +1,7 @@
 // The dashboard in headless Chromium against a real lorad with a CPU worker
 // training a tiny Llama: token entry, uploads, submit, the live jobs table
-// and job page, cancel rights, compare, "Try it" and merge, workers, a
-// finished 100,000-step job and phone width. Screenshots go to $LR_ARTIFACTS (default /tmp/lorad-screens).
+// and job page, cancel rights, compare, "Try it" and merge (and a full_sft
+// job's register), workers, a finished 100,000-step job and phone width. Screenshots go to $LR_ARTIFACTS (default /tmp/lorad-screens).
 // Any console error on any page fails the test that opened it.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -322,6 +322,34 @@ suite.test('job page: "Try it" shows base and tuned side by side; merge into a m
   assert(await b.isDisabled(), 'bob may merge alice\'s job');
   q.checkConsole();
   await q.close();
+}, { training: true });
+
+suite.test('job page: a full_sft job tries its model and registers it', async () => {
+  const j = await lorad.api('alice', 'POST', '/v1/jobs', {
+    name: 'full', model: 'tiny', training_file: datasetId, device: 'cpu', method: { type: 'full_sft' },
+    hyperparameters: { ...TRAIN, max_steps: 3, eval_steps: 1000, save_steps: 1000, val_ratio: 0 },
+  });
+  await waitFor(async () => {
+    const s = (await lorad.api('alice', 'GET', `/v1/jobs/${j.id}`)).status;
+    if (s === 'failed' || s === 'cancelled') throw new Error(`the full_sft job ${s}`);
+    return s === 'succeeded';
+  }, 120000, 'the full_sft job to succeed', 500);
+  const p = await alice.page(lorad.url, lorad.tokens.alice);
+  await p.open(`#/jobs/${j.id}`);
+  await p.page.waitForSelector('ul.files a:has-text("model.safetensors")');
+  await p.page.fill('.tryit textarea[name=prompt]', 'What is 2 plus 5?');
+  await p.page.fill('.tryit input[name=max_new_tokens]', '4');
+  await p.page.click('.tryit button.generate');
+  await p.page.waitForSelector('.tryit .gen-out:not([hidden])', { timeout: 60000 });
+  const b = await p.page.waitForSelector('.tryit button.merge');
+  assert((await b.textContent()) === 'Register as a model', `button: ${await b.textContent()}`);
+  await p.page.fill('.tryit input[name=merge_name]', 'web-full');
+  await b.click();
+  const done = await p.page.waitForSelector('.merge-msg [data-state=merged][data-model=web-full]', { timeout: 60000 });
+  assert(/^registered: /.test(await done.textContent()), `message: ${await done.textContent()}`);
+  assert((await lorad.api('alice', 'GET', '/v1/models/web-full')).id === 'web-full', 'web-full is not registered');
+  p.checkConsole();
+  await p.close();
 }, { training: true });
 
 suite.test('workers page: device, status, since', async () => {

@@ -285,5 +285,11 @@ test('canMerge: a finished job, its owner or an admin', () => {
   assert.equal(L.canMerge({ ...j, status: 'running' }, { user: 'alice' }), false);
 });
 
+test('trainedOutput: a full_sft job has a model, any other an adapter', () => {
+  assert.deepEqual(L.trainedOutput({ spec: { method: { type: 'full_sft' } } }), { full: true, file: 'model.safetensors' });
+  for (const j of [{ spec: { method: { type: 'sft' } } }, { spec: {} }, {}, null])
+    assert.deepEqual(L.trainedOutput(j), { full: false, file: 'adapter_model.safetensors' });
+});
+
 console.log(`${passed} passed, ${failed} failed, 0 skipped`);
 process.exit(failed ? 1 : 0);

@@ -128,6 +128,10 @@ static const char *err_param(json_t *j) {
     return json_string_value(json_object_get(json_object_get(j, "error"), "param"));
 }
 
+static const char *err_msg(json_t *j) {
+    return json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+}
+
 static int count_jobs(void) {
     lr_err e = {0};
     json_t *l = store_jobs_list(g_st, NULL, NULL, NULL, 1000, NULL, &e);
@@ -383,5 +387,54 @@ TEST(generate_and_merge_checks) {
     json_decref(j);
     j = call("POST", merge, "tok-root", NULL, NULL, &st);
     CHECK_EQ_INT(st, 503);
+    json_decref(j);
+}
+
+/* A full_sft job has a model, not an adapter: generate and merge look for
+ * model.safetensors and say "model"; an adapter file does not count. */
+TEST(full_sft_generate_and_merge_checks) {
+    REQUIRE(setup() == 0);
+    int st;
+    lr_err e = {0};
+    json_t *j = call("POST", "/v1/jobs", "tok-alice",
+                     "{\"model\":\"tiny\",\"training_file\":\"file-000000000001\",\"method\":{\"type\":\"full_sft\"}}",
+                     NULL, &st);
+    REQUIRE(st == 200);
+    char id[64], gen[128], merge[128], dir[1300], path[1400];
+    snprintf(id, sizeof id, "%s", json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    snprintf(gen, sizeof gen, "/v1/jobs/%s/generate", id);
+    snprintf(merge, sizeof merge, "/v1/jobs/%s/merge", id);
+    j = call("POST", gen, "tok-alice", "{\"prompt\":\"x\"}", NULL, &st);
+    CHECK_EQ_INT(st, 409);
+    CHECKF(err_msg(j) && strstr(err_msg(j), "its model can be used once"), "%s", err_msg(j) ? err_msg(j) : "");
+    json_decref(j);
+    REQUIRE(store_job_start(g_st, id, "w1", &e) == 0 && store_job_finish(g_st, id, "failed", "x", NULL, &e) == 0);
+    snprintf(dir, sizeof dir, "%s/runs/%s", g_cfg.data_dir, id);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    REQUIRE(lr_mkdirs(dir, &e) == 0 && lr_write_file_atomic(path, "x", 1, &e) == 0);
+    j = call("POST", merge, "tok-alice", NULL, NULL, &st);
+    CHECK_EQ_INT(st, 409);
+    CHECKF(err_msg(j) && strstr(err_msg(j), "has no trained model: it ended before saving model.safetensors"), "%s",
+           err_msg(j) ? err_msg(j) : "");
+    json_decref(j);
+    j = call("POST", gen, "tok-alice", "{\"prompt\":\"x\"}", NULL, &st);
+    CHECK_EQ_INT(st, 409);
+    json_decref(j);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    REQUIRE(lr_write_file_atomic(path, "x", 1, &e) == 0);
+    j = call("POST", merge, "tok-alice", "{\"name\":\"tiny\"}", NULL, &st);
+    CHECK_EQ_INT(st, 409); /* a registered model's name */
+    json_decref(j);
+    j = call("POST", gen, "tok-alice", "{\"prompt\":\"x\"}", NULL, &st);
+    CHECK_EQ_INT(st, 503);
+    json_decref(j);
+    j = call("POST", merge, "tok-alice", NULL, NULL, &st);
+    CHECK_EQ_INT(st, 503);
+    json_decref(j);
+    snprintf(path, sizeof path, "/v1/jobs/%s/artifacts/model.safetensors", id);
+    j = call("GET", path, "tok-alice", NULL, NULL, &st);
+    CHECK_EQ_INT(st, 200);
+    CHECK_EQ_INT(json_integer_value(json_object_get(j, "fd_size")), 1);
     json_decref(j);
 }

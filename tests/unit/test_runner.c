@@ -1,7 +1,8 @@
 /* runner against a fake lora-worker (a shell script whose behaviour the
  * FAKE_MODE variable picks): results parsed, the worker's message passed on,
  * deadline, output cap, the cap on generations at once, runner_stop, no
- * child left unreaped, and merges that register a model or clean up. */
+ * child left unreaped, and merges that register a model or clean up; a
+ * full_sft run's folder as the tuned side and registered as a copy. */
 #include "tests/unit/test.h"
 
 #include <errno.h>
@@ -23,6 +24,7 @@ static const char FAKE[] =
     "case $FAKE_MODE in\n"
     "ok) [ $tuned = 1 ] && t=tuned || t=base\n"
     "    echo '{\"id\":\"prompt\",\"prompt_tokens\":3,\"ids\":[5,6],\"stop\":\"length\",\"text\":\"'$t'\\u0000!\"}';;\n"
+    "which) echo '{\"id\":\"prompt\",\"prompt_tokens\":1,\"ids\":[],\"stop\":\"length\",\"text\":\"'$model:$tuned'\"}';;\n"
     "slow) exec sleep 30;;\n"
     "flood) exec yes;;\n"
     "long) echo 'loading...' >&2; echo 'generate: prompt: the prompt has 99 tokens; the model takes at most 10' >&2; "
@@ -101,6 +103,25 @@ TEST(generate_failures_carry_the_workers_words) {
     runner_free(r);
 }
 
+TEST(generate_with_a_tuned_model_folder) {
+    runner *r = make_runner(2, 10);
+    REQUIRE(r);
+    setenv("FAKE_MODE", "which", 1);
+    runner_gen g = GEN;
+    g.adapter_dir = NULL;
+    g.tuned_model_dir = "/run";
+    json_t *o = NULL;
+    lr_err e = {0};
+    REQUIRE(runner_generate(r, &g, &o, &e) == 0);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "base"), "text")), "/m:0");
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "tuned"), "text")), "/run:0"); /* no --adapter */
+    json_decref(o);
+    setenv("FAKE_MODE", "boom", 1);
+    CHECK(runner_generate(r, &g, &o, &e) == -1);
+    CHECK(no_children());
+    runner_free(r);
+}
+
 TEST(generate_deadline_kills_the_child) {
     runner *r = make_runner(2, 1);
     REQUIRE(r);
@@ -165,10 +186,13 @@ static store *open_store(void) {
     }
     store_job_new j = {.id = "ftjob-000000000001", .name = "j", .user = "alice", .model = "m", .device = "any",
                        .spec_json = "{}", .max_retries = 1};
-    if (store_job_insert(st, &j, &e)) {
+    json_t *had = store_job_get(st, j.id, &e); /* an earlier test's */
+    lr_err_clear(&e);
+    if (!had && store_job_insert(st, &j, &e)) {
         store_close(st);
         return NULL;
     }
+    json_decref(had);
     return st;
 }
 
@@ -217,6 +241,109 @@ TEST(merge_registers_the_model_or_cleans_up) {
     snprintf(dir, sizeof dir, "%s/models/.merging-merged-2", g_data);
     CHECK(stat(dir, &sb) != 0);
     snprintf(dir, sizeof dir, "%s/models/merged-2", g_data);
+    CHECK(stat(dir, &sb) != 0);
+    CHECK(no_children());
+    runner_free(r);
+    store_close(st);
+}
+
+static int same_file(const char *a, const char *b) {
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    lr_err e = {0};
+    int same = !lr_read_file(a, 1 << 26, &x, &nx, &e) && !lr_read_file(b, 1 << 26, &y, &ny, &e) && nx == ny &&
+               !memcmp(x, y, nx);
+    free(x);
+    free(y);
+    return same;
+}
+
+static const char *const RUN_FILES[] = {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
+                                        "vocab.json", "merges.txt"};
+#define N_RUN_FILES (sizeof RUN_FILES / sizeof RUN_FILES[0])
+
+/* A full_sft run directory: the model's files plus a log, as a run leaves. */
+static int make_run(const char *model, const char *run) {
+    char p[1300], q[1300];
+    lr_err e = {0};
+    if (lr_mkdirs(run, &e)) return -1;
+    for (size_t i = 0; i < N_RUN_FILES; i++) {
+        char *buf = NULL;
+        size_t len = 0;
+        snprintf(p, sizeof p, "%s/%s", model, RUN_FILES[i]);
+        snprintf(q, sizeof q, "%s/%s", run, RUN_FILES[i]);
+        int bad = lr_read_file(p, 1 << 26, &buf, &len, &e) || lr_write_file_atomic(q, buf, len, &e);
+        free(buf);
+        if (bad) return -1;
+    }
+    snprintf(q, sizeof q, "%s/train_log.csv", run);
+    return lr_write_file_atomic(q, "step\n", 5, &e);
+}
+
+/* Registers run as model name; whether it is registered with the run's model
+ * files, byte for byte, and nothing else. */
+static int registers_copy(runner *r, store *st, const char *run, const char *name) {
+    char p[1300], q[1300], dir[1200];
+    lr_err e = {0};
+    runner_merge m = {.job_id = "ftjob-000000000001", .tuned_model_dir = run, .name = name};
+    if (runner_merge_start(r, &m, &e)) return 0;
+    runner_wait(r);
+    int ok = store_model_dir(st, name, dir, sizeof dir, &e) == 0;
+    for (size_t i = 0; ok && i < N_RUN_FILES; i++) {
+        snprintf(p, sizeof p, "%s/%s", run, RUN_FILES[i]);
+        snprintf(q, sizeof q, "%s/models/%s/%s", g_data, name, RUN_FILES[i]);
+        ok = same_file(p, q);
+    }
+    snprintf(q, sizeof q, "%s/models/%s/train_log.csv", g_data, name);
+    return ok && access(q, F_OK) != 0; /* the run's logs stay behind */
+}
+
+/* A full_sft run directory is registered as a copy of its model files (no
+ * child), also from another filesystem (/dev/shm: no in-kernel copy across
+ * filesystems, so read and write); one without weights fails and leaves
+ * nothing. */
+TEST(full_sft_model_is_copied_and_registered) {
+    const char *model = test_fixture("models/tiny-gpt2-hf");
+    char p[1300], dir[1200], run[1100];
+    snprintf(p, sizeof p, "%s/config.json", model);
+    if (access(p, R_OK)) SKIP("fixture models/tiny-gpt2-hf is missing");
+    runner *r = make_runner(2, 10);
+    REQUIRE(r);
+    store *st = open_store();
+    REQUIRE(st);
+    lr_err e = {0};
+    snprintf(run, sizeof run, "%s/run-full", test_tmpdir());
+    REQUIRE(make_run(model, run) == 0);
+    unsetenv("FAKE_MODE"); /* no lora-worker runs */
+    CHECK(registers_copy(r, st, run, "full-1"));
+    CHECK(has_event(st, "registering the full_sft model as a new model full-1"));
+    CHECK(has_event(st, "registered the full_sft model as full-1 ("));
+    char shm[] = "/dev/shm/lrtest-run.XXXXXX";
+    if (mkdtemp(shm)) {
+        snprintf(p, sizeof p, "%s/run", shm);
+        CHECK(make_run(model, p) == 0 && registers_copy(r, st, p, "full-shm"));
+        for (size_t i = 0; i < N_RUN_FILES; i++) {
+            snprintf(p, sizeof p, "%s/run/%s", shm, RUN_FILES[i]);
+            unlink(p);
+        }
+        snprintf(p, sizeof p, "%s/run/train_log.csv", shm);
+        unlink(p);
+        snprintf(p, sizeof p, "%s/run", shm);
+        rmdir(p);
+        rmdir(shm);
+    }
+    /* No weights: an error event, no model, no folder. */
+    snprintf(p, sizeof p, "%s/model.safetensors", run);
+    REQUIRE(unlink(p) == 0);
+    runner_merge m = {.job_id = "ftjob-000000000001", .tuned_model_dir = run, .name = "full-2"};
+    REQUIRE(runner_merge_start(r, &m, &e) == 0);
+    runner_wait(r);
+    CHECK(store_model_dir(st, "full-2", dir, sizeof dir, &e) == -1);
+    CHECK(has_event(st, "registering the full_sft model as full-2 failed: "));
+    struct stat sb;
+    snprintf(dir, sizeof dir, "%s/models/.merging-full-2", g_data);
+    CHECK(stat(dir, &sb) != 0);
+    snprintf(dir, sizeof dir, "%s/models/full-2", g_data);
     CHECK(stat(dir, &sb) != 0);
     CHECK(no_children());
     runner_free(r);

@@ -4,7 +4,7 @@
 import { api, download } from './api.js';
 import {
   fmtNum, fmtDuration, fmtTime, fmtBytes, elapsed, eta, isFinished,
-  normalizeMetrics, mergeMetrics, planFetches, boundStore, smooth, buildHash,
+  normalizeMetrics, mergeMetrics, planFetches, boundStore, smooth, buildHash, trainedOutput,
 } from './logic.js';
 import { h, replace, statusBadge, progressBar, errorBox, table, poll, pref, setPref } from './ui.js';
 import { LineChart, PALETTE, toXY } from './charts.js';
@@ -37,7 +37,7 @@ export function mount(root, ctx) {
   const ckBox = h('div', {});
   const artBox = h('div', {});
   const cfgBox = h('pre', { class: 'config' });
-  const tryBox = h('div', {}); // "Try it" once the job has finished with an adapter
+  const tryBox = h('div', {}); // "Try it" once the job has finished with an adapter (full_sft: a model)
   let tryit = null;
   replace(root, head, msg, tryBox, controls, grid,
     h('div', { class: 'cols' },
@@ -167,7 +167,7 @@ export function mount(root, ctx) {
   async function fetchArtifacts() {
     const r = await api(`/v1/jobs/${jid}/artifacts`);
     const d = (r && r.data) || [];
-    if (!tryit && isFinished(job.status) && d.some((f) => (f.name || f) === 'adapter_model.safetensors')) {
+    if (!tryit && isFinished(job.status) && d.some((f) => (f.name || f) === trainedOutput(job).file)) {
       tryit = tryCard(job, ctx.me);
       replace(tryBox, tryit.el);
     }

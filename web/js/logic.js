@@ -434,6 +434,14 @@ export function mergeNameFor(job) {
   return `${base || (job && job.id)}-merged`;
 }
 
+// What a finished job trained: an adapter, or for full_sft a whole model
+// (its run directory is a model folder, which the merge route registers as
+// it is). file is the artifact that says it is there.
+export function trainedOutput(job) {
+  const full = !!(job && job.spec && job.spec.method && job.spec.method.type === 'full_sft');
+  return { full, file: full ? 'model.safetensors' : 'adapter_model.safetensors' };
+}
+
 export function canMerge(job, me) {
   if (!job || !isFinished(job.status)) return false;
   if (!me) return true; // unknown identity: let the server decide

@@ -1,9 +1,10 @@
 // The job page's "Try it" card: a prompt answered by the base model and by
-// base + this job's adapter in two columns (POST /v1/jobs/ID/generate), and
-// "Merge into a model" (POST /v1/jobs/ID/merge, then polling the job's events
-// until they say the model is registered or the merge failed).
+// base + this job's adapter (a full_sft job: its trained model) in two
+// columns (POST /v1/jobs/ID/generate), and "Merge into a model" ("Register as
+// a model" for full_sft: POST /v1/jobs/ID/merge either way, then polling the
+// job's events until they say the model is registered or that it failed).
 import { api } from './api.js';
-import { generationRequest, mergeNameFor, canMerge } from './logic.js';
+import { generationRequest, mergeNameFor, canMerge, trainedOutput } from './logic.js';
 import { h, replace, errorBox } from './ui.js';
 
 const MERGE_POLL_MS = 1500;
@@ -62,29 +63,34 @@ export function tryCard(job, me) {
 
   // ---- merge ----
   const allowed = canMerge(job, me);
+  const { full } = trainedOutput(job);
   const name = h('input', { name: 'merge_name', placeholder: mergeNameFor(job), spellcheck: false, maxlength: '63' });
   const mergeMsg = h('div', { class: 'merge-msg' });
   const mergeBtn = h('button', {
     type: 'button', class: 'secondary merge',
     disabled: !allowed,
-    title: allowed ? 'write base + adapter as a new model that jobs can train on' : 'only the owner or an admin can merge this job',
+    title: !allowed ? 'only the owner or an admin can merge this job'
+      : full ? 'register the trained model as a new model that jobs can train on'
+        : 'write base + adapter as a new model that jobs can train on',
     onclick: () => merge(),
-  }, 'Merge into a model');
+  }, full ? 'Register as a model' : 'Merge into a model');
 
   async function merge() {
     const want = name.value.trim() || mergeNameFor(job);
     mergeBtn.disabled = true;
-    replace(mergeMsg, h('span', { class: 'muted' }, `starting the merge into ${want}…`));
+    replace(mergeMsg, h('span', { class: 'muted' }, full ? `registering as ${want}…` : `starting the merge into ${want}…`));
     try {
       const before = await api(`/v1/jobs/${jid}/events`, { params: { limit: 10000 } });
       const evs = (before && before.data) || [];
       let after = evs.length ? evs[evs.length - 1].id : 0;
       const r = await api(`/v1/jobs/${jid}/merge`, { method: 'POST', body: name.value.trim() ? { name: want } : {} });
       const model = r.id;
-      replace(mergeMsg, h('span', { class: 'muted', dataset: { state: 'merging' } }, `merging into model ${model}…`));
+      replace(mergeMsg, h('span', { class: 'muted', dataset: { state: 'merging' } },
+        full ? `copying the model into ${model}…` : `merging into model ${model}…`));
       // The job's events say how it ended (polling /v1/models/NAME would
       // log a 404 per poll while the merge runs).
-      const merged = `merged into model ${model} `, failed = `merge into model ${model} failed`;
+      const merged = full ? `registered the full_sft model as ${model} ` : `merged into model ${model} `;
+      const failed = full ? `registering the full_sft model as ${model} failed` : `merge into model ${model} failed`;
       const check = async () => {
         if (stopped) return;
         const ev = await api(`/v1/jobs/${jid}/events`, { params: { after, limit: 10000 } });
@@ -92,7 +98,8 @@ export function tryCard(job, me) {
           after = e.id;
           if (e.message.startsWith(failed)) throw new Error(e.message);
           if (e.message.startsWith(merged)) {
-            replace(mergeMsg, h('span', { class: 'ok', dataset: { state: 'merged', model } }, `merged: model ${model} is registered; jobs can train on it`));
+            replace(mergeMsg, h('span', { class: 'ok', dataset: { state: 'merged', model } },
+              `${full ? 'registered' : 'merged'}: model ${model} is registered; jobs can train on it`));
             mergeBtn.disabled = false;
             return;
           }
