@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <utf8proc.h>
 
 #include "common/buf.h"
@@ -118,7 +119,8 @@ typedef struct ejob {
     kb_backend *be;
     tok *tk;
     chat ch;
-    model *m;
+    model *m;  /* the model generating now: the base, then the tuned one */
+    model *m0; /* the base, kept beside a tuned full model (full_sft); NULL with an adapter */
     model_kv *kv;
     prompt_set ps;
     fmt_checker *fc;
@@ -228,15 +230,16 @@ static int row_kl(ejob *J, row *r, lr_err *err) {
     }
     memcpy(seq, r->ids, (size_t)r->n * sizeof *seq);
     memcpy(seq + r->n, r->tuned_ids, (size_t)r->n_tuned * sizeof *seq);
+    model *base = J->m0 ? J->m0 : J->m;
     if (model_hidden(J->m, seq, T, h1, err)) goto done;
-    model_lora_enable(J->m, 0);
-    int brc = model_hidden(J->m, seq, T, h0, err);
-    model_lora_enable(J->m, 1);
+    if (!J->m0) model_lora_enable(J->m, 0);
+    int brc = model_hidden(base, seq, T, h0, err);
+    if (!J->m0) model_lora_enable(J->m, 1);
     if (brc) goto done;
     double sum = 0;
     for (int p0 = 0; p0 < P; p0 += rows) {
         int k = P - p0 < rows ? P - p0 : rows;
-        if (model_head(J->m, h1 + (size_t)p0 * C, k, l1, err) || model_head(J->m, h0 + (size_t)p0 * C, k, l0, err))
+        if (model_head(J->m, h1 + (size_t)p0 * C, k, l1, err) || model_head(base, h0 + (size_t)p0 * C, k, l0, err))
             goto done;
         for (int q = 0; q < k; q++) {
             const float *a = l1 + (size_t)q * V, *b = l0 + (size_t)q * V;
@@ -287,6 +290,31 @@ static int pass(ejob *J, int which, int64_t *progress, int64_t total, int *stopp
         ++*progress;
         if (J->hooks && J->hooks->progress) J->hooks->progress(J->hooks->ud, *progress, total, 0.0);
     }
+    return 0;
+}
+
+/* The tuned side: a PEFT adapter on the base, or a whole model folder (a
+ * full_sft run: config.json and weights, no adapter_config.json) loaded
+ * beside it, which must share the base's vocabulary. */
+static int tuned_load(ejob *J, lr_err *err) {
+    char path[4200];
+    if (lr_pathf(path, sizeof path, "%s/adapter_config.json", J->adapter))
+        return lr_errf(err, "path too long: %s", J->adapter);
+    int full = access(path, F_OK) != 0;
+    if (full && (lr_pathf(path, sizeof path, "%s/config.json", J->adapter) || access(path, F_OK)))
+        return lr_errp(err, LR_E_INVALID, "method.adapter", "%s has neither an adapter (adapter_config.json) nor a model (config.json)",
+                       J->adapter);
+    if (!full) return model_lora_load(J->m, J->adapter, err);
+    model *t = NULL;
+    if (model_load(J->adapter, J->be, &t, err)) return -1;
+    if (model_config(t)->vocab_size != model_config(J->m)->vocab_size) {
+        lr_errp(err, LR_E_INVALID, "method.adapter", "model %s has %d tokens, the base %d: not a fine-tune of it", J->adapter,
+                model_config(t)->vocab_size, model_config(J->m)->vocab_size);
+        model_free(t);
+        return -1;
+    }
+    J->m0 = J->m;
+    J->m = t;
     return 0;
 }
 
@@ -448,8 +476,7 @@ int evaljob_run(const jobspec *spec, const train_paths *paths, const train_opts 
        J.adapter ? J.adapter : "");
     if (pass(&J, 0, &progress, total, &stopped, err)) goto done;
     if (J.adapter && !stopped) {
-        if (model_lora_load(J.m, J.adapter, err)) goto done;
-        if (pass(&J, 1, &progress, total, &stopped, err)) goto done;
+        if (tuned_load(&J, err) || pass(&J, 1, &progress, total, &stopped, err)) goto done;
     }
     totals t;
     add_up(&J, &t);
@@ -475,6 +502,7 @@ done:
     prompts_free(&J.ps);
     model_kv_free(J.kv);
     model_free(J.m);
+    model_free(J.m0);
     tok_free(J.tk);
     if (J.be) kb_destroy(J.be);
     return rc;

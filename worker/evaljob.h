@@ -5,7 +5,9 @@
  * of them, 0 = all) are rendered by the chat template with the assistant
  * header appended and answered by the base model, then by the base model
  * with the adapter (paths->reference_adapter_dir, the directory of
- * method.adapter; without one only the base is evaluated), using
+ * method.adapter; without one only the base is evaluated; a directory
+ * holding a whole model, as a full_sft run leaves, is evaluated as the
+ * tuned model itself), using
  * eval.generation's settings (the job's system_prompt applies; rows whose
  * prompt is longer than hyperparameters.max_seq_len or the model's
  * positions are skipped with a warning). Scores:

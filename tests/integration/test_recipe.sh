@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole recipe on a model this test makes itself (issue 7's acceptance,
 # and issue 3's "the learned behaviour shows in the outputs"):
-#  1. a random llama (4 layers, hidden 128) writes nothing in the style of
-#     the corpus: the eval job scores 0 on the style regex;
-#  2. full_sft pre-trains it on one prose style until >= 90% of held-out
-#     prompts are answered in that style (fluent, in one style);
+#  1-2. full_sft pre-trains a random llama (4 layers, hidden 128) on one
+#     prose style; one eval job compares the two models on held-out
+#     prompts: the random one scores 0 on the style regex, the pre-trained
+#     one >= 90% (fluent, in one style);
 #  3. a LoRA SFT job teaches a new output template (Summary / Key Points
 #     with two bullets / Question, nothing after): held-out loss falls and
 #     the eval job's compliance rises from the base's to >= 90%;
@@ -31,17 +31,15 @@ summary() { py "import json; print(json.load(open('$1/eval_summary.json'))['$2']
 run() { "$W" run --config "$T/$1.yaml" --out "$T/$1" --threads 2 --quiet > "$T/$1.log" 2>&1 || { cat "$T/$1.log"; return 1; }; }
 
 STYLE='\AThe [a-z]+ [a-z]+ the [a-z]+\. The [a-z]+ is [a-z]+\. They live near the [a-z]+\.\z'
-for m in random pre; do
-  cat > "$T/style_$m.yaml" <<YAML
-model: $m
+cat > "$T/style.yaml" <<YAML
+model: random
 training_file: style_eval.jsonl
 chat_template: chatml
-method: {type: eval}
+method: {type: eval, adapter: pre}
 eval:
   generation: {max_new_tokens: 40, temperature: 0}
   format: {regex: '$STYLE'}
 YAML
-done
 cat > "$T/pre.yaml" <<'YAML'
 model: random
 training_file: style.jsonl
@@ -84,16 +82,17 @@ YAML
 done
 
 # 1-2. pre-training with full_sft
-run style_random; r0=$(summary "$T/style_random" compliance_base)
-check "random model is not in the style (compliance $r0)" "py 'import sys; sys.exit(0 if $r0 < 0.1 else 1)'"
 run pre
 check "full_sft writes a full HF model folder" \
   "[ -s '$T/pre/model.safetensors' ] && [ -s '$T/pre/config.json' ] && [ -s '$T/pre/tokenizer.json' ] && [ ! -e '$T/pre/adapter_model.safetensors' ]"
 read -r l0 l1 <<<"$(py "import json; r=[x['loss'] for x in json.load(open('$T/pre/train_log.json')) if x['loss'] is not None]; print(r[0], r[-1])")"
 check "full_sft loss falls ($l0 -> $l1)" "py 'import sys; sys.exit(0 if $l1 < 0.5 * $l0 else 1)'"
-run style_pre; r1=$(summary "$T/style_pre" compliance_base)
+run style; r0=$(summary "$T/style" compliance_base); r1=$(summary "$T/style" compliance_tuned)
+check "random model is not in the style (compliance $r0)" "py 'import sys; sys.exit(0 if $r0 < 0.1 else 1)'"
 check "pre-trained model answers held-out prompts in the style (compliance $r1 >= 0.9)" \
   "py 'import sys; sys.exit(0 if $r1 >= 0.9 else 1)'"
+kl=$(summary "$T/style" kl)
+check "the eval job compares the two whole models (KL $kl > 0)" "py 'import sys; sys.exit(0 if $kl > 0 else 1)'"
 
 # 3. SFT teaches the notes template
 run sft
