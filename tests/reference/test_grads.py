@@ -307,22 +307,15 @@ def main():
             print(f"skip {c[0]}: {WORKER} is not built")
         print(f"0 passed, 0 failed, {len(CASES) + len(METHOD_CASES) + len(FULL_CASES)} skipped")
         return 0
+    # each group's seeds start at its own base, so adding a case to one group leaves the others' data alone
+    groups = [(CASES, run_case, 1000, 24), (METHOD_CASES, run_method_case, 2000, 26), (FULL_CASES, run_full_case, 3000, 26)]
     with tempfile.TemporaryDirectory(prefix="lrgrads.") as tmp:
-        for i, c in enumerate(CASES):
-            ok, msg = run_case(tmp, *c, seed=1000 + i)
-            print(f"{'ok  ' if ok else 'FAIL'} {c[0]:24s} {msg}")
-            passed += ok
-            failed += not ok
-        for i, c in enumerate(METHOD_CASES):
-            ok, msg = run_method_case(tmp, *c, seed=2000 + i)
-            print(f"{'ok  ' if ok else 'FAIL'} {c[0]:26s} {msg}")
-            passed += ok
-            failed += not ok
-        for i, c in enumerate(FULL_CASES):
-            ok, msg = run_full_case(tmp, *c, seed=3000 + i)
-            print(f"{'ok  ' if ok else 'FAIL'} {c[0]:26s} {msg}")
-            passed += ok
-            failed += not ok
+        for cases, run, seed0, width in groups:
+            for i, c in enumerate(cases):
+                ok, msg = run(tmp, *c, seed=seed0 + i)
+                print(f"{'ok  ' if ok else 'FAIL'} {c[0]:{width}s} {msg}")
+                passed += ok
+                failed += not ok
     print(f"({time.time() - t0:.1f}s; tolerances: loss {LOSS_TOL:g} relative, grads {GRAD_TOL:g} max|diff|/max|ref|)")
     print(f"{passed} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0
