@@ -57,7 +57,7 @@ static const char CHATML[] =
 static void usage(FILE *f) {
     fprintf(f,
             "usage: lora-worker mkmodel --arch llama|mistral|qwen2|gpt2 --out DIR\n"
-            "         [--preset tiny|gpt2-124m|qwen2.5-0.5b|llama-3-8b] [--seed N] [--dtype f32|bf16]\n"
+            "         [--preset tiny|gpt2-124m|qwen2.5-0.5b|llama-3-8b] [--seed N] [--dtype f32|bf16|f16]\n"
             "         [--tokenizer PATH] [--vocab N] [--layers N] [--hidden N] [--heads N] [--kv-heads N]\n"
             "         [--intermediate N]\n"
             "  A random model folder in Hugging Face format. --preset sets the shape (default tiny),\n"
@@ -273,8 +273,8 @@ static int write_weights(const char *dir, const hf_config *c, st_dtype dt, uint6
             if (kind == 2) rng_fill_normal(&r, f, n, 0.0f, std);
             else for (size_t k = 0; k < n; k++) f[k] = (float)kind;
             const void *p = f;
-            if (dt == ST_BF16) {
-                for (size_t k = 0; k < n; k++) h[k] = st_f32_to_bf16(f[k]);
+            if (dt != ST_F32) {
+                for (size_t k = 0; k < n; k++) h[k] = dt == ST_BF16 ? st_f32_to_bf16(f[k]) : st_f32_to_f16(f[k]);
                 p = h;
             }
             if (st_stream_put(s, p, n * st_dtype_size(dt), err)) goto done;
@@ -392,7 +392,8 @@ static int build_config(const mk_opts *o, hf_config *c, lr_err *err) {
         return lr_errp(err, LR_E_INVALID, "arch", "GPT-2 needs hidden = heads x head_dim");
     if (!strcmp(o->dtype, "f32")) snprintf(c->torch_dtype, sizeof c->torch_dtype, "float32");
     else if (!strcmp(o->dtype, "bf16")) snprintf(c->torch_dtype, sizeof c->torch_dtype, "bfloat16");
-    else return lr_errp(err, LR_E_INVALID, "dtype", "--dtype '%s' is not f32 or bf16", o->dtype);
+    else if (!strcmp(o->dtype, "f16")) snprintf(c->torch_dtype, sizeof c->torch_dtype, "float16");
+    else return lr_errp(err, LR_E_INVALID, "dtype", "--dtype '%s' is not f32, bf16 or f16", o->dtype);
     return 0;
 }
 
@@ -430,7 +431,7 @@ static int mkmodel(const mk_opts *o, lr_err *err) {
         write_generation_config(o->out, &c, err))
         goto done;
     double gb;
-    if (write_weights(o->out, &c, c.torch_dtype[0] == 'b' ? ST_BF16 : ST_F32, o->seed, &gb, err)) goto done;
+    if (write_weights(o->out, &c, c.torch_dtype[0] == 'b' ? ST_BF16 : !strcmp(c.torch_dtype, "float16") ? ST_F16 : ST_F32, o->seed, &gb, err)) goto done;
     printf("mkmodel: %s: %s, %d layers, hidden %d, %d/%d heads, vocab %d, %s, %.3f GB\n", o->out, c.arch_name,
            c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.vocab_size, c.torch_dtype, gb);
     rc = 0;

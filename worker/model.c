@@ -225,6 +225,10 @@ static int load_weights(wctx *w) {
     return 0;
 }
 
+kb_dtype model_weight_dtype(const hf_config *c, kb_dtype dflt) {
+    return dflt == KB_BF16 && !strcmp(c->torch_dtype, "float16") ? KB_F16 : dflt;
+}
+
 int model_load(const char *dir, kb_backend *be, model **out, lr_err *err) {
     char path[4096];
     st_set *s = NULL;
@@ -254,6 +258,7 @@ int model_load(const char *dir, kb_backend *be, model **out, lr_err *err) {
     }
     m->Qd = c->n_heads * c->head_dim;
     m->KVd = c->n_kv_heads * c->head_dim;
+    if (!be->host_memory) be->weight_dtype = model_weight_dtype(c, be->weight_dtype);
     m->wsize = be->weight_dtype == KB_F32 ? 4 : 2;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers) {

@@ -55,9 +55,16 @@ typedef struct model_param {
     int no_decay;     /* 1: AdamW without weight decay (full fine-tuning's biases and norms) */
 } model_param;
 
-/* Loads config.json and the safetensors weights of an HF model directory. */
+/* Loads config.json and the safetensors weights of an HF model directory.
+ * On a GPU backend it first sets be->weight_dtype to model_weight_dtype(),
+ * so one GPU backend serves models of one storage dtype. */
 int model_load(const char *dir, kb_backend *be, model **out, lr_err *err) LR_WARN_UNUSED;
 void model_free(model *m);
+/* The dtype a GPU keeps this model's frozen weights in, given the backend's
+ * default (bf16): f16 for a model stored in f16 ("torch_dtype": "float16"),
+ * whose weights f16 holds exactly where bf16 would drop three bits of each;
+ * the default otherwise. */
+kb_dtype model_weight_dtype(const hf_config *c, kb_dtype dflt);
 const hf_config *model_config(const model *m);
 
 /* Attaches fresh adapters: A Kaiming-uniform as PEFT (bound 1/sqrt(in)),

@@ -419,6 +419,30 @@ static void cu_rope_bwd(kb_backend *be, float *dx, int ld, const float *cs, cons
     rope(be, dx, ld, cs, sn, N, T, H, D, -1.0f);
 }
 
+/* ---- tensor-core helpers ----
+ * mma.sync m16n8k16 with bf16 operands and f32 accumulators. Fragment
+ * layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 g + t:
+ *   A (16 x 16, row-major), four 32-bit registers of two bf16:
+ *     {row g, cols 2t, 2t+1}, {row g+8, cols 2t, 2t+1},
+ *     {row g, cols 2t+8, 2t+9}, {row g+8, cols 2t+8, 2t+9};
+ *   B (16 x 8, k x n), two registers: {k 2t, 2t+1; col g}, {k 2t+8, 2t+9; col g};
+ *   C, D (16 x 8 f32): {row g: cols 2t, 2t+1}, {row g+8: cols 2t, 2t+1}.
+ * The lower-indexed element sits in the low 16 bits. So two adjacent C
+ * tiles, rounded and packed, are an A fragment (P V without a trip through
+ * shared memory), and a pair of a row-major tile's neighbouring elements is
+ * one 32-bit shared load. The host emulation test supplies its own tc_mma,
+ * tc_bf16 and ld32 (the kernels use nothing else of the hardware). */
+__device__ __forceinline__ void tc_mma(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+__device__ __forceinline__ uint16_t tc_bf16(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+__device__ __forceinline__ uint32_t ld32(const uint16_t *p) { return *(const uint32_t *)p; }
+
 /* ---- attention ---- */
 
 #define AR CUPLAN_ATT_ROWS
@@ -704,6 +728,332 @@ __global__ void __launch_bounds__(ATHREADS) attn_dq_k(float *dq, const float *do
     }
 }
 
+/* ---- tensor-core attention (see plan.h: CUPLAN_TC_*) ---- */
+
+#define TR CUPLAN_TC_ROWS
+#define TQ CUPLAN_TC_DKV_Q
+#define TPAD CUPLAN_TC_PAD
+
+__device__ __forceinline__ uint32_t tc_pack(float lo, float hi) {
+    return (uint32_t)tc_bf16(lo) | (uint32_t)tc_bf16(hi) << 16;
+}
+
+/* Rows [r0, r0 + n) of a head slice (f32, row stride ld) as bf16 rows of
+ * stride lds; rows past T are zero. */
+__device__ __forceinline__ void tc_rows(uint16_t *dst, int lds, const float *src, size_t ld, int r0, int n, int T,
+                                        int D) {
+    int hp = D / 2;
+    for (int e = threadIdx.x; e < n * hp; e += blockDim.x) {
+        int i = e / hp, d = (e - i * hp) * 2;
+        const float *p = src + (size_t)(r0 + i) * ld + d;
+        int in = r0 + i < T;
+        *(uint32_t *)(dst + i * lds + d) = tc_pack(in ? p[0] : 0.0f, in ? p[1] : 0.0f);
+    }
+}
+
+/* The same rows transposed: dst[d * lds + i]. */
+__device__ __forceinline__ void tc_cols(uint16_t *dst, int lds, const float *src, size_t ld, int r0, int n, int T,
+                                        int D) {
+    for (int e = threadIdx.x; e < n * D; e += blockDim.x) {
+        int i = e / D, d = e - i * D;
+        dst[d * lds + i] = tc_bf16(r0 + i < T ? src[(size_t)(r0 + i) * ld + d] : 0.0f);
+    }
+}
+
+/* The A fragment of the 16 x 16 block at p (row stride ld). */
+__device__ __forceinline__ void tc_frag_a(uint32_t *a, const uint16_t *p, int ld, int g, int t) {
+    a[0] = ld32(p + g * ld + 2 * t);
+    a[1] = ld32(p + (g + 8) * ld + 2 * t);
+    a[2] = ld32(p + g * ld + 2 * t + 8);
+    a[3] = ld32(p + (g + 8) * ld + 2 * t + 8);
+}
+
+/* C tiles 2j and 2j + 1 (16 x 16 together) as an A fragment. */
+__device__ __forceinline__ void tc_c2a(uint32_t *a, const float (*c)[4], int j) {
+    a[0] = tc_pack(c[2 * j][0], c[2 * j][1]);
+    a[1] = tc_pack(c[2 * j][2], c[2 * j][3]);
+    a[2] = tc_pack(c[2 * j + 1][0], c[2 * j + 1][1]);
+    a[3] = tc_pack(c[2 * j + 1][2], c[2 * j + 1][3]);
+}
+
+/* acc[NT] += A (16 x 16 rows of a16 via its fragment) times the NT 8-column
+ * tiles of B, where B's column n, rows k..k+1 are a pair at bt + n * ldb + k
+ * (B stored transposed: K rows for S = Q K^T, V^T rows for P V). */
+template <int NT>
+__device__ __forceinline__ void tc_mma_row(float (*acc)[4], const uint32_t *a, const uint16_t *bt, int ldb, int D,
+                                           int g, int t) {
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+        if (n * 8 < D) {
+            const uint16_t *p = bt + (n * 8 + g) * ldb + 2 * t;
+            tc_mma(acc[n], a, ld32(p), ld32(p + 8));
+        }
+}
+
+/* Forward: grid (T tiles, B*Hq). A warp owns 16 query rows; per key tile,
+ * S = Q K^T (16 x 64) stays in registers, the online softmax runs on it
+ * (a row's 64 values live in the 4 lanes of a quad), and P V adds into O. */
+template <int KD>
+__global__ void __launch_bounds__(128) tc_fwd_k(float *out, float *lse, const float *q, const float *k,
+                                                const float *v, int ldq, int ldkv, int T, int Hq, int Hkv, int D,
+                                                int W, float scale) {
+    extern __shared__ uint16_t tsm[];
+    const int LD = D + TPAD, LT = TR + TPAD;
+    uint16_t *Qs = tsm, *Ks = Qs + TR * LD, *Vt = Ks + TR * LD;
+    int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv);
+    int q0 = blockIdx.x * TR, w0 = (threadIdx.x >> 5) * 16, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
+    const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
+    tc_rows(Qs, LD, q + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, TR, T, D);
+    float o[2 * KD][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < 2 * KD; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) o[n][i] = 0.0f;
+    int kend = min(q0 + TR, T), kbeg = max(q0 - W + 1, 0) / TR * TR;
+    for (int k0 = kbeg; k0 < kend; k0 += TR) {
+        __syncthreads();
+        tc_rows(Ks, LD, kb, ldkv, k0, TR, T, D);
+        tc_cols(Vt, LT, vb, ldkv, k0, TR, T, D);
+        __syncthreads();
+        float s[8][4], mx[2] = {m[0], m[1]}, rs[2] = {0.0f, 0.0f}, alpha[2];
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) s[n][i] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++)
+            if (kk * 16 < D) {
+                uint32_t a[4];
+                tc_frag_a(a, Qs + w0 * LD + kk * 16, LD, g, t);
+                tc_mma_row<8>(s, a, Ks + kk * 16, LD, TR, g, t);
+            }
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int qi = q0 + w0 + g + (i >> 1) * 8, kj = k0 + n * 8 + 2 * t + (i & 1);
+                s[n][i] = kj <= qi && qi - kj < W && kj < T ? s[n][i] * scale : -INFINITY;
+                mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            /* a row that has seen no key yet (window) keeps m = -inf: p and
+             * alpha are then 0, not exp(-inf + inf) */
+            float mref = mx[r] == -INFINITY ? 0.0f : mx[r];
+            alpha[r] = expf(m[r] - mref);
+            m[r] = mx[r];
+            mx[r] = mref;
+        }
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                s[n][i] = expf(s[n][i] - mx[i >> 1]);
+                rs[i >> 1] += s[n][i];
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
+            rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
+            l[r] = l[r] * alpha[r] + rs[r];
+        }
+#pragma unroll
+        for (int n = 0; n < 2 * KD; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) o[n][i] *= alpha[i >> 1];
+#pragma unroll
+        for (int kk = 0; kk < TR / 16; kk++) {
+            uint32_t a[4];
+            tc_c2a(a, s, kk);
+            tc_mma_row<2 * KD>(o, a, Vt + kk * 16, LT, D, g, t);
+        }
+    }
+    int ldo = Hq * D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int qi = q0 + w0 + g + r * 8;
+        if (qi >= T) continue;
+        float inv = 1.0f / l[r], *orow = out + (size_t)(b * T + qi) * ldo + (size_t)h * D;
+#pragma unroll
+        for (int n = 0; n < 2 * KD; n++)
+            if (n * 8 < D) {
+                orow[n * 8 + 2 * t] = o[n][2 * r] * inv;
+                orow[n * 8 + 2 * t + 1] = o[n][2 * r + 1] * inv;
+            }
+        if (!t) lse[(size_t)bh * T + qi] = m[r] + logf(l[r]);
+    }
+}
+
+/* dQ: grid (T tiles, B*Hq). Per key tile: S = Q K^T and dP = dO V^T in
+ * registers, dS = P * (dP - di), dQ += dS K. */
+template <int KD>
+__global__ void __launch_bounds__(128) tc_dq_k(float *dq, const float *dout, const float *lse, const float *di,
+                                               const float *q, const float *k, const float *v, int ldq, int ldkv,
+                                               int T, int Hq, int Hkv, int D, int W, float scale) {
+    extern __shared__ uint16_t tsm[];
+    const int LD = D + TPAD, LT = TR + TPAD;
+    uint16_t *Qs = tsm, *Os = Qs + TR * LD, *Ks = Os + TR * LD, *Vs = Ks + TR * LD, *Kt = Vs + TR * LD;
+    int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv), ldo = Hq * D;
+    int q0 = blockIdx.x * TR, w0 = (threadIdx.x >> 5) * 16, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
+    const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
+    tc_rows(Qs, LD, q + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, TR, T, D);
+    tc_rows(Os, LD, dout + (size_t)b * T * ldo + (size_t)h * D, ldo, q0, TR, T, D);
+    float lr[2], dr[2], acc[2 * KD][4];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int qi = q0 + w0 + g + r * 8;
+        lr[r] = qi < T ? lse[(size_t)bh * T + qi] : 0.0f;
+        dr[r] = qi < T ? di[(size_t)bh * T + qi] : 0.0f;
+    }
+#pragma unroll
+    for (int n = 0; n < 2 * KD; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[n][i] = 0.0f;
+    int kend = min(q0 + TR, T), kbeg = max(q0 - W + 1, 0) / TR * TR;
+    for (int k0 = kbeg; k0 < kend; k0 += TR) {
+        __syncthreads();
+        tc_rows(Ks, LD, kb, ldkv, k0, TR, T, D);
+        tc_rows(Vs, LD, vb, ldkv, k0, TR, T, D);
+        tc_cols(Kt, LT, kb, ldkv, k0, TR, T, D);
+        __syncthreads();
+        float s[8][4], dp[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) s[n][i] = dp[n][i] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++)
+            if (kk * 16 < D) {
+                uint32_t a[4];
+                tc_frag_a(a, Qs + w0 * LD + kk * 16, LD, g, t);
+                tc_mma_row<8>(s, a, Ks + kk * 16, LD, TR, g, t);
+                tc_frag_a(a, Os + w0 * LD + kk * 16, LD, g, t);
+                tc_mma_row<8>(dp, a, Vs + kk * 16, LD, TR, g, t);
+            }
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int qi = q0 + w0 + g + (i >> 1) * 8, kj = k0 + n * 8 + 2 * t + (i & 1);
+                float p = qi < T && kj <= qi && qi - kj < W ? expf(s[n][i] * scale - lr[i >> 1]) : 0.0f;
+                s[n][i] = p * (dp[n][i] - dr[i >> 1]);
+            }
+#pragma unroll
+        for (int kk = 0; kk < TR / 16; kk++) {
+            uint32_t a[4];
+            tc_c2a(a, s, kk);
+            tc_mma_row<2 * KD>(acc, a, Kt + kk * 16, LT, D, g, t);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int qi = q0 + w0 + g + r * 8;
+        if (qi >= T) continue;
+        float *row = dq + (size_t)(b * T + qi) * ldq + (size_t)h * D;
+#pragma unroll
+        for (int n = 0; n < 2 * KD; n++)
+            if (n * 8 < D) {
+                row[n * 8 + 2 * t] = acc[n][2 * r] * scale;
+                row[n * 8 + 2 * t + 1] = acc[n][2 * r + 1] * scale;
+            }
+    }
+}
+
+/* dK, dV: grid (T tiles, B*Hkv); a warp owns 16 key rows, the G query heads
+ * of the group are summed here (no atomics). Per query tile of TQ:
+ * S^T = K Q^T and dP^T = V dO^T in registers, P^T and dS^T from them,
+ * dV += P^T dO, dK += dS^T Q. */
+template <int KD>
+__global__ void __launch_bounds__(128) tc_dkv_k(float *dk, float *dv, const float *dout, const float *lse,
+                                                const float *di, const float *q, const float *k, const float *v,
+                                                int ldq, int ldkv, int T, int Hq, int Hkv, int D, int W,
+                                                float scale) {
+    extern __shared__ uint16_t tsm[];
+    const int LD = D + TPAD, LQ = TQ + TPAD;
+    uint16_t *Ks = tsm, *Vs = Ks + TR * LD, *Qs = Vs + TR * LD, *Os = Qs + TQ * LD, *Qt = Os + TQ * LD,
+             *Ot = Qt + D * LQ;
+    float *Ls = (float *)(Ot + D * LQ), *Ds = Ls + TQ;
+    int G = Hq / Hkv, b = blockIdx.y / Hkv, kvh = blockIdx.y % Hkv, ldo = Hq * D;
+    int k0 = blockIdx.x * TR, w0 = (threadIdx.x >> 5) * 16, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    tc_rows(Ks, LD, k + (size_t)b * T * ldkv + (size_t)kvh * D, ldkv, k0, TR, T, D);
+    tc_rows(Vs, LD, v + (size_t)b * T * ldkv + (size_t)kvh * D, ldkv, k0, TR, T, D);
+    float gk[2 * KD][4], gv[2 * KD][4];
+#pragma unroll
+    for (int n = 0; n < 2 * KD; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) gk[n][i] = gv[n][i] = 0.0f;
+    /* queries up to the tile's last key + W - 1 */
+    int qend = min(T, k0 + TR - 1 + W);
+    for (int gq = 0; gq < G; gq++) {
+        int h = kvh * G + gq;
+        size_t bh = (size_t)b * Hq + h;
+        const float *qb = q + (size_t)b * T * ldq + (size_t)h * D, *ob = dout + (size_t)b * T * ldo + (size_t)h * D;
+        for (int q0 = k0; q0 < qend; q0 += TQ) {
+            __syncthreads();
+            tc_rows(Qs, LD, qb, ldq, q0, TQ, T, D);
+            tc_rows(Os, LD, ob, ldo, q0, TQ, T, D);
+            tc_cols(Qt, LQ, qb, ldq, q0, TQ, T, D);
+            tc_cols(Ot, LQ, ob, ldo, q0, TQ, T, D);
+            if (threadIdx.x < TQ) {
+                int qi = q0 + threadIdx.x;
+                Ls[threadIdx.x] = qi < T ? lse[bh * T + qi] : 0.0f;
+                Ds[threadIdx.x] = qi < T ? di[bh * T + qi] : 0.0f;
+            }
+            __syncthreads();
+            float s[TQ / 8][4], dp[TQ / 8][4];
+#pragma unroll
+            for (int n = 0; n < TQ / 8; n++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) s[n][i] = dp[n][i] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < KD; kk++)
+                if (kk * 16 < D) {
+                    uint32_t a[4];
+                    tc_frag_a(a, Ks + w0 * LD + kk * 16, LD, g, t);
+                    tc_mma_row<TQ / 8>(s, a, Qs + kk * 16, LD, TQ, g, t);
+                    tc_frag_a(a, Vs + w0 * LD + kk * 16, LD, g, t);
+                    tc_mma_row<TQ / 8>(dp, a, Os + kk * 16, LD, TQ, g, t);
+                }
+#pragma unroll
+            for (int n = 0; n < TQ / 8; n++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    int kj = k0 + w0 + g + (i >> 1) * 8, c = n * 8 + 2 * t + (i & 1), qi = q0 + c;
+                    float p = qi < T && kj <= qi && qi - kj < W ? expf(s[n][i] * scale - Ls[c]) : 0.0f;
+                    dp[n][i] = p * (dp[n][i] - Ds[c]);
+                    s[n][i] = p;
+                }
+#pragma unroll
+            for (int kk = 0; kk < TQ / 16; kk++) {
+                uint32_t a[4];
+                tc_c2a(a, s, kk);
+                tc_mma_row<2 * KD>(gv, a, Ot + kk * 16, LQ, D, g, t);
+                tc_c2a(a, dp, kk);
+                tc_mma_row<2 * KD>(gk, a, Qt + kk * 16, LQ, D, g, t);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int kj = k0 + w0 + g + r * 8;
+        if (kj >= T) continue;
+        size_t off = (size_t)(b * T + kj) * ldkv + (size_t)kvh * D;
+#pragma unroll
+        for (int n = 0; n < 2 * KD; n++)
+            if (n * 8 < D) {
+                int d = n * 8 + 2 * t;
+                dk[off + d] = gk[n][2 * r] * scale;
+                dk[off + d + 1] = gk[n][2 * r + 1] * scale;
+                dv[off + d] = gv[n][2 * r];
+                dv[off + d + 1] = gv[n][2 * r + 1];
+            }
+    }
+}
+
 #define ATT_DISPATCH(DCV, K, ...)                                              \
     do {                                                                       \
         if ((DCV) == 2) K<2> __VA_ARGS__;                                      \
@@ -720,6 +1070,19 @@ static int attn_plan(cu_impl *c, int B, int T, int Hq, int Hkv, int D, cuplan_at
     return 0;
 }
 
+#define TC_DISPATCH(KDV, K, ...)                                               \
+    do {                                                                       \
+        if ((KDV) == 4) K<4> __VA_ARGS__;                                      \
+        else K<8> __VA_ARGS__;                                                 \
+    } while (0)
+
+/* The tensor-core kernels run for 16-bit frozen weights, whose matmuls
+ * already round activations to 16 bits; f32 weights keep the f32 kernels,
+ * the exact comparison with the CPU backend. */
+static int attn_tc(kb_backend *be, int T, int D, cuplan_attn_tc *tc) {
+    return be->weight_dtype != KB_F32 && cuplan_attention_tc(T, D, impl_of(be)->smem_optin, tc);
+}
+
 /* The window as a key count: all T positions when there is none. */
 static int attn_window(int window, int T) { return window > 0 && window < T ? window : T; }
 
@@ -727,9 +1090,17 @@ static void cu_attn_fwd(kb_backend *be, float *out, float *lse, const float *q, 
                         int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D, int window) {
     cu_impl *c = impl_of(be);
     cuplan_attn pl;
+    cuplan_attn_tc tc;
     if (c->failed || attn_plan(c, B, T, Hq, Hkv, D, &pl)) return;
     float scale = 1.0f / sqrtf((float)D);
     int W = attn_window(window, T);
+    if (attn_tc(be, T, D, &tc)) {
+        dim3 g(tc.tiles, (unsigned)(B * Hq));
+        TC_DISPATCH(tc.kd, tc_fwd_k,
+                    <<<g, 128, tc.smem_fwd, c->st>>>(out, lse, q, k, v, ldq, ldkv, T, Hq, Hkv, D, W, scale));
+        launched(c, "attn_fwd (tensor cores)");
+        return;
+    }
     dim3 grid(pl.q_tiles, (unsigned)(B * Hq));
     ATT_DISPATCH(pl.dc, attn_fwd_k,
                  <<<grid, ATHREADS, pl.smem_fwd, c->st>>>(out, lse, q, k, v, ldq, ldkv, T, Hq, Hkv, D, W, scale));
@@ -749,6 +1120,17 @@ static void cu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const f
     size_t rows = (size_t)B * Hq * T;
     attn_di_k<<<cuplan_grid(rows * 32, CUPLAN_BLOCK, c->dev.sm_count), CUPLAN_BLOCK, 0, c->st>>>(di, dout, out, B, T,
                                                                                                Hq, D);
+    cuplan_attn_tc tc;
+    if (attn_tc(be, T, D, &tc)) {
+        dim3 tkv(tc.tiles, (unsigned)(B * Hkv)), tq(tc.tiles, (unsigned)(B * Hq));
+        TC_DISPATCH(tc.kd, tc_dkv_k,
+                    <<<tkv, 128, tc.smem_dkv, c->st>>>(dk, dv, dout, lse, di, q, k, v, ldq, ldkv, T, Hq, Hkv, D, W,
+                                                       scale));
+        TC_DISPATCH(tc.kd, tc_dq_k,
+                    <<<tq, 128, tc.smem_dq, c->st>>>(dq, dout, lse, di, q, k, v, ldq, ldkv, T, Hq, Hkv, D, W, scale));
+        launched(c, "attn_bwd (tensor cores)");
+        return;
+    }
     dim3 gkv(pl.q_tiles, (unsigned)(B * Hkv)), gq(pl.q_tiles, (unsigned)(B * Hq));
     ATT_DISPATCH(pl.dc, attn_dkv_k,
                  <<<gkv, ATHREADS, pl.smem_dkv, c->st>>>(dk, dv, dout, lse, di, q, k, v, ldq, ldkv, T, Hq, Hkv, D,
@@ -1461,6 +1843,12 @@ extern "C" int kb_cuda_create(int device, kb_dtype wdt, kb_backend **out, lr_err
     set_smem((const void *)attn_dq_k<2>, c->smem_optin);
     set_smem((const void *)attn_dq_k<4>, c->smem_optin);
     set_smem((const void *)attn_dq_k<8>, c->smem_optin);
+    set_smem((const void *)tc_fwd_k<4>, c->smem_optin);
+    set_smem((const void *)tc_fwd_k<8>, c->smem_optin);
+    set_smem((const void *)tc_dkv_k<4>, c->smem_optin);
+    set_smem((const void *)tc_dkv_k<8>, c->smem_optin);
+    set_smem((const void *)tc_dq_k<4>, c->smem_optin);
+    set_smem((const void *)tc_dq_k<8>, c->smem_optin);
     cudaGetLastError();
 
     be->name = c->name;

@@ -36,6 +36,20 @@ int cuplan_attention(int B, int T, int Hq, int Hkv, int D, size_t smem_optin, cu
     return 0;
 }
 
+int cuplan_attention_tc(int T, int D, size_t smem_optin, cuplan_attn_tc *out) {
+    memset(out, 0, sizeof *out);
+    if (T < 1 || D < 16 || D > CUPLAN_TC_MAX_D || D % 16) return 0;
+    size_t R = CUPLAN_TC_ROWS, Q = CUPLAN_TC_DKV_Q, LD = (size_t)D + CUPLAN_TC_PAD, h = 2; /* bf16 */
+    out->kd = D <= 64 ? 4 : 8;
+    out->tiles = (unsigned)((T + CUPLAN_TC_ROWS - 1) / CUPLAN_TC_ROWS);
+    /* forward: Q, K rows and V transposed; dQ: Q, dO, K, V rows and K
+     * transposed; dK/dV: K, V rows, Q, dO rows and both transposed, lse and di */
+    out->smem_fwd = (2 * R * LD + (size_t)D * (R + CUPLAN_TC_PAD)) * h;
+    out->smem_dq = (4 * R * LD + (size_t)D * (R + CUPLAN_TC_PAD)) * h;
+    out->smem_dkv = (2 * R * LD + 2 * Q * LD + 2 * (size_t)D * (Q + CUPLAN_TC_PAD)) * h + 2 * Q * sizeof(float);
+    return out->smem_dq <= smem_optin && out->smem_dkv <= smem_optin;
+}
+
 static size_t carve(size_t *off, size_t bytes) {
     size_t at = (*off + CUPLAN_ALIGN - 1) / CUPLAN_ALIGN * CUPLAN_ALIGN;
     *off = at + bytes;

@@ -53,6 +53,32 @@ typedef struct cuplan_attn {
 int cuplan_attention(int B, int T, int Hq, int Hkv, int D, size_t smem_optin, cuplan_attn *out,
                      lr_err *err) LR_WARN_UNUSED;
 
+/* Tensor-core attention: bf16 operands on mma.sync m16n8k16, f32
+ * accumulation, for 16-bit frozen weights (the precision PyTorch's bf16
+ * SDPA runs at) and D a multiple of 16 up to CUPLAN_TC_MAX_D. A block is 4
+ * warps of 16 rows: CUPLAN_TC_ROWS query rows (forward, dQ; keys are walked
+ * in tiles of CUPLAN_TC_ROWS) or key rows (dK/dV; queries are walked in
+ * tiles of CUPLAN_TC_DKV_Q, which keeps its two D-wide accumulators in
+ * registers). Shared tiles are bf16 rows padded by CUPLAN_TC_PAD elements,
+ * which puts the 8 rows one fragment load touches on distinct banks. */
+#define CUPLAN_TC_ROWS 64
+#define CUPLAN_TC_DKV_Q 32
+#define CUPLAN_TC_PAD 8
+#define CUPLAN_TC_MAX_D 128
+
+/* kd: 16-column chunks of D a warp's registers are sized for (a kernel
+ * template parameter: 4 for D <= 64, 8 for D <= 128); tiles: ceil(T /
+ * CUPLAN_TC_ROWS) blocks along T; smem_*: each kernel's dynamic shared
+ * memory in bytes. */
+typedef struct cuplan_attn_tc {
+    int kd;
+    unsigned tiles;
+    size_t smem_fwd, smem_dkv, smem_dq;
+} cuplan_attn_tc;
+/* 1 (and out filled) when the tensor-core kernels can run head dim D in
+ * smem_optin bytes of shared memory per block, else 0: the f32 kernels run. */
+int cuplan_attention_tc(int T, int D, size_t smem_optin, cuplan_attn_tc *out);
+
 /* Scratch layout of linear_fwd / linear_bwd, byte offsets (SIZE_MAX: the
  * region is not needed). x_lowp: the activation rounded to the weight dtype
  * (the cuBLAS operand; forward x, backward dy; with DoRA, backward, also

@@ -14,10 +14,12 @@
  * value, attention 1e-4; bf16/f16 weights: 2e-2 (bf16) / 4e-3 (f16) where
  * the activation is rounded to 16 bits for the tensor cores, 1e-6 where it
  * is not; DoRA norms 1e-6 and LoRA gradients 1e-5 on every dtype, the KL
- * head's kl 5e-3 bf16 / 1e-3 f16), then
+ * head's kl 5e-3 bf16 / 1e-3 f16; attention with 16-bit weights runs the
+ * tensor-core kernels, 1e-2 on bf16-exact inputs), then
  * whole models: the loss and LoRA gradients of one batch for each
  * architecture (loss 1e-5 / grads 1e-4 with f32 weights; loss 1e-3 /
- * grads 5e-2 with bf16 weights) and 50 AdamW steps whose loss curve must
+ * grads 5e-2 with bf16 weights, and with an f16 model, which the backend
+ * must then store in f16) and 50 AdamW steps whose loss curve must
  * track the CPU run's (1e-3 f32, 2e-2 bf16 per step). Each such case
  * prints "skip: no CUDA device (...)" where there is no GPU. */
 #include <float.h>
@@ -147,6 +149,47 @@ TEST(plan_attention) {
     /* a GPU with 48 KiB per block cannot run D = 128 */
     CHECK(cuplan_attention(1, 8, 2, 1, 128, 48 << 10, &a, &err) == -1);
     CHECK(strstr(err.msg, "shared memory") != NULL);
+}
+
+/* A fragment load: lane 4g + t reads the 32-bit word at row g (of 8), word
+ * t (of 4) of a tile with row stride ld bf16. */
+static int conflict_free(int ld) {
+    int used[32] = {0};
+    for (int g = 0; g < 8; g++)
+        for (int t = 0; t < 4; t++)
+            if (used[(g * ld / 2 + t) % 32]++) return 0;
+    return 1;
+}
+
+TEST(plan_attention_tc) {
+    cuplan_attn_tc a;
+    CHECK(cuplan_attention_tc(77, 64, 227 << 10, &a));
+    CHECK_EQ_INT(a.kd, 4);
+    CHECK_EQ_INT(a.tiles, 2);
+    CHECK(cuplan_attention_tc(2048, 128, 227 << 10, &a));
+    CHECK_EQ_INT(a.kd, 8);
+    CHECK_EQ_INT(a.tiles, 32);
+    CHECK_EQ_INT(a.smem_fwd, (2 * 64 * 136 + 128 * 72) * 2);
+    CHECK_EQ_INT(a.smem_dq, (4 * 64 * 136 + 128 * 72) * 2);
+    CHECK_EQ_INT(a.smem_dkv, (2 * 64 * 136 + 2 * 32 * 136 + 2 * 128 * 40) * 2 + 2 * 32 * 4);
+    /* the f32 kernels take what mma cannot: D not a multiple of 16, D > 128,
+     * a GPU without the shared memory */
+    CHECK(!cuplan_attention_tc(8, 72, 227 << 10, &a));
+    CHECK(!cuplan_attention_tc(8, 160, 227 << 10, &a));
+    CHECK(!cuplan_attention_tc(8, 8, 227 << 10, &a));
+    CHECK(!cuplan_attention_tc(8, 128, 48 << 10, &a));
+    CHECK(cuplan_attention_tc(8, 32, 48 << 10, &a));
+    /* the padding keeps every fragment load on 32 distinct banks, and the
+     * kernels' 32-bit shared accesses aligned (even strides) */
+    for (int D = 16; D <= CUPLAN_TC_MAX_D; D += 16) {
+        REQUIRE(cuplan_attention_tc(100, D, 227 << 10, &a));
+        CHECK(16 * a.kd >= D);
+        CHECKF(conflict_free(D + CUPLAN_TC_PAD), "rows of D = %d", D);
+        CHECK((D + CUPLAN_TC_PAD) % 2 == 0);
+    }
+    CHECK(conflict_free(CUPLAN_TC_ROWS + CUPLAN_TC_PAD));
+    CHECK(conflict_free(CUPLAN_TC_DKV_Q + CUPLAN_TC_PAD));
+    CHECK(!conflict_free(128)); /* unpadded: the check can fail */
 }
 
 static int disjoint(const size_t *off, const size_t *len, int n, size_t total) {
@@ -451,12 +494,29 @@ TEST(op_rope) {
     kb_destroy(g), kb_destroy(c);
 }
 
-/* q, k, v inside one fused qkv buffer (strides as the model lays them out). */
-static void attn_case_w(int B, int T, int Hq, int Hkv, int D, int W) {
-    kb_backend *g = gpu(KB_F32), *c = cpu();
+/* Rounds to bf16 in place. */
+static void round_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        cuplan_convert(KB_BF16, &h, &x[i], 1);
+        x[i] = cuplan_bf16_to_f32(h);
+    }
+}
+
+/* q, k, v inside one fused qkv buffer (strides as the model lays them out).
+ * With 16-bit weights the tensor-core kernels run: their inputs are made
+ * bf16-exact here, so the tolerance covers only their own rounding of P and
+ * dS to bf16 (host emulation: ~1.5e-3). */
+static void attn_case_dt(kb_dtype wdt, int B, int T, int Hq, int Hkv, int D, int W) {
+    kb_backend *g = gpu(wdt), *c = cpu();
     int N = B * T, ld = (Hq + 2 * Hkv) * D, ldo = Hq * D;
     size_t nq = (size_t)N * ld, no = (size_t)N * ldo;
     float *qkv = rnd(nq, 1.5f), *dout = rnd(no, 1);
+    double tol = wdt == KB_F32 ? 1e-4 : 1e-2;
+    if (wdt != KB_F32) {
+        round_bf16(qkv, nq);
+        round_bf16(dout, no);
+    }
     float *q = qkv, *k = qkv + Hq * D, *v = k + Hkv * D;
     float *out = calloc(no, 4), *lse = calloc((size_t)B * Hq * T, 4), *dqkv = calloc(nq, 4);
     float *gqkv = put(g, qkv, nq), *gdout = put(g, dout, no), *gout = g->alloc(g, no * 4);
@@ -465,18 +525,22 @@ static void attn_case_w(int B, int T, int Hq, int Hkv, int D, int W) {
     c->attn_fwd(c, out, lse, q, k, v, ld, ld, B, T, Hq, Hkv, D, W);
     g->attn_fwd(g, gout, glse, gq, gk, gv, ld, ld, B, T, Hq, Hkv, D, W);
     float *ho = get(g, gout, no), *hl = get(g, glse, (size_t)B * Hq * T);
-    CHECKF(relerr(ho, out, no) <= 1e-4, "attn out B%d T%d Hq%d Hkv%d D%d W%d: %.3g", B, T, Hq, Hkv, D, W,
-           relerr(ho, out, no));
+    CHECKF(relerr(ho, out, no) <= tol, "attn out (dtype %d) B%d T%d Hq%d Hkv%d D%d W%d: %.3g", wdt, B, T, Hq, Hkv,
+           D, W, relerr(ho, out, no));
     CHECK_REL(hl, lse, (size_t)B * Hq * T, 1e-5);
     c->attn_bwd(c, dqkv, dqkv + Hq * D, dqkv + (Hq + Hkv) * D, dout, out, lse, q, k, v, ld, ld, B, T, Hq, Hkv, D, W);
     g->attn_bwd(g, gd, gd + Hq * D, gd + (Hq + Hkv) * D, gdout, gout, glse, gq, gk, gv, ld, ld, B, T, Hq, Hkv, D, W);
     float *hd = get(g, gd, nq);
-    CHECKF(relerr(hd, dqkv, nq) <= 1e-4, "attn grads B%d T%d Hq%d Hkv%d D%d W%d: %.3g", B, T, Hq, Hkv, D, W,
-           relerr(hd, dqkv, nq));
+    CHECKF(relerr(hd, dqkv, nq) <= tol, "attn grads (dtype %d) B%d T%d Hq%d Hkv%d D%d W%d: %.3g", wdt, B, T, Hq,
+           Hkv, D, W, relerr(hd, dqkv, nq));
+    if (wdt != KB_F32)
+        printf("    attn tensor cores B%d T%d Hq%d Hkv%d D%d W%d: out %.2e, grads %.2e\n", B, T, Hq, Hkv, D, W,
+               relerr(ho, out, no), relerr(hd, dqkv, nq));
     check_ok(g);
     free(qkv), free(dout), free(out), free(lse), free(dqkv), free(ho), free(hl), free(hd);
     kb_destroy(g), kb_destroy(c);
 }
+static void attn_case_w(int B, int T, int Hq, int Hkv, int D, int W) { attn_case_dt(KB_F32, B, T, Hq, Hkv, D, W); }
 static void attn_case(int B, int T, int Hq, int Hkv, int D) { attn_case_w(B, T, Hq, Hkv, D, 0); }
 TEST(op_attention) {
     NEED_GPU(g, KB_F32);
@@ -497,6 +561,23 @@ TEST(op_attention_window) {
     attn_case_w(1, 300, 2, 1, 128, 40); /* window crosses tile edges; early key tiles skipped */
     attn_case_w(1, 33, 4, 1, 80, 32);   /* window = tile */
     attn_case_w(1, 70, 2, 1, 16, 100);  /* window > T: causal */
+}
+
+/* The tensor-core kernels (16-bit weights), same shapes and windows; D =
+ * 80 and 160 cover both the tensor-core and the f32 fallback (D > 128). */
+TEST(op_attention_tc) {
+    NEED_GPU(g, KB_BF16);
+    kb_destroy(g);
+    attn_case_dt(KB_BF16, 2, 77, 4, 2, 64, 0);
+    attn_case_dt(KB_BF16, 1, 300, 8, 2, 128, 0);
+    attn_case_dt(KB_BF16, 1, 33, 4, 1, 80, 0);
+    attn_case_dt(KB_BF16, 1, 5, 2, 1, 16, 0);
+    attn_case_dt(KB_BF16, 1, 70, 2, 1, 160, 0);
+    attn_case_dt(KB_F16, 1, 200, 4, 1, 64, 0);
+    attn_case_dt(KB_BF16, 2, 77, 4, 2, 64, 1);
+    attn_case_dt(KB_BF16, 1, 300, 8, 2, 64, 3);
+    attn_case_dt(KB_BF16, 1, 300, 2, 1, 128, 70);
+    attn_case_dt(KB_BF16, 1, 1100, 4, 1, 128, 0); /* 18 tiles */
 }
 
 TEST(op_elementwise) {
@@ -864,11 +945,13 @@ done:
     return rc;
 }
 
-static void grads_case(const char *arch, kb_dtype wdt, double loss_tol, double grad_tol) {
+/* mdt: the model's storage dtype (mkmodel --dtype); wdt: the GPU
+ * backend's (an f16 model on a bf16 backend must switch it to f16). */
+static void grads_case(const char *arch, const char *mdt, kb_dtype wdt, double loss_tol, double grad_tol) {
     const char *dir = test_tmpdir();
     char path[600];
-    snprintf(path, sizeof path, "%s/%s-%d", dir, arch, (int)wdt);
-    REQUIRE(mkmodel(path, arch, wdt == KB_F32 ? "f32" : "bf16") == 0);
+    snprintf(path, sizeof path, "%s/%s-%s-%d", dir, arch, mdt, (int)wdt);
+    REQUIRE(mkmodel(path, arch, mdt) == 0);
     kb_backend *c = cpu(), *g = gpu(wdt);
     lr_err err = {0};
     run rc, rg;
@@ -877,8 +960,10 @@ static void grads_case(const char *arch, kb_dtype wdt, double loss_tol, double g
     CHECKF(ok, "%s on the GPU: %s", arch, err.msg);
     if (ok) {
         double e = fabs(rg.loss[0] - rc.loss[0]) / rc.loss[0], ge = relerr(rg.grads, rc.grads, rc.numel);
-        printf("    %s %s: loss %.7f vs %.7f (rel %.2g), LoRA grads rel %.2g\n", arch, wdt == KB_F32 ? "f32" : "bf16",
-               rg.loss[0], rc.loss[0], e, ge);
+        static const char *names[] = {"f32", "bf16", "f16"};
+        printf("    %s %s model, %s on the GPU: loss %.7f vs %.7f (rel %.2g), LoRA grads rel %.2g\n", arch, mdt,
+               names[g->weight_dtype], rg.loss[0], rc.loss[0], e, ge);
+        if (!strcmp(mdt, "f16")) CHECK_EQ_INT(g->weight_dtype, KB_F16);
         CHECKF(e <= loss_tol, "%s loss rel err %.3g > %g", arch, e, loss_tol);
         CHECKF(ge <= grad_tol, "%s LoRA grads rel err %.3g > %g", arch, ge, grad_tol);
     }
@@ -890,8 +975,9 @@ static void grads_case(const char *arch, kb_dtype wdt, double loss_tol, double g
     TEST(grads_##arch) {                                                       \
         NEED_GPU(g, KB_F32);                                                   \
         kb_destroy(g);                                                         \
-        grads_case(#arch, KB_F32, 1e-5, 1e-4);                                 \
-        grads_case(#arch, KB_BF16, 1e-3, 5e-2);                                \
+        grads_case(#arch, "f32", KB_F32, 1e-5, 1e-4);                          \
+        grads_case(#arch, "bf16", KB_BF16, 1e-3, 5e-2);                        \
+        grads_case(#arch, "f16", KB_BF16, 1e-3, 5e-2);                         \
     }
 GRADS_TEST(llama)
 GRADS_TEST(mistral)

@@ -132,6 +132,26 @@ TEST(tiny_llama) { check_llama_family("llama", ARCH_LLAMA, 0, 0); }
 TEST(tiny_mistral) { check_llama_family("mistral", ARCH_MISTRAL, 0, 0); }
 TEST(tiny_qwen2) { check_llama_family("qwen2", ARCH_QWEN2, 1, 1); }
 
+/* f16: the dtype of many published checkpoints (a GPU keeps it in f16) */
+TEST(tiny_llama_f16) {
+    char dir[512], path[600];
+    lr_err err = {0};
+    snprintf(dir, sizeof dir, "%s/llama-f16", test_tmpdir());
+    REQUIRE(mk("llama", dir, "--dtype", "f16") == 0);
+    hf_config c;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    REQUIRE(hf_config_load(path, &c, &err) == 0);
+    CHECK_STR(c.torch_dtype, "float16");
+    st_set *s;
+    REQUIRE(st_set_open_dir(dir, &s, &err) == 0);
+    const st_tensor *q = st_set_find(s, "model.layers.0.self_attn.q_proj.weight");
+    CHECK(q && q->dtype == ST_F16);
+    double m, sd;
+    stats(q, &m, &sd);
+    CHECK_NEAR(sd, 0.02, 0.002);
+    st_set_close(s);
+}
+
 TEST(tiny_gpt2) {
     char dir[512], path[600];
     lr_err err = {0};
@@ -239,7 +259,7 @@ TEST(bad_combinations_rejected) {
     CHECK_EQ_INT(mk_args(a2), 2);
     char *a3[] = {"mkmodel", "--arch", "llama", "--preset", "huge", "--out", dir, NULL};
     CHECK_EQ_INT(mk_args(a3), 2);
-    char *a4[] = {"mkmodel", "--arch", "llama", "--dtype", "f16", "--out", dir, NULL};
+    char *a4[] = {"mkmodel", "--arch", "llama", "--dtype", "f64", "--out", dir, NULL};
     CHECK_EQ_INT(mk_args(a4), 2);
     char *a5[] = {"mkmodel", "--arch", "llama", "--vocab", "100", "--out", dir, NULL};
     CHECK_EQ_INT(mk_args(a5), 2); /* smaller than the tokenizer */

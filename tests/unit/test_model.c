@@ -401,3 +401,20 @@ static void recompute_same(hf_arch arch, const char *sub, int full) {
 TEST(recompute_llama_lora) { recompute_same(ARCH_LLAMA, "rc-llama", 0); }
 TEST(recompute_gpt2_lora) { recompute_same(ARCH_GPT2, "rc-gpt2", 0); }
 TEST(recompute_qwen2_full) { recompute_same(ARCH_QWEN2, "rc-qwen2", 1); }
+
+/* The GPU's storage dtype: f16 only for a model stored in f16; an f32
+ * backend (the exact comparisons) is never changed. */
+TEST(weight_dtype_follows_the_model) {
+    hf_config c;
+    lr_err err = {0};
+    REQUIRE(hf_config_load(test_fixture("configs/llama3.config.json"), &c, &err) == 0);
+    CHECK_STR(c.torch_dtype, "bfloat16");
+    CHECK_EQ_INT(model_weight_dtype(&c, KB_BF16), KB_BF16);
+    snprintf(c.torch_dtype, sizeof c.torch_dtype, "float16");
+    CHECK_EQ_INT(model_weight_dtype(&c, KB_BF16), KB_F16);
+    CHECK_EQ_INT(model_weight_dtype(&c, KB_F32), KB_F32);
+    REQUIRE(hf_config_load(test_fixture("models/tiny-gpt2-hf/config.json"), &c, &err) == 0);
+    CHECK_EQ_INT(model_weight_dtype(&c, KB_BF16), KB_BF16);
+    c.torch_dtype[0] = 0;
+    CHECK_EQ_INT(model_weight_dtype(&c, KB_BF16), KB_BF16);
+}
