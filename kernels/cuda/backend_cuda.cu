@@ -9,13 +9,16 @@
  * lets the tests hold the CUDA backend to the CPU one at 1e-5. LoRA's own
  * matmuls are f32 (A, B and their gradients are f32 and small).
  *
- * Attention is one fused flash-style kernel per direction (online softmax;
- * the backward recomputes P from the saved lse), so no T x T matrix exists
- * in global memory. A block owns 32 rows in 4 warps of 8; a warp's lanes
- * walk 32 keys (or queries) of the other side at a time; each lane holds
- * columns lane, lane + 32, ... of its rows. dK/dV sum the query heads of a
- * GQA group inside one block, so nothing needs atomics and every result is
- * deterministic.
+ * Attention is fused flash-style kernels (online softmax; the backward
+ * recomputes P from the saved lse: one kernel for dK/dV, one for dQ), so no
+ * T x T matrix exists in global memory. dK/dV sum the query heads of a GQA
+ * group inside one block, so nothing needs atomics and every result is
+ * deterministic. Two implementations: with 16-bit frozen weights, tensor
+ * cores (bf16 mma.sync, f32 accumulation; a warp owns 16 rows and keeps S,
+ * P and its output tile in registers, in the PTX fragment layout); with f32
+ * weights, or D not a multiple of 16 or above 128, f32 on the CUDA cores (a
+ * block owns 32 rows in 4 warps of 8; each lane holds columns lane, lane +
+ * 32, ... of its rows), which is what the exact comparisons run.
  *
  * DoRA's row norms, output and magnitude gradient, and the KL head's per-row
  * ce / kl / gradient, are kernels around elem.h's helpers (the CPU backend's
@@ -790,6 +793,41 @@ __device__ __forceinline__ void tc_mma_row(float (*acc)[4], const uint32_t *a, c
         }
 }
 
+template <int NT> __device__ __forceinline__ void tc_zero(float (*c)[4]) {
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) c[n][i] = 0.0f;
+}
+
+/* acc[NT] += X Y^T for X the 16 rows at x and Y the NT * 8 rows at y, both
+ * D wide (S = Q K^T, dP = dO V^T and their transposes). */
+template <int KD, int NT>
+__device__ __forceinline__ void tc_xyt(float (*acc)[4], const uint16_t *x, int ldx, const uint16_t *y, int ldy, int D,
+                                       int g, int t) {
+#pragma unroll
+    for (int kk = 0; kk < KD; kk++)
+        if (kk * 16 < D) {
+            uint32_t a[4];
+            tc_frag_a(a, x + kk * 16, ldx, g, t);
+            tc_mma_row<NT>(acc, a, y + kk * 16, ldy, NT * 8, g, t);
+        }
+}
+
+/* acc[NT] (16 x D) += C Z for C the KN 8-column accumulator tiles c (16 x
+ * 8 KN, rounded to bf16) and Z given transposed at zt (D rows of 8 KN):
+ * P V, dS K, P^T dO, dS^T Q. */
+template <int KN, int NT>
+__device__ __forceinline__ void tc_cz(float (*acc)[4], const float (*c)[4], const uint16_t *zt, int ldz, int D,
+                                      int g, int t) {
+#pragma unroll
+    for (int kk = 0; kk < KN / 2; kk++) {
+        uint32_t a[4];
+        tc_c2a(a, c, kk);
+        tc_mma_row<NT>(acc, a, zt + kk * 16, ldz, D, g, t);
+    }
+}
+
 /* Forward: grid (T tiles, B*Hq). A warp owns 16 query rows; per key tile,
  * S = Q K^T (16 x 64) stays in registers, the online softmax runs on it
  * (a row's 64 values live in the 4 lanes of a quad), and P V adds into O. */
@@ -806,10 +844,7 @@ __global__ void __launch_bounds__(128) tc_fwd_k(float *out, float *lse, const fl
     const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
     tc_rows(Qs, LD, q + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, TR, T, D);
     float o[2 * KD][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int n = 0; n < 2 * KD; n++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) o[n][i] = 0.0f;
+    tc_zero<2 * KD>(o);
     int kend = min(q0 + TR, T), kbeg = max(q0 - W + 1, 0) / TR * TR;
     for (int k0 = kbeg; k0 < kend; k0 += TR) {
         __syncthreads();
@@ -817,17 +852,8 @@ __global__ void __launch_bounds__(128) tc_fwd_k(float *out, float *lse, const fl
         tc_cols(Vt, LT, vb, ldkv, k0, TR, T, D);
         __syncthreads();
         float s[8][4], mx[2] = {m[0], m[1]}, rs[2] = {0.0f, 0.0f}, alpha[2];
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) s[n][i] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < KD; kk++)
-            if (kk * 16 < D) {
-                uint32_t a[4];
-                tc_frag_a(a, Qs + w0 * LD + kk * 16, LD, g, t);
-                tc_mma_row<8>(s, a, Ks + kk * 16, LD, TR, g, t);
-            }
+        tc_zero<8>(s);
+        tc_xyt<KD, 8>(s, Qs + w0 * LD, LD, Ks, LD, D, g, t);
 #pragma unroll
         for (int n = 0; n < 8; n++)
 #pragma unroll
@@ -864,12 +890,7 @@ __global__ void __launch_bounds__(128) tc_fwd_k(float *out, float *lse, const fl
         for (int n = 0; n < 2 * KD; n++)
 #pragma unroll
             for (int i = 0; i < 4; i++) o[n][i] *= alpha[i >> 1];
-#pragma unroll
-        for (int kk = 0; kk < TR / 16; kk++) {
-            uint32_t a[4];
-            tc_c2a(a, s, kk);
-            tc_mma_row<2 * KD>(o, a, Vt + kk * 16, LT, D, g, t);
-        }
+        tc_cz<8, 2 * KD>(o, s, Vt, LT, D, g, t);
     }
     int ldo = Hq * D;
 #pragma unroll
@@ -909,10 +930,7 @@ __global__ void __launch_bounds__(128) tc_dq_k(float *dq, const float *dout, con
         lr[r] = qi < T ? lse[(size_t)bh * T + qi] : 0.0f;
         dr[r] = qi < T ? di[(size_t)bh * T + qi] : 0.0f;
     }
-#pragma unroll
-    for (int n = 0; n < 2 * KD; n++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) acc[n][i] = 0.0f;
+    tc_zero<2 * KD>(acc);
     int kend = min(q0 + TR, T), kbeg = max(q0 - W + 1, 0) / TR * TR;
     for (int k0 = kbeg; k0 < kend; k0 += TR) {
         __syncthreads();
@@ -921,19 +939,10 @@ __global__ void __launch_bounds__(128) tc_dq_k(float *dq, const float *dout, con
         tc_cols(Kt, LT, kb, ldkv, k0, TR, T, D);
         __syncthreads();
         float s[8][4], dp[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) s[n][i] = dp[n][i] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < KD; kk++)
-            if (kk * 16 < D) {
-                uint32_t a[4];
-                tc_frag_a(a, Qs + w0 * LD + kk * 16, LD, g, t);
-                tc_mma_row<8>(s, a, Ks + kk * 16, LD, TR, g, t);
-                tc_frag_a(a, Os + w0 * LD + kk * 16, LD, g, t);
-                tc_mma_row<8>(dp, a, Vs + kk * 16, LD, TR, g, t);
-            }
+        tc_zero<8>(dp);
+        tc_xyt<KD, 8>(dp, Os + w0 * LD, LD, Vs, LD, D, g, t);
+        tc_zero<8>(s);
+        tc_xyt<KD, 8>(s, Qs + w0 * LD, LD, Ks, LD, D, g, t);
 #pragma unroll
         for (int n = 0; n < 8; n++)
 #pragma unroll
@@ -942,12 +951,7 @@ __global__ void __launch_bounds__(128) tc_dq_k(float *dq, const float *dout, con
                 float p = qi < T && kj <= qi && qi - kj < W ? expf(s[n][i] * scale - lr[i >> 1]) : 0.0f;
                 s[n][i] = p * (dp[n][i] - dr[i >> 1]);
             }
-#pragma unroll
-        for (int kk = 0; kk < TR / 16; kk++) {
-            uint32_t a[4];
-            tc_c2a(a, s, kk);
-            tc_mma_row<2 * KD>(acc, a, Kt + kk * 16, LT, D, g, t);
-        }
+        tc_cz<8, 2 * KD>(acc, s, Kt, LT, D, g, t);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -982,10 +986,8 @@ __global__ void __launch_bounds__(128) tc_dkv_k(float *dk, float *dv, const floa
     tc_rows(Ks, LD, k + (size_t)b * T * ldkv + (size_t)kvh * D, ldkv, k0, TR, T, D);
     tc_rows(Vs, LD, v + (size_t)b * T * ldkv + (size_t)kvh * D, ldkv, k0, TR, T, D);
     float gk[2 * KD][4], gv[2 * KD][4];
-#pragma unroll
-    for (int n = 0; n < 2 * KD; n++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) gk[n][i] = gv[n][i] = 0.0f;
+    tc_zero<2 * KD>(gk);
+    tc_zero<2 * KD>(gv);
     /* queries up to the tile's last key + W - 1 */
     int qend = min(T, k0 + TR - 1 + W);
     for (int gq = 0; gq < G; gq++) {
@@ -1005,19 +1007,10 @@ __global__ void __launch_bounds__(128) tc_dkv_k(float *dk, float *dv, const floa
             }
             __syncthreads();
             float s[TQ / 8][4], dp[TQ / 8][4];
-#pragma unroll
-            for (int n = 0; n < TQ / 8; n++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) s[n][i] = dp[n][i] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < KD; kk++)
-                if (kk * 16 < D) {
-                    uint32_t a[4];
-                    tc_frag_a(a, Ks + w0 * LD + kk * 16, LD, g, t);
-                    tc_mma_row<TQ / 8>(s, a, Qs + kk * 16, LD, TQ, g, t);
-                    tc_frag_a(a, Vs + w0 * LD + kk * 16, LD, g, t);
-                    tc_mma_row<TQ / 8>(dp, a, Os + kk * 16, LD, TQ, g, t);
-                }
+            tc_zero<TQ / 8>(s);
+            tc_zero<TQ / 8>(dp);
+            tc_xyt<KD, TQ / 8>(s, Ks + w0 * LD, LD, Qs, LD, D, g, t);
+            tc_xyt<KD, TQ / 8>(dp, Vs + w0 * LD, LD, Os, LD, D, g, t);
 #pragma unroll
             for (int n = 0; n < TQ / 8; n++)
 #pragma unroll
@@ -1027,14 +1020,8 @@ __global__ void __launch_bounds__(128) tc_dkv_k(float *dk, float *dv, const floa
                     dp[n][i] = p * (dp[n][i] - Ds[c]);
                     s[n][i] = p;
                 }
-#pragma unroll
-            for (int kk = 0; kk < TQ / 16; kk++) {
-                uint32_t a[4];
-                tc_c2a(a, s, kk);
-                tc_mma_row<2 * KD>(gv, a, Ot + kk * 16, LQ, D, g, t);
-                tc_c2a(a, dp, kk);
-                tc_mma_row<2 * KD>(gk, a, Qt + kk * 16, LQ, D, g, t);
-            }
+            tc_cz<TQ / 8, 2 * KD>(gv, s, Ot, LQ, D, g, t);
+            tc_cz<TQ / 8, 2 * KD>(gk, dp, Qt, LQ, D, g, t);
         }
     }
 #pragma unroll
