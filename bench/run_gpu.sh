@@ -5,13 +5,18 @@
 #   qwen2.5-0.5b preset, 8 x 1024 tokens per step
 #   llama-3-8b preset,   1 x 2048 tokens per step   (goal: >= 45% MFU on an H100)
 # Prints tokens/s, GPU memory peak and MFU = achieved FLOP/s / the GPU's dense
-# bf16 peak, with the FLOP formula. The random models are written once by
+# bf16 peak, with the FLOP formula, and the ratio to the PyTorch peer measured
+# in the same run: bench/torch_lora_step.py --device cuda --dtype bf16 (the
+# step as PEFT + transformers run it: bf16 base, f32 adapters, SDPA attention)
+# on the same shape and batch, with the python3 that has a CUDA PyTorch
+# ($LR_BENCH_PY, default python3; without one the ratio column says so).
+# The random models are written once by
 # `lora-worker mkmodel` into $LR_BENCH_MODELS (default build/bench-models; the
 # 8B one takes 16 GB of disk). Without a usable GPU it says so and exits 0.
 #
 # Environment: LR_BUILD (build dir, default build), LR_BENCH_MODELS, LR_BENCH_STEPS
 # (timed steps per shape, default 5), LR_BENCH_DEVICE (default cuda:0),
-# LR_BENCH_SHAPES (default "qwen llama").
+# LR_BENCH_SHAPES (default "qwen llama"), LR_BENCH_PY.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +27,7 @@ STEPS=${LR_BENCH_STEPS:-5}
 DEV=${LR_BENCH_DEVICE:-cuda:0}
 SHAPES=${LR_BENCH_SHAPES:-qwen llama}
 PY=/usr/bin/python3
+PEER_PY=${LR_BENCH_PY:-python3}
 
 [ -x "$W" ] || { echo "bench-gpu: $W not built (run make)" >&2; exit 2; }
 
@@ -33,6 +39,13 @@ if grep -q '^no usable GPU' <<<"$probe"; then
 fi
 echo "bench-gpu: $(date -u +%Y-%m-%dT%H:%MZ) on $(hostname)"
 echo "$probe"
+
+peer_ok=0
+if peer_why=$("$PEER_PY" -c 'import torch; assert torch.cuda.is_available(), "torch %s sees no GPU" % torch.__version__' 2>&1); then
+    peer_ok=1
+else
+    echo "bench-gpu: no PyTorch peer: $PEER_PY: $(tail -n1 <<<"$peer_why")"
+fi
 
 mkdir -p "$MODELS"
 results=()
@@ -52,24 +65,39 @@ for shape in $SHAPES; do
         echo "bench-gpu: $preset failed" >&2
         exit 2
     fi
-    results+=("$preset|$line")
+    peer='{}'
+    if [ $peer_ok = 1 ]; then
+        echo "bench-gpu: PyTorch peer, same shape and batch ..."
+        if ! peer=$("$PEER_PY" bench/torch_lora_step.py --preset "$preset" --batch "$B" --seq "$T" --steps "$STEPS" \
+            --r 16 --device cuda --dtype bf16 2>"$MODELS/peer-$preset.err" | tail -n1); then
+            echo "bench-gpu: the PyTorch peer failed on $preset: $(tail -n1 "$MODELS/peer-$preset.err")"
+            peer='{}'
+        fi
+    fi
+    results+=("$preset|$line|$peer")
 done
 
 echo
-printf '%-14s %7s %12s %14s %10s %8s\n' shape tokens tokens/s "GPU peak GiB" TFLOP/s MFU
+printf '%-14s %7s %12s %14s %10s %8s %14s %14s %8s\n' shape tokens tokens/s "GPU peak GiB" TFLOP/s MFU \
+    "torch tok/s" "torch GiB" ratio
 for r in "${results[@]}"; do
-    "$PY" - "${r%%|*}" "${r#*|}" <<'EOF'
+    IFS='|' read -r name line peer <<<"$r"
+    "$PY" - "$name" "$line" "$peer" <<'EOF'
 import json, sys
-name, j = sys.argv[1], json.loads(sys.argv[2])
+name, j, p = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 tok = j["batch"] * j["seq"]
-print("%-14s %7d %12.0f %14.2f %10.1f %7.1f%%" % (name, tok, j["tokens_per_s"], j.get("gpu_peak_mb", 0) / 1024,
-      j["gflops"] / 1e3, 100 * j.get("mfu", 0)))
+peer = ("%14.0f %14.2f %7.2fx" % (p["tokens_per_s"], p["gpu_peak_mb"] / 1024, j["tokens_per_s"] / p["tokens_per_s"])
+        if p else "%14s %14s %8s" % ("-", "-", "-"))
+print("%-14s %7d %12.0f %14.2f %10.1f %7.1f%% %s" % (name, tok, j["tokens_per_s"], j.get("gpu_peak_mb", 0) / 1024,
+      j["gflops"] / 1e3, 100 * j.get("mfu", 0), peer))
 EOF
 done
-gpu=$("$PY" -c 'import json,sys; j=json.loads(sys.argv[1]); print("%s, dense bf16 peak %.1f TFLOP/s" % (j.get("gpu","?"), j.get("peak_bf16_tflops",0)))' "${results[0]#*|}")
+first=${results[0]#*|}
+gpu=$("$PY" -c 'import json,sys; j=json.loads(sys.argv[1]); print("%s, dense bf16 peak %.1f TFLOP/s" % (j.get("gpu","?"), j.get("peak_bf16_tflops",0)))' "${first%%|*}")
 echo
 echo "GPU: $gpu"
 echo "MFU = achieved FLOP/s / dense bf16 peak;"
 echo "FLOPs/token = 4*P + 6*L*Hq*D*(T+1): P = matmul weights incl. lm_head (forward 2P + input-gradient"
 echo "backward 2P; frozen weights get no weight gradient), causal attention forward + backward; LoRA's own"
 echo "matmuls not counted. Tokens/s from the median step (zero grads + forward + backward + AdamW)."
+echo "ratio = lorad tokens/s / the PyTorch peer's (bench/torch_lora_step.py on the GPU, bf16, SDPA), same run."
