@@ -3,6 +3,8 @@
 #   make test       install missing packages, build, run every test (last line: N passed, N failed)
 #   make run        the demo: build, make a model, start lorad with a CPU worker, submit a job
 #   make bench      benchmarks that print ratios against peers measured in the same run
+#   make bench-gpu  the GPU benchmark (tokens/s, MFU, ratio to PyTorch); skips without a GPU
+#   make gpu-check  on a GPU: test_cuda, compute-sanitizer, bench-gpu, figures for bench/RESULTS.md
 #   make fuzz       every fuzz target for a bounded time (clang libFuzzer)
 #   make asan       the unit tests under ASan/UBSan
 #
@@ -56,7 +58,7 @@ TEST_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
 BINS := $(BUILD)/lora-worker $(if $(wildcard daemon/main.c),$(BUILD)/lorad) $(if $(wildcard client/main.c),$(BUILD)/lora)
 
-.PHONY: all deps test unit asan bench bench-gpu run fuzz clean web
+.PHONY: all deps test unit asan bench bench-gpu gpu-check run fuzz clean web
 all: $(BINS) $(TEST_BIN) web
 ifeq ($(NVCC),)
 	@echo "note: nvcc not found: built the CPU backend only"
@@ -108,6 +110,9 @@ bench: deps all
 
 bench-gpu: all
 	@bash bench/run_gpu.sh
+
+gpu-check: all
+	@bash bench/gpu_check.sh $(PHASES)
 
 run: deps all
 	@bash mk/run.sh
