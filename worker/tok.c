@@ -393,17 +393,32 @@ static tok_op *next_op(tok_op *ops, int *n, int kind, lr_err *err) {
     return op;
 }
 
+/* The components of tokenizer.json (normalizer, pre_tokenizer, decoder)
+ * nest through "Sequence"s; a file is untrusted, so nesting is bounded. */
+#define TOK_MAX_NESTING 8
+typedef int (*component_parser)(tok *t, json_t *j, int depth, lr_err *err);
+
+static int component_type(json_t *j, int depth, const char *what, const char **type, lr_err *err) {
+    if (depth > TOK_MAX_NESTING) return lr_errf(err, "%s: Sequences nested more than %d deep", what, TOK_MAX_NESTING);
+    *type = jstr(j, "type");
+    return *type ? 0 : lr_errf(err, "%s: missing 'type'", what);
+}
+
+/* A Sequence: each member of its array `key` through fn. */
+static int parse_sequence(tok *t, json_t *j, int depth, const char *what, const char *key, component_parser fn,
+                          lr_err *err) {
+    json_t *a = json_object_get(j, key), *e;
+    size_t i;
+    if (!json_is_array(a)) return lr_errf(err, "%s Sequence: missing '%s'", what, key);
+    json_array_foreach(a, i, e) if (fn(t, e, depth + 1, err)) return -1;
+    return 0;
+}
+
 static int parse_normalizer(tok *t, json_t *j, int depth, lr_err *err) {
+    const char *type;
     if (!j || json_is_null(j)) return 0;
-    const char *type = jstr(j, "type");
-    if (!type || depth > 8) return lr_errf(err, "normalizer: missing 'type'");
-    if (!strcmp(type, "Sequence")) {
-        json_t *a = json_object_get(j, "normalizers"), *e;
-        size_t i;
-        if (!json_is_array(a)) return lr_errf(err, "normalizer Sequence: missing 'normalizers'");
-        json_array_foreach(a, i, e) if (parse_normalizer(t, e, depth + 1, err)) return -1;
-        return 0;
-    }
+    if (component_type(j, depth, "normalizer", &type, err)) return -1;
+    if (!strcmp(type, "Sequence")) return parse_sequence(t, j, depth, "normalizer", "normalizers", parse_normalizer, err);
     static const struct { const char *name; int kind; } simple[] = {
         {"NFC", N_NFC}, {"NFD", N_NFD}, {"NFKC", N_NFKC}, {"NFKD", N_NFKD}, {"Lowercase", N_LOWER},
     };
@@ -436,17 +451,11 @@ static int parse_behavior(const char *s) {
 }
 
 static int parse_pretok(tok *t, json_t *j, int depth, lr_err *err) {
-    if (!j || json_is_null(j)) return 0;
-    const char *type = jstr(j, "type");
-    if (!type || depth > 8) return lr_errf(err, "pre_tokenizer: missing 'type'");
+    const char *type;
     tok_op *op;
-    if (!strcmp(type, "Sequence")) {
-        json_t *a = json_object_get(j, "pretokenizers"), *e;
-        size_t i;
-        if (!json_is_array(a)) return lr_errf(err, "pre_tokenizer Sequence: missing 'pretokenizers'");
-        json_array_foreach(a, i, e) if (parse_pretok(t, e, depth + 1, err)) return -1;
-        return 0;
-    }
+    if (!j || json_is_null(j)) return 0;
+    if (component_type(j, depth, "pre_tokenizer", &type, err)) return -1;
+    if (!strcmp(type, "Sequence")) return parse_sequence(t, j, depth, "pre_tokenizer", "pretokenizers", parse_pretok, err);
     if (!strcmp(type, "Split")) {
         if (!(op = next_op(t->pre, &t->n_pre, P_SPLIT, err))) return -1;
         if (parse_pattern(op, json_object_get(j, "pattern"), "pre_tokenizer Split", err)) return -1;
@@ -496,17 +505,11 @@ static int parse_pretok(tok *t, json_t *j, int depth, lr_err *err) {
 }
 
 static int parse_decoder(tok *t, json_t *j, int depth, lr_err *err) {
-    if (!j || json_is_null(j)) return 0;
-    const char *type = jstr(j, "type");
-    if (!type || depth > 8) return lr_errf(err, "decoder: missing 'type'");
+    const char *type;
     tok_op *op;
-    if (!strcmp(type, "Sequence")) {
-        json_t *a = json_object_get(j, "decoders"), *e;
-        size_t i;
-        if (!json_is_array(a)) return lr_errf(err, "decoder Sequence: missing 'decoders'");
-        json_array_foreach(a, i, e) if (parse_decoder(t, e, depth + 1, err)) return -1;
-        return 0;
-    }
+    if (!j || json_is_null(j)) return 0;
+    if (component_type(j, depth, "decoder", &type, err)) return -1;
+    if (!strcmp(type, "Sequence")) return parse_sequence(t, j, depth, "decoder", "decoders", parse_decoder, err);
     if (!strcmp(type, "ByteLevel")) return next_op(t->dec, &t->n_dec, D_BYTELEVEL, err) ? 0 : -1;
     if (!strcmp(type, "ByteFallback")) return next_op(t->dec, &t->n_dec, D_BYTEFALLBACK, err) ? 0 : -1;
     if (!strcmp(type, "Fuse")) return next_op(t->dec, &t->n_dec, D_FUSE, err) ? 0 : -1;
@@ -677,7 +680,7 @@ static int parse_model(tok *t, json_t *m, lr_err *err) {
  * the sequence, is a BOS that the model's encode adds. */
 static void parse_post(tok *t, json_t *pp, int depth, int32_t *bos) {
     const char *type = jstr(pp, "type");
-    if (!type || depth > 8) return;
+    if (!type || depth > TOK_MAX_NESTING) return;
     if (!strcmp(type, "Sequence")) {
         size_t i;
         json_t *e;

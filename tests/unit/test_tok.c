@@ -489,6 +489,18 @@ TEST(bad_tokenizer_json) {
                       "bad regex");
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"decoder\":{\"type\":\"CTC\"}}",
                       "unsupported decoder type 'CTC'");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"decoder\":{\"kind\":\"CTC\"}}",
+                      "decoder: missing 'type'");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},"
+                      "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":{}}}",
+                      "pre_tokenizer Sequence: missing 'pretokenizers'");
+    /* Sequences nested 10 deep: bounded, with a message that says so */
+    char deep[1024] = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"normalizer\":";
+    for (int i = 0; i < 10; i++) strcat(deep, "{\"type\":\"Sequence\",\"normalizers\":[");
+    strcat(deep, "{\"type\":\"NFC\"}");
+    for (int i = 0; i < 10; i++) strcat(deep, "]}");
+    strcat(deep, "}");
+    expect_load_error(deep, "normalizer: Sequences nested more than 8 deep");
 }
 
 TEST(bad_paths) {
