@@ -461,7 +461,8 @@ __device__ __forceinline__ void load_tile(float *dst, int lds, const float *src,
 }
 
 /* The attention kernels take the window W in 1..T (T: plain causal):
- * query i sees keys (i - W, i]. */
+ * query i sees keys (i - W, i]. Tile rows past T (padding) see nothing. */
+__device__ __forceinline__ bool attn_sees(int qi, int kj, int T, int W) { return qi < T && kj <= qi && qi - kj < W; }
 
 /* Forward: grid (q tiles, B*Hq). Shared: Q [AR][D], K [AR][D+1], V [AR][D]. */
 template <int DC>
@@ -504,7 +505,7 @@ __global__ void __launch_bounds__(ATHREADS) attn_fwd_k(float *out, float *lse, c
 #pragma unroll
         for (int r = 0; r < 8; r++) {
             int qi = q0 + r0 + r;
-            float sv = kj <= qi && qi - kj < W && kj < T ? s[r] * scale : -INFINITY;
+            float sv = attn_sees(qi, kj, T, W) ? s[r] * scale : -INFINITY;
             float mnew = fmaxf(m[r], warp_max(sv));
             /* with a window, a row may have seen no key yet (mnew = -inf):
              * then p and alpha are 0, not exp(-inf + inf); the last tile
@@ -615,7 +616,7 @@ __global__ void __launch_bounds__(ATHREADS) attn_dkv_k(float *dk, float *dv, con
 #pragma unroll
             for (int r = 0; r < 8; r++) {
                 int kj = k0 + r0 + r;
-                float p = qi < T && kj <= qi && qi - kj < W ? expf(s[r] * scale - Ls[lane]) : 0.0f;
+                float p = attn_sees(qi, kj, T, W) ? expf(s[r] * scale - Ls[lane]) : 0.0f;
                 dp[r] = p * (dp[r] - Di[lane]);
                 s[r] = p;
             }
@@ -702,7 +703,7 @@ __global__ void __launch_bounds__(ATHREADS) attn_dq_k(float *dq, const float *do
 #pragma unroll
         for (int r = 0; r < 8; r++) {
             int qi = q0 + r0 + r;
-            float p = qi < T && kj <= qi && qi - kj < W ? expf(s[r] * scale - lr[r]) : 0.0f;
+            float p = attn_sees(qi, kj, T, W) ? expf(s[r] * scale - lr[r]) : 0.0f;
             s[r] = p * (dp[r] - dr[r]);
         }
         for (int j = 0; j < AR; j++) {
@@ -859,7 +860,7 @@ __global__ void __launch_bounds__(128) tc_fwd_k(float *out, float *lse, const fl
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 int qi = q0 + w0 + g + (i >> 1) * 8, kj = k0 + n * 8 + 2 * t + (i & 1);
-                s[n][i] = kj <= qi && qi - kj < W && kj < T ? s[n][i] * scale : -INFINITY;
+                s[n][i] = attn_sees(qi, kj, T, W) ? s[n][i] * scale : -INFINITY;
                 mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
             }
 #pragma unroll
@@ -948,7 +949,7 @@ __global__ void __launch_bounds__(128) tc_dq_k(float *dq, const float *dout, con
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 int qi = q0 + w0 + g + (i >> 1) * 8, kj = k0 + n * 8 + 2 * t + (i & 1);
-                float p = qi < T && kj <= qi && qi - kj < W ? expf(s[n][i] * scale - lr[i >> 1]) : 0.0f;
+                float p = attn_sees(qi, kj, T, W) ? expf(s[n][i] * scale - lr[i >> 1]) : 0.0f;
                 s[n][i] = p * (dp[n][i] - dr[i >> 1]);
             }
         tc_cz<8, 2 * KD>(acc, s, Kt, LT, D, g, t);
@@ -1016,7 +1017,7 @@ __global__ void __launch_bounds__(128) tc_dkv_k(float *dk, float *dv, const floa
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
                     int kj = k0 + w0 + g + (i >> 1) * 8, c = n * 8 + 2 * t + (i & 1), qi = q0 + c;
-                    float p = qi < T && kj <= qi && qi - kj < W ? expf(s[n][i] * scale - Ls[c]) : 0.0f;
+                    float p = attn_sees(qi, kj, T, W) ? expf(s[n][i] * scale - Ls[c]) : 0.0f;
                     dp[n][i] = p * (dp[n][i] - Ds[c]);
                     s[n][i] = p;
                 }
