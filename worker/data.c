@@ -1,6 +1,7 @@
 #include "worker/data.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -374,38 +375,6 @@ static int take_row(parser *p, json_t *o, int line) {
     return 0;
 }
 
-static int parse_jsonl(parser *p, const char *buf, size_t len) {
-    int line = 0;
-    for (size_t pos = 0; pos < len;) {
-        const char *s = buf + pos, *nl = memchr(s, '\n', len - pos);
-        size_t n = nl ? (size_t)(nl - s) : len - pos;
-        pos += n + (nl ? 1 : 0);
-        line++;
-        if (n && s[n - 1] == '\r') n--;
-        if (is_blank(s, n)) continue;
-        if (n > DATA_MAX_LINE) {
-            if (p->r->n_rows >= DATA_MAX_ROWS)
-                return lr_errp(p->err, LR_E_TOOBIG, "file", "dataset has more than %d rows", DATA_MAX_ROWS);
-            p->r->n_rows++;
-            report_error(p, line, "longer than %zu bytes", DATA_MAX_LINE);
-            continue;
-        }
-        json_error_t je;
-        json_t *o = json_loadb(s, n, JSON_REJECT_DUPLICATES, &je);
-        if (!o) {
-            if (p->r->n_rows >= DATA_MAX_ROWS)
-                return lr_errp(p->err, LR_E_TOOBIG, "file", "dataset has more than %d rows", DATA_MAX_ROWS);
-            p->r->n_rows++;
-            report_error(p, line, "invalid JSON: %s (column %d)", je.text, je.column);
-            continue;
-        }
-        int rc = take_row(p, o, line);
-        json_decref(o);
-        if (rc) return -1;
-    }
-    return 0;
-}
-
 /* CSV --------------------------------------------------------------------- */
 
 typedef struct csv_rec {
@@ -486,144 +455,369 @@ static const struct {
     {{"input", "output", NULL}, {"input", "output", NULL}},
 };
 
-static int parse_csv(parser *p, const char *buf, size_t len) {
+/* ---- the stream: bytes in any chunking, one line (JSONL) or record (CSV)
+ * at a time, so no caller ever holds a whole file ------------------------- */
+
+#define STREAM_CHUNK ((size_t)256 << 10)
+
+typedef enum { CS_START, CS_PLAIN, CS_QUOTED, CS_QUOTE } csv_state;
+
+struct data_stream {
+    parser p;
+    data_report rep;
+    lr_err ferr;            /* the fatal error, once there is one */
+    int failed, done;
+    int64_t max_rows;
+    size_t total;           /* bytes fed */
+    lr_buf head;            /* bytes before the form is known */
+    int kind;               /* 0 undecided, 'j' JSONL, 'c' CSV */
+    lr_buf unit;            /* the line or record being read */
+    int unit_long;          /* the unit passed DATA_MAX_LINE: its bytes are dropped */
+    int line;               /* JSONL: lines done; CSV: the line the next record starts on */
+    /* CSV */
+    csv_state cs;
+    int unit_lines;         /* newlines inside an overlong record (for line numbers) */
     csv_rec rec;
-    int rc = -1, line = 1, idx[3] = {-1, -1, -1}, map = -1, ncols;
-    size_t pos = 0;
-    lr_buf_init(&rec.cells, DATA_MAX_LINE);
-    p->r->csv = 1;
-    csv_next(buf, len, &pos, &line, &rec);
-    if (rec.unterminated || rec.too_long || rec.too_many) {
-        lr_errp(p->err, LR_E_INVALID, "file", "line 1: the CSV header is malformed or too long");
-        goto done;
-    }
-    ncols = rec.n;
-    char names[DATA_MAX_COLUMNS][64];
-    for (int k = 0; k < ncols; k++) {
-        const char *s = cell(&rec, k);
-        size_t n = strlen(s);
-        while (n && isspace((unsigned char)s[n - 1])) n--;
-        while (n && isspace((unsigned char)*s)) s++, n--;
-        snprintf(names[k], sizeof names[k], "%.*s", (int)n, s);
-    }
-    for (size_t m = 0; m < sizeof csv_maps / sizeof csv_maps[0] && map < 0; m++) {
-        int ok = 1;
-        for (int j = 0; j < 3; j++) {
-            idx[j] = -1;
-            if (!csv_maps[m].col[j]) continue;
-            for (int k = 0; k < ncols; k++)
-                if (!strcasecmp(names[k], csv_maps[m].col[j])) idx[j] = k;
-            ok &= idx[j] >= 0;
-        }
-        if (ok) map = (int)m;
-    }
-    /* Rows are counted (and checked for shape) even when no mapping fits, so
-     * that the report says what the file holds. */
-    while (pos < len) {
-        csv_next(buf, len, &pos, &line, &rec);
-        if (csv_blank(&rec)) continue;
-        if (map < 0 || rec.unterminated || rec.too_long || rec.too_many || rec.n != ncols) {
-            if (p->r->n_rows >= DATA_MAX_ROWS) {
-                lr_errp(p->err, LR_E_TOOBIG, "file", "dataset has more than %d rows", DATA_MAX_ROWS);
-                goto done;
-            }
-            p->r->n_rows++;
-            if (rec.unterminated) report_error(p, rec.line, "unterminated quoted field");
-            else if (rec.too_long) report_error(p, rec.line, "longer than %zu bytes", DATA_MAX_LINE);
-            else if (rec.too_many) report_error(p, rec.line, "more than %d fields", DATA_MAX_COLUMNS);
-            else if (rec.n != ncols)
-                report_error(p, rec.line, "%d fields, but the header has %d", rec.n, ncols);
-            else p->r->n_invalid++;
-            continue;
-        }
-        json_t *o = json_object();
-        int bad_utf8 = 0;
-        for (int j = 0; j < 3 && o; j++) {
-            if (idx[j] < 0) continue;
-            const char *s = cell(&rec, idx[j]);
-            json_t *v = json_string(s); /* NULL on invalid UTF-8 */
-            if (!v) bad_utf8 = 1;
-            else json_object_set_new(o, csv_maps[map].key[j], v);
-        }
-        if (!o) {
-            lr_errp(p->err, LR_E_NOMEM, NULL, "out of memory reading the dataset");
-            goto done;
-        }
-        if (bad_utf8) {
-            p->r->n_rows++;
-            report_error(p, rec.line, "invalid UTF-8");
-            json_decref(o);
-            continue;
-        }
-        int r = take_row(p, o, rec.line);
-        json_decref(o);
-        if (r) goto done;
-    }
-    if (map < 0) {
-        lr_buf names_list;
-        lr_buf_init(&names_list, 400);
-        for (int k = 0; k < ncols; k++)
-            if (lr_buf_printf(&names_list, "%s%s", k ? ", " : "", names[k])) break;
-        snprintf(p->r->errors[0], sizeof p->r->errors[0],
-                 "line 1: the CSV header has none of the column sets prompt,completion / "
-                 "question,answer / instruction,output / input,output / prompt,chosen,rejected "
-                 "(found: %.80s)", names_list.data ? names_list.data : "");
-        p->r->n_errors = 1;
-        lr_buf_free(&names_list);
-    }
-    rc = 0;
-done:
-    lr_buf_free(&rec.cells);
-    return rc;
+    int have_header, map, ncols, idx[3];
+    char (*names)[64];
+};
+
+/* The start of a file that is not text: say what it looks like. */
+static const char *binary_kind(const unsigned char *b, size_t n) {
+    static const struct {
+        const char *magic;
+        size_t len;
+        const char *what;
+    } magics[] = {
+        {"\x1f\x8b", 2, "gzip-compressed data (.gz): upload the uncompressed JSONL or CSV"},
+        {"PK\x03\x04", 4, "a zip archive: upload the JSONL or CSV file inside it"},
+        {"BZh", 3, "bzip2-compressed data (.bz2): upload the uncompressed JSONL or CSV"},
+        {"\xfd" "7zXZ", 5, "xz-compressed data (.xz): upload the uncompressed JSONL or CSV"},
+        {"\x28\xb5\x2f\xfd", 4, "zstd-compressed data (.zst): upload the uncompressed JSONL or CSV"},
+        {"PAR1", 4, "a Parquet file: export it as JSONL (e.g. pandas to_json(orient='records', lines=True))"},
+        {"\x89PNG", 4, "a PNG image, not a dataset"},
+        {"%PDF", 4, "a PDF document, not a dataset"},
+        {"SQLite format 3", 15, "an SQLite database, not a dataset"},
+    };
+    for (size_t i = 0; i < sizeof magics / sizeof magics[0]; i++)
+        if (n >= magics[i].len && !memcmp(b, magics[i].magic, magics[i].len)) return magics[i].what;
+    if (n >= 2 && ((b[0] == 0xff && b[1] == 0xfe) || (b[0] == 0xfe && b[1] == 0xff)))
+        return "UTF-16 text: save it as UTF-8";
+    if (memchr(b, 0, n)) return "binary data (it has NUL bytes), not UTF-8 JSONL or CSV text";
+    return NULL;
 }
 
-static int parse_any(const char *buf, size_t len, data_report *r, data_file *f, lr_err *err) {
-    parser p = {r, f, err};
-    memset(r, 0, sizeof *r);
+static void jsonl_line(data_stream *s) {
+    parser *p = &s->p;
+    const char *l = s->unit.data ? s->unit.data : "";
+    size_t n = s->unit.len;
+    s->line++;
+    if (!s->unit_long && n && l[n - 1] == '\r') n--;
+    if (!s->unit_long && is_blank(l, n)) return;
+    if (p->r->n_rows >= DATA_MAX_ROWS) {
+        s->failed = lr_errp(&s->ferr, LR_E_TOOBIG, "file", "dataset has more than %d rows", DATA_MAX_ROWS);
+        return;
+    }
+    if (s->unit_long || n > DATA_MAX_LINE) {
+        p->r->n_rows++;
+        report_error(p, s->line, "longer than %zu bytes", DATA_MAX_LINE);
+        return;
+    }
+    json_error_t je;
+    json_t *o = json_loadb(l, n, JSON_REJECT_DUPLICATES, &je);
+    if (!o) {
+        p->r->n_rows++;
+        report_error(p, s->line, "invalid JSON: %s (column %d)", je.text, je.column);
+        return;
+    }
+    if (take_row(p, o, s->line)) s->failed = -1;
+    json_decref(o);
+}
+
+static void csv_header(data_stream *s) {
+    csv_rec *rec = &s->rec;
+    if (rec->unterminated || rec->too_long || rec->too_many || s->unit_long) {
+        s->failed = lr_errp(&s->ferr, LR_E_INVALID, "file", "line 1: the CSV header is malformed or too long");
+        return;
+    }
+    s->ncols = rec->n;
+    for (int k = 0; k < s->ncols; k++) {
+        const char *c = cell(rec, k);
+        size_t n = strlen(c);
+        while (n && isspace((unsigned char)c[n - 1])) n--;
+        while (n && isspace((unsigned char)*c)) c++, n--;
+        snprintf(s->names[k], sizeof s->names[k], "%.*s", (int)n, c);
+    }
+    for (size_t m = 0; m < sizeof csv_maps / sizeof csv_maps[0] && s->map < 0; m++) {
+        int ok = 1;
+        for (int j = 0; j < 3; j++) {
+            s->idx[j] = -1;
+            if (!csv_maps[m].col[j]) continue;
+            for (int k = 0; k < s->ncols; k++)
+                if (!strcasecmp(s->names[k], csv_maps[m].col[j])) s->idx[j] = k;
+            ok &= s->idx[j] >= 0;
+        }
+        if (ok) s->map = (int)m;
+    }
+    s->have_header = 1;
+}
+
+/* Rows are counted (and checked for shape) even when no mapping fits, so
+ * that the report says what the file holds. */
+static void csv_record(data_stream *s) {
+    parser *p = &s->p;
+    csv_rec *rec = &s->rec;
+    int start = s->line;
+    if (s->unit_long) {
+        lr_buf_reset(&rec->cells);
+        rec->n = 0;
+        rec->line = start;
+        rec->too_long = 1;
+        rec->unterminated = rec->too_many = 0;
+        s->line += s->unit_lines + 1;
+    } else {
+        size_t pos = 0;
+        csv_next(s->unit.data ? s->unit.data : "", s->unit.len, &pos, &s->line, rec);
+    }
+    if (!s->have_header) {
+        csv_header(s);
+        return;
+    }
+    if (!s->unit_long && csv_blank(rec)) return;
+    if (s->map < 0 || rec->unterminated || rec->too_long || rec->too_many || rec->n != s->ncols) {
+        if (p->r->n_rows >= DATA_MAX_ROWS) {
+            s->failed = lr_errp(&s->ferr, LR_E_TOOBIG, "file", "dataset has more than %d rows", DATA_MAX_ROWS);
+            return;
+        }
+        p->r->n_rows++;
+        if (rec->unterminated) report_error(p, rec->line, "unterminated quoted field");
+        else if (rec->too_long) report_error(p, rec->line, "longer than %zu bytes", DATA_MAX_LINE);
+        else if (rec->too_many) report_error(p, rec->line, "more than %d fields", DATA_MAX_COLUMNS);
+        else if (rec->n != s->ncols) report_error(p, rec->line, "%d fields, but the header has %d", rec->n, s->ncols);
+        else p->r->n_invalid++;
+        return;
+    }
+    json_t *o = json_object();
+    int bad_utf8 = 0;
+    for (int j = 0; j < 3 && o; j++) {
+        if (s->idx[j] < 0) continue;
+        json_t *v = json_string(cell(rec, s->idx[j])); /* NULL on invalid UTF-8 */
+        if (!v) bad_utf8 = 1;
+        else json_object_set_new(o, csv_maps[s->map].key[j], v);
+    }
+    if (!o) {
+        s->failed = lr_errp(&s->ferr, LR_E_NOMEM, NULL, "out of memory reading the dataset");
+        return;
+    }
+    if (bad_utf8) {
+        p->r->n_rows++;
+        report_error(p, rec->line, "invalid UTF-8");
+    } else if (take_row(p, o, rec->line)) {
+        s->failed = -1;
+    }
+    json_decref(o);
+}
+
+static void unit_done(data_stream *s) {
+    if (s->kind == 'j') jsonl_line(s);
+    else csv_record(s);
+    lr_buf_reset(&s->unit);
+    s->unit_long = 0;
+    s->unit_lines = 0;
+    s->cs = CS_START;
+}
+
+static void unit_byte(data_stream *s, char ch) {
+    if (s->unit_long) {
+        if (ch == '\n') s->unit_lines++;
+    } else if (lr_buf_add(&s->unit, &ch, 1)) {
+        s->unit_long = 1;
+        if (ch == '\n') s->unit_lines++;
+    }
+}
+
+/* Splits into units: JSONL at every newline; CSV at a newline outside
+ * quotes, with the same idea of quoting as csv_next (a quote opens only at
+ * the start of a cell). */
+static void split(data_stream *s, const char *b, size_t n) {
+    for (size_t i = 0; i < n && !s->failed && !s->done; i++) {
+        char ch = b[i];
+        if (s->kind == 'j') {
+            if (ch == '\n') unit_done(s);
+            else unit_byte(s, ch);
+        } else {
+            switch (s->cs) {
+            case CS_START: s->cs = ch == '"' ? CS_QUOTED : ch == ',' || ch == '\n' ? CS_START : CS_PLAIN; break;
+            case CS_PLAIN: if (ch == ',' || ch == '\n') s->cs = CS_START; break;
+            case CS_QUOTED: if (ch == '"') s->cs = CS_QUOTE; break;
+            case CS_QUOTE: s->cs = ch == '"' ? CS_QUOTED : ch == ',' || ch == '\n' ? CS_START : CS_PLAIN; break;
+            }
+            unit_byte(s, ch);
+            if (ch == '\n' && s->cs == CS_START) unit_done(s);
+        }
+        if (s->max_rows > 0 && s->rep.n_rows >= s->max_rows) s->done = 1;
+    }
+}
+
+/* Decides the form from the first non-space byte (a BOM is dropped). */
+static void decide(data_stream *s, int at_end) {
+    const char *b = s->head.data ? s->head.data : "";
+    size_t n = s->head.len, k = 0;
+    if (n >= 3 && !memcmp(b, "\xef\xbb\xbf", 3)) b += 3, n -= 3;
+    else if (!at_end && n < 3 && !memcmp(b, "\xef\xbb\xbf", n)) return;
+    if (!at_end && n < 512) return; /* enough to recognise a binary file */
+    const char *bin = binary_kind((const unsigned char *)b, n < 512 ? n : 512);
+    if (bin) {
+        s->failed = lr_errp(&s->ferr, LR_E_INVALID, "file", "the file looks like %s", bin);
+        return;
+    }
+    while (k < n && isspace((unsigned char)b[k])) k++;
+    if (k == n) {
+        if (at_end) s->failed = lr_errp(&s->ferr, LR_E_INVALID, "file", "dataset is empty");
+        return;
+    }
+    if (b[k] == '[') {
+        s->failed = lr_errp(&s->ferr, LR_E_INVALID, "file", "the file is one JSON array; JSONL wants one JSON object per line");
+        return;
+    }
+    s->kind = b[k] == '{' ? 'j' : 'c';
+    s->rep.csv = s->kind == 'c';
+    s->line = s->kind == 'j' ? 0 : 1; /* JSONL counts lines done; CSV the line a record starts on */
+    split(s, b, n);
+    lr_buf_free(&s->head);
+}
+
+int data_stream_open(data_file *f, int64_t max_rows, data_stream **out, lr_err *err) {
+    data_stream *s = calloc(1, sizeof *s);
+    if (s) s->names = calloc(DATA_MAX_COLUMNS, sizeof *s->names);
+    if (!s || !s->names) {
+        free(s);
+        *out = NULL;
+        return lr_errp(err, LR_E_NOMEM, NULL, "out of memory reading the dataset");
+    }
+    s->p = (parser){&s->rep, f, &s->ferr};
     if (f) memset(f, 0, sizeof *f);
-    if (len > DATA_MAX_FILE)
-        return lr_errp(err, LR_E_TOOBIG, "file", "dataset is larger than %zu bytes", DATA_MAX_FILE);
-    if (len >= 3 && !memcmp(buf, "\xef\xbb\xbf", 3)) buf += 3, len -= 3;
-    size_t k = 0;
-    while (k < len && isspace((unsigned char)buf[k])) k++;
-    if (k == len) return lr_errp(err, LR_E_INVALID, "file", "dataset is empty");
-    if (buf[k] == '[')
-        return lr_errp(err, LR_E_INVALID, "file",
-                       "the file is one JSON array; JSONL wants one JSON object per line");
-    int rc = buf[k] == '{' ? parse_jsonl(&p, buf, len) : parse_csv(&p, buf, len);
-    if (f) {
-        f->format = r->format;
-        f->csv = r->csv;
-    }
-    if (rc) return -1;
-    if (r->n_invalid) {
-        const char *first = r->n_errors ? r->errors[0] : "invalid rows";
-        if (r->n_invalid > 1)
-            return lr_errp(err, LR_E_INVALID, "file", "%s (and %lld more invalid rows)", first,
-                           (long long)r->n_invalid - 1);
-        return lr_errp(err, LR_E_INVALID, "file", "%s", first);
-    }
-    if (!r->n_rows) return lr_errp(err, LR_E_INVALID, "file", "dataset has no rows");
+    s->max_rows = max_rows;
+    s->map = -1;
+    lr_buf_init(&s->head, DATA_MAX_LINE);
+    lr_buf_init(&s->unit, DATA_MAX_LINE + 2);
+    lr_buf_init(&s->rec.cells, DATA_MAX_LINE);
+    *out = s;
     return 0;
 }
 
+int data_stream_feed(data_stream *s, const char *buf, size_t len, lr_err *err) {
+    if (!s->failed && !s->done) {
+        s->total += len;
+        if (s->total > DATA_MAX_FILE)
+            s->failed = lr_errp(&s->ferr, LR_E_TOOBIG, "file", "dataset is larger than %zu bytes", DATA_MAX_FILE);
+        else if (s->kind) split(s, buf, len);
+        else if (lr_buf_add(&s->head, buf, len))
+            s->failed = lr_errp(&s->ferr, LR_E_INVALID, "file", "the file starts with over %zu bytes of blank space",
+                                DATA_MAX_LINE);
+        else decide(s, 0);
+    }
+    if (s->failed) {
+        *err = s->ferr;
+        return -1;
+    }
+    return s->done;
+}
+
+int data_stream_end(data_stream *s, data_report *r, lr_err *err) {
+    if (!s->failed && !s->done && !s->kind) decide(s, 1);
+    if (!s->failed && !s->done && (s->unit.len || s->unit_long)) unit_done(s);
+    data_report *rep = &s->rep;
+    data_file *f = s->p.f;
+    if (f) {
+        f->format = rep->format;
+        f->csv = rep->csv;
+    }
+    if (!s->failed && s->kind == 'c' && s->map < 0 && s->have_header) {
+        lr_buf list;
+        lr_buf_init(&list, 400);
+        for (int k = 0; k < s->ncols; k++)
+            if (lr_buf_printf(&list, "%s%s", k ? ", " : "", s->names[k])) break;
+        snprintf(rep->errors[0], sizeof rep->errors[0],
+                 "line 1: the CSV header has none of the column sets prompt,completion / "
+                 "question,answer / instruction,output / input,output / prompt,chosen,rejected "
+                 "(found: %.80s)", list.data ? list.data : "");
+        rep->n_errors = 1;
+        lr_buf_free(&list);
+    }
+    if (r) *r = *rep;
+    if (s->failed) {
+        *err = s->ferr;
+        return -1;
+    }
+    if (rep->n_invalid) {
+        const char *first = rep->n_errors ? rep->errors[0] : "invalid rows";
+        if (rep->n_invalid > 1)
+            return lr_errp(err, LR_E_INVALID, "file", "%s (and %lld more invalid rows)", first,
+                           (long long)rep->n_invalid - 1);
+        return lr_errp(err, LR_E_INVALID, "file", "%s", first);
+    }
+    if (!rep->n_rows) return lr_errp(err, LR_E_INVALID, "file", "dataset has no rows");
+    return 0;
+}
+
+void data_stream_free(data_stream *s) {
+    if (!s) return;
+    lr_buf_free(&s->head);
+    lr_buf_free(&s->unit);
+    lr_buf_free(&s->rec.cells);
+    free(s->names);
+    free(s);
+}
+
+/* The whole of a buffer or a file through one stream. */
+static int stream_buf(data_file *f, const char *buf, size_t len, data_report *r, lr_err *err) {
+    data_stream *s;
+    if (data_stream_open(f, 0, &s, err)) return -1;
+    lr_err scratch = {0};
+    int rc = data_stream_feed(s, buf, len, err) < 0 ? -1 : 0;
+    if (data_stream_end(s, r, rc ? &scratch : err)) rc = -1;
+    data_stream_free(s);
+    return rc;
+}
+
+/* max_rows > 0: only the first rows (the rest of the file is not read). */
+static int stream_path(data_file *f, const char *path, int64_t max_rows, data_report *r, lr_err *err) {
+    data_stream *s = NULL;
+    FILE *fp = fopen(path, "rb");
+    char *chunk = malloc(STREAM_CHUNK);
+    int rc = -1, fed = 0;
+    lr_err scratch = {0};
+    if (r) memset(r, 0, sizeof *r);
+    if (!fp || !chunk) {
+        if (f) memset(f, 0, sizeof *f);
+        if (!fp) lr_errp(err, LR_E_IO, NULL, "cannot open %s: %s", path, strerror(errno));
+        else lr_errp(err, LR_E_NOMEM, NULL, "out of memory reading the dataset");
+        goto out;
+    }
+    if (data_stream_open(f, max_rows, &s, err)) goto out;
+    size_t n;
+    while (fed == 0 && (n = fread(chunk, 1, STREAM_CHUNK, fp)) > 0) fed = data_stream_feed(s, chunk, n, err);
+    if (fed == 0 && ferror(fp)) fed = lr_errp(err, LR_E_IO, NULL, "reading %s: %s", path, strerror(errno));
+    rc = data_stream_end(s, r, fed < 0 ? &scratch : err) || fed < 0 ? -1 : 0;
+out:
+    data_stream_free(s);
+    free(chunk);
+    if (fp) fclose(fp);
+    return rc;
+}
+
 int data_validate(const char *buf, size_t len, data_report *r, lr_err *err) {
-    return parse_any(buf, len, r, NULL, err);
+    return stream_buf(NULL, buf, len, r, err);
 }
 
 int data_validate_file(const char *path, data_report *r, lr_err *err) {
-    char *buf = NULL;
-    size_t len = 0;
-    memset(r, 0, sizeof *r);
-    if (lr_read_file(path, DATA_MAX_FILE, &buf, &len, err)) return -1;
-    int rc = data_validate(buf, len, r, err);
-    free(buf);
-    return rc;
+    return stream_path(NULL, path, 0, r, err);
 }
 
 int data_parse(const char *buf, size_t len, data_file *f, lr_err *err) {
     data_report r;
-    if (parse_any(buf, len, &r, f, err)) {
+    if (stream_buf(f, buf, len, &r, err)) {
         data_file_free(f);
         return -1;
     }
@@ -631,14 +825,21 @@ int data_parse(const char *buf, size_t len, data_file *f, lr_err *err) {
 }
 
 int data_load(const char *path, data_file *f, lr_err *err) {
-    char *buf = NULL;
-    size_t len = 0;
-    memset(f, 0, sizeof *f);
-    if (lr_read_file(path, DATA_MAX_FILE, &buf, &len, err)) return -1;
-    int rc = data_parse(buf, len, f, err);
-    free(buf);
-    if (rc) lr_err_prefix(err, "dataset %s: ", path);
-    return rc;
+    data_report r;
+    if (stream_path(f, path, 0, &r, err)) {
+        data_file_free(f);
+        lr_err_prefix(err, "dataset %s: ", path);
+        return -1;
+    }
+    return 0;
+}
+
+int data_load_head(const char *path, int64_t n, data_file *f, lr_err *err) {
+    if (stream_path(f, path, n, NULL, err)) {
+        data_file_free(f);
+        return -1;
+    }
+    return 0;
 }
 
 void data_file_free(data_file *f) {

@@ -90,6 +90,21 @@ const char *data_format_name(data_format f);
 int data_validate(const char *buf, size_t len, data_report *r, lr_err *err) LR_WARN_UNUSED;
 int data_validate_file(const char *path, data_report *r, lr_err *err) LR_WARN_UNUSED;
 
+/* The same checks over bytes that arrive in pieces of any size (an upload
+ * as it comes in), holding one line or CSV record at a time. A file that is
+ * not text (gzip, zip, UTF-16, NUL bytes, ...) is refused from its first
+ * bytes with what it looks like. f NULL: validate only; else rows are parsed
+ * into f. max_rows > 0: stop after that many rows (feed returns 1; the rest
+ * need not be fed). feed returns -1 on a whole-file failure (too big, out of
+ * memory, not text), with err; end then gives data_validate's result and
+ * fills r (may be NULL). */
+struct data_file;
+typedef struct data_stream data_stream;
+int data_stream_open(struct data_file *f, int64_t max_rows, data_stream **out, lr_err *err) LR_WARN_UNUSED;
+int data_stream_feed(data_stream *s, const char *buf, size_t len, lr_err *err);
+int data_stream_end(data_stream *s, data_report *r, lr_err *err);
+void data_stream_free(data_stream *s);
+
 /* One parsed row. SFT: msgs[0..n_msgs) is the conversation. DPO:
  * msgs[0..n_msgs) is the prompt, then n_chosen and n_rejected answer
  * messages follow in the same array. */
@@ -110,6 +125,8 @@ typedef struct data_file {
  * first such line). */
 int data_parse(const char *buf, size_t len, data_file *f, lr_err *err) LR_WARN_UNUSED;
 int data_load(const char *path, data_file *f, lr_err *err) LR_WARN_UNUSED;
+/* The first n rows of a file (reads only as far as they go). */
+int data_load_head(const char *path, int64_t n, data_file *f, lr_err *err) LR_WARN_UNUSED;
 void data_file_free(data_file *f);
 
 /* A rendered row: ids/labels (DPO: the chosen answer), and for DPO the
