@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -18,7 +19,9 @@
 #include "common/buf.h"
 #include "daemon/models.h"
 #include "daemon/sha256.h"
+#include "daemon/upload.h"
 #include "proto/jobspec.h"
+#include "proto/jsonfmt.h"
 #include "worker/chat.h"
 #include "worker/data.h"
 #include "worker/tok.h"
@@ -107,8 +110,16 @@ const char *api_route_path(int i) { return i >= 0 && i < NROUTES ? routes[i].pat
 static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
 #define NBUCKETS ((int)(sizeof buckets / sizeof buckets[0]))
 
+/* Users with uploads in progress at once (beyond it, uploads wait: 429). */
+#define UPLOAD_USERS 64
+
 struct api {
     api_env env;
+    pthread_mutex_t up_mu;
+    struct {
+        char user[64];
+        int n;
+    } up[UPLOAD_USERS];
     _Atomic unsigned long long count[NROUTES + 1][6]; /* by status class 1xx..5xx, [0] unused */
     _Atomic unsigned long long hist[NROUTES + 1][NBUCKETS + 1];
     _Atomic unsigned long long sum_us[NROUTES + 1];
@@ -116,11 +127,17 @@ struct api {
 
 api *api_new(const api_env *env) {
     api *a = calloc(1, sizeof *a);
-    if (a) a->env = *env;
+    if (!a) return NULL;
+    a->env = *env;
+    pthread_mutex_init(&a->up_mu, NULL);
     return a;
 }
 
-void api_free(api *a) { free(a); }
+void api_free(api *a) {
+    if (!a) return;
+    pthread_mutex_destroy(&a->up_mu);
+    free(a);
+}
 
 void api_resp_free(api_resp *rs) {
     free(rs->body);
@@ -153,7 +170,7 @@ static void set_json(api_resp *rs, int status, json_t *o) {
     rs->body = NULL;
     rs->status = status;
     rs->content_type = "application/json";
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    char *s = o ? jsonfmt_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!s) {
         rs->status = 500;
@@ -311,47 +328,121 @@ static int match(const char *pat, const char *path, char p[MAX_PARAMS][PARAM_LEN
 
 static void serve_static(ctx *c);
 
-void api_handle(api *a, const api_req *rq, api_resp *rs) {
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    memset(rs, 0, sizeof *rs);
-    rs->fd = -1;
-    ctx c;
-    memset(&c, 0, sizeof c);
-    c.a = a;
-    c.rq = rq;
-    c.rs = rs;
-    int r = R_OTHER, path_known = 0;
+/* The route of a request: 0 with *r set; 1 for a dashboard file; -1 when
+ * refused (c's response says why). */
+static int route_find(ctx *c, int *r) {
+    const api_req *rq = c->rq;
+    int path_known = 0;
+    *r = R_OTHER;
     for (int i = 0; i < NROUTES; i++) {
         char p[MAX_PARAMS][PARAM_LEN];
         if (!match(routes[i].path, rq->path, p)) continue;
         path_known = 1;
         if (strcmp(routes[i].method, rq->method)) continue;
-        r = i;
-        memcpy(c.p, p, sizeof p);
-        break;
+        *r = i;
+        memcpy(c->p, p, sizeof p);
+        return 0;
     }
-    if (r == R_OTHER) {
-        if (path_known) fail(&c, 405, "method_not_allowed", NULL, "%s is not allowed on %s", rq->method, rq->path);
-        else if (!strncmp(rq->path, "/v1/", 4) || !strcmp(rq->path, "/v1"))
-            fail(&c, 404, "not_found", NULL, "no route %s %s", rq->method, rq->path);
-        else if (strcmp(rq->method, "GET") && strcmp(rq->method, "HEAD"))
-            fail(&c, 405, "method_not_allowed", NULL, "%s is not allowed on %s", rq->method, rq->path);
-        else serve_static(&c);
-        goto done;
-    }
+    if (path_known) fail(c, 405, "method_not_allowed", NULL, "%s is not allowed on %s", rq->method, rq->path);
+    else if (!strncmp(rq->path, "/v1/", 4) || !strcmp(rq->path, "/v1"))
+        fail(c, 404, "not_found", NULL, "no route %s %s", rq->method, rq->path);
+    else if (strcmp(rq->method, "GET") && strcmp(rq->method, "HEAD"))
+        fail(c, 405, "method_not_allowed", NULL, "%s is not allowed on %s", rq->method, rq->path);
+    else return 1;
+    return -1;
+}
+
+/* The thread's store connection and, for routes that need it, the user. */
+static int open_and_auth(ctx *c, int r) {
     lr_err e = {0};
-    c.st = a->env.db(a->env.db_ud, &e);
-    if (!c.st) {
-        fail(&c, 503, "unavailable", NULL, "database unavailable: %s", e.msg);
-        goto done;
+    c->st = c->a->env.db(c->a->env.db_ud, &e);
+    if (!c->st) {
+        fail(c, 503, "unavailable", NULL, "database unavailable: %s", e.msg);
+        return -1;
     }
-    if (routes[r].auth && authenticate(&c)) goto done;
+    return routes[r].auth ? authenticate(c) : 0;
+}
+
+static void ctx_init(ctx *c, api *a, const api_req *rq, api_resp *rs) {
+    memset(rs, 0, sizeof *rs);
+    rs->fd = -1;
+    memset(c, 0, sizeof *c);
+    c->a = a;
+    c->rq = rq;
+    c->rs = rs;
+}
+
+void api_handle(api *a, const api_req *rq, api_resp *rs) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ctx c;
+    ctx_init(&c, a, rq, rs);
+    int r, found = route_find(&c, &r);
+    if (found == 1) serve_static(&c);
+    if (found) goto done;
+    if (open_and_auth(&c, r)) goto done;
     routes[r].fn(&c);
     if (!rs->body && rs->fd < 0) fail(&c, 500, "internal", NULL, "the handler produced no response");
 done:
     clock_gettime(CLOCK_MONOTONIC, &t1);
     observe(a, r, rs->status, (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
+}
+
+int api_precheck(api *a, const char *method, const char *path, const char *authorization, char *user, size_t cap,
+                 api_resp *rs) {
+    api_req rq = {.method = method, .path = path, .authorization = authorization};
+    ctx c;
+    ctx_init(&c, a, &rq, rs);
+    user[0] = 0;
+    int r, found = route_find(&c, &r);
+    if (found == 1) return 0;
+    if (found == 0 && open_and_auth(&c, r) == 0) {
+        if (routes[r].auth) snprintf(user, cap, "%s", c.user.name);
+        return 0;
+    }
+    observe(a, r, rs->status, 0);
+    return -1;
+}
+
+int api_streams_body(const char *method, const char *path) {
+    return !strcmp(method, "POST") && !strcmp(path, "/v1/datasets");
+}
+
+int api_upload_acquire(api *a, const char *user, api_resp *rs) {
+    int max = a->env.cfg->max_uploads_per_user, slot = -1, ok = 0;
+    pthread_mutex_lock(&a->up_mu);
+    for (int i = 0; i < UPLOAD_USERS; i++) {
+        if (a->up[i].n && !strcmp(a->up[i].user, user)) {
+            slot = i;
+            break;
+        }
+        if (!a->up[i].n && slot < 0) slot = i;
+    }
+    if (slot >= 0 && a->up[slot].n < (max > 0 ? max : 1)) {
+        snprintf(a->up[slot].user, sizeof a->up[slot].user, "%s", user);
+        a->up[slot].n++;
+        ok = 1;
+    }
+    pthread_mutex_unlock(&a->up_mu);
+    if (ok) return 0;
+    ctx c;
+    api_req rq = {.method = "POST", .path = "/v1/datasets"};
+    ctx_init(&c, a, &rq, rs);
+    fail(&c, 429, "too_many_uploads", NULL,
+         "%s already has %d uploads in progress (max_uploads_per_user); wait for one to finish", user, max);
+    rs->retry_after = 5;
+    observe(a, R_OTHER, 429, 0);
+    return -1;
+}
+
+void api_upload_release(api *a, const char *user) {
+    pthread_mutex_lock(&a->up_mu);
+    for (int i = 0; i < UPLOAD_USERS; i++)
+        if (a->up[i].n && !strcmp(a->up[i].user, user)) {
+            a->up[i].n--;
+            break;
+        }
+    pthread_mutex_unlock(&a->up_mu);
 }
 
 static void wake(ctx *c) {
@@ -439,53 +530,6 @@ static void h_me(ctx *c) {
 
 /* ---- datasets ---- */
 
-/* multipart/form-data: the part named "file" (its filename too). A small
- * parser for the one shape browsers and curl -F send. */
-static int multipart_file(const char *ctype, const char *body, size_t len, const char **data, size_t *dlen,
-                          char *filename, size_t fcap) {
-    const char *bp = strstr(ctype, "boundary=");
-    if (!bp) return -1;
-    bp += 9;
-    char delim[200];
-    size_t bl = strcspn(bp, "; ");
-    if (*bp == '"') {
-        bp++;
-        bl = strcspn(bp, "\"");
-    }
-    if (bl == 0 || bl > 150) return -1;
-    snprintf(delim, sizeof delim, "--%.*s", (int)bl, bp);
-    size_t dl = strlen(delim);
-    const char *p = memmem(body, len, delim, dl);
-    while (p) {
-        p += dl;
-        if ((size_t)(body + len - p) >= 2 && p[0] == '-' && p[1] == '-') break;
-        const char *hend = memmem(p, (size_t)(body + len - p), "\r\n\r\n", 4);
-        if (!hend) break;
-        const char *content = hend + 4;
-        const char *next = memmem(content, (size_t)(body + len - content), delim, dl);
-        if (!next) break;
-        size_t hl = (size_t)(hend - p);
-        char hdr[2048];
-        if (hl >= sizeof hdr) hl = sizeof hdr - 1;
-        memcpy(hdr, p, hl);
-        hdr[hl] = 0;
-        if (strstr(hdr, "name=\"file\"")) {
-            const char *fn = strstr(hdr, "filename=\"");
-            if (fn) {
-                fn += 10;
-                snprintf(filename, fcap, "%.*s", (int)strcspn(fn, "\""), fn);
-            }
-            size_t n = (size_t)(next - content);
-            if (n >= 2 && content[n - 2] == '\r' && content[n - 1] == '\n') n -= 2;
-            *data = content;
-            *dlen = n;
-            return 0;
-        }
-        p = next;
-    }
-    return -1;
-}
-
 /* A file name as the user gave it, kept for display only (never a path). */
 static void clean_filename(char *s) {
     char *b = strrchr(s, '/');
@@ -496,66 +540,80 @@ static void clean_filename(char *s) {
 }
 
 static void h_dataset_upload(ctx *c) {
-    const char *data = c->rq->body;
-    size_t len = c->rq->body_len;
-    char filename[256] = "";
-    const char *ct = c->rq->content_type ? c->rq->content_type : "";
-    if (!strncasecmp(ct, "multipart/form-data", 19)) {
-        if (multipart_file(ct, c->rq->body ? c->rq->body : "", c->rq->body_len, &data, &len, filename, sizeof filename)) {
-            fail(c, 400, "invalid_request", "file", "multipart upload without a part named \"file\"");
-            return;
-        }
-    } else {
-        const char *fn = qget(c, "filename");
-        snprintf(filename, sizeof filename, "%s", fn ? fn : "upload.jsonl");
-    }
-    clean_filename(filename);
-    if (len == 0) {
-        fail(c, 400, "invalid_request", "file", "the dataset is empty");
+    lr_err e = {0};
+    upload *own = NULL, *up = c->rq->upload;
+    char tmp[1100];
+    if (lr_pathf(tmp, sizeof tmp, "%s/tmp", c->a->env.cfg->data_dir)) {
+        fail(c, 500, "internal", NULL, "data directory path too long");
         return;
     }
+    if (!up) { /* called with the body in memory (tests, the fuzz target) */
+        if (upload_open(tmp, c->rq->content_type, qget(c, "filename"), &own, &e)) {
+            fail_err(c, &e);
+            return;
+        }
+        upload_feed(own, c->rq->body ? c->rq->body : "", c->rq->body_len);
+        up = own;
+    }
+    char filename[256];
+    snprintf(filename, sizeof filename, "%s", upload_filename(up));
+    clean_filename(filename);
     data_report rep;
-    lr_err e = {0};
-    if (data_validate(data, len, &rep, &e)) {
+    store_dataset d;
+    memset(&d, 0, sizeof d);
+    if (upload_end(up, &rep, &e)) {
+        if (e.code != LR_E_INVALID && e.code != LR_E_TOOBIG) {
+            fail_err(c, &e);
+            goto out;
+        }
         json_t *errs = json_array();
         for (int i = 0; i < rep.n_errors; i++) json_array_append_new(errs, json_string(rep.errors[i]));
         json_t *m = json_string(e.msg);
-        set_json(c->rs, 400,
+        set_json(c->rs, e.code == LR_E_TOOBIG ? 413 : 400,
                  json_pack("{s:{s:s, s:o, s:s, s:o, s:I, s:I}}", "error", "code", "invalid_dataset", "message",
                            m ? m : json_string("invalid dataset"), "param", "file", "errors", errs, "rows",
                            (json_int_t)rep.n_rows, "invalid_rows", (json_int_t)rep.n_invalid));
-        return;
+        goto out;
     }
-    store_dataset d;
-    memset(&d, 0, sizeof d);
     store_new_id("file", d.id, sizeof d.id);
     snprintf(d.user, sizeof d.user, "%s", c->user.name);
     snprintf(d.filename, sizeof d.filename, "%s", filename);
     snprintf(d.format, sizeof d.format, "%s", rep.csv ? "csv" : "jsonl");
     snprintf(d.kind, sizeof d.kind, "%s", data_format_name(rep.format));
     d.rows = rep.n_rows;
-    d.bytes = (int64_t)len;
+    d.duplicates = rep.n_duplicates;
+    d.bytes = (int64_t)upload_bytes(up);
     char dir[1100];
     snprintf(dir, sizeof dir, "%s/datasets", c->a->env.cfg->data_dir);
     if (snprintf(d.path, sizeof d.path, "%s/%s.%s", dir, d.id, d.format) >= (int)sizeof d.path) {
         fail(c, 500, "internal", NULL, "data directory path too long");
-        return;
+        goto out;
     }
-    if (lr_mkdirs(dir, &e) || lr_write_file_atomic(d.path, data, len, &e)) {
+    if (lr_mkdirs(dir, &e) || upload_take(up, d.path, &e)) {
         fail(c, 500, "internal", NULL, "storing the dataset: %s", e.msg);
-        return;
+        goto out;
     }
     json_t *info = json_pack("{s:s}", "format_detail", data_format_name(rep.format));
     if (store_dataset_add(c->st, &d, info, &e)) {
         unlink(d.path);
         json_decref(info);
         fail_err(c, &e);
-        return;
+        goto out;
     }
     json_decref(info);
     json_t *o = NULL;
-    if (store_dataset_get(c->st, d.id, NULL, &o, &e)) fail_err(c, &e);
-    else set_json(c->rs, 200, o);
+    if (store_dataset_get(c->st, d.id, NULL, &o, &e)) {
+        fail_err(c, &e);
+        goto out;
+    }
+    /* Said now, not first in a job's events: jobs drop exact duplicates. */
+    if (d.duplicates)
+        json_object_set_new(o, "warning",
+                            json_sprintf("%lld of %lld rows repeat an earlier row; a job trains on each distinct "
+                                         "row once", (long long)d.duplicates, (long long)d.rows));
+    set_json(c->rs, 200, o);
+out:
+    upload_free(own);
 }
 
 static void h_datasets_list(ctx *c) {
@@ -649,7 +707,7 @@ static void h_dataset_preview(ctx *c) {
     }
     data_file f;
     memset(&f, 0, sizeof f);
-    if (data_load(d.path, &f, &e)) {
+    if (data_load_head(d.path, n, &f, &e)) { /* only the rows shown: a preview costs the same on any size */
         fail(c, 500, "internal", NULL, "reading dataset %s: %s", d.id, e.msg);
         return;
     }
@@ -679,7 +737,7 @@ static void h_dataset_preview(ctx *c) {
         }
     }
     set_json(c->rs, 200, json_pack("{s:s, s:s, s:I, s:o}", "object", "dataset.preview", "id", d.id, "rows_total",
-                                   (json_int_t)f.n_rows, "rows", rows));
+                                   (json_int_t)d.rows, "rows", rows));
     data_file_free(&f);
 }
 
@@ -747,7 +805,7 @@ static int check_refs(ctx *c, const jobspec *s, const char *prefix) {
 
 static int insert_job(ctx *c, const jobspec *s, const char *sweep_id, char *id, size_t idcap) {
     json_t *sj = jobspec_to_json(s);
-    char *txt = sj ? json_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    char *txt = sj ? jsonfmt_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(sj);
     lr_err e = {0};
     if (!txt) {
@@ -764,12 +822,58 @@ static int insert_job(ctx *c, const jobspec *s, const char *sweep_id, char *id, 
     return rc;
 }
 
+/* Priority orders the one queue everybody shares: past max_user_priority
+ * only an admin may ask (refused, not clamped, so the job never runs at a
+ * priority its owner did not choose). */
+static int priority_ok(ctx *c, const jobspec *s, const char *param) {
+    int cap = c->a->env.cfg->max_user_priority;
+    if (c->user.admin || s->priority <= cap) return 1;
+    fail(c, 400, "invalid_request", param, "priority %d is above %d, the highest a non-admin may ask for "
+                                           "(max_user_priority)", s->priority, cap);
+    return 0;
+}
+
+/* The per-user limits on submitting n more jobs (a sweep counts its
+ * points): queued jobs and jobs per minute. Called inside the submission's
+ * transaction, so two submissions at once cannot both pass on one count. */
+static int admit(ctx *c, int n) {
+    const lorad_config *cfg = c->a->env.cfg;
+    int per_min = cfg->max_submits_per_minute, max_q = cfg->max_queued_per_user, queued = 0;
+    if ((per_min && n > per_min) || (max_q && n > max_q)) {
+        fail(c, 400, "invalid_request", "parameters", "the sweep has %d jobs; a user may submit at most %d a minute "
+             "(max_submits_per_minute) and queue at most %d (max_queued_per_user)", n, per_min, max_q);
+        return 0;
+    }
+    /* The window holds room for n more when the user's (per_min - n + 1)th
+     * most recent job is older than 60 s; it is that job's age that frees it. */
+    int64_t kth = 0, now = (int64_t)time(NULL);
+    lr_err e = {0};
+    if (store_user_queue(c->st, c->user.name, per_min ? per_min - n + 1 : 0, &queued, &kth, &e)) {
+        fail_err(c, &e);
+        return 0;
+    }
+    if (max_q && queued + n > max_q) {
+        fail(c, 429, "too_many_queued", NULL, "%s has %d queued jobs and may have at most %d (max_queued_per_user): "
+             "wait for some to start or cancel some", c->user.name, queued, max_q);
+        return 0;
+    }
+    if (per_min && kth > now - 60) {
+        int wait = (int)(kth + 60 - now);
+        fail(c, 429, "rate_limited", NULL, "%s may submit at most %d jobs a minute (max_submits_per_minute); "
+             "retry in %d s", c->user.name, per_min, wait);
+        c->rs->retry_after = wait;
+        return 0;
+    }
+    return 1;
+}
+
 static void h_job_create(ctx *c) {
     json_t *o = body_object(c);
     if (!o) return;
     jobspec *s = malloc(sizeof *s);
     lr_err e = {0};
     char id[32];
+    int in_tx = 0;
     if (!s) {
         fail(c, 500, "internal", NULL, "out of memory");
         goto out;
@@ -778,10 +882,22 @@ static void h_job_create(ctx *c) {
         fail(c, 400, "invalid_request", e.param, "%s", e.msg);
         goto out;
     }
-    if (check_refs(c, s, "") || insert_job(c, s, NULL, id, sizeof id)) goto out;
+    if (!priority_ok(c, s, "priority")) goto out;
+    if (store_begin(c->st, &e)) {
+        fail_err(c, &e);
+        goto out;
+    }
+    in_tx = 1;
+    if (!admit(c, 1) || check_refs(c, s, "") || insert_job(c, s, NULL, id, sizeof id)) goto out;
+    if (store_commit(c->st, &e)) {
+        fail_err(c, &e);
+        goto out;
+    }
+    in_tx = 0;
     wake(c);
     reply(c, store_job_get(c->st, id, &e), &e);
 out:
+    if (in_tx) store_rollback(c->st);
     free(s);
     json_decref(o);
 }
@@ -1235,8 +1351,8 @@ static void h_sweep_create(ctx *c) {
     /* Validate every point before creating any job: a sweep is all or nothing. */
     char sweep_id[32];
     store_new_id("sweep", sweep_id, sizeof sweep_id);
-    tpl_txt = json_dumps(tpl, JSON_COMPACT);
-    par_txt = json_dumps(params, JSON_COMPACT);
+    tpl_txt = jsonfmt_dumps(tpl, JSON_COMPACT);
+    par_txt = jsonfmt_dumps(params, JSON_COMPACT);
     if (!tpl_txt || !par_txt) {
         fail(c, 500, "internal", NULL, "out of memory");
         goto out;
@@ -1246,6 +1362,7 @@ static void h_sweep_create(ctx *c) {
         goto out;
     }
     in_tx = 1;
+    if (!admit(c, (int)total)) goto out;
     if (store_sweep_insert(c->st, sweep_id, c->user.name, tpl_txt, par_txt, &e)) {
         fail_err(c, &e);
         goto out;
@@ -1272,6 +1389,7 @@ static void h_sweep_create(ctx *c) {
             fail(c, 400, "invalid_request", param, "sweep point %zu: %s", pt, e.msg);
             goto out;
         }
+        if (!priority_ok(c, s, "template.priority")) goto out;
         char name[128];
         snprintf(name, sizeof name, "%.100s-%s", s->name[0] ? s->name : sweep_id, suffix);
         snprintf(s->name, sizeof s->name, "%s", name);

@@ -38,6 +38,9 @@ typedef struct api_req {
     const char *body;
     size_t body_len;
     const char *authorization, *content_type;
+    /* POST /v1/datasets from the HTTP layer: the body, already streamed to
+     * disk and validated (body is then empty); NULL: use body. */
+    struct upload *upload;
 } api_req;
 
 typedef struct api_resp {
@@ -48,6 +51,7 @@ typedef struct api_resp {
     int fd;                      /* >= 0: stream this file of fd_size bytes instead */
     uint64_t fd_size;
     char disposition[300];       /* Content-Disposition value or "" */
+    int retry_after;             /* > 0: a Retry-After header of this many seconds (429) */
 } api_resp;
 
 typedef struct api api;
@@ -59,6 +63,18 @@ void api_handle(api *a, const api_req *rq, api_resp *rs);
 void api_resp_free(api_resp *rs);
 /* The largest body this method + path accepts (uploads are larger). */
 size_t api_body_limit(const api *a, const char *method, const char *path);
+/* Checked from the headers alone, before any body is read: the route
+ * exists and takes this method, and its token is valid. 0: go on (user
+ * holds the token's user for routes that need one, else ""); -1: rs holds
+ * the answer (401, 404, 405, 503), to send at once. */
+int api_precheck(api *a, const char *method, const char *path, const char *authorization, char *user, size_t cap,
+                 api_resp *rs);
+/* 1 for the route whose body is streamed to disk (api_req.upload). */
+int api_streams_body(const char *method, const char *path);
+/* A slot for one more upload of this user (max_uploads_per_user): 0, or -1
+ * with rs holding a 429; every 0 is paired with a release. */
+int api_upload_acquire(api *a, const char *user, api_resp *rs);
+void api_upload_release(api *a, const char *user);
 /* Counts a request the HTTP layer refused before routing (413, 503). */
 void api_count_refused(api *a, int status);
 

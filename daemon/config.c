@@ -26,8 +26,8 @@ typedef struct key_def {
 static const key_def keys[] = {
     {"data_dir", K_STR, S(data_dir), 0, 0, "/var/lib/lorad", "data directory: lorad.db, datasets/, runs/"},
     {"listen", K_STR, S(listen), 0, 0, "127.0.0.1:8080", "HTTP address:port (loopback by default)"},
-    {"web_dir", K_STR, S(web_dir), 0, 0, "", "dashboard files served at / (default <exe>/../web)"},
-    {"migrations_dir", K_STR, S(migrations_dir), 0, 0, "", "schema migrations (default <exe>/../migrations)"},
+    {"web_dir", K_STR, S(web_dir), 0, 0, "", "dashboard files served at / (default <exe>/../web, else <exe>/../share/lorad/web)"},
+    {"migrations_dir", K_STR, S(migrations_dir), 0, 0, "", "schema migrations (default <exe>/../migrations, else <exe>/../share/lorad/migrations)"},
     {"worker_bin", K_STR, S(worker_bin), 0, 0, "", "lora-worker executable (default beside lorad)"},
     {"workers", K_WORKERS, 0, 0, 0, 0, "cpu", "workers to start: cpu, cpu:THREADS, cuda:N, comma-separated"},
     {"worker_threads", K_INT, I(worker_threads), 0, 1024, "0", "threads per CPU worker (0 = all cores)"},
@@ -36,10 +36,21 @@ static const key_def keys[] = {
     {"request_timeout_s", K_INT, I(request_timeout_s), 1, 3600, "60", "idle HTTP connection timeout"},
     {"max_body_bytes", K_SIZE, I(max_body_bytes), 1024, 1LL << 30, "1048576", "largest JSON request body"},
     {"max_upload_bytes", K_SIZE, I(max_upload_bytes), 1024, 1LL << 40, "536870912", "largest dataset upload"},
+    {"header_timeout_s", K_INT, I(header_timeout_s), 1, 3600, "10",
+     "a client must send a request's headers within this (slow clients are cut off)"},
+    {"max_connections_per_ip", K_INT, I(max_connections_per_ip), 0, 100000, "64",
+     "concurrent HTTP connections from one address (0 = no limit; raise it behind a reverse proxy)"},
+    {"max_uploads_per_user", K_INT, I(max_uploads_per_user), 1, 1000, "2", "dataset uploads one user may have in progress"},
     {"max_running_per_user", K_INT, I(max_running_per_user), 0, 1000, "0", "running jobs per user (0 = no limit)"},
+    {"max_queued_per_user", K_INT, I(max_queued_per_user), 0, 1000000, "1000", "queued jobs per user; a submission past it gets 429 (0 = no limit)"},
+    {"max_submits_per_minute", K_INT, I(max_submits_per_minute), 0, 1000000, "300", "jobs a user may submit in any 60 s, a sweep counting its jobs; past it 429 with Retry-After (0 = no limit)"},
+    {"max_user_priority", K_INT, I(max_user_priority), -100, 100, "10", "highest job priority a non-admin may ask for; a higher one gets 400"},
+    {"visibility", K_STR, S(visibility), 0, 0, "team", "team: every user sees every job, dataset and model; private: only their own and what an admin shares"},
     {"heartbeat_interval_s", K_INT, I(heartbeat_interval_s), 1, 600, "2", "worker heartbeat period"},
     {"heartbeat_timeout_s", K_INT, I(heartbeat_timeout_s), 2, 3600, "30", "a worker silent this long is killed"},
-    {"shutdown_grace_s", K_INT, I(shutdown_grace_s), 0, 3600, "60", "on SIGTERM, wait this long for steps to checkpoint"},
+    {"shutdown_grace_s", K_INT, I(shutdown_grace_s), 0, 3600, "60", "on SIGTERM, wait this long for running jobs to checkpoint"},
+    {"cancel_grace_s", K_INT, I(cancel_grace_s), 1, 3600, "10", "a worker that has not stopped this long after a cancel is killed and restarted"},
+    {"min_free_bytes", K_SIZE, I(min_free_bytes), 0, 1LL << 50, "256M", "below this much free disk in data_dir, uploads and new jobs get 507 (0 = no floor)"},
     {"restart_backoff_max_s", K_INT, I(restart_backoff_max_s), 1, 3600, "30", "longest wait before restarting a crashed worker"},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -202,17 +213,21 @@ static void copy_path(char *dst, size_t cap, const char *src) {
     dst[n] = 0;
 }
 
-/* The first of <exe>/../rel and <exe>/rel (a build/ tree or an install)
- * that exists, else the system location. */
+/* The first of <exe>/../rel (a build/ tree beside the sources) and
+ * <exe>/../share/lorad/rel (`make install` with any PREFIX) that exists,
+ * else the system location. */
 static void default_path(char *dst, size_t cap, const char *rel, const char *sys) {
+    static const char *const under[] = {"", "share/lorad/"};
     char d[PATH_MAX], p[PATH_MAX + 64];
     exe_dir(d, sizeof d);
-    snprintf(p, sizeof p, "%s/../%s", d, rel);
-    if (access(p, R_OK) == 0) {
-        char *r = realpath(p, NULL);
-        copy_path(dst, cap, r ? r : p);
-        free(r);
-        return;
+    for (size_t i = 0; i < sizeof under / sizeof *under; i++) {
+        snprintf(p, sizeof p, "%s/../%s%s", d, under[i], rel);
+        if (access(p, R_OK) == 0) {
+            char *r = realpath(p, NULL);
+            copy_path(dst, cap, r ? r : p);
+            free(r);
+            return;
+        }
     }
     snprintf(dst, cap, "%s", sys);
 }
@@ -229,6 +244,8 @@ int config_finish(lorad_config *c, lr_err *err) {
     }
     if (c->heartbeat_timeout_s <= c->heartbeat_interval_s)
         return lr_errp(err, LR_E_INVALID, "heartbeat_timeout_s", "heartbeat_timeout_s must be longer than heartbeat_interval_s");
+    if (strcmp(c->visibility, "team") && strcmp(c->visibility, "private"))
+        return lr_errp(err, LR_E_INVALID, "visibility", "visibility must be team or private, not '%s'", c->visibility);
     const char *colon = strrchr(c->listen, ':');
     if (!colon || colon == c->listen || !colon[1])
         return lr_errp(err, LR_E_INVALID, "listen", "listen must be ADDRESS:PORT, not '%s'", c->listen);

@@ -28,11 +28,20 @@ typedef struct lorad_config {
     int request_timeout_s;
     long long max_body_bytes;   /* JSON bodies */
     long long max_upload_bytes; /* dataset uploads */
+    int header_timeout_s;       /* a request's headers must arrive within this */
+    int max_connections_per_ip; /* 0 = no limit */
+    int max_uploads_per_user;   /* uploads in progress at once */
     int max_running_per_user;   /* 0 = no limit */
+    int max_queued_per_user;    /* 0 = no limit */
+    int max_submits_per_minute; /* 0 = no limit */
+    int max_user_priority;      /* non-admins' highest priority */
+    char visibility[16];        /* "team" or "private" */
     int worker_threads;         /* default threads of a CPU worker; 0 = all cores */
     int heartbeat_interval_s;
     int heartbeat_timeout_s;
     int shutdown_grace_s;
+    int cancel_grace_s;         /* after a cancel, kill a worker still running this long */
+    long long min_free_bytes;   /* free-space floor of data_dir for uploads and new jobs; 0 = none */
     int restart_backoff_max_s;
     int n_workers;
     config_worker workers[CONFIG_MAX_WORKERS];

@@ -7,14 +7,32 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "daemon/upload.h"
+
+/* A connection while it waits for a request's headers (header_timeout_s). */
+typedef struct hconn {
+    struct hconn *prev, *next;
+    int fd;
+    int waiting;         /* for headers: since counts */
+    struct timespec since;
+} hconn;
 
 struct http_server {
     struct MHD_Daemon *d;
     api *a;
+    const lorad_config *cfg;
     int port;
+    pthread_mutex_t mu;  /* conns */
+    hconn *conns;
+    pthread_t watchdog;
+    int watching, stop;
+    pthread_cond_t wake;
 };
 
 static pthread_key_t store_key;
@@ -34,7 +52,10 @@ store *http_thread_store(void *db_path, lr_err *err) {
 
 typedef struct req_state {
     lr_buf body;
-    int too_big;
+    int too_big;         /* 1: over the limit while arriving; 2: answered at once */
+    uint64_t received;
+    upload *up;
+    char user[64];       /* holds an upload slot when up */
 } req_state;
 
 static const char *query_get(void *conn, const char *key) {
@@ -56,6 +77,9 @@ static enum MHD_Result send_resp(struct MHD_Connection *conn, api_resp *rs) {
     }
     if (rs->content_type) MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, rs->content_type);
     if (rs->disposition[0]) MHD_add_response_header(r, "Content-Disposition", rs->disposition);
+    char retry[16];
+    if (rs->retry_after > 0 && snprintf(retry, sizeof retry, "%d", rs->retry_after) > 0)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, retry);
     MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
     MHD_add_response_header(r, "Cache-Control", "no-store");
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)rs->status, r);
@@ -78,6 +102,73 @@ static enum MHD_Result refuse(struct MHD_Connection *conn, http_server *s, int s
     return send_resp(conn, &rs);
 }
 
+static void since_now(http_server *s, hconn *h, int waiting) {
+    if (!h) return;
+    pthread_mutex_lock(&s->mu);
+    clock_gettime(CLOCK_MONOTONIC, &h->since);
+    h->waiting = waiting;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static hconn *conn_hc(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+static enum MHD_Result header_count(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind, (void)value;
+    int *n = cls;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) n[0]++;
+    else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) n[1]++;
+    return MHD_YES;
+}
+
+/* The headers have arrived: everything that can be refused from them alone
+ * is refused now, before a byte of the body is read or stored. */
+static enum MHD_Result on_headers(struct MHD_Connection *conn, http_server *s, const char *url, const char *method,
+                                  req_state *rq) {
+    int n[2] = {0, 0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, header_count, n);
+    /* Two lengths, or a length beside chunked encoding, is how requests are
+     * smuggled past a proxy that reads them differently. */
+    if (n[0] > 1 || (n[0] && n[1])) {
+        rq->too_big = 2;
+        return refuse(conn, s, 400, n[0] > 1 ? "the request has more than one Content-Length header"
+                                             : "the request has both Content-Length and Transfer-Encoding");
+    }
+    size_t limit = api_body_limit(s->a, method, url);
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    unsigned long long len = cl ? strtoull(cl, NULL, 10) : 0;
+    if (len > limit) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", limit);
+        rq->too_big = 2;
+        return refuse(conn, s, 413, msg);
+    }
+    if (len == 0 && !n[1]) return MHD_YES; /* no body: the handler checks everything */
+    api_resp rs;
+    const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (api_precheck(s->a, method, url, auth, rq->user, sizeof rq->user, &rs)) {
+        rq->too_big = 2;
+        return send_resp(conn, &rs);
+    }
+    if (!api_streams_body(method, url)) return MHD_YES;
+    if (api_upload_acquire(s->a, rq->user, &rs)) {
+        rq->too_big = 2;
+        return send_resp(conn, &rs);
+    }
+    char tmp[1100];
+    lr_err e = {0};
+    if (lr_pathf(tmp, sizeof tmp, "%s/tmp", s->cfg->data_dir) ||
+        upload_open(tmp, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE),
+                    query_get(conn, "filename"), &rq->up, &e)) {
+        api_upload_release(s->a, rq->user);
+        rq->too_big = 2;
+        return refuse(conn, s, 500, e.msg[0] ? e.msg : "cannot store the upload");
+    }
+    return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls) {
@@ -85,22 +176,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     http_server *s = cls;
     req_state *rq = *con_cls;
     if (!rq) {
+        since_now(s, conn_hc(conn), 0);
         rq = calloc(1, sizeof *rq);
         if (!rq) return MHD_NO;
-        size_t limit = api_body_limit(s->a, method, url);
-        lr_buf_init(&rq->body, limit);
+        lr_buf_init(&rq->body, api_body_limit(s->a, method, url));
         *con_cls = rq;
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > limit) {
-            char msg[128];
-            snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", limit);
-            rq->too_big = 2;
-            return refuse(conn, s, 413, msg);
-        }
-        return MHD_YES;
+        return on_headers(conn, s, url, method, rq);
     }
     if (*upload_data_size) {
-        if (!rq->too_big && lr_buf_add(&rq->body, upload_data, *upload_data_size)) rq->too_big = 1;
+        rq->received += *upload_data_size;
+        if (!rq->too_big && rq->up && rq->received <= rq->body.max) upload_feed(rq->up, upload_data, *upload_data_size);
+        else if (!rq->too_big && rq->up) rq->too_big = 1;
+        else if (!rq->too_big && lr_buf_add(&rq->body, upload_data, *upload_data_size)) rq->too_big = 1;
         *upload_data_size = 0;
         return MHD_YES;
     }
@@ -119,6 +206,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         .body_len = rq->body.len,
         .authorization = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
         .content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE),
+        .upload = rq->up,
     };
     api_resp rs;
     api_handle(s->a, &ar, &rs);
@@ -126,13 +214,79 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 }
 
 static void on_done(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)cls, (void)conn, (void)toe;
+    (void)toe;
+    http_server *s = cls;
     req_state *rq = *con_cls;
+    since_now(s, conn_hc(conn), 1); /* a kept-alive connection now waits for the next request's headers */
     if (rq) {
+        if (rq->up) {
+            upload_free(rq->up);
+            api_upload_release(s->a, rq->user);
+        }
         lr_buf_free(&rq->body);
         free(rq);
         *con_cls = NULL;
     }
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    http_server *s = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        hconn *h = calloc(1, sizeof *h);
+        if (!h || !ci) {
+            free(h);
+            *socket_context = NULL;
+            return;
+        }
+        h->fd = ci->connect_fd;
+        h->waiting = 1;
+        clock_gettime(CLOCK_MONOTONIC, &h->since);
+        pthread_mutex_lock(&s->mu);
+        h->next = s->conns;
+        if (s->conns) s->conns->prev = h;
+        s->conns = h;
+        pthread_mutex_unlock(&s->mu);
+        *socket_context = h;
+        return;
+    }
+    hconn *h = *socket_context;
+    if (!h) return;
+    /* MHD calls this before it closes the socket, so under mu the watchdog
+     * never shuts down a descriptor that was closed and reused. */
+    pthread_mutex_lock(&s->mu);
+    if (h->prev) h->prev->next = h->next;
+    else s->conns = h->next;
+    if (h->next) h->next->prev = h->prev;
+    pthread_mutex_unlock(&s->mu);
+    free(h);
+    *socket_context = NULL;
+}
+
+/* Slow clients (slowloris) hold a connection by sending a header byte now
+ * and then, which the idle timeout never sees: past header_timeout_s the
+ * connection is shut down, and MHD closes it. */
+static void *watchdog(void *arg) {
+    http_server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        struct timespec now, until;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        for (hconn *h = s->conns; h; h = h->next) {
+            double age = (double)(now.tv_sec - h->since.tv_sec) + (now.tv_nsec - h->since.tv_nsec) * 1e-9;
+            if (h->waiting && h->fd >= 0 && age > s->cfg->header_timeout_s) {
+                shutdown(h->fd, SHUT_RDWR);
+                h->waiting = 0;
+            }
+        }
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 250 * 1000000L;
+        if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&s->wake, &s->mu, &until);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
 }
 
 static int parse_listen(const char *listen, struct sockaddr_storage *ss, lr_err *err) {
@@ -172,6 +326,9 @@ int http_start(const lorad_config *cfg, api *a, http_server **out, lr_err *err) 
     http_server *s = calloc(1, sizeof *s);
     if (!s) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
     s->a = a;
+    s->cfg = cfg;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->wake, NULL);
     /* ITC: quiesce (stop accepting on SIGTERM) needs it with a thread pool.
      * No SO_REUSEPORT: a second lorad on a busy port must fail, not share it
      * (MHD's default SO_REUSEADDR still allows a restart over TIME_WAIT). */
@@ -179,14 +336,20 @@ int http_start(const lorad_config *cfg, api *a, http_server **out, lr_err *err) 
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                             MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
-                            (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+                            (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                            (unsigned)cfg->max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
                             (unsigned)cfg->request_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_done, s,
-                            MHD_OPTION_END);
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_END);
     if (!s->d) {
-        free(s);
+        http_stop(s);
         return lr_errp(err, LR_E_IO, "listen", "cannot listen on %s (in use, or not an address of this host)",
                        cfg->listen);
     }
+    if (pthread_create(&s->watchdog, NULL, watchdog, s)) {
+        http_stop(s);
+        return lr_errp(err, LR_E_IO, NULL, "cannot start the HTTP watchdog thread");
+    }
+    s->watching = 1;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : 0;
     *out = s;
@@ -203,6 +366,15 @@ void http_quiesce(http_server *s) {
 
 void http_stop(http_server *s) {
     if (!s) return;
+    if (s->watching) {
+        pthread_mutex_lock(&s->mu);
+        s->stop = 1;
+        pthread_cond_signal(&s->wake);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->watchdog, NULL);
+    }
     if (s->d) MHD_stop_daemon(s->d);
+    pthread_cond_destroy(&s->wake);
+    pthread_mutex_destroy(&s->mu);
     free(s);
 }

@@ -6,7 +6,13 @@
  * running jobs (counting the ones assigned in this same round); then the
  * oldest. A job only goes to a worker that fits its device request (cpu,
  * cuda, any; "any" prefers a CUDA worker), and never past the per-user limit
- * on running jobs. */
+ * on running jobs.
+ *
+ * Within one user and device class the order never changes (same running
+ * count, same fit, then priority and age), so each such group gives at most
+ * one job per idle worker, best first: the caller passes each group's best
+ * `idle` jobs instead of the whole queue and gets the same picks at any
+ * depth (tests/unit/test_sched.c checks this on random queues). */
 #ifndef LR_SCHED_H
 #define LR_SCHED_H
 

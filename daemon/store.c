@@ -9,9 +9,11 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/buf.h"
 #include "daemon/sha256.h"
+#include "proto/jsonfmt.h"
 
 /* Prepared statements are cached by the address of their SQL literal: every
  * query in this file is a string constant, so the pointer is its identity. */
@@ -334,7 +336,7 @@ json_t *store_models_list(store *st, lr_err *err) {
 int store_dataset_add(store *st, const store_dataset *d, const json_t *info, lr_err *err) {
     char *txt = info ? json_dumps(info, JSON_COMPACT) : strdup("{}");
     sqlite3_stmt *s = q(st, "INSERT INTO datasets(id, user, filename, format, kind, rows, bytes, path, info, "
-                            "created_at) VALUES (?,?,?,?,?,?,?,?,?,?)", err);
+                            "created_at, duplicates) VALUES (?,?,?,?,?,?,?,?,?,?,?)", err);
     int rc = -1;
     if (!s || !txt) goto out;
     bt(s, 1, d->id);
@@ -347,13 +349,14 @@ int store_dataset_add(store *st, const store_dataset *d, const json_t *info, lr_
     bt(s, 8, d->path);
     bt(s, 9, txt);
     bi(s, 10, (int64_t)time(NULL));
+    bi(s, 11, d->duplicates);
     rc = exec1(st, s, err, "add dataset");
 out:
     free(txt);
     return rc;
 }
 
-#define DS_COLS "id, user, filename, format, kind, rows, bytes, path, info, created_at"
+#define DS_COLS "id, user, filename, format, kind, rows, bytes, path, info, created_at, duplicates"
 
 static json_t *ds_json(sqlite3_stmt *s) {
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I}", "id", ct(s, 0), "object",
@@ -361,6 +364,7 @@ static json_t *ds_json(sqlite3_stmt *s) {
                           ct(s, 4), "rows", (json_int_t)sqlite3_column_int64(s, 5), "bytes",
                           (json_int_t)sqlite3_column_int64(s, 6), "created_at",
                           (json_int_t)sqlite3_column_int64(s, 9));
+    json_object_set_new(o, "duplicates", json_integer(sqlite3_column_int64(s, 10)));
     json_t *info = json_loads(ct(s, 8), 0, NULL);
     if (json_is_object(info)) json_object_set(o, "stats", info);
     json_decref(info);
@@ -376,6 +380,7 @@ static void ds_row(sqlite3_stmt *s, store_dataset *d) {
     snprintf(d->kind, sizeof d->kind, "%s", ct(s, 4));
     d->rows = sqlite3_column_int64(s, 5);
     d->bytes = sqlite3_column_int64(s, 6);
+    d->duplicates = sqlite3_column_int64(s, 10);
     snprintf(d->path, sizeof d->path, "%s", ct(s, 7));
 }
 
@@ -621,20 +626,84 @@ fail:
     return -1;
 }
 
-int store_jobs_queued(store *st, store_qjob *out, int max, int *n, lr_err *err) {
+static int qjob_cmp(const void *pa, const void *pb) {
+    const store_qjob *a = pa, *b = pb;
+    if (a->priority != b->priority) return a->priority > b->priority ? -1 : 1;
+    return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
+int store_jobs_queued(store *st, int per_group, store_qjob **out, int *n, lr_err *err) {
+    *out = NULL;
     *n = 0;
-    sqlite3_stmt *s = q(st, "SELECT id, user, device, priority, seq FROM jobs WHERE status='queued' "
-                            "ORDER BY priority DESC, seq LIMIT ?", err);
-    if (!s) return -1;
-    bi(s, 1, max);
-    while (*n < max && sqlite3_step(s) == SQLITE_ROW) {
-        store_qjob *j = &out[(*n)++];
-        snprintf(j->id, sizeof j->id, "%s", ct(s, 0));
-        snprintf(j->user, sizeof j->user, "%s", ct(s, 1));
-        snprintf(j->device, sizeof j->device, "%s", ct(s, 2));
-        j->priority = sqlite3_column_int(s, 3);
-        j->seq = sqlite3_column_int64(s, 4);
+    store_qjob *v = NULL;
+    int cap = 0;
+    char user[64] = "", device[8] = "";
+    if (per_group < 1) return 0;
+    for (;;) {
+        /* The next (user, device) group after the last one: a seek in
+         * jobs_queue_by_user, not a scan of the queue. */
+        sqlite3_stmt *g = q(st, "SELECT user, device FROM jobs WHERE status='queued' AND (user, device) > (?1, ?2) "
+                                "ORDER BY user, device LIMIT 1", err);
+        if (!g) goto fail;
+        bt(g, 1, user);
+        bt(g, 2, device);
+        int more = sqlite3_step(g) == SQLITE_ROW;
+        if (more) {
+            snprintf(user, sizeof user, "%s", ct(g, 0));
+            snprintf(device, sizeof device, "%s", ct(g, 1));
+        }
+        sqlite3_reset(g);
+        if (!more) break;
+        sqlite3_stmt *s = q(st, "SELECT id, user, device, priority, seq FROM jobs WHERE status='queued' AND user=?1 "
+                                "AND device=?2 ORDER BY priority DESC, seq LIMIT ?3", err);
+        if (!s) goto fail;
+        bt(s, 1, user);
+        bt(s, 2, device);
+        bi(s, 3, per_group);
+        while (sqlite3_step(s) == SQLITE_ROW) {
+            if (*n == cap) {
+                if (cap >= STORE_QUEUED_MAX) break;
+                cap = cap ? 2 * cap : 64;
+                store_qjob *nv = realloc(v, (size_t)cap * sizeof *v);
+                if (!nv) {
+                    sqlite3_reset(s);
+                    lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+                    goto fail;
+                }
+                v = nv;
+            }
+            store_qjob *j = &v[(*n)++];
+            snprintf(j->id, sizeof j->id, "%s", ct(s, 0));
+            snprintf(j->user, sizeof j->user, "%s", ct(s, 1));
+            snprintf(j->device, sizeof j->device, "%s", ct(s, 2));
+            j->priority = sqlite3_column_int(s, 3);
+            j->seq = sqlite3_column_int64(s, 4);
+        }
+        sqlite3_reset(s);
     }
+    if (*n) qsort(v, (size_t)*n, sizeof *v, qjob_cmp);
+    *out = v;
+    return 0;
+fail:
+    free(v);
+    *n = 0;
+    return -1;
+}
+
+int store_user_queue(store *st, const char *user, int kth, int *queued, int64_t *kth_created, lr_err *err) {
+    *queued = 0;
+    *kth_created = 0;
+    sqlite3_stmt *s = q(st, "SELECT count(*) FROM jobs WHERE status='queued' AND user=?", err);
+    if (!s) return -1;
+    bt(s, 1, user);
+    if (sqlite3_step(s) == SQLITE_ROW) *queued = sqlite3_column_int(s, 0);
+    sqlite3_reset(s);
+    if (kth < 1) return 0;
+    s = q(st, "SELECT created_at FROM jobs WHERE user=? ORDER BY seq DESC LIMIT 1 OFFSET ?", err);
+    if (!s) return -1;
+    bt(s, 1, user);
+    bi(s, 2, kth - 1);
+    if (sqlite3_step(s) == SQLITE_ROW) *kth_created = sqlite3_column_int64(s, 0);
     sqlite3_reset(s);
     return 0;
 }
@@ -960,12 +1029,39 @@ int store_checkpoint_add(store *st, const char *job, int64_t step, const char *d
     return exec1(st, s, err, "checkpoint step");
 }
 
+/* The worker writes a checkpoint's DONE marker last (worker/ckpt.h). */
+static int checkpoint_exists(const char *dir) {
+    char p[4200];
+    return snprintf(p, sizeof p, "%s/DONE", dir) < (int)sizeof p && access(p, F_OK) == 0;
+}
+
+int store_checkpoints_prune(store *st, const char *job, lr_err *err) {
+    int64_t gone[64];
+    int n = 0;
+    sqlite3_stmt *s = q(st, "SELECT step, dir FROM checkpoints WHERE job_id=? ORDER BY step", err);
+    if (!s) return -1;
+    bt(s, 1, job);
+    while (n < 64 && sqlite3_step(s) == SQLITE_ROW)
+        if (!checkpoint_exists(ct(s, 1))) gone[n++] = sqlite3_column_int64(s, 0);
+    sqlite3_reset(s);
+    for (int i = 0; i < n; i++) {
+        s = q(st, "DELETE FROM checkpoints WHERE job_id=? AND step=?", err);
+        if (!s) return -1;
+        bt(s, 1, job);
+        bi(s, 2, gone[i]);
+        if (exec1(st, s, err, "prune checkpoints")) return -1;
+    }
+    return 0;
+}
+
 json_t *store_checkpoints_list(store *st, const char *job, lr_err *err) {
     sqlite3_stmt *s = q(st, "SELECT step, dir, created_at FROM checkpoints WHERE job_id=? ORDER BY step", err);
     if (!s) return NULL;
     bt(s, 1, job);
     json_t *a = json_array();
     while (sqlite3_step(s) == SQLITE_ROW) {
+        /* Deleted by hand or by a worker that died before lorad pruned it. */
+        if (!checkpoint_exists(ct(s, 1))) continue;
         /* The directory's last component only: server paths stay private. */
         const char *d = ct(s, 1), *base = strrchr(d, '/');
         json_array_append_new(a, json_pack("{s:s, s:I, s:s, s:I}", "object", "fine_tuning.job.checkpoint", "step",
@@ -1042,6 +1138,14 @@ int store_worker_set(store *st, const store_worker *w, lr_err *err) {
     bi(s, 10, w->restarts);
     bd(s, 11, store_now());
     return exec1(st, s, err, "set worker");
+}
+
+int store_worker_seen(store *st, const char *name, double t, lr_err *err) {
+    sqlite3_stmt *s = q(st, "UPDATE workers SET last_seen=? WHERE name=?", err);
+    if (!s) return -1;
+    bd(s, 1, t);
+    bt(s, 2, name);
+    return exec1(st, s, err, "worker seen");
 }
 
 int store_workers_clear(store *st, lr_err *err) { return exec_sql(st, "DELETE FROM workers", err); }

@@ -48,8 +48,10 @@ json_t *store_models_list(store *st, lr_err *err);
 
 /* datasets */
 typedef struct store_dataset {
-    char id[40], user[64], filename[256], format[8], kind[16];
+    /* kind: data_format_name(), the longest "prompt_completion" */
+    char id[40], user[64], filename[256], format[8], kind[32];
     int64_t rows, bytes;
+    int64_t duplicates; /* rows equal to an earlier row: a job trains on the first only */
     char path[1024];
 } store_dataset;
 int store_dataset_add(store *st, const store_dataset *d, const json_t *info, lr_err *err) LR_WARN_UNUSED;
@@ -86,8 +88,19 @@ typedef struct store_qjob {
     int priority;
     int64_t seq;
 } store_qjob;
-/* Queued jobs, highest priority then oldest first, at most max. */
-int store_jobs_queued(store *st, store_qjob *out, int max, int *n, lr_err *err) LR_WARN_UNUSED;
+/* For each user and device class, that user's best per_group queued jobs
+ * (highest priority, then oldest); all of them sorted highest priority then
+ * oldest into *out (malloc'd, caller frees; *n entries, at most
+ * STORE_QUEUED_MAX). One index seek per group, so a deep queue of one user
+ * does not hide another user's jobs and the cost follows the number of
+ * users, not the queue's depth. */
+#define STORE_QUEUED_MAX 65536
+int store_jobs_queued(store *st, int per_group, store_qjob **out, int *n, lr_err *err) LR_WARN_UNUSED;
+/* For the per-user submission limits: *queued counts user's queued jobs;
+ * *kth_created is the created_at (unix seconds) of the user's kth most
+ * recent job, 0 when there are fewer than kth (or kth < 1). */
+int store_user_queue(store *st, const char *user, int kth, int *queued, int64_t *kth_created,
+                     lr_err *err) LR_WARN_UNUSED;
 /* {user: running job count}. */
 json_t *store_running_by_user(store *st, lr_err *err);
 /* What an ASSIGN needs: spec JSON text (caller frees), model name, the
@@ -125,6 +138,11 @@ json_t *store_metrics_query(store *st, const char *job, int64_t after_step, cons
 int store_event_add(store *st, const char *job, const char *level, const char *message, lr_err *err) LR_WARN_UNUSED;
 json_t *store_events_list(store *st, const char *job, int64_t after, int limit, lr_err *err);
 int store_checkpoint_add(store *st, const char *job, int64_t step, const char *dir, lr_err *err) LR_WARN_UNUSED;
+/* Deletes the job's checkpoint rows whose directory is gone (the worker's
+ * save_total_limit removed it). */
+int store_checkpoints_prune(store *st, const char *job, lr_err *err) LR_WARN_UNUSED;
+/* Only checkpoints whose directory still holds a complete one (its DONE
+ * marker), so the list never names a deleted checkpoint. */
 json_t *store_checkpoints_list(store *st, const char *job, lr_err *err);
 
 /* sweeps */
@@ -139,6 +157,8 @@ typedef struct store_worker {
     int threads, restarts;
 } store_worker;
 int store_worker_set(store *st, const store_worker *w, lr_err *err) LR_WARN_UNUSED;
+/* A heartbeat: the worker's last_seen becomes t (Unix seconds). */
+int store_worker_seen(store *st, const char *name, double t, lr_err *err) LR_WARN_UNUSED;
 int store_workers_clear(store *st, lr_err *err) LR_WARN_UNUSED;
 json_t *store_workers_list(store *st, lr_err *err);
 

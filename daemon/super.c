@@ -17,13 +17,15 @@
 #include "proto/jobspec.h"
 #include "proto/msg.h"
 
-#define MAX_QUEUE_SCAN 512
 #define STABLE_RUN_MS 60000 /* a worker up this long resets its back-off */
 
 typedef enum { W_STARTING, W_IDLE, W_BUSY, W_DEAD } wstate;
 static const char *const wstate_names[] = {"starting", "idle", "busy", "dead"};
 
 typedef struct conn conn;
+
+/* How a job ended, as its worker said, kept until it is committed. */
+typedef enum { OUT_NONE, OUT_SUCCEEDED, OUT_STOPPED, OUT_CANCELLED, OUT_FAILED, OUT_SUSPENDED } outcome;
 
 typedef struct wslot {
     super *s;
@@ -36,6 +38,14 @@ typedef struct wslot {
     wstate state;
     char job[32];
     int cancel_sent;
+    uint64_t cancel_at;       /* when the cancel went out: the kill deadline counts from here */
+    int64_t ckpt_step;        /* the job's newest checkpoint in this run, -1 none */
+    /* The job stays on its worker until its outcome is in the database, so
+     * a failed commit (a full disk) is retried instead of losing the job. */
+    outcome pend;
+    char pend_text[512];      /* failed: the error; stopped: the reason; cancelled: the event */
+    int pend_tries;
+    int quick_restart;        /* killed on purpose: restart without back-off */
     uint64_t last_seen, spawned_at;
     int restarts, backoff_s;
     char device[128], version[64];
@@ -180,8 +190,86 @@ static void requeue_job(super *s, wslot *w, const char *why) {
 static void job_ended(wslot *w) {
     w->job[0] = 0;
     w->cancel_sent = 0;
-    w->state = W_IDLE;
+    w->pend = OUT_NONE;
+    w->pend_tries = 0;
+    if (w->state == W_BUSY) w->state = W_IDLE; /* not a worker that died meanwhile */
     save_worker(w);
+}
+
+/* Writes the pending outcome and its event in one transaction; only then is
+ * the worker free. On failure the outcome stays pending and on_tick retries. */
+static int settle(wslot *w) {
+    super *s = w->s;
+    lr_err e = {0};
+    char ev[700];
+    const char *level = "info";
+    if (store_begin(s->st, &e)) goto fail;
+    int rc = 0;
+    switch (w->pend) {
+    case OUT_SUCCEEDED:
+        rc = store_job_finish(s->st, w->job, "succeeded", NULL, NULL, &e);
+        snprintf(ev, sizeof ev, "job succeeded");
+        break;
+    case OUT_STOPPED:
+        rc = store_job_stopped(s->st, w->job, w->pend_text[0] ? w->pend_text : NULL, &e);
+        snprintf(ev, sizeof ev, "job succeeded (stopped early)");
+        break;
+    case OUT_CANCELLED:
+        rc = store_job_finish(s->st, w->job, "cancelled", NULL, NULL, &e);
+        snprintf(ev, sizeof ev, "%s", w->pend_text[0] ? w->pend_text : "job cancelled");
+        break;
+    case OUT_FAILED:
+        rc = store_job_finish(s->st, w->job, "failed", "training_failed", w->pend_text, &e);
+        snprintf(ev, sizeof ev, "job failed: %s", w->pend_text);
+        level = "error";
+        break;
+    case OUT_SUSPENDED:
+        rc = store_job_release(s->st, w->job, &e);
+        if (w->ckpt_step > 0)
+            snprintf(ev, sizeof ev, "stopped for shutdown; will resume from the checkpoint at step %lld",
+                     (long long)w->ckpt_step);
+        else snprintf(ev, sizeof ev, "stopped for shutdown before its first checkpoint; will start again");
+        break;
+    case OUT_NONE:
+        store_rollback(s->st);
+        return 0;
+    }
+    if (rc || store_event_add(s->st, w->job, level, ev, &e) || store_commit(s->st, &e)) {
+        store_rollback(s->st);
+        goto fail;
+    }
+    if (w->pend_tries) logf_("recorded the outcome of %s after %d failed tries", w->job, w->pend_tries);
+    job_ended(w);
+    return 0;
+fail:
+    if (!w->pend_tries++)
+        logf_("cannot record the outcome of %s (%s); retrying every %d s", w->job, e.msg, s->cfg->heartbeat_interval_s);
+    return -1;
+}
+
+static void settle_all(super *s) {
+    for (int i = 0; i < s->n; i++)
+        if (s->w[i].pend != OUT_NONE) (void)settle(&s->w[i]);
+}
+
+/* A DONE or FAILED frame: what to record (settle does, after the frames
+ * of this read are committed). */
+static void note_outcome(wslot *w, const msg *m) {
+    super *s = w->s;
+    w->pend_text[0] = 0;
+    /* The shutdown asked it to stop: whatever it says, it goes back to the queue. */
+    int shutdown = s->shutting_down && !w->cancel_sent;
+    if (m->type == MSG_FAILED) {
+        w->pend = shutdown ? OUT_SUSPENDED : OUT_FAILED;
+        snprintf(w->pend_text, sizeof w->pend_text, "%s", m->text);
+    } else if (!strcmp(m->outcome, "cancelled")) {
+        w->pend = shutdown ? OUT_SUSPENDED : OUT_CANCELLED;
+    } else if (!strcmp(m->outcome, "stopped_early")) {
+        w->pend = OUT_STOPPED;
+        snprintf(w->pend_text, sizeof w->pend_text, "%s", m->stop_reason ? m->stop_reason : "");
+    } else {
+        w->pend = OUT_SUCCEEDED;
+    }
 }
 
 static void handle_msg(conn *c, const msg *m, int64_t *ack) {
@@ -219,6 +307,7 @@ static void handle_msg(conn *c, const msg *m, int64_t *ack) {
         if (m->job_id && w->job[0] && !strcmp(m->job_id, w->job) && m->total_steps > 0 &&
             store_job_progress(s->st, w->job, m->step, m->total_steps, m->epoch, &e))
             logf_("progress of %s: %s", w->job, e.msg);
+        if (store_worker_seen(s->st, w->name, store_now(), &e)) logf_("worker %s: %s", w->name, e.msg);
         return;
     }
     if (m->type == MSG_HELLO || m->type == MSG_ASSIGN || m->type == MSG_CANCEL || m->type == MSG_ACK) {
@@ -226,7 +315,7 @@ static void handle_msg(conn *c, const msg *m, int64_t *ack) {
         conn_close(c);
         return;
     }
-    if (!w->job[0] || strcmp(m->job_id, w->job)) {
+    if (!w->job[0] || strcmp(m->job_id, w->job) || w->pend != OUT_NONE) {
         logf_("worker %s sent %s for %s, which it does not run; ignored", w->name, msg_type_name(m->type), m->job_id);
         return;
     }
@@ -240,32 +329,14 @@ static void handle_msg(conn *c, const msg *m, int64_t *ack) {
         job_event(s, w->job, m->level, "%s", m->text);
         break;
     case MSG_CHECKPOINT:
-        if (store_checkpoint_add(s->st, w->job, m->step, m->dir, &e)) logf_("checkpoint of %s: %s", w->job, e.msg);
+        /* save_total_limit deleted the older ones: the list shows what exists */
+        if (store_checkpoint_add(s->st, w->job, m->step, m->dir, &e) || store_checkpoints_prune(s->st, w->job, &e))
+            logf_("checkpoint of %s: %s", w->job, e.msg);
+        if (m->step > w->ckpt_step) w->ckpt_step = m->step;
         break;
     case MSG_DONE:
-        if (!strcmp(m->outcome, "cancelled") && s->shutting_down && !w->cancel_sent) {
-            /* Stopped by us for the shutdown, at a step boundary. */
-            if (store_job_release(s->st, w->job, &e)) logf_("release %s: %s", w->job, e.msg);
-            job_event(s, w->job, "info", "lorad is shutting down; the job is queued again");
-        } else {
-            const char *st = !strcmp(m->outcome, "cancelled") ? "cancelled" : "succeeded";
-            int stopped = !strcmp(m->outcome, "stopped_early");
-            if (stopped ? store_job_stopped(s->st, w->job, m->stop_reason, &e)
-                        : store_job_finish(s->st, w->job, st, NULL, NULL, &e))
-                logf_("finish %s: %s", w->job, e.msg);
-            job_event(s, w->job, "info", "job %s%s", st, stopped ? " (stopped early)" : "");
-        }
-        job_ended(w);
-        break;
     case MSG_FAILED:
-        if (s->shutting_down && !w->cancel_sent) {
-            if (store_job_release(s->st, w->job, &e)) logf_("release %s: %s", w->job, e.msg);
-        } else {
-            if (store_job_finish(s->st, w->job, "failed", "training_failed", m->text, &e))
-                logf_("fail %s: %s", w->job, e.msg);
-            job_event(s, w->job, "error", "job failed: %s", m->text);
-        }
-        job_ended(w);
+        note_outcome(w, m);
         break;
     default:
         break;
@@ -322,6 +393,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         conn_close(c);
     }
     if (ack >= 0 && !c->closing) send_msg(c, msg_ack(ack));
+    settle_all(s);
     schedule(s);
     maybe_finish_shutdown(s);
 }
@@ -367,7 +439,8 @@ static void on_worker_exit(uv_process_t *p, int64_t status, int sig) {
         c->w = NULL;
         conn_close(c);
     }
-    if (w->job[0] && !s->stopping) requeue_job(s, w, why);
+    /* A job whose outcome is known but not yet recorded keeps it. */
+    if (w->job[0] && w->pend == OUT_NONE && !s->stopping) requeue_job(s, w, why);
     w->state = W_DEAD;
     save_worker(w);
     if (s->shutting_down) {
@@ -375,7 +448,8 @@ static void on_worker_exit(uv_process_t *p, int64_t status, int sig) {
         return;
     }
     uint64_t up = uv_now(&s->loop) - w->spawned_at;
-    w->backoff_s = up > STABLE_RUN_MS ? 1 : (w->backoff_s ? w->backoff_s * 2 : 1);
+    w->backoff_s = up > STABLE_RUN_MS || w->quick_restart ? 1 : (w->backoff_s ? w->backoff_s * 2 : 1);
+    w->quick_restart = 0;
     if (w->backoff_s > s->cfg->restart_backoff_max_s) w->backoff_s = s->cfg->restart_backoff_max_s;
     w->restarts++;
     uv_timer_start(&w->restart_timer, on_restart_timer, (uint64_t)w->backoff_s * 1000, 0);
@@ -463,6 +537,8 @@ static int assign(super *s, wslot *w, const char *id) {
     if (store_job_start(s->st, id, w->name, &e)) goto out; /* cancelled meanwhile: not an error */
     snprintf(w->job, sizeof w->job, "%s", id);
     w->cancel_sent = 0;
+    w->pend = OUT_NONE;
+    w->ckpt_step = last_ckpt;
     w->state = W_BUSY;
     save_worker(w);
     if (resume) job_event(s, id, "info", "assigned to worker %s; resuming from checkpoint step %lld", w->name,
@@ -496,8 +572,9 @@ static void send_cancels(super *s) {
     for (int i = 0; i < n; i++)
         for (int k = 0; k < s->n; k++) {
             wslot *w = &s->w[k];
-            if (w->c && !w->cancel_sent && !strcmp(w->job, ids[i])) {
+            if (w->c && !w->cancel_sent && w->pend == OUT_NONE && !strcmp(w->job, ids[i])) {
                 w->cancel_sent = 1;
+                w->cancel_at = uv_now(&s->loop);
                 send_msg(w->c, msg_cancel(w->job, "cancelled by its owner"));
                 job_event(s, w->job, "info", "cancel sent to worker %s", w->name);
             }
@@ -516,15 +593,20 @@ static void schedule(super *s) {
     }
     if (!idle) return;
     lr_err e = {0};
-    store_qjob *q = malloc(MAX_QUEUE_SCAN * sizeof *q);
-    sched_job *jobs = malloc(MAX_QUEUE_SCAN * sizeof *jobs);
+    store_qjob *q = NULL;
+    sched_job *jobs = NULL;
     json_t *running = NULL;
     sched_user *users = NULL;
     int nq = 0;
-    if (!q || !jobs || store_jobs_queued(s->st, q, MAX_QUEUE_SCAN, &nq, &e) || nq == 0) goto out;
+    /* The best `idle` jobs of each user and device class pick exactly what
+     * the whole queue would (sched.h), at any depth. */
+    if (store_jobs_queued(s->st, idle, &q, &nq, &e) || nq == 0) goto out;
+    jobs = malloc((size_t)nq * sizeof *jobs);
+    if (!jobs) goto out;
     running = store_running_by_user(s->st, &e);
     if (!running) goto out;
     users = calloc(json_object_size(running) + 1, sizeof *users);
+    if (!users) goto out;
     int nu = 0;
     const char *k;
     json_t *v;
@@ -551,12 +633,35 @@ out:
 
 static void on_wake(uv_async_t *a) { schedule(a->data); }
 
+/* A cancelled job whose worker is stuck in a long step (one huge
+ * micro-batch, a stopped process) ends now: the worker is killed and
+ * restarted, and the job is cancelled, not re-queued. */
+static void enforce_cancel(wslot *w, uint64_t now) {
+    super *s = w->s;
+    if (!w->cancel_sent || w->pend != OUT_NONE || !w->job[0] || now - w->cancel_at < (uint64_t)s->cfg->cancel_grace_s * 1000)
+        return;
+    logf_("worker %s has not stopped %s within %d s of the cancel; killing it", w->name, w->job, s->cfg->cancel_grace_s);
+    w->pend = OUT_CANCELLED;
+    snprintf(w->pend_text, sizeof w->pend_text,
+             "job cancelled: worker %s did not stop within cancel_grace_s (%d s), so it was killed and restarted", w->name,
+             s->cfg->cancel_grace_s);
+    w->quick_restart = 1;
+    /* Closing the connection kills the process; without it the worker is
+     * not idle, so nothing is assigned to it before it is back. */
+    if (w->c) conn_close(w->c);
+    else uv_process_kill(&w->proc, SIGKILL);
+    (void)settle(w);
+}
+
 static void on_tick(uv_timer_t *t) {
     super *s = t->data;
     uint64_t now = uv_now(&s->loop), limit = (uint64_t)s->cfg->heartbeat_timeout_s * 1000;
+    settle_all(s);
     for (int i = 0; i < s->n; i++) {
         wslot *w = &s->w[i];
         if (!w->proc_alive) continue;
+        enforce_cancel(w, now);
+        if (!w->proc_alive || w->quick_restart) continue;
         if (now - w->last_seen > limit) {
             logf_("worker %s missed its heartbeats for %d s; killing it", w->name, s->cfg->heartbeat_timeout_s);
             uv_process_kill(&w->proc, SIGKILL);
@@ -594,7 +699,7 @@ static void stop_all(super *s) {
 static void maybe_finish_shutdown(super *s) {
     if (!s->shutting_down || s->stopping) return;
     for (int i = 0; i < s->n; i++)
-        if (s->w[i].job[0] && s->w[i].proc_alive) return;
+        if (s->w[i].job[0] && (s->w[i].proc_alive || s->w[i].pend != OUT_NONE)) return;
     logf_("every running job has stopped; exiting");
     stop_all(s);
 }
@@ -613,11 +718,14 @@ static void on_signal(uv_signal_t *h, int signum) {
         stop_all(s);
         return;
     }
-    logf_("signal %d: no new connections; running jobs stop at their next step", signum);
+    logf_("signal %d: no new connections; running jobs checkpoint and stop", signum);
     s->shutting_down = 1;
     http_quiesce(s->http);
-    for (int i = 0; i < s->n; i++)
-        if (s->w[i].c && s->w[i].job[0]) send_msg(s->w[i].c, msg_cancel(s->w[i].job, "lorad is shutting down"));
+    for (int i = 0; i < s->n; i++) {
+        wslot *w = &s->w[i];
+        if (w->c && w->job[0] && !w->cancel_sent && w->pend == OUT_NONE)
+            send_msg(w->c, msg_suspend(w->job, "lorad is shutting down"));
+    }
     uv_timer_start(&s->grace, on_grace, (uint64_t)s->cfg->shutdown_grace_s * 1000, 0);
     maybe_finish_shutdown(s);
 }
