@@ -6,9 +6,14 @@
  * workers and forwards cancels, so submit -> assign needs no polling. A
  * worker that exits or misses heartbeats is killed and restarted with
  * back-off, and its job goes back to the queue (resuming from its last
- * checkpoint) until max_retries. SIGTERM/SIGINT: stop accepting HTTP
- * connections, ask running jobs to stop at the next optimizer step (they go
- * back to queued), wait up to shutdown_grace_s, stop the workers, return. */
+ * checkpoint) until max_retries. A worker still running a job
+ * cancel_grace_s after its cancel is killed and restarted; the job ends
+ * cancelled. A job's outcome is committed before its worker is free; a
+ * failed commit (a full disk) is retried every heartbeat interval.
+ * SIGTERM/SIGINT: stop accepting HTTP connections, ask running jobs to
+ * checkpoint where they are and stop (they go back to queued and resume
+ * from that checkpoint), wait up to shutdown_grace_s, stop the workers,
+ * return. */
 #ifndef LR_SUPER_H
 #define LR_SUPER_H
 

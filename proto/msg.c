@@ -128,9 +128,13 @@ int msg_parse(const json_t *f, msg *m, lr_err *err) {
     case MSG_FAILED:
         if (get_str(f, "error", 1, &m->text, err)) return -1;
         break;
-    case MSG_CANCEL:
+    case MSG_CANCEL: {
         if (get_str(f, "reason", 0, &m->text, err)) return -1;
+        const json_t *r = json_object_get(f, "resume");
+        if (r && !json_is_boolean(r)) return lr_errp(err, LR_E_INVALID, "resume", "\"resume\" must be a boolean");
+        m->resume = json_is_true(r);
         break;
+    }
     case MSG_ACK:
         if (get_int(f, "seq", 1, 0, INT64_MAX, &m->seq, err)) return -1;
         break;
@@ -271,6 +275,12 @@ json_t *msg_assign(const char *job_id, const json_t *spec, const char *model_dir
 json_t *msg_cancel(const char *job_id, const char *reason) {
     json_t *o = base(MSG_CANCEL, job_id);
     if (o && reason) json_object_set_new(o, "reason", json_string(reason));
+    return o;
+}
+
+json_t *msg_suspend(const char *job_id, const char *reason) {
+    json_t *o = msg_cancel(job_id, reason);
+    if (o) json_object_set_new(o, "resume", json_true());
     return o;
 }
 

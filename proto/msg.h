@@ -41,7 +41,7 @@ typedef struct msg {
     const char *model_dir, *validation_file, *reference_adapter_dir, *run_dir;
     const char *training_files[JOBSPEC_MAX_FILES];
     int n_training_files;
-    int resume;
+    int resume;              /* assign: continue from a checkpoint; cancel: checkpoint before stopping */
 } msg;
 
 const char *msg_type_name(msg_type t);
@@ -66,6 +66,9 @@ json_t *msg_assign(const char *job_id, const json_t *spec, const char *model_dir
                    const char *validation_file, const char *reference_adapter_dir,
                    const char *run_dir, int resume);
 json_t *msg_cancel(const char *job_id, const char *reason);
+/* A cancel with "resume": true: stop soon, checkpoint where it stopped, and
+ * end as cancelled; the daemon queues the job again (its shutdown). */
+json_t *msg_suspend(const char *job_id, const char *reason);
 json_t *msg_ack(int64_t seq);
 
 #endif

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -205,6 +206,16 @@ static int connect_socket(const char *path, lr_err *err) {
     return lr_errf(err, "cannot connect to lorad at %s: %s", path, strerror(errno));
 }
 
+/* What threads 0 ("all cores") means: the CPUs this process may run on,
+ * as the CPU backend counts them (omp_get_num_procs). */
+static int threads_used(int threads) {
+    if (threads > 0) return threads;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
 static void device_name(const char *backend, char *out, size_t cap) {
     snprintf(out, cap, "%s", backend);
     if (strcmp(backend, "cpu")) return;
@@ -239,8 +250,8 @@ int agent_run(const agent_opts *o, lr_err *err) {
     char dev[256];
     device_name(o->backend, dev, sizeof dev);
     long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-    send_locked(&ag, msg_hello(o->name, o->backend, dev, pages > 0 && psz > 0 ? (int64_t)pages * psz : 0, o->threads,
-                               AGENT_VERSION));
+    send_locked(&ag, msg_hello(o->name, o->backend, dev, pages > 0 && psz > 0 ? (int64_t)pages * psz : 0,
+                               threads_used(o->threads), AGENT_VERSION));
     int64_t period = (int64_t)(o->heartbeat_s > 0 ? o->heartbeat_s : 2) * 1000, next_hb = now_ms() + period;
     for (;;) {
         if (ag.write_failed) {
@@ -274,7 +285,12 @@ int agent_run(const agent_opts *o, lr_err *err) {
                 goto out;
             }
         } else if (m.type == MSG_CANCEL) {
-            if (ag.cur && !strcmp(ag.cur->id, m.job_id)) atomic_store(&ag.cur->cancel, 1);
+            /* a cancel overrides a suspend, never the other way round */
+            int go = TRAIN_GO;
+            if (ag.cur && !strcmp(ag.cur->id, m.job_id)) {
+                if (!m.resume) atomic_store(&ag.cur->cancel, TRAIN_CANCEL);
+                else atomic_compare_exchange_strong(&ag.cur->cancel, &go, TRAIN_SUSPEND);
+            }
         } else if (m.type != MSG_ACK && m.type != MSG_HEARTBEAT) {
             lr_errf(err, "protocol error: lorad sent %s", msg_type_name(m.type));
             json_decref(f);
@@ -284,7 +300,7 @@ int agent_run(const agent_opts *o, lr_err *err) {
     }
 out:
     if (ag.cur) {
-        atomic_store(&ag.cur->cancel, 1);
+        atomic_store(&ag.cur->cancel, TRAIN_CANCEL);
         join_job(&ag);
     }
     if (ag.fd >= 0) close(ag.fd);

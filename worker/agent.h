@@ -3,8 +3,11 @@
  * Connects to lorad's Unix socket, says HELLO, then serves one job at a
  * time: an ASSIGN starts the job in a thread through the run function
  * (train_run), whose hooks stream metric, event and checkpoint frames; the
- * end is a DONE or FAILED frame. CANCEL makes the job stop after its current
- * optimizer step. Heartbeats (with the job's progress) go out every
+ * end is a DONE or FAILED frame. CANCEL makes the job stop as soon as it
+ * can (train.h's TRAIN_CANCEL); CANCEL with resume (lorad's shutdown) makes
+ * it checkpoint and stop (TRAIN_SUSPEND); either ends as DONE "cancelled".
+ * HELLO reports the threads the job will use (0 resolved to the CPU
+ * count). Heartbeats (with the job's progress) go out every
  * heartbeat_s seconds. When the daemon goes away the job is stopped and the
  * agent exits: lorad restarts workers, and the job resumes from its last
  * checkpoint elsewhere. */

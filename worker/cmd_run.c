@@ -19,9 +19,11 @@
 
 static volatile sig_atomic_t run_interrupted;
 
+/* The first Ctrl-C checkpoints and stops (--resume continues exactly);
+ * a second one stops at once. */
 static void on_sigint(int sig) {
     (void)sig;
-    run_interrupted = 1;
+    if (run_interrupted < 2) run_interrupted++;
 }
 
 typedef struct run_ui {
@@ -74,7 +76,7 @@ static void ui_checkpoint(void *ud, int64_t step, const char *dir) {
 
 static int ui_cancelled(void *ud) {
     (void)ud;
-    return run_interrupted;
+    return run_interrupted == 0 ? TRAIN_GO : run_interrupted == 1 ? TRAIN_SUSPEND : TRAIN_CANCEL;
 }
 
 /* A relative path in a job file means relative to that file. */

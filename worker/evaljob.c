@@ -149,6 +149,8 @@ static void ev(ejob *J, const char *level, const char *fmt, ...) {
 
 static int cancelled(ejob *J) { return J->hooks && J->hooks->cancelled && J->hooks->cancelled(J->hooks->ud); }
 
+static int gen_cancelled(void *ud) { return cancelled(ud); }
+
 static int setup(ejob *J, const train_opts *opts, lr_err *err) {
     const jobspec *s = J->spec;
     if (lr_mkdirs(J->paths->run_dir, err)) return -1;
@@ -161,6 +163,9 @@ static int setup(ejob *J, const train_opts *opts, lr_err *err) {
     if (prompts_load(J->file, &J->ps, err)) return -1;
     if (fmt_has_rules(&s->eval.format) && fmt_new(&s->eval.format, &J->fc, err)) return -1;
     gen_opts_init(&J->go);
+    /* a generation of 65,536 tokens takes minutes: cancel between tokens */
+    J->go.cancelled = gen_cancelled;
+    J->go.cancel_ud = J;
     J->go.max_new_tokens = s->eval.generation.max_new_tokens;
     J->go.temperature = (float)s->eval.generation.temperature;
     J->go.top_p = (float)s->eval.generation.top_p;
@@ -277,6 +282,12 @@ static int pass(ejob *J, int which, int64_t *progress, int64_t total, int *stopp
         gen_result g;
         if (gen_run(J->kv, J->tk, r->ids, r->n, &J->go, &g, err))
             return lr_err_prefix(err, "%s row %zu: ", J->file, i + 1);
+        if (g.stop == GEN_STOP_CANCELLED || (which == 1 && g.n && cancelled(J))) {
+            /* a cut-off answer is not scored (nor its KL computed) */
+            gen_result_free(&g);
+            *stopped = 1;
+            return 0;
+        }
         score(J, i, which, &g);
         if (which == 1) {
             r->tuned_ids = g.ids, r->n_tuned = g.n;

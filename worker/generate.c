@@ -51,7 +51,8 @@ void gen_add_model_stops(gen_opts *o, const hf_config *c, const tok *t, const ch
 }
 
 const char *gen_stop_name(gen_stop s) {
-    return s == GEN_STOP_TOKEN ? "stop_token" : s == GEN_STOP_STRING ? "stop_string" : "length";
+    return s == GEN_STOP_TOKEN ? "stop_token" : s == GEN_STOP_STRING ? "stop_string" : s == GEN_STOP_LENGTH ? "length"
+                                                                                               : "cancelled";
 }
 
 typedef struct cand {
@@ -176,6 +177,10 @@ int gen_run(model_kv *kv, const tok *t, const int32_t *prompt, int n_prompt, con
             }
         }
         if (out->n == o->max_new_tokens || model_kv_len(kv) == model_kv_cap(kv)) break;
+        if (o->cancelled && o->cancelled(o->cancel_ud)) {
+            out->stop = GEN_STOP_CANCELLED;
+            break;
+        }
         rc = model_kv_append(kv, &id, 1, logits, 0, err);
     }
     free(logits);

@@ -11,7 +11,8 @@
  * Generation stops at a stop token (EOS, the chat template's end of turn;
  * not part of the output), when the decoded text contains a stop string
  * (the text is cut before it, as in the OpenAI API; the ids keep the tokens
- * generated), after max_new_tokens, or when the cache is full. */
+ * generated), after max_new_tokens, when the cache is full, or when the
+ * cancelled hook says so (between tokens). */
 #ifndef LR_GENERATE_H
 #define LR_GENERATE_H
 
@@ -39,9 +40,12 @@ typedef struct gen_opts {
     char stop[GEN_MAX_STOP][GEN_MAX_STOP_LEN];
     int n_stop_ids;
     int32_t stop_ids[GEN_MAX_STOP_IDS];
+    /* Optional: non-zero ends generation before the next token (a job's cancel). */
+    int (*cancelled)(void *ud);
+    void *cancel_ud;
 } gen_opts;
 
-typedef enum { GEN_STOP_TOKEN, GEN_STOP_STRING, GEN_STOP_LENGTH } gen_stop;
+typedef enum { GEN_STOP_TOKEN, GEN_STOP_STRING, GEN_STOP_LENGTH, GEN_STOP_CANCELLED } gen_stop;
 
 typedef struct gen_result {
     int32_t *ids;    /* the generated tokens, the stop token excluded */
@@ -73,6 +77,6 @@ void gen_result_free(gen_result *r);
 /* One token from logits [V] (modified in place) under o's settings. */
 int32_t gen_pick(float *logits, int V, const gen_opts *o, lr_rng *rng);
 
-const char *gen_stop_name(gen_stop s); /* "stop_token", "stop_string", "length" */
+const char *gen_stop_name(gen_stop s); /* "stop_token", "stop_string", "length", "cancelled" */
 
 #endif

@@ -68,6 +68,12 @@ typedef struct log_row {
     double x[LOG_EXTRA];                                        /* NAN when absent */
 } log_row;
 
+/* The steps since the last logged one. */
+typedef struct logwin {
+    double loss, x[LOG_EXTRA], t0;
+    int64_t n, tokens;
+} logwin;
+
 typedef struct trainer {
     const jobspec *spec;
     const train_paths *paths;
@@ -87,6 +93,8 @@ typedef struct trainer {
     size_t n_log, cap_log;
     double t_start, t_setup, t_train_start;
     int64_t tokens_seen;
+    logwin win;          /* kept in checkpoints, so a resume logs what a straight run does */
+    int64_t saved_step;  /* the newest checkpoint's step, -1 none */
     /* early stopping */
     double best;
     int64_t bad_evals;
@@ -110,6 +118,11 @@ static void ev(trainer *T, const char *level, const char *fmt, ...) {
 }
 
 static void data_warn(void *ud, const char *msg) { ev(ud, "warning", "%s", msg); }
+
+/* TRAIN_GO, TRAIN_CANCEL or TRAIN_SUSPEND (train.h). */
+static int stop_asked(const trainer *T) {
+    return T->hooks && T->hooks->cancelled ? T->hooks->cancelled(T->hooks->ud) : TRAIN_GO;
+}
 
 static void metric(trainer *T, const char *name, double v) {
     if (T->hooks && T->hooks->metric) T->hooks->metric(T->hooks->ud, T->step, T->epoch_f, name, v);
@@ -333,7 +346,8 @@ static model_ref dpo_ref(const trainer *T) {
 }
 
 /* The eval loss: mean CE per validation token (sft, kl_sft) or mean DPO
- * loss per validation pair (dpo, which also reports eval_rewards/accuracy). */
+ * loss per validation pair (dpo, which also reports eval_rewards/accuracy).
+ * Returns 1 when cancelled part way (*out stays NAN). */
 static int evaluate(trainer *T, double *out, lr_err *err) {
     *out = NAN;
     if (T->ds.n_val == 0) return 0;
@@ -351,6 +365,11 @@ static int evaluate(trainer *T, double *out, lr_err *err) {
     while ((got = data_next(&vl, &b, err)) == 1) {
         double s;
         int64_t c;
+        /* a suspend waits for the eval: the step it belongs to must end whole */
+        if (stop_asked(T) == TRAIN_CANCEL) {
+            rc = 1;
+            break;
+        }
         if (dpo) {
             model_dpo_out o;
             if ((rc = model_dpo(T->m, b.ids, b.labels, b.n_examples, b.T, (float)T->spec->method.beta, dpo_ref(T), 0,
@@ -373,10 +392,29 @@ static int evaluate(trainer *T, double *out, lr_err *err) {
 
 static json_t *state_json(trainer *T) {
     data_pos p = data_tell(&T->tl);
-    return json_pack("{s:I,s:f,s:I,s:I,s:I,s:f,s:I,s:f}", "step", (json_int_t)T->step, "epoch", T->epoch_f,
-                     "data_epoch", (json_int_t)p.epoch, "data_index", (json_int_t)p.index, "total_steps",
-                     (json_int_t)T->total_steps, "best", isfinite(T->best) ? T->best : 1e308, "bad_evals",
-                     (json_int_t)T->bad_evals, "tokens_seen", (double)T->tokens_seen);
+    json_t *o = json_pack("{s:I,s:f,s:I,s:I,s:I,s:f,s:I,s:f}", "step", (json_int_t)T->step, "epoch", T->epoch_f,
+                          "data_epoch", (json_int_t)p.epoch, "data_index", (json_int_t)p.index, "total_steps",
+                          (json_int_t)T->total_steps, "best", isfinite(T->best) ? T->best : 1e308, "bad_evals",
+                          (json_int_t)T->bad_evals, "tokens_seen", (double)T->tokens_seen);
+    if (o && T->win.n) {
+        /* the steps not logged yet: their sums, exact as doubles in JSON */
+        json_t *x = json_array();
+        for (int k = 0; k < LOG_EXTRA; k++) json_array_append_new(x, json_real(T->win.x[k]));
+        json_object_set_new(o, "log_window", json_pack("{s:f,s:I,s:I,s:o}", "loss", T->win.loss, "n",
+                                                       (json_int_t)T->win.n, "tokens", (json_int_t)T->win.tokens,
+                                                       "x", x));
+    }
+    return o;
+}
+
+static void window_restore(trainer *T, const json_t *st) {
+    const json_t *w = json_object_get(st, "log_window");
+    T->win = (logwin){.t0 = now_s()};
+    if (!json_is_object(w)) return;
+    T->win.loss = json_number_value(json_object_get(w, "loss"));
+    T->win.n = json_integer_value(json_object_get(w, "n"));
+    T->win.tokens = json_integer_value(json_object_get(w, "tokens"));
+    for (int k = 0; k < LOG_EXTRA; k++) T->win.x[k] = json_number_value(json_array_get(json_object_get(w, "x"), k));
 }
 
 /* What a checkpoint and the run directory hold: the adapter, or with
@@ -416,6 +454,7 @@ static int save_checkpoint(trainer *T, lr_err *err) {
     json_decref(st);
     free(ex[0].data);
     free(ex[1].data);
+    if (rc == 0) T->saved_step = T->step;
     if (rc == 0 && T->hooks && T->hooks->checkpoint) T->hooks->checkpoint(T->hooks->ud, T->step, cdir);
     return rc;
 }
@@ -442,6 +481,8 @@ static int resume(trainer *T, int *resumed, lr_err *err) {
     data_pos p = {json_integer_value(json_object_get(st, "data_epoch")),
                   json_integer_value(json_object_get(st, "data_index"))};
     data_seek(&T->tl, p);
+    window_restore(T, st);
+    T->saved_step = T->step;
     if (log_reload(T, T->step, err)) goto done;
     ev(T, "info", "resumed from checkpoint at step %" PRId64, T->step);
     *resumed = 1;
@@ -489,6 +530,8 @@ static int write_time_metrics(trainer *T, lr_err *err) {
     return rc;
 }
 
+/* Returns 1 when cancelled() asked to stop between its phases (tokenizer,
+ * data, model), which are the long ones of a big dataset or model. */
 static int setup(trainer *T, const train_opts *opts, lr_err *err) {
     const jobspec *s = T->spec;
     job_method mt = s->method.type;
@@ -505,6 +548,7 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
         return lr_errp(err, LR_E_INVALID, "method.type", "kl_sft is not implemented by the %s backend yet", T->be->name);
     if (tok_load(T->paths->model_dir, &T->tk, err)) return lr_err_prefix(err, "model tokenizer: ");
     if (chat_init(&T->ch, T->tk, s->chat_template, T->paths->model_dir, err)) return -1;
+    if (stop_asked(T)) return 1;
 
     data_opts o = {0};
     double weights[JOBSPEC_MAX_FILES];
@@ -521,6 +565,7 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
     o.warn = data_warn;
     o.ud = T;
     if (data_build(&T->ch, &o, &T->ds, err)) return -1;
+    if (stop_asked(T)) return 1;
     if (T->ds.n_train == 0) return lr_errf(err, "no training rows left after rendering and truncation");
     if (data_loader_init(&T->tl, &T->ds, DATA_TRAIN, s->hp.batch_size, s->hp.packing, s->hp.max_seq_len,
                          s->hp.seed, err))
@@ -529,6 +574,7 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
     if (!T->mb) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
 
     if (model_load(T->paths->model_dir, T->be, &T->m, err)) return -1;
+    if (stop_asked(T)) return 1;
     model_lora_cfg lc = {0};
     lc.r = s->lora.r;
     lc.alpha = (float)s->lora.alpha;
@@ -566,11 +612,15 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
     return 0;
 }
 
-/* extra[] gets the method's values of the step (extra_names order). */
+/* extra[] gets the method's values of the step (extra_names order).
+ * Returns TRAIN_CANCEL or TRAIN_SUSPEND when that was asked between
+ * micro-batches: the step is abandoned (no update; the data position is
+ * back at its start, where a resume begins it again). */
 static int step_once(trainer *T, double *loss, double *gnorm, double *lr, int64_t *tokens, double *extra,
                      lr_err *err) {
     const jobspec *s = T->spec;
     int n;
+    data_pos start = data_tell(&T->tl);
     if (next_step_batches(T, &n, err)) return -1;
     int64_t targets = 0, pairs = 0;
     *tokens = 0;
@@ -591,6 +641,11 @@ static int step_once(trainer *T, double *loss, double *gnorm, double *lr, int64_
         double ls, kl;
         int64_t c;
         model_dpo_out o;
+        int how = k > 0 ? stop_asked(T) : TRAIN_GO;
+        if (how != TRAIN_GO) {
+            data_seek(&T->tl, start);
+            return how;
+        }
         switch (s->method.type) {
         case METHOD_KL_SFT:
             if (model_fwd_bwd_kl(T->m, b->ids, b->labels, b->rows, b->T, (float)s->method.kl_lambda,
@@ -642,12 +697,6 @@ static int step_once(trainer *T, double *loss, double *gnorm, double *lr, int64_
     return 0;
 }
 
-/* The steps since the last logged one. */
-typedef struct logwin {
-    double loss, x[LOG_EXTRA], t0;
-    int64_t n, tokens;
-} logwin;
-
 /* Logs the window's means as the current step's row ("loss" is the mean
  * of its step losses, tokens/s over its wall time) and starts a new one. */
 static int log_window(trainer *T, logwin *w, double lr, double gnorm, lr_err *err) {
@@ -668,32 +717,55 @@ static int log_window(trainer *T, logwin *w, double lr, double gnorm, lr_err *er
     return log_add(T, r, err);
 }
 
+/* Ends the run for cancelled()'s answer `how`. A suspend saves a
+ * checkpoint at the last whole step unless one is there (its log window
+ * goes with it, not into the log), so the job continues as if never
+ * stopped; a cancel logs what it has. */
+static int halt(trainer *T, int how, int mid_step, double lr, double gnorm, train_outcome *outcome, lr_err *err) {
+    *outcome = TRAIN_CANCELLED;
+    if (how == TRAIN_SUSPEND) {
+        if (T->step > 0 && T->saved_step != T->step && save_checkpoint(T, err)) return -1;
+        if (T->step > 0) ev(T, "info", "stopped after step %" PRId64 " with a checkpoint there, to resume from it", T->step);
+        else ev(T, "info", "stopped before the first step ended; the job starts again when resumed");
+        return log_write(T, err);
+    }
+    if (mid_step) ev(T, "info", "cancelled during step %" PRId64 " (not applied)", T->step + 1);
+    else ev(T, "info", "cancelled after step %" PRId64, T->step);
+    if (T->win.n && log_window(T, &T->win, lr, gnorm, err)) return -1;
+    return log_write(T, err);
+}
+
 static int loop(trainer *T, train_outcome *outcome, lr_err *err) {
     const jobspec *s = T->spec;
-    logwin win = {.t0 = now_s()};
+    logwin *win = &T->win;
     double lr = 0, gnorm = 0;
     int64_t epoch_batches = data_epoch_batches(&T->tl, 0);
     int64_t steps_per_epoch = epoch_batches > 0 ? (epoch_batches + s->hp.grad_accum - 1) / s->hp.grad_accum : 1;
     *outcome = TRAIN_DONE;
+    win->t0 = now_s();
     while (T->step < T->total_steps) {
         double loss, x[LOG_EXTRA];
         int64_t tokens;
-        if (step_once(T, &loss, &gnorm, &lr, &tokens, x, err)) return -1;
+        int how = step_once(T, &loss, &gnorm, &lr, &tokens, x, err);
+        if (how < 0) return -1;
+        if (how != TRAIN_GO) return halt(T, how, 1, lr, gnorm, outcome, err);
         if (!isfinite(loss)) return lr_errf(err, "loss became %f at step %" PRId64 "; lower the learning rate", loss, T->step);
         T->tokens_seen += tokens;
         T->epoch_f = (double)T->step / (double)steps_per_epoch;
-        win.loss += loss;
-        for (int k = 0; k < LOG_EXTRA; k++) win.x[k] += x[k];
-        win.n++;
-        win.tokens += tokens;
+        win->loss += loss;
+        for (int k = 0; k < LOG_EXTRA; k++) win->x[k] += x[k];
+        win->n++;
+        win->tokens += tokens;
         if (T->hooks && T->hooks->progress) T->hooks->progress(T->hooks->ud, T->step, T->total_steps, T->epoch_f);
 
         int last = T->step == T->total_steps;
-        if ((T->step % s->hp.logging_steps == 0 || last) && log_window(T, &win, lr, gnorm, err)) return -1;
+        if ((T->step % s->hp.logging_steps == 0 || last) && log_window(T, win, lr, gnorm, err)) return -1;
         int stop = 0;
         if ((s->hp.eval_steps > 0 && T->step % s->hp.eval_steps == 0) || last) {
             double el;
-            if (evaluate(T, &el, err)) return -1;
+            int rc = evaluate(T, &el, err);
+            if (rc < 0) return -1;
+            if (rc > 0) return halt(T, TRAIN_CANCEL, 0, lr, gnorm, outcome, err);
             if (!isnan(el)) {
                 metric(T, "eval_loss", el);
                 if (s->method.type != METHOD_DPO) metric(T, "eval_ppl", exp(el)); /* a DPO loss is no perplexity */
@@ -710,7 +782,7 @@ static int loop(trainer *T, train_outcome *outcome, lr_err *err) {
             stop = 1;
         }
         /* a run that stops between logging steps logs its last window too */
-        if (stop && win.n && log_window(T, &win, lr, gnorm, err)) return -1;
+        if (stop && win->n && log_window(T, win, lr, gnorm, err)) return -1;
         if (T->step % s->hp.logging_steps == 0 || last || stop)
             if (log_write(T, err)) return -1;
         if (!last && !stop && s->hp.save_steps > 0 && T->step % s->hp.save_steps == 0)
@@ -721,12 +793,8 @@ static int loop(trainer *T, train_outcome *outcome, lr_err *err) {
             *outcome = TRAIN_STOPPED_EARLY;
             break;
         }
-        if (T->hooks && T->hooks->cancelled && T->hooks->cancelled(T->hooks->ud)) {
-            ev(T, "info", "cancelled after step %" PRId64, T->step);
-            *outcome = TRAIN_CANCELLED;
-            if (win.n && log_window(T, &win, lr, gnorm, err)) return -1;
-            return log_write(T, err);
-        }
+        how = last ? TRAIN_GO : stop_asked(T);
+        if (how != TRAIN_GO) return halt(T, how, 0, lr, gnorm, outcome, err);
     }
     if (log_write(T, err)) return -1;
     if (write_result(T, err)) return -1;
@@ -758,9 +826,17 @@ int train_run(const jobspec *spec, const train_paths *paths, const train_opts *o
     T.paths = paths;
     T.hooks = hooks;
     T.t_start = now_s();
+    T.saved_step = -1;
     *outcome = TRAIN_DONE;
-    int rc = -1;
-    if (setup(&T, opts, err)) goto done;
+    int rc = -1, set = setup(&T, opts, err);
+    if (set < 0) goto done;
+    if (set > 0) {
+        /* nothing trained yet: a resume starts where this one would have */
+        ev(&T, "info", "stopped while loading the model and data, before training");
+        *outcome = TRAIN_CANCELLED;
+        rc = 0;
+        goto done;
+    }
     int resumed = 0;
     if (opts->resume && resume(&T, &resumed, err) < 0) goto done;
     if (!resumed)

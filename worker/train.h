@@ -29,7 +29,11 @@ typedef struct train_hooks {
     void (*checkpoint)(void *ud, int64_t step, const char *dir);
     /* Progress for ETA: step done of total. */
     void (*progress)(void *ud, int64_t step, int64_t total_steps, double epoch);
-    /* Non-zero asks the job to stop after the current optimizer step. */
+    /* TRAIN_GO, or how to stop: TRAIN_CANCEL stops as soon as it can (between
+     * micro-batches, eval batches, generated tokens, setup phases) and
+     * abandons the current step; TRAIN_SUSPEND stops at the next point a
+     * resume continues from bit for bit (a finished step, or the current
+     * step's start when asked mid-step) and saves a checkpoint there first. */
     int (*cancelled)(void *ud);
     /* Optional: a stopping rule (patience, max_minutes) ended the run; reason
      * says which and at what step. Called once, before train_run returns
@@ -43,6 +47,9 @@ typedef struct train_opts {
     int resume;           /* 1: continue from the newest complete checkpoint in run_dir */
 } train_opts;
 
+enum { TRAIN_GO = 0, TRAIN_CANCEL = 1, TRAIN_SUSPEND = 2 }; /* what cancelled() answers */
+
+/* TRAIN_CANCELLED: stopped by cancelled(), suspended or not. */
 typedef enum { TRAIN_DONE = 0, TRAIN_CANCELLED = 1, TRAIN_STOPPED_EARLY = 2 } train_outcome;
 
 /* Runs the job. Returns 0 and sets *outcome, or -1 with err filled (failure). */
