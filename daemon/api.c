@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -449,6 +450,29 @@ static void wake(ctx *c) {
     if (c->a->env.wake) c->a->env.wake(c->a->env.wake_ud);
 }
 
+/* Free bytes of the file system holding data_dir; -1 when unknown. */
+static long long disk_free(const api *a) {
+    struct statvfs v;
+    if (statvfs(a->env.cfg->data_dir, &v)) return -1;
+    return (long long)v.f_bavail * (long long)v.f_frsize;
+}
+
+static int disk_low(const api *a, long long free_bytes) {
+    return a->env.cfg->min_free_bytes > 0 && free_bytes >= 0 && free_bytes < a->env.cfg->min_free_bytes;
+}
+
+/* Below the min_free_bytes floor an upload or a new job would take the
+ * space the running jobs need for checkpoints and results: 507. */
+static int disk_ok(ctx *c) {
+    long long f = disk_free(c->a);
+    if (!disk_low(c->a, f)) return 1;
+    fail(c, 507, "insufficient_storage", NULL,
+         "the server's data directory has %lld MiB free, below min_free_bytes (%lld MiB); uploads and new jobs are "
+         "refused until space is freed",
+         f >> 20, c->a->env.cfg->min_free_bytes >> 20);
+    return 0;
+}
+
 /* ---- health and metrics ---- */
 
 static void h_healthz(ctx *c) {
@@ -458,7 +482,10 @@ static void h_healthz(ctx *c) {
         fail(c, 503, "unavailable", NULL, "database: %s", e.msg);
         return;
     }
-    json_object_set_new(s, "status", json_string("ok"));
+    long long f = disk_free(c->a);
+    json_object_set_new(s, "status", json_string(disk_low(c->a, f) ? "degraded" : "ok"));
+    json_object_set_new(s, "disk_free_bytes", f >= 0 ? json_integer(f) : json_null());
+    json_object_set_new(s, "min_free_bytes", json_integer(c->a->env.cfg->min_free_bytes));
     set_json(c->rs, 200, s);
 }
 
@@ -475,6 +502,14 @@ static void h_metrics(ctx *c) {
     bad |= lr_buf_printf(&b, "# HELP lorad_queue_depth Jobs waiting for a worker.\n# TYPE lorad_queue_depth gauge\n"
                              "lorad_queue_depth %lld\n",
                          (long long)json_integer_value(json_object_get(s, "queue_depth")));
+    long long disk = disk_free(c->a);
+    if (disk >= 0)
+        bad |= lr_buf_printf(&b, "# HELP lorad_disk_free_bytes Free space of the data directory's file system.\n"
+                                 "# TYPE lorad_disk_free_bytes gauge\nlorad_disk_free_bytes %lld\n",
+                             disk);
+    bad |= lr_buf_printf(&b, "# HELP lorad_disk_min_free_bytes Below this, uploads and new jobs get 507.\n"
+                             "# TYPE lorad_disk_min_free_bytes gauge\nlorad_disk_min_free_bytes %lld\n",
+                         c->a->env.cfg->min_free_bytes);
     bad |= lr_buf_adds(&b, "# HELP lorad_jobs Jobs by status.\n# TYPE lorad_jobs gauge\n");
     const char *k;
     json_t *v;
@@ -540,6 +575,7 @@ static void clean_filename(char *s) {
 }
 
 static void h_dataset_upload(ctx *c) {
+    if (!disk_ok(c)) return;
     lr_err e = {0};
     upload *own = NULL, *up = c->rq->upload;
     char tmp[1100];
@@ -868,6 +904,7 @@ static int admit(ctx *c, int n) {
 }
 
 static void h_job_create(ctx *c) {
+    if (!disk_ok(c)) return;
     json_t *o = body_object(c);
     if (!o) return;
     jobspec *s = malloc(sizeof *s);
@@ -1301,6 +1338,7 @@ static int set_path(json_t *doc, const char *path, json_t *v) {
 }
 
 static void h_sweep_create(ctx *c) {
+    if (!disk_ok(c)) return;
     json_t *o = body_object(c);
     if (!o) return;
     jobspec *s = malloc(sizeof *s);
