@@ -200,8 +200,10 @@ struct kb_backend {
     int (*check)(kb_backend *be, lr_err *err);
 };
 
-/* The CPU backend: OpenBLAS sgemm (single-threaded inside, partitioned
- * across threads by the backend) and OpenMP; threads = 0 uses all cores. */
+/* The CPU backend: sgemm (single-threaded inside, partitioned across
+ * threads by the backend) and OpenMP; threads = 0 uses all cores. The sgemm
+ * kernel is chosen from the CPU's features and self-tested on first use
+ * (kernels/cpu/gemm_select.h: kg_current() says which and why). */
 int kb_cpu_create(int threads, kb_backend **out, lr_err *err) LR_WARN_UNUSED;
 
 /* A backend by name: "cpu" or "cuda[:N]". */

@@ -78,6 +78,7 @@ int msg_parse(const json_t *f, msg *m, lr_err *err) {
     case MSG_HELLO:
         if (get_str(f, "worker", 1, &m->worker, err) || get_str(f, "backend", 1, &m->backend, err) ||
             get_str(f, "device", 0, &m->device, err) || get_str(f, "version", 0, &m->version, err) ||
+            get_str(f, "kernel", 0, &m->kernel, err) ||
             get_int(f, "mem_bytes", 0, 0, INT64_MAX, &m->mem_bytes, err))
             return -1;
         x = 0;
@@ -178,7 +179,7 @@ static json_t *base(msg_type t, const char *job_id) {
 static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
 json_t *msg_hello(const char *worker, const char *backend, const char *device, int64_t mem_bytes,
-                  int threads, const char *version) {
+                  int threads, const char *version, const char *kernel) {
     json_t *o = base(MSG_HELLO, NULL);
     if (!o) return NULL;
     json_object_set_new(o, "proto", json_integer(MSG_PROTO_VERSION));
@@ -188,6 +189,7 @@ json_t *msg_hello(const char *worker, const char *backend, const char *device, i
     json_object_set_new(o, "mem_bytes", json_integer(mem_bytes));
     json_object_set_new(o, "threads", json_integer(threads));
     json_object_set_new(o, "version", json_string(version ? version : ""));
+    if (kernel) json_object_set_new(o, "kernel", json_string(kernel));
     return o;
 }
 

@@ -23,8 +23,8 @@ typedef enum {
 typedef struct msg {
     msg_type type;
     const char *job_id;      /* every job message; heartbeat: the running job or NULL */
-    /* hello */
-    const char *worker, *backend, *device, *version;
+    /* hello; kernel: the CPU sgemm kernel in use ("OpenBLAS SkylakeX (avx512)"), may be NULL */
+    const char *worker, *backend, *device, *version, *kernel;
     int64_t mem_bytes;
     int threads, proto;
     /* metric, checkpoint, heartbeat progress */
@@ -51,7 +51,7 @@ int msg_parse(const json_t *frame, msg *m, lr_err *err) LR_WARN_UNUSED;
 
 /* Builders return a new reference (NULL only on out of memory). */
 json_t *msg_hello(const char *worker, const char *backend, const char *device, int64_t mem_bytes,
-                  int threads, const char *version);
+                  int threads, const char *version, const char *kernel);
 json_t *msg_heartbeat(const char *job_id, int64_t step, int64_t total_steps, double epoch);
 json_t *msg_metric(const char *job_id, int64_t seq, int64_t step, double epoch, const char *name,
                    double value);

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kernels/cpu/gemm_select.h"
 #include "proto/frame.h"
 #include "proto/msg.h"
 #include "worker/commands.h"
@@ -250,8 +251,13 @@ int agent_run(const agent_opts *o, lr_err *err) {
     char dev[256];
     device_name(o->backend, dev, sizeof dev);
     long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    char kernel[96] = "";
+    if (!strcmp(o->backend, "cpu")) { /* chosen and self-tested here, once, before any job */
+        const kg_kernel *k = kg_current();
+        snprintf(kernel, sizeof kernel, "%s (%s)", k->name, k->isa);
+    }
     send_locked(&ag, msg_hello(o->name, o->backend, dev, pages > 0 && psz > 0 ? (int64_t)pages * psz : 0,
-                               threads_used(o->threads), AGENT_VERSION));
+                               threads_used(o->threads), AGENT_VERSION, kernel[0] ? kernel : NULL));
     int64_t period = (int64_t)(o->heartbeat_s > 0 ? o->heartbeat_s : 2) * 1000, next_hb = now_ms() + period;
     for (;;) {
         if (ag.write_failed) {

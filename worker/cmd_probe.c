@@ -1,15 +1,19 @@
-/* lora-worker probe: the GPUs this lora-worker can train on.
+/* lora-worker probe: what this lora-worker can train on.
  *
  *   lora-worker probe [--json]
  *
- * One line per CUDA device (name, compute capability, memory, bf16 peak);
- * no usable device is an answer, not an error: "no usable GPU: <why>" and
- * exit 0, so scripts and the daemon can ask before choosing --backend. */
+ * First the CPU: its vector features and the sgemm kernel the CPU backend
+ * runs (chosen and self-tested by kernels/cpu/gemm_select), with how it was
+ * chosen. Then one line per CUDA device (name, compute capability, memory,
+ * bf16 peak); no usable device is an answer, not an error: "no usable GPU:
+ * <why>" and exit 0, so scripts and the daemon can ask before choosing
+ * --backend. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/gemm_select.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "worker/commands.h"
 
@@ -17,7 +21,29 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: lora-worker probe [--json]\n"
-               "  Lists the CUDA devices this lora-worker can use (--backend cuda:N).\n");
+               "  Shows the CPU's sgemm kernel and lists the CUDA devices this lora-worker can use\n"
+               "  (--backend cuda:N).\n");
+}
+
+/* The vector features that decide the kernel, space-separated. */
+static void cpu_features(char *out, size_t cap) {
+    kg_cpu c;
+    kg_cpu_features(&c);
+    const struct {
+        const char *name;
+        int on;
+    } f[] = {{"avx", c.avx},           {"fma", c.fma},         {"avx2", c.avx2},
+             {"avx512f", c.avx512f},   {"avx512bw", c.avx512bw}, {"avx512dq", c.avx512dq},
+             {"avx512vl", c.avx512vl}, {"avx512_bf16", c.avx512_bf16}, {"amx_bf16", c.amx_bf16}};
+    size_t n = 0;
+    out[0] = 0;
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (f[i].on && n < cap) n += (size_t)snprintf(out + n, cap - n, "%s%s", n ? " " : "", f[i].name);
+}
+
+static json_t *cpu_json(const kg_kernel *k, const char *features) {
+    return json_pack("{s:s, s:s, s:s, s:s, s:b}", "features", features, "sgemm_kernel", k->name, "isa", k->isa, "how",
+                     k->how, "fallback", k->fallback);
 }
 
 static json_t *device_json(const kb_cuda_device *d) {
@@ -44,6 +70,9 @@ int cmd_probe(int argc, char **argv) {
             return 1;
         }
     }
+    const kg_kernel *k = kg_current();
+    char feat[160];
+    cpu_features(feat, sizeof feat);
     kb_cuda_device devs[PROBE_MAX];
     lr_err err = {0};
     int n = kb_cuda_devices(devs, PROBE_MAX, &err), shown = n < PROBE_MAX ? n : PROBE_MAX, usable = 0;
@@ -57,6 +86,7 @@ int cmd_probe(int argc, char **argv) {
     if (as_json) {
         json_t *arr = json_array(), *root = json_object();
         for (int i = 0; i < shown; i++) json_array_append_new(arr, device_json(&devs[i]));
+        json_object_set_new(root, "cpu", cpu_json(k, feat));
         json_object_set_new(root, "devices", arr);
         json_object_set_new(root, "usable", json_integer(usable));
         if (why[0]) json_object_set_new(root, "reason", json_string(why));
@@ -66,6 +96,8 @@ int cmd_probe(int argc, char **argv) {
         json_decref(root);
         return 0;
     }
+    printf("cpu  %s  sgemm %s (%s)%s\n     %s\n", feat[0] ? feat : "no AVX", k->name, k->isa,
+           k->fallback ? "  (a fallback)" : "", k->how);
     const double G = 1024.0 * 1024.0 * 1024.0;
     for (int i = 0; i < shown; i++) {
         const kb_cuda_device *d = &devs[i];

@@ -21,7 +21,7 @@ static const worker_cmd cmds[] = {
     {"merge", cmd_merge, "merge an adapter into its base model: a full Hugging Face model folder"},
     {"tokenize", cmd_tokenize, "print the token ids of each line of stdin with a model's tokenizer"},
     {"mkmodel", cmd_mkmodel, "write a randomly initialised model folder in Hugging Face format"},
-    {"probe", cmd_probe, "list the GPUs this lora-worker can train on (--backend cuda:N)"},
+    {"probe", cmd_probe, "show the CPU's sgemm kernel and the GPUs this lora-worker can train on"},
     {"bench", cmd_bench, "time LoRA training steps on a model (tokens/s, GFLOP/s) or sgemm"},
     {NULL, NULL, NULL},
 };

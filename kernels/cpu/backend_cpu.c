@@ -1,5 +1,9 @@
 /* backend_cpu: the kernels on the CPU with OpenBLAS and OpenMP.
  *
+ * Every matmul goes through kg_sgemm: gemm_select.c decides once per
+ * process which kernel that is (OpenBLAS with the core type the CPU's
+ * features call for, self-tested), so nothing here names a kernel.
+ *
  * Threading: OpenBLAS runs single-threaded and this file partitions every
  * large sgemm across the OpenMP threads itself (by output rows or columns,
  * never along the reduction dimension). That keeps one thread model for
@@ -16,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/gemm_select.h"
 #include "kernels/elem.h"
 
 /* Query rows per attention tile: the scores of one tile (ATT_QB x T) are
@@ -55,16 +60,16 @@ static float *ws_get(kb_backend *be, size_t n) {
  * along M or N, whichever is larger, in 16-aligned blocks. */
 static void gemm(int nt, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc) {
-    enum CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
         return;
     }
+    kg_sgemm_fn sgemm = kg_current()->sgemm;
     double flops = 2.0 * M * N * K;
     if (nt <= 1 || omp_in_parallel() || flops < 4e6) {
-        cblas_sgemm(CblasRowMajor, TA, TB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     int split_m = M >= N;
@@ -76,11 +81,10 @@ static void gemm(int nt, int ta, int tb, int M, int N, int K, float alpha, const
         int s = p * blk, e = s + blk < D ? s + blk : D;
         if (split_m) {
             const float *Ap = ta ? A + s : A + (size_t)s * lda;
-            cblas_sgemm(CblasRowMajor, TA, TB, e - s, N, K, alpha, Ap, lda, B, ldb, beta,
-                        C + (size_t)s * ldc, ldc);
+            sgemm(ta, tb, e - s, N, K, alpha, Ap, lda, B, ldb, beta, C + (size_t)s * ldc, ldc);
         } else {
             const float *Bp = tb ? B + (size_t)s * ldb : B + s;
-            cblas_sgemm(CblasRowMajor, TA, TB, M, e - s, K, alpha, A, lda, Bp, ldb, beta, C + s, ldc);
+            sgemm(ta, tb, M, e - s, K, alpha, A, lda, Bp, ldb, beta, C + s, ldc);
         }
     }
 }
@@ -269,7 +273,7 @@ static void cpu_rope_bwd(kb_backend *be, float *dx, int ld, const float *cs, con
  * and stored; otherwise read from lse_in. */
 static void att_probs(float *S, int m, int nk, int i0, int j0, int w, const float *qb, int ldq, const float *kb,
                       int ldkv, int D, float scale, float *lse_out, const float *lse_in) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, D, scale, qb, ldq, kb, ldkv, 0.0f, S, nk);
+    kg_sgemm(0, 1, m, nk, D, scale, qb, ldq, kb, ldkv, 0.0f, S, nk);
     for (int r = 0; r < m; r++) {
         float *s = S + (size_t)r * nk;
         int last = i0 + r - j0, first = last - w + 1 > 0 ? last - w + 1 : 0; /* keys first..last of the tile */
@@ -311,8 +315,8 @@ static void cpu_attn_fwd(kb_backend *be, float *out, float *lse, const float *q,
             const float *qr = q + (size_t)(b * T + i0) * ldq + (size_t)h * D;
             float *lr = lse + (size_t)bh * T + i0;
             att_probs(S, m, nk, i0, j0, w, qr, ldq, kb + (size_t)j0 * ldkv, ldkv, D, scale, lr, NULL);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, nk, 1.0f, S, nk, vb + (size_t)j0 * ldkv,
-                        ldkv, 0.0f, out + (size_t)(b * T + i0) * ldo + (size_t)h * D, ldo);
+            kg_sgemm(0, 0, m, D, nk, 1.0f, S, nk, vb + (size_t)j0 * ldkv, ldkv, 0.0f,
+                     out + (size_t)(b * T + i0) * ldo + (size_t)h * D, ldo);
         }
     }
 }
@@ -346,8 +350,7 @@ static void cpu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const 
             const float *kt = kb + (size_t)j0 * ldkv, *vt = vb + (size_t)j0 * ldkv;
             att_probs(P, m, nk, i0, j0, w, qr, ldq, kt, ldkv, D, scale, NULL, lse + (size_t)bh * T + i0);
             /* dP = dO V^T, then dS = P (dP - rowsum(dO * O)) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, D, 1.0f, dor, ldo, vt, ldkv, 0.0f, dS,
-                        nk);
+            kg_sgemm(0, 1, m, nk, D, 1.0f, dor, ldo, vt, ldkv, 0.0f, dS, nk);
             for (int r = 0; r < m; r++) {
                 const float *a = dor + (size_t)r * ldo, *o = orow + (size_t)r * ldo;
                 float di = 0;
@@ -355,12 +358,10 @@ static void cpu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const 
                 float *p = P + (size_t)r * nk, *s = dS + (size_t)r * nk;
                 for (int j = 0; j < nk; j++) s[j] = p[j] * (s[j] - di);
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, nk, scale, dS, nk, kt, ldkv, 0.0f,
-                        dq + (size_t)(b * T + i0) * ldq + (size_t)h * D, ldq);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, m, scale, dS, nk, qr, ldq, 1.0f,
-                        dkh + (size_t)j0 * D, D);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, m, 1.0f, P, nk, dor, ldo, 1.0f,
-                        dvh + (size_t)j0 * D, D);
+            kg_sgemm(0, 0, m, D, nk, scale, dS, nk, kt, ldkv, 0.0f, dq + (size_t)(b * T + i0) * ldq + (size_t)h * D,
+                     ldq);
+            kg_sgemm(1, 0, nk, D, m, scale, dS, nk, qr, ldq, 1.0f, dkh + (size_t)j0 * D, D);
+            kg_sgemm(1, 0, nk, D, m, 1.0f, P, nk, dor, ldo, 1.0f, dvh + (size_t)j0 * D, D);
         }
     }
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -764,6 +765,8 @@ int kb_cpu_create(int threads, kb_backend **out, lr_err *err) {
     }
     if (threads <= 0) threads = omp_get_num_procs();
     if (threads > 1024) threads = 1024;
+    /* choose and self-test the kernel now, before the threads run it */
+    kg_current();
     openblas_set_num_threads(1);
     c->nt = threads;
     be->name = "cpu";

@@ -140,7 +140,7 @@ TEST(msg_roundtrip_all_types) {
     json_t *spec = json_pack("{s:s}", "model", "m");
     const char *tf[2] = {"/d/a.jsonl", "/d/b.jsonl"};
     json_t *ms[] = {
-        msg_hello("w0", "cpu", "x86", 1 << 20, 4, "0.1"),
+        msg_hello("w0", "cpu", "x86", 1 << 20, 4, "0.1", "OpenBLAS SkylakeX (avx512)"),
         msg_heartbeat("ftjob-a", 3, 10, 0.3),
         msg_heartbeat(NULL, 0, 0, 0),
         msg_metric("ftjob-a", 7, 3, 0.3, "loss", 2.5),
@@ -179,6 +179,7 @@ TEST(msg_roundtrip_all_types) {
             CHECK_STR(m.worker, "w0");
             CHECK_EQ_INT(m.threads, 4);
             CHECK_EQ_INT(m.mem_bytes, 1 << 20);
+            CHECK_STR(m.kernel, "OpenBLAS SkylakeX (avx512)");
         }
         json_decref(j);
         frame_dec_free(&d);
