@@ -2,6 +2,9 @@
 #   make            build everything this machine can (CUDA backend when nvcc exists)
 #   make test       install missing packages, build, run every test (last line: N passed, N failed)
 #   make run        the demo: build, make a model, start lorad with a CPU worker, submit a job
+#   make stop       stop the lorad that `make run` started
+#   make install    lorad, lora-worker, lora to $(PREFIX)/bin, web/ and migrations/ to
+#                   $(PREFIX)/share/lorad (PREFIX=/usr/local, DESTDIR for staging)
 #   make bench      benchmarks that print ratios against peers measured in the same run
 #   make bench-gpu  the GPU benchmark (tokens/s, MFU, ratio to PyTorch); skips without a GPU
 #   make gpu-check  on a GPU: test_cuda, compute-sanitizer, bench-gpu, figures for bench/RESULTS.md
@@ -10,8 +13,16 @@
 #
 # Module sources are picked up by wildcard: a new module is a new .c/.h pair
 # in its folder, no Makefile edit. Programs have their main() in <dir>/main.c.
+#
+# -j is forced below, so prerequisites of one target run in parallel. A target
+# that needs packages installed before anything compiles (run, bench, test,
+# fuzz) therefore does not list deps beside all: its recipe runs
+# $(MAKE) deps, then $(MAKE) all, one after the other
+# (tests/integration/test_make_order.sh checks this).
 
 BUILD   ?= build
+PREFIX  ?= /usr/local
+DESTDIR ?=
 MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
 CC      ?= cc
 NVCC    ?= $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
@@ -58,7 +69,7 @@ TEST_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
 BINS := $(BUILD)/lora-worker $(if $(wildcard daemon/main.c),$(BUILD)/lorad) $(if $(wildcard client/main.c),$(BUILD)/lora)
 
-.PHONY: all deps test unit asan bench bench-gpu gpu-check run fuzz clean web
+.PHONY: all deps test unit asan bench bench-gpu gpu-check run stop install fuzz clean web
 all: $(BINS) $(TEST_BIN) web
 ifeq ($(NVCC),)
 	@echo "note: nvcc not found: built the CPU backend only"
@@ -77,7 +88,8 @@ $(BUILD)/obj/%.o: %.cu
 
 $(BUILD)/liblorad.a: $(ALL_LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@echo "ar $@ ($(words $^) objects)"
+	@ar rcs $@ $^
 
 $(BUILD)/lora-worker: $(call obj,worker/main.c) $(BUILD)/liblorad.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
@@ -94,9 +106,10 @@ $(BUILD)/tests/%: $(call obj,tests/unit/%.c) $(call obj,tests/unit/harness.c) $(
 web:
 	@if [ -f web/package.json ]; then bash mk/web.sh; fi
 
-test: deps
+test:
+	@$(MAKE) --no-print-directory deps
 	@$(MAKE) --no-print-directory all
-	@bash tests/run.sh
+	@LR_BUILD=$(BUILD) bash tests/run.sh
 
 unit: all
 	@bash tests/run.sh unit
@@ -105,8 +118,10 @@ asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 OPT=-O1 NVCC= $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/lora-worker
 	@LR_BUILD=build-asan bash tests/run.sh unit
 
-bench: deps all
-	@bash bench/run.sh
+bench:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory all
+	@LR_BUILD=$(BUILD) bash bench/run.sh
 
 bench-gpu: all
 	@bash bench/run_gpu.sh
@@ -114,13 +129,35 @@ bench-gpu: all
 gpu-check: all
 	@bash bench/gpu_check.sh $(PHASES)
 
-run: deps all
-	@bash mk/run.sh
+run:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory all
+	@LR_BUILD=$(BUILD) bash mk/run.sh
 
-fuzz: deps
+stop:
+	@bash mk/stop.sh
+
+# lorad looks for web/ and migrations/ in <exe>/../share/lorad (daemon/config.c).
+install: $(BINS) web
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/lorad/migrations
+	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 migrations/*.sql $(DESTDIR)$(PREFIX)/share/lorad/migrations/
+	install -d $(addprefix $(DESTDIR)$(PREFIX)/share/lorad/web/,js css vendor)
+	install -m 644 web/index.html $(DESTDIR)$(PREFIX)/share/lorad/web/
+	install -m 644 web/js/*.js $(DESTDIR)$(PREFIX)/share/lorad/web/js/
+	install -m 644 web/css/*.css $(DESTDIR)$(PREFIX)/share/lorad/web/css/
+	install -m 644 web/vendor/* $(DESTDIR)$(PREFIX)/share/lorad/web/vendor/
+
+fuzz:
+	@$(MAKE) --no-print-directory deps
 	@bash tests/fuzz/run.sh
 
 clean:
 	rm -rf build build-asan build-fuzz
+
+# Test programs' objects are intermediate files of the chain test_x.c -> .o ->
+# test_x; without this make deletes them at the end of every build (a long
+# "rm build/obj/..." line) and recompiles them next time.
+.SECONDARY: $(call obj,$(TEST_SRC) tests/unit/harness.c)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

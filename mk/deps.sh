@@ -32,6 +32,9 @@ for pair in "${need[@]}"; do
   if [ "$pkg" = nodejs ] && command -v node >/dev/null 2>&1; then continue; fi
   [ -e "$path" ] || missing+=("$pkg")
 done
+# `make` fetches the dashboard's uPlot with npm (mk/web.sh); Debian's nodejs
+# does not bring it
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 # libFuzzer's runtime lives in clang's resource dir
 if command -v clang >/dev/null 2>&1; then
   rd=$(clang -print-resource-dir 2>/dev/null || true)

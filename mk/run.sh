@@ -2,6 +2,8 @@
 # `make run`: the demo. Makes a small random model, registers it, starts lorad
 # with one CPU worker, creates a user, uploads the demo dataset, submits the
 # demo job, follows its first loss points and prints the dashboard URL and token.
+# It writes $LORAD_DATA/env, the shell variables the README's tour uses (URL,
+# TOKEN, LORA_URL, LORA_TOKEN, PATH with the build folder): `. data/env`.
 # lorad keeps running in the background; `make stop` (or kill $(cat data/lorad.pid)) ends it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +22,23 @@ fi
 if [ -f "$DATA/demo.token" ]; then
   TOKEN=$(cat "$DATA/demo.token")
 else
-  TOKEN=$("$B/lorad" user add demo --admin --data-dir "$DATA" | tail -1)
-  echo "$TOKEN" > "$DATA/demo.token"
-  chmod 600 "$DATA/demo.token"
+  # lorad says "its token (shown only now):" on stderr; the token is printed
+  # below, with the variables to paste, so that line would be left dangling.
+  err=$(mktemp)
+  if ! TOKEN=$("$B/lorad" user add demo --admin --data-dir "$DATA" 2>"$err"); then
+    cat "$err" >&2; rm -f "$err"; exit 1
+  fi
+  rm -f "$err"
+  (umask 077 && echo "$TOKEN" > "$DATA/demo.token")
+  echo "== made the admin user demo (its token is in $DATA/demo.token)"
 fi
+BIN=$(cd "$B" && pwd)
+(umask 077 && cat > "$DATA/env" <<ENV
+export URL=$URL TOKEN=$TOKEN
+export LORA_URL=$URL LORA_TOKEN=$TOKEN
+export PATH=$BIN:\$PATH
+ENV
+)
 
 if [ -f "$DATA/lorad.pid" ] && kill -0 "$(cat "$DATA/lorad.pid")" 2>/dev/null; then
   echo "== lorad already running (pid $(cat "$DATA/lorad.pid"))"
@@ -55,6 +70,9 @@ lorad is running (pid $(cat "$DATA/lorad.pid"), log $DATA/lorad.log).
   dashboard:  $URL/
   token:      $TOKEN
   the job:    $URL/#/jobs/$JOB
-  CLI:        export LORA_URL=$URL LORA_TOKEN=$TOKEN; $B/lora ls; $B/lora metrics $JOB
-  stop:       kill \$(cat $DATA/lorad.pid)
+  stop:       make stop
+
+For the README's curl tour and the lora CLI, paste these lines (or run: . $DATA/env):
+$(cat "$DATA/env")
+then: lora ls; lora metrics $JOB; curl -s -H "Authorization: Bearer \$TOKEN" \$URL/v1/jobs
 MSG
