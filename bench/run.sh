@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # make bench: LoRA training throughput of the CPU engine next to PyTorch doing
-# the same step on the same shapes in the same run, plus the OpenBLAS sgemm
-# roofline measured here and now (these machines are noisy: only ratios
-# measured together mean anything).
+# the same step on the same shapes in the same run, plus the sgemm roofline
+# measured here and now (these machines are noisy: only ratios measured
+# together mean anything).
+#
+# The roofline is the best sgemm 2048^3 of every kernel the engine can use on
+# this CPU (each OpenBLAS core type whose instructions it runs, and
+# OpenBLAS's own choice at load), printed next to the engine's automatic
+# choice; every "% sgemm" is against the best. The engine runs its automatic
+# choice (an OPENBLAS_CORETYPE in the environment is set aside for the run),
+# and PyTorch, whose matmuls are OpenBLAS's too, runs with that same core type.
 #
 # Shapes (LoRA r=16 on every linear layer, f32, random tokens):
 #   gpt2-124m preset     4 x 256 tokens per step
@@ -24,9 +31,30 @@ SHAPES=${LR_BENCH_SHAPES:-gpt2 qwen}
 PY=/usr/bin/python3
 mkdir -p "$MODELS"
 
-sg=$("$W" bench --sgemm 2048 --threads "$TH")
-sg_gflops=$(echo "$sg" | $PY -c 'import json,sys; print(json.load(sys.stdin)["gflops"])')
-echo "OpenBLAS sgemm 2048^3, $TH threads: $sg_gflops GFLOP/s (the roofline)"
+if [ -n "${OPENBLAS_CORETYPE:-}" ]; then
+  echo "note: OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE is set here; the bench measures the engine's automatic choice without it"
+  unset OPENBLAS_CORETYPE
+fi
+sg=$("$W" bench --sgemm 2048 --threads "$TH" --kernel all)
+read -r sg_gflops core <<<"$($PY - "$sg" "$TH" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in sys.argv[1].splitlines() if l.strip()]
+auto = next(r for r in rows if r["auto"])
+best = max(rows, key=lambda r: r["gflops"])
+print("sgemm 2048^3, %s threads, every kernel the engine can use on this CPU:" % sys.argv[2], file=sys.stderr)
+seen = set()
+for r in rows:
+    if r["kernel"] in seen:
+        continue
+    seen.add(r["kernel"])
+    tags = [t for t, on in (("the engine's choice", r["auto"]), ("OpenBLAS's own at load", r["requested"] == "default"),
+                            ("best", r is best)) if on]
+    print("  %-22s %-7s %7.1f GFLOP/s  %s" % (r["kernel"], r["isa"], r["gflops"], ", ".join(tags)), file=sys.stderr)
+print("roofline (best): %.1f GFLOP/s (%s); the engine's choice: %.1f GFLOP/s (%s)"
+      % (best["gflops"], best["kernel"], auto["gflops"], auto["kernel"]), file=sys.stderr)
+print(best["gflops"], auto["kernel"].split()[-1])
+PY
+)"
 echo
 
 printf '%-14s %-8s %12s %12s %8s %10s %9s %10s %10s\n' shape batch "lorad tok/s" "torch tok/s" ratio "GFLOP/s" "% sgemm" "lorad RSS" "torch RSS"
@@ -39,17 +67,20 @@ for s in $SHAPES; do
   dir=$MODELS/$preset-f32
   [ -f "$dir/model.safetensors" ] || "$W" mkmodel --arch $arch --preset $preset --seed 1 --dtype f32 --out "$dir" >/dev/null
   ours=$("$W" bench --model "$dir" --batch $bs --seq $T --steps "$STEPS" --threads "$TH" --r 16)
-  theirs=$($PY bench/torch_lora_step.py --preset $preset --batch $bs --seq $T --threads "$TH" --steps "$STEPS" --r 16)
+  theirs=$(OPENBLAS_CORETYPE=$core $PY bench/torch_lora_step.py --preset $preset --batch $bs --seq $T --threads "$TH" --steps "$STEPS" --r 16)
   $PY - "$ours" "$theirs" "$sg_gflops" "$preset" "${bs}x$T" <<'PY'
 import json, sys
 o, t, sg = json.loads(sys.argv[1]), json.loads(sys.argv[2]), float(sys.argv[3])
+if any(c != o["kernel"].split()[-1] for c in t.get("blas", [])):
+    print("warning: PyTorch ran OpenBLAS %s, lorad %s: the ratio compares different kernels" % (t["blas"], o["kernel"]))
 print("%-14s %-8s %12.0f %12.0f %7.2fx %10.1f %8.0f%% %8.0f MB %8.0f MB" % (
     sys.argv[4], sys.argv[5], o["tokens_per_s"], t["tokens_per_s"], o["tokens_per_s"] / t["tokens_per_s"],
     o["gflops"], 100 * o["gflops"] / sg, o["peak_rss_mb"], t["peak_rss_mb"]))
 PY
 done
 echo
-echo "ratio = lorad tokens/s over PyTorch $($PY -c 'import torch; print(torch.__version__)') tokens/s (same shapes, threads, LoRA r=16 all-linear)"
+echo "ratio = lorad tokens/s over PyTorch $($PY -c 'import torch; print(torch.__version__)') tokens/s (same shapes, threads, LoRA r=16 all-linear, OpenBLAS $core on both)"
+echo "% sgemm = lorad GFLOP/s over the best sgemm above"
 echo "FLOPs/token = 4 x matmul weights (lm_head included) + 6 x layers x heads x head_dim x (T+1)"
 if [ "${LR_BENCH_SKIP_HTTP:-0}" != 1 ] && [ -x bench/http_load.sh ]; then
   echo

@@ -4,7 +4,9 @@ step (forward, backward, AdamW on the adapters) on the same architecture,
 shapes and batch as lorad, written the way PEFT + transformers run it (frozen
 base Linear layers, LoRA A/B beside them, full-vocab logits then
 cross-entropy). On the CPU (`make bench`): f32, eager attention, lorad's
-thread count. On a GPU (`--device cuda --dtype bf16`, `make bench-gpu`): bf16
+thread count, and OpenBLAS (torch's matmul library here) on the core type
+`make bench` gives it through OPENBLAS_CORETYPE, the engine's choice; the
+output's "blas" names the core type of each OpenBLAS this process loaded. On a GPU (`--device cuda --dtype bf16`, `make bench-gpu`): bf16
 base weights and f32 adapters as PEFT keeps them (the LoRA path computed in
 f32 and cast back), RMSNorm in f32 as transformers does, attention through
 torch's scaled_dot_product_attention (transformers' default "sdpa"). Prints
@@ -14,6 +16,7 @@ one JSON line: {"tokens_per_s": ..., "step_s": ..., "peak_rss_mb": ...,
 usage: torch_lora_step.py --preset gpt2-124m|qwen2.5-0.5b|llama-3-8b|tiny --batch B --seq T
                           [--threads 2] [--steps 3] [--r 16] [--device cpu|cuda] [--dtype f32|bf16]"""
 import argparse
+import ctypes
 import json
 import math
 import resource
@@ -166,6 +169,20 @@ class Model(nn.Module):
                                ignore_index=-100)
 
 
+def blas_cores():
+    """Core types of the OpenBLAS copies torch loaded (Debian's torch links
+    libopenblas.so.0 and libblas.so.3, two copies of OpenBLAS)."""
+    cores = []
+    for lib in ("libopenblas.so.0", "libblas.so.3"):
+        try:
+            f = ctypes.CDLL(lib).openblas_get_corename
+        except (OSError, AttributeError):
+            continue
+        f.restype = ctypes.c_char_p
+        cores.append(f().decode())
+    return cores
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", required=True, choices=sorted(PRESETS))
@@ -210,6 +227,8 @@ def main():
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 1048576
         out["gpu"] = torch.cuda.get_device_name()
         out["torch"] = torch.__version__
+    else:
+        out["blas"] = blas_cores()
     print(json.dumps(out))
 
 
