@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
@@ -19,6 +20,7 @@
 
 #include "common/buf.h"
 #include "daemon/models.h"
+#include "daemon/sched.h"
 #include "daemon/sha256.h"
 #include "daemon/upload.h"
 #include "proto/jobspec.h"
@@ -59,6 +61,7 @@ static void h_dataset_delete(ctx *c);
 static void h_dataset_preview(ctx *c);
 static void h_models_list(ctx *c);
 static void h_model_get(ctx *c);
+static void h_model_delete(ctx *c);
 static void h_job_create(ctx *c);
 static void h_jobs_list(ctx *c);
 static void h_job_get(ctx *c);
@@ -86,6 +89,7 @@ static const route routes[] = {
     {"GET", "/v1/datasets/{id}/preview", h_dataset_preview, 1},
     {"GET", "/v1/models", h_models_list, 1},
     {"GET", "/v1/models/{id}", h_model_get, 1},
+    {"DELETE", "/v1/models/{id}", h_model_delete, 1},
     {"POST", "/v1/jobs", h_job_create, 1},
     {"GET", "/v1/jobs", h_jobs_list, 1},
     {"GET", "/v1/jobs/{id}", h_job_get, 1},
@@ -304,6 +308,73 @@ static int authenticate(ctx *c) {
     return 0;
 }
 
+/* ---- who sees what ---- */
+
+/* visibility: private hides from a non-admin what is neither theirs nor
+ * shared with them (`lorad share`); team, the default, hides nothing. What
+ * is hidden answers 404 exactly as if it did not exist, so an id does not
+ * even tell that it is someone else's. */
+static int private_view(ctx *c) { return !c->user.admin && !strcmp(c->a->env.cfg->visibility, "private"); }
+
+/* owner "": a model without owner (a base model), which everyone sees. */
+static int can_see(ctx *c, const char *kind, const char *id, const char *owner) {
+    return !private_view(c) || !owner[0] || !strcmp(owner, c->user.name) || store_shared(c->st, kind, id, c->user.name);
+}
+
+/* The dataset if the caller may see it (d and *obj as store_dataset_get);
+ * else answers 404 (or the store's error) and returns -1. */
+static int visible_dataset(ctx *c, const char *id, store_dataset *d, json_t **obj) {
+    store_dataset own;
+    lr_err e = {0};
+    if (!d) d = &own;
+    if (store_dataset_get(c->st, id, d, obj, &e)) {
+        fail_err(c, &e);
+        return -1;
+    }
+    if (can_see(c, "dataset", id, d->user)) return 0;
+    if (obj) json_decref(*obj);
+    fail(c, 404, "not_found", NULL, "no dataset with id '%s'", id);
+    return -1;
+}
+
+/* 0 when model name is registered and the caller may see it; else fills e
+ * (LR_E_NOTFOUND for a hidden model too). */
+static int visible_model(ctx *c, const char *name, lr_err *e) {
+    char owner[64];
+    if (store_model_owner(c->st, name, owner, sizeof owner, e)) return -1;
+    if (can_see(c, "model", name, owner)) return 0;
+    return lr_errp(e, LR_E_NOTFOUND, "model", "no model named '%s' is registered", name);
+}
+
+/* The job object if the caller may see it; else answers 404 and NULL. */
+static json_t *visible_job(ctx *c, const char *id) {
+    lr_err e = {0};
+    json_t *j = store_job_get(c->st, id, &e);
+    if (!j) {
+        fail_err(c, &e);
+        return NULL;
+    }
+    const char *owner = json_string_value(json_object_get(j, "user"));
+    if (can_see(c, "job", id, owner ? owner : "")) return j;
+    json_decref(j);
+    fail(c, 404, "not_found", NULL, "no job with id '%s'", id);
+    return NULL;
+}
+
+/* Error texts from files name them by the server's paths; a user knows
+ * them by id: each occurrence of path in msg becomes name. */
+static void path_to_name(char *msg, size_t cap, const char *path, const char *name) {
+    size_t pl = strlen(path), nl = strlen(name);
+    char *p;
+    if (!pl) return;
+    while ((p = strstr(msg, path))) {
+        size_t tail = strlen(p + pl);
+        if ((size_t)(p - msg) + nl + tail >= cap) break;
+        memmove(p + nl, p + pl, tail + 1);
+        memcpy(p, name, nl);
+    }
+}
+
 /* ---- routing ---- */
 
 /* Matches a path against a pattern, capturing {params}. */
@@ -389,6 +460,8 @@ done:
     observe(a, r, rs->status, (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
 }
 
+static int disk_ok(ctx *c);
+
 int api_precheck(api *a, const char *method, const char *path, const char *authorization, char *user, size_t cap,
                  api_resp *rs) {
     api_req rq = {.method = method, .path = path, .authorization = authorization};
@@ -397,7 +470,8 @@ int api_precheck(api *a, const char *method, const char *path, const char *autho
     user[0] = 0;
     int r, found = route_find(&c, &r);
     if (found == 1) return 0;
-    if (found == 0 && open_and_auth(&c, r) == 0) {
+    /* An upload is refused for a full disk before its body is stored. */
+    if (found == 0 && open_and_auth(&c, r) == 0 && (!api_streams_body(method, path) || disk_ok(&c))) {
         if (routes[r].auth) snprintf(user, cap, "%s", c.user.name);
         return 0;
     }
@@ -657,23 +731,18 @@ static void h_datasets_list(ctx *c) {
     const char *after;
     if (qint(c, "limit", 20, 1, 1000, &limit) || qtoken(c, "after", &after)) return;
     lr_err e = {0};
-    reply(c, store_datasets_list(c->st, (int)limit, after, &e), &e);
+    reply(c, store_datasets_list(c->st, (int)limit, after, private_view(c) ? c->user.name : NULL, &e), &e);
 }
 
 static void h_dataset_get(ctx *c) {
     json_t *o = NULL;
-    lr_err e = {0};
-    if (store_dataset_get(c->st, c->p[0], NULL, &o, &e)) fail_err(c, &e);
-    else set_json(c->rs, 200, o);
+    if (!visible_dataset(c, c->p[0], NULL, &o)) set_json(c->rs, 200, o);
 }
 
 static void h_dataset_delete(ctx *c) {
     store_dataset d;
     lr_err e = {0};
-    if (store_dataset_get(c->st, c->p[0], &d, NULL, &e)) {
-        fail_err(c, &e);
-        return;
-    }
+    if (visible_dataset(c, c->p[0], &d, NULL)) return;
     if (!c->user.admin && strcmp(d.user, c->user.name)) {
         fail(c, 403, "forbidden", NULL, "dataset %s belongs to %s; only its owner or an admin can delete it", d.id, d.user);
         return;
@@ -688,13 +757,17 @@ static void h_dataset_delete(ctx *c) {
 
 /* Rows as the model will see them: each rendered through the chat template,
  * cut into runs of trained and untrained tokens. */
-static json_t *preview_rendered(ctx *c, const data_file *f, int n, const char *model, lr_err *e) {
+static json_t *preview_rendered(ctx *c, const data_file *f, int n, const char *model, chat_tpl *tpl, lr_err *e) {
     char dir[1024];
     tok *t = NULL;
     json_t *rows = NULL;
-    if (store_model_dir(c->st, model, dir, sizeof dir, e)) return NULL;
+    if (visible_model(c, model, e) || store_model_dir(c->st, model, dir, sizeof dir, e)) return NULL;
     chat ch;
-    if (tok_load(dir, &t, e) || chat_init(&ch, t, TPL_AUTO, dir, e)) goto out;
+    if (tok_load(dir, &t, e) || chat_init(&ch, t, *tpl, dir, e)) {
+        path_to_name(e->msg, sizeof e->msg, dir, model);
+        goto out;
+    }
+    *tpl = ch.kind;
     rows = json_array();
     for (int i = 0; i < n && (size_t)i < f->n_rows; i++) {
         const data_row *r = &f->rows[i];
@@ -731,25 +804,45 @@ out:
     return rows;
 }
 
+/* The preview's chat_template query parameter: a job spec's template name. */
+static int template_arg(ctx *c, const char *name, const char *model, chat_tpl *out) {
+    char names[128] = "";
+    for (int t = TPL_AUTO; t <= TPL_PLAIN; t++) {
+        if (!strcmp(name, jobspec_template_name((chat_tpl)t))) *out = (chat_tpl)t;
+        size_t k = strlen(names);
+        snprintf(names + k, sizeof names - k, "%s%s", t ? ", " : "", jobspec_template_name((chat_tpl)t));
+    }
+    if (strcmp(name, jobspec_template_name(*out))) {
+        fail(c, 400, "invalid_request", "chat_template", "chat_template must be one of %s, not '%s'", names, name);
+        return 0;
+    }
+    if (!model) {
+        fail(c, 400, "invalid_request", "chat_template", "chat_template renders rows with a model's tokenizer: "
+                                                         "give model too");
+        return 0;
+    }
+    return 1;
+}
+
 static void h_dataset_preview(ctx *c) {
     store_dataset d;
     lr_err e = {0};
     long long n;
-    const char *model;
-    if (qint(c, "n", 5, 1, 100, &n) || qtoken(c, "model", &model)) return;
-    if (store_dataset_get(c->st, c->p[0], &d, NULL, &e)) {
-        fail_err(c, &e);
-        return;
-    }
+    const char *model, *tpl_name;
+    if (qint(c, "n", 5, 1, 100, &n) || qtoken(c, "model", &model) || qtoken(c, "chat_template", &tpl_name)) return;
+    chat_tpl tpl = TPL_AUTO; /* as a job with this template would render the rows */
+    if (tpl_name && !template_arg(c, tpl_name, model, &tpl)) return;
+    if (visible_dataset(c, c->p[0], &d, NULL)) return;
     data_file f;
     memset(&f, 0, sizeof f);
     if (data_load_head(d.path, n, &f, &e)) { /* only the rows shown: a preview costs the same on any size */
+        path_to_name(e.msg, sizeof e.msg, d.path, d.id);
         fail(c, 500, "internal", NULL, "reading dataset %s: %s", d.id, e.msg);
         return;
     }
     json_t *rows;
     if (model) {
-        rows = preview_rendered(c, &f, (int)n, model, &e);
+        rows = preview_rendered(c, &f, (int)n, model, &tpl, &e);
         if (!rows) {
             data_file_free(&f);
             if (e.code == LR_E_NOTFOUND) fail(c, 400, "invalid_request", "model", "%s", e.msg);
@@ -772,8 +865,10 @@ static void h_dataset_preview(ctx *c) {
             json_array_append_new(rows, json_pack("{s:i, s:o}", "line", r->line, "messages", msgs));
         }
     }
-    set_json(c->rs, 200, json_pack("{s:s, s:s, s:I, s:o}", "object", "dataset.preview", "id", d.id, "rows_total",
-                                   (json_int_t)d.rows, "rows", rows));
+    json_t *o = json_pack("{s:s, s:s, s:I, s:o}", "object", "dataset.preview", "id", d.id, "rows_total",
+                          (json_int_t)d.rows, "rows", rows);
+    if (o && model) json_object_set_new(o, "chat_template", json_string(jobspec_template_name(tpl)));
+    set_json(c->rs, 200, o);
     data_file_free(&f);
 }
 
@@ -781,12 +876,12 @@ static void h_dataset_preview(ctx *c) {
 
 static void h_models_list(ctx *c) {
     lr_err e = {0};
-    reply(c, store_models_list(c->st, &e), &e);
+    reply(c, store_models_list(c->st, private_view(c) ? c->user.name : NULL, &e), &e);
 }
 
 static void h_model_get(ctx *c) {
     lr_err e = {0};
-    json_t *l = store_models_list(c->st, &e);
+    json_t *l = store_models_list(c->st, private_view(c) ? c->user.name : NULL, &e);
     if (!l) {
         fail_err(c, &e);
         return;
@@ -804,14 +899,55 @@ static void h_model_get(ctx *c) {
     fail(c, 404, "not_found", NULL, "no model named '%s' is registered", c->p[0]);
 }
 
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    remove(p);
+    return 0;
+}
+
+/* Unregisters a model: its owner or an admin; one without owner (an
+ * operator's `lorad model add`) only an admin. A folder lorad made under
+ * <data_dir>/models (a merge) is removed; an operator's folder stays. */
+static void h_model_delete(ctx *c) {
+    lr_err e = {0};
+    char owner[64], dir[1024];
+    const char *name = c->p[0];
+    if (store_model_owner(c->st, name, owner, sizeof owner, &e)) {
+        fail_err(c, &e);
+        return;
+    }
+    if (!can_see(c, "model", name, owner)) {
+        fail(c, 404, "not_found", NULL, "no model named '%s' is registered", name);
+        return;
+    }
+    if (!c->user.admin && strcmp(owner, c->user.name)) {
+        fail(c, 403, "forbidden", NULL, "model %s %s%s; only %s can delete it", name,
+             owner[0] ? "belongs to " : "was registered by lorad's operator", owner, owner[0] ? "its owner or an admin"
+                                                                                             : "an admin");
+        return;
+    }
+    if (store_model_delete(c->st, name, dir, sizeof dir, &e)) {
+        fail_err(c, &e);
+        return;
+    }
+    char models[1100], *root = NULL;
+    snprintf(models, sizeof models, "%s/models", c->a->env.cfg->data_dir);
+    root = realpath(models, NULL);
+    size_t rl = root ? strlen(root) : 0;
+    if (root && !strncmp(dir, root, rl) && dir[rl] == '/' && !strchr(dir + rl + 1, '/') && strcmp(dir + rl + 1, ".."))
+        nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    free(root);
+    set_json(c->rs, 200, json_pack("{s:s, s:s, s:b}", "id", name, "object", "model", "deleted", 1));
+}
+
 /* ---- jobs ---- */
 
 /* Checks that the spec's model and datasets exist; the ids become paths
  * only in the loop, from the database. */
 static int check_refs(ctx *c, const jobspec *s, const char *prefix) {
-    char dir[1024], param[160];
+    char param[160];
     lr_err e = {0};
-    if (store_model_dir(c->st, s->model, dir, sizeof dir, &e)) {
+    if (visible_model(c, s->model, &e)) {
         snprintf(param, sizeof param, "%smodel", prefix);
         if (e.code == LR_E_NOTFOUND)
             fail(c, 400, "model_not_found", param, "no model named '%s' is registered (GET /v1/models lists them)", s->model);
@@ -821,9 +957,10 @@ static int check_refs(ctx *c, const jobspec *s, const char *prefix) {
     for (int i = 0; i < s->n_training_files + (s->validation_file[0] ? 1 : 0); i++) {
         const char *id = i < s->n_training_files ? s->training_files[i].name : s->validation_file;
         store_dataset d;
-        if (store_dataset_get(c->st, id, &d, NULL, &e)) {
+        int bad = store_dataset_get(c->st, id, &d, NULL, &e);
+        if (bad || !can_see(c, "dataset", id, d.user)) {
             snprintf(param, sizeof param, "%s%s", prefix, i < s->n_training_files ? "training_file" : "validation_file");
-            if (e.code == LR_E_NOTFOUND) fail(c, 400, "dataset_not_found", param, "no dataset with id '%s'", id);
+            if (!bad || e.code == LR_E_NOTFOUND) fail(c, 400, "dataset_not_found", param, "no dataset with id '%s'", id);
             else fail_err(c, &e);
             return -1;
         }
@@ -833,6 +970,22 @@ static int check_refs(ctx *c, const jobspec *s, const char *prefix) {
             fail(c, 400, "invalid_request", param, "dataset %s holds %s rows; method %s needs %s", id, d.kind,
                  jobspec_method_name(s->method.type), s->method.type == METHOD_DPO ? "prompt/chosen/rejected rows"
                                                                                  : "SFT rows, not preference pairs");
+            return -1;
+        }
+    }
+    /* dpo's reference adapter and an eval's adapter are other jobs' results. */
+    const char *const refs[2][2] = {{s->method.reference_adapter, "method.reference_adapter"},
+                                    {s->method.adapter, "method.adapter"}};
+    for (int i = 0; i < 2 && private_view(c); i++) {
+        if (!refs[i][0][0]) continue;
+        json_t *j = store_job_get(c->st, refs[i][0], &e);
+        const char *owner = json_string_value(json_object_get(j, "user"));
+        int ok = owner && can_see(c, "job", refs[i][0], owner);
+        json_decref(j);
+        lr_err_clear(&e);
+        if (!ok) {
+            snprintf(param, sizeof param, "%s%s", prefix, refs[i][1]);
+            fail(c, 400, "invalid_request", param, "no job with id '%s'", refs[i][0]);
             return -1;
         }
     }
@@ -869,6 +1022,38 @@ static int priority_ok(ctx *c, const jobspec *s, const char *param) {
     return 0;
 }
 
+/* A job that no configured worker could ever run is refused, not queued to
+ * wait forever. */
+static int device_ok(ctx *c, const jobspec *s, const char *param) {
+    const lorad_config *cfg = c->a->env.cfg;
+    sched_wstate w[CONFIG_MAX_WORKERS];
+    for (int i = 0; i < cfg->n_workers; i++) w[i] = (sched_wstate){cfg->workers[i].backend, "idle"};
+    char why[400];
+    const char *dev = jobspec_device_name(s->device);
+    if (sched_wait_reason(dev, w, cfg->n_workers, why, sizeof why) != 2) return 1;
+    fail(c, 400, "invalid_request", param, "%s: ask for device any%s, or have an admin start lorad with a "
+         "worker for it (--workers)", why, s->device == DEV_CUDA ? " or cpu" : "");
+    return 0;
+}
+
+/* sched_wait_reason over the workers as lorad last recorded them. */
+static int workers_wait_reason(ctx *c, const char *device, char *buf, size_t cap) {
+    lr_err e = {0};
+    json_t *l = store_workers_list(c->st, &e), *o;
+    sched_wstate w[CONFIG_MAX_WORKERS];
+    int n = 0;
+    size_t i;
+    json_array_foreach(json_object_get(l, "data"), i, o) {
+        if (n == CONFIG_MAX_WORKERS) break;
+        w[n] = (sched_wstate){json_string_value(json_object_get(o, "backend")),
+                              json_string_value(json_object_get(o, "status"))};
+        if (w[n].backend && w[n].status) n++;
+    }
+    int rc = sched_wait_reason(device, w, n, buf, cap);
+    json_decref(l);
+    return rc;
+}
+
 /* The per-user limits on submitting n more jobs (a sweep counts its
  * points): queued jobs and jobs per minute. Called inside the submission's
  * transaction, so two submissions at once cannot both pass on one count. */
@@ -903,6 +1088,16 @@ static int admit(ctx *c, int n) {
     return 1;
 }
 
+/* Adds waiting_reason: why a queued job has no worker yet, else null. */
+static json_t *job_with_wait(ctx *c, json_t *job) {
+    char why[400];
+    const char *dev = json_string_value(json_object_get(job, "device")),
+               *st = json_string_value(json_object_get(job, "status"));
+    int waits = dev && st && !strcmp(st, "queued") && workers_wait_reason(c, dev, why, sizeof why);
+    if (job) json_object_set_new(job, "waiting_reason", waits ? json_string(why) : json_null());
+    return job;
+}
+
 static void h_job_create(ctx *c) {
     if (!disk_ok(c)) return;
     json_t *o = body_object(c);
@@ -919,7 +1114,7 @@ static void h_job_create(ctx *c) {
         fail(c, 400, "invalid_request", e.param, "%s", e.msg);
         goto out;
     }
-    if (!priority_ok(c, s, "priority")) goto out;
+    if (!priority_ok(c, s, "priority") || !device_ok(c, s, "device")) goto out;
     if (store_begin(c->st, &e)) {
         fail_err(c, &e);
         goto out;
@@ -931,8 +1126,13 @@ static void h_job_create(ctx *c) {
         goto out;
     }
     in_tx = 0;
+    char why[400];
+    /* said once in its events when no worker that could run it is alive */
+    if (workers_wait_reason(c, jobspec_device_name(s->device), why, sizeof why) == 2 &&
+        store_event_add(c->st, id, "warning", why, &e))
+        e.msg[0] = 0; /* the job is queued; a lost note is not worth failing it */
     wake(c);
-    reply(c, store_job_get(c->st, id, &e), &e);
+    reply(c, job_with_wait(c, store_job_get(c->st, id, &e)), &e);
 out:
     if (in_tx) store_rollback(c->st);
     free(s);
@@ -955,6 +1155,14 @@ static void h_jobs_list(ctx *c) {
             return;
         }
     }
+    /* private: a user lists their own jobs (shared ones are reached by id). */
+    if (private_view(c)) {
+        if (user && strcmp(user, c->user.name)) {
+            set_json(c->rs, 200, json_pack("{s:s, s:[], s:b}", "object", "list", "data", "has_more", 0));
+            return;
+        }
+        user = c->user.name;
+    }
     lr_err e = {0};
     size_t len = 0;
     char *body = store_jobs_list_text(c->st, status, user, sweep, (int)limit, after, &len, &e);
@@ -971,13 +1179,16 @@ static void h_jobs_list(ctx *c) {
 }
 
 static void h_job_get(ctx *c) {
-    lr_err e = {0};
-    reply(c, store_job_get(c->st, c->p[0], &e), &e);
+    json_t *j = visible_job(c, c->p[0]);
+    if (j) set_json(c->rs, 200, job_with_wait(c, j));
 }
 
 static void h_job_cancel(ctx *c) {
     lr_err e = {0};
     int running = 0;
+    json_t *j = visible_job(c, c->p[0]);
+    if (!j) return;
+    json_decref(j);
     if (store_job_cancel(c->st, c->p[0], &c->user, &running, &e)) {
         fail_err(c, &e);
         return;
@@ -986,16 +1197,12 @@ static void h_job_cancel(ctx *c) {
     reply(c, store_job_get(c->st, c->p[0], &e), &e);
 }
 
-/* The job must exist before any of its sub-resources is read. */
+/* The job must exist, and be one the caller may see, before any of its
+ * sub-resources is read. */
 static int job_exists(ctx *c) {
-    lr_err e = {0};
-    json_t *j = store_job_get(c->st, c->p[0], &e);
-    if (!j) {
-        fail_err(c, &e);
-        return 0;
-    }
+    json_t *j = visible_job(c, c->p[0]);
     json_decref(j);
-    return 1;
+    return j != NULL;
 }
 
 static void h_job_metrics(ctx *c) {
@@ -1177,11 +1384,8 @@ static int runner_ready(ctx *c) {
 
 static void h_job_generate(ctx *c) {
     lr_err e = {0};
-    json_t *job = store_job_get(c->st, c->p[0], &e), *o = NULL, *out = NULL;
-    if (!job) {
-        fail_err(c, &e);
-        return;
-    }
+    json_t *job = visible_job(c, c->p[0]), *o = NULL, *out = NULL;
+    if (!job) return;
     if (!(o = body_object(c))) goto out;
     runner_gen g = {.max_new_tokens = 128, .top_p = 1.0};
     const char *k;
@@ -1253,11 +1457,8 @@ static void default_merge_name(const json_t *job, char *out, size_t cap) {
 
 static void h_job_merge(ctx *c) {
     lr_err e = {0};
-    json_t *job = store_job_get(c->st, c->p[0], &e), *o = NULL;
-    if (!job) {
-        fail_err(c, &e);
-        return;
-    }
+    json_t *job = visible_job(c, c->p[0]), *o = NULL;
+    if (!job) return;
     const char *name = NULL, *k;
     json_t *v;
     if (c->rq->body_len) { /* the body is optional */
@@ -1301,7 +1502,14 @@ static void h_job_merge(ctx *c) {
     runner_merge m = {.job_id = c->p[0], .name = name};
     if (t.full) m.tuned_model_dir = t.run_dir;
     else m.model_dir = t.model_dir, m.adapter_dir = t.run_dir;
+    /* The model the merge registers belongs to the job's owner. */
+    if (store_model_merge_begin(c->st, name, owner ? owner : c->user.name, c->p[0], &e)) {
+        fail_err(c, &e);
+        goto out;
+    }
     if (runner_merge_start(c->a->env.runner, &m, &e)) {
+        lr_err e2 = {0};
+        if (store_model_merge_end(c->st, name, &e2)) e2.msg[0] = 0; /* a stale record only names an owner */
         if (e.code == LR_E_BUSY) fail(c, 503, "unavailable", NULL, "%s", e.msg);
         else fail_err(c, &e);
         goto out;
@@ -1427,7 +1635,7 @@ static void h_sweep_create(ctx *c) {
             fail(c, 400, "invalid_request", param, "sweep point %zu: %s", pt, e.msg);
             goto out;
         }
-        if (!priority_ok(c, s, "template.priority")) goto out;
+        if (!priority_ok(c, s, "template.priority") || !device_ok(c, s, "template.device")) goto out;
         char name[128];
         snprintf(name, sizeof name, "%.100s-%s", s->name[0] ? s->name : sweep_id, suffix);
         snprintf(s->name, sizeof s->name, "%s", name);
@@ -1451,7 +1659,14 @@ out:
 
 static void h_sweep_get(ctx *c) {
     lr_err e = {0};
-    reply(c, store_sweep_get(c->st, c->p[0], &e), &e);
+    json_t *sw = store_sweep_get(c->st, c->p[0], &e);
+    const char *owner = json_string_value(json_object_get(sw, "user"));
+    if (sw && private_view(c) && strcmp(owner ? owner : "", c->user.name)) { /* sweeps are not shared */
+        json_decref(sw);
+        fail(c, 404, "not_found", NULL, "no sweep with id '%s'", c->p[0]);
+        return;
+    }
+    reply(c, sw, &e);
 }
 
 static void h_workers(ctx *c) {
