@@ -81,6 +81,8 @@ int lora_cmd_ds_upload(cli_ctx *c) {
         fprintf(stderr, "uploaded %s: %.0f rows, %s, %s %s\n", file, cli_jnum(r, "rows"), b, cli_jstr(r, "format", "?"),
                 cli_jstr(r, "kind", ""));
     }
+    /* on stderr with --json too: stdout stays the server's object */
+    if (json_is_string(json_object_get(r, "warning"))) fprintf(stderr, "warning: %s\n", cli_jstr(r, "warning", ""));
     json_decref(r);
     return 0;
 }
@@ -135,12 +137,17 @@ int lora_cmd_ds_show(cli_ctx *c) {
 /* Rows as lorad previews them: rendered segments (with --model) where the
  * trained tokens are marked, or the parsed messages. */
 int lora_cmd_ds_preview(cli_ctx *c) {
-    char p[1024], e[256], m[256];
+    char p[1400], e[256], m[256], t[256];
     long long n;
     if (args_int(&c->a, "limit", 3, 1, 100, &n, &c->err)) return cli_usage_fail(c);
-    const char *model = args_get(&c->a, "model", NULL);
-    snprintf(p, sizeof p, "/v1/datasets/%s/preview?n=%lld%s%s", cli_seg(c->a.pos[0], e, sizeof e), n,
-             model ? "&model=" : "", model ? cli_seg(model, m, sizeof m) : "");
+    const char *model = args_get(&c->a, "model", NULL), *tpl = args_get(&c->a, "chat-template", NULL);
+    if (tpl && !model) {
+        lr_errf(&c->err, "--chat-template renders rows with a model's tokenizer: give --model too");
+        return cli_usage_fail(c);
+    }
+    snprintf(p, sizeof p, "/v1/datasets/%s/preview?n=%lld%s%s%s%s", cli_seg(c->a.pos[0], e, sizeof e), n,
+             model ? "&model=" : "", model ? cli_seg(model, m, sizeof m) : "", tpl ? "&chat_template=" : "",
+             tpl ? cli_seg(tpl, t, sizeof t) : "");
     json_t *r;
     if (http_json(&c->h, "GET", p, NULL, &r, &c->err)) return cli_srv_fail(c);
     if (c->json) {
@@ -171,8 +178,12 @@ int lora_cmd_ds_preview(cli_ctx *c) {
                    strcmp(part, "prompt") ? part : "", tr ? on : "", cli_jstr(x, "content", ""), tr ? off : "");
         }
     }
-    fprintf(stderr, "%zu of %lld rows%s\n", json_array_size(rows), (long long)json_integer_value(json_object_get(r, "rows_total")),
-            model ? "" : " (add --model M to see them through its chat template)");
+    if (model)
+        fprintf(stderr, "%zu of %lld rows, chat template %s\n", json_array_size(rows),
+                (long long)json_integer_value(json_object_get(r, "rows_total")), cli_jstr(r, "chat_template", "?"));
+    else
+        fprintf(stderr, "%zu of %lld rows (add --model M to see them through its chat template)\n", json_array_size(rows),
+                (long long)json_integer_value(json_object_get(r, "rows_total")));
     json_decref(r);
     return 0;
 }
@@ -195,6 +206,23 @@ int lora_cmd_ds_rm(cli_ctx *c) {
 }
 
 /* ---- models, workers ---- */
+
+int lora_cmd_models_rm(cli_ctx *c) {
+    int code = 0;
+    for (int i = 0; i < c->a.npos; i++) {
+        char p[512], e[256];
+        json_t *r;
+        snprintf(p, sizeof p, "/v1/models/%s", cli_seg(c->a.pos[i], e, sizeof e));
+        if (http_json(&c->h, "DELETE", p, NULL, &r, &c->err)) {
+            code = cli_srv_fail(c);
+            continue;
+        }
+        if (c->json) cli_print_json(r);
+        else printf("deleted model %s\n", c->a.pos[i]);
+        json_decref(r);
+    }
+    return code;
+}
 
 int lora_cmd_models(cli_ctx *c) {
     json_t *list;

@@ -50,6 +50,8 @@ static const arg_opt global_opts[] = {
 static const arg_opt upload_opts[] = {{"name", 0, ARG_VALUE, "N", "the dataset's name (default: the file name)"}, {0}};
 static const arg_opt preview_opts[] = {
     {"model", 0, ARG_VALUE, "M", "render with this model's chat template"},
+    {"chat-template", 0, ARG_VALUE, "T", "render with this template instead, as a job's chat_template would "
+                                         "(auto, chatml, llama3, mistral, alpaca, plain)"},
     {"limit", 'n', ARG_VALUE, "N", "rows to show (default 3)"},
     {0}};
 static const arg_opt submit_opts[] = {
@@ -103,9 +105,10 @@ static const command commands[] = {
     {"datasets upload", lora_cmd_ds_upload, 1, 1, "FILE [--name N]", "upload a JSONL/CSV dataset (validated by the server)", upload_opts},
     {"datasets ls", lora_cmd_ds_ls, 0, 0, "", "list datasets", NULL},
     {"datasets show", lora_cmd_ds_show, 1, 1, "ID", "a dataset's details and statistics", NULL},
-    {"datasets preview", lora_cmd_ds_preview, 1, 1, "ID [--model M] [-n N]", "rows as the model will see them", preview_opts},
+    {"datasets preview", lora_cmd_ds_preview, 1, 1, "ID [--model M [--chat-template T]] [-n N]", "rows as the model will see them", preview_opts},
     {"datasets rm", lora_cmd_ds_rm, 1, ARGS_MAX_POS, "ID...", "delete datasets", NULL},
-    {"models ls", lora_cmd_models, 0, 0, "", "list the base models the admin registered", NULL},
+    {"models ls", lora_cmd_models, 0, 0, "", "list the models you can use (base models, merged ones)", NULL},
+    {"models rm", lora_cmd_models_rm, 1, ARGS_MAX_POS, "NAME...", "unregister models (their owner or an admin)", NULL},
     {"submit", lora_cmd_submit, 1, 1, "JOB.yaml|JOB.json [--set K=V ...] [--watch]", "submit a job; prints its id", submit_opts},
     {"ls", lora_cmd_ls, 0, 0, "[--status S] [--user U] [--sweep ID]", "list jobs", ls_opts},
     {"show", lora_cmd_show, 1, 1, "ID", "a job's details and full spec", NULL},

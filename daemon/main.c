@@ -13,6 +13,7 @@
 #include "daemon/models.h"
 #include "daemon/sha256.h"
 #include "daemon/store.h"
+#include "daemon/upload.h"
 #include "daemon/super.h"
 
 /* Side-by-side generations (POST /v1/jobs/{id}/generate): at most this many
@@ -30,6 +31,10 @@ static void usage(FILE *f) {
             "       lorad user add NAME [--admin]               create a user; prints its API token once\n"
             "       lorad model add NAME DIR                    register a Hugging Face model directory\n"
             "       lorad model ls                              list registered models\n"
+            "       lorad backup FILE                           copy the database, also while lorad runs\n"
+            "       lorad restore FILE                          make --data-dir's database from a backup\n"
+            "       lorad share|unshare KIND ID USER            visibility private: let USER see and use a\n"
+            "                                                   dataset, job or model (KIND) of another user\n"
             "\n"
             "Every command takes --config FILE (YAML, flat keys as below) and the settings as\n"
             "flags; flags win over the file. Settings:\n");
@@ -168,7 +173,9 @@ static int cmd_model_add(const lorad_config *c, const char *name, const char *di
         goto out;
     }
     if (open_db(c, db, sizeof db, &st)) goto out;
-    if (store_model_add(st, name, dir, info, &e)) fprintf(stderr, "lorad: %s\n", e.msg);
+    /* An operator's model has no owner, whatever a failed merge left. */
+    if (store_model_merge_end(st, name, &e) || store_model_add(st, name, dir, info, &e))
+        fprintf(stderr, "lorad: %s\n", e.msg);
     else {
         printf("registered model %s (%s, %lld layers, hidden %lld) from %s\n", name,
                json_string_value(json_object_get(info, "architecture")),
@@ -188,7 +195,7 @@ static int cmd_model_ls(const lorad_config *c) {
     char db[1100];
     if (open_db(c, db, sizeof db, &st)) return 2;
     lr_err e = {0};
-    json_t *l = store_models_list(st, &e);
+    json_t *l = store_models_list(st, NULL, &e);
     store_close(st);
     if (!l) {
         fprintf(stderr, "lorad: %s\n", e.msg);
@@ -205,11 +212,62 @@ static int cmd_model_ls(const lorad_config *c) {
     return 0;
 }
 
+/* The database only: datasets/, runs/ and models/ are plain files the
+ * operator copies beside it (README, "Backups"). */
+static int cmd_backup(const lorad_config *c, const char *file) {
+    store *st = NULL;
+    char db[1100];
+    if (open_db(c, db, sizeof db, &st)) return 2;
+    lr_err e = {0};
+    int rc = store_backup(st, file, c->data_dir, &e);
+    store_close(st);
+    if (rc) {
+        fprintf(stderr, "lorad: backup to %s failed: %s\n", file, e.msg);
+        return 2;
+    }
+    printf("backed up %s to %s\n", db, file);
+    return 0;
+}
+
+static int cmd_restore(const lorad_config *c, const char *file) {
+    lr_err e = {0};
+    store *st = NULL;
+    char db[1100];
+    if (lr_mkdirs(c->data_dir, &e) || store_restore(file, c->data_dir, &e)) {
+        fprintf(stderr, "lorad: restore from %s failed: %s\n", file, e.msg);
+        return 2;
+    }
+    /* A backup of an older lorad gets this one's schema now. */
+    if (open_db(c, db, sizeof db, &st)) return 2;
+    store_close(st);
+    printf("restored %s from %s\n", db, file);
+    return 0;
+}
+
+static int cmd_share(const lorad_config *c, int on, const char *kind, const char *id, const char *user) {
+    store *st = NULL;
+    char db[1100];
+    if (open_db(c, db, sizeof db, &st)) return 2;
+    lr_err e = {0};
+    int rc = store_share(st, kind, id, user, on, &e);
+    store_close(st);
+    if (rc) {
+        fprintf(stderr, "lorad: %s\n", e.msg);
+        return e.code == LR_E_INVALID ? 1 : 2;
+    }
+    printf("%s %s %s %s %s\n", on ? "shared" : "unshared", kind, id, on ? "with" : "from", user);
+    if (strcmp(c->visibility, "private"))
+        fprintf(stderr, "lorad: note: visibility is %s, where every user sees everything anyway\n", c->visibility);
+    return 0;
+}
+
 static int cmd_serve(const lorad_config *c) {
     char db[1100];
     store *st = NULL;
     if (open_db(c, db, sizeof db, &st)) return 2;
     store_close(st); /* each thread opens its own connection */
+    char tmp[1100];
+    if (!lr_pathf(tmp, sizeof tmp, "%s/tmp", c->data_dir)) upload_sweep(tmp); /* uploads a crash cut short */
     lr_err e = {0};
     super *sv = NULL;
     api *a = NULL;
@@ -255,6 +313,10 @@ int main(int argc, char **argv) {
     if (nrest == 3 && !strcmp(rest[0], "user") && !strcmp(rest[1], "add")) return cmd_user_add(&cfg, rest[2], admin);
     if (nrest == 4 && !strcmp(rest[0], "model") && !strcmp(rest[1], "add")) return cmd_model_add(&cfg, rest[2], rest[3]);
     if (nrest == 2 && !strcmp(rest[0], "model") && !strcmp(rest[1], "ls")) return cmd_model_ls(&cfg);
+    if (nrest == 2 && !strcmp(rest[0], "backup")) return cmd_backup(&cfg, rest[1]);
+    if (nrest == 4 && (!strcmp(rest[0], "share") || !strcmp(rest[0], "unshare")))
+        return cmd_share(&cfg, !strcmp(rest[0], "share"), rest[1], rest[2], rest[3]);
+    if (nrest == 2 && !strcmp(rest[0], "restore")) return cmd_restore(&cfg, rest[1]);
     usage(stderr);
     return 1;
 }

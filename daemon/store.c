@@ -17,7 +17,7 @@
 
 /* Prepared statements are cached by the address of their SQL literal: every
  * query in this file is a string constant, so the pointer is its identity. */
-#define STMT_CACHE 64
+#define STMT_CACHE 128
 
 struct store {
     sqlite3 *db;
@@ -211,6 +211,133 @@ out:
     return rc;
 }
 
+/* ---- backup and restore ---- */
+
+/* src's main database into a new file dest, in one backup step: a
+ * consistent snapshot under a read lock, which in WAL mode does not stop
+ * writers. Written to dest.partial and renamed, so dest is whole or absent;
+ * in rollback-journal mode, so the copy is one self-contained file. */
+static int copy_db(sqlite3 *src, const char *dest, lr_err *err) {
+    char tmp[4200];
+    sqlite3 *out = NULL;
+    sqlite3_backup *b = NULL;
+    if (snprintf(tmp, sizeof tmp, "%s.partial", dest) >= (int)sizeof tmp)
+        return lr_errp(err, LR_E_INVALID, NULL, "%s: path too long", dest);
+    unlink(tmp);
+    if (sqlite3_open_v2(tmp, &out, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
+        lr_errp(err, LR_E_IO, NULL, "%s: %s", tmp, out ? sqlite3_errmsg(out) : "out of memory");
+        goto fail;
+    }
+    b = sqlite3_backup_init(out, "main", src, "main");
+    if (!b) {
+        lr_errp(err, LR_E_IO, NULL, "backup: %s", sqlite3_errmsg(out));
+        goto fail;
+    }
+    int rc, tries = 0;
+    /* BUSY/LOCKED: a writer holds what the first read needs; wait and retry
+     * for up to 10 s, like the busy timeout of lorad's own connections. */
+    while ((rc = sqlite3_backup_step(b, -1)) == SQLITE_BUSY || rc == SQLITE_LOCKED) {
+        if (++tries > 200) break;
+        sqlite3_sleep(50);
+    }
+    sqlite3_backup_finish(b);
+    if (rc != SQLITE_DONE) {
+        lr_errp(err, LR_E_IO, NULL, "backup: %s", sqlite3_errstr(rc));
+        goto fail;
+    }
+    char *msg = NULL;
+    if (sqlite3_exec(out, "PRAGMA journal_mode=DELETE", NULL, NULL, &msg) != SQLITE_OK) {
+        lr_errp(err, LR_E_IO, NULL, "backup: %s", msg ? msg : sqlite3_errmsg(out));
+        sqlite3_free(msg);
+        goto fail;
+    }
+    if (sqlite3_close(out) != SQLITE_OK) {
+        out = NULL;
+        lr_errp(err, LR_E_IO, NULL, "backup: closing %s failed", tmp);
+        goto fail;
+    }
+    out = NULL;
+    if (rename(tmp, dest)) {
+        lr_errp(err, LR_E_IO, NULL, "%s: %s", dest, strerror(errno));
+        goto fail;
+    }
+    return 0;
+fail:
+    sqlite3_close(out);
+    unlink(tmp);
+    return -1;
+}
+
+int store_backup(store *st, const char *dest, const char *data_dir, lr_err *err) {
+    if (copy_db(st->db, dest, err)) return -1;
+    /* The copy remembers where its files lived, for store_restore. */
+    store *b = NULL;
+    int rc = -1;
+    if (store_open(dest, &b, err)) goto out;
+    sqlite3_stmt *s = NULL;
+    if (exec_sql(b, "PRAGMA journal_mode=DELETE; CREATE TABLE IF NOT EXISTS backup_info (data_dir TEXT NOT NULL, "
+                    "created_at REAL NOT NULL); DELETE FROM backup_info", err) ||
+        !(s = q(b, "INSERT INTO backup_info(data_dir, created_at) VALUES (?, ?)", err)))
+        goto out;
+    bt(s, 1, data_dir);
+    bd(s, 2, store_now());
+    rc = exec1(b, s, err, "record backup");
+out:
+    store_close(b);
+    if (rc) unlink(dest);
+    return rc;
+}
+
+int store_restore(const char *backup, const char *data_dir, lr_err *err) {
+    char db[4200];
+    sqlite3 *src = NULL;
+    store *st = NULL;
+    int rc = -1, made = 0;
+    if (snprintf(db, sizeof db, "%s/lorad.db", data_dir) >= (int)sizeof db)
+        return lr_errp(err, LR_E_INVALID, NULL, "%s: path too long", data_dir);
+    if (access(db, F_OK) == 0)
+        return lr_errp(err, LR_E_CONFLICT, NULL, "%s exists: restore into a data directory without a database "
+                       "(stop lorad and move it away first)", db);
+    if (sqlite3_open_v2(backup, &src, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        lr_errp(err, LR_E_IO, NULL, "%s: %s", backup, src ? sqlite3_errmsg(src) : "out of memory");
+        goto out;
+    }
+    if (copy_db(src, db, err)) goto out;
+    made = 1;
+    if (store_open(db, &st, err)) goto out;
+    sqlite3_stmt *s = q(st, "SELECT data_dir FROM backup_info LIMIT 1", err);
+    if (!s) {
+        lr_errp(err, LR_E_INVALID, NULL, "%s was not written by `lorad backup` (it has no backup_info table)", backup);
+        goto out;
+    }
+    char old[2048] = "";
+    if (sqlite3_step(s) == SQLITE_ROW) snprintf(old, sizeof old, "%s", ct(s, 0));
+    sqlite3_reset(s);
+    /* Datasets, checkpoints and merged models are stored by absolute path:
+     * the ones under the old data directory move to the new one. */
+    static const char *const moves[] = {
+        "UPDATE datasets SET path = ?2 || substr(path, length(?1) + 1) WHERE substr(path, 1, length(?1) + 1) = ?1 || '/'",
+        "UPDATE checkpoints SET dir = ?2 || substr(dir, length(?1) + 1) WHERE substr(dir, 1, length(?1) + 1) = ?1 || '/'",
+        "UPDATE models SET dir = ?2 || substr(dir, length(?1) + 1) WHERE substr(dir, 1, length(?1) + 1) = ?1 || '/'",
+    };
+    if (store_begin(st, err)) goto out;
+    for (size_t i = 0; i < sizeof moves / sizeof moves[0]; i++) {
+        if (!old[0] || !strcmp(old, data_dir)) break;
+        if (!(s = q(st, moves[i], err))) goto out;
+        bt(s, 1, old);
+        bt(s, 2, data_dir);
+        if (exec1(st, s, err, "move paths")) goto out;
+    }
+    if (exec_sql(st, "DROP TABLE backup_info", err) || store_commit(st, err)) goto out;
+    rc = 0;
+out:
+    if (st) store_rollback(st);
+    store_close(st);
+    sqlite3_close(src);
+    if (rc && made) unlink(db);
+    return rc;
+}
+
 void store_new_id(const char *prefix, char *out, size_t cap) {
     unsigned char r[6];
     size_t got = 0;
@@ -270,18 +397,118 @@ int store_user_auth(store *st, const char *token_hash, store_user *out, lr_err *
 
 int store_model_add(store *st, const char *name, const char *dir, const json_t *info, lr_err *err) {
     char *txt = json_dumps(info, JSON_COMPACT);
-    sqlite3_stmt *s = q(st, "INSERT INTO models(name, dir, info, created_at) VALUES (?,?,?,?) "
-                            "ON CONFLICT(name) DO UPDATE SET dir=excluded.dir, info=excluded.info", err);
+    /* A merge's model takes the owner its merge recorded (the record is
+     * used up); any other model has none. */
+    sqlite3_stmt *s = q(st, "INSERT INTO models(name, dir, info, created_at, owner) VALUES (?1,?2,?3,?4, "
+                            "(SELECT user FROM model_merges WHERE name = ?1)) ON CONFLICT(name) DO UPDATE SET "
+                            "dir=excluded.dir, info=excluded.info, owner=excluded.owner", err);
     int rc = -1;
     if (!s || !txt) goto out;
     bt(s, 1, name);
     bt(s, 2, dir);
     bt(s, 3, txt);
     bi(s, 4, (int64_t)time(NULL));
-    rc = exec1(st, s, err, "add model");
+    if (exec1(st, s, err, "add model")) goto out;
+    rc = store_model_merge_end(st, name, err);
 out:
     free(txt);
     return rc;
+}
+
+int store_model_merge_begin(store *st, const char *name, const char *user, const char *job, lr_err *err) {
+    sqlite3_stmt *s = q(st, "INSERT OR REPLACE INTO model_merges(name, user, job_id, created_at) VALUES (?,?,?,?)", err);
+    if (!s) return -1;
+    bt(s, 1, name);
+    bt(s, 2, user);
+    bt(s, 3, job);
+    bi(s, 4, (int64_t)time(NULL));
+    return exec1(st, s, err, "record merge");
+}
+
+int store_model_merge_end(store *st, const char *name, lr_err *err) {
+    sqlite3_stmt *s = q(st, "DELETE FROM model_merges WHERE name = ?", err);
+    if (!s) return -1;
+    bt(s, 1, name);
+    return exec1(st, s, err, "forget merge");
+}
+
+int store_model_owner(store *st, const char *name, char *owner, size_t cap, lr_err *err) {
+    sqlite3_stmt *s = q(st, "SELECT coalesce(owner, '') FROM models WHERE name = ?", err);
+    if (!s) return -1;
+    bt(s, 1, name);
+    int rc = 0;
+    if (sqlite3_step(s) == SQLITE_ROW) snprintf(owner, cap, "%s", ct(s, 0));
+    else rc = lr_errp(err, LR_E_NOTFOUND, "model", "no model named '%s' is registered", name);
+    sqlite3_reset(s);
+    return rc;
+}
+
+int store_model_delete(store *st, const char *name, char *dir, size_t cap, lr_err *err) {
+    if (store_begin(st, err)) return -1;
+    sqlite3_stmt *s = q(st, "SELECT id FROM jobs WHERE model = ? AND status IN ('queued','running') LIMIT 1", err);
+    if (!s) goto fail;
+    bt(s, 1, name);
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        char job[64];
+        snprintf(job, sizeof job, "%s", ct(s, 0));
+        sqlite3_reset(s);
+        lr_errp(err, LR_E_CONFLICT, NULL, "model %s is used by job %s, which has not finished", name, job);
+        goto fail;
+    }
+    sqlite3_reset(s);
+    if (store_model_dir(st, name, dir, cap, err)) goto fail;
+    if (!(s = q(st, "DELETE FROM models WHERE name = ?", err))) goto fail;
+    bt(s, 1, name);
+    if (exec1(st, s, err, "delete model")) goto fail;
+    if (!(s = q(st, "DELETE FROM shares WHERE kind = 'model' AND id = ?", err))) goto fail;
+    bt(s, 1, name);
+    if (exec1(st, s, err, "delete model shares") || store_commit(st, err)) goto fail;
+    return 0;
+fail:
+    store_rollback(st);
+    return -1;
+}
+
+static const char *const share_kinds[] = {"dataset", "job", "model"};
+
+int store_share(store *st, const char *kind, const char *id, const char *user, int on, lr_err *err) {
+    static const char *const exists[] = {"SELECT 1 FROM datasets WHERE id = ?", "SELECT 1 FROM jobs WHERE id = ?",
+                                         "SELECT 1 FROM models WHERE name = ?"};
+    int k = -1;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(kind, share_kinds[i])) k = i;
+    if (k < 0) return lr_errp(err, LR_E_INVALID, "kind", "'%s' cannot be shared: dataset, job or model", kind);
+    sqlite3_stmt *s = q(st, exists[k], err);
+    if (!s) return -1;
+    bt(s, 1, id);
+    int found = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_reset(s);
+    if (!found) return lr_errp(err, LR_E_NOTFOUND, "id", "no %s '%s'", kind, id);
+    if (!(s = q(st, "SELECT 1 FROM users WHERE name = ?", err))) return -1;
+    bt(s, 1, user);
+    found = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_reset(s);
+    if (!found) return lr_errp(err, LR_E_NOTFOUND, "user", "no user named '%s'", user);
+    s = on ? q(st, "INSERT OR IGNORE INTO shares(kind, id, user, created_at) VALUES (?,?,?,?)", err)
+           : q(st, "DELETE FROM shares WHERE kind = ? AND id = ? AND user = ?", err);
+    if (!s) return -1;
+    bt(s, 1, share_kinds[k]);
+    bt(s, 2, id);
+    bt(s, 3, user);
+    if (on) bi(s, 4, (int64_t)time(NULL));
+    return exec1(st, s, err, on ? "share" : "unshare");
+}
+
+int store_shared(store *st, const char *kind, const char *id, const char *user) {
+    lr_err e = {0};
+    sqlite3_stmt *s = q(st, "SELECT 1 FROM shares WHERE kind = ? AND id = ? AND user = ?", &e);
+    if (!s) return 0;
+    bt(s, 1, kind);
+    bt(s, 2, id);
+    bt(s, 3, user);
+    int yes = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_reset(s);
+    return yes;
 }
 
 int store_model_dir(store *st, const char *name, char *dir, size_t cap, lr_err *err) {
@@ -315,14 +542,17 @@ static json_t *list_page(sqlite3_stmt *s, int limit, json_t *(*row)(sqlite3_stmt
     return list_obj(a, more);
 }
 
-json_t *store_models_list(store *st, lr_err *err) {
-    sqlite3_stmt *s = q(st, "SELECT name, info, created_at FROM models ORDER BY name", err);
+json_t *store_models_list(store *st, const char *visible_to, lr_err *err) {
+    sqlite3_stmt *s = q(st, "SELECT name, info, created_at, owner FROM models WHERE ?1 IS NULL OR owner IS NULL OR "
+                            "owner = ?1 OR name IN (SELECT id FROM shares WHERE kind = 'model' AND user = ?1) "
+                            "ORDER BY name", err);
     if (!s) return NULL;
+    bt(s, 1, visible_to);
     json_t *a = json_array();
     while (sqlite3_step(s) == SQLITE_ROW) {
         json_t *info = json_loads(ct(s, 1), 0, NULL);
-        json_t *o = json_pack("{s:s, s:s, s:I}", "id", ct(s, 0), "object", "model", "created",
-                              (json_int_t)sqlite3_column_int64(s, 2));
+        json_t *o = json_pack("{s:s, s:s, s:I, s:o}", "id", ct(s, 0), "object", "model", "created",
+                              (json_int_t)sqlite3_column_int64(s, 2), "owner", cj_text(s, 3));
         if (json_is_object(info)) json_object_update(o, info);
         json_decref(info);
         json_array_append_new(a, o);
@@ -399,12 +629,14 @@ int store_dataset_get(store *st, const char *id, store_dataset *d, json_t **obj,
     return rc;
 }
 
-json_t *store_datasets_list(store *st, int limit, const char *after, lr_err *err) {
+json_t *store_datasets_list(store *st, int limit, const char *after, const char *visible_to, lr_err *err) {
     sqlite3_stmt *s = q(st, "SELECT " DS_COLS " FROM datasets WHERE (?1 IS NULL OR seq < "
-                            "(SELECT seq FROM datasets WHERE id = ?1)) ORDER BY seq DESC LIMIT ?2", err);
+                            "(SELECT seq FROM datasets WHERE id = ?1)) AND (?3 IS NULL OR user = ?3 OR id IN "
+                            "(SELECT id FROM shares WHERE kind = 'dataset' AND user = ?3)) ORDER BY seq DESC LIMIT ?2", err);
     if (!s) return NULL;
     bt(s, 1, after);
     bi(s, 2, limit + 1);
+    bt(s, 3, visible_to);
     return list_page(s, limit, ds_json);
 }
 
@@ -557,22 +789,17 @@ char *store_jobs_list_text(store *st, const char *status, const char *user, cons
         json_t *o = job_fields(s);
         const char *spec = ct(s, 7);
         size_t sl = strlen(spec);
-        /* The API wrote this text with json_dumps; a row edited by hand into
+        /* The API wrote this text with jsonfmt_dumps; a row edited by hand into
          * something that is not an object reads as null, as in job_json. */
         int obj = sl >= 2 && spec[0] == '{' && spec[sl - 1] == '}';
-        char tmp[4096], *big = NULL;
-        const char *txt = tmp;
-        size_t ol = o ? json_dumpb(o, tmp, sizeof tmp, JSON_COMPACT) : 0;
-        if (ol > sizeof tmp) { /* long error or stop messages */
-            txt = big = json_dumps(o, JSON_COMPACT);
-            ol = big ? strlen(big) : 0;
-        }
+        char *txt = o ? jsonfmt_dumps(o, JSON_COMPACT) : NULL;
+        size_t ol = txt ? strlen(txt) : 0;
         json_decref(o);
         /* The object ends in '}': the spec goes in before it. */
         bad = ol < 2 || (n > 0 && lr_buf_add(&b, ",", 1)) || lr_buf_add(&b, txt, ol - 1) ||
               lr_buf_adds(&b, ",\"spec\":") || (obj ? lr_buf_add(&b, spec, sl) : lr_buf_adds(&b, "null")) ||
               lr_buf_adds(&b, "}");
-        free(big);
+        free(txt);
         n++;
     }
     sqlite3_reset(s);

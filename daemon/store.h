@@ -24,6 +24,15 @@ int store_begin(store *st, lr_err *err) LR_WARN_UNUSED;
 int store_commit(store *st, lr_err *err) LR_WARN_UNUSED;
 void store_rollback(store *st);
 
+/* Copies the database, while lorad runs, into the new file dest (SQLite's
+ * online backup API: one consistent snapshot; writers go on). The copy
+ * records data_dir, where its datasets/, runs/ and models/ files live. */
+int store_backup(store *st, const char *dest, const char *data_dir, lr_err *err) LR_WARN_UNUSED;
+/* Makes data_dir/lorad.db from a store_backup file (LR_E_CONFLICT when it
+ * exists), moving the recorded paths under the backup's data_dir to
+ * data_dir. The files themselves are copied by the operator (README). */
+int store_restore(const char *backup, const char *data_dir, lr_err *err) LR_WARN_UNUSED;
+
 /* "<prefix>-<12 random hex digits>". */
 void store_new_id(const char *prefix, char *out, size_t cap);
 /* Unix time in seconds with sub-second part. */
@@ -41,10 +50,30 @@ int store_user_add(store *st, const char *name, int admin, const char *token_has
 int store_user_auth(store *st, const char *token_hash, store_user *out, lr_err *err) LR_WARN_UNUSED;
 
 /* models */
+/* Registers (or re-registers) a model. Its owner is the user of a pending
+ * merge of that name (store_model_merge_begin; the record is used up), else
+ * none: a model without owner is a base model every user may use. */
 int store_model_add(store *st, const char *name, const char *dir, const json_t *info, lr_err *err) LR_WARN_UNUSED;
+/* A merge into model name started for user's job / is over without a model. */
+int store_model_merge_begin(store *st, const char *name, const char *user, const char *job, lr_err *err) LR_WARN_UNUSED;
+int store_model_merge_end(store *st, const char *name, lr_err *err) LR_WARN_UNUSED;
 /* The model's directory; LR_E_NOTFOUND when not registered. */
 int store_model_dir(store *st, const char *name, char *dir, size_t cap, lr_err *err) LR_WARN_UNUSED;
-json_t *store_models_list(store *st, lr_err *err);
+/* The model's owner, "" when it has none; LR_E_NOTFOUND when not registered. */
+int store_model_owner(store *st, const char *name, char *owner, size_t cap, lr_err *err) LR_WARN_UNUSED;
+/* Unregisters a model (its shares too) and fills dir with its directory;
+ * LR_E_CONFLICT while a queued or running job names it. */
+int store_model_delete(store *st, const char *name, char *dir, size_t cap, lr_err *err) LR_WARN_UNUSED;
+/* visible_to: NULL = all; else only the models without owner, that user's
+ * and those shared with them. */
+json_t *store_models_list(store *st, const char *visible_to, lr_err *err);
+
+/* shares (visibility: private): kind is dataset, job or model (id = its
+ * name). Sharing what does not exist, or with an unknown user, is
+ * LR_E_NOTFOUND; on = 0 takes a share back. */
+int store_share(store *st, const char *kind, const char *id, const char *user, int on, lr_err *err) LR_WARN_UNUSED;
+/* 1 when kind id is shared with user. */
+int store_shared(store *st, const char *kind, const char *id, const char *user);
 
 /* datasets */
 typedef struct store_dataset {
@@ -57,7 +86,8 @@ typedef struct store_dataset {
 int store_dataset_add(store *st, const store_dataset *d, const json_t *info, lr_err *err) LR_WARN_UNUSED;
 /* Fills d (when non-NULL) and *obj (the REST object, when non-NULL). */
 int store_dataset_get(store *st, const char *id, store_dataset *d, json_t **obj, lr_err *err) LR_WARN_UNUSED;
-json_t *store_datasets_list(store *st, int limit, const char *after, lr_err *err);
+/* visible_to: NULL = all; else that user's datasets and those shared with them. */
+json_t *store_datasets_list(store *st, int limit, const char *after, const char *visible_to, lr_err *err);
 /* LR_E_CONFLICT while a queued or running job names it. */
 int store_dataset_delete(store *st, const char *id, lr_err *err) LR_WARN_UNUSED;
 

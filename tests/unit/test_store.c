@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/buf.h"
 #include "daemon/sha256.h"
@@ -450,4 +451,60 @@ TEST(queue_view_per_user_at_depth) {
     CHECK_EQ_INT(queued, 1);
     CHECK_EQ_INT(t, 0); /* alice has one job, no second */
     store_close(st);
+}
+
+/* `lorad backup` while another connection writes, then `lorad restore` into
+ * a fresh directory: the copy has every row, and paths under the old data
+ * directory now point under the new one. */
+TEST(backup_and_restore) {
+    char old[600], fresh[600], bak[600], dbp[700];
+    snprintf(old, sizeof old, "%s/old", test_tmpdir());
+    snprintf(fresh, sizeof fresh, "%s/fresh", test_tmpdir());
+    snprintf(bak, sizeof bak, "%s/lorad.backup", test_tmpdir());
+    lr_err e = {0};
+    REQUIRE(lr_mkdirs(old, &e) == 0);
+    REQUIRE(lr_mkdirs(fresh, &e) == 0);
+    snprintf(dbp, sizeof dbp, "%s/lorad.db", old);
+    store *st = NULL, *w = NULL;
+    REQUIRE(store_open(dbp, &st, &e) == 0);
+    REQUIRE(store_migrate(st, "migrations", NULL, &e) == 0);
+    REQUIRE(store_open(dbp, &w, &e) == 0);
+    store_dataset d = {.id = "file-abc", .user = "a", .filename = "x.jsonl", .format = "jsonl", .kind = "chat",
+                       .rows = 1, .bytes = 2};
+    snprintf(d.path, sizeof d.path, "%s/datasets/file-abc.jsonl", old);
+    REQUIRE(store_dataset_add(st, &d, NULL, &e) == 0);
+    REQUIRE(add_job(st, "ftjob-1", "a", 0) == 0);
+    /* The writer holds an open transaction during the backup: WAL lets the
+     * backup read the last committed state without waiting. */
+    REQUIRE(store_begin(w, &e) == 0);
+    REQUIRE(add_job(w, "ftjob-uncommitted", "a", 0) == 0);
+    CHECK(store_backup(st, bak, old, &e) == 0);
+    REQUIRE(store_commit(w, &e) == 0);
+    store_close(w);
+    store_close(st);
+    CHECK(store_restore(bak, fresh, &e) == 0);
+    CHECK(store_restore(bak, fresh, &e) == -1); /* never over an existing database */
+    CHECK_EQ_INT(e.code, LR_E_CONFLICT);
+    snprintf(dbp, sizeof dbp, "%s/lorad.db", fresh);
+    REQUIRE(store_open(dbp, &st, &e) == 0);
+    store_dataset r;
+    CHECK(store_dataset_get(st, "file-abc", &r, NULL, &e) == 0);
+    char want[800];
+    snprintf(want, sizeof want, "%s/datasets/file-abc.jsonl", fresh);
+    CHECK_STR(r.path, want);
+    json_t *j = store_job_get(st, "ftjob-1", &e);
+    CHECK(j != NULL);
+    json_decref(j);
+    j = store_job_get(st, "ftjob-uncommitted", &e);
+    CHECK(j == NULL); /* the snapshot is of committed state */
+    json_decref(j);
+    store_close(st);
+    char junk[700];
+    snprintf(junk, sizeof junk, "%s/notabackup", test_tmpdir());
+    REQUIRE(lr_write_file_atomic(junk, "hello", 5, &e) == 0);
+    snprintf(fresh, sizeof fresh, "%s/fresh2", test_tmpdir());
+    REQUIRE(lr_mkdirs(fresh, &e) == 0);
+    CHECK(store_restore(junk, fresh, &e) == -1);
+    snprintf(dbp, sizeof dbp, "%s/lorad.db", fresh);
+    CHECK(access(dbp, F_OK) != 0); /* a failed restore leaves no database behind */
 }
