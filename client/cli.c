@@ -9,6 +9,7 @@
 
 #include "common/buf.h"
 #include "proto/jobspec.h"
+#include "proto/jsonfmt.h"
 
 /* ---- output helpers ---- */
 
@@ -34,8 +35,9 @@ int cli_srv_fail(cli_ctx *c) {
 }
 
 void cli_print_json(const json_t *j) {
-    json_dumpf(j, stdout, JSON_INDENT(2));
-    fputc('\n', stdout);
+    char *s = jsonfmt_dumps(j, JSON_INDENT(2));
+    if (s) printf("%s\n", s);
+    free(s);
 }
 
 const char *cli_jstr(const json_t *o, const char *k, const char *def) {

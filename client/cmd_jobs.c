@@ -9,6 +9,7 @@
 
 #include "client/fmt.h"
 #include "client/watch.h"
+#include "proto/jsonfmt.h"
 
 /* ---- submit ---- */
 
@@ -222,7 +223,7 @@ static void print_event(cli_ctx *c, const json_t *ev) {
     char t[32];
     cli_fmt_time(cli_jnum(ev, "created_at"), t, sizeof t);
     if (c->json) {
-        char *s = json_dumps(ev, JSON_COMPACT);
+        char *s = jsonfmt_dumps(ev, JSON_COMPACT);
         if (s) printf("%s\n", s);
         free(s);
         return;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "proto/jsonfmt.h"
 
 #define CONNECT_TIMEOUT_S 10L
 #define REQUEST_TIMEOUT_S 120L
@@ -201,7 +202,7 @@ int http_json(http_client *h, const char *method, const char *path, const json_t
     lr_buf_init(&s.body, HTTP_MAX_JSON);
     struct curl_slist *hd = setup(h, method, path, &s, errbuf, 0, body != NULL);
     if (body) {
-        text = json_dumps(body, JSON_COMPACT);
+        text = jsonfmt_dumps(body, JSON_COMPACT);
         if (!text) {
             curl_slist_free_all(hd);
             return lr_errp(err, LR_E_NOMEM, "", "out of memory");

@@ -700,6 +700,8 @@ static void h_dataset_upload(ctx *c) {
         goto out;
     }
     if (lr_mkdirs(dir, &e) || upload_take(up, d.path, &e)) {
+        path_to_name(e.msg, sizeof e.msg, d.path, d.id);
+        path_to_name(e.msg, sizeof e.msg, c->a->env.cfg->data_dir, "<data_dir>");
         fail(c, 500, "internal", NULL, "storing the dataset: %s", e.msg);
         goto out;
     }
@@ -1423,6 +1425,9 @@ static void h_job_generate(ctx *c) {
     g.chat_template = json_string_value(json_object_get(spec, "chat_template"));
     if (!g.system) g.system = json_string_value(json_object_get(spec, "system_prompt")); /* as it was trained */
     if (runner_generate(c->a->env.runner, &g, &out, &e)) {
+        const char *model = json_string_value(json_object_get(job, "model"));
+        path_to_name(e.msg, sizeof e.msg, t.run_dir, c->p[0]);
+        path_to_name(e.msg, sizeof e.msg, t.model_dir, model ? model : "the base model");
         if (e.code == LR_E_BUSY) fail(c, 429, "busy", NULL, "%s", e.msg);
         else if (e.code == LR_E_TIMEOUT) fail(c, 504, "timeout", NULL, "%s", e.msg);
         else if (e.code == LR_E_INVALID) fail(c, 400, "invalid_request", "prompt", "%s", e.msg);

@@ -1,5 +1,6 @@
 #include "daemon/sched.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +10,37 @@ int sched_fits(const char *device, const char *backend) {
     if (!strcmp(device, "any")) return 1;
     if (!strcmp(device, "cuda")) return is_cuda(backend);
     return !strcmp(device, "cpu") && !strcmp(backend, "cpu");
+}
+
+int sched_wait_reason(const char *device, const sched_wstate *w, int n, char *buf, size_t cap) {
+    int fit = 0, dead = 0, busy = 0;
+    char all[256] = "", fitting[256] = "";
+    for (int i = 0; i < n; i++) {
+        size_t k = strlen(all);
+        snprintf(all + k, sizeof all - k, "%s%s", k ? ", " : "", w[i].backend);
+        if (!sched_fits(device, w[i].backend)) continue;
+        k = strlen(fitting);
+        snprintf(fitting + k, sizeof fitting - k, "%s%s", k ? ", " : "", w[i].backend);
+        fit++;
+        if (!strcmp(w[i].status, "idle")) return 0;
+        dead += !strcmp(w[i].status, "dead");
+        busy += !strcmp(w[i].status, "busy");
+    }
+    if (!fit) {
+        snprintf(buf, cap, "no worker of this lorad can run device %s (%s%s)", device,
+                 n ? "its workers: " : "it has no workers", all);
+        return 2;
+    }
+    if (dead == fit) {
+        snprintf(buf, cap, "every worker that can run device %s is dead: %s; see lorad's log", device, fitting);
+        return 2;
+    }
+    if (busy)
+        snprintf(buf, cap, "waiting for a free worker that can run device %s (%d of %d busy: %s)", device, busy,
+                 fit, fitting);
+    else
+        snprintf(buf, cap, "waiting for a worker that can run device %s to start (%s)", device, fitting);
+    return 1;
 }
 
 int sched_pick(const sched_job *jobs, int n_jobs, const sched_worker *workers, int n_workers,

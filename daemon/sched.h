@@ -16,6 +16,7 @@
 #ifndef LR_SCHED_H
 #define LR_SCHED_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct sched_job {
@@ -41,6 +42,20 @@ typedef struct sched_assign {
 
 /* 1 when a worker of this backend can run a job asking for device. */
 int sched_fits(const char *device, const char *backend);
+
+typedef struct sched_wstate {
+    const char *backend; /* "cpu", "cuda:N" */
+    const char *status;  /* "starting", "idle", "busy" or "dead" */
+} sched_wstate;
+
+/* Why a queued job asking for device waits, as far as the workers tell: a
+ * sentence for the job's waiting_reason and events in buf ("no worker of
+ * this lorad can run device cuda (its workers: cpu)", "every worker that can
+ * run device cuda is dead: cuda:0", "waiting for a free worker that can run
+ * device cuda (2 of 2 busy: cuda:0, cuda:1)"). Returns 0 when an idle worker
+ * fits (buf untouched: only the queue order holds the job back), 1 when the
+ * fitting workers are busy or starting, 2 when none is alive or none fits. */
+int sched_wait_reason(const char *device, const sched_wstate *w, int n, char *buf, size_t cap);
 
 /* Fills out with at most max assignments and returns how many. users lists
  * the running counts (users not listed run none); max_per_user 0 = no limit. */

@@ -7,10 +7,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proto/jsonfmt.h"
+
 int frame_encode(const json_t *msg, lr_buf *out, lr_err *err) {
     if (!json_is_object(msg) || !json_is_string(json_object_get(msg, "type")))
         return lr_errp(err, LR_E_INTERNAL, NULL, "frame: message is not an object with a type");
-    char *body = json_dumps(msg, JSON_COMPACT);
+    char *body = jsonfmt_dumps(msg, JSON_COMPACT);
     if (!body) return lr_errp(err, LR_E_NOMEM, NULL, "frame: out of memory");
     size_t n = strlen(body);
     int rc = -1;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/buf.h"
+#include "proto/jsonfmt.h"
 #include "worker/safetensors.h"
 
 #define PFX "base_model.model."
@@ -431,9 +432,22 @@ static char *config_json(const adapter *a) {
     bad |= json_object_set_new(o, "use_dora", json_boolean(a->use_dora));
     bad |= json_object_set_new(o, "use_rslora", json_boolean(a->use_rslora));
     /* PEFT writes json.dumps(indent=2, sort_keys=True), no newline at the end */
-    char *s = bad ? NULL : json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+    char *s = bad ? NULL : jsonfmt_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(o);
     return s;
+}
+
+void adapter_base_name(const char *model_dir, char *out, size_t cap) {
+    char path[4096];
+    if (!cap) return;
+    snprintf(path, sizeof path, "%s/config.json", model_dir);
+    json_t *cfg = json_load_file(path, 0, NULL);
+    const char *name = json_string_value(json_object_get(cfg, "_name_or_path"));
+    char *abs = NULL;
+    if (!name || !*name || strlen(name) >= cap) name = abs = realpath(model_dir, NULL);
+    snprintf(out, cap, "%s", name ? name : model_dir);
+    free(abs);
+    json_decref(cfg);
 }
 
 int adapter_save(const adapter *a, const char *dir, lr_err *err) {

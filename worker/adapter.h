@@ -68,6 +68,11 @@ int adapter_load(const char *dir, adapter **out, lr_err *err) LR_WARN_UNUSED;
 /* Writes both files (dir is created; each file atomically; tensors as F32
  * with {"format":"pt"} metadata; config keys sorted as PEFT writes them). */
 int adapter_save(const adapter *a, const char *dir, lr_err *err) LR_WARN_UNUSED;
+/* What base_model_name_or_path should say for the model in model_dir (PEFT's
+ * AutoPeftModel loads the base from it): its config.json's _name_or_path
+ * (the Hugging Face name it was saved from) when set, else the directory's
+ * absolute path. Never fails; out is empty only when cap is 0. */
+void adapter_base_name(const char *model_dir, char *out, size_t cap);
 
 /* Adds a zero-filled tensor (its key built from a->arch); NULL with err set
  * when the name is unknown for the layout, the tensor exists, or on OOM. */

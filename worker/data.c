@@ -336,6 +336,11 @@ typedef struct parser {
     data_report *r;
     data_file *f; /* NULL: validate only */
     lr_err *err;
+    /* Hashes of the valid rows so far (open addressing, 0 = empty, at most
+     * half full), to count duplicates. Equal 64-bit hashes count as equal
+     * rows: at DATA_MAX_ROWS a false match has odds of about 1e-7. */
+    uint64_t *seen;
+    size_t seen_cap, seen_n;
 } parser;
 
 static void report_error(parser *p, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -350,6 +355,52 @@ static void report_error(parser *p, int line, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* FNV-1a over what a row renders from: roles, weights and texts. */
+static uint64_t row_hash(const data_row *row) {
+    uint64_t h = 1469598103934665603ull;
+    int n = row->n_msgs + row->n_chosen + row->n_rejected;
+    const int head[3] = {row->n_msgs, row->n_chosen, row->n_rejected};
+    for (int k = 0; k < 3; k++) h = (h ^ (uint64_t)head[k]) * 1099511628211ull;
+    for (int i = 0; i < n; i++) {
+        const chat_msg *m = &row->msgs[i];
+        h = (h ^ (uint64_t)m->role) * 1099511628211ull;
+        h = (h ^ (uint64_t)m->train) * 1099511628211ull;
+        h = (h ^ (uint64_t)m->len) * 1099511628211ull;
+        for (size_t j = 0; j < m->len; j++) h = (h ^ (unsigned char)m->text[j]) * 1099511628211ull;
+    }
+    return h ? h : 1;
+}
+
+/* Counts row in r->n_duplicates when an equal row came before. */
+static int count_duplicate(parser *p, const data_row *row) {
+    if (2 * (p->seen_n + 1) > p->seen_cap) {
+        size_t cap = p->seen_cap ? 2 * p->seen_cap : 1024;
+        uint64_t *t = calloc(cap, sizeof *t);
+        if (!t) return lr_errp(p->err, LR_E_NOMEM, NULL, "out of memory reading the dataset");
+        for (size_t i = 0; i < p->seen_cap; i++) {
+            if (!p->seen[i]) continue;
+            size_t k = (size_t)p->seen[i] & (cap - 1);
+            while (t[k]) k = (k + 1) & (cap - 1);
+            t[k] = p->seen[i];
+        }
+        free(p->seen);
+        p->seen = t;
+        p->seen_cap = cap;
+    }
+    uint64_t h = row_hash(row);
+    size_t k = (size_t)h & (p->seen_cap - 1);
+    while (p->seen[k]) {
+        if (p->seen[k] == h) {
+            p->r->n_duplicates++;
+            return 0;
+        }
+        k = (k + 1) & (p->seen_cap - 1);
+    }
+    p->seen[k] = h;
+    p->seen_n++;
+    return 0;
+}
+
 /* One row as a JSON object; -1 only for a fatal (whole-file) failure. */
 static int take_row(parser *p, json_t *o, int line) {
     char why[224];
@@ -357,11 +408,19 @@ static int take_row(parser *p, json_t *o, int line) {
     if (p->r->n_rows >= DATA_MAX_ROWS)
         return lr_errp(p->err, LR_E_TOOBIG, "file", "dataset has more than %d rows", DATA_MAX_ROWS);
     p->r->n_rows++;
-    if (row_from_json(o, &p->r->format, p->f ? &row : NULL, why, sizeof why)) {
+    /* the row is kept even to validate, for its duplicate check */
+    if (row_from_json(o, &p->r->format, &row, why, sizeof why)) {
         report_error(p, line, "%s", why);
         return 0;
     }
-    if (!p->f) return 0;
+    if (count_duplicate(p, &row)) {
+        row_free(&row);
+        return -1;
+    }
+    if (!p->f) {
+        row_free(&row);
+        return 0;
+    }
     if (p->f->n_rows % 1024 == 0) {
         data_row *rows = realloc(p->f->rows, (p->f->n_rows + 1024) * sizeof *rows);
         if (!rows) {
@@ -695,7 +754,7 @@ int data_stream_open(data_file *f, int64_t max_rows, data_stream **out, lr_err *
         *out = NULL;
         return lr_errp(err, LR_E_NOMEM, NULL, "out of memory reading the dataset");
     }
-    s->p = (parser){&s->rep, f, &s->ferr};
+    s->p = (parser){.r = &s->rep, .f = f, .err = &s->ferr};
     if (f) memset(f, 0, sizeof *f);
     s->max_rows = max_rows;
     s->map = -1;
@@ -763,6 +822,7 @@ int data_stream_end(data_stream *s, data_report *r, lr_err *err) {
 
 void data_stream_free(data_stream *s) {
     if (!s) return;
+    free(s->p.seen);
     lr_buf_free(&s->head);
     lr_buf_free(&s->unit);
     lr_buf_free(&s->rec.cells);
@@ -863,10 +923,11 @@ static void example_free(data_example *e) {
     memset(e, 0, sizeof *e);
 }
 
-static int has_target(const int32_t *labels, int n) {
+/* The position of the first trained token, -1 when none. */
+static int first_target(const int32_t *labels, int n) {
     for (int i = 0; i < n; i++)
-        if (labels[i] != CHAT_IGNORE) return 1;
-    return 0;
+        if (labels[i] != CHAT_IGNORE) return i;
+    return -1;
 }
 
 typedef struct builder {
@@ -878,7 +939,33 @@ typedef struct builder {
     data_set *ds;
     int64_t truncated_rows;
     char dropped_lines[160];
+    /* For the message when rows are dropped: every rendered length (before
+     * the cut) and the earliest first trained token of a dropped row. */
+    int *lens;
+    size_t n_lens, cap_lens;
+    int dropped_first; /* -1: none dropped */
 } builder;
+
+static int len_cmp(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* "rendered rows are 80 to 412 tokens (median 151); the first trained token
+ * of a dropped row comes at token 130 or later", over lens[from..]. */
+static void len_summary(const builder *b, size_t from, char *out, size_t cap) {
+    size_t n = b->n_lens - from;
+    int *v = n ? malloc(n * sizeof *v) : NULL;
+    out[0] = 0;
+    if (!v) return;
+    memcpy(v, b->lens + from, n * sizeof *v);
+    qsort(v, n, sizeof *v, len_cmp);
+    int k = snprintf(out, cap, "rendered rows are %d to %d tokens (median %d)", v[0], v[n - 1], v[n / 2]);
+    if (b->dropped_first >= 0 && k > 0 && (size_t)k < cap)
+        snprintf(out + k, cap - (size_t)k, "; the first trained token of a dropped row comes at token %d or later",
+                 b->dropped_first + 1);
+    free(v);
+}
 
 static void warnf(const data_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void warnf(const data_opts *o, const char *fmt, ...) {
@@ -899,15 +986,26 @@ static int render_one(builder *b, const chat_msg *m, int n, int32_t **ids, int32
     if (b->text ? chat_render(&b->plain, m, n, NULL, 0, 0, &out, err)
                 : chat_render(b->c, m, n, b->o->system_prompt, 0, 0, &out, err))
         return -1;
+    *ids = out.ids;
+    *labels = out.labels;
+    if (b->n_lens == b->cap_lens) {
+        size_t cap = b->cap_lens ? 2 * b->cap_lens : 1024;
+        int *p = realloc(b->lens, cap * sizeof *p);
+        if (!p) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+        b->lens = p;
+        b->cap_lens = cap;
+    }
+    b->lens[b->n_lens++] = (int)out.n;
     size_t keep = out.n;
     if (b->o->max_seq_len > 0 && keep > (size_t)b->o->max_seq_len) {
         keep = (size_t)b->o->max_seq_len;
         *cut = 1;
     }
-    *ids = out.ids;
-    *labels = out.labels;
     *len = (int)keep;
-    return has_target(out.labels, (int)keep);
+    int first = first_target(out.labels, (int)out.n);
+    if (first >= 0 && first < (int)keep) return 1;
+    if (first >= 0 && (b->dropped_first < 0 || first < b->dropped_first)) b->dropped_first = first;
+    return 0;
 }
 
 static int build_row(builder *b, const data_row *row, int file, const char *path, exvec *v, lr_err *err) {
@@ -986,13 +1084,17 @@ static int build_file(builder *b, const char *path, int file, exvec *v, lr_err *
     b->truncated_rows = 0;
     b->dropped_lines[0] = 0;
     int64_t dropped0 = b->ds->n_dropped;
+    size_t lens0 = b->n_lens;
     for (size_t i = 0; i < f.n_rows; i++)
         if (build_row(b, &f.rows[i], file, path, v, err)) goto done;
     b->ds->n_truncated += b->truncated_rows;
-    if (b->ds->n_dropped > dropped0)
+    if (b->ds->n_dropped > dropped0) {
+        char lens[200];
+        len_summary(b, lens0, lens, sizeof lens);
         warnf(b->o, "dataset %s: %lld rows dropped: no trained token left within max_seq_len %d "
-                    "(lines %s%s)", path, (long long)(b->ds->n_dropped - dropped0), b->o->max_seq_len,
-              b->dropped_lines, b->ds->n_dropped - dropped0 > 10 ? ", ..." : "");
+                    "(lines %s%s); %s", path, (long long)(b->ds->n_dropped - dropped0), b->o->max_seq_len,
+              b->dropped_lines, b->ds->n_dropped - dropped0 > 10 ? ", ..." : "", lens);
+    }
     if (b->truncated_rows)
         warnf(b->o, "dataset %s: %lld rows cut to max_seq_len %d", path,
               (long long)b->truncated_rows, b->o->max_seq_len);
@@ -1081,7 +1183,7 @@ int data_build(const chat *c, const data_opts *o, data_set *ds, lr_err *err) {
     dedupe d = {0};
     int *perm = NULL;
     char *is_val = NULL;
-    builder b = {.c = c, .o = o, .ds = ds};
+    builder b = {.c = c, .o = o, .ds = ds, .dropped_first = -1};
     int rc = -1;
     lr_err perr = {0};
     b.has_plain = chat_init(&b.plain, c->t, TPL_PLAIN, NULL, &perr) == 0;
@@ -1151,9 +1253,11 @@ int data_build(const chat *c, const data_opts *o, data_set *ds, lr_err *err) {
     }
     if (ds->n_duplicates) warnf(o, "%lld exact duplicate rows dropped", (long long)ds->n_duplicates);
     if (!tr.n) {
-        lr_errp(err, LR_E_INVALID, "training_file", "no training rows left (%lld dropped for max_seq_len, "
-                "%lld duplicates, %zu for validation)", (long long)ds->n_dropped,
-                (long long)ds->n_duplicates, va.n);
+        char lens[200] = "";
+        if (ds->n_dropped) len_summary(&b, 0, lens, sizeof lens);
+        lr_errp(err, LR_E_INVALID, "training_file", "no training rows left (%lld dropped for max_seq_len %d, "
+                "%lld duplicates, %zu for validation)%s%s", (long long)ds->n_dropped, o->max_seq_len,
+                (long long)ds->n_duplicates, va.n, lens[0] ? ": " : "", lens);
         goto done;
     }
     ds->train = tr.e;
@@ -1171,6 +1275,7 @@ done:
     free(d.slot);
     free(perm);
     free(is_val);
+    free(b.lens);
     return rc;
 }
 

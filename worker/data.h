@@ -76,6 +76,8 @@ typedef struct data_report {
     int csv;             /* 1: CSV, 0: JSONL */
     int64_t n_rows;      /* data rows read, valid or not (blank lines not counted) */
     int64_t n_invalid;   /* rows with an error */
+    int64_t n_duplicates; /* valid rows equal to an earlier one (same form, roles, texts and
+                           * weights): a job trains on the first only */
     int n_errors;        /* errors kept below, the first DATA_MAX_ERRORS */
     char errors[DATA_MAX_ERRORS][256]; /* "line 17: missing field 'messages'" */
 } data_report;

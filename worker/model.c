@@ -68,6 +68,7 @@ struct model {
     int full;      /* full fine-tuning: the params are the base weights */
 
     adapter *ad; /* LoRA settings and tensor names; NULL without adapters */
+    char base_name[512]; /* what saved adapters name as their base (adapter_base_name) */
     model_lora_cfg lcfg;
     model_param *params;
     size_t nparams, numel;
@@ -238,6 +239,7 @@ int model_load(const char *dir, kb_backend *be, model **out, lr_err *err) {
     m->be = be;
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (hf_config_load(path, &m->cfg, err)) goto fail;
+    adapter_base_name(dir, m->base_name, sizeof m->base_name);
     const hf_config *c = &m->cfg;
     m->gpt2 = c->arch == ARCH_GPT2;
     if (m->gpt2) {
@@ -701,6 +703,8 @@ int model_lora_save(model *m, const char *adapter_dir, lr_err *err) {
     *a = *m->ad; /* the settings; m->ad holds no tensors */
     a->t = NULL, a->n_tensors = a->cap_tensors = 0;
     free(t0);
+    /* an adapter loaded to resume may come from a file that left it null */
+    if (!a->base_model[0]) snprintf(a->base_model, sizeof a->base_model, "%s", m->base_name);
     int rc = 0;
     for (int l = 0; l < m->cfg.n_layers && !rc; l++)
         for (int s = 0; s < S_N && !rc; s++) {

@@ -1,0 +1,26 @@
+/* jsonfmt: JSON text with real numbers in their shortest round-trip form.
+ *
+ * jansson prints a real with 17 significant digits ("%.17g"), so the
+ * learning rate a user sent as 0.003 comes back as 0.0030000000000000001.
+ * Here each real gets the fewest digits that strtod reads back as the same
+ * double (0.003, 5.4401235580444336 when a float32 loss needs all 17), so
+ * nothing is lost and nothing is invented. Programs print JSON through
+ * jsonfmt_dumps instead of json_dumps. */
+#ifndef LR_JSONFMT_H
+#define LR_JSONFMT_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+/* The shortest form of d that reads back as d, always with a '.' or an
+ * exponent (as jansson writes reals, so a reader still sees a real): "0.003",
+ * "1e-05", "3.0", "100.0". NaN and infinities are not JSON: "null". Returns
+ * the length, or -1 when cap is too small (32 is always enough). */
+int jsonfmt_real(double d, char *buf, size_t cap);
+
+/* json_dumps(v, flags) with every real rewritten by jsonfmt_real
+ * (JSON_REAL_PRECISION in flags is ignored). The caller frees the text;
+ * NULL on failure, as json_dumps. */
+char *jsonfmt_dumps(const json_t *v, size_t flags);
+
+#endif
