@@ -508,3 +508,46 @@ TEST(backup_and_restore) {
     snprintf(dbp, sizeof dbp, "%s/lorad.db", fresh);
     CHECK(access(dbp, F_OK) != 0); /* a failed restore leaves no database behind */
 }
+
+/* A merge's model belongs to the user its merge recorded; an operator's
+ * registration has no owner; shares need an existing object and user. */
+TEST(model_owner_and_shares) {
+    store *st = open_store("owners.db");
+    REQUIRE(st);
+    lr_err e = {0};
+    json_t *info = json_object();
+    char owner[64], dir[256];
+    REQUIRE(store_user_add(st, "bob", 0, "ab", &e) == 0);
+    REQUIRE(store_model_merge_begin(st, "m1", "alice", "ftjob-1", &e) == 0);
+    REQUIRE(store_model_add(st, "m1", "/x/m1", info, &e) == 0);
+    CHECK(store_model_owner(st, "m1", owner, sizeof owner, &e) == 0);
+    CHECK_STR(owner, "alice");
+    REQUIRE(store_model_add(st, "base", "/x/base", info, &e) == 0);
+    CHECK(store_model_owner(st, "base", owner, sizeof owner, &e) == 0);
+    CHECK_STR(owner, "");
+    json_t *l = store_models_list(st, "bob", &e);
+    CHECK_EQ_INT(json_array_size(json_object_get(l, "data")), 1); /* base only */
+    json_decref(l);
+    CHECK(store_share(st, "model", "m1", "bob", 1, &e) == 0);
+    CHECK(store_shared(st, "model", "m1", "bob"));
+    l = store_models_list(st, "bob", &e);
+    CHECK_EQ_INT(json_array_size(json_object_get(l, "data")), 2);
+    json_decref(l);
+    CHECK(store_share(st, "model", "nope", "bob", 1, &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_NOTFOUND);
+    CHECK(store_share(st, "model", "m1", "carol", 1, &e) == -1);
+    CHECK(store_share(st, "sweep", "m1", "bob", 1, &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_INVALID);
+    store_job_new j = {.id = "ftjob-2", .name = "", .user = "bob", .model = "m1", .device = "any",
+                       .spec_json = "{}", .max_retries = 1};
+    REQUIRE(store_job_insert(st, &j, &e) == 0);
+    CHECK(store_model_delete(st, "m1", dir, sizeof dir, &e) == -1); /* a queued job uses it */
+    CHECK_EQ_INT(e.code, LR_E_CONFLICT);
+    REQUIRE(store_job_finish(st, "ftjob-2", "cancelled", NULL, NULL, &e) == 0);
+    CHECK(store_model_delete(st, "m1", dir, sizeof dir, &e) == 0);
+    CHECK_STR(dir, "/x/m1");
+    CHECK(!store_shared(st, "model", "m1", "bob")); /* its shares went with it */
+    CHECK(store_model_owner(st, "m1", owner, sizeof owner, &e) == -1);
+    json_decref(info);
+    store_close(st);
+}
