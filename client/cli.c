@@ -56,6 +56,8 @@ double cli_now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+double cli_server_now(const cli_ctx *c) { return c->h.server_date > 0 ? c->h.server_date + 0.5 : cli_now_s(); }
+
 void cli_fmt_time(double t, char *out, size_t cap) {
     if (!isfinite(t) || t <= 0) {
         snprintf(out, cap, "-");

@@ -43,6 +43,10 @@ const char *cli_jstr(const json_t *o, const char *k, const char *def);
 double cli_jnum(const json_t *o, const char *k);
 /* Unix time in seconds. */
 double cli_now_s(void);
+/* The server's time as its last answer's Date said (mid-second), else the
+ * client's: elapsed times measured against the server's started_at or
+ * last_seen then do not carry the difference between the two clocks. */
+double cli_server_now(const cli_ctx *c);
 /* Local "YYYY-MM-DD HH:MM:SS" of unix time t ("-" when not a positive number). */
 void cli_fmt_time(double t, char *out, size_t cap);
 /* The SGR colour of a job or worker status, NULL for none. */

@@ -285,7 +285,7 @@ int lora_cmd_workers(cli_ctx *c) {
         snprintf(rs, sizeof rs, "%.0f", isfinite(cli_jnum(w, "restarts")) ? cli_jnum(w, "restarts") : 0);
         double ls = cli_jnum(w, "last_seen");
         if (isfinite(ls)) {
-            fmt_duration(cli_now_s() - ls, seen, sizeof seen);
+            fmt_duration(cli_server_now(c) - ls, seen, sizeof seen);
             strncat(seen, " ago", sizeof seen - strlen(seen) - 1);
         } else {
             snprintf(seen, sizeof seen, "-");

@@ -118,7 +118,7 @@ int lora_cmd_ls(cli_ctx *c) {
         for (int col = 4; col < 10; col++) table_align_right(t, col);
         table_max_width(t, 1, 32);
     }
-    double now = cli_now_s();
+    double now = cli_server_now(c);
     json_t *j;
     size_t i;
     json_array_foreach(list, i, j) bad |= !t || job_row(t, j, now);
@@ -147,7 +147,7 @@ int lora_cmd_show(cli_ctx *c) {
     const char *st = cli_jstr(j, "status", "?");
     char a[64], b[64], cc[64];
     double elapsed, eta;
-    watch_times(j, cli_now_s(), &elapsed, &eta);
+    watch_times(j, cli_server_now(c), &elapsed, &eta);
     printf("%-14s %s\n", "id", cli_jstr(j, "id", "?"));
     printf("%-14s %s\n", "name", cli_jstr(j, "name", "-"));
     const char *sgr = c->color ? cli_status_sgr(st) : NULL;
@@ -172,8 +172,12 @@ int lora_cmd_show(cli_ctx *c) {
     fmt_num(cli_jnum(m, "loss"), a, sizeof a);
     fmt_num(cli_jnum(m, "eval_loss"), b, sizeof b);
     fmt_num(cli_jnum(m, "lr"), cc, sizeof cc);
-    printf("%-14s %s  eval loss %s  lr %s  tokens/s %.0f\n", "loss", a, b, cc,
+    char tl[64];
+    watch_tps_label(j, tl, sizeof tl);
+    printf("%-14s %s  eval loss %s  lr %s  %s %.0f\n", "loss", a, b, cc, tl,
            isfinite(cli_jnum(m, "tokens_per_s")) ? cli_jnum(m, "tokens_per_s") : 0);
+    if (!strcmp(st, "queued") && json_is_string(json_object_get(j, "waiting_reason")))
+        printf("%-14s %s\n", "waiting", cli_jstr(j, "waiting_reason", "?"));
     const json_t *e = json_object_get(j, "error");
     if (json_is_object(e)) printf("%-14s %s (%s)\n", "error", cli_jstr(e, "message", "?"), cli_jstr(e, "code", "?"));
     if (json_is_string(json_object_get(j, "stop_reason"))) printf("%-14s %s\n", "stop reason", cli_jstr(j, "stop_reason", "?"));

@@ -188,7 +188,7 @@ int lora_cmd_sweep_show(cli_ctx *c) {
         table_align_right(t, 0);
         for (int col = first_metric + 1; col < nc; col++) table_align_right(t, col);
     }
-    double now = cli_now_s();
+    double now = cli_server_now(c);
     json_array_foreach(jobs, i, j) {
         char rank[24], cell[96], loss[32], ev[32], el[32], steps[48] = "-";
         const json_t *pg = json_object_get(j, "progress"), *m = json_object_get(j, "metrics");

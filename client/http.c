@@ -172,6 +172,13 @@ static int finish(http_client *h, CURLcode rc, sink *s, const char *errbuf, json
         return lr_errp(err, LR_E_IO, "", "cannot connect to %s: %s", h->base, errbuf[0] ? errbuf : curl_easy_strerror(rc));
     }
     curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &h->status);
+    /* the server's clock, for times measured against its started_at */
+    struct curl_header *date = NULL;
+    h->server_date = 0;
+    if (curl_easy_header(h->curl, "Date", 0, CURLH_HEADER, -1, &date) == CURLHE_OK) {
+        time_t t = curl_getdate(date->value, NULL);
+        if (t > 0) h->server_date = (double)t;
+    }
     if (h->status >= 400 || h->status < 200) {
         h->fail = HTTP_FAIL_SERVER;
         http_error_message(h->status, s->body.data, s->body.len, err);

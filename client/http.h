@@ -24,6 +24,7 @@ typedef struct http_client {
     long status;              /* HTTP status of the last answer, 0 when none */
     int fail;                 /* 0, HTTP_FAIL_SERVER or HTTP_FAIL_CONNECT */
     json_t *error_body;       /* the last error answer's JSON, or NULL */
+    double server_date;       /* the last answer's Date header (Unix seconds, whole); 0 when none */
 } http_client;
 
 enum { HTTP_FAIL_SERVER = 2, HTTP_FAIL_CONNECT = 3 };

@@ -44,6 +44,28 @@ void watch_times(const json_t *job, double now, double *elapsed, double *eta) {
                                                   : fmt_eta(*elapsed, num(pg, "step"), num(pg, "total_steps"));
 }
 
+void watch_tps_label(const json_t *job, char *out, size_t cap) {
+    double ls = num(json_object_get(json_object_get(job, "spec"), "hyperparameters"), "logging_steps");
+    if (ls >= 1)
+        snprintf(out, cap, "tokens/s (last %.0f step%s)", ls, ls == 1 ? "" : "s");
+    else
+        snprintf(out, cap, "tokens/s (last log window)");
+}
+
+void watch_clock_sample(watch_clock *c, double server_date, double client_now) {
+    if (!(server_date > 0)) return;
+    double low = server_date - client_now;
+    if (!c->have || low > c->offset) c->offset = low;
+    c->have = 1;
+}
+
+double watch_clock_now(watch_clock *c, double client_now) {
+    double t = client_now + (c->have ? c->offset : 0);
+    if (t < c->last) t = c->last;
+    c->last = t;
+    return t;
+}
+
 static const char *status_sgr(const char *st) {
     if (!strcmp(st, "succeeded")) return "32";
     if (!strcmp(st, "failed")) return "31";
@@ -112,9 +134,17 @@ int watch_render(FILE *f, const json_t *job, const double *loss, size_t n, const
         snprintf(d, sizeof d, "%.0f", tps);
     else
         snprintf(d, sizeof d, "-");
-    snprintf(line, sizeof line, "loss %s  eval loss %s  lr %s  tokens/s %s", a, b, c, d);
+    char tl[64];
+    watch_tps_label(job, tl, sizeof tl);
+    snprintf(line, sizeof line, "loss %s  eval loss %s  lr %s  %s %s", a, b, c, tl, d);
     emit(f, line, v, NULL, NULL);
     lines++;
+    const char *wait = str(job, "waiting_reason", NULL);
+    if (!strcmp(st, "queued") && wait) {
+        snprintf(line, sizeof line, "queued: %s", wait);
+        emit(f, line, v, NULL, NULL);
+        lines++;
+    }
 
     double lo = INFINITY, hi = -INFINITY;
     for (size_t i = 0; i < n; i++)
@@ -171,7 +201,10 @@ void watch_line(const json_t *job, double now, char *out, size_t cap) {
     if (n > 0 && (size_t)n < cap && json_is_object(err))
         n += snprintf(out + n, cap - (size_t)n, " error \"%s\"", str(err, "message", "no reason given"));
     const char *why = str(job, "stop_reason", NULL);
-    if (n > 0 && (size_t)n < cap && why) snprintf(out + n, cap - (size_t)n, " stop_reason \"%s\"", why);
+    if (n > 0 && (size_t)n < cap && why) n += snprintf(out + n, cap - (size_t)n, " stop_reason \"%s\"", why);
+    const char *wait = str(job, "waiting_reason", NULL);
+    if (n > 0 && (size_t)n < cap && wait && !strcmp(st, "queued"))
+        snprintf(out + n, cap - (size_t)n, " waiting \"%s\"", wait);
 }
 
 /* ---- the loop ---- */
@@ -235,6 +268,7 @@ static void fetch_loss(http_client *h, const char *id, series *s) {
 int watch_run(http_client *h, const char *id, const watch_opts *o, int *exit_code, lr_err *err) {
     char path[256], esc[128], line[1024];
     series s = {.last_step = -1};
+    watch_clock clk = {0};
     int prev_lines = 0, rc = -1;
     double outage_since = 0;
     long long last_step_printed = -2;
@@ -257,17 +291,19 @@ int watch_run(http_client *h, const char *id, const watch_opts *o, int *exit_cod
             if (now_s() - outage_since > WATCH_MAX_OUTAGE_S) goto out;
         } else {
             outage_since = 0;
+            watch_clock_sample(&clk, h->server_date, now_s());
             const char *st = str(job, "status", "?");
             fetch_loss(h, esc, &s);
             if (o->tty) {
-                watch_view v = {.utf8 = o->utf8, .color = o->color, .width = term_width(), .now = now_s()};
+                watch_view v = {.utf8 = o->utf8, .color = o->color, .width = term_width(),
+                                .now = watch_clock_now(&clk, now_s())};
                 if (prev_lines) printf("\x1b[%dF", prev_lines); /* back to the view's first line */
                 fputs("\x1b[J", stdout);                          /* and clear what was below */
                 prev_lines = watch_render(stdout, job, s.v, s.n, &v);
             } else {
                 long long step = (long long)num(json_object_get(job, "progress"), "step");
                 if (step != last_step_printed || strcmp(st, last_status)) {
-                    watch_line(job, now_s(), line, sizeof line);
+                    watch_line(job, watch_clock_now(&clk, now_s()), line, sizeof line);
                     printf("%s\n", line);
                     last_step_printed = step;
                     snprintf(last_status, sizeof last_status, "%s", st);

@@ -32,6 +32,26 @@ int watch_exit_code(const char *status);
  * (-1 unknown or finished), from the job object. */
 void watch_times(const json_t *job, double now, double *elapsed, double *eta);
 
+/* The label of a job's metrics.tokens_per_s, which is the rate of the last
+ * logging window, not the run's average: "tokens/s (last 10 steps)" from
+ * the spec's logging_steps, else "tokens/s (last log window)". */
+void watch_tps_label(const json_t *job, char *out, size_t cap);
+
+/* The server's clock as the client sees it, so elapsed times computed
+ * against the server's started_at neither depend on the client's clock nor
+ * go back. An answer's Date header (whole seconds: the server's time was at
+ * least date when the client got it) bounds server minus client time from
+ * below; the estimate keeps the highest bound, and now never decreases. */
+typedef struct watch_clock {
+    double offset;     /* server minus client seconds, when have */
+    int have;
+    double last;       /* the last time handed out */
+} watch_clock;
+/* server_date 0 (no Date header) is ignored. */
+void watch_clock_sample(watch_clock *c, double server_date, double client_now);
+/* The server's time now; the client's own time until a sample came. */
+double watch_clock_now(watch_clock *c, double client_now);
+
 /* Writes the view's lines (each ending in '\n', none wider than v->width)
  * to f; returns how many lines. loss[0..n) is the loss series. Pure. */
 int watch_render(FILE *f, const json_t *job, const double *loss, size_t n, const watch_view *v);

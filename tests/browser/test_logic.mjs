@@ -291,5 +291,29 @@ test('trainedOutput: a full_sft job has a model, any other an adapter', () => {
     assert.deepEqual(L.trainedOutput(j), { full: false, file: 'adapter_model.safetensors' });
 });
 
+test('smoothFor: a short series (4 evals) is drawn as measured, its last value kept', () => {
+  const evals = [2.0, 1.5, 1.2, 1.1];
+  const got = L.smoothFor(evals, 0.9);
+  assert.deepEqual(got, evals);
+  assert.equal(got[got.length - 1], 1.1); // smooth() would draw about 1.45 here
+  assert.ok(Math.abs(L.smooth(evals, 0.9)[3] - 1.1) > 0.1);
+});
+
+test('smoothFor: a long series is smoothed like smooth()', () => {
+  const v = Array.from({ length: 50 }, (_, i) => 3 - i * 0.02 + (i % 2 ? 0.3 : -0.3));
+  assert.deepEqual(L.smoothFor(v, 0.6), L.smooth(v, 0.6));
+  // nulls do not count toward the length
+  const sparse = [1, null, null, 2, null, 3];
+  assert.deepEqual(L.smoothFor(sparse, 0.6), sparse);
+  assert.equal(L.SMOOTH_MIN_POINTS > 4, true);
+});
+
+test('tpsLabel names the window tokens_per_s covers', () => {
+  assert.equal(L.tpsLabel({ hyperparameters: { logging_steps: 10 } }), 'tokens/s (last 10 steps)');
+  assert.equal(L.tpsLabel({ hyperparameters: { logging_steps: 1 } }), 'tokens/s (last 1 step)');
+  assert.equal(L.tpsLabel({}), 'tokens/s (last log window)');
+  assert.equal(L.tpsLabel(undefined), 'tokens/s (last log window)');
+});
+
 console.log(`${passed} passed, ${failed} failed, 0 skipped`);
 process.exit(failed ? 1 : 0);

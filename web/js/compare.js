@@ -3,7 +3,7 @@
 import { api } from './api.js';
 import {
   fmtNum, buildHash, isFinished, normalizeMetrics, mergeMetrics, planFetches, boundStore,
-  smooth, flatten, varyingKeys, summarize, rankRuns,
+  smoothFor, flatten, varyingKeys, summarize, rankRuns,
 } from './logic.js';
 import { h, replace, statusBadge, errorBox, table, poll, pref, setPref } from './ui.js';
 import { LineChart, PALETTE, toXY } from './charts.js';
@@ -71,7 +71,7 @@ export function mount(root, ctx) {
       const t0 = walls.length ? Math.min(...walls) : 0;
       const label = r.job.name || r.job.id;
       out.push({ label: `${label} (raw)`, color: r.color, raw: true, ...toXY(pts, settings.xMode, t0) });
-      out.push({ label, color: r.color, points: pts.length < 3, ...toXY(pts, settings.xMode, t0, smooth(pts.map((p) => p.value), settings.smoothing)) });
+      out.push({ label, color: r.color, points: pts.length < 3, ...toXY(pts, settings.xMode, t0, smoothFor(pts.map((p) => p.value), settings.smoothing)) });
     }
     return out;
   }

@@ -21,7 +21,8 @@ function uploadCard(onUploaded) {
     try {
       const d = await upload('/v1/datasets', f, {}, (frac) => replace(bar, progressBar(frac, 1), h('span', { class: 'muted' }, ` ${Math.round(frac * 100)}%`)));
       replace(result, h('div', { class: 'ok' }, 'Uploaded ', h('a', { href: `#/datasets/${encodeURIComponent(d.id)}` }, d.id),
-        `: ${fmtInt(d.rows)} rows, ${d.kind || d.format}.`));
+        `: ${fmtInt(d.rows)} rows, ${d.kind || d.format}.`),
+        d.warning ? h('div', { class: 'warning', role: 'status' }, d.warning) : null);
       form.reset();
       onUploaded();
     } catch (err) {
@@ -72,7 +73,9 @@ function reportView(d) {
   return h('section', { class: 'card report' }, h('h2', {}, 'Validation report'),
     h('div', { class: 'kvs' },
       kv('file', d.filename || d.name || '–'), kv('format', [d.format, d.kind].filter(Boolean).join(' · ')),
-      kv('rows', fmtInt(d.rows)), kv('size', fmtBytes(d.bytes)), kv('user', d.user), kv('uploaded', fmtTime(d.created_at)),
+      kv('rows', fmtInt(d.rows)),
+      d.duplicates ? kv('duplicates', `${fmtInt(d.duplicates)} (a job trains on each distinct row once)`) : null,
+      kv('size', fmtBytes(d.bytes)), kv('user', d.user), kv('uploaded', fmtTime(d.created_at)),
       Object.entries(stats).filter(([k, v]) => !skip.has(k) && (typeof v !== 'object' || v === null)).map(([k, v]) => kv(k.replace(/_/g, ' '), String(v)))),
     errs.length ? h('ul', { class: 'upload-errors' }, errs.map((e) => h('li', {}, typeof e === 'string' ? e : `line ${e.line}: ${e.message}`))) : h('p', { class: 'ok' }, 'Every row is valid.'),
     warns.length ? h('ul', { class: 'warnings' }, warns.map((w) => h('li', {}, typeof w === 'string' ? w : w.message))) : null);
@@ -81,12 +84,16 @@ function reportView(d) {
 function previewView(d) {
   const box = h('div', { class: 'preview-rows' });
   const modelSel = h('select', { name: 'model' });
+  // '' = auto: the model's own template, as a job without chat_template
+  const tplSel = h('select', { name: 'chat_template' }, ['', 'chatml', 'llama3', 'mistral', 'alpaca', 'plain'].map((t) => h('option', { value: t }, t || 'auto (the model\'s)')));
+  const used = h('span', { class: 'muted template-used' });
   const limitIn = h('input', { type: 'number', name: 'limit', min: '1', max: '100', value: '5' });
   const load = async () => {
     replace(box, h('p', { class: 'muted' }, 'rendering…'));
     try {
-      const r = await api(`/v1/datasets/${encodeURIComponent(d.id)}/preview`, { params: { model: modelSel.value, n: limitIn.value } });
+      const r = await api(`/v1/datasets/${encodeURIComponent(d.id)}/preview`, { params: { model: modelSel.value, n: limitIn.value, chat_template: tplSel.value } });
       const rows = (r && (r.data || r.rows)) || [];
+      used.textContent = r && r.chat_template ? `rendered with ${r.chat_template}` : '';
       replace(box, rows.length ? rows.map((row, i) => h('div', { class: 'preview-row', dataset: { line: row.line ?? '' } },
         h('div', { class: 'muted' }, row.line ? `line ${row.line}` : `row ${i + 1}`,
           typeof row.tokens === 'number' ? ` · ${row.tokens} tokens` : '', row.trained_tokens !== undefined ? ` · ${row.trained_tokens} trained` : ''),
@@ -103,7 +110,8 @@ function previewView(d) {
   })().catch((e) => replace(box, errorBox(e)));
   return h('section', { class: 'card preview' }, h('h2', {}, 'Preview'),
     h('p', { class: 'muted' }, 'Rows as the model sees them; ', h('mark', { class: 'trained' }, 'highlighted'), ' tokens are trained on (the loss counts them).'),
-    h('div', { class: 'row' }, h('label', {}, 'model ', modelSel), h('label', {}, 'rows ', limitIn), h('button', { type: 'button', onclick: load }, 'Render')),
+    h('div', { class: 'row' }, h('label', {}, 'model ', modelSel), h('label', {}, 'chat template ', tplSel), h('label', {}, 'rows ', limitIn),
+      h('button', { type: 'button', onclick: load }, 'Render'), used),
     box);
 }
 

@@ -4,7 +4,7 @@
 import { api, download } from './api.js';
 import {
   fmtNum, fmtDuration, fmtTime, fmtBytes, elapsed, eta, isFinished,
-  normalizeMetrics, mergeMetrics, planFetches, boundStore, smooth, buildHash, trainedOutput,
+  normalizeMetrics, mergeMetrics, planFetches, boundStore, smoothFor, tpsLabel, buildHash, trainedOutput,
 } from './logic.js';
 import { h, replace, statusBadge, progressBar, errorBox, table, poll, pref, setPref } from './ui.js';
 import { LineChart, PALETTE, toXY } from './charts.js';
@@ -80,7 +80,7 @@ export function mount(root, ctx) {
       const pts = store[name] || [];
       const color = PALETTE[i % PALETTE.length];
       // A schedule is exact: smoothing would only make it lag.
-      const smoothed = smooth(pts.map((p) => p.value), NO_SMOOTH.has(name) ? 0 : settings.smoothing);
+      const smoothed = smoothFor(pts.map((p) => p.value), NO_SMOOTH.has(name) ? 0 : settings.smoothing);
       out.push({ label: `${name} (raw)`, color, raw: true, ...toXY(pts, settings.xMode, t0) });
       out.push({ label: name, color, points: pts.length < 3, ...toXY(pts, settings.xMode, t0, smoothed) });
     });
@@ -114,6 +114,7 @@ export function mount(root, ctx) {
         h('a', { class: 'button secondary small', href: buildHash(['compare'], j.sweep_id ? { sweep: j.sweep_id } : { ids: j.id }) }, j.sweep_id ? 'Compare sweep' : 'Compare')),
       j.error ? errorBox(typeof j.error === 'string' ? j.error : j.error.message || JSON.stringify(j.error)) : null,
       j.stop_reason ? h('p', { class: 'stop-reason' }, h('strong', {}, 'Stopped early: '), j.stop_reason) : null,
+      j.status === 'queued' && j.waiting_reason ? h('p', { class: 'waiting-reason' }, h('strong', {}, 'Waiting: '), j.waiting_reason) : null,
       h('div', { class: 'kvs' },
         kv('id', j.id), kv('user', j.user), kv('model', j.model), kv('method', method),
         kv('worker', j.worker || '–'),
@@ -121,7 +122,7 @@ export function mount(root, ctx) {
         kv('progress', h('span', { class: 'progress-inline' }, progressBar(p.step, p.total_steps), ` ${p.step ?? 0}/${p.total_steps || '?'}`), 'step'),
         kv('epoch', fmtNum(p.epoch, 3)),
         kv('loss', fmtNum(m.loss)), kv('eval loss', fmtNum(m.eval_loss)),
-        kv('tokens/s', fmtNum(m.tokens_per_s, 3)), kv('lr', fmtNum(m.lr, 3)),
+        kv(tpsLabel(spec), fmtNum(m.tokens_per_s, 3)), kv('lr', fmtNum(m.lr, 3)),
         kv('elapsed', fmtDuration(el)),
         kv('ETA', fmtDuration(j.status === 'running' ? eta(p.step, p.total_steps, el) : null)),
         kv('created', fmtTime(j.created_at)), kv('started', fmtTime(j.started_at)), kv('finished', fmtTime(j.finished_at))));

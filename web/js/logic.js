@@ -246,6 +246,23 @@ export function smooth(values, weight) {
   return out;
 }
 
+// A job's metrics.tokens_per_s is the rate of its last logging window, not
+// the run's average; the label says which window (as `lora show` does).
+export function tpsLabel(spec) {
+  const n = Number(spec && spec.hyperparameters && spec.hyperparameters.logging_steps);
+  return n >= 1 ? `tokens/s (last ${n} step${n === 1 ? '' : 's'})` : 'tokens/s (last log window)';
+}
+
+// Smoothing for a drawn series: an EMA over a handful of points (eval loss
+// every few hundred steps) mostly shows its own lag, and the curve's last
+// drawn value is then not the last measured one. Series shorter than
+// SMOOTH_MIN_POINTS finite values are drawn as measured.
+export const SMOOTH_MIN_POINTS = 20;
+export function smoothFor(values, weight) {
+  const n = values.filter((v) => v !== null && Number.isFinite(v)).length;
+  return n < SMOOTH_MIN_POINTS ? values.slice() : smooth(values, weight);
+}
+
 // uPlot wants one x array shared by every series: the sorted union of xs,
 // with null where a series has no point (drawn with spanGaps).
 export function alignSeries(list) {
