@@ -2,7 +2,8 @@
 items 5, 6, 9, 13, 14), against a real lorad and real lora-workers:
 
 - a job whose one optimizer step is 256 micro-batches (~20 s on one thread)
-  is cancelled between micro-batches and ends `cancelled` within seconds;
+  is cancelled between micro-batches and ends `cancelled` within seconds,
+  and so is an eval job generating 65,536 tokens;
 - a worker that cannot stop (SIGSTOPped) is killed cancel_grace_s after the
   cancel, restarted, and its job ends `cancelled`, not re-queued;
 - SIGTERM checkpoints a running job where it is; after the restart it
@@ -115,6 +116,24 @@ def test_workers_cancel_shutdown_checkpoints():
         evs = events(L, lj, tok)
         R.check(L.job(lj, tok)["status"] == "cancelled" and took < 5 and "cancelled during step 1 (not applied)" in evs,
                 "a 256-micro-batch step is cancelled within 5 s (took %.1f s)" % took, (took, evs))
+
+        # ---- item 5: cancel between the tokens of a 65,536-token evaluation
+        st, pf = L.req("POST", "/v1/datasets?filename=prompts.jsonl", tok,
+                       raw=b'{"input":"Explain dropout.","output":"Dropout."}\n')
+        st, ej = L.req("POST", "/v1/jobs", tok, {"model": "tiny", "training_file": pf["id"], "device": "cpu",
+                                                 "method": {"type": "eval"},
+                                                 "eval": {"generation": {"max_new_tokens": 65536}}})
+        R.check(st == 200, "eval job with 65,536 new tokens", ej)
+        wait_until(lambda: L.job(ej["id"], tok)["status"] == "running", 60, "eval running")
+        time.sleep(2)
+        t0 = time.time()
+        L.req("POST", "/v1/jobs/%s/cancel" % ej["id"], tok)
+        wait_until(lambda: L.finished(ej["id"], tok), 60, "cancel of a long generation")
+        took = time.time() - t0
+        evs = events(L, ej["id"], tok)
+        R.check(L.job(ej["id"], tok)["status"] == "cancelled" and took < 5 and
+                any(e.startswith("cancelled after 0 of 1 generations") for e in evs),
+                "a 65,536-token generation is cancelled within 5 s (took %.1f s)" % took, (took, evs))
 
         # ---- item 5: a worker that does not stop is killed after cancel_grace_s
         kj = submit(L, tok, fid, max_steps=1, batch_size=8, grad_accum=256, max_seq_len=256)
