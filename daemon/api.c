@@ -1507,16 +1507,15 @@ static void h_job_merge(ctx *c) {
     runner_merge m = {.job_id = c->p[0], .name = name};
     if (t.full) m.tuned_model_dir = t.run_dir;
     else m.model_dir = t.model_dir, m.adapter_dir = t.run_dir;
-    /* The model the merge registers belongs to the job's owner. */
-    if (store_model_merge_begin(c->st, name, owner ? owner : c->user.name, c->p[0], &e)) {
-        fail_err(c, &e);
-        goto out;
-    }
     if (runner_merge_start(c->a->env.runner, &m, &e)) {
-        lr_err e2 = {0};
-        if (store_model_merge_end(c->st, name, &e2)) e2.msg[0] = 0; /* a stale record only names an owner */
         if (e.code == LR_E_BUSY) fail(c, 503, "unavailable", NULL, "%s", e.msg);
         else fail_err(c, &e);
+        goto out;
+    }
+    /* Once this merge (not a refused one) runs: its model belongs to the
+     * job's owner. */
+    if (store_model_merge_begin(c->st, name, owner ? owner : c->user.name, c->p[0], &e)) {
+        fail(c, 500, "internal", NULL, "the merge into %s started, but recording its owner failed: %s", name, e.msg);
         goto out;
     }
     set_json(c->rs, 202, json_pack("{s:s, s:s, s:s, s:s, s:O, s:f}", "object", "model", "id", name, "status",
@@ -1676,7 +1675,18 @@ static void h_sweep_get(ctx *c) {
 
 static void h_workers(ctx *c) {
     lr_err e = {0};
-    reply(c, store_workers_list(c->st, &e), &e);
+    json_t *l = store_workers_list(c->st, &e), *w;
+    size_t i;
+    /* private: a worker busy with someone else's job shows no job id */
+    json_array_foreach(private_view(c) ? json_object_get(l, "data") : NULL, i, w) {
+        const char *id = json_string_value(json_object_get(w, "job_id"));
+        json_t *j = id ? store_job_get(c->st, id, &e) : NULL;
+        const char *owner = json_string_value(json_object_get(j, "user"));
+        if (id && !(owner && can_see(c, "job", id, owner))) json_object_set_new(w, "job_id", json_null());
+        json_decref(j);
+        lr_err_clear(&e);
+    }
+    reply(c, l, &e);
 }
 
 /* ---- static files ---- */

@@ -416,13 +416,27 @@ out:
 }
 
 int store_model_merge_begin(store *st, const char *name, const char *user, const char *job, lr_err *err) {
-    sqlite3_stmt *s = q(st, "INSERT OR REPLACE INTO model_merges(name, user, job_id, created_at) VALUES (?,?,?,?)", err);
-    if (!s) return -1;
-    bt(s, 1, name);
-    bt(s, 2, user);
-    bt(s, 3, job);
-    bi(s, 4, (int64_t)time(NULL));
-    return exec1(st, s, err, "record merge");
+    if (store_begin(st, err)) return -1;
+    /* A quick merge may have registered its model already, without owner. */
+    sqlite3_stmt *s = q(st, "UPDATE models SET owner = ? WHERE name = ? AND owner IS NULL", err);
+    if (!s) goto fail;
+    bt(s, 1, user);
+    bt(s, 2, name);
+    if (exec1(st, s, err, "set model owner")) goto fail;
+    if (sqlite3_changes(st->db) == 0) {
+        if (!(s = q(st, "INSERT OR REPLACE INTO model_merges(name, user, job_id, created_at) VALUES (?,?,?,?)", err)))
+            goto fail;
+        bt(s, 1, name);
+        bt(s, 2, user);
+        bt(s, 3, job);
+        bi(s, 4, (int64_t)time(NULL));
+        if (exec1(st, s, err, "record merge")) goto fail;
+    }
+    if (store_commit(st, err)) goto fail;
+    return 0;
+fail:
+    store_rollback(st);
+    return -1;
 }
 
 int store_model_merge_end(store *st, const char *name, lr_err *err) {
@@ -866,7 +880,7 @@ int store_jobs_queued(store *st, int per_group, store_qjob **out, int *n, lr_err
     int cap = 0;
     char user[64] = "", device[8] = "";
     if (per_group < 1) return 0;
-    for (;;) {
+    while (*n < STORE_QUEUED_MAX) {
         /* The next (user, device) group after the last one: a seek in
          * jobs_queue_by_user, not a scan of the queue. */
         sqlite3_stmt *g = q(st, "SELECT user, device FROM jobs WHERE status='queued' AND (user, device) > (?1, ?2) "

@@ -54,7 +54,9 @@ int store_user_auth(store *st, const char *token_hash, store_user *out, lr_err *
  * merge of that name (store_model_merge_begin; the record is used up), else
  * none: a model without owner is a base model every user may use. */
 int store_model_add(store *st, const char *name, const char *dir, const json_t *info, lr_err *err) LR_WARN_UNUSED;
-/* A merge into model name started for user's job / is over without a model. */
+/* A merge into model name started (call it once the merge runs): the model
+ * it registers belongs to user, also when it was registered just before.
+ * merge_end forgets a record (an operator's `lorad model add` of the name). */
 int store_model_merge_begin(store *st, const char *name, const char *user, const char *job, lr_err *err) LR_WARN_UNUSED;
 int store_model_merge_end(store *st, const char *name, lr_err *err) LR_WARN_UNUSED;
 /* The model's directory; LR_E_NOTFOUND when not registered. */

@@ -142,6 +142,7 @@ try:
     R.check(m["architecture"] == "LlamaForCausalLM" and m["num_layers"] >= 1 and
             any(x["id"] == "tiny-counting" for x in L.req("GET", "/v1/models", ta)[1]["data"]),
             "the merged model is registered (%.1f s)" % (time.time() - t0), m)
+    R.check(m.get("owner") == "alice", "the merged model belongs to the job's owner", m.get("owner"))
     evs = [e["message"] for e in L.req("GET", "/v1/jobs/%s/events?limit=1000" % job, ta)[1]["data"]]
     R.check(any(e.startswith("merged into model tiny-counting") for e in evs), "the job records 'merged into model'", evs[-3:])
     mdir = os.path.join(L.dir, "models", "tiny-counting")

@@ -54,6 +54,10 @@ try:
     assert st == 200, (st, S)
     S = S["id"]
     art = "adapter_model.safetensors"
+    wait_until(lambda: L.job(JL, ta)["status"] == "running", 20, "alice's long job to run")
+    wjobs = lambda tok: [w["job_id"] for w in L.req("GET", "/v1/workers", tok)[1]["data"]]
+    R.check(JL not in wjobs(tb) and JL in wjobs(tr) and JL in wjobs(ta),
+            "private, workers: bob does not see which job of alice's runs", (wjobs(tb), wjobs(tr)))
     spec = lambda **kw: dict({"model": "tiny", "training_file": DB, "hyperparameters": {"max_steps": 1}}, **kw)
 
     # name, method, path, body, bob in private, admin in private, bob in team (as before the policy)
@@ -117,7 +121,7 @@ try:
     D3 = upload(ta)
     JM = submit(ta, D3, 100000, model="alice-model")
     st, e = L.req("DELETE", "/v1/models/alice-model", ta)
-    R.check(st == 409 and JM in e["error"]["message"], "a model a queued or running job uses: 409", (st, e))
+    R.check(st == 409 and "is used by job" in e["error"]["message"], "a model a queued or running job uses: 409", (st, e))
     L.req("POST", "/v1/jobs/%s/cancel" % JM, ta)
     st, e = L.req("DELETE", "/v1/models/alice-model-3", ta)
     R.check(st == 200 and e.get("deleted") is True and L.req("GET", "/v1/models/alice-model-3", tr)[0] == 404,

@@ -525,13 +525,21 @@ TEST(model_owner_and_shares) {
     REQUIRE(store_model_add(st, "base", "/x/base", info, &e) == 0);
     CHECK(store_model_owner(st, "base", owner, sizeof owner, &e) == 0);
     CHECK_STR(owner, "");
+    /* A merge that registered before its owner was recorded still gets it. */
+    REQUIRE(store_model_add(st, "quick", "/x/quick", info, &e) == 0);
+    REQUIRE(store_model_merge_begin(st, "quick", "carol", "ftjob-3", &e) == 0);
+    CHECK(store_model_owner(st, "quick", owner, sizeof owner, &e) == 0);
+    CHECK_STR(owner, "carol");
+    REQUIRE(store_model_add(st, "quick", "/x/quick", info, &e) == 0); /* no record left behind */
+    CHECK(store_model_owner(st, "quick", owner, sizeof owner, &e) == 0);
+    CHECK_STR(owner, "");
     json_t *l = store_models_list(st, "bob", &e);
-    CHECK_EQ_INT(json_array_size(json_object_get(l, "data")), 1); /* base only */
+    CHECK_EQ_INT(json_array_size(json_object_get(l, "data")), 2); /* base and quick, not alice's m1 */
     json_decref(l);
     CHECK(store_share(st, "model", "m1", "bob", 1, &e) == 0);
     CHECK(store_shared(st, "model", "m1", "bob"));
     l = store_models_list(st, "bob", &e);
-    CHECK_EQ_INT(json_array_size(json_object_get(l, "data")), 2);
+    CHECK_EQ_INT(json_array_size(json_object_get(l, "data")), 3);
     json_decref(l);
     CHECK(store_share(st, "model", "nope", "bob", 1, &e) == -1);
     CHECK_EQ_INT(e.code, LR_E_NOTFOUND);
