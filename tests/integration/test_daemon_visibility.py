@@ -4,15 +4,15 @@ with `visibility: private` bob gets 404 on each of alice's objects (400
 share` opens one object to bob; with `visibility: team` bob is answered as
 before the policy existed. Also: models' owners and DELETE /v1/models, and
 error messages that name a dataset by id, not by its path on the server."""
-import os, sqlite3, sys
+import os, sqlite3, subprocess, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from daemon_harness import BUILD, FIXTURES, Lorad, Results, wait_until
 
 R = Results()
 agent = os.path.join(BUILD, "tests", "test_agent")
-if not os.path.exists(os.path.join(BUILD, "lorad")) or not os.path.exists(agent):
-    R.skip("daemon_visibility", "build lorad and tests/test_agent first (make)")
+if not all(os.path.exists(p) for p in (os.path.join(BUILD, "lorad"), os.path.join(BUILD, "lora"), agent)):
+    R.skip("daemon_visibility", "build lorad, lora and tests/test_agent first (make)")
     R.finish()
 
 ROW = b'{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}\n'
@@ -123,9 +123,16 @@ try:
     st, e = L.req("DELETE", "/v1/models/alice-model", ta)
     R.check(st == 409 and "is used by job" in e["error"]["message"], "a model a queued or running job uses: 409", (st, e))
     L.req("POST", "/v1/jobs/%s/cancel" % JM, ta)
-    st, e = L.req("DELETE", "/v1/models/alice-model-3", ta)
-    R.check(st == 200 and e.get("deleted") is True and L.req("GET", "/v1/models/alice-model-3", tr)[0] == 404,
-            "its owner deletes a model", (st, e))
+    lora = os.path.join(BUILD, "lora")
+    env = dict(os.environ, LORA_URL="http://127.0.0.1:%d" % L.port, LORA_TOKEN=ta, HOME=L.dir)
+    out = subprocess.run([lora, "models", "rm", "alice-model-3"], capture_output=True, text=True, env=env, timeout=30)
+    R.check(out.returncode == 0 and "deleted model alice-model-3" in out.stdout and
+            L.req("GET", "/v1/models/alice-model-3", tr)[0] == 404, "its owner deletes a model (lora models rm)",
+            (out.returncode, out.stdout, out.stderr))
+    env["LORA_TOKEN"] = tb
+    out = subprocess.run([lora, "models", "rm", "tiny"], capture_output=True, text=True, env=env, timeout=30)
+    R.check(out.returncode == 2 and "admin" in out.stderr, "lora models rm of a base model by a user: exit 2",
+            (out.returncode, out.stderr))
 
     # sharing
     L.admin("share", "dataset", D, "bob", "--visibility", "private")
