@@ -91,6 +91,170 @@ done:
     return rc;
 }
 
+/* ---- --profile: wall time and FLOP rate per backend op ----
+ * Each op of the backend's table is wrapped by one that times it; CPU ops
+ * finish before they return, so the times are the ops' own. Linear layers
+ * are kept apart by shape, so a slow projection shows. */
+
+#define PROF_ROWS 64
+typedef struct prof_row {
+    char name[48];
+    double s, flops;
+    long calls;
+} prof_row;
+static prof_row prof[PROF_ROWS];
+static int prof_n;
+static kb_backend prof_inner; /* the wrapped backend's own table */
+
+static void prof_add(const char *name, double t0, double flops) {
+    double dt = mono() - t0;
+    int i = 0;
+    while (i < prof_n && strcmp(prof[i].name, name)) i++;
+    if (i == prof_n) {
+        if (prof_n == PROF_ROWS) i = PROF_ROWS - 1; /* more shapes than rows: the last row pools them */
+        else snprintf(prof[prof_n++].name, sizeof prof[0].name, "%s", name);
+    }
+    prof[i].s += dt;
+    prof[i].flops += flops;
+    prof[i].calls++;
+}
+
+#define PROF(name, flops, call)                                                                                      \
+    do {                                                                                                             \
+        double t0_ = mono();                                                                                         \
+        call;                                                                                                        \
+        prof_add(name, t0_, flops);                                                                                  \
+    } while (0)
+
+static void p_embed_fwd(kb_backend *be, float *out, const int32_t *ids, const void *wte, const void *wpe, int N, int T,
+                        int C) {
+    PROF("embed", 0, prof_inner.embed_fwd(be, out, ids, wte, wpe, N, T, C));
+}
+static void p_embed_bwd(kb_backend *be, float *dwte, float *dwpe, const float *dout, const int32_t *ids, int N, int T,
+                        int C) {
+    PROF("embed", 0, prof_inner.embed_bwd(be, dwte, dwpe, dout, ids, N, T, C));
+}
+static void p_rmsnorm_fwd(kb_backend *be, float *out, float *rstd, const float *x, const void *w, int N, int C,
+                          float eps) {
+    PROF("norm fwd", 0, prof_inner.rmsnorm_fwd(be, out, rstd, x, w, N, C, eps));
+}
+static void p_rmsnorm_bwd(kb_backend *be, float *dx, float *dw, const float *dout, const float *x, const void *w,
+                          const float *rstd, int N, int C) {
+    PROF("norm bwd", 0, prof_inner.rmsnorm_bwd(be, dx, dw, dout, x, w, rstd, N, C));
+}
+static void p_layernorm_fwd(kb_backend *be, float *out, float *mean, float *rstd, const float *x, const void *w,
+                            const void *b, int N, int C, float eps) {
+    PROF("norm fwd", 0, prof_inner.layernorm_fwd(be, out, mean, rstd, x, w, b, N, C, eps));
+}
+static void p_layernorm_bwd(kb_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
+                            const void *w, const float *mean, const float *rstd, int N, int C) {
+    PROF("norm bwd", 0, prof_inner.layernorm_bwd(be, dx, dw, db, dout, x, w, mean, rstd, N, C));
+}
+static void p_rope_fwd(kb_backend *be, float *x, int ld, const float *cs, const float *sn, int N, int T, int H, int D) {
+    PROF("rope", 0, prof_inner.rope_fwd(be, x, ld, cs, sn, N, T, H, D));
+}
+static void p_rope_bwd(kb_backend *be, float *x, int ld, const float *cs, const float *sn, int N, int T, int H, int D) {
+    PROF("rope", 0, prof_inner.rope_bwd(be, x, ld, cs, sn, N, T, H, D));
+}
+/* Useful attention FLOPs: QK^T and PV over the causal half, 2x that backward. */
+static double attn_flops(int B, int T, int Hq, int D) { return 2.0 * B * Hq * (double)T * (T + 1) * D; }
+static void p_attn_fwd(kb_backend *be, float *out, float *lse, const float *q, const float *k, const float *v, int ldq,
+                       int ldkv, int B, int T, int Hq, int Hkv, int D, int window) {
+    PROF("attention fwd", attn_flops(B, T, Hq, D),
+         prof_inner.attn_fwd(be, out, lse, q, k, v, ldq, ldkv, B, T, Hq, Hkv, D, window));
+}
+static void p_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                       const float *lse, const float *q, const float *k, const float *v, int ldq, int ldkv, int B, int T,
+                       int Hq, int Hkv, int D, int window) {
+    PROF("attention bwd", 2 * attn_flops(B, T, Hq, D),
+         prof_inner.attn_bwd(be, dq, dk, dv, dout, out, lse, q, k, v, ldq, ldkv, B, T, Hq, Hkv, D, window));
+}
+static void p_swiglu_fwd(kb_backend *be, float *h, const float *g, const float *u, size_t n) {
+    PROF("activation fwd", 0, prof_inner.swiglu_fwd(be, h, g, u, n));
+}
+static void p_swiglu_bwd(kb_backend *be, float *dg, float *du, const float *dh, const float *g, const float *u,
+                         size_t n) {
+    PROF("activation bwd", 0, prof_inner.swiglu_bwd(be, dg, du, dh, g, u, n));
+}
+static void p_gelu_fwd(kb_backend *be, float *y, const float *x, size_t n, int exact) {
+    PROF("activation fwd", 0, prof_inner.gelu_fwd(be, y, x, n, exact));
+}
+static void p_gelu_bwd(kb_backend *be, float *dx, const float *dy, const float *x, size_t n, int exact) {
+    PROF("activation bwd", 0, prof_inner.gelu_bwd(be, dx, dy, x, n, exact));
+}
+static void p_add(kb_backend *be, float *y, const float *x, size_t n) { PROF("residual add", 0, prof_inner.add(be, y, x, n)); }
+static void p_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N) {
+    char name[48];
+    snprintf(name, sizeof name, "linear fwd %dx%d", L->in, L->out);
+    double f = 2.0 * N * L->in * L->out + (L->lora ? 2.0 * N * L->lora->r * (L->in + L->out) : 0);
+    PROF(name, f, prof_inner.linear_fwd(be, L, y, xa, x, N));
+}
+static void p_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_acc, const float *dy, const float *x,
+                         const float *xa, int N) {
+    char name[48];
+    snprintf(name, sizeof name, "linear bwd %dx%d", L->in, L->out);
+    double io = (double)L->in * L->out, f = (dx ? 2.0 * N * io : 0) + (L->dW ? 2.0 * N * io : 0);
+    if (L->lora) f += 2.0 * N * L->lora->r * (2.0 * L->out + L->in + (dx ? L->in : 0));
+    PROF(name, f, prof_inner.linear_bwd(be, L, dx, dx_acc, dy, x, xa, N));
+}
+static double p_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, float *dW, const float *x,
+                          const void *W, const int32_t *targets, const float *tok_scale, int N, int C, int V,
+                          float grad_scale, int chunk_rows) {
+    double r, f = 2.0 * N * C * (double)V * (1 + (dx != NULL) + (dW != NULL));
+    PROF("lm head + loss", f,
+         r = prof_inner.lmhead_ce(be, n_valid, tok_loss, dx, dW, x, W, targets, tok_scale, N, C, V, grad_scale,
+                                  chunk_rows));
+    return r;
+}
+static void p_adamw(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n, const kb_adamw *hp) {
+    PROF("adamw", 0, prof_inner.adamw(be, p, g, m, v, n, hp));
+}
+static void p_zero(kb_backend *be, void *p, size_t bytes) { PROF("zero", 0, prof_inner.zero(be, p, bytes)); }
+
+static void prof_wrap(kb_backend *be) {
+    prof_inner = *be;
+    be->embed_fwd = p_embed_fwd;
+    be->embed_bwd = p_embed_bwd;
+    be->rmsnorm_fwd = p_rmsnorm_fwd;
+    be->rmsnorm_bwd = p_rmsnorm_bwd;
+    be->layernorm_fwd = p_layernorm_fwd;
+    be->layernorm_bwd = p_layernorm_bwd;
+    be->rope_fwd = p_rope_fwd;
+    be->rope_bwd = p_rope_bwd;
+    be->attn_fwd = p_attn_fwd;
+    be->attn_bwd = p_attn_bwd;
+    be->swiglu_fwd = p_swiglu_fwd;
+    be->swiglu_bwd = p_swiglu_bwd;
+    be->gelu_fwd = p_gelu_fwd;
+    be->gelu_bwd = p_gelu_bwd;
+    be->add = p_add;
+    be->linear_fwd = p_linear_fwd;
+    be->linear_bwd = p_linear_bwd;
+    be->lmhead_ce = p_lmhead_ce;
+    be->adamw = p_adamw;
+    be->zero = p_zero;
+}
+
+static int cmp_prof(const void *a, const void *b) {
+    double x = ((const prof_row *)a)->s, y = ((const prof_row *)b)->s;
+    return (x < y) - (x > y);
+}
+
+/* The table, slowest first, over `steps` timed steps of `total` seconds. */
+static void prof_print(int steps, double total) {
+    double ops = 0;
+    for (int i = 0; i < prof_n; i++) ops += prof[i].s;
+    qsort(prof, (size_t)prof_n, sizeof prof[0], cmp_prof);
+    printf("%-26s %8s %10s %7s %9s\n", "op (per step)", "calls", "ms", "share", "GFLOP/s");
+    for (int i = 0; i < prof_n; i++) {
+        printf("%-26s %8.0f %10.1f %6.1f%%", prof[i].name, (double)prof[i].calls / steps, 1e3 * prof[i].s / steps,
+               100 * prof[i].s / total);
+        if (prof[i].flops > 0) printf(" %9.1f", prof[i].flops / prof[i].s / 1e9);
+        printf("\n");
+    }
+    printf("%-26s %8s %10.1f %6.1f%%\n", "outside the ops", "", 1e3 * (total - ops) / steps, 100 * (total - ops) / total);
+}
+
 /* Matmul weights of the model, lm_head included (tied or not). */
 static double matmul_weights(const hf_config *c) {
     double C = c->hidden, qd = (double)c->n_heads * c->head_dim, kvd = (double)c->n_kv_heads * c->head_dim;
@@ -100,14 +264,16 @@ static double matmul_weights(const hf_config *c) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: lora-worker bench --model DIR [--backend cpu|cuda:N] [--batch B] [--seq T] [--steps N]\n"
-               "                         [--threads N] [--r R] [--kernel NAME]\n"
+               "                         [--threads N] [--r R] [--kernel NAME] [--profile]\n"
                "       lora-worker bench --sgemm N [--threads N] [--kernel NAME|all]\n"
                "Times LoRA training steps (all linear layers, random tokens) and prints one JSON line:\n"
                "tokens_per_s, step_s (median), gflops (flops/token = 4 x matmul weights incl. lm_head\n"
                "+ 6 x layers x heads x head_dim x (T+1)), peak_rss_mb, loss, the sgemm kernel.\n"
                "--kernel: auto (default: the engine's choice), default (OpenBLAS's own choice at load),\n"
                "an OpenBLAS core type (SkylakeX, Haswell, ...), reference; with --sgemm, all (default)\n"
-               "times every kernel this CPU runs, one JSON line each.\n");
+               "times every kernel this CPU runs, one JSON line each.\n"
+               "--profile (CPU): after the JSON line, the time of each op per step (linear layers by\n"
+               "in x out shape), its share of the step and its GFLOP/s.\n");
 }
 
 int cmd_bench(int argc, char **argv) {
@@ -116,12 +282,12 @@ int cmd_bench(int argc, char **argv) {
         {"batch", required_argument, 0, 'B'}, {"seq", required_argument, 0, 'T'},
         {"steps", required_argument, 0, 's'}, {"threads", required_argument, 0, 't'},
         {"r", required_argument, 0, 'r'},     {"sgemm", required_argument, 0, 'g'},
-        {"kernel", required_argument, 0, 'k'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"kernel", required_argument, 0, 'k'}, {"profile", no_argument, 0, 'p'},
+        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *dir = NULL, *backend = "cpu", *kernel = NULL;
-    int B = 1, T = 256, steps = 3, threads = 0, r = 16, sgemm = 0, c;
+    int B = 1, T = 256, steps = 3, threads = 0, r = 16, sgemm = 0, profile = 0, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:b:B:T:s:t:r:g:k:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:b:B:T:s:t:r:g:k:ph", opts, NULL)) != -1) {
         switch (c) {
         case 'm': dir = optarg; break;
         case 'b': backend = optarg; break;
@@ -132,6 +298,7 @@ int cmd_bench(int argc, char **argv) {
         case 'r': r = atoi(optarg); break;
         case 'g': sgemm = atoi(optarg); break;
         case 'k': kernel = optarg; break;
+        case 'p': profile = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 1;
         }
@@ -151,6 +318,11 @@ int cmd_bench(int argc, char **argv) {
     if (kb_create(backend, threads, &be, &err) || (kernel && kg_use(kernel, &err)) ||
         model_load(dir, be, &m, &err))
         goto done;
+    if (profile && !be->host_memory) {
+        lr_errf(&err, "--profile times the CPU backend's ops; %s runs them asynchronously", be->name);
+        goto done;
+    }
+    if (profile) prof_wrap(be);
     const hf_config *cfg = model_config(m);
     model_lora_cfg lc = {.r = r, .alpha = 2.0f * r, .dropout = 0.0f};
     int nt;
@@ -182,6 +354,10 @@ int cmd_bench(int argc, char **argv) {
         be->download(be, &loss, &loss, 0); /* a sync point on devices */
         loss = ls / (double)nt_;
         if (s > 0) times[s - 1] = mono() - t;
+        if (s == 0) { /* the warm-up step is not profiled */
+            memset(prof, 0, sizeof prof);
+            prof_n = 0;
+        }
     }
     qsort(times, (size_t)steps, sizeof *times, cmp_d);
     double step_s = times[steps / 2];
@@ -198,6 +374,11 @@ int cmd_bench(int argc, char **argv) {
            "\"kernel\": \"%s\"%s}\n",
            be->name, B, T, B * T / step_s, step_s, flops_tok * B * T / step_s / 1e9, flops_tok, peak_rss_mb(), n, loss,
            kg_current()->name, gpu);
+    if (profile) {
+        double total = 0;
+        for (int s = 0; s < steps; s++) total += times[s];
+        prof_print(steps, total);
+    }
     rc = 0;
 done:
     if (rc) fprintf(stderr, "lora-worker bench: %s\n", err.msg);

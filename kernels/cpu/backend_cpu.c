@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "kernels/cpu/gemm_select.h"
+#include "kernels/cpu/vmath.h"
 #include "kernels/elem.h"
 
 /* Query rows per attention tile: the scores of one tile (ATT_QB x T) are
@@ -86,6 +87,30 @@ static void gemm(int nt, int ta, int tb, int M, int N, int K, float alpha, const
             const float *Bp = tb ? B + (size_t)s * ldb : B + s;
             sgemm(ta, tb, M, e - s, K, alpha, A, lda, Bp, ldb, beta, C + s, ldc);
         }
+    }
+}
+
+/* ---- vectorized elementwise loops (vmath.h) ----
+ * The activations run in blocks: an OpenMP loop over blocks, each block a
+ * KV_CLONES function with an `omp simd` loop (an OpenMP-outlined body would
+ * not get the clones). The softmaxes of attention and the LM head keep
+ * libm's expf: vmath's exp is up to 2 ulp off, and the DPO reward margins
+ * the oracle checks to 1e-5 come out of those log-sum-exps. */
+
+#define EW_BLOCK 4096
+
+typedef struct ew_args {
+    float *o1, *o2;
+    const float *i1, *i2, *i3;
+} ew_args;
+typedef void (*ew_fn)(const ew_args *a, size_t s, size_t len);
+
+static void ew_run(int nt, size_t n, ew_fn fn, const ew_args *a) {
+    size_t nb = (n + EW_BLOCK - 1) / EW_BLOCK;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t b = 0; b < nb; b++) {
+        size_t s = b * EW_BLOCK;
+        fn(a, s, n - s < EW_BLOCK ? n - s : EW_BLOCK);
     }
 }
 
@@ -383,22 +408,75 @@ static void cpu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const 
 
 /* ---- MLP activations ---- */
 
+/* elem.h's SwiGLU and tanh-GELU formulas, term for term, with vmath's exp
+ * and tanh in place of libm's (the erf GELU keeps libm's erff). */
+static inline float v_sigmoid(float x) { return 1.0f / (1.0f + kv_expf(-x)); }
+static inline float v_silu(float x) { return x * v_sigmoid(x); }
+static inline float v_silu_grad(float x) {
+    float s = v_sigmoid(x);
+    return s * (1.0f + x * (1.0f - s));
+}
+static inline float v_gelu_tanh(float x) {
+    float u = LR_GELU_K * (x + 0.044715f * x * x * x);
+    return 0.5f * x * (1.0f + kv_tanhf(u));
+}
+static inline float v_gelu_tanh_grad(float x) {
+    float u = LR_GELU_K * (x + 0.044715f * x * x * x);
+    float t = kv_tanhf(u);
+    float du = LR_GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+}
+
+KV_CLONES static void swiglu_fwd_blk(const ew_args *a, size_t s, size_t len) {
+    float *h = a->o1 + s;
+    const float *g = a->i1 + s, *u = a->i2 + s;
+#pragma omp simd
+    for (size_t i = 0; i < len; i++) h[i] = v_silu(g[i]) * u[i];
+}
+KV_CLONES static void swiglu_bwd_blk(const ew_args *a, size_t s, size_t len) {
+    float *dg = a->o1 + s, *du = a->o2 + s;
+    const float *dh = a->i1 + s, *g = a->i2 + s, *u = a->i3 + s;
+#pragma omp simd
+    for (size_t i = 0; i < len; i++) {
+        dg[i] = dh[i] * u[i] * v_silu_grad(g[i]);
+        du[i] = dh[i] * v_silu(g[i]);
+    }
+}
+KV_CLONES static void gelu_fwd_blk(const ew_args *a, size_t s, size_t len) {
+    float *y = a->o1 + s;
+    const float *x = a->i1 + s;
+#pragma omp simd
+    for (size_t i = 0; i < len; i++) y[i] = v_gelu_tanh(x[i]);
+}
+KV_CLONES static void gelu_bwd_blk(const ew_args *a, size_t s, size_t len) {
+    float *dx = a->o1 + s;
+    const float *dy = a->i1 + s, *x = a->i2 + s;
+#pragma omp simd
+    for (size_t i = 0; i < len; i++) dx[i] = dy[i] * v_gelu_tanh_grad(x[i]);
+}
+
 static void cpu_swiglu_fwd(kb_backend *be, float *h, const float *g, const float *u, size_t n) {
-#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
-    for (size_t i = 0; i < n; i++) h[i] = lr_swiglu(g[i], u[i]);
+    ew_run(impl_of(be)->nt, n, swiglu_fwd_blk, &(ew_args){.o1 = h, .i1 = g, .i2 = u});
 }
 static void cpu_swiglu_bwd(kb_backend *be, float *dg, float *du, const float *dh, const float *g,
                            const float *u, size_t n) {
-#pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
-    for (size_t i = 0; i < n; i++) lr_swiglu_grad(g[i], u[i], dh[i], &dg[i], &du[i]);
+    ew_run(impl_of(be)->nt, n, swiglu_bwd_blk, &(ew_args){.o1 = dg, .o2 = du, .i1 = dh, .i2 = g, .i3 = u});
 }
 static void cpu_gelu_fwd(kb_backend *be, float *y, const float *x, size_t n, int exact) {
+    if (!exact) {
+        ew_run(impl_of(be)->nt, n, gelu_fwd_blk, &(ew_args){.o1 = y, .i1 = x});
+        return;
+    }
 #pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
-    for (size_t i = 0; i < n; i++) y[i] = exact ? lr_gelu_erf(x[i]) : lr_gelu_tanh(x[i]);
+    for (size_t i = 0; i < n; i++) y[i] = lr_gelu_erf(x[i]);
 }
 static void cpu_gelu_bwd(kb_backend *be, float *dx, const float *dy, const float *x, size_t n, int exact) {
+    if (!exact) {
+        ew_run(impl_of(be)->nt, n, gelu_bwd_blk, &(ew_args){.o1 = dx, .i1 = dy, .i2 = x});
+        return;
+    }
 #pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
-    for (size_t i = 0; i < n; i++) dx[i] = dy[i] * (exact ? lr_gelu_erf_grad(x[i]) : lr_gelu_tanh_grad(x[i]));
+    for (size_t i = 0; i < n; i++) dx[i] = dy[i] * lr_gelu_erf_grad(x[i]);
 }
 static void cpu_add(kb_backend *be, float *y, const float *x, size_t n) {
 #pragma omp parallel for num_threads(impl_of(be)->nt) schedule(static)
