@@ -101,7 +101,8 @@ static void usage(FILE *f) {
             "Outputs: adapter_model.safetensors, adapter_config.json (method full_sft: model.safetensors,\n"
             "config.json and the tokenizer files instead; method eval: eval_results.jsonl,\n"
             "eval_summary.json), train_log.csv, train_log.json, time_metrics.json, checkpoints/.\n"
-            "Ctrl-C stops after the current optimizer step.\n");
+            "Ctrl-C saves a checkpoint at the last finished optimizer step and stops (--resume\n"
+            "continues from it exactly); a second Ctrl-C stops at once.\n");
 }
 
 int cmd_run(int argc, char **argv) {
