@@ -23,7 +23,12 @@
 BUILD   ?= build
 PREFIX  ?= /usr/local
 DESTDIR ?=
+# -j for every make a person types. The $(MAKE)s in the recipes below pass
+# LR_SUBMAKE=1 and share their parent's job slots instead (forcing -j again
+# there makes each say "-jN forced in makefile: resetting jobserver mode").
+ifeq ($(LR_SUBMAKE),)
 MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
+endif
 CC      ?= cc
 NVCC    ?= $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
 OPT     ?= -O2
@@ -107,20 +112,20 @@ web:
 	@if [ -f web/package.json ]; then bash mk/web.sh; fi
 
 test:
-	@$(MAKE) --no-print-directory deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory LR_SUBMAKE=1 deps
+	@$(MAKE) --no-print-directory LR_SUBMAKE=1 all
 	@LR_BUILD=$(BUILD) bash tests/run.sh
 
 unit: all
 	@bash tests/run.sh unit
 
 asan:
-	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 OPT=-O1 NVCC= $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/lora-worker
+	@$(MAKE) --no-print-directory LR_SUBMAKE=1 BUILD=build-asan SAN=1 OPT=-O1 NVCC= $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/lora-worker
 	@LR_BUILD=build-asan bash tests/run.sh unit
 
 bench:
-	@$(MAKE) --no-print-directory deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory LR_SUBMAKE=1 deps
+	@$(MAKE) --no-print-directory LR_SUBMAKE=1 all
 	@LR_BUILD=$(BUILD) bash bench/run.sh
 
 bench-gpu: all
@@ -130,8 +135,8 @@ gpu-check: all
 	@bash bench/gpu_check.sh $(PHASES)
 
 run:
-	@$(MAKE) --no-print-directory deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory LR_SUBMAKE=1 deps
+	@$(MAKE) --no-print-directory LR_SUBMAKE=1 all
 	@LR_BUILD=$(BUILD) bash mk/run.sh
 
 stop:
@@ -149,7 +154,7 @@ install: $(BINS) web
 	install -m 644 web/vendor/* $(DESTDIR)$(PREFIX)/share/lorad/web/vendor/
 
 fuzz:
-	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory LR_SUBMAKE=1 deps
 	@bash tests/fuzz/run.sh
 
 clean:

@@ -18,6 +18,8 @@ if ! command -v ar >/dev/null; then
   echo "skip make_order: ar not found"; S=1; finish
 fi
 
+# run as a top-level make, as a user would (not as a sub-make of make test)
+unset MAKELEVEL MAKEFLAGS MFLAGS
 T=$(mktemp -d /tmp/lrmake.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 LOG=$T/order.log
@@ -47,8 +49,9 @@ while [ \$# -gt 0 ]; do
   shift
 done
 echo "cc \$out" >> "$LOG"
-sleep 0.1
+sleep 0.2
 : > "\$out"
+echo "cc-end \$out" >> "$LOG"
 EOF
 chmod +x "$T/cc"
 
@@ -64,7 +67,7 @@ check() {
   first_cc=$(grep -n '^cc ' "$LOG" | head -1 | cut -d: -f1)
   ran=$(grep -n "^script $script" "$LOG" | head -1 | cut -d: -f1)
   local last_cc
-  last_cc=$(grep -n '^cc ' "$LOG" | tail -1 | cut -d: -f1)
+  last_cc=$(grep -n '^cc-end ' "$LOG" | tail -1 | cut -d: -f1)
   if [ -z "$end" ]; then bad "make $target: deps ran" "$(cat "$LOG")"; return; fi
   if [ "$target" != fuzz ]; then
     if [ -z "$first_cc" ]; then bad "make $target: compiled" "$(cat "$LOG")"; return; fi
@@ -74,12 +77,15 @@ check() {
       || bad "make $target: $script order" "$(tr '\n' '|' < "$LOG")"
     grep -q "^script $script build$" "$LOG" && ok "make $target: passes BUILD on as LR_BUILD" \
       || bad "make $target: LR_BUILD" "$(grep script "$LOG")"
+    # serial deps, but the compiles still run side by side (two begin before one ends)
+    grep -A1 '^cc ' "$LOG" | grep -v '^--$' | paste - - | grep -q $'^cc [^\t]*\tcc ' \
+      && ok "make $target: compiles in parallel" || bad "make $target: compiles ran one at a time" "$(head -6 "$LOG" | tr '\n' '|')"
   else
     [ -n "$ran" ] && [ "$ran" -gt "$end" ] && ok "make fuzz: $script after deps ended" \
       || bad "make fuzz: order" "$(tr '\n' '|' < "$LOG")"
   fi
-  if grep -qE '^rm |ar rcs' "$T/out"; then bad "make $target: quiet" "$(grep -E '^rm |ar rcs' "$T/out" | cut -c1-120)"
-  else ok "make $target: no rm/ar rcs lines"; fi
+  if grep -qE '^rm |ar rcs|jobserver' "$T/out"; then bad "make $target: quiet" "$(grep -E '^rm |ar rcs|jobserver' "$T/out" | cut -c1-120)"
+  else ok "make $target: no rm, ar rcs or jobserver lines"; fi
 }
 check run mk/run.sh
 check bench bench/run.sh
