@@ -873,28 +873,43 @@ static int qjob_cmp(const void *pa, const void *pb) {
     return a->seq < b->seq ? -1 : a->seq > b->seq;
 }
 
+/* The first queued (user, device) group after (user, device), by two index
+ * seeks in jobs_queue_by_user: the next device of this user, else the first
+ * device of the next user. 1 when found (user and device updated). A row
+ * value (user, device) > (?, ?) would read every job of the current group on
+ * the way. */
+static int next_group(store *st, char *user, size_t ucap, char *device, size_t dcap, lr_err *err) {
+    sqlite3_stmt *s = q(st, "SELECT device FROM jobs WHERE status='queued' AND user = ? AND device > ? "
+                            "ORDER BY device LIMIT 1", err);
+    if (!s) return -1;
+    bt(s, 1, user);
+    bt(s, 2, device);
+    int found = sqlite3_step(s) == SQLITE_ROW;
+    if (found) snprintf(device, dcap, "%s", ct(s, 0));
+    sqlite3_reset(s);
+    if (found) return 1;
+    if (!(s = q(st, "SELECT user, device FROM jobs WHERE status='queued' AND user > ? ORDER BY user, device LIMIT 1",
+                err)))
+        return -1;
+    bt(s, 1, user);
+    found = sqlite3_step(s) == SQLITE_ROW;
+    if (found) {
+        snprintf(user, ucap, "%s", ct(s, 0));
+        snprintf(device, dcap, "%s", ct(s, 1));
+    }
+    sqlite3_reset(s);
+    return found;
+}
+
 int store_jobs_queued(store *st, int per_group, store_qjob **out, int *n, lr_err *err) {
     *out = NULL;
     *n = 0;
     store_qjob *v = NULL;
-    int cap = 0;
+    int cap = 0, more;
     char user[64] = "", device[8] = "";
     if (per_group < 1) return 0;
-    while (*n < STORE_QUEUED_MAX) {
-        /* The next (user, device) group after the last one: a seek in
-         * jobs_queue_by_user, not a scan of the queue. */
-        sqlite3_stmt *g = q(st, "SELECT user, device FROM jobs WHERE status='queued' AND (user, device) > (?1, ?2) "
-                                "ORDER BY user, device LIMIT 1", err);
-        if (!g) goto fail;
-        bt(g, 1, user);
-        bt(g, 2, device);
-        int more = sqlite3_step(g) == SQLITE_ROW;
-        if (more) {
-            snprintf(user, sizeof user, "%s", ct(g, 0));
-            snprintf(device, sizeof device, "%s", ct(g, 1));
-        }
-        sqlite3_reset(g);
-        if (!more) break;
+    while (*n < STORE_QUEUED_MAX && (more = next_group(st, user, sizeof user, device, sizeof device, err)) != 0) {
+        if (more < 0) goto fail;
         sqlite3_stmt *s = q(st, "SELECT id, user, device, priority, seq FROM jobs WHERE status='queued' AND user=?1 "
                                 "AND device=?2 ORDER BY priority DESC, seq LIMIT ?3", err);
         if (!s) goto fail;
