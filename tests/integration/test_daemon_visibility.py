@@ -65,6 +65,7 @@ try:
         ("dataset get", "GET", "/v1/datasets/" + D, None, 404, 200, 200),
         ("dataset preview", "GET", "/v1/datasets/%s/preview?n=1" % D, None, 404, 200, 200),
         ("model get", "GET", "/v1/models/alice-model", None, 404, 200, 200),
+        ("preview with her model", "GET", "/v1/datasets/%s/preview?n=1&model=alice-model" % DB, None, 400, 200, 200),
         ("job get", "GET", "/v1/jobs/" + J, None, 404, 200, 200),
         ("job metrics", "GET", "/v1/jobs/%s/metrics" % J, None, 404, 200, 200),
         ("job events", "GET", "/v1/jobs/%s/events" % J, None, 404, 200, 200),
