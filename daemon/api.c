@@ -375,6 +375,20 @@ static void path_to_name(char *msg, size_t cap, const char *path, const char *na
     }
 }
 
+/* Texts the workers wrote (events, a job's error) name files by their path
+ * on the server: shown relative to the data directory ("datasets/<id>.jsonl",
+ * "runs/<job>/..."). */
+static void relative_paths(ctx *c, json_t *o, const char *key) {
+    const char *m = json_string_value(json_object_get(o, key));
+    char buf[4096], root[1100];
+    snprintf(root, sizeof root, "%s/", c->a->env.cfg->data_dir);
+    if (!m || strlen(m) >= sizeof buf || !strstr(m, root)) return;
+    snprintf(buf, sizeof buf, "%s", m);
+    path_to_name(buf, sizeof buf, root, "");
+    json_t *v = json_string(buf);
+    if (v) json_object_set_new(o, key, v);
+}
+
 /* ---- routing ---- */
 
 /* Matches a path against a pattern, capturing {params}. */
@@ -1182,7 +1196,9 @@ static void h_jobs_list(ctx *c) {
 
 static void h_job_get(ctx *c) {
     json_t *j = visible_job(c, c->p[0]);
-    if (j) set_json(c->rs, 200, job_with_wait(c, j));
+    if (!j) return;
+    relative_paths(c, json_object_get(j, "error"), "message");
+    set_json(c->rs, 200, job_with_wait(c, j));
 }
 
 static void h_job_cancel(ctx *c) {
@@ -1221,7 +1237,10 @@ static void h_job_events(ctx *c) {
     long long after, limit;
     if (qint(c, "after", 0, 0, INT64_MAX, &after) || qint(c, "limit", 100, 1, 10000, &limit) || !job_exists(c)) return;
     lr_err e = {0};
-    reply(c, store_events_list(c->st, c->p[0], after, (int)limit, &e), &e);
+    json_t *l = store_events_list(c->st, c->p[0], after, (int)limit, &e), *ev;
+    size_t i;
+    json_array_foreach(json_object_get(l, "data"), i, ev) relative_paths(c, ev, "message");
+    reply(c, l, &e);
 }
 
 static void h_job_checkpoints(ctx *c) {
