@@ -438,3 +438,29 @@ TEST(full_sft_generate_and_merge_checks) {
     CHECK_EQ_INT(json_integer_value(json_object_get(j, "fd_size")), 1);
     json_decref(j);
 }
+
+/* A worker's text naming a file under the data directory reaches users
+ * relative to it, in events and in the job's error. */
+TEST(messages_show_paths_relative_to_the_data_dir) {
+    REQUIRE(setup() == 0);
+    lr_err e = {0};
+    store_job_new j = {.id = "ftjob-paths", .name = "", .user = "alice", .model = "tiny", .device = "any",
+                       .spec_json = "{}", .max_retries = 1};
+    REQUIRE(store_job_insert(g_st, &j, &e) == 0);
+    char msg[2200];
+    snprintf(msg, sizeof msg, "dataset %s/datasets/file-x.jsonl: cannot open %s/datasets/file-x.jsonl", g_cfg.data_dir,
+             g_cfg.data_dir);
+    REQUIRE(store_event_add(g_st, "ftjob-paths", "error", msg, &e) == 0);
+    REQUIRE(store_job_finish(g_st, "ftjob-paths", "failed", "training_failed", msg, &e) == 0);
+    int st;
+    json_t *r = call("GET", "/v1/jobs/ftjob-paths/events", "tok-alice", NULL, NULL, &st);
+    CHECK_EQ_INT(st, 200);
+    json_t *ev = json_array_get(json_object_get(r, "data"), 0);
+    CHECK_STR(json_string_value(json_object_get(ev, "message")),
+              "dataset datasets/file-x.jsonl: cannot open datasets/file-x.jsonl");
+    json_decref(r);
+    r = call("GET", "/v1/jobs/ftjob-paths", "tok-alice", NULL, NULL, &st);
+    CHECK_EQ_INT(st, 200);
+    CHECK_STR(err_msg(r), "dataset datasets/file-x.jsonl: cannot open datasets/file-x.jsonl");
+    json_decref(r);
+}
