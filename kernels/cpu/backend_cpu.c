@@ -93,9 +93,10 @@ static void gemm(int nt, int ta, int tb, int M, int N, int K, float alpha, const
 /* ---- vectorized elementwise loops (vmath.h) ----
  * The activations run in blocks: an OpenMP loop over blocks, each block a
  * KV_CLONES function with an `omp simd` loop (an OpenMP-outlined body would
- * not get the clones). The softmaxes of attention and the LM head keep
- * libm's expf: vmath's exp is up to 2 ulp off, and the DPO reward margins
- * the oracle checks to 1e-5 come out of those log-sum-exps. */
+ * not get the clones). The softmaxes of attention and the LM head use
+ * kv_expf_d, libm's expf to the bit but for rare 1-ulp cases: the DPO
+ * reward margins the oracle checks to 1e-5 come out of those log-sum-exps,
+ * and kv_expf's 2 ulp moved them by 1.4e-5. */
 
 #define EW_BLOCK 4096
 
@@ -112,6 +113,54 @@ static void ew_run(int nt, size_t n, ew_fn fn, const ew_args *a) {
         size_t s = b * EW_BLOCK;
         fn(a, s, n - s < EW_BLOCK ? n - s : EW_BLOCK);
     }
+}
+
+/* Softmax rows, one thread each. Max and scaling are exact in any order;
+ * sums are in double, in eight interleaved partial sums (a fixed order, the
+ * same in every clone). */
+KV_CLONES static float row_max(const float *x, int n) {
+    float mx = x[0];
+#pragma omp simd reduction(max : mx)
+    for (int j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+static inline double sum_d(const float *x, int n) {
+    double acc[8] = {0}, s = 0;
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++) acc[k] += x[j + k];
+    for (; j < n; j++) s += x[j];
+    for (int k = 0; k < 8; k++) s += acc[k];
+    return s;
+}
+#define ROW_TMP 256
+/* dst[j] = exp(x[j] - sub), dst may be x; returns the sum in double */
+KV_CLONES static double row_exp(float *dst, const float *x, int n, float sub) {
+    float t[ROW_TMP];
+    double sum = 0;
+    for (int j0 = 0; j0 < n; j0 += ROW_TMP) {
+        int m = n - j0 < ROW_TMP ? n - j0 : ROW_TMP;
+#pragma omp simd
+        for (int j = 0; j < m; j++) t[j] = kv_exp_clamp(x[j0 + j] - sub);
+#pragma omp simd
+        for (int j = 0; j < m; j++) dst[j0 + j] = kv_expf_d(t[j]);
+        sum += sum_d(dst + j0, m);
+    }
+    return sum;
+}
+/* the sum of exp(x[j] - sub), x untouched */
+static double row_sumexp(const float *x, int n, float sub) {
+    float t[ROW_TMP];
+    double sum = 0;
+    for (int j0 = 0; j0 < n; j0 += ROW_TMP) {
+        int m = n - j0 < ROW_TMP ? n - j0 : ROW_TMP;
+        sum += row_exp(t, x + j0, m, sub);
+    }
+    return sum;
+}
+KV_CLONES static void row_scale(float *x, int n, float s) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) x[j] *= s;
 }
 
 /* ---- memory ---- */
@@ -304,17 +353,14 @@ static void att_probs(float *S, int m, int nk, int i0, int j0, int w, const floa
         int last = i0 + r - j0, first = last - w + 1 > 0 ? last - w + 1 : 0; /* keys first..last of the tile */
         float l;
         if (lse_out) {
-            float mx = s[first];
-            for (int j = first + 1; j <= last; j++) mx = s[j] > mx ? s[j] : mx;
-            double sum = 0;
-            for (int j = first; j <= last; j++) sum += expf(s[j] - mx);
-            l = mx + (float)log(sum);
+            float mx = row_max(s + first, last - first + 1);
+            l = mx + (float)log(row_sumexp(s + first, last - first + 1, mx));
             lse_out[r] = l;
         } else {
             l = lse_in[r];
         }
         for (int j = 0; j < first; j++) s[j] = 0.0f;
-        for (int j = first; j <= last; j++) s[j] = expf(s[j] - l);
+        row_exp(s + first, s + first, last - first + 1, l);
         for (int j = last + 1; j < nk; j++) s[j] = 0.0f;
     }
 }
@@ -683,21 +729,13 @@ static double cpu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, f
         for (int i = 0; i < m; i++) {
             float *l = lg + (size_t)i * V;
             int row = rows[c0 + i], tg = targets[row];
-            float mx = l[0];
-            for (int j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
-            float lt = l[tg];
-            double sum = 0;
-            for (int j = 0; j < V; j++) {
-                float e = expf(l[j] - mx);
-                l[j] = e;
-                sum += e;
-            }
+            float mx = row_max(l, V), lt = l[tg];
+            double sum = row_exp(l, l, V, mx);
             lossv[c0 + i] = (double)mx + log(sum) - (double)lt;
             if (tok_loss) tok_loss[row] = (float)lossv[c0 + i];
             if (dx || dW) {
                 float w = grad_scale * (tok_scale ? tok_scale[row] : 1.0f);
-                float inv = (float)(1.0 / sum) * w;
-                for (int j = 0; j < V; j++) l[j] *= inv;
+                row_scale(l, V, (float)(1.0 / sum) * w);
                 l[tg] -= w;
             }
         }

@@ -1,6 +1,7 @@
 /* The CPU backend's vectorized exp and tanh (kernels/cpu/vmath.h) against
  * libm over their whole range, and the activations built on them against
- * elem.h's libm formulas through the backend. */
+ * elem.h's libm formulas through the backend (the softmaxes are covered by
+ * test_kernels and the PyTorch oracle). */
 #include "common/rng.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/vmath.h"
@@ -26,6 +27,22 @@ TEST(expf_within_2ulp) {
     /* clamped outside [-87, 88]: finite, no denormals */
     CHECK(kv_expf(-1000.0f) > 0.0f && kv_expf(-1000.0f) < 1e-37f);
     CHECK(isfinite(kv_expf(1000.0f)) && kv_expf(1000.0f) > 1e38f);
+}
+
+/* The softmaxes' exp: libm's expf to the bit but for rare 1-ulp cases,
+ * over the whole range where float exp is neither 0 nor infinite. */
+TEST(expf_d_matches_libm) {
+    int n = 2000000, off = 0, worst = 0;
+    for (int i = 0; i <= n; i++) {
+        float x = kv_exp_clamp(-103.9f + 192.6f * (float)i / (float)n);
+        int u = ulps(kv_expf_d(x), expf(x));
+        off += u != 0;
+        worst = u > worst ? u : worst;
+    }
+    CHECKF(worst <= 1 && off < n / 500, "%d of %d differ, by up to %d ulp", off, n, worst);
+    CHECK(kv_expf_d(kv_exp_clamp(-1e30f)) == 0.0f);
+    CHECK(isinf(kv_expf_d(kv_exp_clamp(1e30f))));
+    CHECK(kv_expf_d(0.0f) == 1.0f);
 }
 
 TEST(tanhf_close) {
