@@ -65,7 +65,13 @@ static data_format classify(json_t *o) {
 typedef struct msgvec {
     chat_msg *m;
     int n, cap;
+    uint64_t h; /* FNV-1a over every message's role, weight and text, kept or not */
 } msgvec;
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    for (size_t i = 0; i < n; i++) h = (h ^ ((const unsigned char *)p)[i]) * 1099511628211ull;
+    return h;
+}
 
 static int is_blank(const char *s, size_t n) {
     size_t k = utf8_space_prefix((const uint8_t *)s, n);
@@ -79,6 +85,8 @@ static int msg_add(msgvec *v, chat_role role, const char *s, size_t n, int train
         snprintf(why, cap, "more than %d messages", DATA_MAX_MSGS);
         return -1;
     }
+    const int64_t head[3] = {role, role == CHAT_ASSISTANT && train, (int64_t)n}; /* train means nothing elsewhere */
+    v->h = fnv(fnv(v->h, head, sizeof head), s, n);
     if (!keep) {
         v->n++;
         return 0;
@@ -218,9 +226,11 @@ static int get_turns(json_t *o, const char *key, chat_role role, msgvec *v, int 
 }
 
 /* Checks a row against the file's form (the first row sets it) and, when
- * row is not NULL, fills it. why gets the reason without the line. */
-static int row_from_json(json_t *o, data_format *fmt, data_row *row, char *why, size_t cap) {
-    msgvec v = {0};
+ * row is not NULL, fills it. *hash identifies what the row renders from (its
+ * messages and, for DPO, where chosen and rejected begin): equal rows, equal
+ * hashes. why gets the reason without the line. */
+static int row_from_json(json_t *o, data_format *fmt, data_row *row, uint64_t *hash, char *why, size_t cap) {
+    msgvec v = {.h = 1469598103934665603ull};
     int keep = row != NULL;
     data_format rf = classify(o);
     if (!json_is_object(o)) {
@@ -307,6 +317,8 @@ static int row_from_json(json_t *o, data_format *fmt, data_row *row, char *why, 
     case DATA_FMT_UNKNOWN:
         goto fail;
     }
+    const int64_t split[2] = {n_prompt, n_chosen};
+    *hash = fnv(v.h, split, sizeof split);
     if (row) {
         row->msgs = v.m;
         if (*fmt == DATA_FMT_DPO) {
@@ -355,24 +367,8 @@ static void report_error(parser *p, int line, const char *fmt, ...) {
     va_end(ap);
 }
 
-/* FNV-1a over what a row renders from: roles, weights and texts. */
-static uint64_t row_hash(const data_row *row) {
-    uint64_t h = 1469598103934665603ull;
-    int n = row->n_msgs + row->n_chosen + row->n_rejected;
-    const int head[3] = {row->n_msgs, row->n_chosen, row->n_rejected};
-    for (int k = 0; k < 3; k++) h = (h ^ (uint64_t)head[k]) * 1099511628211ull;
-    for (int i = 0; i < n; i++) {
-        const chat_msg *m = &row->msgs[i];
-        h = (h ^ (uint64_t)m->role) * 1099511628211ull;
-        h = (h ^ (uint64_t)m->train) * 1099511628211ull;
-        h = (h ^ (uint64_t)m->len) * 1099511628211ull;
-        for (size_t j = 0; j < m->len; j++) h = (h ^ (unsigned char)m->text[j]) * 1099511628211ull;
-    }
-    return h ? h : 1;
-}
-
-/* Counts row in r->n_duplicates when an equal row came before. */
-static int count_duplicate(parser *p, const data_row *row) {
+/* Counts a row in r->n_duplicates when one with its hash came before. */
+static int count_duplicate(parser *p, uint64_t h) {
     if (2 * (p->seen_n + 1) > p->seen_cap) {
         size_t cap = p->seen_cap ? 2 * p->seen_cap : 1024;
         uint64_t *t = calloc(cap, sizeof *t);
@@ -387,7 +383,7 @@ static int count_duplicate(parser *p, const data_row *row) {
         p->seen = t;
         p->seen_cap = cap;
     }
-    uint64_t h = row_hash(row);
+    if (!h) h = 1; /* 0 marks an empty slot */
     size_t k = (size_t)h & (p->seen_cap - 1);
     while (p->seen[k]) {
         if (p->seen[k] == h) {
@@ -408,19 +404,16 @@ static int take_row(parser *p, json_t *o, int line) {
     if (p->r->n_rows >= DATA_MAX_ROWS)
         return lr_errp(p->err, LR_E_TOOBIG, "file", "dataset has more than %d rows", DATA_MAX_ROWS);
     p->r->n_rows++;
-    /* the row is kept even to validate, for its duplicate check */
-    if (row_from_json(o, &p->r->format, &row, why, sizeof why)) {
+    uint64_t h;
+    if (row_from_json(o, &p->r->format, p->f ? &row : NULL, &h, why, sizeof why)) {
         report_error(p, line, "%s", why);
         return 0;
     }
-    if (count_duplicate(p, &row)) {
+    if (count_duplicate(p, h)) {
         row_free(&row);
         return -1;
     }
-    if (!p->f) {
-        row_free(&row);
-        return 0;
-    }
+    if (!p->f) return 0;
     if (p->f->n_rows % 1024 == 0) {
         data_row *rows = realloc(p->f->rows, (p->f->n_rows + 1024) * sizeof *rows);
         if (!rows) {

@@ -84,6 +84,12 @@ suite.test('datasets: upload with progress; a broken line is named', async () =>
   const li = await p.page.waitForSelector('.upload-errors li[data-line="3"]');
   const txt = await li.textContent();
   assert(/line 3/.test(txt), `the error does not name line 3: ${txt}`);
+  // rows that repeat an earlier one are said at upload, not first in a job's events
+  const twice = CHAT.split('\n').slice(0, 3).join('\n') + '\n' + CHAT.split('\n')[0] + '\n';
+  await p.page.setInputFiles('input[name=file]', { name: 'twice.jsonl', mimeType: 'application/jsonl', buffer: Buffer.from(twice) });
+  await p.page.click('form.upload button[type=submit]');
+  const warn = await (await p.page.waitForSelector('.upload-result .warning')).textContent();
+  assert(/1 of 4 rows repeat an earlier row/.test(warn), `no duplicates warning: ${warn}`);
   await p.shot('datasets');
   p.checkConsole();
   await p.close();
@@ -98,6 +104,12 @@ suite.test('dataset page: report and preview with trained tokens highlighted', a
   assert(/plus .* is \d+/.test(trained), `trained text is not the assistant answer: ${trained.slice(0, 200)}`);
   const untrained = await p.page.$eval('pre.rendered', (el) => [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent).join(''));
   assert(/What is 0 plus 3\?/.test(untrained), 'the user turn should be shown untrained');
+  // rendered with a chosen chat template, as a job with that chat_template
+  await p.page.selectOption('select[name=chat_template]', 'alpaca');
+  await p.page.click('section.preview button');
+  await p.page.waitForFunction(() => document.querySelector('.template-used').textContent === 'rendered with alpaca');
+  const alpaca = await p.page.$eval('pre.rendered', (el) => el.textContent);
+  assert(/### Instruction/.test(alpaca), `not rendered with alpaca: ${alpaca.slice(0, 200)}`);
   await p.shot('dataset-preview');
   p.checkConsole();
   await p.close();

@@ -270,6 +270,13 @@ TEST(validate_counts_duplicates_any_form) {
         "{\"messages\":[{\"role\":\"system\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"yo\"}]}\n";
     REQUIRE(data_validate(msgs, strlen(msgs), &r, &e) == 0);
     CHECK_EQ_INT(r.n_duplicates, 1);
+    /* DPO: a prompt string and the same prompt as a message render alike;
+     * chosen and rejected swapped is another pair */
+    const char *dpo = "{\"prompt\":\"p\",\"chosen\":\"x\",\"rejected\":\"y\"}\n"
+                      "{\"prompt\":[{\"role\":\"user\",\"content\":\"p\"}],\"chosen\":\"x\",\"rejected\":\"y\"}\n"
+                      "{\"prompt\":\"p\",\"chosen\":\"y\",\"rejected\":\"x\"}\n";
+    REQUIRE(data_validate(dpo, strlen(dpo), &r, &e) == 0);
+    CHECK_EQ_INT(r.n_duplicates, 1);
 }
 
 /* ---- item 17: the rendered lengths when max_seq_len leaves nothing ---- */
