@@ -119,9 +119,13 @@ static void ew_run(int nt, size_t n, ew_fn fn, const ew_args *a) {
  * sums are in double, in eight interleaved partial sums (a fixed order, the
  * same in every clone). */
 KV_CLONES static float row_max(const float *x, int n) {
-    float mx = x[0];
-#pragma omp simd reduction(max : mx)
-    for (int j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    float m[8], mx = x[0];
+    int j = 0;
+    for (int k = 0; k < 8; k++) m[k] = x[0];
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++) m[k] = x[j + k] > m[k] ? x[j + k] : m[k];
+    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    for (int k = 0; k < 8; k++) mx = m[k] > mx ? m[k] : mx;
     return mx;
 }
 static inline double sum_d(const float *x, int n) {
