@@ -5,6 +5,7 @@
 # It writes $LORAD_DATA/env, the shell variables the README's tour uses (URL,
 # TOKEN, LORA_URL, LORA_TOKEN, PATH with the build folder): `. data/env`.
 # lorad keeps running in the background; `make stop` (or kill $(cat data/lorad.pid)) ends it.
+# LORAD_DEMO_MAX_STEPS shortens the demo job (tests/integration/test_make_run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${LR_BUILD:-build}
@@ -59,7 +60,7 @@ echo "== uploading examples/demo.jsonl (lora datasets upload)"
 DS=$("$B/lora" datasets upload examples/demo.jsonl --json |
      /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["id"]); print("   ", d.get("rows"), "rows,", d.get("format"), file=sys.stderr)')
 echo "== submitting the demo job (lora submit examples/demo-job.yaml)"
-JOB=$("$B/lora" submit examples/demo-job.yaml --set training_file="$DS")
+JOB=$("$B/lora" submit examples/demo-job.yaml --set training_file="$DS" ${LORAD_DEMO_MAX_STEPS:+--set max_steps="$LORAD_DEMO_MAX_STEPS"})
 echo "   job $JOB"
 echo "== following it (lora watch; Ctrl-C leaves it running)"
 "$B/lora" watch "$JOB" || true
