@@ -315,5 +315,25 @@ test('tpsLabel names the window tokens_per_s covers', () => {
   assert.equal(L.tpsLabel(undefined), 'tokens/s (last log window)');
 });
 
+test('serverClock: elapsed on the server clock never goes back with a browser 30 s ahead', () => {
+  const c = L.serverClock();
+  assert.equal(c.now(5000), 5000); // no Date yet: the browser's own time
+  const c2 = L.serverClock();
+  const job = { started_at: 1000, finished_at: null };
+  let prev = -1, back = 0;
+  for (let server = 1000.3; server < 1060; server += 0.7) {
+    c2.sample(new Date(Math.floor(server) * 1000).toUTCString(), server + 30.01);
+    const el = L.elapsed(job, c2.now(server + 30.02));
+    back += el < prev; prev = el;
+    assert.ok(el <= server - 1000 + 0.05, `elapsed ${el} ahead of the server's ${server - 1000}`);
+  }
+  const done = { started_at: 1000, finished_at: 1060 };
+  assert.equal(L.elapsed(done, c2.now(1090.5)), 60);
+  assert.ok(60 >= prev, `ended at 60 after showing ${prev}`);
+  assert.equal(back, 0);
+  c2.sample('not a date', 0); // ignored
+  assert.ok(c2.now(1091) >= 1060);
+});
+
 console.log(`${passed} passed, ${failed} failed, 0 skipped`);
 process.exit(failed ? 1 : 0);

@@ -1,7 +1,12 @@
 // The REST client: every call of the dashboard goes through here, with the
 // bearer token kept in localStorage. Errors become ApiError carrying the
 // server's {code, message, param}.
+import { serverClock } from './logic.js';
+
 const TOKEN_KEY = 'lorad.token';
+// every answer's Date header moves it; elapsed times are measured with it
+const clock = serverClock();
+export const serverNow = () => clock.now(Date.now() / 1000);
 
 export function getToken() {
   try { return localStorage.getItem(TOKEN_KEY) || ''; } catch { return ''; }
@@ -55,6 +60,7 @@ export async function api(path, { method = 'GET', body, params, signal } = {}) {
     method, headers, signal, cache: 'no-store',
     body: body === undefined ? undefined : JSON.stringify(body),
   });
+  clock.sample(res.headers.get('Date'), Date.now() / 1000);
   const data = await parse(res);
   if (!res.ok) {
     if (res.status === 401) authFailed();

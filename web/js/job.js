@@ -1,7 +1,7 @@
 // #/jobs/ID : one job: curves, progress, events, config, checkpoints,
 // artifacts. Live while running: each poll fetches only points past the ones
 // it has (after_step), and every answer is capped at MAX_POINTS per series.
-import { api, download } from './api.js';
+import { api, download, serverNow } from './api.js';
 import {
   fmtNum, fmtDuration, fmtTime, fmtBytes, elapsed, eta, isFinished,
   normalizeMetrics, mergeMetrics, planFetches, boundStore, smoothFor, tpsLabel, buildHash, trainedOutput,
@@ -103,7 +103,7 @@ export function mount(root, ctx) {
     const j = job;
     const p = j.progress || {};
     const m = j.metrics || {};
-    const el = elapsed(j, Date.now() / 1000);
+    const el = elapsed(j, serverNow());
     const spec = j.spec || {};
     const method = (spec.method && (spec.method.type || spec.method)) || '–';
     const kv = (k, v, cls) => h('div', { class: `kv ${cls || ''}` }, h('span', { class: 'k' }, k), h('span', { class: 'v' }, v));

@@ -1,5 +1,5 @@
 // #/jobs?status=&user=&sweep= : the live table of jobs.
-import { api } from './api.js';
+import { api, serverNow } from './api.js';
 import { fmtNum, fmtDuration, elapsed, eta, isFinished, canCancel, buildHash, queuePositions } from './logic.js';
 import { h, replace, statusBadge, progressBar, errorBox, table, poll } from './ui.js';
 
@@ -98,7 +98,7 @@ export function mount(root, ctx) {
     const before = seenUsers.size + seenSweeps.size;
     for (const j of list) { if (j.user) seenUsers.add(j.user); if (j.sweep_id) seenSweeps.add(j.sweep_id); }
     if (seenUsers.size + seenSweeps.size !== before) drawFilters();
-    const now = Date.now() / 1000;
+    const now = serverNow();
     const pos = queuePositions(list);
     const rows = list.map((j) => row(j, now, ctx.me, pos[j.id], () => p.now(), showError));
     replace(body, list.length

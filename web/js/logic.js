@@ -246,6 +246,28 @@ export function smooth(values, weight) {
   return out;
 }
 
+// The server's clock as the browser sees it (lora watch does the same), so
+// elapsed times against the server's started_at do not carry the difference
+// between the two clocks. Each answer's Date header (whole seconds: the
+// server's time was at least that when the answer arrived) bounds server
+// minus browser time from below; the highest bound is kept, and now() never
+// goes back. Times in seconds.
+export function serverClock() {
+  let offset = null, last = -Infinity;
+  return {
+    sample(dateHeader, clientNow) {
+      const t = Date.parse(dateHeader || '');
+      if (!Number.isFinite(t)) return;
+      const low = t / 1000 - clientNow;
+      if (offset === null || low > offset) offset = low;
+    },
+    now(clientNow) {
+      last = Math.max(last, clientNow + (offset ?? 0));
+      return last;
+    },
+  };
+}
+
 // A job's metrics.tokens_per_s is the rate of its last logging window, not
 // the run's average; the label says which window (as `lora show` does).
 export function tpsLabel(spec) {

@@ -1,5 +1,5 @@
 // #/workers : each device lorad supervises, what it runs and for whom.
-import { api } from './api.js';
+import { api, serverNow } from './api.js';
 import { fmtBytes, fmtDuration, fmtTime } from './logic.js';
 import { h, replace, statusBadge, errorBox, table, poll } from './ui.js';
 
@@ -16,7 +16,7 @@ export function mount(root) {
       const jid = w.job_id || w.job;
       if (jid && !jobs.has(jid)) jobs.set(jid, await api(`/v1/jobs/${encodeURIComponent(jid)}`));
     }
-    const now = Date.now() / 1000;
+    const now = serverNow();
     replace(body, ws.length ? table(['worker', 'device', 'status', 'job', 'owner', 'memory', 'threads', 'since', 'restarts'], ws.map((w) => {
       const jid = w.job_id || w.job;
       const j = jid ? jobs.get(jid) : null;
