@@ -809,11 +809,15 @@ char *store_jobs_list_text(store *st, const char *status, const char *user, cons
         char *txt = o ? jsonfmt_dumps(o, JSON_COMPACT) : NULL;
         size_t ol = txt ? strlen(txt) : 0;
         json_decref(o);
+        /* specs stored before jsonfmt hold 17-digit reals: shortened here */
+        size_t spl = 0;
+        char *sp = obj ? jsonfmt_text(spec, sl, &spl) : NULL;
         /* The object ends in '}': the spec goes in before it. */
-        bad = ol < 2 || (n > 0 && lr_buf_add(&b, ",", 1)) || lr_buf_add(&b, txt, ol - 1) ||
-              lr_buf_adds(&b, ",\"spec\":") || (obj ? lr_buf_add(&b, spec, sl) : lr_buf_adds(&b, "null")) ||
+        bad = ol < 2 || (obj && !sp) || (n > 0 && lr_buf_add(&b, ",", 1)) || lr_buf_add(&b, txt, ol - 1) ||
+              lr_buf_adds(&b, ",\"spec\":") || (obj ? lr_buf_add(&b, sp, spl) : lr_buf_adds(&b, "null")) ||
               lr_buf_adds(&b, "}");
         free(txt);
+        free(sp);
         n++;
     }
     sqlite3_reset(s);

@@ -32,25 +32,26 @@ int jsonfmt_real(double d, char *buf, size_t cap) {
     return (int)n;
 }
 
-/* A number token of json_dumps's output starting at s: its length, and
- * whether it is a real (has a fraction or an exponent). */
-static size_t number_len(const char *s, int *real) {
-    size_t n = 0;
-    *real = 0;
-    while (s[n] && strchr("0123456789+-.eE", s[n])) {
-        if (strchr(".eE", s[n])) *real = 1;
-        n++;
+/* A number token at s (at most n bytes): its length, whether it is a real
+ * (has a fraction or an exponent), and its significant digits. */
+static size_t number_len(const char *s, size_t n, int *real, int *digits) {
+    size_t k = 0;
+    int lead = 1, exp = 0;
+    *real = *digits = 0;
+    while (k < n && strchr("0123456789+-.eE", s[k]) && s[k]) {
+        char c = s[k++];
+        if (c == 'e' || c == 'E') exp = 1;
+        if (c == '.' || exp) *real = 1;
+        if (exp || c < '0' || c > '9') continue;
+        if (c != '0') lead = 0;
+        if (!lead) (*digits)++;
     }
-    return n;
+    return k;
 }
 
-char *jsonfmt_dumps(const json_t *v, size_t flags) {
-    char *text = json_dumps(v, flags & ~(size_t)JSON_REAL_PRECISION(31));
-    if (!text) return NULL;
-    if (!strpbrk(text, ".eE")) return text; /* no real anywhere */
+char *jsonfmt_text(const char *text, size_t len, size_t *out_len) {
     lr_buf out;
-    /* a real never gets longer than jansson's 17 digits, but a margin costs nothing */
-    size_t len = strlen(text);
+    /* a real never gets longer than 17 digits make it, but a margin costs nothing */
     lr_buf_init(&out, 2 * len + 64);
     int bad = 0, in_str = 0;
     for (size_t i = 0; i < len && !bad;) {
@@ -71,11 +72,14 @@ char *jsonfmt_dumps(const json_t *v, size_t flags) {
             bad = lr_buf_add(&out, "\"", 1);
             i++;
         } else if (c == '-' || (c >= '0' && c <= '9')) {
-            int real;
-            size_t n = number_len(text + i, &real);
-            if (real) {
-                char num[40];
-                int m = jsonfmt_real(strtod(text + i, NULL), num, sizeof num);
+            int real, digits;
+            size_t n = number_len(text + i, len - i, &real, &digits);
+            /* up to 15 significant digits a decimal is already the shortest
+             * that reads back (DBL_DIG): only longer ones are looked at */
+            if (real && digits > 15) {
+                char num[40], tok[64];
+                snprintf(tok, sizeof tok, "%.*s", (int)(n < sizeof tok ? n : sizeof tok - 1), text + i);
+                int m = jsonfmt_real(strtod(tok, NULL), num, sizeof num);
                 bad = m < 0 || lr_buf_add(&out, num, (size_t)m);
             } else {
                 bad = lr_buf_add(&out, text + i, n);
@@ -86,10 +90,17 @@ char *jsonfmt_dumps(const json_t *v, size_t flags) {
             i++;
         }
     }
-    free(text);
     if (bad) {
         lr_buf_free(&out);
         return NULL;
     }
-    return lr_buf_take(&out, NULL);
+    return lr_buf_take(&out, out_len);
+}
+
+char *jsonfmt_dumps(const json_t *v, size_t flags) {
+    char *text = json_dumps(v, flags & ~(size_t)JSON_REAL_PRECISION(31));
+    if (!text || !strpbrk(text, ".eE")) return text; /* no real anywhere */
+    char *out = jsonfmt_text(text, strlen(text), NULL);
+    free(text);
+    return out;
 }

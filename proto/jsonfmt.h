@@ -18,6 +18,12 @@
  * the length, or -1 when cap is too small (32 is always enough). */
 int jsonfmt_real(double d, char *buf, size_t cap);
 
+/* JSON text (len bytes) with every real of more than 15 significant
+ * digits rewritten by jsonfmt_real (shorter ones already are the shortest);
+ * strings are left alone. The caller frees the result (NUL-terminated,
+ * *out_len its length when out_len is not NULL); NULL when out of memory. */
+char *jsonfmt_text(const char *text, size_t len, size_t *out_len);
+
 /* json_dumps(v, flags) with every real rewritten by jsonfmt_real
  * (JSON_REAL_PRECISION in flags is ignored). The caller frees the text;
  * NULL on failure, as json_dumps. */

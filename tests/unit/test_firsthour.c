@@ -95,6 +95,20 @@ TEST(dumps_rewrites_reals_only) {
     json_decref(o);
 }
 
+TEST(text_rewrites_long_reals_only) {
+    const char *old = "{\"learning_rate\":0.0030000000000000001,\"name\":\"0.10000000000000001 \\\" 2.5\","
+                      "\"r\":16,\"x\":1.5,\"e\":1.0000000000000001e-05,\"neg\":-0.29999999999999999,\"l\":[0.1,2.0]}";
+    size_t n = 0;
+    char *t = jsonfmt_text(old, strlen(old), &n);
+    CHECK_STR(t, "{\"learning_rate\":0.003,\"name\":\"0.10000000000000001 \\\" 2.5\",\"r\":16,\"x\":1.5,"
+                 "\"e\":1e-05,\"neg\":-0.3,\"l\":[0.1,2.0]}");
+    CHECK_EQ_INT(n, t ? strlen(t) : 0);
+    free(t);
+    t = jsonfmt_text("", 0, &n);
+    CHECK(t && n == 0 && !*t);
+    free(t);
+}
+
 TEST(jobspec_text_shortest) {
     json_t *j = json_loads("{\"model\":\"m\",\"training_file\":\"f\",\"hyperparameters\":{\"learning_rate\":0.003,"
                            "\"warmup_ratio\":0.1},\"lora\":{\"dropout\":0.05}}", 0, NULL);
@@ -191,6 +205,15 @@ TEST(api_prints_job_reals_shortest) {
     CHECK_EQ_INT(st, 200);
     CHECKF(text && strstr(text, "\"learning_rate\":0.003,") && !strstr(text, "0.0030000"), "%s",
            text ? text : "(null)");
+    free(text);
+    json_decref(j);
+    /* a spec stored by an older lorad, with jansson's 17 digits, is listed short too */
+    lr_err e = {0};
+    store_job_new old = {.id = "ftjob-0000000000aa", .name = "old", .user = "alice", .model = "tiny", .device = "any",
+                         .spec_json = "{\"hyperparameters\":{\"learning_rate\":0.00020000000000000001},\"model\":\"tiny\"}"};
+    REQUIRE(store_job_insert(g_st, &old, &e) == 0);
+    j = call("GET", "/v1/jobs", NULL, q, &st, &text);
+    CHECKF(text && strstr(text, "\"learning_rate\":0.0002}") && !strstr(text, "0.00020000"), "%s", text ? text : "(null)");
     free(text);
     json_decref(j);
 }
