@@ -9,6 +9,7 @@
 #   make bench-gpu  the GPU benchmark (tokens/s, MFU, ratio to PyTorch); skips without a GPU
 #   make gpu-check  on a GPU: test_cuda, compute-sanitizer, bench-gpu, figures for bench/RESULTS.md
 #   make fuzz       every fuzz target for a bounded time (clang libFuzzer)
+#   make soak       users, kills and a filling disk for SOAK_SECONDS (default 300); a table of what held
 #   make asan       the unit tests under ASan/UBSan
 #
 # Module sources are picked up by wildcard: a new module is a new .c/.h pair
@@ -74,7 +75,7 @@ TEST_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
 BINS := $(BUILD)/lora-worker $(if $(wildcard daemon/main.c),$(BUILD)/lorad) $(if $(wildcard client/main.c),$(BUILD)/lora)
 
-.PHONY: all deps test unit asan bench bench-gpu gpu-check run stop install fuzz clean web
+.PHONY: all deps test unit asan bench bench-gpu gpu-check run stop install fuzz soak clean web
 all: $(BINS) $(TEST_BIN) web
 ifeq ($(NVCC),)
 	@echo "note: nvcc not found: built the CPU backend only"
@@ -117,7 +118,7 @@ test:
 	@LR_BUILD=$(BUILD) bash tests/run.sh
 
 unit: all
-	@bash tests/run.sh unit
+	@LR_BUILD=$(BUILD) bash tests/run.sh unit
 
 asan:
 	@$(MAKE) --no-print-directory LR_SUBMAKE=1 BUILD=build-asan SAN=1 OPT=-O1 NVCC= $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN)) build-asan/lora-worker
@@ -129,10 +130,10 @@ bench:
 	@LR_BUILD=$(BUILD) bash bench/run.sh
 
 bench-gpu: all
-	@bash bench/run_gpu.sh
+	@LR_BUILD=$(BUILD) bash bench/run_gpu.sh
 
 gpu-check: all
-	@bash bench/gpu_check.sh $(PHASES)
+	@LR_BUILD=$(BUILD) bash bench/gpu_check.sh $(PHASES)
 
 run:
 	@$(MAKE) --no-print-directory LR_SUBMAKE=1 deps
@@ -156,6 +157,12 @@ install: $(BINS) web
 fuzz:
 	@$(MAKE) --no-print-directory LR_SUBMAKE=1 deps
 	@bash tests/fuzz/run.sh
+
+# The long soak (SOAK_SECONDS, default 300); make test runs a 40 s version.
+soak:
+	@$(MAKE) --no-print-directory LR_SUBMAKE=1 deps
+	@$(MAKE) --no-print-directory all
+	@SOAK_SECONDS=$${SOAK_SECONDS:-300} /usr/bin/python3 tests/integration/test_soak.py
 
 clean:
 	rm -rf build build-asan build-fuzz

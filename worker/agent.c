@@ -33,17 +33,38 @@ typedef struct job {
     atomic_int cancel, finished;
 } job;
 
+/* A metric frame lorad has not acknowledged (committed) yet. */
+typedef struct unacked {
+    int64_t seq, sent_ms;
+    json_t *frame;
+} unacked;
+
+#define UNACKED_MAX 65536   /* past this the oldest are dropped (a lorad that never acks) */
+#define RESEND_AFTER_MS 2000
+#define FLUSH_WAIT_S 120
+
 typedef struct agent {
     const agent_opts *o;
     int fd;
     pthread_mutex_t wlock;     /* one writer at a time on the socket */
     atomic_long seq;
+    /* Metrics are resent until lorad acknowledges them, and flushed before a
+     * checkpoint or the job's end: a resume point or an outcome never exists
+     * while a metric before it could still be lost (a failed commit on a
+     * full disk, a lorad killed mid-read). lorad stores a metric by (job,
+     * name, step), so a resent one replaces itself. */
+    pthread_mutex_t alock;
+    pthread_cond_t acked;
+    unacked *pend;
+    size_t n_pend;
     pthread_mutex_t plock;     /* progress */
     int64_t step, total;
     double epoch;
     job *cur;
-    int write_failed;
+    atomic_int write_failed;
 } agent;
+
+static int64_t now_ms(void);
 
 static void send_locked(agent *ag, json_t *m) {
     if (!m) return;
@@ -61,8 +82,66 @@ static void send_locked(agent *ag, json_t *m) {
 
 static void h_metric(void *ud, int64_t step, double epoch, const char *name, double value) {
     job *j = ud;
-    send_locked(j->ag, msg_metric(j->id, atomic_fetch_add(&j->ag->seq, 1), step, epoch, name, value));
+    agent *ag = j->ag;
+    int64_t seq = atomic_fetch_add(&ag->seq, 1);
+    json_t *m = msg_metric(j->id, seq, step, epoch, name, value);
+    if (!m) return;
+    pthread_mutex_lock(&ag->alock);
+    if (ag->n_pend == UNACKED_MAX) {
+        json_decref(ag->pend[0].frame);
+        memmove(ag->pend, ag->pend + 1, (UNACKED_MAX - 1) * sizeof *ag->pend);
+        ag->n_pend--;
+    }
+    ag->pend[ag->n_pend++] = (unacked){seq, now_ms(), json_incref(m)};
+    pthread_mutex_unlock(&ag->alock);
+    send_locked(ag, m);
 }
+
+static void on_ack(agent *ag, int64_t seq) {
+    pthread_mutex_lock(&ag->alock);
+    size_t k = 0;
+    while (k < ag->n_pend && ag->pend[k].seq <= seq) json_decref(ag->pend[k++].frame);
+    memmove(ag->pend, ag->pend + k, (ag->n_pend - k) * sizeof *ag->pend);
+    ag->n_pend -= k;
+    pthread_cond_broadcast(&ag->acked);
+    pthread_mutex_unlock(&ag->alock);
+}
+
+/* From the main loop: metrics unacknowledged for a while go out again. */
+static void resend(agent *ag) {
+    int64_t now = now_ms();
+    pthread_mutex_lock(&ag->alock);
+    size_t n = ag->n_pend && now - ag->pend[0].sent_ms >= RESEND_AFTER_MS ? ag->n_pend : 0;
+    json_t **again = n ? malloc(n * sizeof *again) : NULL;
+    if (!again) n = 0;
+    for (size_t i = 0; i < n; i++) {
+        again[i] = json_incref(ag->pend[i].frame);
+        ag->pend[i].sent_ms = now;
+    }
+    pthread_mutex_unlock(&ag->alock);
+    for (size_t i = 0; i < n; i++) send_locked(ag, again[i]);
+    free(again);
+}
+
+/* From the job thread: waits until lorad has every metric sent so far
+ * (the main loop resends meanwhile); gives up on a lost connection, a
+ * cancel, or after FLUSH_WAIT_S, saying so. */
+static void flush_metrics(job *j) {
+    agent *ag = j->ag;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += FLUSH_WAIT_S;
+    pthread_mutex_lock(&ag->alock);
+    while (ag->n_pend && !ag->write_failed && atomic_load(&j->cancel) != TRAIN_CANCEL)
+        if (pthread_cond_timedwait(&ag->acked, &ag->alock, &until) == ETIMEDOUT) {
+            fprintf(stderr, "lora-worker %s: lorad has not stored %zu metrics of %s for %d s; going on\n",
+                    ag->o->name, ag->n_pend, j->id, FLUSH_WAIT_S);
+            break;
+        }
+    pthread_mutex_unlock(&ag->alock);
+}
+
+static void h_flush(void *ud) { flush_metrics(ud); }
 
 static void h_event(void *ud, const char *level, const char *text) {
     job *j = ud;
@@ -100,7 +179,7 @@ static void *job_main(void *arg) {
                      .reference_adapter_dir = j->ref[0] ? j->ref : NULL, .run_dir = j->run_dir};
     for (int i = 0; i < j->n_files; i++) p.training_files[i] = j->files[i];
     train_opts to = {.backend = ag->o->backend, .threads = ag->o->threads, .resume = j->resume};
-    train_hooks th = {.ud = j, .metric = h_metric, .event = h_event, .checkpoint = h_checkpoint,
+    train_hooks th = {.ud = j, .metric = h_metric, .event = h_event, .checkpoint = h_checkpoint, .flush = h_flush,
                       .progress = h_progress, .cancelled = h_cancelled, .stopped = h_stopped};
     train_outcome out = TRAIN_DONE;
     lr_err e = {0};
@@ -117,6 +196,7 @@ static void *job_main(void *arg) {
         end = msg_done(j->id, "stopped_early", j->stop_reason[0] ? j->stop_reason : NULL);
     else
         end = msg_done(j->id, out == TRAIN_CANCELLED ? "cancelled" : "succeeded", NULL);
+    flush_metrics(j); /* the outcome is recorded only once the metrics are */
     /* Finished before the daemon can hear of it, so its next ASSIGN always
      * finds this job joinable. */
     atomic_store(&j->finished, 1);
@@ -241,11 +321,19 @@ int agent_run(const agent_opts *o, lr_err *err) {
     agent ag;
     memset(&ag, 0, sizeof ag);
     ag.o = o;
+    ag.fd = -1;
     pthread_mutex_init(&ag.wlock, NULL);
     pthread_mutex_init(&ag.plock, NULL);
+    pthread_mutex_init(&ag.alock, NULL);
+    pthread_cond_init(&ag.acked, NULL);
     frame_dec d;
     frame_dec_init(&d, FRAME_MAX);
     int rc = -1;
+    ag.pend = malloc(UNACKED_MAX * sizeof *ag.pend);
+    if (!ag.pend) {
+        lr_errf(err, "out of memory");
+        goto out;
+    }
     ag.fd = connect_socket(o->socket_path, err);
     if (ag.fd < 0) goto out;
     char dev[256];
@@ -275,6 +363,7 @@ int agent_run(const agent_opts *o, lr_err *err) {
         }
         if (now_ms() >= next_hb) {
             heartbeat(&ag);
+            resend(&ag);
             next_hb = now_ms() + period;
         }
         if (ag.cur && atomic_load(&ag.cur->finished)) join_job(&ag);
@@ -297,7 +386,9 @@ int agent_run(const agent_opts *o, lr_err *err) {
                 if (!m.resume) atomic_store(&ag.cur->cancel, TRAIN_CANCEL);
                 else atomic_compare_exchange_strong(&ag.cur->cancel, &go, TRAIN_SUSPEND);
             }
-        } else if (m.type != MSG_ACK && m.type != MSG_HEARTBEAT) {
+        } else if (m.type == MSG_ACK) {
+            on_ack(&ag, m.seq);
+        } else if (m.type != MSG_HEARTBEAT) {
             lr_errf(err, "protocol error: lorad sent %s", msg_type_name(m.type));
             json_decref(f);
             goto out;
@@ -311,6 +402,10 @@ out:
     }
     if (ag.fd >= 0) close(ag.fd);
     frame_dec_free(&d);
+    for (size_t i = 0; i < ag.n_pend; i++) json_decref(ag.pend[i].frame);
+    free(ag.pend);
+    pthread_cond_destroy(&ag.acked);
+    pthread_mutex_destroy(&ag.alock);
     pthread_mutex_destroy(&ag.wlock);
     pthread_mutex_destroy(&ag.plock);
     return rc;

@@ -448,6 +448,7 @@ static int save_checkpoint(trainer *T, lr_err *err) {
     if (host_moments(T, ex, err)) return -1;
     T->be->download(T->be, ex[0].data, T->adam_m, T->numel * sizeof(float));
     T->be->download(T->be, ex[1].data, T->adam_v, T->numel * sizeof(float));
+    if (T->hooks && T->hooks->flush) T->hooks->flush(T->hooks->ud);
     json_t *st = state_json(T);
     int rc = ckpt_save(T->paths->run_dir, T->step, write_adapter, T, ex, 2, st, T->spec->hp.save_total_limit, cdir,
                        sizeof cdir, err);

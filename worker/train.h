@@ -25,6 +25,10 @@ typedef struct train_hooks {
     void (*metric)(void *ud, int64_t step, double epoch, const char *name, double value);
     /* level: "info", "warning", "error"; a human sentence. */
     void (*event)(void *ud, const char *level, const char *msg);
+    /* Optional: called before a checkpoint is written; returns once what
+     * was logged so far is safe (a resume from the checkpoint never logs
+     * those steps again). */
+    void (*flush)(void *ud);
     /* A checkpoint directory was completed (its DONE marker exists). */
     void (*checkpoint)(void *ud, int64_t step, const char *dir);
     /* Progress for ETA: step done of total. */

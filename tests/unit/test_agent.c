@@ -56,6 +56,7 @@ static int fake_train(const jobspec *spec, const train_paths *p, const train_opt
         h->progress(h->ud, s, total, (double)s / (double)total);
         if (s % save == 0 || s == total) {
             char d[2100], f[2200];
+            if (h->flush) h->flush(h->ud); /* as train.c does before a checkpoint */
             snprintf(d, sizeof d, "%s/step-%lld", ck, (long long)s);
             snprintf(f, sizeof f, "%s/DONE", d);
             if (lr_mkdirs(d, err) || lr_write_file_atomic(f, "1", 1, err)) return -1;
@@ -128,12 +129,20 @@ static int listen_at(daemon_side *ds) {
     return 0;
 }
 
+static void ack(daemon_side *ds, int64_t seq) {
+    lr_err e = {0};
+    json_t *a = msg_ack(seq);
+    if (frame_write_fd(ds->fd, a, &e)) printf("    ack: %s\n", e.msg);
+    json_decref(a);
+}
+
 static json_t *next_of(daemon_side *ds, msg_type want, msg *m) {
     lr_err e = {0};
     for (int i = 0; i < 1000; i++) {
         json_t *j = NULL;
         if (frame_read_fd(ds->fd, &ds->d, 5000, &j, &e) != 1) return NULL;
-        if (msg_parse(j, m, &e) == 0 && m->type == want) return j;
+        if (msg_parse(j, m, &e) == 0 && m->type == MSG_METRIC) ack(ds, m->seq); /* as lorad does */
+        if (m->type == want) return j;
         int failed = m->type == MSG_FAILED;
         if (failed) printf("    worker failed: %s\n", m->text);
         json_decref(j);
@@ -193,6 +202,7 @@ TEST(hello_assign_stream_done) {
             CHECK(m.seq > last_seq); /* sequence numbers increase */
             last_seq = m.seq;
             CHECK_STR(m.job_id, "ftjob-1");
+            ack(&ds, m.seq);
         }
         if (m.type == MSG_CHECKPOINT) ckpts++;
         if (m.type == MSG_DONE) {
@@ -240,6 +250,67 @@ TEST(hello_assign_stream_done) {
     close(ds.fd);
     pthread_join(t, NULL);
     CHECK_EQ_INT(g_rc, 0);
+    close(ds.lfd);
+    frame_dec_free(&ds.d);
+}
+
+/* Metrics lorad has not acknowledged are resent, a checkpoint is written
+ * only once the metrics before it are stored, and DONE waits for them too:
+ * no resume point or outcome exists while a logged step could be lost. */
+TEST(unacked_metrics_resent_and_flushed_before_checkpoint) {
+    daemon_side ds;
+    REQUIRE(listen_at(&ds) == 0);
+    setenv("LR_FAKE_STEP_MS", "1", 1);
+    g_opts = (agent_opts){.socket_path = ds.path, .name = "w2", .backend = "cpu", .heartbeat_s = 1, .run = fake_train};
+    pthread_t t;
+    pthread_create(&t, NULL, agent_thread, NULL);
+    ds.fd = accept(ds.lfd, NULL, NULL);
+    REQUIRE(ds.fd >= 0);
+    msg m;
+    json_t *j = next_of(&ds, MSG_HELLO, &m);
+    REQUIRE(j);
+    json_decref(j);
+    char run[512];
+    snprintf(run, sizeof run, "%s/run-ack", test_tmpdir());
+    REQUIRE(send_assign(&ds, "ftjob-9", 4, 0, run) == 0);
+    /* Nothing acknowledged for 3.5 s: the first four metrics (steps 1-2)
+     * come again, and no checkpoint frame comes at all. */
+    int seen[64] = {0}, ckpt_early = 0, frames = 0;
+    int64_t max_seq = -1;
+    lr_err e = {0};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double el = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+        if (el > 3.5) break;
+        json_t *f = NULL;
+        int r = frame_read_fd(ds.fd, &ds.d, 200, &f, &e);
+        if (r < 0) break;
+        if (r == 0) continue;
+        REQUIRE(msg_parse(f, &m, &e) == 0);
+        frames++;
+        if (m.type == MSG_METRIC && m.seq >= 0 && m.seq < 64) {
+            seen[m.seq]++;
+            if (m.seq > max_seq) max_seq = m.seq;
+        }
+        if (m.type == MSG_CHECKPOINT || m.type == MSG_DONE) ckpt_early = 1;
+        json_decref(f);
+    }
+    CHECK_EQ_INT((int)max_seq, 3);   /* steps 1-2: loss, lr each; training waits at the checkpoint */
+    CHECK(seen[0] >= 2 && seen[3] >= 2); /* resent */
+    CHECK(!ckpt_early);
+    ack(&ds, max_seq);
+    j = next_of(&ds, MSG_CHECKPOINT, &m);
+    REQUIRE(j);
+    CHECK_EQ_INT((int)m.step, 2);
+    json_decref(j);
+    j = next_of(&ds, MSG_DONE, &m); /* next_of acknowledges as it reads */
+    REQUIRE(j);
+    CHECK_STR(m.outcome, "succeeded");
+    json_decref(j);
+    close(ds.fd);
+    pthread_join(t, NULL);
     close(ds.lfd);
     frame_dec_free(&ds.d);
 }
