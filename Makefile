@@ -161,8 +161,8 @@ fuzz:
 # The long soak (SOAK_SECONDS, default 300); make test runs a 40 s version.
 soak:
 	@$(MAKE) --no-print-directory LR_SUBMAKE=1 deps
-	@$(MAKE) --no-print-directory all
-	@SOAK_SECONDS=$${SOAK_SECONDS:-300} /usr/bin/python3 tests/integration/test_soak.py
+	@$(MAKE) --no-print-directory LR_SUBMAKE=1 all
+	@LR_BUILD=$(BUILD) SOAK_SECONDS=$${SOAK_SECONDS:-300} /usr/bin/python3 tests/integration/test_soak.py
 
 clean:
 	rm -rf build build-asan build-fuzz

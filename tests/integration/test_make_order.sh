@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The Makefile's order, proved on a copy of it: `make run`, `make bench`,
-# `make test` and `make fuzz` must finish installing packages (deps) before
-# anything compiles, although the Makefile forces -j. The copy runs in a temp
-# tree with a few empty sources, a deps step that sleeps, a fake compiler that
-# only logs and touches its output, and fake run/bench/test/fuzz scripts; the
-# log then shows whether any compile began before deps ended. Also: no
-# "rm build/obj/..." or "ar rcs" noise, `make stop` exists, `make -n install`
-# installs the three programs, web/ and migrations/.
+# `make test`, `make soak` and `make fuzz` must finish installing packages
+# (deps) before anything compiles, although the Makefile forces -j, and still
+# compile side by side. The copy runs in a temp tree with a few empty sources,
+# a deps step that sleeps, a fake compiler that only logs and touches its
+# output, and fake run/bench/test/soak/fuzz scripts; the log then shows
+# whether any compile began before deps ended. Also: no "rm build/obj/...",
+# "ar rcs" or jobserver noise, `make stop` exists, `make -n install` installs
+# the three programs, web/ and migrations/.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -40,6 +41,9 @@ EOF
 for s in mk/run.sh mk/stop.sh bench/run.sh tests/run.sh tests/fuzz/run.sh; do
   echo "echo \"script $s \$LR_BUILD\" >> \"$LOG\"" > "$T/$s"
 done
+mkdir -p "$T/tests/integration"
+echo "import os; open('$LOG', 'a').write('script tests/integration/test_soak.py %s\\n' % os.environ.get('LR_BUILD', ''))" \
+  > "$T/tests/integration/test_soak.py"
 cat > "$T/cc" <<EOF
 #!/bin/sh
 # a compiler that only records that it ran and makes its output
@@ -91,6 +95,7 @@ check run mk/run.sh
 check bench bench/run.sh
 check test tests/run.sh
 check fuzz tests/fuzz/run.sh
+check soak tests/integration/test_soak.py
 
 # a second build in the same folder finds the test objects still there
 (cd "$T" && make --no-print-directory CC="$T/cc" NVCC= all) >"$T/out" 2>&1
