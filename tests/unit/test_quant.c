@@ -1,0 +1,173 @@
+/* test_quant: kernels/quant.c against tests/reference/bnb_quant.py, a
+ * PyTorch restatement of bitsandbytes' 4-bit blockwise algorithm. The
+ * reference writes test vectors (random weights, zero blocks, values on
+ * every code book midpoint and one ulp either side, a shorter odd last
+ * block, more than 256 blocks for the double quantization); for each, NF4
+ * and FP4, with and without double quantization, the packed codes, the
+ * scales and every dequantized value must be bit-identical. Cases that need
+ * no Python check the code books and the properties the algorithm
+ * guarantees. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kernels/quant.h"
+#include "tests/unit/test.h"
+#include "worker/safetensors.h"
+
+#define REF_SCRIPT "tests/reference/bnb_quant.py"
+
+static st_file *vectors;
+static int vectors_tried;
+
+/* The reference's vectors, written once per run; NULL (with the reason in
+ * why) when Python, torch or the script are missing. */
+static st_file *get_vectors(char *why, size_t len) {
+    if (vectors_tried) {
+        snprintf(why, len, "the reference vectors could not be written (see the first skip)");
+        return vectors;
+    }
+    vectors_tried = 1;
+    if (access("/usr/bin/python3", X_OK) || access(REF_SCRIPT, R_OK)) {
+        snprintf(why, len, "needs /usr/bin/python3 and %s (run from the repository root)", REF_SCRIPT);
+        return NULL;
+    }
+    char path[4096], cmd[8192];
+    snprintf(path, sizeof path, "%s/vectors.safetensors", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s vectors '%s' 2>&1", REF_SCRIPT, path);
+    if (system(cmd) != 0) {
+        snprintf(why, len, "%s failed (is torch installed for /usr/bin/python3?)", REF_SCRIPT);
+        return NULL;
+    }
+    lr_err err = {0};
+    if (st_open(path, &vectors, &err)) {
+        snprintf(why, len, "cannot read the vectors: %s", err.msg);
+        return NULL;
+    }
+    return vectors;
+}
+
+static const st_tensor *need(st_file *f, const char *name) {
+    const st_tensor *t = st_find(f, name);
+    if (!t) test_fail(__FILE__, __LINE__, "vector '%s' missing", name);
+    return t;
+}
+
+static const char *const CASES[] = {"normal", "zeros", "tail_odd", "nested", "ties_nf4", "ties_fp4"};
+
+/* One case: quantize, compare bytes and bits, dequantize, compare bits. */
+static void check_case(st_file *f, const char *name, kq_type type, int dq) {
+    char key[128], pre[96];
+    snprintf(key, sizeof key, "%s.w", name);
+    const st_tensor *tw = need(f, key);
+    if (!tw) return;
+    size_t n = (size_t)st_numel(tw), nb = kq_nblocks(n), nn = kq_nested_nblocks(n);
+    float *w = malloc(n * sizeof *w), *absmax = malloc(nb * sizeof *absmax), *nabs = malloc(nn * sizeof *nabs);
+    float *deq = malloc(n * sizeof *deq);
+    uint8_t *codes = malloc(kq_code_bytes(n)), *qabs = malloc(nb);
+    float offset = 0;
+    REQUIRE(w && absmax && nabs && deq && codes && qabs);
+    memcpy(w, tw->data, n * sizeof *w);
+    kq_quantize(type, w, n, codes, absmax, dq ? qabs : NULL, nabs, &offset, 3);
+    snprintf(pre, sizeof pre, "%s.%s%s.", name, kq_type_name(type), dq ? ".dq" : "");
+#define REF(suffix) (snprintf(key, sizeof key, "%s%s", pre, suffix), need(f, key))
+    const st_tensor *t;
+    if ((t = REF("codes"))) {
+        CHECKF(t->nbytes == kq_code_bytes(n), "%scodes: %zu bytes, expected %zu", pre, t->nbytes, kq_code_bytes(n));
+        size_t bad = 0, first = 0;
+        for (size_t i = 0; i < t->nbytes && i < kq_code_bytes(n); i++)
+            if (codes[i] != ((const uint8_t *)t->data)[i] && !bad++) first = i;
+        CHECKF(!bad, "%scodes: %zu of %zu bytes differ, first at %zu (0x%02x vs 0x%02x)", pre, bad, t->nbytes, first,
+               codes[first], ((const uint8_t *)t->data)[first]);
+    }
+    kq_weight q = {.type = type, .rows = 1, .cols = (int64_t)n, .codes = codes};
+    kq_book(type, q.book);
+    memcpy(q.nbook, kq_dynamic_map(), sizeof q.nbook);
+    if (!dq) {
+        if ((t = REF("absmax")))
+            CHECKF(t->nbytes == nb * 4 && !memcmp(t->data, absmax, nb * 4), "%sabsmax differs", pre);
+        q.absmax = absmax;
+    } else {
+        if ((t = REF("qabsmax"))) CHECKF(t->nbytes == nb && !memcmp(t->data, qabs, nb), "%sqabsmax differs", pre);
+        if ((t = REF("nested_absmax")))
+            CHECKF(t->nbytes == nn * 4 && !memcmp(t->data, nabs, nn * 4), "%snested_absmax differs", pre);
+        if ((t = REF("offset"))) CHECKF(!memcmp(t->data, &offset, 4), "%soffset differs", pre);
+        q.qabsmax = qabs, q.nabsmax = nabs, q.offset = offset;
+    }
+    kq_dequant_range(&q, 0, n, deq);
+    if ((t = REF("deq"))) {
+        size_t bad = 0, first = 0;
+        const float *r = t->data;
+        for (size_t i = 0; i < n && t->nbytes == n * 4; i++)
+            if (memcmp(&r[i], &deq[i], 4) && !bad++) first = i;
+        CHECKF(t->nbytes == n * 4 && !bad, "%sdequantized: %zu of %zu values differ, first [%zu] %.9g vs %.9g", pre,
+               bad, n, first, deq[first], r[first]);
+    }
+#undef REF
+    free(w), free(absmax), free(nabs), free(deq), free(codes), free(qabs);
+}
+
+TEST(matches_reference_nf4_fp4_double_quant) {
+    char why[640];
+    st_file *f = get_vectors(why, sizeof why);
+    if (!f) SKIP("%s", why);
+    for (size_t c = 0; c < sizeof CASES / sizeof *CASES; c++)
+        for (int type = KQ_NF4; type <= KQ_FP4; type++)
+            for (int dq = 0; dq < 2; dq++) check_case(f, CASES[c], (kq_type)type, dq);
+}
+
+TEST(code_books_match_reference) {
+    char why[640];
+    st_file *f = get_vectors(why, sizeof why);
+    if (!f) SKIP("%s", why);
+    float book[16];
+    const st_tensor *t;
+    kq_book(KQ_NF4, book);
+    if ((t = need(f, "book.nf4"))) CHECK(t->nbytes == sizeof book && !memcmp(t->data, book, sizeof book));
+    kq_book(KQ_FP4, book);
+    if ((t = need(f, "book.fp4"))) CHECK(t->nbytes == sizeof book && !memcmp(t->data, book, sizeof book));
+    if ((t = need(f, "dynamic_map"))) CHECK(t->nbytes == 256 * 4 && !memcmp(t->data, kq_dynamic_map(), 256 * 4));
+}
+
+/* Without Python: ties go to the lower code, zero blocks give +0.0, the
+ * nibble order, and a tile equals the same elements of the full range. */
+TEST(properties) {
+    float w[130], book[16];
+    kq_book(KQ_NF4, book);
+    memset(w, 0, sizeof w);
+    w[0] = 1.0f;                                /* block 0: absmax 1, scale exact */
+    w[1] = (book[7] + book[8]) / 2.0f;         /* exactly the midpoint of 0 and 0.0796 */
+    w[2] = book[15];
+    w[3] = -1.0f;
+    /* block 1 (64..127) all zero; block 2 a short tail of 2 */
+    w[128] = -3.0f, w[129] = 1.5f;
+    uint8_t codes[65];
+    float absmax[3];
+    kq_quantize(KQ_NF4, w, 130, codes, absmax, NULL, NULL, NULL, 1);
+    CHECK_EQ_INT(codes[0], 0xF7);                 /* 1.0 -> 15 high nibble, tie -> 7 (0.0) low */
+    CHECK_EQ_INT(codes[1], 0xF0);                 /* 1.0, -1.0 */
+    CHECK_EQ_INT(codes[32], 0x77);                /* zero block: the code of 0.0 */
+    CHECK(absmax[1] == 0.0f && absmax[2] == 3.0f);
+    kq_weight q = {.type = KQ_NF4, .rows = 10, .cols = 13, .codes = codes, .absmax = absmax};
+    memcpy(q.book, book, sizeof book);
+    float all[130], tile[4 * 5];
+    kq_dequant_range(&q, 0, 130, all);
+    CHECK(all[1] == 0.0f && !signbit(all[1]) && all[64] == 0.0f && !signbit(all[64]));
+    CHECK(all[128] == -3.0f && all[129] == book[12] * 3.0f);
+    kq_dequant_tile(&q, 4, 4, 7, 5, tile);
+    int same = 1;
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 5; c++) same &= !memcmp(&tile[r * 5 + c], &all[(4 + r) * 13 + 7 + c], 4);
+    CHECK(same);
+    kq_type t;
+    CHECK(kq_type_parse("nf4", &t) == 0 && t == KQ_NF4);
+    CHECK(kq_type_parse("fp4", &t) == 0 && t == KQ_FP4);
+    CHECK(kq_type_parse("none", &t) == 0 && t == KQ_NONE);
+    CHECK(kq_type_parse("int4", &t) == -1);
+    /* codes + f32 scales: 0.5 + 4/64 bytes per weight = 0.140625 of f32 */
+    CHECK(kq_bytes(64 * 1024, 0) * 1000 <= 141 * 4 * 64 * 1024);
+}
+
+__attribute__((destructor)) static void close_vectors(void) { st_close(vectors); }
