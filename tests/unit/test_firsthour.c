@@ -5,7 +5,9 @@
  * and adapter_config.json naming its base model. */
 #include "tests/unit/test.h"
 
+#include <dirent.h>
 #include <jansson.h>
+#include <sqlite3.h>
 #include <stdint.h>
 #include <unistd.h>
 
@@ -525,4 +527,49 @@ TEST(preview_with_chat_template) {
     CHECK_EQ_INT(st, 400);
     CHECK_STR(err_param(j), "chat_template");
     json_decref(j);
+}
+
+/* ---- item 12: a database from before the fix is repaired ---- */
+
+TEST(migration_repairs_cut_kind) {
+    char old[600], db[600];
+    lr_err e = {0};
+    snprintf(old, sizeof old, "%s/old-migrations", test_tmpdir());
+    snprintf(db, sizeof db, "%s/old.db", test_tmpdir());
+    REQUIRE(lr_mkdirs(old, &e) == 0);
+    /* the schema as it was: every migration before 0005 */
+    DIR *d = opendir("migrations");
+    REQUIRE(d);
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strlen(de->d_name) < 5 || strncmp(de->d_name, "0005", 4) >= 0 || !strstr(de->d_name, ".sql")) continue;
+        char src[600], dst[1200], *text = NULL;
+        size_t n = 0;
+        snprintf(src, sizeof src, "migrations/%s", de->d_name);
+        snprintf(dst, sizeof dst, "%s/%s", old, de->d_name);
+        REQUIRE(lr_read_file(src, 1 << 20, &text, &n, &e) == 0);
+        REQUIRE(lr_write_file_atomic(dst, text, n, &e) == 0);
+        free(text);
+    }
+    closedir(d);
+    store *st = NULL;
+    int applied = 0;
+    REQUIRE(store_open(db, &st, &e) == 0 && store_migrate(st, old, &applied, &e) == 0);
+    store_close(st);
+    sqlite3 *raw = NULL;
+    REQUIRE(sqlite3_open(db, &raw) == SQLITE_OK);
+    CHECK(sqlite3_exec(raw, "INSERT INTO datasets(id, user, filename, format, kind, rows, bytes, path, created_at) "
+                            "VALUES ('file-0000000000cc', 'a', 'pc.jsonl', 'jsonl', 'prompt_completi', 3, 9, '/x', 1)",
+                       NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(raw);
+    REQUIRE(store_open(db, &st, &e) == 0);
+    CHECKF(store_migrate(st, "migrations", &applied, &e) == 0, "%s", e.msg);
+    store_dataset ds;
+    json_t *o = NULL;
+    REQUIRE(store_dataset_get(st, "file-0000000000cc", &ds, &o, &e) == 0);
+    CHECK_STR(ds.kind, "prompt_completion");
+    CHECK_STR(json_string_value(json_object_get(o, "kind")), "prompt_completion");
+    CHECK_EQ_INT(json_integer_value(json_object_get(o, "duplicates")), 0);
+    json_decref(o);
+    store_close(st);
 }
