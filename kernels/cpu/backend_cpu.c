@@ -27,8 +27,11 @@
 /* Query rows per attention tile: the scores of one tile (ATT_QB x T) are
  * the only quadratic buffer, one per thread. */
 #define ATT_QB 128
-/* Default logits chunk for the LM head: about 32 MiB of f32 logits. */
-#define CE_CHUNK_FLOATS (8u << 20)
+/* Default logits chunk for the LM head: about 64 MiB of f32 logits. Both
+ * of a chunk's gemms stream the whole head weight (545 MB for Qwen2.5's
+ * 151936 x 896), so rows per chunk set that traffic: 110 rows instead of 55
+ * made Qwen2.5-0.5B's head 25% faster, at 32 MiB more scratch. */
+#define CE_CHUNK_FLOATS (16u << 20)
 
 typedef struct cpu_impl {
     int nt;
