@@ -277,13 +277,13 @@ static int pick_auto(lr_err *err) {
     kg_candidate cands[3];
     int n = 0;
     snprintf(loaded_name, sizeof loaded_name, "OpenBLAS %s", loaded_core);
-    if (user && user[0]) {
-        int wider = want && isa_rank(isa_of_core(want)) > isa_rank(isa_of_core(loaded_core));
-        snprintf(how, sizeof how, "OPENBLAS_CORETYPE=%.32s, set by the user%s%s%s%s", user,
-                 wider ? " (this CPU runs " : "", wider ? isa_of_core(want) : "", wider ? " kernels, e.g. " : "",
-                 wider ? want : "");
-        if (wider) snprintf(how + strlen(how), sizeof how - strlen(how), ": unset it to use them)");
-    } else if (want && isa_rank(isa_of_core(want)) > isa_rank(isa_of_core(loaded_core))) {
+    int wider = want && isa_rank(isa_of_core(want)) > isa_rank(isa_of_core(loaded_core));
+    if (user && user[0] && wider) {
+        snprintf(how, sizeof how, "OPENBLAS_CORETYPE=%.32s, set by the user (this CPU runs %s's %s kernels: unset it "
+                 "to use them)", user, want, isa_of_core(want));
+    } else if (user && user[0]) {
+        snprintf(how, sizeof how, "OPENBLAS_CORETYPE=%.32s, set by the user", user);
+    } else if (wider) {
         snprintf(how, sizeof how, "CPUID %s %s: %s kernels (OpenBLAS chose %s at load)", c.vendor,
                  cpu_avx512(&c) ? "avx512f/bw/dq/vl" : c.avx2 ? "avx2 fma" : "avx", isa_of_core(want), loaded_core);
         snprintf(want_name, sizeof want_name, "OpenBLAS %s", want);
