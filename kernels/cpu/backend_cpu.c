@@ -21,12 +21,16 @@
 #include <string.h>
 
 #include "kernels/cpu/gemm_select.h"
+#include "kernels/cpu/quant_cpu.h"
 #include "kernels/cpu/vmath.h"
 #include "kernels/elem.h"
 
 /* Query rows per attention tile: the scores of one tile (ATT_QB x T) are
- * the only quadratic buffer, one per thread. */
-#define ATT_QB 128
+ * the only quadratic buffer, one per thread. 64 rather than 128: less of
+ * each diagonal tile's masked half is computed, and GPT-2 4x256 and
+ * Qwen2.5 1x512 attention ran 3% (forward) and 7-10% (backward) faster
+ * single-threaded; 32 was no better. */
+#define ATT_QB 64
 /* Default logits chunk for the LM head: about 64 MiB of f32 logits. Both
  * of a chunk's gemms stream the whole head weight (545 MB for Qwen2.5's
  * 151936 x 896), so rows per chunk set that traffic: 110 rows instead of 55
@@ -37,6 +41,8 @@ typedef struct cpu_impl {
     int nt;
     float *ws;       /* grow-only scratch shared by the ops (they run one at a time) */
     size_t ws_len;   /* floats */
+    float *qws;      /* grow-only tiles of 4-bit weights (used while ws holds an op's data) */
+    size_t qws_len;
 } cpu_impl;
 
 static cpu_impl *impl_of(kb_backend *be) { return (cpu_impl *)be->impl; }
@@ -46,18 +52,21 @@ static cpu_impl *impl_of(kb_backend *be) { return (cpu_impl *)be->impl; }
  * the first step; running out of memory here, mid-step, aborts the process
  * (the worker's supervisor reports the job failed) rather than returning a
  * half-computed gradient. */
-static float *ws_get(kb_backend *be, size_t n) {
-    cpu_impl *c = impl_of(be);
-    if (n > c->ws_len) {
-        free(c->ws);
-        c->ws = malloc(n * sizeof(float));
-        if (!c->ws) {
+static float *grow(float **p, size_t *len, size_t n) {
+    if (n > *len) {
+        free(*p);
+        *p = malloc(n * sizeof(float));
+        if (!*p) {
             fprintf(stderr, "lora-worker: out of memory for %zu MiB of kernel scratch\n", (n * 4) >> 20);
             abort();
         }
-        c->ws_len = n;
+        *len = n;
     }
-    return c->ws;
+    return *p;
+}
+static float *ws_get(kb_backend *be, size_t n) { return grow(&impl_of(be)->ws, &impl_of(be)->ws_len, n); }
+static float *qws_get(kb_backend *be, const kb_linear *L) {
+    return grow(&impl_of(be)->qws, &impl_of(be)->qws_len, kq_cpu_scratch(L->qW, impl_of(be)->nt));
 }
 
 /* C[M,N] = alpha op(A) op(B) + beta C (row-major), split across nt threads
@@ -553,12 +562,27 @@ static void dora_scale(const kb_linear *L, float *sv) {
 }
 
 /* z[N,out] = x W^T (no bias), accumulated when acc. */
-static void base_gemm(int nt, const kb_linear *L, float *z, const float *x, int N, int acc) {
+static void base_gemm(kb_backend *be, const kb_linear *L, float *z, const float *x, int N, int acc) {
+    int nt = impl_of(be)->nt;
     const float *W = L->W;
-    if (L->w_in_out)
+    if (L->qW)
+        kq_cpu_xwt(nt, L->qW, x, N, z, acc, qws_get(be, L));
+    else if (L->w_in_out)
         gemm(nt, 0, 0, N, L->out, L->in, 1.0f, x, L->in, W, L->out, acc ? 1.0f : 0.0f, z, L->out);
     else
         gemm(nt, 0, 1, N, L->out, L->in, 1.0f, x, L->in, W, L->in, acc ? 1.0f : 0.0f, z, L->out);
+}
+
+/* dx[N,in] = g W, accumulated when acc. */
+static void dx_gemm(kb_backend *be, const kb_linear *L, float *dx, const float *g, int N, int acc) {
+    int nt = impl_of(be)->nt, out = L->out;
+    const float *W = L->W;
+    if (L->qW)
+        kq_cpu_gw(nt, L->qW, g, N, dx, acc, qws_get(be, L));
+    else if (L->w_in_out)
+        gemm(nt, 0, 1, N, L->in, out, 1.0f, g, out, W, out, acc ? 1.0f : 0.0f, dx, L->in);
+    else
+        gemm(nt, 0, 0, N, L->in, out, 1.0f, g, out, W, L->in, acc ? 1.0f : 0.0f, dx, L->in);
 }
 
 static void cpu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N) {
@@ -570,7 +594,7 @@ static void cpu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int n = 0; n < N; n++) memcpy(y + (size_t)n * L->out, b, (size_t)L->out * sizeof(float));
     }
-    base_gemm(nt, L, y, x, N, b && !dora);
+    base_gemm(be, L, y, x, N, b && !dora);
     if (!l) return;
     int drop = l->dropout > 0.0f, out = L->out;
     size_t nin = (size_t)N * L->in, nout = (size_t)N * out;
@@ -586,7 +610,7 @@ static void cpu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *
     float *sv = ws + (drop ? nin : 0), *u = sv + out, *zb = drop ? u + nout : NULL;
     dora_scale(L, sv);
     gemm(nt, 0, 1, N, out, l->r, l->scale, xa, l->r, l->B, l->r, 0.0f, u, out);
-    if (drop) base_gemm(nt, L, zb, xd, N, 0);
+    if (drop) base_gemm(be, L, zb, xd, N, 0);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int n = 0; n < N; n++) {
         float *yr = y + (size_t)n * out;
@@ -599,7 +623,6 @@ static void cpu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *
 static void cpu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_acc, const float *dy,
                            const float *x, const float *xa, int N) {
     int nt = impl_of(be)->nt;
-    const float *W = L->W;
     const kb_lora *l = L->lora;
     int dora = l && l->mag, out = L->out;
     if (L->dW) {
@@ -616,12 +639,7 @@ static void cpu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx
             L->db[j] += (float)acc;
         }
     }
-    if (dx && !dora) {
-        if (L->w_in_out)
-            gemm(nt, 0, 1, N, L->in, out, 1.0f, dy, out, W, out, dx_acc ? 1.0f : 0.0f, dx, L->in);
-        else
-            gemm(nt, 0, 0, N, L->in, out, 1.0f, dy, out, W, L->in, dx_acc ? 1.0f : 0.0f, dx, L->in);
-    }
+    if (dx && !dora) dx_gemm(be, L, dx, dy, N, dx_acc);
     if (!l) return;
     int r = l->r;
     int drop = l->dropout > 0.0f;
@@ -635,7 +653,7 @@ static void cpu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx
         /* d mag_j = sum_n dy[n,j] z[n,j] / wnorm_j, z = xd W^T + scale xa B^T
          * (the pre-bias DoRA direction term), then the LoRA path sees s * dy. */
         dora_scale(L, sv);
-        base_gemm(nt, L, G, xd, N, 0);
+        base_gemm(be, L, G, xd, N, 0);
         gemm(nt, 0, 1, N, out, r, l->scale, xa, r, l->B, r, 1.0f, G, out);
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int j = 0; j < out; j++) {
@@ -654,27 +672,16 @@ static void cpu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx
     if (!dx) return;
     if (!drop) {
         /* DoRA without dropout: the base path is scaled by s as well: dx = g W + dh A */
-        if (dora) {
-            if (L->w_in_out)
-                gemm(nt, 0, 1, N, L->in, out, 1.0f, g, out, W, out, dx_acc ? 1.0f : 0.0f, dx, L->in);
-            else
-                gemm(nt, 0, 0, N, L->in, out, 1.0f, g, out, W, L->in, dx_acc ? 1.0f : 0.0f, dx, L->in);
-        }
+        if (dora) dx_gemm(be, L, dx, g, N, dx_acc);
         gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, dx, L->in);
         return;
     }
     if (dora) {
         /* the undropped base path carries dy; the dropped one (s - 1) dy = g - dy */
-        if (L->w_in_out)
-            gemm(nt, 0, 1, N, L->in, out, 1.0f, dy, out, W, out, dx_acc ? 1.0f : 0.0f, dx, L->in);
-        else
-            gemm(nt, 0, 0, N, L->in, out, 1.0f, dy, out, W, L->in, dx_acc ? 1.0f : 0.0f, dx, L->in);
+        dx_gemm(be, L, dx, dy, N, dx_acc);
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (size_t i = 0; i < nout; i++) G[i] -= dy[i];
-        if (L->w_in_out)
-            gemm(nt, 0, 1, N, L->in, out, 1.0f, G, out, W, out, 0.0f, tmp, L->in);
-        else
-            gemm(nt, 0, 0, N, L->in, out, 1.0f, G, out, W, L->in, 0.0f, tmp, L->in);
+        dx_gemm(be, L, tmp, G, N, 0);
         gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, tmp, L->in);
     } else {
         gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 0.0f, tmp, L->in);
@@ -688,14 +695,20 @@ static void cpu_dora_norm(kb_backend *be, const kb_linear *L, float *wnorm) {
     int nt = impl_of(be)->nt, in = L->in, out = L->out;
     const kb_lora *l = L->lora;
     const float *W = L->W;
-    float *BA = ws_get(be, (size_t)out * in);
+    /* a 4-bit weight: each thread dequantizes its rows into its own row buffer */
+    float *BA = ws_get(be, (size_t)out * in + (L->qW ? (size_t)nt * in : 0));
     gemm(nt, 0, 0, out, in, l->r, 1.0f, l->B, l->r, l->A, in, 0.0f, BA, in);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int j = 0; j < out; j++) {
         const float *ba = BA + (size_t)j * in;
         double ss = 0;
+        float *wq = NULL;
+        if (L->qW) {
+            wq = BA + (size_t)out * in + (size_t)omp_get_thread_num() * in;
+            kq_dequant_range(L->qW, (size_t)j * in, (size_t)in, wq);
+        }
         for (int i = 0; i < in; i++)
-            ss += lr_dora_sq(L->w_in_out ? W[(size_t)i * out + j] : W[(size_t)j * in + i], ba[i], l->scale);
+            ss += lr_dora_sq(wq ? wq[i] : L->w_in_out ? W[(size_t)i * out + j] : W[(size_t)j * in + i], ba[i], l->scale);
         wnorm[j] = (float)sqrt(ss);
     }
 }
@@ -871,6 +884,7 @@ static void cpu_scale(kb_backend *be, float *x, float s, size_t n) {
 static void cpu_destroy(kb_backend *be) {
     cpu_impl *c = impl_of(be);
     free(c->ws);
+    free(c->qws);
     free(c);
     free(be);
 }
@@ -897,6 +911,7 @@ int kb_cpu_create(int threads, kb_backend **out, lr_err *err) {
     be->threads = threads;
     be->host_memory = 1;
     be->weight_grads = 1;
+    be->quant4 = 1;
     be->impl = c;
     be->alloc = cpu_alloc;
     be->free = cpu_free;
