@@ -58,6 +58,10 @@ typedef struct kb_linear {
      * lora): when not NULL, linear_bwd accumulates d/dW into dW (W's own
      * layout) and d/db into db. */
     float *dW, *db;
+    /* QLoRA: a 4-bit frozen weight (kernels/quant.h) in place of W (W is
+     * then NULL, the layout is [out, in] whatever w_in_out says, and there
+     * is no dW); only on a backend with quant4. */
+    const struct kq_weight *qW;
 } kb_linear;
 
 /* AdamW hyperparameters of one step (t counts from 1). */
@@ -73,6 +77,7 @@ struct kb_backend {
     int threads;
     int host_memory;        /* 1: its pointers are host memory (the CPU backend) */
     int weight_grads;       /* 1: honours kb_linear.dW/db and lmhead_ce's dW (full fine-tuning) */
+    int quant4;             /* 1: honours kb_linear.qW (4-bit base weights) in linear_fwd/bwd and dora_norm */
     void *impl;
 
     /* Memory. alloc returns zeroed memory or NULL. */

@@ -3,7 +3,7 @@
  *
  *   lora-worker grads --model DIR --adapter ADAPTER_DIR --batch BATCH.json --out GRADS.safetensors
  *                     [--method sft|kl_sft|dpo] [--kl-lambda L] [--kl-tau T] [--beta B]
- *                     [--reference-adapter DIR]
+ *                     [--reference-adapter DIR] [--quantize nf4|fp4 [--double-quant]]
  *   lora-worker grads --model DIR --full --batch BATCH.json --out GRADS.safetensors
  *
  * BATCH.json is {"input_ids": [[...], ...], "labels": [[...], ...]}, rows of
@@ -21,6 +21,8 @@
  *    "rewards/chosen", "rewards/rejected" (means over pairs).
  * With --full (full fine-tuning, sft only) the trainable tensors are every
  * base weight, written under the model checkpoint's own names.
+ * --quantize runs on a 4-bit base (QLoRA: model_load_quant), quantized at
+ * load; a checkpoint saved 4-bit loads 4-bit without it.
  * Dropout off. */
 #include <jansson.h>
 #include <stdio.h>
@@ -40,6 +42,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: lora-worker grads --model DIR (--adapter ADAPTER_DIR | --full) --batch BATCH.json --out GRADS.safetensors\n"
                "                         [--backend cpu] [--threads N] [--method sft|kl_sft|dpo]\n"
                "                         [--kl-lambda L] [--kl-tau T] [--beta B] [--reference-adapter DIR]\n"
+               "                         [--quantize nf4|fp4 [--double-quant]]\n"
                "  BATCH.json: {\"input_ids\": [[...]], \"labels\": [[...]]} (-100 = ignored)\n");
 }
 
@@ -111,6 +114,7 @@ int cmd_grads(int argc, char **argv) {
     const char *method = "sft", *ref_dir = NULL;
     double kl_lambda = 0.1, kl_tau = 1.0, beta = 0.1;
     int threads = 0, full = 0;
+    model_quant mq = {KQ_NONE, 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -119,6 +123,10 @@ int cmd_grads(int argc, char **argv) {
         }
         if (!strcmp(a, "--full")) {
             full = 1;
+            continue;
+        }
+        if (!strcmp(a, "--double-quant")) {
+            mq.double_quant = 1;
             continue;
         }
         if (!v) {
@@ -133,6 +141,12 @@ int cmd_grads(int argc, char **argv) {
         else if (!strcmp(a, "--backend")) backend = v;
         else if (!strcmp(a, "--method")) method = v;
         else if (!strcmp(a, "--reference-adapter")) ref_dir = v;
+        else if (!strcmp(a, "--quantize")) {
+            if (kq_type_parse(v, &mq.type)) {
+                fprintf(stderr, "lora-worker grads: --quantize must be nf4, fp4 or none\n");
+                return 1;
+            }
+        }
         else if (!strcmp(a, "--kl-lambda") || !strcmp(a, "--kl-tau") || !strcmp(a, "--beta")) {
             char *end;
             double x = strtod(v, &end);
@@ -205,7 +219,7 @@ int cmd_grads(int argc, char **argv) {
         lr_errf(&err, "%s: --method dpo needs an even number of rows (chosen rows, then rejected rows)", batch_path);
         goto fail;
     }
-    if (kb_create(backend, threads, &be, &err) || model_load(model_dir, be, &m, &err) ||
+    if (kb_create(backend, threads, &be, &err) || model_load_quant(model_dir, be, &mq, &m, &err) ||
         (full ? model_full_init(m, &err) : model_lora_load(m, adapter_dir, &err)) || (ref_dir && model_ref_load(m, ref_dir, &err)))
         goto fail;
     double loss_sum, ce, kl;

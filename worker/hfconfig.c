@@ -175,6 +175,30 @@ static int get_rope_scaling(json_t *o, hf_config *c, lr_err *err) {
     return 0;
 }
 
+static int get_quantization(json_t *o, hf_config *c, lr_err *err) {
+    json_t *q = json_object_get(o, "quantization_config");
+    c->quant_type[0] = '\0';
+    c->quant_double = 0;
+    if (!q || json_is_null(q)) return 0;
+    if (!json_is_object(q))
+        return lr_errp(err, LR_E_INVALID, "quantization_config", "config.json: quantization_config must be an object");
+    json_t *qm = json_object_get(q, "quant_method");
+    const char *method = json_is_string(qm) ? json_string_value(qm) : "";
+    int in4 = json_is_true(json_object_get(q, "load_in_4bit"));
+    if (strcmp(method, "bitsandbytes") || !in4)
+        return lr_errp(err, LR_E_INVALID, "quantization_config",
+                       "config.json: quantization_config '%.40s'%s is not supported (bitsandbytes 4-bit only)", method,
+                       strcmp(method, "bitsandbytes") ? "" : " without load_in_4bit");
+    json_t *qt = json_object_get(q, "bnb_4bit_quant_type");
+    const char *type = json_is_string(qt) ? json_string_value(qt) : "fp4"; /* BitsAndBytesConfig's default */
+    if (strcmp(type, "nf4") && strcmp(type, "fp4"))
+        return lr_errp(err, LR_E_INVALID, "bnb_4bit_quant_type",
+                       "config.json: bnb_4bit_quant_type '%.40s' is not supported (nf4, fp4)", type);
+    snprintf(c->quant_type, sizeof c->quant_type, "%s", type);
+    c->quant_double = json_is_true(json_object_get(q, "bnb_4bit_use_double_quant"));
+    return 0;
+}
+
 static int find_arch(json_t *root, hf_arch *arch, lr_err *err) {
     json_t *archs = json_object_get(root, "architectures");
     json_t *mt = json_object_get(root, "model_type");
@@ -347,7 +371,8 @@ int hf_config_parse(const char *json, size_t len, hf_config *out, lr_err *err) {
     if (get_int(root, "vocab_size", NULL, 1, &c.vocab_size, err) ||
         get_bool(root, "tie_word_embeddings", &c.tie_embeddings, err) || get_token_ids(root, &c, err) ||
         get_pos_num(root, "initializer_range", NULL, &c.init_range, err) ||
-        get_str(root, "torch_dtype", "dtype", c.torch_dtype, sizeof c.torch_dtype, err))
+        get_str(root, "torch_dtype", "dtype", c.torch_dtype, sizeof c.torch_dtype, err) ||
+        get_quantization(root, &c, err))
         goto fail;
     if ((arch == ARCH_GPT2 ? parse_gpt2(root, &c, err) : parse_llama_family(root, &c, err)) || validate(&c, err))
         goto fail;

@@ -47,6 +47,12 @@ typedef struct hf_config {
     float init_range;       /* initializer_range, 0.02 */
     char torch_dtype[16];   /* "float32", "bfloat16", "float16" or "" */
     char hidden_act[24];    /* "silu", "gelu_new", ... */
+    /* quantization_config of a model saved 4-bit by transformers with
+     * bitsandbytes (quant_method "bitsandbytes", load_in_4bit): "nf4" or
+     * "fp4" (bnb_4bit_quant_type), "" for an unquantized model; other
+     * methods (8-bit, GPTQ, AWQ, ...) are errors. */
+    char quant_type[8];
+    int quant_double;       /* bnb_4bit_use_double_quant */
 } hf_config;
 
 /* Parses config.json text (at most HF_MAX_CONFIG bytes); unsupported

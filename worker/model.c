@@ -1,6 +1,7 @@
 /* model: HF decoders with LoRA on a kernels/ backend. */
 #include "worker/model.h"
 
+#include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include "common/buf.h"
 #include "common/rng.h"
 #include "kernels/elem.h"
+#include "kernels/quant.h"
 #include "worker/adapter.h"
 #include "worker/merge.h"
 #include "worker/safetensors.h"
@@ -66,6 +68,12 @@ struct model {
     wtensor *wt;   /* the base tensors in load order */
     size_t nwt, wbytes;
     int full;      /* full fine-tuning: the params are the base weights */
+    /* QLoRA: the linear layers' 4-bit weights (qw[layer * S_N + slot]),
+     * quantized at load (qtype, qdouble) or as the checkpoint stores them */
+    kq_type qtype;
+    int qdouble;
+    kq_weight *qw;
+    size_t qbytes, qf32; /* their bytes, and the same weights' f32 bytes */
 
     adapter *ad; /* LoRA settings and tensor names; NULL without adapters */
     char base_name[512]; /* what saved adapters name as their base (adapter_base_name) */
@@ -104,6 +112,17 @@ float *model_params(model *m) { return m->pmem; }
 float *model_grads(model *m) { return m->gmem; }
 size_t model_numel(const model *m) { return m->numel; }
 
+kq_type model_quant_info(const model *m, int *double_quant, size_t *qbytes, size_t *f32_bytes) {
+    kq_type t = KQ_NONE;
+    int dq = 0;
+    for (size_t i = 0; i < (size_t)m->cfg.n_layers * S_N && t == KQ_NONE; i++)
+        if (m->qw[i].codes) t = m->qw[i].type, dq = m->qw[i].qabsmax != NULL;
+    if (double_quant) *double_quant = dq;
+    if (qbytes) *qbytes = m->qbytes;
+    if (f32_bytes) *f32_bytes = m->qf32;
+    return t;
+}
+
 static const char *mod_name(const model *m, int s) { return m->gpt2 ? GPT2_MOD[s] : LLAMA_MOD[s]; }
 
 /* in/out features of module slot s. */
@@ -129,18 +148,28 @@ typedef struct wctx {
     size_t off;    /* bytes */
     float *stage;  /* host f32 staging when the backend memory is not host f32 */
     lr_err *err;
+    /* 4-bit weights: the largest one (planning), and host staging for
+     * quantizing (a transposed copy for GPT-2's Conv1D, the codes and scales) */
+    size_t qmax;
+    float *qt;
+    uint8_t *qstage;
 } wctx;
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
-/* Finds name (for gpt2 also without the "transformer." prefix that
- * GPT2LMHeadModel checkpoints carry and GPT2Model ones do not), checks its
- * shape [d0] or [d0, d1], and in the loading pass converts it into the
- * weight arena. Missing optional tensors leave *dst NULL. */
-static int wget(wctx *w, const char *name, int64_t d0, int64_t d1, int optional, const void **dst) {
+/* A tensor by name, for gpt2 also without the "transformer." prefix that
+ * GPT2LMHeadModel checkpoints carry and GPT2Model ones do not. */
+static const st_tensor *wfind(const wctx *w, const char *name) {
     const st_tensor *t = st_set_find(w->s, name);
     if (!t && !strncmp(name, "transformer.", 12)) t = st_set_find(w->s, name + 12);
-    *dst = NULL;
+    return t;
+}
+
+/* Finds a float tensor of shape [d0] or [d0, d1]: *out NULL when an
+ * optional one is absent. */
+static int wcheck(wctx *w, const char *name, int64_t d0, int64_t d1, int optional, const st_tensor **out) {
+    const st_tensor *t = wfind(w, name);
+    *out = NULL;
     if (!t) {
         if (optional) return 0;
         return lr_errf(w->err, "model weights: tensor '%s' is missing", name);
@@ -153,6 +182,18 @@ static int wget(wctx *w, const char *name, int64_t d0, int64_t d1, int optional,
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
         return lr_errf(w->err, "model weights: tensor '%s' has dtype %s (expected F32, F16 or BF16)", name,
                        st_dtype_name(t->dtype));
+    *out = t;
+    return 0;
+}
+
+/* Checks a tensor (wcheck) and in the loading pass converts it into the
+ * weight arena. Missing optional tensors leave *dst NULL. */
+static int wget(wctx *w, const char *name, int64_t d0, int64_t d1, int optional, const void **dst) {
+    const st_tensor *t;
+    *dst = NULL;
+    if (wcheck(w, name, d0, d1, optional, &t)) return -1;
+    if (!t) return 0;
+    int ndim = d1 ? 2 : 1;
     size_t n = (size_t)d0 * (size_t)(d1 ? d1 : 1);
     size_t bytes = n * w->m->wsize;
     if (w->base) {
@@ -178,6 +219,154 @@ static int wget(wctx *w, const char *name, int64_t d0, int64_t d1, int optional,
         *dst = (const void *)1; /* planning: only presence matters */
     }
     w->off += align64(bytes);
+    return 0;
+}
+
+/* ---- 4-bit linear weights (QLoRA) ---- */
+
+/* Copies host bytes into the arena at the next offset (loading pass) and
+ * moves the offset on; returns where they went. */
+static void *wput(wctx *w, const void *src, size_t bytes) {
+    void *p = w->base ? w->base + w->off : NULL;
+    if (p && bytes) w->m->be->upload(w->m->be, p, src, bytes);
+    w->off += align64(bytes);
+    return p;
+}
+
+static int qstate_int(json_t *o, const char *k, int64_t *v) {
+    json_t *x = json_object_get(o, k);
+    if (!json_is_integer(x)) return -1;
+    *v = json_integer_value(x);
+    return 0;
+}
+
+/* A weight that the checkpoint stores 4-bit in transformers' bitsandbytes
+ * layout: name (packed uint8 codes), name.absmax (f32, or uint8 with
+ * double quantization), name.quant_map, name.nested_absmax,
+ * name.nested_quant_map and name.quant_state.bitsandbytes__<type> (JSON
+ * bytes: quant_type, blocksize, shape [out, in], nested_offset ...). Taken
+ * as stored, not quantized again. */
+static int wget_prequant(wctx *w, const char *name, const st_tensor *qs, int in, int out, kq_weight *q) {
+    model *m = w->m;
+    char key[320];
+    size_t n = (size_t)in * out, nb = kq_nblocks(n), nn = kq_nested_nblocks(n);
+    json_error_t je;
+    json_t *st = json_loadb(qs->data, qs->nbytes, 0, &je);
+    json_t *sh = st ? json_object_get(st, "shape") : NULL;
+    json_t *qt = st ? json_object_get(st, "quant_type") : NULL;
+    int64_t bs = 0, nbs = 0, d0 = 0, d1 = 0;
+    int rc = -1;
+    if (!json_is_object(st) || !json_is_string(qt) || qstate_int(st, "blocksize", &bs) || !json_is_array(sh) ||
+        json_array_size(sh) != 2) {
+        lr_errf(w->err, "model weights: '%s' is not a bitsandbytes quant_state (quant_type, blocksize, shape)", qs->name);
+        goto done;
+    }
+    d0 = json_integer_value(json_array_get(sh, 0)), d1 = json_integer_value(json_array_get(sh, 1));
+    if (kq_type_parse(json_string_value(qt), &q->type) || q->type == KQ_NONE || bs != KQ_BLOCK || d0 != out ||
+        d1 != in) {
+        lr_errf(w->err, "model weights: '%s': %s blocksize %lld shape [%lld, %lld]; lorad loads nf4/fp4 in blocks "
+                        "of %d of a [%d, %d] weight",
+                qs->name, json_string_value(qt), (long long)bs, (long long)d0, (long long)d1, KQ_BLOCK, out, in);
+        goto done;
+    }
+    json_t *off = json_object_get(st, "nested_offset");
+    int nested = off != NULL;
+    if (nested && (!json_is_number(off) || qstate_int(st, "nested_blocksize", &nbs) || nbs != KQ_NESTED_BLOCK)) {
+        lr_errf(w->err, "model weights: '%s': double quantization needs nested_offset and nested_blocksize %d",
+                qs->name, KQ_NESTED_BLOCK);
+        goto done;
+    }
+    const st_tensor *codes = wfind(w, name), *am, *map, *nam = NULL, *nmap = NULL;
+    snprintf(key, sizeof key, "%s.absmax", name);
+    am = wfind(w, key);
+    snprintf(key, sizeof key, "%s.quant_map", name);
+    map = wfind(w, key);
+    if (nested) {
+        snprintf(key, sizeof key, "%s.nested_absmax", name);
+        nam = wfind(w, key);
+        snprintf(key, sizeof key, "%s.nested_quant_map", name);
+        nmap = wfind(w, key);
+    }
+    if (!codes || codes->dtype != ST_U8 || (size_t)st_numel(codes) != kq_code_bytes(n) || !am ||
+        (size_t)st_numel(am) != nb || (nested ? am->dtype != ST_U8 : am->dtype != ST_F32) || !map ||
+        st_numel(map) != 16 || (nested && (!nam || nam->dtype != ST_F32 || (size_t)st_numel(nam) != nn || !nmap ||
+                                           st_numel(nmap) != 256))) {
+        lr_errf(w->err, "model weights: the 4-bit tensors of '%s' are missing or of the wrong size (expected U8 codes "
+                        "[%zu], absmax [%zu]%s, quant_map [16]%s)",
+                name, kq_code_bytes(n), nb, nested ? " U8" : " F32", nested ? ", nested_absmax, nested_quant_map" : "");
+        goto done;
+    }
+    if (st_to_f32(map, q->book, 16, w->err) || (nested && st_to_f32(nmap, q->nbook, 256, w->err))) goto done;
+    q->rows = out, q->cols = in;
+    q->codes = wput(w, codes->data, codes->nbytes);
+    if (nested) {
+        q->offset = (float)json_number_value(off);
+        q->qabsmax = wput(w, am->data, am->nbytes);
+        q->nabsmax = wput(w, nam->data, nam->nbytes);
+    } else {
+        q->absmax = wput(w, am->data, am->nbytes);
+    }
+    if (w->base) {
+        m->qbytes += kq_bytes(n, nested);
+        m->qf32 += n * sizeof(float);
+    }
+    rc = 0;
+done:
+    json_decref(st);
+    return rc;
+}
+
+/* The weight of linear module s of a layer into k: 4-bit when the
+ * checkpoint stores it so or when the model quantizes at load (GPT-2's
+ * Conv1D [in, out] is transposed to [out, in] first, as transformers does),
+ * otherwise as wget. */
+static int wget_linear(wctx *w, const char *name, int in, int out, kq_weight *q, kb_linear *k) {
+    model *m = w->m;
+    char key[320];
+    const st_tensor *qs = NULL;
+    for (int t = KQ_NF4; t <= KQ_FP4 && !qs; t++) {
+        snprintf(key, sizeof key, "%s.quant_state.bitsandbytes__%s", name, kq_type_name((kq_type)t));
+        qs = wfind(w, key);
+    }
+    size_t n = (size_t)in * out;
+    if (qs || m->qtype != KQ_NONE) {
+        if (n > w->qmax) w->qmax = n;
+        k->qW = q;
+        k->w_in_out = 0;
+    }
+    if (qs) return wget_prequant(w, name, qs, in, out, q);
+    if (m->qtype == KQ_NONE) return wget(w, name, m->gpt2 ? in : out, m->gpt2 ? out : in, 0, &k->W);
+    const st_tensor *t;
+    if (wcheck(w, name, m->gpt2 ? in : out, m->gpt2 ? out : in, 0, &t)) return -1;
+    size_t nb = kq_nblocks(n), nn = kq_nested_nblocks(n);
+    uint8_t *codes = NULL, *qabs = NULL;
+    float *absmax = NULL, *nabs = NULL;
+    if (w->base) { /* staging: codes, 8-bit scales, f32 scales, nested scales */
+        float *src = w->stage;
+        codes = w->qstage, qabs = codes + kq_code_bytes(n);
+        absmax = (float *)(w->qstage + align64(kq_code_bytes(n) + nb)), nabs = absmax + nb;
+        if (st_to_f32(t, w->stage, n, w->err)) return lr_err_prefix(w->err, "tensor '%s': ", name);
+        if (m->gpt2) {
+            for (int i = 0; i < in; i++)
+                for (int o = 0; o < out; o++) w->qt[(size_t)o * in + i] = w->stage[(size_t)i * out + o];
+            src = w->qt;
+        }
+        q->type = m->qtype, q->rows = out, q->cols = in;
+        kq_book(m->qtype, q->book);
+        memcpy(q->nbook, kq_dynamic_map(), sizeof q->nbook);
+        kq_quantize(m->qtype, src, n, codes, absmax, m->qdouble ? qabs : NULL, nabs, &q->offset, m->be->threads);
+    }
+    q->codes = wput(w, codes, kq_code_bytes(n));
+    if (m->qdouble) {
+        q->qabsmax = wput(w, qabs, nb);
+        q->nabsmax = wput(w, nabs, nn * sizeof(float));
+    } else {
+        q->absmax = wput(w, absmax, nb * sizeof(float));
+    }
+    if (w->base) {
+        m->qbytes += kq_bytes(n, m->qdouble);
+        m->qf32 += n * sizeof(float);
+    }
     return 0;
 }
 
@@ -216,8 +405,7 @@ static int load_weights(wctx *w) {
             slot_dims(m, s, &in, &out);
             kb_linear *k = &L->m[s].L;
             k->in = in, k->out = out, k->w_in_out = m->gpt2;
-            if (wget(w, NAME("%s.%d.%s.weight", pre, l, mod_name(m, s)), m->gpt2 ? in : out, m->gpt2 ? out : in, 0,
-                     &k->W) ||
+            if (wget_linear(w, NAME("%s.%d.%s.weight", pre, l, mod_name(m, s)), in, out, &m->qw[l * S_N + s], k) ||
                 wget(w, NAME("%s.%d.%s.bias", pre, l, mod_name(m, s)), out, 0, 1, &k->b))
                 return -1;
         }
@@ -231,6 +419,10 @@ kb_dtype model_weight_dtype(const hf_config *c, kb_dtype dflt) {
 }
 
 int model_load(const char *dir, kb_backend *be, model **out, lr_err *err) {
+    return model_load_quant(dir, be, NULL, out, err);
+}
+
+int model_load_quant(const char *dir, kb_backend *be, const model_quant *mq, model **out, lr_err *err) {
     char path[4096];
     st_set *s = NULL;
     model *m = calloc(1, sizeof *m);
@@ -263,9 +455,19 @@ int model_load(const char *dir, kb_backend *be, model **out, lr_err *err) {
     if (!be->host_memory) be->weight_dtype = model_weight_dtype(c, be->weight_dtype);
     m->wsize = be->weight_dtype == KB_F32 ? 4 : 2;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    if (!m->layers) {
+    m->qw = calloc((size_t)c->n_layers * S_N, sizeof *m->qw);
+    if (!m->layers || !m->qw) {
         lr_errp(err, LR_E_NOMEM, NULL, "out of memory loading the model");
         goto fail;
+    }
+    if (mq && mq->type != KQ_NONE) {
+        if (!be->quant4) {
+            lr_errp(err, LR_E_INVALID, "lora.quantize", "4-bit base weights are not implemented by the %s backend yet",
+                    be->name);
+            goto fail;
+        }
+        m->qtype = mq->type;
+        m->qdouble = mq->double_quant;
     }
     if (st_set_open_dir(dir, &s, err)) goto fail;
     wctx w = {.m = m, .s = s, .err = err};
@@ -278,27 +480,40 @@ int model_load(const char *dir, kb_backend *be, model **out, lr_err *err) {
         lr_errp(err, LR_E_NOMEM, NULL, "out of memory loading the model");
         goto fail;
     }
-    if (!be->host_memory || be->weight_dtype != KB_F32) {
+    if (w.qmax && !be->quant4) {
+        lr_errp(err, LR_E_INVALID, NULL, "the checkpoint stores 4-bit weights, which the %s backend does not run yet",
+                be->name);
+        goto fail;
+    }
+    if (!be->host_memory || be->weight_dtype != KB_F32 || w.qmax) {
         size_t in_max = (size_t)(c->intermediate > 3 * c->hidden ? c->intermediate : 3 * c->hidden) * c->hidden;
         if (in_max > maxn) maxn = in_max;
+        if (w.qmax > maxn) maxn = w.qmax;
         if (c->max_pos * (size_t)c->hidden > maxn) maxn = (size_t)c->max_pos * c->hidden;
         w.stage = malloc(maxn * sizeof(float));
-        if (!w.stage) {
+        if (w.qmax) {
+            size_t nb = kq_nblocks(w.qmax);
+            w.qstage = malloc(align64(kq_code_bytes(w.qmax) + nb) + (nb + kq_nested_nblocks(w.qmax)) * sizeof(float));
+            w.qt = m->gpt2 ? malloc(w.qmax * sizeof(float)) : NULL;
+        }
+        if (!w.stage || (w.qmax && (!w.qstage || (m->gpt2 && !w.qt)))) {
+            free(w.stage), free(w.qstage), free(w.qt);
             lr_errp(err, LR_E_NOMEM, NULL, "out of memory staging the model weights");
             goto fail;
         }
     }
     m->wmem = be->alloc(be, total);
     if (!m->wmem) {
-        free(w.stage);
+        free(w.stage), free(w.qstage), free(w.qt);
         lr_errp(err, LR_E_NOMEM, NULL, "out of memory for %zu MiB of model weights", total >> 20);
         goto fail;
     }
     w.base = m->wmem;
     w.off = 0;
     m->wbytes = total;
+    m->qbytes = m->qf32 = 0;
     int rc = load_weights(&w);
-    free(w.stage);
+    free(w.stage), free(w.qstage), free(w.qt);
     if (rc) goto fail;
     st_set_close(s);
     *out = m;
@@ -360,6 +575,7 @@ void model_free(model *m) {
     free_acts(m);
     if (m->wmem) m->be->free(m->be, m->wmem);
     free(m->wt);
+    free(m->qw);
     free(m->layers);
     free(m);
 }
@@ -543,6 +759,9 @@ int model_full_init(model *m, lr_err *err) {
     if (!be->weight_grads || !be->host_memory || be->weight_dtype != KB_F32)
         return lr_errp(err, LR_E_INVALID, "method.type", "full_sft is not implemented by the %s backend yet (use cpu)",
                        be->name);
+    if (m->qbytes)
+        return lr_errp(err, LR_E_INVALID, "lora.quantize",
+                       "full_sft trains the base weights, which are 4-bit here: load the model unquantized");
     free_lora(m);
     free_ref(m);
     free_acts(m);

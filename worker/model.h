@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include "common/err.h"
 #include "kernels/backend.h"
+#include "kernels/quant.h"
 #include "worker/hfconfig.h"
 
 #define MODEL_MAX_TARGETS 16
@@ -60,6 +61,23 @@ typedef struct model_param {
  * so one GPU backend serves models of one storage dtype. */
 int model_load(const char *dir, kb_backend *be, model **out, lr_err *err) LR_WARN_UNUSED;
 void model_free(model *m);
+
+/* QLoRA: the frozen weights of every linear module of the decoder layers
+ * (not the embeddings, norms or LM head, as bitsandbytes + transformers)
+ * quantized at load with bitsandbytes' blockwise NF4 or FP4
+ * (kernels/quant.h), optionally with double quantization of the scales,
+ * and kept 4-bit in memory; the backend dequantizes tiles on the fly
+ * (needs a backend with quant4). A checkpoint that transformers saved 4-bit
+ * (quantization_config, bitsandbytes layout) loads 4-bit as stored with any
+ * q, NULL included. */
+typedef struct model_quant {
+    kq_type type;     /* KQ_NONE: weights as the checkpoint stores them */
+    int double_quant; /* bnb_4bit_use_double_quant */
+} model_quant;
+int model_load_quant(const char *dir, kb_backend *be, const model_quant *q, model **out, lr_err *err) LR_WARN_UNUSED;
+/* The 4-bit weights in use: their type (KQ_NONE: none) and double
+ * quantization, their bytes and the bytes of the same weights in f32. */
+kq_type model_quant_info(const model *m, int *double_quant, size_t *qbytes, size_t *f32_bytes);
 /* The dtype a GPU keeps this model's frozen weights in, given the backend's
  * default (bf16): f16 for a model stored in f16 ("torch_dtype": "float16"),
  * whose weights f16 holds exactly where bf16 would drop three bits of each;

@@ -643,7 +643,7 @@ static void linear_case(kb_dtype wdt, int w_in_out, double tol) {
     kb_lora lg = {.A = put(g, A, (size_t)r * in), .B = put(g, Bm, (size_t)out * r),
                   .dA = g->alloc(g, (size_t)r * in * 4), .dB = g->alloc(g, (size_t)out * r * 4), .r = r,
                   .scale = 2.0f, .dropout = 0.1f, .seed = 1234};
-    kb_linear Lc = {W, b, in, out, w_in_out, &lc, NULL, NULL}, Lg = {gW, gb, in, out, w_in_out, &lg, NULL, NULL};
+    kb_linear Lc = {W, b, in, out, w_in_out, &lc, NULL, NULL, NULL}, Lg = {gW, gb, in, out, w_in_out, &lg, NULL, NULL, NULL};
     float *gx = put(g, x, (size_t)N * in), *gy = g->alloc(g, (size_t)N * out * 4), *gxa = g->alloc(g, (size_t)N * r * 4);
     float *gdy = put(g, dy, (size_t)N * out), *gdx = put(g, dx, (size_t)N * in);
     c->linear_fwd(c, &Lc, y, xa, x, N);
@@ -728,13 +728,13 @@ static void dora_case(kb_dtype wdt, int w_in_out, int bias, float dropout, doubl
     void *gW = put_w(g, W, nw), *gb = bias ? put_w(g, b, out) : NULL;
     kb_lora lc = {.A = A, .B = Bm, .dA = dA, .dB = dB, .r = r, .scale = 2.0f, .dropout = dropout, .seed = 99,
                   .mag = mag, .dmag = dmag, .wnorm = wn};
-    kb_linear Lc = {W, bias ? b : NULL, in, out, w_in_out, &lc, NULL, NULL};
+    kb_linear Lc = {W, bias ? b : NULL, in, out, w_in_out, &lc, NULL, NULL, NULL};
     kb_lora lg = {.A = put(g, A, (size_t)r * in), .B = put(g, Bm, (size_t)out * r), .dA = put(g, dA, (size_t)r * in),
                   .dB = put(g, dB, (size_t)out * r), .r = r, .scale = 2.0f, .dropout = dropout, .seed = 99,
                   .dmag = put(g, dmag, out)};
     float *gwn = g->alloc(g, (size_t)out * 4);
     lg.wnorm = gwn;
-    kb_linear Lg = {gW, gb, in, out, w_in_out, &lg, NULL, NULL};
+    kb_linear Lg = {gW, gb, in, out, w_in_out, &lg, NULL, NULL, NULL};
     /* the norms depend on W (rounded alike on both sides), A and B only: f32 on both */
     c->dora_norm(c, &Lc, wn);
     g->dora_norm(g, &Lg, gwn);
@@ -796,7 +796,7 @@ TEST(op_dora_norm_blocks) {
     kb_lora lg = {.A = put(g, A, (size_t)r * in), .B = put(g, Bm, (size_t)out * r), .r = r, .scale = 0.5f};
     float *gwn = g->alloc(g, (size_t)out * 4);
     for (int w_in_out = 0; w_in_out < 2; w_in_out++) {
-        kb_linear Lc = {W, NULL, in, out, w_in_out, &lc, NULL, NULL}, Lg = {gW, NULL, in, out, w_in_out, &lg, NULL, NULL};
+        kb_linear Lc = {W, NULL, in, out, w_in_out, &lc, NULL, NULL, NULL}, Lg = {gW, NULL, in, out, w_in_out, &lg, NULL, NULL, NULL};
         c->dora_norm(c, &Lc, wn);
         g->dora_norm(g, &Lg, gwn);
         CHECK_REL((h = get(g, gwn, out)), wn, out, 1e-6);

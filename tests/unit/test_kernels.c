@@ -367,7 +367,7 @@ static void lin_test(int w_in_out, int bias, float dropout) {
     u.lo = (kb_lora){.A = rnd((size_t)r * in, 15, 0.5f), .B = rnd((size_t)out * r, 16, 0.5f),
                      .dA = calloc((size_t)r * in, 4), .dB = calloc((size_t)out * r, 4), .r = r, .scale = 1.7f,
                      .dropout = dropout, .seed = 42};
-    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo, NULL, NULL};
+    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo, NULL, NULL, NULL};
     fd_case c = {lin_fwd, (size_t)N * out, &u};
     float *R = rnd((size_t)N * out, 17, 1.0f), *y = malloc((size_t)N * out * 4), *dx = malloc((size_t)N * in * 4);
     for (int i = 0; i < N * in; i++) dx[i] = 0.25f;
@@ -411,7 +411,7 @@ static void dora_test(int w_in_out, int bias, float dropout) {
     for (int j = 0; j < out; j++) u.lo.mag[j] += 2.0f;
     u.lo.dmag = calloc(out, 4);
     u.lo.wnorm = wn;
-    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo, NULL, NULL};
+    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo, NULL, NULL, NULL};
     be->dora_norm(be, &u.L, wn);
     /* ||W + s B A|| of one row by hand */
     int o = 5;
@@ -643,7 +643,7 @@ static void att_lin_run(kb_backend *be, float *dq, float *dA, int window) {
     float *x = rnd((size_t)N * C, 30, 1.0f), *W = rnd((size_t)3 * C * C, 31, 0.2f);
     kb_lora lo = {.A = rnd((size_t)r * C, 32, 0.3f), .B = rnd((size_t)3 * C * r, 33, 0.3f), .dA = dA,
                   .dB = calloc((size_t)3 * C * r, 4), .r = r, .scale = 2.0f, .dropout = 0.1f, .seed = 9};
-    kb_linear L = {W, NULL, C, 3 * C, 0, &lo, NULL, NULL};
+    kb_linear L = {W, NULL, C, 3 * C, 0, &lo, NULL, NULL, NULL};
     float *qkv = malloc((size_t)N * 3 * C * 4), *xa = malloc((size_t)N * r * 4), *o = malloc((size_t)N * C * 4);
     float *lse = malloc((size_t)N * H * 4), *dqkv = malloc((size_t)N * 3 * C * 4), *dx = malloc((size_t)N * C * 4);
     be->linear_fwd(be, &L, qkv, xa, x, N);

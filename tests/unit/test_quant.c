@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kernels/backend.h"
 #include "kernels/quant.h"
 #include "tests/unit/test.h"
 #include "worker/safetensors.h"
@@ -168,6 +169,78 @@ TEST(properties) {
     CHECK(kq_type_parse("int4", &t) == -1);
     /* codes + f32 scales: 0.5 + 4/64 bytes per weight = 0.140625 of f32 */
     CHECK(kq_bytes(64 * 1024, 0) * 1000 <= 141 * 4 * 64 * 1024);
+}
+
+/* The CPU backend's linear ops on a 4-bit weight (tiles dequantized on the
+ * fly) against the same ops on its dequantized f32 copy: forward, input
+ * gradient, LoRA gradients and DoRA's norm agree to f32 rounding (1e-5
+ * relative), and the 4-bit results are bit for bit the same with 1 or 3
+ * threads. Rows of 72 make blocks straddle rows; 100 outputs leave short
+ * tiles. */
+static double rel_err(const float *a, const float *b, size_t n) {
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < n; i++) {
+        md = fmax(md, fabs((double)a[i] - b[i]));
+        mr = fmax(mr, fabs((double)b[i]));
+    }
+    return md / (mr > 0 ? mr : 1);
+}
+
+TEST(cpu_linear_on_4bit_weight) {
+    enum { IN = 72, OUT = 100, N = 9, R = 4 };
+    static float w[IN * OUT], wd[IN * OUT], absmax[(IN * OUT + 63) / 64], nabs[1], x[N * IN], dy[N * OUT];
+    static float A[R * IN], B[OUT * R], mag[OUT];
+    static uint8_t codes[IN * OUT / 2], qabs[(IN * OUT + 63) / 64];
+    uint64_t st = 7;
+    for (size_t i = 0; i < IN * OUT; i++) w[i] = (float)((lr_mix64(st++) >> 40) * (1.0 / 8388608.0) - 1.0) * 0.2f;
+    for (size_t i = 0; i < N * IN; i++) x[i] = (float)((lr_mix64(st++) >> 40) * (1.0 / 8388608.0) - 1.0);
+    for (size_t i = 0; i < N * OUT; i++) dy[i] = (float)((lr_mix64(st++) >> 40) * (1.0 / 8388608.0) - 1.0);
+    for (size_t i = 0; i < R * IN; i++) A[i] = (float)((lr_mix64(st++) >> 40) * (1.0 / 8388608.0) - 1.0) * 0.1f;
+    for (size_t i = 0; i < OUT * R; i++) B[i] = (float)((lr_mix64(st++) >> 40) * (1.0 / 8388608.0) - 1.0) * 0.1f;
+    for (size_t i = 0; i < OUT; i++) mag[i] = 1.0f + 0.01f * (float)i;
+    float offset;
+    kq_quantize(KQ_NF4, w, IN * OUT, codes, absmax, qabs, nabs, &offset, 2);
+    kq_weight q = {.type = KQ_NF4, .rows = OUT, .cols = IN, .codes = codes, .qabsmax = qabs, .nabsmax = nabs,
+                   .offset = offset};
+    kq_book(KQ_NF4, q.book);
+    memcpy(q.nbook, kq_dynamic_map(), sizeof q.nbook);
+    kq_dequant_range(&q, 0, IN * OUT, wd);
+    float y[3][N * OUT], dx[3][N * IN], dA[3][R * IN], dB[3][OUT * R], wn[3][OUT], xa[N * R];
+    for (int run = 0; run < 3; run++) { /* 0: f32 copy, 1: 4-bit 1 thread, 2: 4-bit 3 threads */
+        kb_backend *be;
+        lr_err err = {0};
+        REQUIRE(kb_cpu_create(run == 2 ? 3 : 1, &be, &err) == 0);
+        CHECK(be->quant4);
+        kb_lora lo = {.A = A, .B = B, .dA = dA[run], .dB = dB[run], .r = R, .scale = 2.0f};
+        kb_linear L = {.W = run ? NULL : wd, .in = IN, .out = OUT, .lora = &lo, .qW = run ? &q : NULL};
+        memset(dA[run], 0, sizeof dA[run]), memset(dB[run], 0, sizeof dB[run]);
+        be->linear_fwd(be, &L, y[run], xa, x, N);
+        be->linear_bwd(be, &L, dx[run], 0, dy, x, xa, N);
+        lo.mag = mag;
+        be->dora_norm(be, &L, wn[run]);
+        kb_destroy(be);
+    }
+    CHECKF(rel_err(y[1], y[0], N * OUT) < 1e-5, "forward rel err %g", rel_err(y[1], y[0], N * OUT));
+    CHECKF(rel_err(dx[1], dx[0], N * IN) < 1e-5, "dx rel err %g", rel_err(dx[1], dx[0], N * IN));
+    CHECKF(rel_err(dA[1], dA[0], R * IN) < 1e-5, "dA rel err %g", rel_err(dA[1], dA[0], R * IN));
+    CHECKF(rel_err(dB[1], dB[0], OUT * R) < 1e-5, "dB rel err %g", rel_err(dB[1], dB[0], OUT * R));
+    CHECKF(rel_err(wn[1], wn[0], OUT) < 1e-6, "DoRA norm rel err %g", rel_err(wn[1], wn[0], OUT));
+    CHECK(!memcmp(y[1], y[2], sizeof y[1]) && !memcmp(dx[1], dx[2], sizeof dx[1]) &&
+          !memcmp(dA[1], dA[2], sizeof dA[1]) && !memcmp(wn[1], wn[2], sizeof wn[1]));
+    /* and the quantization is visible: the 4-bit output is not the original weight's */
+    kb_backend *be;
+    lr_err err = {0};
+    REQUIRE(kb_cpu_create(1, &be, &err) == 0);
+    float yo[N * OUT];
+    kb_linear Lo = {.W = w, .in = IN, .out = OUT};
+    be->linear_fwd(be, &Lo, yo, NULL, x, N);
+    kb_destroy(be);
+    float yb[N * OUT];
+    REQUIRE(kb_cpu_create(1, &be, &err) == 0);
+    kb_linear Lq = {.in = IN, .out = OUT, .qW = &q};
+    be->linear_fwd(be, &Lq, yb, NULL, x, N);
+    kb_destroy(be);
+    CHECK(rel_err(yb, yo, N * OUT) > 1e-3);
 }
 
 __attribute__((destructor)) static void close_vectors(void) { st_close(vectors); }
