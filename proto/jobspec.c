@@ -449,8 +449,12 @@ static int parse_hp(const json_t *v, jobspec *s, lr_err *err) {
     return 0;
 }
 
+/* lora.quantize, indexed by jobspec.lora.quantize (kq_type's order) */
+static const char *const quant_names[] = {"none", "nf4", "fp4"};
+
 static int parse_lora(const json_t *v, jobspec *s, lr_err *err) {
-    static const char *const keys[] = {"r", "alpha", "dropout", "targets", "use_dora", "use_rslora"};
+    static const char *const keys[] = {"r", "alpha", "dropout", "targets", "use_dora", "use_rslora", "quantize",
+                                       "double_quant"};
     if (check_object(v, "lora", keys, NELEM(keys), err)) return -1;
     json_t *x;
     if ((x = json_object_get(v, "r")) && get_int32(x, "lora.r", 1, 1024, &s->lora.r, err)) return -1;
@@ -458,6 +462,11 @@ static int parse_lora(const json_t *v, jobspec *s, lr_err *err) {
     if ((x = json_object_get(v, "dropout")) && get_num(x, "lora.dropout", 0, 0.99, 0, &s->lora.dropout, err)) return -1;
     if ((x = json_object_get(v, "use_dora")) && get_bool(x, "lora.use_dora", &s->lora.use_dora, err)) return -1;
     if ((x = json_object_get(v, "use_rslora")) && get_bool(x, "lora.use_rslora", &s->lora.use_rslora, err)) return -1;
+    if ((x = json_object_get(v, "quantize")) &&
+        get_enum(x, "lora.quantize", quant_names, NELEM(quant_names), &s->lora.quantize, err))
+        return -1;
+    if ((x = json_object_get(v, "double_quant")) && get_bool(x, "lora.double_quant", &s->lora.double_quant, err))
+        return -1;
     if ((x = json_object_get(v, "targets"))) {
         if (json_is_string(x)) {
             char all[128];
@@ -546,6 +555,11 @@ int jobspec_from_json(const json_t *obj, jobspec *s, lr_err *err) {
     if (s->validation_file[0]) s->hp.val_ratio = 0;
     if (s->lora.use_dora && s->method.type == METHOD_FULL_SFT)
         return lr_errp(err, LR_E_INVALID, "lora.use_dora", "lora.use_dora has no meaning with method full_sft");
+    if (s->lora.quantize && s->method.type == METHOD_FULL_SFT)
+        return lr_errp(err, LR_E_INVALID, "lora.quantize",
+                       "lora.quantize keeps the base frozen in 4 bits; method full_sft trains it: use quantize none");
+    if (s->lora.double_quant && !s->lora.quantize)
+        return lr_errp(err, LR_E_INVALID, "lora.double_quant", "lora.double_quant needs lora.quantize nf4 or fp4");
     return 0;
 }
 
@@ -648,6 +662,8 @@ json_t *jobspec_to_json(const jobspec *s) {
     }
     json_object_set_new(l, "use_dora", json_boolean(s->lora.use_dora));
     json_object_set_new(l, "use_rslora", json_boolean(s->lora.use_rslora));
+    json_object_set_new(l, "quantize", json_string(quant_names[s->lora.quantize]));
+    json_object_set_new(l, "double_quant", json_boolean(s->lora.double_quant));
     json_object_set_new(o, "lora", l);
 
     json_object_set_new(o, "chat_template", json_string(tpl_names[s->chat_template]));

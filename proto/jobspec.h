@@ -91,6 +91,10 @@ typedef struct jobspec {
         int n_targets;
         char target_set[16];         /* "attn", "attn_mlp", "all-linear" or "list" */
         int use_dora, use_rslora;
+        /* QLoRA: the frozen base's linear weights quantized at load to 4
+         * bits, as bitsandbytes: 0 none, 1 nf4, 2 fp4 (kernels/quant.h's
+         * kq_type values); double_quant = bnb_4bit_use_double_quant. */
+        int quantize, double_quant;
     } lora;
 
     struct {                         /* method eval */

@@ -15,6 +15,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/quant.h"
+#include "proto/jobspec.h"
 #include "tests/unit/test.h"
 #include "worker/safetensors.h"
 
@@ -241,6 +242,39 @@ TEST(cpu_linear_on_4bit_weight) {
     be->linear_fwd(be, &Lq, yb, NULL, x, N);
     kb_destroy(be);
     CHECK(rel_err(yb, yo, N * OUT) > 1e-3);
+}
+
+/* The job spec's lora.quantize / lora.double_quant: parsed into kq_type's
+ * values, kept by a JSON round trip, refused where they mean nothing. */
+static int spec_parse(const char *text, jobspec *s, lr_err *err) {
+    json_t *j = NULL;
+    if (jobspec_parse_text(text, strlen(text), &j, err)) return -1;
+    int rc = jobspec_from_json(j, s, err);
+    json_decref(j);
+    return rc;
+}
+
+TEST(jobspec_quantize) {
+    jobspec s, t;
+    lr_err e = {0};
+    REQUIRE(spec_parse("model: m\ntraining_file: f\n", &s, &e) == 0);
+    CHECK_EQ_INT(s.lora.quantize, KQ_NONE);
+    CHECK_EQ_INT(s.lora.double_quant, 0);
+    REQUIRE(spec_parse("model: m\ntraining_file: f\nlora: {quantize: nf4, double_quant: true}\n", &s, &e) == 0);
+    CHECK_EQ_INT(s.lora.quantize, KQ_NF4);
+    CHECK_EQ_INT(s.lora.double_quant, 1);
+    json_t *j = jobspec_to_json(&s);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(j, "lora"), "quantize")), "nf4");
+    CHECK(jobspec_from_json(j, &t, &e) == 0 && t.lora.quantize == KQ_NF4 && t.lora.double_quant == 1);
+    json_decref(j);
+    REQUIRE(spec_parse("model: m\ntraining_file: f\nlora: {quantize: fp4}\n", &s, &e) == 0);
+    CHECK_EQ_INT(s.lora.quantize, KQ_FP4);
+    CHECK(spec_parse("model: m\ntraining_file: f\nlora: {quantize: int4}\n", &s, &e) != 0);
+    CHECK_STR(e.param, "lora.quantize");
+    CHECK(spec_parse("model: m\ntraining_file: f\nlora: {double_quant: true}\n", &s, &e) != 0);
+    CHECK_STR(e.param, "lora.double_quant");
+    CHECK(spec_parse("model: m\ntraining_file: f\nmethod: {type: full_sft}\nlora: {quantize: nf4}\n", &s, &e) != 0);
+    CHECK_STR(e.param, "lora.quantize");
 }
 
 __attribute__((destructor)) static void close_vectors(void) { st_close(vectors); }
