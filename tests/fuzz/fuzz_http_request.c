@@ -1,7 +1,8 @@
 /* A whole HTTP request through lorad's front door: libmicrohttpd, the
  * header checks before any body (daemon/http.c), streamed uploads and the
  * API with a real store, in this process on a loopback port. The input is
- * sent as the raw bytes of a connection (the token "tok-fuzz" is valid, so
+ * sent as the raw bytes of a connection, "Connection: close" added to the
+ * first request's headers (the token "tok-fuzz" is valid, so
  * seeds reach the authenticated routes). Invariants: no crash or sanitizer
  * report in any thread; whatever comes back starts as an HTTP response. */
 #include <arpa/inet.h>
@@ -62,18 +63,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) {
     if (fd < 0) return 0;
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct timeval tv = {.tv_sec = 2};
+    struct timeval tv = {.tv_sec = 1};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
         close(fd);
         return 0;
     }
-    for (size_t off = 0; off < n;) {
-        ssize_t w = send(fd, d + off, n - off, MSG_NOSIGNAL);
-        if (w <= 0) break;
-        off += (size_t)w;
-    }
+    /* A kept-alive connection would wait for the next request until the
+     * header deadline: the first request asks to close instead. */
+    const uint8_t *hend = memmem(d, n, "\r\n\r\n", 4);
+    size_t cut = hend ? (size_t)(hend - d) + 2 : n;
+    static const char closing[] = "Connection: close\r\n";
+    const struct {
+        const void *p;
+        size_t n;
+    } parts[3] = {{d, cut}, {closing, hend ? sizeof closing - 1 : 0}, {d + cut, n - cut}};
+    for (int k = 0; k < 3; k++)
+        for (size_t off = 0; off < parts[k].n;) {
+            ssize_t w = send(fd, (const char *)parts[k].p + off, parts[k].n - off, MSG_NOSIGNAL);
+            if (w <= 0) break;
+            off += (size_t)w;
+        }
     shutdown(fd, SHUT_WR);
     char buf[4096];
     size_t got = 0;

@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) {
     seen a, b;
     int ra = run(d + 1, n - 1, n, &a), rb = run(d + 1, n - 1, chunk, &b);
     if (ra != rb) abort();
-    if (!ra && (a.out.len != b.out.len || memcmp(a.out.data, b.out.data, a.out.len))) abort();
+    if (!ra && (a.out.len != b.out.len || (a.out.len && memcmp(a.out.data, b.out.data, a.out.len)))) abort();
     lr_buf_free(&a.out);
     lr_buf_free(&b.out);
     return 0;
