@@ -5,6 +5,10 @@ set -euo pipefail
 
 # header-or-binary -> package
 need=(
+  "/usr/bin/cc gcc"
+  "/usr/include/stdio.h libc6-dev"
+  "/usr/bin/python3 python3"
+  "/usr/bin/pgrep procps"
   "/usr/include/jansson.h libjansson-dev"
   "/usr/include/yaml.h libyaml-dev"
   "/usr/include/microhttpd.h libmicrohttpd-dev"
@@ -24,6 +28,8 @@ need=(
   "/usr/bin/chromium chromium"
   "/usr/bin/node nodejs"
   "/usr/lib/python3/dist-packages/jinja2/__init__.py python3-jinja2"
+  "/usr/bin/mpirun openmpi-bin"
+  "/usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h libopenmpi-dev"
 )
 missing=()
 for pair in "${need[@]}"; do
