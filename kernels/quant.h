@@ -125,6 +125,10 @@ LR_HD static inline float kq_scaled(float x, float inv) {
 
 /* ---- host API (kernels/quant.c) ---- */
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* The built-in code books: bitsandbytes' get_4bit_type(type) (NF4, or FP4
  * normalised by 12) and create_dynamic_map() (signed, 8 bits). */
 void kq_book(kq_type type, float book[16]);
@@ -150,5 +154,9 @@ void kq_dequant_range(const kq_weight *q, size_t i0, size_t len, float *dst);
 /* Dequantizes the column slice [c0, c0 + nc) of rows [r0, r0 + nr) into
  * dst [nr, nc] (host memory). */
 void kq_dequant_tile(const kq_weight *q, int64_t r0, int64_t nr, int64_t c0, int64_t nc, float *dst);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -18,6 +18,11 @@
 #include "proto/jobspec.h"
 #include "tests/unit/test.h"
 #include "worker/safetensors.h"
+#ifdef LR_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/quant_cuda.h"
+#endif
 
 #define REF_SCRIPT "tests/reference/bnb_quant.py"
 
@@ -242,6 +247,51 @@ TEST(cpu_linear_on_4bit_weight) {
     be->linear_fwd(be, &Lq, yb, NULL, x, N);
     kb_destroy(be);
     CHECK(rel_err(yb, yo, N * OUT) > 1e-3);
+}
+
+/* The CUDA dequant kernel (quant.h's per-element code on the device): a
+ * tile of rows of a double-quantized NF4 weight, in f32 bit for bit the
+ * CPU's values, in bf16 those rounded to nearest even. */
+TEST(cuda_dequant_matches_cpu) {
+#ifndef LR_HAVE_CUDA
+    SKIP("built without CUDA (nvcc not found at build time)");
+#else
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) SKIP("no CUDA device");
+    enum { IN = 200, OUT = 150, R0 = 37, NR = 90 };
+    static float w[IN * OUT], cpu[NR * IN], gf[NR * IN], absmax[(IN * OUT + 63) / 64], nabs[2];
+    static uint8_t codes[IN * OUT / 2], qabs[(IN * OUT + 63) / 64];
+    static uint16_t gb[NR * IN];
+    uint64_t st = 11;
+    for (size_t i = 0; i < IN * OUT; i++) w[i] = (float)((lr_mix64(st++) >> 40) * (1.0 / 8388608.0) - 1.0);
+    float offset;
+    kq_quantize(KQ_NF4, w, IN * OUT, codes, absmax, qabs, nabs, &offset, 1);
+    kq_weight q = {.type = KQ_NF4, .rows = OUT, .cols = IN, .codes = codes, .qabsmax = qabs, .nabsmax = nabs,
+                   .offset = offset};
+    kq_book(KQ_NF4, q.book);
+    memcpy(q.nbook, kq_dynamic_map(), sizeof q.nbook);
+    kq_dequant_tile(&q, R0, NR, 0, IN, cpu);
+    void *dc = NULL, *dq = NULL, *dn = NULL, *out = NULL;
+    REQUIRE(cudaMalloc(&dc, sizeof codes) == cudaSuccess && cudaMalloc(&dq, sizeof qabs) == cudaSuccess &&
+            cudaMalloc(&dn, sizeof nabs) == cudaSuccess && cudaMalloc(&out, sizeof gf) == cudaSuccess);
+    cudaMemcpy(dc, codes, sizeof codes, cudaMemcpyHostToDevice);
+    cudaMemcpy(dq, qabs, sizeof qabs, cudaMemcpyHostToDevice);
+    cudaMemcpy(dn, nabs, sizeof nabs, cudaMemcpyHostToDevice);
+    kq_weight g = q;
+    g.codes = dc, g.qabsmax = dq, g.nabsmax = dn;
+    lr_err err = {0};
+    CHECK(kq_cuda_dequant(&g, R0, NR, out, 0, NULL, &err) == 0);
+    CHECK(cudaMemcpy(gf, out, sizeof gf, cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(kq_cuda_dequant(&g, R0, NR, out, 1, NULL, &err) == 0);
+    CHECK(cudaMemcpy(gb, out, sizeof gb, cudaMemcpyDeviceToHost) == cudaSuccess);
+    size_t bad32 = 0, bad16 = 0;
+    for (size_t i = 0; i < NR * IN; i++) {
+        bad32 += memcmp(&gf[i], &cpu[i], 4) != 0;
+        bad16 += gb[i] != st_f32_to_bf16(cpu[i]);
+    }
+    CHECKF(!bad32 && !bad16, "%zu f32 and %zu bf16 values differ from the CPU's", bad32, bad16);
+    cudaFree(dc), cudaFree(dq), cudaFree(dn), cudaFree(out);
+#endif
 }
 
 /* The job spec's lora.quantize / lora.double_quant: parsed into kq_type's
