@@ -373,7 +373,7 @@ int cmd_bench(int argc, char **argv) {
            "\"gflops\": %.2f, \"flops_per_token\": %.4g, \"peak_rss_mb\": %.0f, \"lora_params\": %zu, \"loss\": %.4f, "
            "\"kernel\": \"%s\"%s}\n",
            be->name, B, T, B * T / step_s, step_s, flops_tok * B * T / step_s / 1e9, flops_tok, peak_rss_mb(), n, loss,
-           kg_current()->name, gpu);
+           be->host_memory ? kg_current()->name : "cuBLAS", gpu);
     if (profile) {
         double total = 0;
         for (int s = 0; s < steps; s++) total += times[s];
