@@ -214,6 +214,7 @@ static int wget(wctx *w, const char *name, int64_t d0, int64_t d1, int optional,
             }
             be->upload(be, p, w->stage, bytes);
         }
+        st_set_release(w->s, t);
         *dst = p;
     } else {
         *dst = (const void *)1; /* planning: only presence matters */
@@ -309,6 +310,7 @@ static int wget_prequant(wctx *w, const char *name, const st_tensor *qs, int in,
     if (w->base) {
         m->qbytes += kq_bytes(n, nested);
         m->qf32 += n * sizeof(float);
+        st_set_release(w->s, codes);
     }
     rc = 0;
 done:
@@ -355,6 +357,7 @@ static int wget_linear(wctx *w, const char *name, int in, int out, kq_weight *q,
         kq_book(m->qtype, q->book);
         memcpy(q->nbook, kq_dynamic_map(), sizeof q->nbook);
         kq_quantize(m->qtype, src, n, codes, absmax, m->qdouble ? qabs : NULL, nabs, &q->offset, m->be->threads);
+        st_set_release(w->s, t);
     }
     q->codes = wput(w, codes, kq_code_bytes(n));
     if (m->qdouble) {

@@ -400,6 +400,20 @@ struct st_set {
     size_t n;
 };
 
+void st_set_release(const st_set *s, const st_tensor *t) {
+    long pg = sysconf(_SC_PAGESIZE);
+    for (size_t i = 0; i < s->n_files; i++) {
+        const st_file *f = s->files[i];
+        const char *b = f->map, *d = t->data;
+        if (!b || d < b || d + t->nbytes > b + f->map_len || pg <= 0) continue;
+        uintptr_t lo = ((uintptr_t)d + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+        uintptr_t hi = ((uintptr_t)d + t->nbytes) & ~((uintptr_t)pg - 1);
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+        return;
+    }
+}
+
+
 void st_set_close(st_set *s) {
     if (!s) return;
     for (size_t i = 0; i < s->n_files; i++) {

@@ -64,6 +64,11 @@ typedef struct st_set st_set;
 int st_set_open_dir(const char *dir, st_set **out, lr_err *err) LR_WARN_UNUSED;
 void st_set_close(st_set *s);
 const st_tensor *st_set_find(const st_set *s, const char *name);
+/* Gives back the memory of t's pages (the whole pages inside it) once its
+ * data have been copied out, so that loading a model does not keep the
+ * file's pages resident next to their converted copy; reading t again reads
+ * the file again. Nothing for a set that is not mmap-ed. */
+void st_set_release(const st_set *s, const st_tensor *t);
 /* All tensors of the set sorted by name (shards merged; a name in two shards
  * is an error at open). */
 size_t st_set_count(const st_set *s);
