@@ -20,6 +20,7 @@
 
 #include "common/buf.h"
 #include "daemon/models.h"
+#include "daemon/openai.h"
 #include "daemon/sched.h"
 #include "daemon/sha256.h"
 #include "daemon/upload.h"
@@ -76,6 +77,15 @@ static void h_job_merge(ctx *c);
 static void h_sweep_create(ctx *c);
 static void h_sweep_get(ctx *c);
 static void h_workers(ctx *c);
+static void h_files_list(ctx *c);
+static void h_file_content(ctx *c);
+static void h_ft_create(ctx *c);
+static void h_ft_list(ctx *c);
+static void h_job_pause(ctx *c);
+static void h_job_resume(ctx *c);
+static void h_ft_events(ctx *c);
+static void h_chat_completions(ctx *c);
+static void h_completions(ctx *c);
 
 /* The one route table: dispatch, metrics labels and the openapi test. */
 static const route routes[] = {
@@ -104,6 +114,22 @@ static const route routes[] = {
     {"POST", "/v1/sweeps", h_sweep_create, 1},
     {"GET", "/v1/sweeps/{id}", h_sweep_get, 1},
     {"GET", "/v1/workers", h_workers, 1},
+    /* OpenAI's routes: the same handlers as lorad's where the objects are one */
+    {"POST", "/v1/files", h_dataset_upload, 1},
+    {"GET", "/v1/files", h_files_list, 1},
+    {"GET", "/v1/files/{id}", h_dataset_get, 1},
+    {"DELETE", "/v1/files/{id}", h_dataset_delete, 1},
+    {"GET", "/v1/files/{id}/content", h_file_content, 1},
+    {"POST", "/v1/fine_tuning/jobs", h_ft_create, 1},
+    {"GET", "/v1/fine_tuning/jobs", h_ft_list, 1},
+    {"GET", "/v1/fine_tuning/jobs/{id}", h_job_get, 1},
+    {"POST", "/v1/fine_tuning/jobs/{id}/cancel", h_job_cancel, 1},
+    {"POST", "/v1/fine_tuning/jobs/{id}/pause", h_job_pause, 1},
+    {"POST", "/v1/fine_tuning/jobs/{id}/resume", h_job_resume, 1},
+    {"GET", "/v1/fine_tuning/jobs/{id}/events", h_ft_events, 1},
+    {"GET", "/v1/fine_tuning/jobs/{id}/checkpoints", h_job_checkpoints, 1},
+    {"POST", "/v1/chat/completions", h_chat_completions, 1},
+    {"POST", "/v1/completions", h_completions, 1},
 };
 #define NROUTES ((int)(sizeof routes / sizeof routes[0]))
 #define R_OTHER NROUTES /* static files, 404s, refused requests */
@@ -152,7 +178,7 @@ void api_resp_free(api_resp *rs) {
 }
 
 size_t api_body_limit(const api *a, const char *method, const char *path) {
-    if (!strcmp(method, "POST") && !strcmp(path, "/v1/datasets")) return (size_t)a->env.cfg->max_upload_bytes;
+    if (api_streams_body(method, path)) return (size_t)a->env.cfg->max_upload_bytes;
     return (size_t)a->env.cfg->max_body_bytes;
 }
 
@@ -196,8 +222,8 @@ static void fail(ctx *c, int status, const char *code, const char *param, const 
     json_t *m = json_string(msg);
     if (!m) m = json_string("(message not UTF-8)");
     set_json(c->rs, status,
-             json_pack("{s:{s:s, s:o, s:o}}", "error", "code", code, "message", m, "param",
-                       param && *param ? json_string(param) : json_null()));
+             json_pack("{s:{s:s, s:o, s:o, s:s}}", "error", "code", code, "message", m, "param",
+                       param && *param ? json_string(param) : json_null(), "type", oai_error_type(status)));
 }
 
 static int status_of(const lr_err *e) {
@@ -494,7 +520,7 @@ int api_precheck(api *a, const char *method, const char *path, const char *autho
 }
 
 int api_streams_body(const char *method, const char *path) {
-    return !strcmp(method, "POST") && !strcmp(path, "/v1/datasets");
+    return !strcmp(method, "POST") && (!strcmp(path, "/v1/datasets") || !strcmp(path, "/v1/files"));
 }
 
 int api_upload_acquire(api *a, const char *user, api_resp *rs) {
@@ -682,6 +708,12 @@ static void h_dataset_upload(ctx *c) {
     char filename[256];
     snprintf(filename, sizeof filename, "%s", upload_filename(up));
     clean_filename(filename);
+    const char *purpose = upload_purpose(up)[0] ? upload_purpose(up) : qget(c, "purpose");
+    if (purpose && strcmp(purpose, "fine-tune")) {
+        fail(c, 400, "invalid_request", "purpose", "purpose must be fine-tune: lorad stores training and validation "
+                                                   "files, not '%.40s'", purpose);
+        goto out;
+    }
     data_report rep;
     store_dataset d;
     memset(&d, 0, sizeof d);
@@ -694,9 +726,10 @@ static void h_dataset_upload(ctx *c) {
         for (int i = 0; i < rep.n_errors; i++) json_array_append_new(errs, json_string(rep.errors[i]));
         json_t *m = json_string(e.msg);
         set_json(c->rs, e.code == LR_E_TOOBIG ? 413 : 400,
-                 json_pack("{s:{s:s, s:o, s:s, s:o, s:I, s:I}}", "error", "code", "invalid_dataset", "message",
+                 json_pack("{s:{s:s, s:o, s:s, s:o, s:I, s:I, s:s}}", "error", "code", "invalid_dataset", "message",
                            m ? m : json_string("invalid dataset"), "param", "file", "errors", errs, "rows",
-                           (json_int_t)rep.n_rows, "invalid_rows", (json_int_t)rep.n_invalid));
+                           (json_int_t)rep.n_rows, "invalid_rows", (json_int_t)rep.n_invalid, "type",
+                           oai_error_type(e.code == LR_E_TOOBIG ? 413 : 400)));
         goto out;
     }
     store_new_id("file", d.id, sizeof d.id);
@@ -704,6 +737,7 @@ static void h_dataset_upload(ctx *c) {
     snprintf(d.filename, sizeof d.filename, "%s", filename);
     snprintf(d.format, sizeof d.format, "%s", rep.csv ? "csv" : "jsonl");
     snprintf(d.kind, sizeof d.kind, "%s", data_format_name(rep.format));
+    snprintf(d.purpose, sizeof d.purpose, "fine-tune");
     d.rows = rep.n_rows;
     d.duplicates = rep.n_duplicates;
     d.bytes = (int64_t)upload_bytes(up);
@@ -1008,21 +1042,30 @@ static int check_refs(ctx *c, const jobspec *s, const char *prefix) {
     return 0;
 }
 
-static int insert_job(ctx *c, const jobspec *s, const char *sweep_id, char *id, size_t idcap) {
+/* meta: what oai_create_prepare kept (NULL for a sweep's points). */
+static int insert_job(ctx *c, const jobspec *s, const json_t *meta, const char *sweep_id, char *id, size_t idcap) {
     json_t *sj = jobspec_to_json(s);
-    char *txt = sj ? jsonfmt_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    char *txt = sj ? jsonfmt_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS) : NULL, *otxt = NULL;
     json_decref(sj);
     lr_err e = {0};
-    if (!txt) {
+    store_new_id("ftjob", id, idcap);
+    if (meta) {
+        json_t *rec = oai_job_record(s, meta, id, c->user.name);
+        otxt = rec ? jsonfmt_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+        json_decref(rec);
+    }
+    if (!txt || (meta && !otxt)) {
+        free(txt);
+        free(otxt);
         fail(c, 500, "internal", NULL, "out of memory");
         return -1;
     }
-    store_new_id("ftjob", id, idcap);
     store_job_new j = {.id = id, .name = s->name, .user = c->user.name, .model = s->model,
                        .device = jobspec_device_name(s->device), .spec_json = txt, .sweep_id = sweep_id,
-                       .priority = s->priority, .max_retries = s->max_retries};
+                       .priority = s->priority, .max_retries = s->max_retries, .openai_json = otxt};
     int rc = store_job_insert(c->st, &j, &e);
     free(txt);
+    free(otxt);
     if (rc) fail_err(c, &e);
     return rc;
 }
@@ -1052,20 +1095,24 @@ static int device_ok(ctx *c, const jobspec *s, const char *param) {
     return 0;
 }
 
-/* sched_wait_reason over the workers as lorad last recorded them. */
+/* sched_wait_reason over the configured workers (super.c names them w0,
+ * w1, ... in that order), each as lorad last recorded it: one not recorded
+ * yet is still starting, not missing. */
 static int workers_wait_reason(ctx *c, const char *device, char *buf, size_t cap) {
+    const lorad_config *cfg = c->a->env.cfg;
     lr_err e = {0};
     json_t *l = store_workers_list(c->st, &e), *o;
     sched_wstate w[CONFIG_MAX_WORKERS];
-    int n = 0;
+    for (int k = 0; k < cfg->n_workers; k++) w[k] = (sched_wstate){cfg->workers[k].backend, "starting"};
     size_t i;
     json_array_foreach(json_object_get(l, "data"), i, o) {
-        if (n == CONFIG_MAX_WORKERS) break;
-        w[n] = (sched_wstate){json_string_value(json_object_get(o, "backend")),
-                              json_string_value(json_object_get(o, "status"))};
-        if (w[n].backend && w[n].status) n++;
+        const char *name = json_string_value(json_object_get(o, "name")),
+                   *status = json_string_value(json_object_get(o, "status"));
+        char *end;
+        long k = name && name[0] == 'w' ? strtol(name + 1, &end, 10) : -1;
+        if (k >= 0 && k < cfg->n_workers && !*end && status) w[k].status = status;
     }
-    int rc = sched_wait_reason(device, w, n, buf, cap);
+    int rc = sched_wait_reason(device, w, cfg->n_workers, buf, cap);
     json_decref(l);
     return rc;
 }
@@ -1114,9 +1161,35 @@ static json_t *job_with_wait(ctx *c, json_t *job) {
     return job;
 }
 
-static void h_job_create(ctx *c) {
+/* What "auto" needs to know: the training file's rows and the model's
+ * size (about 12·layers·hidden² + vocab·hidden parameters). Unknown ones
+ * stay 0; check_refs reports a missing file or model later. */
+static void create_ctx(ctx *c, const json_t *body, int openai_route, oai_create_ctx *x) {
+    memset(x, 0, sizeof *x);
+    x->openai_route = openai_route;
+    x->random_seed = ((uint64_t)rand() << 16) ^ (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)c;
+    lr_err e = {0};
+    store_dataset d;
+    const char *tf = json_string_value(json_object_get(body, "training_file"));
+    if (tf && !store_dataset_get(c->st, tf, &d, NULL, &e)) x->train_rows = d.rows;
+    const char *model = json_string_value(json_object_get(body, "model"));
+    json_t *l = model ? store_models_list(c->st, NULL, &e) : NULL, *m;
+    size_t i;
+    json_array_foreach(json_object_get(l, "data"), i, m) {
+        if (strcmp(json_string_value(json_object_get(m, "id")), model)) continue;
+        double h = (double)json_integer_value(json_object_get(m, "hidden_size")),
+               layers = (double)json_integer_value(json_object_get(m, "num_layers")),
+               vocab = (double)json_integer_value(json_object_get(m, "vocab_size"));
+        x->model_params = 12 * layers * h * h + vocab * h;
+    }
+    json_decref(l);
+}
+
+/* POST /v1/jobs (lorad's spec, OpenAI's fields accepted) and POST
+ * /v1/fine_tuning/jobs (the same, with "auto" for what is not given). */
+static void job_create(ctx *c, int openai_route) {
     if (!disk_ok(c)) return;
-    json_t *o = body_object(c);
+    json_t *o = body_object(c), *meta = NULL;
     if (!o) return;
     jobspec *s = malloc(sizeof *s);
     lr_err e = {0};
@@ -1124,6 +1197,12 @@ static void h_job_create(ctx *c) {
     int in_tx = 0;
     if (!s) {
         fail(c, 500, "internal", NULL, "out of memory");
+        goto out;
+    }
+    oai_create_ctx x;
+    create_ctx(c, o, openai_route, &x);
+    if (oai_create_prepare(o, &x, &meta, &e)) {
+        fail(c, 400, "invalid_request", e.param, "%s", e.msg);
         goto out;
     }
     if (jobspec_from_json(o, s, &e)) {
@@ -1136,7 +1215,7 @@ static void h_job_create(ctx *c) {
         goto out;
     }
     in_tx = 1;
-    if (!admit(c, 1) || check_refs(c, s, "") || insert_job(c, s, NULL, id, sizeof id)) goto out;
+    if (!admit(c, 1) || check_refs(c, s, "") || insert_job(c, s, meta, NULL, id, sizeof id)) goto out;
     if (store_commit(c->st, &e)) {
         fail_err(c, &e);
         goto out;
@@ -1147,13 +1226,25 @@ static void h_job_create(ctx *c) {
     if (workers_wait_reason(c, jobspec_device_name(s->device), why, sizeof why) == 2 &&
         store_event_add(c->st, id, "warning", why, &e))
         e.msg[0] = 0; /* the job is queued; a lost note is not worth failing it */
+    json_t *integ;
+    size_t ii;
+    json_array_foreach(json_object_get(meta, "integrations"), ii, integ) {
+        char note[320];
+        snprintf(note, sizeof note, "integration %.40s recorded but not run: lorad reaches no outside service; "
+                 "the job's metrics are in its events and GET /v1/jobs/%s/metrics",
+                 json_string_value(json_object_get(integ, "type")), id);
+        if (store_event_add(c->st, id, "warning", note, &e)) e.msg[0] = 0;
+    }
     wake(c);
     reply(c, job_with_wait(c, store_job_get(c->st, id, &e)), &e);
 out:
     if (in_tx) store_rollback(c->st);
     free(s);
+    json_decref(meta);
     json_decref(o);
 }
+
+static void h_job_create(ctx *c) { job_create(c, 0); }
 
 static const char *const statuses[] = {"queued", "running", "succeeded", "failed", "cancelled"};
 
@@ -1194,9 +1285,22 @@ static void h_jobs_list(ctx *c) {
     c->rs->body_len = len;
 }
 
+/* OpenAI's trained_tokens: the run's count (time_metrics.json) once it has
+ * succeeded. */
+static void trained_tokens(ctx *c, json_t *job) {
+    const char *st = json_string_value(json_object_get(job, "status"));
+    if (!st || strcmp(st, "succeeded")) return;
+    char p[1400];
+    snprintf(p, sizeof p, "%s/runs/%s/time_metrics.json", c->a->env.cfg->data_dir, c->p[0]);
+    json_t *tm = json_load_file(p, 0, NULL), *n = json_object_get(tm, "tokens");
+    if (json_is_integer(n)) json_object_set(job, "trained_tokens", n);
+    json_decref(tm);
+}
+
 static void h_job_get(ctx *c) {
     json_t *j = visible_job(c, c->p[0]);
     if (!j) return;
+    trained_tokens(c, j);
     relative_paths(c, json_object_get(j, "error"), "message");
     set_json(c->rs, 200, job_with_wait(c, j));
 }
@@ -1243,10 +1347,48 @@ static void h_job_events(ctx *c) {
     reply(c, l, &e);
 }
 
+static json_t *step_metrics(json_t *mq, int64_t step, int exact_train);
+#define METRIC_NAMES "loss,eval_loss,rewards/accuracy,eval_rewards/accuracy"
+
+/* Checkpoints with OpenAI's fields (the fine-tuned model name of each, the
+ * metrics logged by its step); /v1/fine_tuning/... lists them newest first
+ * with after/limit paging as OpenAI does, /v1/jobs/... oldest first. */
 static void h_job_checkpoints(ctx *c) {
-    if (!job_exists(c)) return;
+    long long limit;
+    const char *after;
+    if (qint(c, "limit", 1000, 1, 1000, &limit) || qtoken(c, "after", &after)) return;
+    json_t *job = visible_job(c, c->p[0]), *l = NULL, *mq = NULL, *ck;
+    if (!job) return;
     lr_err e = {0};
-    reply(c, store_checkpoints_list(c->st, c->p[0], &e), &e);
+    int newest_first = !strncmp(c->rq->path, "/v1/fine_tuning/", 16);
+    l = store_checkpoints_list(c->st, c->p[0], &e);
+    mq = l ? store_metrics_query(c->st, c->p[0], -1, METRIC_NAMES, 0, &e) : NULL;
+    if (!mq) {
+        fail_err(c, &e);
+        goto out;
+    }
+    const char *owner = json_string_value(json_object_get(job, "user"));
+    char ft[1024];
+    oai_model_name(json_string_value(json_object_get(job, "model")), owner ? owner : "",
+                   json_string_value(json_object_get(job, "user_provided_suffix")), c->p[0], ft, sizeof ft);
+    json_t *src = json_object_get(l, "data"), *data = json_array();
+    size_t n = json_array_size(src), i, from = 0;
+    for (i = 0; i < n; i++) {
+        ck = json_array_get(src, newest_first ? n - 1 - i : i);
+        oai_checkpoint_complete(ck, c->p[0], ft, step_metrics(mq, json_integer_value(json_object_get(ck, "step")), 0));
+        if (after && !strcmp(json_string_value(json_object_get(ck, "id")), after)) from = i + 1;
+    }
+    for (i = from; i < n && i < from + (size_t)limit; i++)
+        json_array_append(data, json_array_get(src, newest_first ? n - 1 - i : i));
+    size_t k = json_array_size(data);
+    set_json(c->rs, 200, json_pack("{s:s, s:o, s:b, s:O, s:O}", "object", "list", "data", data, "has_more",
+                                   from + (size_t)limit < n, "first_id",
+                                   k ? json_object_get(json_array_get(data, 0), "id") : json_null(), "last_id",
+                                   k ? json_object_get(json_array_get(data, k - 1), "id") : json_null()));
+out:
+    json_decref(mq);
+    json_decref(l);
+    json_decref(job);
 }
 
 /* An artifact is a plain file name in the run directory: letters, digits,
@@ -1663,7 +1805,7 @@ static void h_sweep_create(ctx *c) {
         snprintf(name, sizeof name, "%.100s-%s", s->name[0] ? s->name : sweep_id, suffix);
         snprintf(s->name, sizeof s->name, "%s", name);
         char id[32];
-        if (check_refs(c, s, "template.") || insert_job(c, s, sweep_id, id, sizeof id)) goto out;
+        if (check_refs(c, s, "template.") || insert_job(c, s, NULL, sweep_id, id, sizeof id)) goto out;
     }
     if (store_commit(c->st, &e)) {
         fail_err(c, &e);
@@ -1707,6 +1849,449 @@ static void h_workers(ctx *c) {
     }
     reply(c, l, &e);
 }
+
+/* ---- the OpenAI API: files, fine-tuning jobs, completions ---- */
+
+static void h_ft_create(ctx *c) { job_create(c, 1); }
+
+static void h_files_list(ctx *c) {
+    long long limit;
+    const char *after, *purpose, *order;
+    if (qint(c, "limit", 10000, 1, 10000, &limit) || qtoken(c, "after", &after) || qtoken(c, "purpose", &purpose) ||
+        qtoken(c, "order", &order))
+        return;
+    if (order && strcmp(order, "asc") && strcmp(order, "desc")) {
+        fail(c, 400, "invalid_request", "order", "order must be asc or desc");
+        return;
+    }
+    lr_err e = {0};
+    reply(c, store_files_list(c->st, (int)limit, after, private_view(c) ? c->user.name : NULL, purpose,
+                              order && !strcmp(order, "asc"), &e), &e);
+}
+
+static void h_file_content(ctx *c) {
+    store_dataset d;
+    if (visible_dataset(c, c->p[0], &d, NULL)) return;
+    int fd = open(d.path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        if (fd >= 0) close(fd);
+        fail(c, 500, "internal", NULL, "file %s is recorded but its content is missing on the server", d.id);
+        return;
+    }
+    c->rs->status = 200;
+    c->rs->fd = fd;
+    c->rs->fd_size = (uint64_t)st.st_size;
+    c->rs->content_type = strcmp(d.format, "csv") ? "application/jsonl" : "text/csv";
+    snprintf(c->rs->disposition, sizeof c->rs->disposition, "attachment; filename=\"%s\"", d.filename);
+}
+
+typedef struct meta_filter {
+    char key[80], value[520];
+    int n;
+} meta_filter;
+
+static int meta_arg(void *ud, const char *k, const char *v) {
+    meta_filter *m = ud;
+    size_t kl = strlen(k);
+    if (strncmp(k, "metadata[", 9) || kl < 11 || k[kl - 1] != ']') return 0;
+    if (m->n++ == 0) {
+        snprintf(m->key, sizeof m->key, "%.*s", (int)(kl - 10), k + 9);
+        snprintf(m->value, sizeof m->value, "%s", v);
+    }
+    return 0;
+}
+
+static void h_ft_list(ctx *c) {
+    long long limit;
+    const char *after;
+    if (qint(c, "limit", 20, 1, 1000, &limit) || qtoken(c, "after", &after)) return;
+    meta_filter mf = {0};
+    if (c->rq->query_each) c->rq->query_each(c->rq->qctx, meta_arg, &mf);
+    if (mf.n > 1) {
+        fail(c, 400, "invalid_request", "metadata", "filter on one metadata key at a time");
+        return;
+    }
+    lr_err e = {0};
+    const char *user = private_view(c) ? c->user.name : NULL;
+    json_t *l = mf.n ? store_jobs_list_meta(c->st, user, mf.key, mf.value, (int)limit, after, &e)
+                     : store_jobs_list(c->st, NULL, user, NULL, (int)limit, after, &e);
+    if (!l) {
+        fail_err(c, &e);
+        return;
+    }
+    json_t *j;
+    size_t i;
+    json_array_foreach(json_object_get(l, "data"), i, j) relative_paths(c, json_object_get(j, "error"), "message");
+    set_json(c->rs, 200, l);
+}
+
+static void pause_or_resume(ctx *c, int pause) {
+    lr_err e = {0};
+    int running = 0;
+    json_t *j = visible_job(c, c->p[0]);
+    if (!j) return;
+    json_decref(j);
+    if (pause ? store_job_pause(c->st, c->p[0], &c->user, &running, &e) : store_job_resume(c->st, c->p[0], &c->user, &e)) {
+        fail_err(c, &e);
+        return;
+    }
+    if (running || !pause) wake(c);
+    reply(c, store_job_get(c->st, c->p[0], &e), &e);
+}
+
+static void h_job_pause(ctx *c) { pause_or_resume(c, 1); }
+static void h_job_resume(ctx *c) { pause_or_resume(c, 0); }
+
+/* The value of series name at step (exact: only that step; else the last
+ * one at or before it); NULL when none. */
+static json_t *series_at(json_t *mq, const char *name, int64_t step, int exact) {
+    json_t *sr, *best = NULL;
+    size_t i, k;
+    json_array_foreach(json_object_get(mq, "series"), i, sr) {
+        if (strcmp(json_string_value(json_object_get(sr, "name")), name)) continue;
+        json_t *steps = json_object_get(sr, "steps"), *vals = json_object_get(sr, "values");
+        for (k = 0; k < json_array_size(steps); k++) {
+            int64_t s = json_integer_value(json_array_get(steps, k));
+            if (s > step) break;
+            if (!exact || s == step) best = json_array_get(vals, k);
+        }
+    }
+    return json_is_number(best) ? best : NULL;
+}
+
+/* OpenAI's metric names for what lorad logs at a step. */
+static json_t *step_metrics(json_t *mq, int64_t step, int exact_train) {
+    json_t *m = json_object(), *v;
+    if ((v = series_at(mq, "loss", step, exact_train))) json_object_set(m, "train_loss", v);
+    if ((v = series_at(mq, "eval_loss", step, 1))) json_object_set(m, "valid_loss", v);
+    if ((v = series_at(mq, "rewards/accuracy", step, exact_train))) json_object_set(m, "train_mean_reward_accuracy", v);
+    if ((v = series_at(mq, "eval_rewards/accuracy", step, 1))) json_object_set(m, "valid_mean_reward_accuracy", v);
+    return m;
+}
+
+typedef struct timed {
+    json_t *o;
+    double t;
+    int seq;
+} timed;
+
+static int timed_newest_first(const void *a, const void *b) {
+    const timed *x = a, *y = b;
+    if (x->t != y->t) return x->t < y->t ? 1 : -1;
+    return y->seq - x->seq;
+}
+
+/* OpenAI's events: lorad's messages and a metrics event per logged step,
+ * newest first; after = an event id, as OpenAI pages them. */
+static void h_ft_events(ctx *c) {
+    long long limit;
+    const char *after;
+    if (qint(c, "limit", 20, 1, 1000, &limit) || qtoken(c, "after", &after)) return;
+    json_t *job = visible_job(c, c->p[0]), *evs = NULL, *mq = NULL, *data = NULL;
+    timed *all = NULL;
+    if (!job) return;
+    lr_err e = {0};
+    int64_t total = json_integer_value(json_object_get(json_object_get(job, "progress"), "total_steps"));
+    evs = store_events_list(c->st, c->p[0], 0, 100000, &e);
+    mq = evs ? store_metrics_query(c->st, c->p[0], -1, METRIC_NAMES, 0, &e) : NULL;
+    if (!mq) {
+        fail_err(c, &e);
+        goto out;
+    }
+    json_t *loss = NULL, *sr, *ev;
+    size_t i, n = 0;
+    json_array_foreach(json_object_get(mq, "series"), i, sr) if (!strcmp(json_string_value(json_object_get(sr, "name")), "loss")) loss = sr;
+    size_t cap = json_array_size(json_object_get(evs, "data")) + json_array_size(json_object_get(loss, "steps"));
+    all = calloc(cap ? cap : 1, sizeof *all);
+    if (!all) {
+        fail(c, 500, "internal", NULL, "out of memory");
+        goto out;
+    }
+    json_array_foreach(json_object_get(evs, "data"), i, ev) {
+        relative_paths(c, ev, "message");
+        all[n] = (timed){oai_event(ev), json_number_value(json_object_get(ev, "created_at")), (int)n};
+        n++;
+    }
+    json_t *steps = json_object_get(loss, "steps"), *walls = json_object_get(loss, "wall_times");
+    for (i = 0; i < json_array_size(steps); i++) {
+        int64_t st = json_integer_value(json_array_get(steps, i));
+        double t = json_number_value(json_array_get(walls, i));
+        json_t *vals = step_metrics(mq, st, 1);
+        all[n] = (timed){oai_metrics_event(st, total, t, vals), t, (int)n};
+        json_decref(vals);
+        n++;
+    }
+    qsort(all, n, sizeof *all, timed_newest_first);
+    size_t from = 0;
+    if (after) {
+        from = n;
+        for (i = 0; i < n; i++)
+            if (!strcmp(json_string_value(json_object_get(all[i].o, "id")), after)) from = i + 1;
+    }
+    data = json_array();
+    for (i = from; i < n && i < from + (size_t)limit; i++) json_array_append(data, all[i].o);
+    set_json(c->rs, 200, json_pack("{s:s, s:o, s:b}", "object", "list", "data", data, "has_more",
+                                   from + (size_t)limit < n));
+out:
+    for (i = 0; all && i < n; i++) json_decref(all[i].o);
+    free(all);
+    json_decref(mq);
+    json_decref(evs);
+    json_decref(job);
+}
+
+/* ---- chat and text completions ---- */
+
+#define CHAT_MAX_MESSAGES 64
+#define CHAT_MAX_TOKENS 1024
+
+/* A message's content: a string or a list of {type: text, text} parts. */
+static int content_text(json_t *v, lr_buf *b) {
+    if (json_is_string(v)) return lr_buf_add(b, json_string_value(v), json_string_length(v));
+    size_t i;
+    json_t *p;
+    if (!json_is_array(v)) return -1;
+    json_array_foreach(v, i, p) {
+        json_t *t = json_object_get(p, "text");
+        if (!json_is_string(t) || lr_buf_add(b, json_string_value(t), json_string_length(t))) return -1;
+    }
+    return 0;
+}
+
+/* The model of a completion request: a base model (tuned 0), a fine-tuned
+ * model (its job's adapter or full_sft model) or one of its checkpoints. */
+typedef struct gen_model {
+    trained t;
+    char ckpt[1500];
+    int tuned;
+    const char *chat_template, *system_prompt;
+} gen_model;
+
+static int completion_model(ctx *c, const char *name, json_t **job, gen_model *gm) {
+    char jid[64];
+    int64_t step;
+    lr_err e = {0};
+    memset(gm, 0, sizeof *gm);
+    if (!oai_parse_model(name, jid, sizeof jid, &step)) {
+        if (visible_model(c, name, &e) || store_model_dir(c->st, name, gm->t.model_dir, sizeof gm->t.model_dir, &e)) {
+            if (e.code == LR_E_NOTFOUND)
+                fail(c, 404, "model_not_found", "model", "the model '%s' does not exist (GET /v1/models lists base "
+                     "models; a fine-tuned one is ft:...:<job id>)", name);
+            else fail_err(c, &e);
+            return -1;
+        }
+        return 0;
+    }
+    *job = store_job_get(c->st, jid, &e);
+    const char *owner = json_string_value(json_object_get(*job, "user"));
+    char ft[1024];
+    oai_model_name(json_string_value(json_object_get(*job, "model")), owner ? owner : "",
+                   json_string_value(json_object_get(*job, "user_provided_suffix")), jid, ft, sizeof ft);
+    size_t fl = strlen(ft);
+    if (!*job || !can_see(c, "job", jid, owner ? owner : "") || strncmp(name, ft, fl) ||
+        (name[fl] && step < 0)) {
+        fail(c, 404, "model_not_found", "model", "the model '%s' does not exist", name);
+        return -1;
+    }
+    json_t *spec = json_object_get(*job, "spec");
+    gm->chat_template = json_string_value(json_object_get(spec, "chat_template"));
+    gm->system_prompt = json_string_value(json_object_get(spec, "system_prompt"));
+    gm->tuned = 1;
+    snprintf(c->p[0], sizeof c->p[0], "%s", jid);
+    if (step < 0) return trained_ready(c, *job, 0, &gm->t) ? 0 : -1;
+    char done[1600];
+    snprintf(gm->ckpt, sizeof gm->ckpt, "%s/runs/%s/checkpoints/checkpoint-%lld", c->a->env.cfg->data_dir, jid,
+             (long long)step);
+    snprintf(done, sizeof done, "%s/DONE", gm->ckpt);
+    const char *base = json_string_value(json_object_get(*job, "model"));
+    if (access(done, F_OK) || store_model_dir(c->st, base ? base : "", gm->t.model_dir, sizeof gm->t.model_dir, &e)) {
+        fail(c, 404, "model_not_found", "model", "the checkpoint '%s' does not exist (any more)", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* The request's sampling fields into g; others (user, logprobs: false, ...)
+ * are accepted and ignored as OpenAI's optional extras. */
+static int completion_args(ctx *c, json_t *o, runner_gen *g, int *stream, int *usage) {
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v) {
+        double x = 0;
+        int bad = 0;
+        if (json_is_null(v)) continue;
+        if (!strcmp(k, "max_tokens") || !strcmp(k, "max_completion_tokens"))
+            bad = body_number(c, v, k, 1, CHAT_MAX_TOKENS, 1, &x), g->max_new_tokens = (int)x;
+        else if (!strcmp(k, "temperature")) bad = body_number(c, v, k, 0, 2, 0, &g->temperature);
+        else if (!strcmp(k, "top_p")) {
+            bad = body_number(c, v, k, 0, 1, 0, &g->top_p);
+            if (!bad && g->top_p <= 0) bad = 1, fail(c, 400, "invalid_request", k, "top_p must be in (0, 1]");
+        } else if (!strcmp(k, "seed")) bad = body_number(c, v, k, 0, 9007199254740992.0, 1, &x), g->seed = (long long)x;
+        else if (!strcmp(k, "stop")) bad = body_stops(c, v, g);
+        else if (!strcmp(k, "n")) {
+            bad = body_number(c, v, k, 1, 1, 1, &x);
+        } else if (!strcmp(k, "stream")) {
+            if (!json_is_boolean(v)) bad = 1, fail(c, 400, "invalid_request", k, "stream must be true or false");
+            *stream = json_is_true(v);
+        } else if (!strcmp(k, "stream_options")) {
+            *usage = json_is_true(json_object_get(v, "include_usage"));
+        }
+        if (bad) return -1;
+    }
+    return 0;
+}
+
+/* A conversation that is more than [system..., user] goes to lora-worker
+ * as a one-row JSONL file (its --prompts). */
+static int write_messages(ctx *c, json_t *msgs, char *path, size_t cap, lr_err *e) {
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/tmp", c->a->env.cfg->data_dir);
+    if (lr_mkdirs(dir, e)) return -1;
+    if (snprintf(path, cap, "%s/chat-XXXXXX.jsonl", dir) >= (int)cap)
+        return lr_errp(e, LR_E_INVALID, NULL, "data directory path too long");
+    int fd = mkstemps(path, 6);
+    if (fd < 0) return lr_errp(e, LR_E_IO, NULL, "cannot create a temporary file: %s", strerror(errno));
+    json_t *row = json_pack("{s:O}", "messages", msgs);
+    char *txt = row ? jsonfmt_dumps(row, JSON_COMPACT) : NULL;
+    json_decref(row);
+    size_t n = txt ? strlen(txt) : 0;
+    int bad = !txt || write(fd, txt, n) != (ssize_t)n || write(fd, "\n", 1) != 1;
+    free(txt);
+    close(fd);
+    if (bad) {
+        unlink(path);
+        path[0] = 0;
+        return lr_errp(e, LR_E_IO, NULL, "cannot write the conversation for lora-worker");
+    }
+    return 0;
+}
+
+static void completion(ctx *c, int chat) {
+    json_t *o = body_object(c), *job = NULL, *out = NULL, *msgs = NULL;
+    lr_buf user, sys;
+    lr_buf_init(&user, GEN_MAX_PROMPT + 1);
+    lr_buf_init(&sys, GEN_MAX_SYSTEM + 1);
+    char prompts[1200] = "";
+    lr_err e = {0};
+    if (!o) goto out;
+    const char *model;
+    if (body_string(c, json_object_get(o, "model"), "model", 512, 0, &model)) goto out;
+    runner_gen g = {.max_new_tokens = 256, .temperature = 1.0, .top_p = 1.0};
+    int stream = 0, usage = 0;
+    if (completion_args(c, o, &g, &stream, &usage)) goto out;
+    if (chat) {
+        json_t *in = json_object_get(o, "messages"), *m;
+        size_t i, n = json_array_size(in), last_user = (size_t)-1;
+        if (!json_is_array(in) || !n || n > CHAT_MAX_MESSAGES) {
+            fail(c, 400, "invalid_request", "messages", "messages must be a list of 1..%d messages", CHAT_MAX_MESSAGES);
+            goto out;
+        }
+        msgs = json_array();
+        int simple = 1;
+        json_array_foreach(in, i, m) {
+            const char *role = json_string_value(json_object_get(m, "role"));
+            char param[48];
+            snprintf(param, sizeof param, "messages[%zu]", i);
+            int is_sys = role && (!strcmp(role, "system") || !strcmp(role, "developer"));
+            if (!role || (!is_sys && strcmp(role, "user") && strcmp(role, "assistant"))) {
+                fail(c, 400, "invalid_request", param, "%s.role must be system, developer, user or assistant", param);
+                goto out;
+            }
+            lr_buf b;
+            lr_buf_init(&b, GEN_MAX_PROMPT + 1);
+            if (content_text(json_object_get(m, "content"), &b) || lr_buf_add(&b, "", 1)) {
+                lr_buf_free(&b);
+                fail(c, 400, "invalid_request", param, "%s.content must be text (a string or text parts) of at most "
+                     "%d bytes", param, GEN_MAX_PROMPT);
+                goto out;
+            }
+            int long_ = 0;
+            if (is_sys) long_ = (sys.len && lr_buf_adds(&sys, "\n")) || lr_buf_adds(&sys, b.data);
+            else if (!strcmp(role, "user")) {
+                last_user = i;
+                user.len = 0;
+                long_ = lr_buf_adds(&user, b.data);
+            }
+            if (long_) {
+                lr_buf_free(&b);
+                fail(c, 400, "invalid_request", param, "the system text or the last user message is over %d bytes",
+                     GEN_MAX_PROMPT);
+                goto out;
+            }
+            simple &= is_sys || (!strcmp(role, "user") && i == n - 1);
+            json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", is_sys ? "system" : role, "content", b.data));
+            lr_buf_free(&b);
+        }
+        if (last_user != n - 1) {
+            fail(c, 400, "invalid_request", "messages", "the last message must be the user's, to be answered");
+            goto out;
+        }
+        if (!simple && write_messages(c, msgs, prompts, sizeof prompts, &e)) {
+            fail_err(c, &e);
+            goto out;
+        }
+        if (lr_buf_add(&user, "", 1) || lr_buf_add(&sys, "", 1)) {
+            fail(c, 400, "invalid_request", "messages", "the conversation is too long");
+            goto out;
+        }
+        g.prompt = user.data;
+        g.system = sys.len > 1 ? sys.data : NULL;
+        if (prompts[0]) g.prompts_file = prompts, g.system = NULL;
+    } else {
+        json_t *p = json_object_get(o, "prompt");
+        if (json_is_array(p) && json_array_size(p) == 1) p = json_array_get(p, 0);
+        if (body_string(c, p, "prompt", GEN_MAX_PROMPT, 0, &g.prompt)) goto out;
+    }
+    gen_model gm;
+    if (completion_model(c, model, &job, &gm) || !runner_ready(c)) goto out;
+    g.model_dir = gm.t.model_dir;
+    if (gm.ckpt[0]) g.adapter_dir = gm.ckpt;
+    else if (gm.t.full) g.tuned_model_dir = gm.t.run_dir;
+    else g.adapter_dir = gm.t.run_dir;
+    /* a completion continues the text as is; a chat renders the model's template */
+    g.chat_template = chat ? (gm.chat_template ? gm.chat_template : "auto") : "plain";
+    if (chat && !g.system && !g.prompts_file && gm.system_prompt && *gm.system_prompt) g.system = gm.system_prompt;
+    if (runner_generate_one(c->a->env.runner, &g, gm.tuned, &out, &e)) {
+        path_to_name(e.msg, sizeof e.msg, c->a->env.cfg->data_dir, "<data_dir>");
+        if (e.code == LR_E_BUSY) {
+            fail(c, 429, "rate_limit_exceeded", NULL, "%s (max_generations)", e.msg);
+            c->rs->retry_after = 1;
+        } else if (e.code == LR_E_TIMEOUT) fail(c, 504, "timeout", NULL, "%s", e.msg);
+        else if (e.code == LR_E_INVALID) fail(c, 400, "invalid_request", chat ? "messages" : "prompt", "%s", e.msg);
+        else fail(c, 500, "generation_failed", NULL, "%s", e.msg);
+        goto out;
+    }
+    char id[48];
+    store_new_id(chat ? "chatcmpl" : "cmpl", id, sizeof id);
+    int64_t now = (int64_t)time(NULL);
+    if (stream) {
+        size_t len = 0;
+        char *body = oai_sse(chat, id, model, now, out, usage, 16, &len);
+        if (!body) {
+            fail(c, 500, "internal", NULL, "out of memory");
+            goto out;
+        }
+        free(c->rs->body);
+        c->rs->status = 200;
+        c->rs->content_type = "text/event-stream";
+        c->rs->body = body;
+        c->rs->body_len = len;
+    } else {
+        set_json(c->rs, 200, oai_completion(chat, id, model, now, out));
+    }
+out:
+    if (prompts[0]) unlink(prompts);
+    lr_buf_free(&user);
+    lr_buf_free(&sys);
+    json_decref(msgs);
+    json_decref(out);
+    json_decref(job);
+    json_decref(o);
+}
+
+static void h_chat_completions(ctx *c) { completion(c, 1); }
+static void h_completions(ctx *c) { completion(c, 0); }
 
 /* ---- static files ---- */
 
