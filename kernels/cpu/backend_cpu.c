@@ -102,15 +102,14 @@ static void gemm(int nt, int ta, int tb, int M, int N, int K, float alpha, const
     }
 }
 
-/* ---- vectorized elementwise loops (vmath.h) ----
+/* ---- vectorized loops (vmath.h) ----
  * The activations run in blocks: an OpenMP loop over blocks, each block a
- * KV_CLONES function with an `omp simd` loop (an OpenMP-outlined body would
- * not get the clones). The softmaxes of attention and the LM head use
- * kv_expf_d, libm's expf to the bit but for rare 1-ulp cases: the DPO
- * reward margins the oracle checks to 1e-5 come out of those log-sum-exps,
- * and kv_expf's 2 ulp moved them by 1.4e-5. */
+ * KV_CLONES function of `omp simd` loops (an OpenMP-outlined body would not
+ * get the clones). Exponentials are computed ROW_TMP at a time into a stack
+ * array: clamp in one loop, exp in the next (see vmath.h). */
 
 #define EW_BLOCK 4096
+#define ROW_TMP 256
 
 typedef struct ew_args {
     float *o1, *o2;
@@ -125,6 +124,14 @@ static void ew_run(int nt, size_t n, ew_fn fn, const ew_args *a) {
         size_t s = b * EW_BLOCK;
         fn(a, s, n - s < EW_BLOCK ? n - s : EW_BLOCK);
     }
+}
+
+/* e[j] = exp(arg[j]) in double for j < m <= ROW_TMP; arg is clamped in place */
+static inline void exp_d(double *e, float *arg, int m) {
+#pragma omp simd
+    for (int j = 0; j < m; j++) arg[j] = kv_exp_clamp(arg[j]);
+#pragma omp simd
+    for (int j = 0; j < m; j++) e[j] = kv_exp_d(arg[j]);
 }
 
 /* Softmax rows, one thread each. Max and scaling are exact in any order;
@@ -149,22 +156,22 @@ static inline double sum_d(const float *x, int n) {
     for (int k = 0; k < 8; k++) s += acc[k];
     return s;
 }
-#define ROW_TMP 256
-/* dst[j] = exp(x[j] - sub), dst may be x; returns the sum in double */
+/* dst[j] = expf(x[j] - sub), dst may be x; returns the sum in double */
 KV_CLONES static double row_exp(float *dst, const float *x, int n, float sub) {
     float t[ROW_TMP];
-    double sum = 0;
+    double e[ROW_TMP], sum = 0;
     for (int j0 = 0; j0 < n; j0 += ROW_TMP) {
         int m = n - j0 < ROW_TMP ? n - j0 : ROW_TMP;
 #pragma omp simd
-        for (int j = 0; j < m; j++) t[j] = kv_exp_clamp(x[j0 + j] - sub);
+        for (int j = 0; j < m; j++) t[j] = x[j0 + j] - sub;
+        exp_d(e, t, m);
 #pragma omp simd
-        for (int j = 0; j < m; j++) dst[j0 + j] = kv_expf_d(t[j]);
+        for (int j = 0; j < m; j++) dst[j0 + j] = (float)e[j];
         sum += sum_d(dst + j0, m);
     }
     return sum;
 }
-/* the sum of exp(x[j] - sub), x untouched */
+/* the sum of expf(x[j] - sub), x untouched */
 static double row_sumexp(const float *x, int n, float sub) {
     float t[ROW_TMP];
     double sum = 0;
@@ -470,51 +477,76 @@ static void cpu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const 
 
 /* ---- MLP activations ---- */
 
-/* elem.h's SwiGLU and tanh-GELU formulas, term for term, with vmath's exp
- * and tanh in place of libm's (the erf GELU keeps libm's erff). */
-static inline float v_sigmoid(float x) { return 1.0f / (1.0f + kv_expf(-x)); }
-static inline float v_silu(float x) { return x * v_sigmoid(x); }
-static inline float v_silu_grad(float x) {
-    float s = v_sigmoid(x);
-    return s * (1.0f + x * (1.0f - s));
-}
-static inline float v_gelu_tanh(float x) {
-    float u = LR_GELU_K * (x + 0.044715f * x * x * x);
-    return 0.5f * x * (1.0f + kv_tanhf(u));
-}
-static inline float v_gelu_tanh_grad(float x) {
-    float u = LR_GELU_K * (x + 0.044715f * x * x * x);
-    float t = kv_tanhf(u);
-    float du = LR_GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
-    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
-}
+/* elem.h's SwiGLU and tanh-GELU formulas term for term, with expf from
+ * kv_exp_d and tanh(u) = 1 - 2 / (exp(2u) + 1) in double (the erf GELU
+ * keeps libm's erff). e[] holds exp(-g) (sigmoid) or exp(2u) (tanh). */
+static inline float v_sigmoid(double e) { return 1.0f / (1.0f + (float)e); }
+static inline float v_tanh(double e) { return (float)(1.0 - 2.0 / (e + 1.0)); }
+static inline float v_gelu_u(float x) { return LR_GELU_K * (x + 0.044715f * x * x * x); }
 
 KV_CLONES static void swiglu_fwd_blk(const ew_args *a, size_t s, size_t len) {
-    float *h = a->o1 + s;
-    const float *g = a->i1 + s, *u = a->i2 + s;
+    float t[ROW_TMP];
+    double e[ROW_TMP];
+    for (size_t j0 = 0; j0 < len; j0 += ROW_TMP) {
+        int m = len - j0 < ROW_TMP ? (int)(len - j0) : ROW_TMP;
+        float *h = a->o1 + s + j0;
+        const float *g = a->i1 + s + j0, *u = a->i2 + s + j0;
 #pragma omp simd
-    for (size_t i = 0; i < len; i++) h[i] = v_silu(g[i]) * u[i];
+        for (int j = 0; j < m; j++) t[j] = -g[j];
+        exp_d(e, t, m);
+#pragma omp simd
+        for (int j = 0; j < m; j++) h[j] = g[j] * v_sigmoid(e[j]) * u[j];
+    }
 }
 KV_CLONES static void swiglu_bwd_blk(const ew_args *a, size_t s, size_t len) {
-    float *dg = a->o1 + s, *du = a->o2 + s;
-    const float *dh = a->i1 + s, *g = a->i2 + s, *u = a->i3 + s;
+    float t[ROW_TMP];
+    double e[ROW_TMP];
+    for (size_t j0 = 0; j0 < len; j0 += ROW_TMP) {
+        int m = len - j0 < ROW_TMP ? (int)(len - j0) : ROW_TMP;
+        float *dg = a->o1 + s + j0, *du = a->o2 + s + j0;
+        const float *dh = a->i1 + s + j0, *g = a->i2 + s + j0, *u = a->i3 + s + j0;
 #pragma omp simd
-    for (size_t i = 0; i < len; i++) {
-        dg[i] = dh[i] * u[i] * v_silu_grad(g[i]);
-        du[i] = dh[i] * v_silu(g[i]);
+        for (int j = 0; j < m; j++) t[j] = -g[j];
+        exp_d(e, t, m);
+#pragma omp simd
+        for (int j = 0; j < m; j++) {
+            float sg = v_sigmoid(e[j]);
+            dg[j] = dh[j] * u[j] * (sg * (1.0f + g[j] * (1.0f - sg)));
+            du[j] = dh[j] * (g[j] * sg);
+        }
     }
 }
 KV_CLONES static void gelu_fwd_blk(const ew_args *a, size_t s, size_t len) {
-    float *y = a->o1 + s;
-    const float *x = a->i1 + s;
+    float t[ROW_TMP];
+    double e[ROW_TMP];
+    for (size_t j0 = 0; j0 < len; j0 += ROW_TMP) {
+        int m = len - j0 < ROW_TMP ? (int)(len - j0) : ROW_TMP;
+        float *y = a->o1 + s + j0;
+        const float *x = a->i1 + s + j0;
 #pragma omp simd
-    for (size_t i = 0; i < len; i++) y[i] = v_gelu_tanh(x[i]);
+        for (int j = 0; j < m; j++) t[j] = 2.0f * v_gelu_u(x[j]);
+        exp_d(e, t, m);
+#pragma omp simd
+        for (int j = 0; j < m; j++) y[j] = 0.5f * x[j] * (1.0f + v_tanh(e[j]));
+    }
 }
 KV_CLONES static void gelu_bwd_blk(const ew_args *a, size_t s, size_t len) {
-    float *dx = a->o1 + s;
-    const float *dy = a->i1 + s, *x = a->i2 + s;
+    float t[ROW_TMP];
+    double e[ROW_TMP];
+    for (size_t j0 = 0; j0 < len; j0 += ROW_TMP) {
+        int m = len - j0 < ROW_TMP ? (int)(len - j0) : ROW_TMP;
+        float *dx = a->o1 + s + j0;
+        const float *dy = a->i1 + s + j0, *x = a->i2 + s + j0;
 #pragma omp simd
-    for (size_t i = 0; i < len; i++) dx[i] = dy[i] * v_gelu_tanh_grad(x[i]);
+        for (int j = 0; j < m; j++) t[j] = 2.0f * v_gelu_u(x[j]);
+        exp_d(e, t, m);
+#pragma omp simd
+        for (int j = 0; j < m; j++) {
+            float th = v_tanh(e[j]), xj = x[j];
+            float du = LR_GELU_K * (1.0f + 3.0f * 0.044715f * xj * xj);
+            dx[j] = dy[j] * (0.5f * (1.0f + th) + 0.5f * xj * (1.0f - th * th) * du);
+        }
+    }
 }
 
 static void cpu_swiglu_fwd(kb_backend *be, float *h, const float *g, const float *u, size_t n) {
