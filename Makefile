@@ -43,7 +43,15 @@ ifneq ($(SAN),)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS  += -fsanitize=address,undefined
 endif
-LDLIBS   += -lopenblas -lpcre2-8 -lutf8proc -ljansson -lyaml -lmicrohttpd -lsqlite3 -luv -lcurl -lm -lpthread
+LDLIBS   += -lopenblas -lpcre2-8 -lutf8proc -ljansson -lyaml -lmicrohttpd -lsqlite3 -luv -lcurl -lgnutls -lm -lpthread
+
+# OpenMPI (mk/deps.sh installs it) runs one job as several lora-worker ranks
+# (worker/dist.c); a build without it trains as one process only.
+MPICC    := $(shell command -v mpicc 2>/dev/null)
+ifneq ($(MPICC),)
+CPPFLAGS += -DLR_HAVE_MPI $(shell $(MPICC) --showme:compile)
+LDLIBS   += $(shell $(MPICC) --showme:link)
+endif
 
 ifneq ($(NVCC),)
 CUDA_HOME  := $(patsubst %/bin/nvcc,%,$(NVCC))
@@ -53,6 +61,11 @@ NVCCFLAGS  ?= -O3 -std=c++17 -I. -DLR_HAVE_CUDA --compiler-options -Wall,-Wextra
               -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
               --expt-relaxed-constexpr -Xcudafe --display_error_number
 CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+# NCCL sums the gradients of ranks on GPUs; MPI starts the ranks and carries its id
+ifneq ($(and $(MPICC),$(wildcard $(CUDA_HOME)/include/nccl.h)),)
+CPPFLAGS   += -DLR_HAVE_NCCL
+CUDA_LIBS  += -lnccl
+endif
 else
 CUDA_SRC   :=
 CUDA_LIBS  :=

@@ -15,6 +15,7 @@
 #include "common/buf.h"
 #include "proto/jobspec.h"
 #include "worker/commands.h"
+#include "worker/dist.h"
 #include "worker/train.h"
 
 static volatile sig_atomic_t run_interrupted;
@@ -98,6 +99,10 @@ static void usage(FILE *f) {
             "  --threads N       CPU threads (default: all cores)\n"
             "  --resume          continue from the newest checkpoint in the run directory\n"
             "  --quiet           no progress lines\n"
+            "Started by mpirun (or srun) as N processes, it is one rank of a data-parallel run:\n"
+            "every rank trains its share of each step's micro-batches (the steps are those of\n"
+            "one process), rank 0 prints and writes the run directory, e.g.\n"
+            "  mpirun -np 2 lora-worker run --config job.yaml --threads 4\n"
             "Outputs: adapter_model.safetensors, adapter_config.json (method full_sft: model.safetensors,\n"
             "config.json and the tokenizer files instead; method eval: eval_results.jsonl,\n"
             "eval_summary.json), train_log.csv, train_log.json, time_metrics.json, checkpoints/.\n"
@@ -144,6 +149,9 @@ int cmd_run(int argc, char **argv) {
     json_t *doc = NULL;
     jobspec spec;
     int rc = 2;
+    dist *d = NULL;
+    if (dist_init(&d, &err)) goto done;
+    if (dist_rank(d)) quiet = 1; /* rank 0 speaks for the run */
     if (lr_read_file(config, JOBSPEC_MAX_TEXT, &text, &len, &err) || jobspec_parse_text(text, len, &doc, &err))
         goto done;
     for (int i = 0; i < nsets; i++)
@@ -189,14 +197,12 @@ int cmd_run(int argc, char **argv) {
     run_ui ui = {.t0 = mono(), .quiet = quiet};
     train_hooks hooks = {.ud = &ui, .metric = ui_metric, .event = ui_event, .checkpoint = ui_checkpoint,
                          .progress = ui_progress, .cancelled = ui_cancelled};
-    train_opts to = {backend, threads, resume};
+    train_opts to = {backend, threads, resume, d};
     signal(SIGINT, on_sigint);
     train_outcome oc;
     if (!quiet) printf("run directory: %s\n", rundir);
     if (train_run(&spec, &paths, &to, &hooks, &oc, &err)) {
-        fprintf(stderr, "lora-worker run: %s\n", err.msg);
         rc = 2;
-        err.msg[0] = 0;
         goto done;
     }
     if (!quiet) {
@@ -209,7 +215,13 @@ int cmd_run(int argc, char **argv) {
     }
     rc = oc == TRAIN_CANCELLED ? 130 : 0;
 done:
-    if (rc && err.msg[0]) fprintf(stderr, "lora-worker run: %s\n", err.msg);
+    if (rc && err.msg[0]) {
+        if (dist_size(d) > 1) fprintf(stderr, "lora-worker run (rank %d): %s\n", dist_rank(d), err.msg);
+        else fprintf(stderr, "lora-worker run: %s\n", err.msg);
+    }
+    /* a failed rank leaves without MPI_Finalize, so mpirun ends the others
+     * instead of their waiting for it in the next exchange */
+    if (rc == 0 || rc == 130) dist_finalize(d);
     json_decref(doc);
     free(text);
     return rc;

@@ -35,9 +35,16 @@
  * hyperparameters.activation_checkpointing recomputes each layer's
  * activations in the backward (model_set_recompute); auto turns it on for
  * max_seq_len >= 2048.
- * Every random draw derives from (seed, step) or (seed, epoch), never from
- * how many draws came before, so a run resumed from a checkpoint continues
- * bit for bit. */
+ * Every random draw derives from (seed, step), (seed, step, micro-batch) or
+ * (seed, epoch), never from how many draws came before, so a run resumed
+ * from a checkpoint continues bit for bit, on any number of ranks.
+ * Data-parallel ranks (train.h, worker/dist.h) all load every micro-batch
+ * of a step (the loader is cheap and deterministic, so the data position
+ * is the same everywhere and a checkpoint does not depend on the rank
+ * count) and each trains micro-batches k = rank, rank + size, ...; the
+ * per-micro-batch loss terms are summed in k order after the exchange, so
+ * the logged losses are the single process's to the bit, and the gradients
+ * are its sum up to float rounding order. */
 #include "worker/train.h"
 
 #include <inttypes.h>
@@ -54,6 +61,7 @@
 #include "worker/chat.h"
 #include "worker/ckpt.h"
 #include "worker/data.h"
+#include "worker/dist.h"
 #include "worker/evaljob.h"
 #include "worker/model.h"
 #include "worker/tok.h"
@@ -61,6 +69,7 @@
 #define LOG_MAX_ROWS 1000000
 
 #define LOG_EXTRA 4 /* method-specific columns, named by extra_names() */
+#define MB_STATS (1 + LOG_EXTRA) /* per micro-batch: loss term, extra terms */
 
 typedef struct log_row {
     int64_t step;
@@ -84,6 +93,9 @@ typedef struct trainer {
     data_set ds;
     data_loader tl;
     data_batch *mb; /* grad_accum micro-batches of the current step */
+    double *mbst;   /* [grad_accum][MB_STATS]: each micro-batch's sums, exchanged between ranks */
+    dist *d;        /* NULL: one process */
+    int rank, size;
     model *m;
     float *adam_m, *adam_v;
     size_t numel;
@@ -119,9 +131,13 @@ static void ev(trainer *T, const char *level, const char *fmt, ...) {
 
 static void data_warn(void *ud, const char *msg) { ev(ud, "warning", "%s", msg); }
 
-/* TRAIN_GO, TRAIN_CANCEL or TRAIN_SUSPEND (train.h). */
-static int stop_asked(const trainer *T) {
-    return T->hooks && T->hooks->cancelled ? T->hooks->cancelled(T->hooks->ud) : TRAIN_GO;
+/* TRAIN_GO, TRAIN_CANCEL or TRAIN_SUSPEND (train.h). With ranks this is a
+ * collective: every rank stops where rank 0 (the one lorad talks to) does. */
+static int stop_asked(trainer *T) {
+    int how = T->hooks && T->hooks->cancelled ? T->hooks->cancelled(T->hooks->ud) : TRAIN_GO;
+    lr_err e = {0};
+    if (T->size > 1 && dist_bcast(T->d, &how, sizeof how, &e)) how = TRAIN_CANCEL;
+    return how;
 }
 
 static void metric(trainer *T, const char *name, double v) {
@@ -215,6 +231,7 @@ static int log_add(trainer *T, log_row r, lr_err *err) {
 static json_t *num_or_null(double v) { return isnan(v) ? json_null() : json_real(v); }
 
 static int log_write(trainer *T, lr_err *err) {
+    if (T->rank) return 0; /* rank 0 writes run_dir */
     lr_buf csv;
     lr_buf_init(&csv, (size_t)1 << 30);
     json_t *arr = json_array();
@@ -357,36 +374,51 @@ static int evaluate(trainer *T, double *out, lr_err *err) {
     if (data_loader_init(&vl, &T->ds, DATA_VAL, T->spec->hp.batch_size, 0, T->spec->hp.max_seq_len,
                          T->spec->hp.seed, err))
         return -1;
-    double sum = 0;
-    int64_t n = 0;
+    /* per batch: loss sum, count, accurate pairs; batch i on rank i % size,
+     * summed in batch order after the exchange (the single process's sums) */
+    double *v = NULL, sum = 0, n = 0, acc = 0;
+    size_t nb = 0, cap = 0;
     int rc = 0, got;
     model_set_train(T->m, 0, 0);
-    double acc = 0;
     while ((got = data_next(&vl, &b, err)) == 1) {
-        double s;
-        int64_t c;
         /* a suspend waits for the eval: the step it belongs to must end whole */
         if (stop_asked(T) == TRAIN_CANCEL) {
             rc = 1;
             break;
         }
+        if (nb == cap) {
+            size_t nc = cap ? 2 * cap : 64;
+            double *p = realloc(v, nc * 3 * sizeof *p);
+            if (!p) {
+                rc = lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+                break;
+            }
+            v = p, cap = nc;
+        }
+        double *r = v + 3 * nb;
+        r[0] = r[1] = r[2] = 0;
+        if ((int64_t)(nb++ % (size_t)T->size) != T->rank) continue;
+        int64_t c;
         if (dpo) {
             model_dpo_out o;
             if ((rc = model_dpo(T->m, b.ids, b.labels, b.n_examples, b.T, (float)T->spec->method.beta, dpo_ref(T), 0,
                                 0.0f, &o, err)))
                 break;
-            s = o.loss_sum, c = o.pairs, acc += o.accurate;
-        } else if ((rc = model_loss(T->m, b.ids, b.labels, b.rows, b.T, &s, &c, err))) {
+            r[0] = o.loss_sum, r[1] = (double)o.pairs, r[2] = o.accurate;
+        } else if ((rc = model_loss(T->m, b.ids, b.labels, b.rows, b.T, &r[0], &c, err))) {
             break;
+        } else {
+            r[1] = (double)c;
         }
-        sum += s;
-        n += c;
     }
     if (got < 0) rc = -1;
+    if (!rc && dist_allreduce_f64(T->d, v, 3 * nb, err)) rc = -1;
+    for (size_t i = 0; !rc && i < nb; i++) sum += v[3 * i], n += v[3 * i + 1], acc += v[3 * i + 2];
+    free(v);
     data_batch_free(&b);
     data_loader_free(&vl);
-    if (!rc && n > 0) *out = sum / (double)n;
-    if (!rc && n > 0 && dpo) metric(T, "eval_rewards/accuracy", acc / (double)n);
+    if (!rc && n > 0) *out = sum / n;
+    if (!rc && n > 0 && dpo) metric(T, "eval_rewards/accuracy", acc / n);
     return rc;
 }
 
@@ -426,6 +458,7 @@ static int write_adapter(void *ud, const char *dir, lr_err *err) {
 }
 
 static int write_result(trainer *T, lr_err *err) {
+    if (T->rank) return 0;
     if (model_is_full(T->m)) return model_full_save(T->m, T->paths->model_dir, T->paths->run_dir, 0, err);
     return model_lora_save(T->m, T->paths->run_dir, err);
 }
@@ -443,6 +476,11 @@ static int host_moments(trainer *T, ckpt_tensor ex[2], lr_err *err) {
 }
 
 static int save_checkpoint(trainer *T, lr_err *err) {
+    if (T->rank) {
+        /* rank 0 writes it; the others know where a suspend stands */
+        T->saved_step = T->step;
+        return 0;
+    }
     char cdir[4200];
     ckpt_tensor ex[2];
     if (host_moments(T, ex, err)) return -1;
@@ -513,6 +551,7 @@ static int plateau(trainer *T, double v) {
 }
 
 static int write_time_metrics(trainer *T, lr_err *err) {
+    if (T->rank) return 0;
     double end = now_s();
     double train_s = end - T->t_train_start;
     json_t *o = json_pack("{s:f,s:f,s:f,s:I,s:f,s:f,s:I}", "setup_seconds", T->t_setup - T->t_start,
@@ -544,7 +583,15 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
         return lr_errp(err, LR_E_INVALID, "method.reference_adapter", "reference adapter '%s' was not resolved to a directory",
                        s->method.reference_adapter);
     if (lr_mkdirs(T->paths->run_dir, err)) return -1;
-    if (kb_create(opts->backend ? opts->backend : "cpu", opts->threads, &T->be, err)) return -1;
+    const char *bn = opts->backend ? opts->backend : "cpu";
+    char bname[64];
+    if (T->size > 1 && !strncmp(bn, "cuda", 4)) {
+        /* one GPU per rank on each host */
+        snprintf(bname, sizeof bname, "cuda:%d", (bn[4] == ':' ? atoi(bn + 5) : 0) + dist_local_rank(T->d));
+        bn = bname;
+    }
+    if (kb_create(bn, opts->threads, &T->be, err)) return -1;
+    if (dist_attach(T->d, T->be, err)) return -1;
     if (mt == METHOD_KL_SFT && !T->be->lmhead_ce_kl)
         return lr_errp(err, LR_E_INVALID, "method.type", "kl_sft is not implemented by the %s backend yet", T->be->name);
     if (tok_load(T->paths->model_dir, &T->tk, err)) return lr_err_prefix(err, "model tokenizer: ");
@@ -572,9 +619,11 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
                          s->hp.seed, err))
         return -1;
     T->mb = calloc((size_t)s->hp.grad_accum, sizeof *T->mb);
-    if (!T->mb) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    T->mbst = calloc((size_t)s->hp.grad_accum * MB_STATS, sizeof *T->mbst);
+    if (!T->mb || !T->mbst) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
 
-    if (model_load(T->paths->model_dir, T->be, &T->m, err)) return -1;
+    model_quant mq = {(kq_type)s->lora.quantize, s->lora.double_quant};
+    if (model_load_quant(T->paths->model_dir, T->be, &mq, &T->m, err)) return -1;
     if (stop_asked(T)) return 1;
     model_lora_cfg lc = {0};
     lc.r = s->lora.r;
@@ -613,6 +662,14 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
     return 0;
 }
 
+/* The dropout masks of micro-batch k of the current step come from (seed,
+ * step, k): the same whichever rank trains it. */
+static uint64_t mb_seed(const trainer *T, int k) {
+    uint64_t x = T->spec->hp.seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(T->step + 1));
+    x ^= 0xd1b54a32d192ed03ULL * (uint64_t)(k + 1);
+    return lr_splitmix64(&x);
+}
+
 /* extra[] gets the method's values of the step (extra_names order).
  * Returns TRAIN_CANCEL or TRAIN_SUSPEND when that was asked between
  * micro-batches: the step is abandoned (no update; the data position is
@@ -623,59 +680,75 @@ static int step_once(trainer *T, double *loss, double *gnorm, double *lr, int64_
     int n;
     data_pos start = data_tell(&T->tl);
     if (next_step_batches(T, &n, err)) return -1;
-    int64_t targets = 0, pairs = 0;
-    *tokens = 0;
-    for (int k = 0; k < n; k++) {
-        targets += T->mb[k].n_targets;
-        pairs += T->mb[k].n_examples;
-        *tokens += T->mb[k].n_tokens;
+    /* the step's counts scale every rank's gradients (HF's token averaging
+     * over the whole step): each rank counts its micro-batches, then the sum */
+    int64_t cnt[3] = {0, 0, 0}; /* trained tokens, pairs, tokens */
+    for (int k = T->rank; k < n; k += T->size) {
+        cnt[0] += T->mb[k].n_targets;
+        cnt[1] += T->mb[k].n_examples;
+        cnt[2] += T->mb[k].n_tokens;
     }
+    if (dist_allreduce_i64(T->d, cnt, 3, err)) return -1;
+    int64_t targets = cnt[0], pairs = cnt[1];
+    *tokens = cnt[2];
     model_zero_grad(T->m);
-    /* dropout masks from (seed, step): independent of what ran before */
-    uint64_t x = s->hp.seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(T->step + 1));
-    model_set_train(T->m, 1, lr_splitmix64(&x));
-    double sum = 0, xs[LOG_EXTRA] = {0};
+    memset(T->mbst, 0, (size_t)n * MB_STATS * sizeof *T->mbst);
     float scale = targets > 0 ? 1.0f / (float)targets : 0.0f;
     double coef = s->method.kl_lambda * s->method.kl_tau * s->method.kl_tau;
-    for (int k = 0; k < n; k++) {
-        const data_batch *b = &T->mb[k];
-        double ls, kl;
-        int64_t c;
-        model_dpo_out o;
-        int how = k > 0 ? stop_asked(T) : TRAIN_GO;
+    /* round j trains micro-batch j * size + rank on each rank; a stop is
+     * asked between rounds (between micro-batches for one process) */
+    int rounds = (n + T->size - 1) / T->size;
+    for (int j = 0; j < rounds; j++) {
+        int how = j > 0 ? stop_asked(T) : TRAIN_GO;
         if (how != TRAIN_GO) {
             data_seek(&T->tl, start);
             return how;
         }
+        int k = j * T->size + T->rank;
+        if (k >= n) continue;
+        const data_batch *b = &T->mb[k];
+        double *r = T->mbst + (size_t)k * MB_STATS, ls, kl;
+        int64_t c;
+        model_dpo_out o;
+        model_set_train(T->m, 1, mb_seed(T, k));
         switch (s->method.type) {
         case METHOD_KL_SFT:
             if (model_fwd_bwd_kl(T->m, b->ids, b->labels, b->rows, b->T, (float)s->method.kl_lambda,
                                  (float)s->method.kl_tau, scale, &ls, &kl, &c, err))
                 return -1;
-            sum += ls + coef * kl;
-            xs[0] += ls;
-            xs[1] += kl;
+            r[0] = ls + coef * kl;
+            r[1] = ls;
+            r[2] = kl;
             break;
         case METHOD_DPO:
             if (model_dpo(T->m, b->ids, b->labels, b->n_examples, b->T, (float)s->method.beta, dpo_ref(T), 1,
                           1.0f / (float)pairs, &o, err))
                 return -1;
-            sum += o.loss_sum;
-            xs[0] += o.accurate;
-            xs[1] += o.chosen_reward_sum - o.rejected_reward_sum;
-            xs[2] += o.chosen_reward_sum;
-            xs[3] += o.rejected_reward_sum;
+            r[0] = o.loss_sum;
+            r[1] = o.accurate;
+            r[2] = o.chosen_reward_sum - o.rejected_reward_sum;
+            r[3] = o.chosen_reward_sum;
+            r[4] = o.rejected_reward_sum;
             break;
         default:
             if (model_fwd_bwd(T->m, b->ids, b->labels, b->rows, b->T, scale, &ls, &c, err)) return -1;
-            sum += ls;
+            r[0] = ls;
         }
+    }
+    float *g = model_grads(T->m);
+    if (dist_allreduce_f64(T->d, T->mbst, (size_t)n * MB_STATS, err) ||
+        dist_allreduce_f32(T->d, g, T->numel, err))
+        return -1;
+    double sum = 0, xs[LOG_EXTRA] = {0};
+    for (int k = 0; k < n; k++) {
+        const double *r = T->mbst + (size_t)k * MB_STATS;
+        sum += r[0];
+        for (int i = 0; i < LOG_EXTRA; i++) xs[i] += r[1 + i];
     }
     /* per trained token (sft, kl_sft) or per pair (dpo) */
     double denom = s->method.type == METHOD_DPO ? (double)pairs : (double)targets;
     *loss = denom > 0 ? sum / denom : NAN;
     for (int k = 0; k < LOG_EXTRA; k++) extra[k] = denom > 0 ? xs[k] / denom : NAN;
-    float *g = model_grads(T->m);
     double norm = sqrt(T->be->sumsq(T->be, g, T->numel));
     *gnorm = norm;
     if (s->hp.max_grad_norm > 0 && norm > s->hp.max_grad_norm)
@@ -782,6 +855,8 @@ static int loop(trainer *T, train_outcome *outcome, lr_err *err) {
                      T->step, s->hp.max_minutes);
             stop = 1;
         }
+        /* the ranks' clocks differ: rank 0's decision holds for all */
+        if (T->size > 1 && dist_bcast(T->d, &stop, sizeof stop, err)) return -1;
         /* a run that stops between logging steps logs its last window too */
         if (stop && win->n && log_window(T, win, lr, gnorm, err)) return -1;
         if (T->step % s->hp.logging_steps == 0 || last || stop)
@@ -806,6 +881,8 @@ static void teardown(trainer *T) {
     if (T->mb)
         for (int k = 0; k < T->spec->hp.grad_accum; k++) data_batch_free(&T->mb[k]);
     free(T->mb);
+    free(T->mbst);
+    if (T->d) dist_detach(T->d);
     if (T->be) {
         if (T->adam_m) T->be->free(T->be, T->adam_m);
         if (T->adam_v) T->be->free(T->be, T->adam_v);
@@ -820,12 +897,21 @@ static void teardown(trainer *T) {
 
 int train_run(const jobspec *spec, const train_paths *paths, const train_opts *opts, const train_hooks *hooks,
               train_outcome *outcome, lr_err *err) {
-    if (spec->method.type == METHOD_EVAL) return evaljob_run(spec, paths, opts, hooks, outcome, err); /* no training */
+    static const train_hooks silent = {0};
+    if (spec->method.type == METHOD_EVAL) {
+        /* no training: rank 0 evaluates alone */
+        *outcome = TRAIN_DONE;
+        if (dist_rank(opts->dist)) return 0;
+        return evaljob_run(spec, paths, opts, hooks, outcome, err);
+    }
     trainer T;
     memset(&T, 0, sizeof T);
     T.spec = spec;
     T.paths = paths;
-    T.hooks = hooks;
+    T.d = opts->dist;
+    T.rank = dist_rank(T.d);
+    T.size = dist_size(T.d);
+    T.hooks = T.rank ? &silent : hooks;
     T.t_start = now_s();
     T.saved_step = -1;
     *outcome = TRAIN_DONE;
@@ -840,16 +926,18 @@ int train_run(const jobspec *spec, const train_paths *paths, const train_opts *o
     }
     int resumed = 0;
     if (opts->resume && resume(&T, &resumed, err) < 0) goto done;
+    char ranks[64] = "";
+    if (T.size > 1) snprintf(ranks, sizeof ranks, ", on %d ranks (%s)", T.size, dist_transport(T.d));
     if (!resumed)
-        ev(&T, "info", "training on %zu rows (%zu held out) for %" PRId64 " steps, %zu %s parameters", T.ds.n_train,
-           T.ds.n_val, T.total_steps, T.numel, model_is_full(T.m) ? "model" : "LoRA");
+        ev(&T, "info", "training on %zu rows (%zu held out) for %" PRId64 " steps, %zu %s parameters%s", T.ds.n_train,
+           T.ds.n_val, T.total_steps, T.numel, model_is_full(T.m) ? "model" : "LoRA", ranks);
     T.t_setup = now_s();
     T.t_train_start = T.t_setup;
     if (loop(&T, outcome, err)) goto done;
     if (write_time_metrics(&T, err)) goto done;
     rc = 0;
 done:
-    if (rc && err && err->msg[0] && hooks && hooks->event) hooks->event(hooks->ud, "error", err->msg);
+    if (rc && err && err->msg[0] && T.hooks->event) T.hooks->event(T.hooks->ud, "error", err->msg);
     teardown(&T);
     return rc;
 }

@@ -45,10 +45,21 @@ typedef struct train_hooks {
     void (*stopped)(void *ud, const char *reason);
 } train_hooks;
 
+struct dist;
+
+/* With dist of more than one rank (worker/dist.h), every rank calls
+ * train_run with the same spec and paths; each trains its share of every
+ * step's micro-batches (micro-batch k on rank k % size) and the ranks sum
+ * gradients and counts, so the steps are the single process's. Only rank 0
+ * calls the hooks (its cancelled() answer goes to every rank) and writes to
+ * run_dir; every rank reads checkpoints from it (a shared file system
+ * across hosts). A checkpoint resumes on any number of ranks. A "cuda:N"
+ * backend becomes cuda:N+local_rank on each rank. */
 typedef struct train_opts {
     const char *backend;  /* "cpu" or "cuda:N" */
     int threads;          /* 0 = all cores */
     int resume;           /* 1: continue from the newest complete checkpoint in run_dir */
+    struct dist *dist;    /* NULL: one process */
 } train_opts;
 
 enum { TRAIN_GO = 0, TRAIN_CANCEL = 1, TRAIN_SUSPEND = 2 }; /* what cancelled() answers */

@@ -143,7 +143,7 @@ TEST(eval_job_zero_adapter) {
     REQUIRE(jobspec_from_json(j, &spec, &err) == 0);
     json_decref(j);
     train_paths paths = {.model_dir = mdir, .training_files = {data}, .reference_adapter_dir = adir, .run_dir = rdir};
-    train_opts opts = {"cpu", 1, 0};
+    train_opts opts = {"cpu", 1, 0, NULL};
     seen s = {0};
     train_hooks hooks = {.ud = &s, .metric = on_metric, .event = on_event};
     train_outcome oc;

@@ -75,7 +75,7 @@ static int fixture_init(fixture *f) {
 
 static int run(fixture *f, const char *run_dir, int resume, stopper *s, train_outcome *oc) {
     train_paths p = {.model_dir = f->model, .training_files = {f->data}, .run_dir = run_dir};
-    train_opts o = {"cpu", 1, resume};
+    train_opts o = {"cpu", 1, resume, NULL};
     train_hooks h = {.ud = s, .cancelled = on_cancelled, .checkpoint = on_checkpoint, .event = on_event};
     lr_err err = {0};
     s->ckpt_step = -1;
