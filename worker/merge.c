@@ -1,7 +1,11 @@
-/* merge: W' = W + scale * B A (DoRA: row-rescaled), streamed to one file. */
+/* merge: W' = W + scale * B A (DoRA: row-rescaled), streamed to one file.
+ * A base saved 4-bit by transformers (bitsandbytes, worker/bnb4.h) is
+ * written dequantized, in its torch_dtype, without quantization_config: the
+ * merged model is a plain one. */
 #include "worker/merge.h"
 
 #include <cblas.h>
+#include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,6 +15,7 @@
 
 #include "common/buf.h"
 #include "worker/adapter.h"
+#include "worker/bnb4.h"
 #include "worker/hfconfig.h"
 #include "worker/safetensors.h"
 
@@ -26,6 +31,25 @@ typedef struct mod {
     const st_tensor *w;  /* the base weight */
     const adapter_tensor *A, *B, *M;
 } mod;
+
+/* The base weight t as f32 in its HF layout (GPT-2's Conv1D [in, out]):
+ * converted, or dequantized from 4 bits (q != NULL, stored [out, in]). */
+static int base_f32(const st_tensor *t, const kq_weight *q, int gpt2, float *W, lr_err *err) {
+    if (!q) return st_to_f32(t, W, (size_t)st_numel(t), err);
+    size_t n = (size_t)q->rows * (size_t)q->cols;
+    if (!gpt2) {
+        kq_dequant_range(q, 0, n, W);
+        return 0;
+    }
+    float *row = malloc((size_t)q->cols * sizeof *row);
+    if (!row) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory dequantizing %s", t->name);
+    for (int64_t o = 0; o < q->rows; o++) {
+        kq_dequant_range(q, (size_t)(o * q->cols), (size_t)q->cols, row);
+        for (int64_t i = 0; i < q->cols; i++) W[(size_t)(i * q->rows + o)] = row[i];
+    }
+    free(row);
+    return 0;
+}
 
 /* Base weight of one adapted module; GPT2Model checkpoints lack "transformer.". */
 static const st_tensor *base_weight(const st_set *s, const adapter_tensor *A, int gpt2, char *name, size_t cap) {
@@ -62,15 +86,17 @@ static void merge_one(float *W, const mod *md, float scale, int gpt2) {
     }
 }
 
-/* One adapted tensor: base to f32, merged, back to its dtype, written. */
-static int put_merged(st_stream *ss, const mod *md, float scale, int gpt2, lr_err *err) {
-    const st_tensor *t = md->w;
-    size_t n = (size_t)st_numel(t);
+/* One output tensor ot from base tensor t (4-bit when q): to f32, merged
+ * when md, to ot's dtype, written. */
+static int put_merged(st_stream *ss, const st_tensor *ot, const st_tensor *t, const kq_weight *q, const mod *md,
+                      float scale, int gpt2, lr_err *err) {
+    size_t n = (size_t)st_numel(ot);
     float *W = malloc(n * sizeof(float));
     int rc = -1;
     if (!W) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory merging %s", t->name);
-    if (st_to_f32(t, W, n, err)) goto done;
-    merge_one(W, md, scale, gpt2);
+    if (base_f32(t, q, gpt2, W, err)) goto done;
+    if (md) merge_one(W, md, scale, gpt2);
+    t = ot;
     if (t->dtype == ST_F32) {
         rc = st_stream_put(ss, W, n * sizeof(float), err);
     } else { /* in place: element i goes to bytes 2i..2i+1 */
@@ -97,6 +123,32 @@ int merge_copy_side_files(const char *from, const char *to, lr_err *err) {
         if (rc) return -1;
     }
     return 0;
+}
+
+/* config.json of a merge from a 4-bit base: without quantization_config. */
+static int drop_quant_config(const char *out_dir, lr_err *err) {
+    char path[PATH_MAX];
+    if (lr_pathf(path, sizeof path, "%s/config.json", out_dir)) return lr_errf(err, "path too long in %s", out_dir);
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (!root) return lr_errf(err, "%s: line %d: %s", path, je.line, je.text);
+    json_object_del(root, "quantization_config");
+    char *text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(root);
+    if (!text) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    size_t len = strlen(text);
+    text[len] = '\n'; /* json_dumps's terminator becomes the final newline */
+    int rc = lr_write_file_atomic(path, text, len + 1, err);
+    free(text);
+    return rc;
+}
+
+/* The 4-bit form of base tensor t, if it has one (*q filled, returns 1). */
+static int quantized(const st_set *s, const st_tensor *t, kq_weight *q, lr_err *err) {
+    const st_tensor *codes;
+    int found;
+    if (bnb4_find(s, t->name, 0, 0, q, &codes, &found, err)) return -1;
+    return found;
 }
 
 static int same_dir(const char *a, const char *b) {
@@ -150,12 +202,20 @@ int merge_adapter(const char *model_dir, const char *adapter_dir, const char *ou
         }
         int in = A->cols, out = md->B->rows;
         const st_tensor *t = md->w;
-        if (t->ndim != 2 || t->shape[0] != (gpt2 ? in : out) || t->shape[1] != (gpt2 ? out : in)) {
+        kq_weight q;
+        int qz = quantized(s, t, &q, err);
+        if (qz < 0) goto fail;
+        if (qz && (q.rows != out || q.cols != in)) {
+            lr_errf(err, "model weight %s is 4-bit [%lld, %lld], not [%d, %d] as the adapter's layer %d %s needs",
+                    t->name, (long long)q.rows, (long long)q.cols, out, in, A->layer, A->module);
+            goto fail;
+        }
+        if (!qz && (t->ndim != 2 || t->shape[0] != (gpt2 ? in : out) || t->shape[1] != (gpt2 ? out : in))) {
             lr_errf(err, "model weight %s is not [%d, %d] as the adapter's layer %d %s needs", t->name, gpt2 ? in : out,
                     gpt2 ? out : in, A->layer, A->module);
             goto fail;
         }
-        if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16) {
+        if (!qz && t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16) {
             lr_errf(err, "model weight %s has dtype %s (expected F32, F16 or BF16)", t->name, st_dtype_name(t->dtype));
             goto fail;
         }
@@ -171,9 +231,17 @@ int merge_adapter(const char *model_dir, const char *adapter_dir, const char *ou
         lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
         goto fail;
     }
+    st_dtype cdt = bnb4_dtype(c.torch_dtype);
     for (size_t i = 0; i < st_set_count(s); i++) {
         const st_tensor *t = st_set_at(s, i);
-        if (st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, NULL, err)) goto fail;
+        kq_weight q = {0};
+        int qz = bnb4_is_side_tensor(t->name) ? 2 : quantized(s, t, &q, err);
+        if (qz < 0) goto fail;
+        if (qz == 2) continue;
+        int64_t shape[2] = {gpt2 ? q.cols : q.rows, gpt2 ? q.rows : q.cols};
+        if (qz ? st_writer_add(w, t->name, cdt, 2, shape, NULL, err)
+               : st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, NULL, err))
+            goto fail;
     }
     if (st_writer_meta(w, "format", "pt", err) || lr_pathf(path, sizeof path, "%s/model.safetensors", out_dir) ||
         st_stream_begin(w, path, &ss, err))
@@ -183,17 +251,20 @@ int merge_adapter(const char *model_dir, const char *adapter_dir, const char *ou
         const mod *md = NULL;
         for (int k = 0; k < nm && !md; k++)
             if (!strcmp(mods[k].w->name, t->name)) md = &mods[k];
-        if (md) {
-            if (put_merged(ss, md, scale, gpt2, err)) goto fail_stream;
+        const st_tensor *src = st_set_find(s, t->name);
+        kq_weight q;
+        int qz = quantized(s, src, &q, err);
+        if (qz < 0) goto fail_stream;
+        if (md || qz) {
+            if (put_merged(ss, t, src, qz ? &q : NULL, md, scale, gpt2, err)) goto fail_stream;
         } else {
-            const st_tensor *src = st_set_find(s, t->name);
             if (st_stream_put(ss, src->data, src->nbytes, err)) goto fail_stream;
         }
     }
     rc = st_stream_finish(ss, err);
     ss = NULL;
     if (rc) goto fail;
-    rc = merge_copy_side_files(model_dir, out_dir, err);
+    rc = merge_copy_side_files(model_dir, out_dir, err) || (c.quant_type[0] && drop_quant_config(out_dir, err));
     if (!rc && n_merged) *n_merged = nm;
     goto done;
 fail_stream:

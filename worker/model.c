@@ -1,7 +1,6 @@
 /* model: HF decoders with LoRA on a kernels/ backend. */
 #include "worker/model.h"
 
-#include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,6 +12,7 @@
 #include "kernels/elem.h"
 #include "kernels/quant.h"
 #include "worker/adapter.h"
+#include "worker/bnb4.h"
 #include "worker/merge.h"
 #include "worker/safetensors.h"
 
@@ -234,88 +234,22 @@ static void *wput(wctx *w, const void *src, size_t bytes) {
     return p;
 }
 
-static int qstate_int(json_t *o, const char *k, int64_t *v) {
-    json_t *x = json_object_get(o, k);
-    if (!json_is_integer(x)) return -1;
-    *v = json_integer_value(x);
-    return 0;
-}
-
-/* A weight that the checkpoint stores 4-bit in transformers' bitsandbytes
- * layout: name (packed uint8 codes), name.absmax (f32, or uint8 with
- * double quantization), name.quant_map, name.nested_absmax,
- * name.nested_quant_map and name.quant_state.bitsandbytes__<type> (JSON
- * bytes: quant_type, blocksize, shape [out, in], nested_offset ...). Taken
- * as stored, not quantized again. */
-static int wget_prequant(wctx *w, const char *name, const st_tensor *qs, int in, int out, kq_weight *q) {
+/* A weight that the checkpoint stores 4-bit (worker/bnb4.h), copied into
+ * the arena as stored, not quantized again. */
+static int wget_prequant(wctx *w, const kq_weight *src, const st_tensor *codes, kq_weight *q) {
     model *m = w->m;
-    char key[320];
-    size_t n = (size_t)in * out, nb = kq_nblocks(n), nn = kq_nested_nblocks(n);
-    json_error_t je;
-    json_t *st = json_loadb(qs->data, qs->nbytes, 0, &je);
-    json_t *sh = st ? json_object_get(st, "shape") : NULL;
-    json_t *qt = st ? json_object_get(st, "quant_type") : NULL;
-    int64_t bs = 0, nbs = 0, d0 = 0, d1 = 0;
-    int rc = -1;
-    if (!json_is_object(st) || !json_is_string(qt) || qstate_int(st, "blocksize", &bs) || !json_is_array(sh) ||
-        json_array_size(sh) != 2) {
-        lr_errf(w->err, "model weights: '%s' is not a bitsandbytes quant_state (quant_type, blocksize, shape)", qs->name);
-        goto done;
-    }
-    d0 = json_integer_value(json_array_get(sh, 0)), d1 = json_integer_value(json_array_get(sh, 1));
-    if (kq_type_parse(json_string_value(qt), &q->type) || q->type == KQ_NONE || bs != KQ_BLOCK || d0 != out ||
-        d1 != in) {
-        lr_errf(w->err, "model weights: '%s': %s blocksize %lld shape [%lld, %lld]; lorad loads nf4/fp4 in blocks "
-                        "of %d of a [%d, %d] weight",
-                qs->name, json_string_value(qt), (long long)bs, (long long)d0, (long long)d1, KQ_BLOCK, out, in);
-        goto done;
-    }
-    json_t *off = json_object_get(st, "nested_offset");
-    int nested = off != NULL;
-    if (nested && (!json_is_number(off) || qstate_int(st, "nested_blocksize", &nbs) || nbs != KQ_NESTED_BLOCK)) {
-        lr_errf(w->err, "model weights: '%s': double quantization needs nested_offset and nested_blocksize %d",
-                qs->name, KQ_NESTED_BLOCK);
-        goto done;
-    }
-    const st_tensor *codes = wfind(w, name), *am, *map, *nam = NULL, *nmap = NULL;
-    snprintf(key, sizeof key, "%s.absmax", name);
-    am = wfind(w, key);
-    snprintf(key, sizeof key, "%s.quant_map", name);
-    map = wfind(w, key);
-    if (nested) {
-        snprintf(key, sizeof key, "%s.nested_absmax", name);
-        nam = wfind(w, key);
-        snprintf(key, sizeof key, "%s.nested_quant_map", name);
-        nmap = wfind(w, key);
-    }
-    if (!codes || codes->dtype != ST_U8 || (size_t)st_numel(codes) != kq_code_bytes(n) || !am ||
-        (size_t)st_numel(am) != nb || (nested ? am->dtype != ST_U8 : am->dtype != ST_F32) || !map ||
-        st_numel(map) != 16 || (nested && (!nam || nam->dtype != ST_F32 || (size_t)st_numel(nam) != nn || !nmap ||
-                                           st_numel(nmap) != 256))) {
-        lr_errf(w->err, "model weights: the 4-bit tensors of '%s' are missing or of the wrong size (expected U8 codes "
-                        "[%zu], absmax [%zu]%s, quant_map [16]%s)",
-                name, kq_code_bytes(n), nb, nested ? " U8" : " F32", nested ? ", nested_absmax, nested_quant_map" : "");
-        goto done;
-    }
-    if (st_to_f32(map, q->book, 16, w->err) || (nested && st_to_f32(nmap, q->nbook, 256, w->err))) goto done;
-    q->rows = out, q->cols = in;
-    q->codes = wput(w, codes->data, codes->nbytes);
-    if (nested) {
-        q->offset = (float)json_number_value(off);
-        q->qabsmax = wput(w, am->data, am->nbytes);
-        q->nabsmax = wput(w, nam->data, nam->nbytes);
-    } else {
-        q->absmax = wput(w, am->data, am->nbytes);
-    }
+    size_t n = (size_t)src->rows * (size_t)src->cols, nb = kq_nblocks(n);
+    *q = *src;
+    q->codes = wput(w, src->codes, kq_code_bytes(n));
+    q->absmax = src->absmax ? wput(w, src->absmax, nb * sizeof(float)) : NULL;
+    q->qabsmax = src->qabsmax ? wput(w, src->qabsmax, nb) : NULL;
+    q->nabsmax = src->nabsmax ? wput(w, src->nabsmax, kq_nested_nblocks(n) * sizeof(float)) : NULL;
     if (w->base) {
-        m->qbytes += kq_bytes(n, nested);
+        m->qbytes += kq_bytes(n, src->qabsmax != NULL);
         m->qf32 += n * sizeof(float);
         st_set_release(w->s, codes);
     }
-    rc = 0;
-done:
-    json_decref(st);
-    return rc;
+    return 0;
 }
 
 /* The weight of linear module s of a layer into k: 4-bit when the
@@ -324,19 +258,17 @@ done:
  * otherwise as wget. */
 static int wget_linear(wctx *w, const char *name, int in, int out, kq_weight *q, kb_linear *k) {
     model *m = w->m;
-    char key[320];
-    const st_tensor *qs = NULL;
-    for (int t = KQ_NF4; t <= KQ_FP4 && !qs; t++) {
-        snprintf(key, sizeof key, "%s.quant_state.bitsandbytes__%s", name, kq_type_name((kq_type)t));
-        qs = wfind(w, key);
-    }
+    const st_tensor *stored = wfind(w, name), *qc = NULL;
+    kq_weight pq;
+    int qs = 0;
+    if (stored && bnb4_find(w->s, stored->name, out, in, &pq, &qc, &qs, w->err)) return -1;
     size_t n = (size_t)in * out;
     if (qs || m->qtype != KQ_NONE) {
         if (n > w->qmax) w->qmax = n;
         k->qW = q;
         k->w_in_out = 0;
     }
-    if (qs) return wget_prequant(w, name, qs, in, out, q);
+    if (qs) return wget_prequant(w, &pq, qc, q);
     if (m->qtype == KQ_NONE) return wget(w, name, m->gpt2 ? in : out, m->gpt2 ? out : in, 0, &k->W);
     const st_tensor *t;
     if (wcheck(w, name, m->gpt2 ? in : out, m->gpt2 ? out : in, 0, &t)) return -1;

@@ -18,7 +18,10 @@ Pre-quantized: the same model written by bnb_quant.write_bnb_model in
 transformers' bitsandbytes layout (quantization_config, weight as packed
 uint8, weight.absmax, weight.quant_map, weight.nested_absmax,
 weight.nested_quant_map, weight.quant_state.bitsandbytes__nf4) loads without
---quantize and gives exactly the loss of quantize-on-load."""
+--quantize and gives exactly the loss of quantize-on-load. `lora-worker merge`
+of an adapter into such a folder writes a plain model (no 4-bit tensors, no
+quantization_config) whose weights are the dequantized ones plus the
+adapter's delta, and whose loss without adapter is the oracle's with it."""
 import json
 import os
 import subprocess
@@ -58,6 +61,10 @@ PREQUANT_CASES = [
     ("prequant-qwen2-nf4", "qwen2", {"tie": True}, "nf4", False),
     ("prequant-gpt2-nf4-dq", "gpt2", {"heads": 4, "inter": 256}, "nf4", True),
     ("prequant-mistral-fp4", "mistral", {}, "fp4", False),
+]
+MERGE_CASES = [
+    ("merge-llama-nf4-dq", "llama", {}, "nf4", True),
+    ("merge-gpt2-nf4", "gpt2", {"heads": 4, "inter": 256}, "nf4", False),
 ]
 
 
@@ -122,6 +129,39 @@ def run_prequant_case(tmp, name, arch, kw, qt, dq, seed):
     return ok, msg
 
 
+def run_merge_case(tmp, name, arch, kw, qt, dq, seed):
+    targets = GPT2_ALL if arch == "gpt2" else LLAMA_ALL
+    cfg, weights, mdir, adir, bpath, gpath, loss, params, n_tok = setup(
+        tmp, name, arch, kw, targets, qt, dq, torch.float32, False, seed)
+    qdir, odir = os.path.join(tmp, name, "model-4bit"), os.path.join(tmp, name, "merged")
+    bq.write_bnb_model(qdir, cfg, weights, qt, dq)
+    p = subprocess.run([tg.WORKER, "merge", "--model", qdir, "--adapter", adir, "--out", odir], capture_output=True,
+                       text=True, timeout=60)
+    if p.returncode != 0:
+        return False, f"merge failed ({p.returncode}): {p.stderr.strip()}"
+    merged = ref.read_safetensors(os.path.join(odir, "model.safetensors"))  # asserts every tensor is F32
+    with open(os.path.join(odir, "config.json")) as f:
+        mcfg = json.load(f)
+    problems = []
+    if "quantization_config" in mcfg:
+        problems.append("config.json keeps quantization_config")
+    if set(merged) != set(weights):
+        problems.append(f"tensor names differ: {sorted(set(merged) ^ set(weights))[:4]}")
+    with torch.no_grad():
+        ml = ref.forward_loss(cfg, merged, ref.Lora({}, 0.0), *load_batch(bpath))
+    err = abs(ml.item() - loss.item()) / abs(loss.item())
+    if err > tg.LOSS_TOL:
+        problems.append(f"merged loss {ml.item():.8g} vs {loss.item():.8g}")
+    msg = f"merged model's loss rel err {err:.1e} against the oracle on the 4-bit base with the adapter"
+    return not problems, msg + ("" if not problems else " -- " + "; ".join(problems))
+
+
+def load_batch(bpath):
+    with open(bpath) as f:
+        b = json.load(f)
+    return torch.tensor(b["input_ids"]), torch.tensor(b["labels"])
+
+
 def run_control(tmp, seed):
     """The unquantized engine against the dequantized oracle must fail."""
     _, _, mdir, adir, bpath, gpath, loss, params, n_tok = setup(
@@ -135,7 +175,7 @@ def main():
     torch.set_num_threads(1)
     t0 = time.time()
     passed = failed = 0
-    names = [c[0] for c in CASES + PREQUANT_CASES] + ["control-unquantized"]
+    names = [c[0] for c in CASES + PREQUANT_CASES + MERGE_CASES] + ["control-unquantized"]
     if not os.access(tg.WORKER, os.X_OK):
         for n in names:
             print(f"skip {n}: {tg.WORKER} is not built")
@@ -148,6 +188,11 @@ def main():
                 print(f"{'ok  ' if ok else 'FAIL'} {c[0]:24s} {msg}")
                 passed += ok
                 failed += not ok
+        for i, c in enumerate(MERGE_CASES):
+            ok, msg = run_merge_case(tmp, *c, seed=7000 + i)
+            print(f"{'ok  ' if ok else 'FAIL'} {c[0]:24s} {msg}")
+            passed += ok
+            failed += not ok
         ok, msg = run_control(tmp, 6000)
         print(f"{'ok  ' if ok else 'FAIL'} {'control-unquantized':24s} {msg}")
         passed += ok
