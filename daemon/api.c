@@ -34,6 +34,7 @@
 #define PARAM_LEN 160
 #define SWEEP_MAX_POINTS 256
 #define SWEEP_MAX_AXES 8
+#define SWEEP_MAX_POINT_KEYS 32
 
 typedef struct ctx {
     api *a;
@@ -1042,19 +1043,20 @@ static int check_refs(ctx *c, const jobspec *s, const char *prefix) {
     return 0;
 }
 
-/* meta: what oai_create_prepare kept (NULL for a sweep's points). */
+/* meta: what oai_create_prepare kept (NULL for a sweep's points: no
+ * OpenAI fields, but the record all jobs have). */
 static int insert_job(ctx *c, const jobspec *s, const json_t *meta, const char *sweep_id, char *id, size_t idcap) {
     json_t *sj = jobspec_to_json(s);
     char *txt = sj ? jsonfmt_dumps(sj, JSON_COMPACT | JSON_SORT_KEYS) : NULL, *otxt = NULL;
     json_decref(sj);
     lr_err e = {0};
     store_new_id("ftjob", id, idcap);
-    if (meta) {
-        json_t *rec = oai_job_record(s, meta, id, c->user.name);
-        otxt = rec ? jsonfmt_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-        json_decref(rec);
-    }
-    if (!txt || (meta && !otxt)) {
+    json_t *none = meta ? NULL : json_object();
+    json_t *rec = oai_job_record(s, meta ? meta : none, id, c->user.name);
+    otxt = rec ? jsonfmt_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(rec);
+    json_decref(none);
+    if (!txt || !otxt) {
         free(txt);
         free(otxt);
         fail(c, 500, "internal", NULL, "out of memory");
@@ -1710,6 +1712,62 @@ static int set_path(json_t *doc, const char *path, json_t *v) {
     return -1;
 }
 
+/* A grid: 1..SWEEP_MAX_AXES dotted paths to non-empty lists of values whose
+ * product has at most SWEEP_MAX_POINTS points; fills the axes and *total. */
+static int sweep_grid_ok(ctx *c, json_t *params, const char **axis_name, json_t **axis, int *na, size_t *total) {
+    if (!json_is_object(params) || json_object_size(params) == 0 || json_object_size(params) > SWEEP_MAX_AXES) {
+        fail(c, 400, "invalid_request", "parameters",
+             "parameters must map 1..%d dotted spec paths to lists of values", SWEEP_MAX_AXES);
+        return 0;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(params, k, v) {
+        char param[200];
+        snprintf(param, sizeof param, "parameters.%s", k);
+        if (!json_is_array(v) || json_array_size(v) == 0 || strlen(k) > 200) {
+            fail(c, 400, "invalid_request", param, "%s must be a non-empty list of values", param);
+            return 0;
+        }
+        *total *= json_array_size(v);
+        if (*total > SWEEP_MAX_POINTS) {
+            fail(c, 400, "invalid_request", "parameters", "the sweep has more than %d points", SWEEP_MAX_POINTS);
+            return 0;
+        }
+        axis_name[*na] = k;
+        axis[(*na)++] = v;
+    }
+    return 1;
+}
+
+/* Explicit points (a random search, a hand-picked list): 1..SWEEP_MAX_POINTS
+ * objects of at most SWEEP_MAX_POINT_KEYS dotted paths each. */
+static int sweep_points_ok(ctx *c, json_t *points) {
+    if (!json_is_array(points) || json_array_size(points) == 0 || json_array_size(points) > SWEEP_MAX_POINTS) {
+        fail(c, 400, "invalid_request", "points", "points must be a list of 1..%d objects", SWEEP_MAX_POINTS);
+        return 0;
+    }
+    size_t i;
+    json_t *pt;
+    json_array_foreach(points, i, pt) {
+        char param[32];
+        snprintf(param, sizeof param, "points.%zu", i);
+        if (!json_is_object(pt) || json_object_size(pt) > SWEEP_MAX_POINT_KEYS) {
+            fail(c, 400, "invalid_request", param, "%s must be an object of at most %d dotted spec paths to values",
+                 param, SWEEP_MAX_POINT_KEYS);
+            return 0;
+        }
+        const char *k;
+        json_t *v;
+        json_object_foreach(pt, k, v)
+            if (strlen(k) > 200) {
+                fail(c, 400, "invalid_request", param, "%s: '%.40s...' is not a spec path", param, k);
+                return 0;
+            }
+    }
+    return 1;
+}
+
 static void h_sweep_create(ctx *c) {
     if (!disk_ok(c)) return;
     json_t *o = body_object(c);
@@ -1725,45 +1783,33 @@ static void h_sweep_create(ctx *c) {
     const char *k;
     json_t *v;
     json_object_foreach(o, k, v) {
-        if (strcmp(k, "template") && strcmp(k, "parameters")) {
-            fail(c, 400, "invalid_request", k, "unknown field '%s' (a sweep has template and parameters)", k);
+        if (strcmp(k, "template") && strcmp(k, "parameters") && strcmp(k, "points")) {
+            fail(c, 400, "invalid_request", k, "unknown field '%s' (a sweep has template and parameters or points)", k);
             goto out;
         }
     }
     json_t *tpl = json_object_get(o, "template"), *params = json_object_get(o, "parameters");
+    json_t *points = json_object_get(o, "points");
     if (!json_is_object(tpl)) {
         fail(c, 400, "invalid_request", "template", "template must be a job spec object");
         goto out;
     }
-    if (!json_is_object(params) || json_object_size(params) == 0 || json_object_size(params) > SWEEP_MAX_AXES) {
+    if (!params == !points) {
         fail(c, 400, "invalid_request", "parameters",
-             "parameters must map 1..%d dotted spec paths to lists of values", SWEEP_MAX_AXES);
+             "a sweep has either parameters (dotted spec paths to lists of values: their product) or points "
+             "(a list of objects of dotted spec paths to values: one job each)");
         goto out;
     }
     const char *axis_name[SWEEP_MAX_AXES];
     json_t *axis[SWEEP_MAX_AXES];
     int na = 0;
-    size_t total = 1;
-    json_object_foreach(params, k, v) {
-        char param[200];
-        snprintf(param, sizeof param, "parameters.%s", k);
-        if (!json_is_array(v) || json_array_size(v) == 0 || strlen(k) > 200) {
-            fail(c, 400, "invalid_request", param, "%s must be a non-empty list of values", param);
-            goto out;
-        }
-        total *= json_array_size(v);
-        if (total > SWEEP_MAX_POINTS) {
-            fail(c, 400, "invalid_request", "parameters", "the sweep has more than %d points", SWEEP_MAX_POINTS);
-            goto out;
-        }
-        axis_name[na] = k;
-        axis[na++] = v;
-    }
+    size_t total = points ? json_array_size(points) : 1;
+    if (points ? !sweep_points_ok(c, points) : !sweep_grid_ok(c, params, axis_name, axis, &na, &total)) goto out;
     /* Validate every point before creating any job: a sweep is all or nothing. */
     char sweep_id[32];
     store_new_id("sweep", sweep_id, sizeof sweep_id);
     tpl_txt = jsonfmt_dumps(tpl, JSON_COMPACT);
-    par_txt = jsonfmt_dumps(params, JSON_COMPACT);
+    par_txt = jsonfmt_dumps(points ? points : params, JSON_COMPACT); /* store_sweep_get tells them apart */
     if (!tpl_txt || !par_txt) {
         fail(c, 500, "internal", NULL, "out of memory");
         goto out;
@@ -1788,6 +1834,13 @@ static void h_sweep_create(ctx *c) {
             if (set_path(doc, axis_name[a], json_array_get(axis[a], idx))) {
                 json_decref(doc);
                 fail(c, 400, "invalid_request", "parameters", "cannot set '%s' in the template", axis_name[a]);
+                goto out;
+            }
+        }
+        json_object_foreach(json_array_get(points, pt), k, v) {
+            if (set_path(doc, k, v)) {
+                json_decref(doc);
+                fail(c, 400, "invalid_request", "points", "point %zu: cannot set '%s' in the template", pt, k);
                 goto out;
             }
         }

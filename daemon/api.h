@@ -34,6 +34,9 @@ typedef struct api_req {
     const char *method, *path;   /* path without the query string, percent-decoded */
     /* Query parameter lookup (NULL when absent). */
     const char *(*query)(void *qctx, const char *key);
+    /* Calls fn for every query parameter until it returns non-zero (for
+     * keys not known in advance: metadata[k]=v); may be NULL. */
+    void (*query_each)(void *qctx, int (*fn)(void *ud, const char *key, const char *value), void *ud);
     void *qctx;
     const char *body;
     size_t body_len;

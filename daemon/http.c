@@ -62,6 +62,22 @@ static const char *query_get(void *conn, const char *key) {
     return MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
+typedef struct query_iter {
+    int (*fn)(void *ud, const char *key, const char *value);
+    void *ud;
+} query_iter;
+
+static enum MHD_Result query_one(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind;
+    query_iter *it = cls;
+    return it->fn(it->ud, key, value ? value : "") ? MHD_NO : MHD_YES;
+}
+
+static void query_each(void *conn, int (*fn)(void *ud, const char *key, const char *value), void *ud) {
+    query_iter it = {fn, ud};
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, query_one, &it);
+}
+
 static enum MHD_Result send_resp(struct MHD_Connection *conn, api_resp *rs) {
     struct MHD_Response *r;
     if (rs->fd >= 0) {
@@ -201,6 +217,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         .method = method,
         .path = url,
         .query = (const char *(*)(void *, const char *))query_get,
+        .query_each = query_each,
         .qctx = conn,
         .body = rq->body.data,
         .body_len = rq->body.len,

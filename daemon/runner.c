@@ -21,6 +21,7 @@
 #include "common/buf.h"
 #include "daemon/models.h"
 #include "daemon/store.h"
+#include "proto/msg.h"
 #include "worker/merge.h"
 
 extern char **environ;
@@ -189,13 +190,20 @@ out:
 
 static void child_free(child_result *res) { lr_buf_free(&res->out); }
 
-/* Turns how a finished child ended into an error, 0 when it succeeded. */
+/* Turns how a finished child ended into an error, 0 when it succeeded. A
+ * lora-worker command run with --json says why it failed in an error
+ * object, its class and the input it refused included (msg_child_error);
+ * a child that died before writing one is told by its last stderr line,
+ * unclassified. */
 static int child_error(child_result *res, const char *what, lr_err *err) {
     if (res->stopped) return lr_errp(err, LR_E_INTERNAL, NULL, "%s was stopped: lorad is shutting down", what);
     if (res->timed_out) return lr_errp(err, LR_E_TIMEOUT, NULL, "%s ran past its time limit and was stopped", what);
     if (res->overflow)
         return lr_errp(err, LR_E_INTERNAL, NULL, "%s printed more than %zu bytes and was stopped", what, res->out.max);
     if (WIFEXITED(res->status) && WEXITSTATUS(res->status) == 0) return 0;
+    lr_err ce = {0};
+    if (res->out.data && !msg_child_error_parse(res->out.data, res->out.len, &ce))
+        return lr_errp(err, ce.code, ce.param, "%s: %s", what, ce.msg);
     const char *msg = last_line(res);
     if (*msg) return lr_errp(err, LR_E_INTERNAL, NULL, "%s: %s", what, msg);
     if (WIFSIGNALED(res->status))
@@ -311,8 +319,8 @@ static int generate_one(runner *r, const runner_gen *g, int tuned, double deadli
     }
     argv[n++] = "--template";
     argv[n++] = g->chat_template && *g->chat_template ? g->chat_template : "auto";
-    argv[n++] = "--prompt";
-    argv[n++] = g->prompt;
+    argv[n++] = g->prompts_file ? "--prompts" : "--prompt";
+    argv[n++] = g->prompts_file ? g->prompts_file : g->prompt;
     if (g->system && *g->system) {
         argv[n++] = "--system";
         argv[n++] = g->system;
@@ -334,9 +342,14 @@ static int generate_one(runner *r, const runner_gen *g, int tuned, double deadli
         return -1;
     }
     int rc = child_error(&res, what, err);
-    /* lora-worker refuses a prompt longer than the model's context: the
-     * request's fault, not the server's. */
-    if (rc && strstr(err->msg, "the model takes at most")) err->code = LR_E_INVALID;
+    /* Of the child's inputs only the prompt comes from the request: a prompt
+     * it refuses (too long, not renderable) is the request's fault; a model
+     * or an adapter it refuses, the server's. */
+    int prompt = err->code == LR_E_INVALID && !strcmp(err->param, "prompt");
+    if (rc && !prompt && err->code != LR_E_TIMEOUT && err->code != LR_E_NOMEM) {
+        err->code = LR_E_INTERNAL;
+        err->param[0] = 0;
+    }
     if (!rc) rc = parse_generation(&res, side, prompt_tokens, err);
     child_free(&res);
     return rc;
@@ -361,6 +374,24 @@ int runner_generate(runner *r, const runner_gen *g, json_t **out, lr_err *err) {
 out:
     json_decref(base);
     json_decref(tuned);
+    atomic_fetch_sub(&r->generations, 1);
+    return rc;
+}
+
+int runner_generate_one(runner *r, const runner_gen *g, int tuned, json_t **out, lr_err *err) {
+    *out = NULL;
+    if (atomic_load(&r->stopping)) return lr_errp(err, LR_E_BUSY, NULL, "lorad is shutting down");
+    if (atomic_fetch_add(&r->generations, 1) >= r->max_generations) {
+        atomic_fetch_sub(&r->generations, 1);
+        return lr_errp(err, LR_E_BUSY, NULL, "%d generation(s) are already running; try again in a moment",
+                       r->max_generations);
+    }
+    double t0 = now_mono();
+    int pt = 0, rc = generate_one(r, g, tuned, t0 + r->gen_timeout_s, out, &pt, err);
+    if (!rc) {
+        json_object_set_new(*out, "prompt_tokens", json_integer(pt));
+        json_object_set_new(*out, "seconds", json_real(now_mono() - t0));
+    }
     atomic_fetch_sub(&r->generations, 1);
     return rc;
 }
@@ -480,7 +511,7 @@ static void *merge_main(void *p) {
     store *st = NULL;
     int ok = 0, renamed = 0;
     char *real = NULL, msg[700];
-    char *const argv[] = {r->worker_bin, "merge", "--model", t->model_dir, "--adapter", t->adapter_dir,
+    char *const argv[] = {r->worker_bin, "merge", "--json", "--model", t->model_dir, "--adapter", t->adapter_dir,
                           "--out", t->tmp_dir, NULL};
     /* This thread's own connection: the HTTP thread's is not to be shared. */
     if (store_open(r->db_path, &st, &se)) st = NULL;

@@ -48,6 +48,7 @@ typedef struct runner_gen {
     const char *tuned_model_dir; /* or, when set, this model folder alone (a full_sft run directory) */
     const char *chat_template;   /* auto, chatml, llama3, mistral, alpaca, plain */
     const char *prompt, *system; /* system may be NULL */
+    const char *prompts_file;    /* set: a JSONL file of one row ({"messages": [...]}) instead of prompt */
     int max_new_tokens, top_k;
     double temperature, top_p;
     long long seed;
@@ -62,6 +63,11 @@ typedef struct runner_gen {
  * LR_E_TIMEOUT, LR_E_INVALID (the prompt does not fit the model), else
  * lora-worker's own message. */
 int runner_generate(runner *r, const runner_gen *g, json_t **out, lr_err *err) LR_WARN_UNUSED;
+
+/* One side only (tuned 0: model_dir; 1: the adapter or tuned model), under
+ * the same cap and deadline: *out {"text", "tokens", "stop",
+ * "prompt_tokens", "seconds"}. For /v1/chat/completions and /v1/completions. */
+int runner_generate_one(runner *r, const runner_gen *g, int tuned, json_t **out, lr_err *err) LR_WARN_UNUSED;
 
 typedef struct runner_merge {
     const char *job_id;          /* the events go to this job */

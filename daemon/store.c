@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "daemon/openai.h"
 #include "daemon/sha256.h"
 #include "proto/jsonfmt.h"
 
@@ -393,6 +394,63 @@ int store_user_auth(store *st, const char *token_hash, store_user *out, lr_err *
     return 0;
 }
 
+/* ---- worker tokens ---- */
+
+int store_worker_token_add(store *st, const char *name, const char *token_hash, lr_err *err) {
+    sqlite3_stmt *s = q(st, "INSERT INTO worker_tokens(name, token_hash, created_at) VALUES (?,?,?)", err);
+    if (!s) return -1;
+    bt(s, 1, name);
+    bt(s, 2, token_hash);
+    bi(s, 3, (int64_t)time(NULL));
+    if (exec1(st, s, err, "add worker token")) {
+        if (err && err->code == LR_E_CONFLICT)
+            lr_errp(err, LR_E_CONFLICT, "name", "a worker token named '%s' exists (lorad worker-token rm %s first)", name, name);
+        return -1;
+    }
+    return 0;
+}
+
+int store_worker_token_rm(store *st, const char *name, lr_err *err) {
+    sqlite3_stmt *s = q(st, "DELETE FROM worker_tokens WHERE name = ?", err);
+    if (!s) return -1;
+    bt(s, 1, name);
+    if (exec1(st, s, err, "remove worker token")) return -1;
+    if (sqlite3_changes(st->db) == 0) return lr_errp(err, LR_E_NOTFOUND, "name", "no worker token is named '%s'", name);
+    return 0;
+}
+
+int store_worker_token_auth(store *st, const char *token_hash, char *name, lr_err *err) {
+    sqlite3_stmt *s = q(st, "SELECT name, token_hash FROM worker_tokens", err);
+    if (!s) return -1;
+    int found = 0;
+    size_t hl = strlen(token_hash);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        const char *h = ct(s, 1);
+        /* as store_user_auth: every row compared whole */
+        int eq = strlen(h) == hl && hl == 64 && sha256_ct_equal(h, token_hash, 64);
+        if (eq && !found) {
+            found = 1;
+            snprintf(name, 64, "%s", ct(s, 0));
+        }
+    }
+    sqlite3_reset(s);
+    if (!found) return lr_errp(err, LR_E_NOTFOUND, NULL, "unknown worker token");
+    return 0;
+}
+
+int store_model_dir_holds(store *st, const char *path) {
+    sqlite3_stmt *s = q(st, "SELECT dir FROM models", NULL);
+    if (!s) return 0;
+    int found = 0;
+    while (!found && sqlite3_step(s) == SQLITE_ROW) {
+        const char *d = ct(s, 0);
+        size_t n = strlen(d);
+        found = n && !strncmp(path, d, n) && (path[n] == 0 || path[n] == '/');
+    }
+    sqlite3_reset(s);
+    return found;
+}
+
 /* ---- models ---- */
 
 int store_model_add(store *st, const char *name, const char *dir, const json_t *info, lr_err *err) {
@@ -580,7 +638,7 @@ json_t *store_models_list(store *st, const char *visible_to, lr_err *err) {
 int store_dataset_add(store *st, const store_dataset *d, const json_t *info, lr_err *err) {
     char *txt = info ? json_dumps(info, JSON_COMPACT) : strdup("{}");
     sqlite3_stmt *s = q(st, "INSERT INTO datasets(id, user, filename, format, kind, rows, bytes, path, info, "
-                            "created_at, duplicates) VALUES (?,?,?,?,?,?,?,?,?,?,?)", err);
+                            "created_at, duplicates, purpose) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", err);
     int rc = -1;
     if (!s || !txt) goto out;
     bt(s, 1, d->id);
@@ -594,13 +652,14 @@ int store_dataset_add(store *st, const store_dataset *d, const json_t *info, lr_
     bt(s, 9, txt);
     bi(s, 10, (int64_t)time(NULL));
     bi(s, 11, d->duplicates);
+    bt(s, 12, d->purpose[0] ? d->purpose : "fine-tune");
     rc = exec1(st, s, err, "add dataset");
 out:
     free(txt);
     return rc;
 }
 
-#define DS_COLS "id, user, filename, format, kind, rows, bytes, path, info, created_at, duplicates"
+#define DS_COLS "id, user, filename, format, kind, rows, bytes, path, info, created_at, duplicates, purpose"
 
 static json_t *ds_json(sqlite3_stmt *s) {
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I}", "id", ct(s, 0), "object",
@@ -609,6 +668,9 @@ static json_t *ds_json(sqlite3_stmt *s) {
                           (json_int_t)sqlite3_column_int64(s, 6), "created_at",
                           (json_int_t)sqlite3_column_int64(s, 9));
     json_object_set_new(o, "duplicates", json_integer(sqlite3_column_int64(s, 10)));
+    /* OpenAI's file object: validated on upload, so a stored file is processed */
+    json_object_set_new(o, "purpose", json_string(ct(s, 11)));
+    json_object_set_new(o, "status", json_string("processed"));
     json_t *info = json_loads(ct(s, 8), 0, NULL);
     if (json_is_object(info)) json_object_set(o, "stats", info);
     json_decref(info);
@@ -626,6 +688,7 @@ static void ds_row(sqlite3_stmt *s, store_dataset *d) {
     d->bytes = sqlite3_column_int64(s, 6);
     d->duplicates = sqlite3_column_int64(s, 10);
     snprintf(d->path, sizeof d->path, "%s", ct(s, 7));
+    snprintf(d->purpose, sizeof d->purpose, "%s", ct(s, 11));
 }
 
 int store_dataset_get(store *st, const char *id, store_dataset *d, json_t **obj, lr_err *err) {
@@ -644,14 +707,29 @@ int store_dataset_get(store *st, const char *id, store_dataset *d, json_t **obj,
 }
 
 json_t *store_datasets_list(store *st, int limit, const char *after, const char *visible_to, lr_err *err) {
-    sqlite3_stmt *s = q(st, "SELECT " DS_COLS " FROM datasets WHERE (?1 IS NULL OR seq < "
-                            "(SELECT seq FROM datasets WHERE id = ?1)) AND (?3 IS NULL OR user = ?3 OR id IN "
-                            "(SELECT id FROM shares WHERE kind = 'dataset' AND user = ?3)) ORDER BY seq DESC LIMIT ?2", err);
+    return store_files_list(st, limit, after, visible_to, NULL, 0, err);
+}
+
+#define FILES_PAGE(cmp, order)                                                                              \
+    "SELECT " DS_COLS " FROM datasets WHERE (?1 IS NULL OR seq " cmp " (SELECT seq FROM datasets WHERE id = ?1)) " \
+    "AND (?3 IS NULL OR user = ?3 OR id IN (SELECT id FROM shares WHERE kind = 'dataset' AND user = ?3)) "      \
+    "AND (?4 IS NULL OR purpose = ?4) ORDER BY seq " order " LIMIT ?2"
+
+json_t *store_files_list(store *st, int limit, const char *after, const char *visible_to, const char *purpose,
+                         int ascending, lr_err *err) {
+    sqlite3_stmt *s = q(st, ascending ? FILES_PAGE(">", "ASC") : FILES_PAGE("<", "DESC"), err);
     if (!s) return NULL;
     bt(s, 1, after);
     bi(s, 2, limit + 1);
     bt(s, 3, visible_to);
-    return list_page(s, limit, ds_json);
+    bt(s, 4, purpose);
+    json_t *l = list_page(s, limit, ds_json);
+    json_t *data = json_object_get(l, "data");
+    /* OpenAI's cursor lists name their ends */
+    size_t n = json_array_size(data);
+    json_object_set(l, "first_id", n ? json_object_get(json_array_get(data, 0), "id") : json_null());
+    json_object_set(l, "last_id", n ? json_object_get(json_array_get(data, n - 1), "id") : json_null());
+    return l;
 }
 
 int store_dataset_delete(store *st, const char *id, lr_err *err) {
@@ -680,8 +758,13 @@ int store_dataset_delete(store *st, const char *id, lr_err *err) {
 /* ---- jobs ---- */
 
 int store_job_insert(store *st, const store_job_new *j, lr_err *err) {
-    sqlite3_stmt *s = q(st, "INSERT INTO jobs(id, name, user, model, status, priority, device, spec, sweep_id, "
-                            "created_at, max_retries) VALUES (?,?,?,?,'queued',?,?,?,?,?,?)", err);
+    /* without a record, the statement any schema since 0001 takes */
+    sqlite3_stmt *s = q(st, j->openai_json ? "INSERT INTO jobs(id, name, user, model, status, priority, device, spec, "
+                                             "sweep_id, created_at, max_retries, openai) VALUES "
+                                             "(?,?,?,?,'queued',?,?,?,?,?,?,?)"
+                                           : "INSERT INTO jobs(id, name, user, model, status, priority, device, spec, "
+                                             "sweep_id, created_at, max_retries) VALUES (?,?,?,?,'queued',?,?,?,?,?,?)",
+                        err);
     if (!s) return -1;
     bt(s, 1, j->id);
     bt(s, 2, j->name ? j->name : "");
@@ -693,13 +776,15 @@ int store_job_insert(store *st, const store_job_new *j, lr_err *err) {
     bt(s, 8, j->sweep_id);
     bi(s, 9, (int64_t)time(NULL));
     bi(s, 10, j->max_retries);
+    if (j->openai_json) bt(s, 11, j->openai_json);
     return exec1(st, s, err, "insert job");
 }
 
 #define JOB_COLS                                                                                  \
     "id, name, user, model, status, priority, device, spec, sweep_id, created_at, started_at, "   \
     "finished_at, error_code, error_message, worker, retries, max_retries, step, total_steps, "   \
-    "epoch, loss, eval_loss, tokens_per_s, lr, cancel_requested, last_checkpoint_step, stop_reason"
+    "epoch, loss, eval_loss, tokens_per_s, lr, cancel_requested, last_checkpoint_step, stop_reason, openai, " \
+    "pause_requested"
 
 /* Every field of the job object but its spec. */
 static json_t *job_fields(sqlite3_stmt *s) {
@@ -731,12 +816,19 @@ static json_t *job_fields(sqlite3_stmt *s) {
     json_object_set_new(o, "cancel_requested", json_boolean(sqlite3_column_int(s, 24)));
     json_object_set_new(o, "last_checkpoint_step", cj_int(s, 25));
     json_object_set_new(o, "stop_reason", cj_text(s, 26));
+    json_object_set_new(o, "pause_requested", json_boolean(sqlite3_column_int(s, 28)));
+    /* OpenAI's fields (training_file, hyperparameters, seed, metadata...):
+     * daemon/openai.c completes them; they never replace lorad's own. */
+    json_t *oai = sqlite3_column_type(s, 27) == SQLITE_NULL ? NULL : json_loads(ct(s, 27), 0, NULL);
+    if (json_is_object(oai)) json_object_update_missing(o, oai);
+    json_decref(oai);
     return o;
 }
 
 static json_t *job_json(sqlite3_stmt *s) {
     json_t *o = job_fields(s);
     json_t *spec = json_loads(ct(s, 7), 0, NULL);
+    oai_job_complete(o, (int64_t)time(NULL));
     json_object_set_new(o, "spec", spec ? spec : json_null());
     return o;
 }
@@ -801,6 +893,7 @@ char *store_jobs_list_text(store *st, const char *status, const char *user, cons
             break;
         }
         json_t *o = job_fields(s);
+        oai_job_complete(o, (int64_t)time(NULL));
         const char *spec = ct(s, 7);
         size_t sl = strlen(spec);
         /* The API wrote this text with jsonfmt_dumps; a row edited by hand into
@@ -848,7 +941,7 @@ int store_job_cancel(store *st, const char *id, const store_user *who, int *runn
         lr_errp(err, LR_E_FORBIDDEN, NULL, "job %s belongs to %s; only its owner or an admin can cancel it", id, owner);
         goto fail;
     }
-    if (!strcmp(status, "queued")) {
+    if (!strcmp(status, "queued") || !strcmp(status, "paused")) {
         s = q(st, "UPDATE jobs SET status='cancelled', finished_at=?, cancel_requested=1 WHERE id=?", err);
     } else if (!strcmp(status, "running")) {
         s = q(st, "UPDATE jobs SET cancel_requested=1 WHERE id=?", err);
@@ -869,6 +962,113 @@ int store_job_cancel(store *st, const char *id, const store_user *who, int *runn
 fail:
     store_rollback(st);
     return -1;
+}
+
+json_t *store_jobs_list_meta(store *st, const char *user, const char *key, const char *value, int limit,
+                             const char *after, lr_err *err) {
+    size_t kl = strlen(key);
+    if (!kl || kl > 64 || strspn(key, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") != kl) {
+        lr_errp(err, LR_E_INVALID, "metadata", "a metadata key to filter on has 1..64 letters, digits, '_', '.' "
+                                               "or '-'");
+        return NULL;
+    }
+    char path[80];
+    snprintf(path, sizeof path, "$.metadata.\"%s\"", key);
+    sqlite3_stmt *s = q(st, "SELECT " JOB_COLS " FROM jobs WHERE (?1 IS NULL OR user = ?1) AND openai IS NOT NULL "
+                            "AND json_extract(openai, ?2) = ?3 AND seq < CASE WHEN ?4 IS NULL THEN "
+                            "9223372036854775807 ELSE (SELECT seq FROM jobs WHERE id = ?4) END ORDER BY seq DESC "
+                            "LIMIT ?5", err);
+    if (!s) return NULL;
+    bt(s, 1, user);
+    bt(s, 2, path);
+    bt(s, 3, value);
+    bt(s, 4, after);
+    bi(s, 5, limit + 1);
+    return list_page(s, limit, job_json);
+}
+
+/* The owner and status of job id, checked for a change by who. */
+static int job_owned(store *st, const char *id, const store_user *who, const char *verb, char *status, size_t cap,
+                     lr_err *err) {
+    sqlite3_stmt *s = q(st, "SELECT user, status FROM jobs WHERE id = ?", err);
+    if (!s) return -1;
+    bt(s, 1, id);
+    if (sqlite3_step(s) != SQLITE_ROW) {
+        sqlite3_reset(s);
+        return lr_errp(err, LR_E_NOTFOUND, NULL, "no job with id '%s'", id);
+    }
+    char owner[64];
+    snprintf(owner, sizeof owner, "%s", ct(s, 0));
+    snprintf(status, cap, "%s", ct(s, 1));
+    sqlite3_reset(s);
+    if (!who->admin && strcmp(owner, who->name))
+        return lr_errp(err, LR_E_FORBIDDEN, NULL, "job %s belongs to %s; only its owner or an admin can %s it", id,
+                       owner, verb);
+    return 0;
+}
+
+int store_job_pause(store *st, const char *id, const store_user *who, int *running, lr_err *err) {
+    char status[16];
+    *running = 0;
+    if (store_begin(st, err)) return -1;
+    if (job_owned(st, id, who, "pause", status, sizeof status, err)) goto fail;
+    sqlite3_stmt *s;
+    if (!strcmp(status, "queued")) s = q(st, "UPDATE jobs SET status='paused', pause_requested=0 WHERE id=?", err);
+    else if (!strcmp(status, "running")) s = q(st, "UPDATE jobs SET pause_requested=1 WHERE id=?", err), *running = 1;
+    else {
+        lr_errp(err, LR_E_CONFLICT, NULL, "job %s is %s; only a queued or running job can be paused", id, status);
+        goto fail;
+    }
+    if (!s) goto fail;
+    bt(s, 1, id);
+    if (exec1(st, s, err, "pause job") || store_commit(st, err)) goto fail;
+    return 0;
+fail:
+    store_rollback(st);
+    return -1;
+}
+
+int store_job_resume(store *st, const char *id, const store_user *who, lr_err *err) {
+    char status[16];
+    if (store_begin(st, err)) return -1;
+    if (job_owned(st, id, who, "resume", status, sizeof status, err)) goto fail;
+    sqlite3_stmt *s;
+    if (!strcmp(status, "paused")) s = q(st, "UPDATE jobs SET status='queued', pause_requested=0, worker=NULL WHERE id=?", err);
+    else if (!strcmp(status, "running")) s = q(st, "UPDATE jobs SET pause_requested=0 WHERE id=?", err);
+    else {
+        lr_errp(err, LR_E_CONFLICT, NULL, "job %s is %s; only a paused job can be resumed", id, status);
+        goto fail;
+    }
+    if (!s) goto fail;
+    bt(s, 1, id);
+    if (exec1(st, s, err, "resume job") || store_commit(st, err)) goto fail;
+    return 0;
+fail:
+    store_rollback(st);
+    return -1;
+}
+
+int store_jobs_pausing(store *st, char (*ids)[32], char (*workers)[64], int max, int *n, lr_err *err) {
+    *n = 0;
+    sqlite3_stmt *s = q(st, "SELECT id, coalesce(worker,'') FROM jobs WHERE status='running' AND pause_requested=1 "
+                            "AND cancel_requested=0", err);
+    if (!s) return -1;
+    while (*n < max && sqlite3_step(s) == SQLITE_ROW) {
+        snprintf(ids[*n], 32, "%s", ct(s, 0));
+        snprintf(workers[*n], 64, "%s", ct(s, 1));
+        (*n)++;
+    }
+    sqlite3_reset(s);
+    return 0;
+}
+
+int store_job_paused(store *st, const char *id, lr_err *err) {
+    /* resumed while its worker was stopping: back to the queue instead */
+    sqlite3_stmt *s = q(st, "UPDATE jobs SET status=CASE WHEN pause_requested=1 THEN 'paused' ELSE 'queued' END, "
+                            "worker=NULL, pause_requested=0 WHERE id=? AND status='running'", err);
+    if (!s) return -1;
+    bt(s, 1, id);
+    return exec1(st, s, err, "pause job");
 }
 
 static int qjob_cmp(const void *pa, const void *pb) {
@@ -1356,8 +1556,10 @@ json_t *store_sweep_get(store *st, const char *id, lr_err *err) {
         return NULL;
     }
     json_t *tpl = json_loads(ct(s, 2), 0, NULL), *params = json_loads(ct(s, 3), 0, NULL);
+    /* The column holds the grid (an object) or the explicit points (an array). */
     json_t *o = json_pack("{s:s, s:s, s:s, s:o, s:o, s:I}", "id", ct(s, 0), "object", "sweep", "user", ct(s, 1),
-                          "template", tpl ? tpl : json_null(), "parameters", params ? params : json_null(),
+                          "template", tpl ? tpl : json_null(), json_is_array(params) ? "points" : "parameters",
+                          params ? params : json_null(),
                           "created_at", (json_int_t)sqlite3_column_int64(s, 4));
     sqlite3_reset(s);
     json_t *jobs = store_jobs_list(st, NULL, NULL, id, 10000, NULL, err);

@@ -49,6 +49,15 @@ int store_user_add(store *st, const char *name, int admin, const char *token_has
  * comparison over every user); LR_E_NOTFOUND when none. */
 int store_user_auth(store *st, const char *token_hash, store_user *out, lr_err *err) LR_WARN_UNUSED;
 
+/* worker tokens (remote workers, daemon/remote.c): add is LR_E_CONFLICT for
+ * a taken name, rm LR_E_NOTFOUND for an unknown one; auth fills name (64
+ * bytes) and is LR_E_NOTFOUND for a hash no worker token has. */
+int store_worker_token_add(store *st, const char *name, const char *token_hash, lr_err *err) LR_WARN_UNUSED;
+int store_worker_token_rm(store *st, const char *name, lr_err *err) LR_WARN_UNUSED;
+int store_worker_token_auth(store *st, const char *token_hash, char *name, lr_err *err) LR_WARN_UNUSED;
+/* 1 when path is a registered model's directory or inside one. */
+int store_model_dir_holds(store *st, const char *path);
+
 /* models */
 /* Registers (or re-registers) a model. Its owner is the user of a pending
  * merge of that name (store_model_merge_begin; the record is used up), else
@@ -84,18 +93,25 @@ typedef struct store_dataset {
     int64_t rows, bytes;
     int64_t duplicates; /* rows equal to an earlier row: a job trains on the first only */
     char path[1024];
+    char purpose[32];   /* OpenAI's file purpose; "" is stored as "fine-tune" */
 } store_dataset;
 int store_dataset_add(store *st, const store_dataset *d, const json_t *info, lr_err *err) LR_WARN_UNUSED;
 /* Fills d (when non-NULL) and *obj (the REST object, when non-NULL). */
 int store_dataset_get(store *st, const char *id, store_dataset *d, json_t **obj, lr_err *err) LR_WARN_UNUSED;
 /* visible_to: NULL = all; else that user's datasets and those shared with them. */
 json_t *store_datasets_list(store *st, int limit, const char *after, const char *visible_to, lr_err *err);
+/* /v1/files: purpose filters when non-NULL; ascending: oldest first (else
+ * newest first); after = a file id. store_datasets_list is this without a
+ * purpose, newest first. */
+json_t *store_files_list(store *st, int limit, const char *after, const char *visible_to, const char *purpose,
+                         int ascending, lr_err *err);
 /* LR_E_CONFLICT while a queued or running job names it. */
 int store_dataset_delete(store *st, const char *id, lr_err *err) LR_WARN_UNUSED;
 
 /* jobs */
 typedef struct store_job_new {
     const char *id, *name, *user, *model, *device, *spec_json, *sweep_id;
+    const char *openai_json; /* the job's OpenAI fields (daemon/openai.h); NULL: none */
     int priority, max_retries;
 } store_job_new;
 int store_job_insert(store *st, const store_job_new *j, lr_err *err) LR_WARN_UNUSED;
@@ -113,6 +129,24 @@ char *store_jobs_list_text(store *st, const char *status, const char *user, cons
  * for the loop to tell its worker (*running = 1). Only the owner or an admin:
  * LR_E_FORBIDDEN; a finished job: LR_E_CONFLICT. */
 int store_job_cancel(store *st, const char *id, const store_user *who, int *running, lr_err *err) LR_WARN_UNUSED;
+
+/* Jobs whose OpenAI metadata has key = value (GET /v1/fine_tuning/jobs?
+ * metadata[key]=value), newest first, as store_jobs_list; key is
+ * [A-Za-z0-9_.-] (LR_E_INVALID otherwise). */
+json_t *store_jobs_list_meta(store *st, const char *user, const char *key, const char *value, int limit,
+                             const char *after, lr_err *err);
+/* Pause: a queued job is paused at once (*running = 0); a running one is
+ * marked for the loop to suspend at a checkpoint (*running = 1). resume: a
+ * paused job is queued again (it continues from its newest checkpoint); a
+ * running job whose pause has not reached its worker yet just keeps
+ * running. Owner or admin (LR_E_FORBIDDEN); other states LR_E_CONFLICT. */
+int store_job_pause(store *st, const char *id, const store_user *who, int *running, lr_err *err) LR_WARN_UNUSED;
+int store_job_resume(store *st, const char *id, const store_user *who, lr_err *err) LR_WARN_UNUSED;
+/* Running jobs whose owner asked to pause them (and not to cancel). */
+int store_jobs_pausing(store *st, char (*ids)[32], char (*workers)[64], int max, int *n, lr_err *err) LR_WARN_UNUSED;
+/* The worker of a pausing job stopped at a checkpoint: running -> paused
+ * (queued when it was resumed meanwhile). */
+int store_job_paused(store *st, const char *id, lr_err *err) LR_WARN_UNUSED;
 
 /* The scheduler's view. */
 typedef struct store_qjob {

@@ -18,6 +18,9 @@
 #include "proto/msg.h"
 
 #define STABLE_RUN_MS 60000 /* a worker up this long resets its back-off */
+/* Slots: the configured workers, then remote ones (daemon/remote.h) as they connect. */
+#define REMOTE_SLOTS 48
+#define MAX_SLOTS (CONFIG_MAX_WORKERS + REMOTE_SLOTS)
 
 typedef enum { W_STARTING, W_IDLE, W_BUSY, W_DEAD } wstate;
 static const char *const wstate_names[] = {"starting", "idle", "busy", "dead"};
@@ -25,11 +28,12 @@ static const char *const wstate_names[] = {"starting", "idle", "busy", "dead"};
 typedef struct conn conn;
 
 /* How a job ended, as its worker said, kept until it is committed. */
-typedef enum { OUT_NONE, OUT_SUCCEEDED, OUT_STOPPED, OUT_CANCELLED, OUT_FAILED, OUT_SUSPENDED } outcome;
+typedef enum { OUT_NONE, OUT_SUCCEEDED, OUT_STOPPED, OUT_CANCELLED, OUT_FAILED, OUT_SUSPENDED, OUT_PAUSED } outcome;
 
 typedef struct wslot {
     super *s;
-    char name[16];
+    char name[64];
+    int remote;               /* a remote worker's connection, no process of lorad's */
     config_worker conf;
     uv_process_t proc;
     int proc_alive;
@@ -38,6 +42,7 @@ typedef struct wslot {
     wstate state;
     char job[32];
     int cancel_sent;
+    int pause_sent;           /* its owner paused the job: a suspend went out */
     uint64_t cancel_at;       /* when the cancel went out: the kill deadline counts from here */
     int64_t ckpt_step;        /* the job's newest checkpoint in this run, -1 none */
     /* The job stays on its worker until its outcome is in the database, so
@@ -72,7 +77,7 @@ struct super {
     http_server *http;
     char sock_path[108];
     int n;
-    wslot w[CONFIG_MAX_WORKERS];
+    wslot w[MAX_SLOTS];
     int shutting_down, stopping;
 };
 
@@ -126,6 +131,7 @@ static void on_written(uv_write_t *req, int status) {
 }
 
 static void conn_close(conn *c);
+static void remote_gone(wslot *w);
 
 static void send_msg(conn *c, json_t *m) {
     if (!c || c->closing || !m) {
@@ -172,6 +178,7 @@ static void conn_close(conn *c) {
         /* The process is what counts: a worker without its socket is
          * useless, so end it; its exit requeues the job and restarts it. */
         if (w->proc_alive) uv_process_kill(&w->proc, SIGKILL);
+        else if (w->remote) remote_gone(w);
     }
     uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
 }
@@ -190,6 +197,7 @@ static void requeue_job(super *s, wslot *w, const char *why) {
 static void job_ended(wslot *w) {
     w->job[0] = 0;
     w->cancel_sent = 0;
+    w->pause_sent = 0;
     w->pend = OUT_NONE;
     w->pend_tries = 0;
     if (w->state == W_BUSY) w->state = W_IDLE; /* not a worker that died meanwhile */
@@ -230,6 +238,13 @@ static int settle(wslot *w) {
                      (long long)w->ckpt_step);
         else snprintf(ev, sizeof ev, "stopped for shutdown before its first checkpoint; will start again");
         break;
+    case OUT_PAUSED:
+        rc = store_job_paused(s->st, w->job, &e);
+        if (w->ckpt_step > 0)
+            snprintf(ev, sizeof ev, "paused at the checkpoint of step %lld; resume continues from it",
+                     (long long)w->ckpt_step);
+        else snprintf(ev, sizeof ev, "paused before its first checkpoint; resume starts it again");
+        break;
     case OUT_NONE:
         store_rollback(s->st);
         return 0;
@@ -263,12 +278,60 @@ static void note_outcome(wslot *w, const msg *m) {
         w->pend = shutdown ? OUT_SUSPENDED : OUT_FAILED;
         snprintf(w->pend_text, sizeof w->pend_text, "%s", m->text);
     } else if (!strcmp(m->outcome, "cancelled")) {
-        w->pend = shutdown ? OUT_SUSPENDED : OUT_CANCELLED;
+        w->pend = shutdown ? OUT_SUSPENDED : w->pause_sent && !w->cancel_sent ? OUT_PAUSED : OUT_CANCELLED;
     } else if (!strcmp(m->outcome, "stopped_early")) {
         w->pend = OUT_STOPPED;
         snprintf(w->pend_text, sizeof w->pend_text, "%s", m->stop_reason ? m->stop_reason : "");
     } else {
         w->pend = OUT_SUCCEEDED;
+    }
+}
+
+/* A remote worker's connection ended: its job goes back to the queue, as a
+ * dead local worker's does; the slot waits for the next remote hello. */
+static void remote_gone(wslot *w) {
+    super *s = w->s;
+    char why[160];
+    snprintf(why, sizeof why, "remote worker %s disconnected", w->name);
+    if (!s->stopping) logf_("%s", why);
+    if (w->job[0] && w->pend == OUT_NONE && !s->stopping) requeue_job(s, w, why);
+    w->state = W_DEAD;
+    save_worker(w);
+}
+
+/* The slot of a remote worker's hello: its old one when it comes back, else
+ * a free one; NULL when that name is connected already or all are taken. */
+static wslot *remote_slot(super *s, const msg *m) {
+    char name[64];
+    wslot *free_slot = NULL;
+    snprintf(name, sizeof name, "%s", m->worker);
+    for (int i = 0; i < s->n; i++) {
+        wslot *w = &s->w[i];
+        if (!strcmp(w->name, name)) return w->remote && !w->c && w->pend == OUT_NONE && !w->job[0] ? w : NULL;
+        if (!free_slot && w->remote && !w->c && w->pend == OUT_NONE && !w->job[0]) free_slot = w;
+    }
+    if (!free_slot && s->n < MAX_SLOTS) free_slot = &s->w[s->n++];
+    if (!free_slot) return NULL;
+    memset(free_slot, 0, sizeof *free_slot);
+    free_slot->s = s;
+    free_slot->remote = 1;
+    snprintf(free_slot->name, sizeof free_slot->name, "%s", name);
+    snprintf(free_slot->conf.backend, sizeof free_slot->conf.backend, "%s", m->backend);
+    return free_slot;
+}
+
+/* Remote workers have no process to watch: a silent one is disconnected. */
+static void remote_tick(super *s, uint64_t now, uint64_t limit) {
+    for (int i = 0; i < s->n; i++) {
+        wslot *w = &s->w[i];
+        if (!w->remote || !w->c) continue;
+        if (now - w->last_seen > limit) {
+            logf_("remote worker %s missed its heartbeats for %d s; disconnecting it", w->name,
+                  s->cfg->heartbeat_timeout_s);
+            conn_close(w->c);
+        } else {
+            send_msg(w->c, msg_heartbeat(NULL, 0, 0, 0));
+        }
     }
 }
 
@@ -282,8 +345,10 @@ static void handle_msg(conn *c, const msg *m, int64_t *ack) {
             conn_close(c);
             return;
         }
-        for (int i = 0; i < s->n; i++)
-            if (!strcmp(s->w[i].name, m->worker) && s->w[i].proc_alive && !s->w[i].c) w = &s->w[i];
+        if (m->remote) w = remote_slot(s, m);
+        else
+            for (int i = 0; i < s->n; i++)
+                if (!strcmp(s->w[i].name, m->worker) && s->w[i].proc_alive && !s->w[i].c) w = &s->w[i];
         if (!w) {
             logf_("hello from unknown or duplicate worker '%s'; closing it", m->worker);
             conn_close(c);
@@ -293,7 +358,8 @@ static void handle_msg(conn *c, const msg *m, int64_t *ack) {
         w->c = c;
         w->state = W_IDLE;
         w->last_seen = uv_now(&s->loop);
-        snprintf(w->device, sizeof w->device, "%s", m->device ? m->device : "");
+        if (m->remote) snprintf(w->device, sizeof w->device, "%s (remote, token %s)", m->device ? m->device : "", m->remote);
+        else snprintf(w->device, sizeof w->device, "%s", m->device ? m->device : "");
         snprintf(w->version, sizeof w->version, "%s", m->version ? m->version : "");
         w->mem_bytes = m->mem_bytes;
         w->threads = m->threads;
@@ -461,11 +527,28 @@ static void spawn_worker(wslot *w) {
     char threads[16], hb[16];
     snprintf(threads, sizeof threads, "%d", w->conf.threads ? w->conf.threads : s->cfg->worker_threads);
     snprintf(hb, sizeof hb, "%d", s->cfg->heartbeat_interval_s);
-    char *args[] = {(char *)s->cfg->worker_bin, "agent", "--socket", s->sock_path, "--backend", w->conf.backend,
-                    "--threads", threads, "--name", w->name, "--heartbeat", hb, NULL};
+    char *agent[] = {(char *)s->cfg->worker_bin, "agent", "--socket", s->sock_path, "--backend", w->conf.backend,
+                     "--threads", threads, "--name", w->name, "--heartbeat", hb, NULL};
+    /* A worker of N ranks (NxBACKEND) is N agents under mpirun; rank 0
+     * connects, the others follow it (worker/agent_rank.c). Not bound to
+     * cores: each rank runs its own threads. Killing mpirun ends the
+     * ranks (they die with their parent). */
+    char np[16], *args[32];
+    int na = 0;
+    snprintf(np, sizeof np, "%d", w->conf.ranks);
+    if (w->conf.ranks > 1) {
+        args[na++] = "mpirun";
+        if (geteuid() == 0) args[na++] = "--allow-run-as-root";
+        args[na++] = "--oversubscribe";
+        args[na++] = "--bind-to";
+        args[na++] = "none";
+        args[na++] = "-np";
+        args[na++] = np;
+    }
+    for (size_t i = 0; i < sizeof agent / sizeof agent[0]; i++) args[na++] = agent[i];
     uv_stdio_container_t stdio[3] = {{.flags = UV_IGNORE}, {.flags = UV_INHERIT_FD, .data.fd = 2},
                                      {.flags = UV_INHERIT_FD, .data.fd = 2}};
-    uv_process_options_t o = {.file = s->cfg->worker_bin, .args = args, .exit_cb = on_worker_exit, .stdio_count = 3,
+    uv_process_options_t o = {.file = args[0], .args = args, .exit_cb = on_worker_exit, .stdio_count = 3,
                               .stdio = stdio};
     w->proc.data = w;
     w->state = W_STARTING;
@@ -537,13 +620,16 @@ static int assign(super *s, wslot *w, const char *id) {
     if (store_job_start(s->st, id, w->name, &e)) goto out; /* cancelled meanwhile: not an error */
     snprintf(w->job, sizeof w->job, "%s", id);
     w->cancel_sent = 0;
+    w->pause_sent = 0;
     w->pend = OUT_NONE;
     w->ckpt_step = last_ckpt;
     w->state = W_BUSY;
     save_worker(w);
-    if (resume) job_event(s, id, "info", "assigned to worker %s; resuming from checkpoint step %lld", w->name,
+    char ranks[48] = "";
+    if (slot_ranks(w) > 1) snprintf(ranks, sizeof ranks, " (%d ranks, mpirun)", slot_ranks(w));
+    if (resume) job_event(s, id, "info", "assigned to worker %s%s; resuming from checkpoint step %lld", w->name, ranks,
                           (long long)last_ckpt);
-    else job_event(s, id, "info", "assigned to worker %s", w->name);
+    else job_event(s, id, "info", "assigned to worker %s%s", w->name, ranks);
     send_msg(w->c, msg_assign(id, spec_json, model_dir, fp, spec->n_training_files,
                               spec->validation_file[0] ? val : NULL, ref, run_dir, resume));
     rc = 0;
@@ -579,12 +665,82 @@ static void send_cancels(super *s) {
                 job_event(s, w->job, "info", "cancel sent to worker %s", w->name);
             }
         }
+    /* A pause is a suspend: the worker checkpoints where it is and stops. */
+    if (store_jobs_pausing(s->st, ids, workers, 32, &n, &e)) {
+        logf_("pauses: %s", e.msg);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < s->n; k++) {
+            wslot *w = &s->w[k];
+            if (w->c && !w->cancel_sent && !w->pause_sent && w->pend == OUT_NONE && !strcmp(w->job, ids[i])) {
+                w->pause_sent = 1;
+                send_msg(w->c, msg_suspend(w->job, "paused by its owner"));
+                job_event(s, w->job, "info", "pause sent to worker %s", w->name);
+            }
+        }
+}
+
+static int slot_ranks(const wslot *w) { return w->conf.ranks > 1 ? w->conf.ranks : 1; }
+
+/* A queued job's resources.devices (1 for specs stored before it existed). */
+static int job_devices(super *s, const char *id) {
+    char *txt = NULL, model[512];
+    int64_t ck;
+    lr_err e = {0};
+    if (store_job_for_assign(s->st, id, &txt, model, sizeof model, &ck, &e)) return 1;
+    json_t *j = json_loads(txt, 0, NULL);
+    json_int_t n = json_integer_value(json_object_get(json_object_get(j, "resources"), "devices"));
+    json_decref(j);
+    free(txt);
+    return n > 1 ? (int)n : 1;
+}
+
+/* A job trains on a worker with as many ranks as its resources.devices:
+ * one sched_pick per rank count among the idle workers. A job that no
+ * worker of this lorad can take fails now, saying how to get one. */
+static void pick_by_ranks(super *s, const store_qjob *q, const sched_job *jobs, int nq, const sched_worker *sw,
+                          const sched_user *users, int nu) {
+    int *dev = malloc((size_t)nq * sizeof *dev), *idx = malloc((size_t)nq * sizeof *idx);
+    sched_job *sub = malloc((size_t)nq * sizeof *sub);
+    if (!dev || !idx || !sub) goto out;
+    for (int i = 0; i < nq; i++) {
+        dev[i] = job_devices(s, q[i].id);
+        int fits = 0;
+        for (int k = 0; k < s->n && !fits; k++) fits = slot_ranks(&s->w[k]) == dev[i];
+        if (fits) continue;
+        char msg[300];
+        snprintf(msg, sizeof msg,
+                 "resources.devices is %d and no worker of this lorad has %d ranks (start lorad with --workers %dxcpu "
+                 "or %dxcuda:0)", dev[i], dev[i], dev[i], dev[i]);
+        lr_err e = {0};
+        if (store_job_finish(s->st, q[i].id, "failed", "invalid_job", msg, &e)) logf_("fail %s: %s", q[i].id, e.msg);
+        dev[i] = 0;
+    }
+    for (int k = 0; k < s->n; k++) {
+        int r = slot_ranks(&s->w[k]), seen = 0;
+        if (!sw[k].idle) continue;
+        for (int m = 0; m < k && !seen; m++) seen = sw[m].idle && slot_ranks(&s->w[m]) == r;
+        if (seen) continue; /* this rank count was picked for already */
+        sched_worker ws[MAX_SLOTS];
+        for (int m = 0; m < s->n; m++) ws[m] = (sched_worker){sw[m].backend, sw[m].idle && slot_ranks(&s->w[m]) == r};
+        int ns = 0;
+        for (int i = 0; i < nq; i++)
+            if (dev[i] == r) sub[ns] = jobs[i], idx[ns++] = i;
+        sched_assign as[MAX_SLOTS];
+        int na = ns ? sched_pick(sub, ns, ws, s->n, users, nu, s->cfg->max_running_per_user, as, MAX_SLOTS) : 0;
+        for (int i = 0; i < na; i++) assign(s, &s->w[as[i].worker], q[idx[as[i].job]].id);
+    }
+out:
+    free(dev);
+    free(idx);
+    free(sub);
 }
 
 static void schedule(super *s) {
     if (s->shutting_down) return;
     send_cancels(s);
-    sched_worker sw[CONFIG_MAX_WORKERS];
+    sched_worker sw[MAX_SLOTS];
     int idle = 0;
     for (int i = 0; i < s->n; i++) {
         sw[i].backend = s->w[i].conf.backend;
@@ -620,9 +776,7 @@ static void schedule(super *s) {
         jobs[i].priority = q[i].priority;
         jobs[i].seq = q[i].seq;
     }
-    sched_assign as[CONFIG_MAX_WORKERS];
-    int na = sched_pick(jobs, nq, sw, s->n, users, nu, s->cfg->max_running_per_user, as, CONFIG_MAX_WORKERS);
-    for (int i = 0; i < na; i++) assign(s, &s->w[as[i].worker], q[as[i].job].id);
+    pick_by_ranks(s, q, jobs, nq, sw, users, nu);
 out:
     if (e.msg[0]) logf_("scheduler: %s", e.msg);
     free(users);
@@ -657,8 +811,10 @@ static void on_tick(uv_timer_t *t) {
     super *s = t->data;
     uint64_t now = uv_now(&s->loop), limit = (uint64_t)s->cfg->heartbeat_timeout_s * 1000;
     settle_all(s);
+    remote_tick(s, now, limit);
     for (int i = 0; i < s->n; i++) {
         wslot *w = &s->w[i];
+        if (w->remote && w->c) enforce_cancel(w, now);
         if (!w->proc_alive) continue;
         enforce_cancel(w, now);
         if (!w->proc_alive || w->quick_restart) continue;
@@ -699,7 +855,7 @@ static void stop_all(super *s) {
 static void maybe_finish_shutdown(super *s) {
     if (!s->shutting_down || s->stopping) return;
     for (int i = 0; i < s->n; i++)
-        if (s->w[i].job[0] && (s->w[i].proc_alive || s->w[i].pend != OUT_NONE)) return;
+        if (s->w[i].job[0] && (s->w[i].proc_alive || s->w[i].c || s->w[i].pend != OUT_NONE)) return;
     logf_("every running job has stopped; exiting");
     stop_all(s);
 }

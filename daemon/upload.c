@@ -24,6 +24,8 @@ struct upload {
     lr_err err;
     uint64_t bytes;   /* of the dataset itself */
     char filename[256];
+    char purpose[32]; /* multipart: the part named "purpose" (OpenAI's files.create), cut to 31 bytes */
+    int in_purpose;
     char *wbuf;
     size_t wlen;
 };
@@ -69,6 +71,7 @@ static int sink(upload *u, const char *d, size_t n) {
 static int on_part(void *ud, const char *name, const char *filename) {
     upload *u = ud;
     u->in_file = !strcmp(name, "file") && u->file_parts++ == 0;
+    u->in_purpose = !strcmp(name, "purpose");
     if (u->in_file && filename[0]) snprintf(u->filename, sizeof u->filename, "%s", filename);
     return 0;
 }
@@ -76,11 +79,18 @@ static int on_part(void *ud, const char *name, const char *filename) {
 static int on_data(void *ud, const char *d, size_t n) {
     upload *u = ud;
     if (u->in_file) sink(u, d, n);
+    size_t have = strlen(u->purpose);
+    if (u->in_purpose && have < sizeof u->purpose - 1) {
+        size_t k = sizeof u->purpose - 1 - have < n ? sizeof u->purpose - 1 - have : n;
+        memcpy(u->purpose + have, d, k);
+        u->purpose[have + k] = 0;
+    }
     return 0;
 }
 
 static int on_end(void *ud) {
     ((upload *)ud)->in_file = 0;
+    ((upload *)ud)->in_purpose = 0;
     return 0;
 }
 
@@ -152,6 +162,7 @@ int upload_end(upload *u, data_report *r, lr_err *err) {
 
 uint64_t upload_bytes(const upload *u) { return u->bytes; }
 const char *upload_filename(const upload *u) { return u->filename; }
+const char *upload_purpose(const upload *u) { return u->purpose; }
 
 int upload_take(upload *u, const char *path, lr_err *err) {
     if (rename(u->path, path))

@@ -29,6 +29,8 @@ void upload_feed(upload *u, const char *data, size_t len);
 int upload_end(upload *u, data_report *r, lr_err *err) LR_WARN_UNUSED;
 uint64_t upload_bytes(const upload *u);
 const char *upload_filename(const upload *u);
+/* The multipart part named "purpose" (at most 31 bytes), "" when absent. */
+const char *upload_purpose(const upload *u);
 /* Moves the finished file to path (fsync'd, atomic). */
 int upload_take(upload *u, const char *path, lr_err *err) LR_WARN_UNUSED;
 void upload_free(upload *u);

@@ -46,7 +46,20 @@ if command -v clang >/dev/null 2>&1; then
   rd=$(clang -print-resource-dir 2>/dev/null || true)
   ls "$rd"/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || missing+=(libclang-rt-14-dev)
 fi
-if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+# The official openai SDK that tests/integration/test_openai_sdk.py drives,
+# from the npm registry, pinned by tests/openai/package-lock.json; npm ci only
+# when node_modules does not match the lock (npm's own record of the install,
+# as mk/web.sh does). Without npm or the registry the test says skip.
+openai_sdk() {
+  local dir
+  dir=$(cd "$(dirname "$0")/.." && pwd)/tests/openai
+  command -v npm >/dev/null 2>&1 || return 0
+  [ "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ] && return 0
+  echo "deps: npm ci in tests/openai (the openai SDK)"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
+    echo "deps: npm ci in tests/openai failed; test_openai_sdk.py will skip" >&2
+}
+if [ ${#missing[@]} -eq 0 ]; then openai_sdk; exit 0; fi
 echo "deps: installing ${missing[*]}"
 if [ "$(id -u)" != 0 ]; then
   echo "deps: need root to apt-get install: ${missing[*]}" >&2
@@ -56,3 +69,4 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 echo "deps: done"
+openai_sdk

@@ -55,6 +55,8 @@ static const char *const *required(data_format f) {
 static data_format classify(json_t *o) {
     if (json_object_get(o, "messages")) return DATA_FMT_MESSAGES;
     if (json_object_get(o, "chosen") || json_object_get(o, "rejected")) return DATA_FMT_DPO;
+    /* OpenAI's preference form: input.messages, preferred_output, non_preferred_output */
+    if (json_object_get(o, "preferred_output") || json_object_get(o, "non_preferred_output")) return DATA_FMT_DPO;
     if (json_object_get(o, "instruction")) return DATA_FMT_ALPACA;
     if (json_object_get(o, "prompt")) return DATA_FMT_PROMPT_COMPLETION;
     if (json_object_get(o, "input") && json_object_get(o, "output")) return DATA_FMT_INPUT_OUTPUT;
@@ -303,6 +305,25 @@ static int row_from_json(json_t *o, data_format *fmt, data_row *row, uint64_t *h
             goto fail;
         break;
     case DATA_FMT_DPO:
+        if (json_object_get(o, "preferred_output") || json_object_get(o, "non_preferred_output")) {
+            static const char *const oai[] = {"input", "preferred_output", "non_preferred_output"};
+            for (int k = 0; k < 3; k++)
+                if (!json_object_get(o, oai[k])) {
+                    snprintf(why, cap, "missing field '%s'", oai[k]);
+                    goto fail;
+                }
+            json_t *in = json_object_get(json_object_get(o, "input"), "messages");
+            if (!in) {
+                snprintf(why, cap, "field 'input' has no 'messages'");
+                goto fail;
+            }
+            if (get_messages(in, "input.messages", 0, &v, keep, why, cap) < 0) goto fail;
+            n_prompt = v.n;
+            if (get_turns(o, "preferred_output", CHAT_ASSISTANT, &v, keep, why, cap)) goto fail;
+            n_chosen = v.n - n_prompt;
+            if (get_turns(o, "non_preferred_output", CHAT_ASSISTANT, &v, keep, why, cap)) goto fail;
+            break;
+        }
         for (const char *const *k = required(DATA_FMT_DPO); *k; k++)
             if (!json_object_get(o, *k)) {
                 snprintf(why, cap, "missing field '%s'", *k);

@@ -1,0 +1,88 @@
+/* openai: OpenAI's fine-tuning and chat shapes on lorad's objects.
+ *
+ * lorad's jobs and datasets are OpenAI's fine-tuning jobs and files: one set
+ * of rows, one set of handlers (daemon/api.c), the same objects on
+ * /v1/jobs and /v1/fine_tuning/jobs. This module holds what is OpenAI's:
+ * the create body (model, training_file, suffix, seed, metadata, method,
+ * "auto" hyperparameters) turned into lorad's job spec, the fields a job
+ * object gains from it, event and checkpoint objects, model names
+ * ("ft:<base>:<user>:<suffix>:<job id>[:ckpt-step-N]") and the chat and
+ * completion answers, streamed or not. No I/O: the API looks things up and
+ * passes them in.
+ *
+ * "auto" resolves to (documented in README "Moving from OpenAI fine-tuning"):
+ * n_epochs = clamp(ceil(1000 / rows), 3, 10); batch_size = the largest power
+ * of two <= rows / 32, in 1..16; learning rate = a base rate by model size
+ * (2e-4 below 1B parameters, 1e-4 below 10B, 5e-5 above) times
+ * learning_rate_multiplier (auto: 1); LoRA on all linear layers; DPO beta 0.1. */
+#ifndef LR_OPENAI_H
+#define LR_OPENAI_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include "common/err.h"
+#include "proto/jobspec.h"
+
+#define OAI_SUFFIX_MAX 64
+#define OAI_METADATA_MAX 16
+
+/* What the create needs to know that the body does not say. */
+typedef struct oai_create_ctx {
+    int64_t train_rows;     /* rows of training_file, 0 when unknown */
+    double model_params;    /* the base model's parameter count, 0 when unknown */
+    int openai_route;       /* 1: /v1/fine_tuning/jobs ("auto" defaults, generated seed) */
+    uint64_t random_seed;   /* the seed recorded when the body has none (openai_route) */
+} oai_create_ctx;
+
+/* Turns an OpenAI create body into lorad's spec document, in place: the
+ * OpenAI-only fields (suffix, metadata, integrations, seed, method's
+ * supervised/dpo sections, learning_rate_multiplier, "auto") are taken out
+ * and *meta (new reference) keeps them and what "auto" resolved to; lorad's
+ * own spec fields pass through. Errors name the field (param), e.g.
+ * method.type "reinforcement". */
+int oai_create_prepare(json_t *body, const oai_create_ctx *x, json_t **meta, lr_err *err) LR_WARN_UNUSED;
+
+/* The job's OpenAI record, stored with it (jobs.openai): training_file,
+ * validation_file, hyperparameters, method, seed, suffix, metadata,
+ * integrations and the fine_tuned_model name it will have. meta may be an
+ * empty object (a sweep's point: no OpenAI fields, base rate 2e-4). */
+json_t *oai_job_record(const jobspec *s, const json_t *meta, const char *job_id, const char *user);
+
+/* Completes a job object (store's) with OpenAI's fields that follow its
+ * state: fine_tuned_model only once succeeded, estimated_finish while it
+ * runs, organization_id, result_files, trained_tokens. (A job created
+ * before the record, migration 0007, has no training_file, seed...) */
+void oai_job_complete(json_t *job, int64_t now);
+
+/* "ft:<base>:<user>:<suffix>:<job id>" (suffix may be ""), into out. */
+void oai_model_name(const char *base, const char *user, const char *suffix, const char *job_id, char *out, size_t cap);
+/* A fine-tuned model or checkpoint name: 1 with its job id and step (-1:
+ * the final adapter), 0 when name is not one (a base model's name). */
+int oai_parse_model(const char *name, char *job_id, size_t cap, int64_t *step);
+
+/* OpenAI's event object from lorad's ({"id": n, "created_at", "level",
+ * "message"}): id "ftevent-<n>", whole seconds, level info|warn|error,
+ * type "message". */
+json_t *oai_event(const json_t *ev);
+/* A metrics event for one logged step (train_loss, valid_loss, ...). */
+json_t *oai_metrics_event(int64_t step, int64_t total_steps, double created_at, const json_t *values);
+/* Adds OpenAI's checkpoint fields to lorad's checkpoint object ({"step",
+ * "name", "created_at"}): id, fine_tuning_job_id, step_number,
+ * fine_tuned_model_checkpoint ("<fine_tuned_model>:ckpt-step-N") and
+ * metrics (stolen reference: what was logged at that step). */
+void oai_checkpoint_complete(json_t *ck, const char *job_id, const char *fine_tuned_model, json_t *metrics);
+
+/* OpenAI's error type for a status: invalid_request_error, authentication_error,
+ * permission_error, not_found_error, conflict_error, rate_limit_error, server_error. */
+const char *oai_error_type(int status);
+
+/* A chat.completion (chat 1) or text_completion object from one generation
+ * ({"text", "tokens", "stop", "prompt_tokens"}). */
+json_t *oai_completion(int chat, const char *id, const char *model, int64_t created, const json_t *gen);
+/* The same answer as server-sent events: the text in chunks of about
+ * chunk_bytes (cut on UTF-8 boundaries), then the finish reason, then the
+ * usage chunk when include_usage, then "data: [DONE]". malloc'd, *len. */
+char *oai_sse(int chat, const char *id, const char *model, int64_t created, const json_t *gen, int include_usage,
+              size_t chunk_bytes, size_t *len);
+
+#endif

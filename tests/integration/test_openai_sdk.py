@@ -1,0 +1,69 @@
+"""The official openai SDK (node, pinned in tests/openai/package.json)
+against a real lorad with one CPU worker on a tiny model: files, fine-tuning
+jobs (supervised with a validation file, suffix, seed, metadata; DPO in
+OpenAI's preference format), pause and resume, events, checkpoints, chat
+and text completions, typed errors (tests/openai/sdk_flow.mjs). Then, on the
+server's files: the paused and resumed job ended with the same adapter, bit
+for bit, as the same job run without a pause."""
+import json, os, shutil, subprocess, sys, tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from daemon_harness import BUILD, ROOT, Lorad, Results  # noqa: E402
+
+R = Results()
+SDK = os.path.join(ROOT, "tests", "openai")
+node = shutil.which("node")
+if not node or not os.path.isdir(os.path.join(SDK, "node_modules", "openai")):
+    R.skip("openai SDK flow", "needs node and tests/openai/node_modules (mk/deps.sh runs npm ci there)")
+    R.finish()
+if not os.path.exists(os.path.join(BUILD, "lorad")) or not os.path.exists(os.path.join(BUILD, "lora-worker")):
+    R.skip("openai SDK flow", "lorad or lora-worker not built in " + BUILD)
+    R.finish()
+
+tmp = tempfile.mkdtemp(prefix="lroai.", dir="/tmp")
+L = Lorad(os.path.join(BUILD, "lora-worker"), workers="cpu", extra=["--max-queued-per-user", "2"])
+try:
+    model = os.path.join(tmp, "model")
+    subprocess.run([os.path.join(BUILD, "lora-worker"), "mkmodel", "--arch", "llama", "--preset", "tiny", "--seed", "1",
+                    "--dtype", "f32", "--out", model], check=True, capture_output=True, timeout=120)
+    L.admin("model", "add", "demo-tiny", model)
+    alice = L.admin("user", "add", "alice").split()[-1]
+    bob = L.admin("user", "add", "bob").split()[-1]
+    rows = [json.loads(x) for x in open(os.path.join(ROOT, "examples", "demo.jsonl"))]
+    paths = {k: os.path.join(tmp, k + ".jsonl") for k in ("train", "valid", "dpo")}
+    with open(paths["train"], "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows[:216])
+    with open(paths["valid"], "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows[216:])
+    with open(paths["dpo"], "w") as f:
+        for r in rows[:40]:  # OpenAI's preference rows: the template preferred to a bare answer
+            good = r["messages"][-1]["content"]
+            bare = good.split("\n")[0].replace("Answer: ", "")
+            f.write(json.dumps({"input": {"messages": r["messages"][:-1]},
+                                "preferred_output": [{"role": "assistant", "content": good}],
+                                "non_preferred_output": [{"role": "assistant", "content": bare}]}) + "\n")
+    L.start()
+    env = dict(os.environ, LORAD_URL="http://127.0.0.1:%d" % L.port, LORAD_TOKEN=alice, LORAD_TOKEN_BOB=bob,
+               OAI_TRAIN=paths["train"], OAI_VALID=paths["valid"], OAI_DPO=paths["dpo"])
+    out = subprocess.run([node, os.path.join(SDK, "sdk_flow.mjs")], env=env, capture_output=True, text=True,
+                         timeout=900)
+    result = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("ok   "):
+            R.check(True, "sdk: " + line[5:])
+        elif line.startswith("FAIL "):
+            R.check(False, "sdk: " + line[5:])
+        elif line.startswith("RESULT "):
+            result = json.loads(line[7:])
+    R.check(out.returncode == 0 and result, "the SDK flow exits 0", out.stderr[-2000:])
+    if result.get("p") and result.get("u"):
+        a = open(os.path.join(L.dir, "runs", result["p"], "adapter_model.safetensors"), "rb").read()
+        b = open(os.path.join(L.dir, "runs", result["u"], "adapter_model.safetensors"), "rb").read()
+        R.check(len(a) > 1000 and a == b, "paused at step %s and resumed: the same adapter, bit for bit, as the "
+                "uninterrupted run with the same seed" % result.get("paused_at"), (len(a), len(b)))
+    else:
+        R.check(False, "pause/resume adapters compared", "the SDK flow did not get that far")
+finally:
+    L.cleanup()
+    shutil.rmtree(tmp, ignore_errors=True)
+R.finish()
