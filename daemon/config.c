@@ -29,7 +29,7 @@ static const key_def keys[] = {
     {"web_dir", K_STR, S(web_dir), 0, 0, "", "dashboard files served at / (default <exe>/../web, else <exe>/../share/lorad/web)"},
     {"migrations_dir", K_STR, S(migrations_dir), 0, 0, "", "schema migrations (default <exe>/../migrations, else <exe>/../share/lorad/migrations)"},
     {"worker_bin", K_STR, S(worker_bin), 0, 0, "", "lora-worker executable (default beside lorad)"},
-    {"workers", K_WORKERS, 0, 0, 0, 0, "cpu", "workers to start: cpu, cpu:THREADS, cuda:N, comma-separated"},
+    {"workers", K_WORKERS, 0, 0, 0, 0, "cpu", "workers to start: cpu, cpu:THREADS, cuda:N, comma-separated; NxWORKER is one worker of N ranks started with mpirun (2xcpu:4, 4xcuda:0 = GPUs 0-3) for jobs with resources.devices N"},
     {"worker_threads", K_INT, I(worker_threads), 0, 1024, "0", "threads per CPU worker (0 = all cores)"},
     {"http_threads", K_INT, I(http_threads), 1, 256, "4", "HTTP thread pool size"},
     {"max_connections", K_INT, I(max_connections), 1, 100000, "256", "concurrent HTTP connections"},
@@ -79,6 +79,16 @@ int config_set_workers(lorad_config *c, const char *list, lr_err *err) {
             return lr_errp(err, LR_E_INVALID, "workers", "at most %d workers", CONFIG_MAX_WORKERS);
         config_worker *w = &c->workers[c->n_workers];
         memset(w, 0, sizeof *w);
+        w->ranks = 1;
+        char *x = strchr(item, 'x'), *at = item;
+        if (x && x > item && strspn(item, "0123456789") == (size_t)(x - item)) {
+            /* NxBACKEND: one worker of N ranks, for jobs with resources.devices N */
+            w->ranks = atoi(item);
+            if (w->ranks < 2 || w->ranks > 64)
+                return lr_errp(err, LR_E_INVALID, "workers", "'%s': NxBACKEND needs 2..64 ranks", item);
+            at = x + 1;
+            memmove(item, at, strlen(at) + 1);
+        }
         char *colon = strchr(item, ':');
         if (!strncmp(item, "cpu", 3) && (item[3] == 0 || item[3] == ':')) {
             snprintf(w->backend, sizeof w->backend, "cpu");

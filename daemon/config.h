@@ -14,7 +14,8 @@
 
 typedef struct config_worker {
     char backend[32]; /* "cpu" or "cuda:N" */
-    int threads;      /* 0 = the config's worker_threads */
+    int threads;      /* 0 = the config's worker_threads; per rank */
+    int ranks;        /* 1, or N: lorad starts it as N ranks with mpirun (data-parallel jobs) */
 } config_worker;
 
 typedef struct lorad_config {

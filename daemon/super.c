@@ -578,6 +578,9 @@ static int resolve_dataset(super *s, const char *id, char *path, size_t cap, lr_
     return 0;
 }
 
+/* A worker of NxBACKEND has N ranks; the others one. */
+static int slot_ranks(const wslot *w) { return w->conf.ranks > 1 ? w->conf.ranks : 1; }
+
 static int assign(super *s, wslot *w, const char *id) {
     lr_err e = {0};
     char *spec_txt = NULL, model[512], model_dir[1024], run_dir[1200], ref_dir[1700], val[1024];
@@ -681,8 +684,6 @@ static void send_cancels(super *s) {
         }
 }
 
-static int slot_ranks(const wslot *w) { return w->conf.ranks > 1 ? w->conf.ranks : 1; }
-
 /* A queued job's resources.devices (1 for specs stored before it existed). */
 static int job_devices(super *s, const char *id) {
     char *txt = NULL, model[512];
@@ -704,8 +705,12 @@ static void pick_by_ranks(super *s, const store_qjob *q, const sched_job *jobs, 
     int *dev = malloc((size_t)nq * sizeof *dev), *idx = malloc((size_t)nq * sizeof *idx);
     sched_job *sub = malloc((size_t)nq * sizeof *sub);
     if (!dev || !idx || !sub) goto out;
+    int fewest = 0; /* a one-device job runs on the smallest worker there is */
+    for (int k = 0; k < s->n; k++)
+        if (!fewest || slot_ranks(&s->w[k]) < fewest) fewest = slot_ranks(&s->w[k]);
     for (int i = 0; i < nq; i++) {
         dev[i] = job_devices(s, q[i].id);
+        if (dev[i] == 1) dev[i] = fewest;
         int fits = 0;
         for (int k = 0; k < s->n && !fits; k++) fits = slot_ranks(&s->w[k]) == dev[i];
         if (fits) continue;

@@ -80,6 +80,7 @@ void jobspec_init(jobspec *s) {
     s->chat_template = TPL_AUTO;
     s->device = DEV_ANY;
     s->max_retries = 3;
+    s->resources.devices = 1;
 }
 
 /* ---- typed field readers ---------------------------------------------------- */
@@ -503,7 +504,8 @@ static int parse_lora(const json_t *v, jobspec *s, lr_err *err) {
 int jobspec_from_json(const json_t *obj, jobspec *s, lr_err *err) {
     static const char *const keys[] = {"name", "model", "training_file", "validation_file", "method",
                                        "hyperparameters", "lora", "chat_template", "system_prompt",
-                                       "device", "priority", "max_retries", "eval"};
+                                       "device", "priority", "max_retries", "eval", "resources"};
+    static const char *const res_keys[] = {"devices"};
     jobspec_init(s);
     if (!json_is_object(obj)) return lr_errp(err, LR_E_INVALID, "", "a job spec must be a JSON object");
     if (check_object(obj, "", keys, NELEM(keys), err)) return -1;
@@ -543,6 +545,13 @@ int jobspec_from_json(const json_t *obj, jobspec *s, lr_err *err) {
     }
     if ((x = json_object_get(obj, "priority")) && get_int32(x, "priority", -100, 100, &s->priority, err)) return -1;
     if ((x = json_object_get(obj, "max_retries")) && get_int32(x, "max_retries", 0, 100, &s->max_retries, err)) return -1;
+    if ((x = json_object_get(obj, "resources"))) {
+        json_t *d;
+        if (check_object(x, "resources", res_keys, NELEM(res_keys), err)) return -1;
+        if ((d = json_object_get(x, "devices")) &&
+            get_int32(d, "resources.devices", 1, JOBSPEC_MAX_DEVICES, &s->resources.devices, err))
+            return -1;
+    }
 
     /* Rules that tie fields together. */
     if (s->hp.warmup_ratio > 0 && s->hp.warmup_steps > 0)
@@ -671,6 +680,7 @@ json_t *jobspec_to_json(const jobspec *s) {
     json_object_set_new(o, "device", json_string(device_names[s->device]));
     json_object_set_new(o, "priority", json_integer(s->priority));
     json_object_set_new(o, "max_retries", json_integer(s->max_retries));
+    json_object_set_new(o, "resources", json_pack("{s:i}", "devices", s->resources.devices));
     return o;
 }
 

@@ -18,6 +18,7 @@
 #define JOBSPEC_MAX_SECTIONS 16
 #define JOBSPEC_MAX_STOP 8
 #define JOBSPEC_MAX_REGEX 1024
+#define JOBSPEC_MAX_DEVICES 64
 
 typedef enum { METHOD_SFT, METHOD_KL_SFT, METHOD_DPO, METHOD_FULL_SFT, METHOD_EVAL } job_method;
 typedef enum { SCHED_COSINE, SCHED_LINEAR, SCHED_CONSTANT } lr_sched;
@@ -116,6 +117,9 @@ typedef struct jobspec {
     job_device device;
     int priority;                    /* -100..100, higher first */
     int max_retries;                 /* re-queues after a worker death, default 3 */
+    struct {
+        int devices;                 /* data-parallel ranks the job trains on (worker/dist.h), default 1 */
+    } resources;
 } jobspec;
 
 /* Fills every default. */

@@ -18,6 +18,7 @@
 #include "proto/frame.h"
 #include "proto/msg.h"
 #include "worker/commands.h"
+#include "worker/dist.h"
 
 #define AGENT_VERSION "0.1"
 
@@ -178,13 +179,16 @@ static void *job_main(void *arg) {
     train_paths p = {.model_dir = j->model_dir, .validation_file = j->val[0] ? j->val : NULL,
                      .reference_adapter_dir = j->ref[0] ? j->ref : NULL, .run_dir = j->run_dir};
     for (int i = 0; i < j->n_files; i++) p.training_files[i] = j->files[i];
-    train_opts to = {.backend = ag->o->backend, .threads = ag->o->threads, .resume = j->resume};
+    train_opts to = {.backend = ag->o->backend, .threads = ag->o->threads, .resume = j->resume, .dist = ag->o->dist};
     train_hooks th = {.ud = j, .metric = h_metric, .event = h_event, .checkpoint = h_checkpoint, .flush = h_flush,
                       .progress = h_progress, .cancelled = h_cancelled, .stopped = h_stopped};
     train_outcome out = TRAIN_DONE;
     lr_err e = {0};
     json_t *end, *last;
-    int rc = ag->o->run(&j->spec, &p, &to, &th, &out, &e);
+    /* the other ranks of this worker train it with us */
+    int rc = agent_rank_send(ag->o->dist, j->id, &j->spec, &p, j->resume, &e)
+                 ? -1
+                 : ag->o->run(&j->spec, &p, &to, &th, &out, &e);
     /* The last progress, which a short job may finish before any heartbeat. */
     pthread_mutex_lock(&ag->plock);
     last = ag->total > 0 ? msg_heartbeat(j->id, ag->step, ag->total, ag->epoch) : NULL;
@@ -201,6 +205,13 @@ static void *job_main(void *arg) {
      * finds this job joinable. */
     atomic_store(&j->finished, 1);
     send_locked(ag, end);
+    if (rc && dist_size(ag->o->dist) > 1) {
+        /* the other ranks may still wait for this one in an exchange: the
+         * worker ends (once lorad has had time to read the outcome) and
+         * lorad starts it afresh */
+        sleep(1);
+        dist_abort(ag->o->dist);
+    }
     return NULL;
 }
 
@@ -338,6 +349,10 @@ int agent_run(const agent_opts *o, lr_err *err) {
     if (ag.fd < 0) goto out;
     char dev[256];
     device_name(o->backend, dev, sizeof dev);
+    if (dist_size(o->dist) > 1) { /* lorad shows a worker's ranks with its device */
+        size_t l = strlen(dev);
+        snprintf(dev + l, sizeof dev - l, " x %d ranks (%s)", dist_size(o->dist), o->backend);
+    }
     long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
     char kernel[96] = "";
     if (!strcmp(o->backend, "cpu")) { /* chosen and self-tested here, once, before any job */
@@ -400,6 +415,7 @@ out:
         atomic_store(&ag.cur->cancel, TRAIN_CANCEL);
         join_job(&ag);
     }
+    agent_rank_quit(o->dist);
     if (ag.fd >= 0) close(ag.fd);
     frame_dec_free(&d);
     for (size_t i = 0; i < ag.n_pend; i++) json_decref(ag.pend[i].frame);
@@ -446,9 +462,16 @@ int cmd_agent(int argc, char **argv) {
      * keep a GPU busy. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     lr_err e = {0};
-    if (agent_run(&o, &e)) {
+    /* started by mpirun (lorad's NxBACKEND workers): rank 0 is the agent */
+    if (dist_init(&o.dist, &e)) {
         fprintf(stderr, "lora-worker %s: %s\n", o.name, e.msg);
         return 2;
     }
+    int rc = dist_rank(o.dist) ? agent_follow(&o, o.dist, &e) : agent_run(&o, &e);
+    if (rc) {
+        fprintf(stderr, "lora-worker %s: %s\n", o.name, e.msg);
+        return 2;
+    }
+    dist_finalize(o.dist);
     return 0;
 }

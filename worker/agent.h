@@ -27,10 +27,21 @@ typedef struct agent_opts {
     int threads;
     int heartbeat_s;
     agent_run_fn run;     /* train_run, or a stand-in in tests */
+    struct dist *dist;    /* the ranks of this worker (worker/dist.h); NULL: one process */
 } agent_opts;
 
 /* Returns when the daemon closes the connection (0) or on a protocol or
  * connection error (-1). */
 int agent_run(const agent_opts *o, lr_err *err) LR_WARN_UNUSED;
+
+/* The ranks of a worker started by mpirun (worker/agent_rank.c). Rank 0
+ * sends each job to the others before it trains it, and "no more jobs"
+ * when its agent ends; agent_follow is the other ranks' whole life: it
+ * trains every job rank 0 sends and returns when told to stop. */
+struct dist;
+int agent_rank_send(struct dist *d, const char *job_id, const jobspec *spec, const train_paths *p, int resume,
+                    lr_err *err) LR_WARN_UNUSED;
+void agent_rank_quit(struct dist *d);
+int agent_follow(const agent_opts *o, struct dist *d, lr_err *err) LR_WARN_UNUSED;
 
 #endif

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #ifdef LR_HAVE_MPI
 #include <mpi.h>
@@ -67,9 +68,15 @@ int dist_init(dist **out, lr_err *err) {
     if (n > 1) {
 #ifdef LR_HAVE_MPI
         static const char *const local_vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", NULL};
+        /* the agent trains in a job thread and says goodbye from its main
+         * thread, never both at once */
         int provided;
-        if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        if (MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS)
             return lr_errf(err, "MPI_Init failed: start the ranks with mpirun from the same OpenMPI");
+        if (provided < MPI_THREAD_SERIALIZED) {
+            MPI_Finalize();
+            return lr_errf(err, "this MPI library does not allow calls from more than one thread (MPI_THREAD_SERIALIZED)");
+        }
         d->mpi = 1;
         MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
         MPI_Comm_size(MPI_COMM_WORLD, &d->size);
@@ -252,4 +259,48 @@ int dist_barrier(dist *d, lr_err *err) {
 #else
     return lr_errf(err, "no MPI in this build");
 #endif
+}
+
+int dist_bcast_json(dist *d, json_t **doc, lr_err *err) {
+    char *text = NULL;
+    int64_t len = 0;
+    int rc = -1;
+    if (d->rank == 0 && *doc) {
+        text = json_dumps(*doc, JSON_COMPACT);
+        if (!text) return lr_errf(err, "out of memory");
+        len = (int64_t)strlen(text);
+    }
+    if (dist_bcast(d, &len, sizeof len, err)) goto done;
+    if (d->rank) {
+        *doc = NULL;
+        if (len == 0) return 0;
+        if (len < 0 || len > DIST_JSON_MAX) {
+            lr_errf(err, "rank 0 sent a document of %lld bytes", (long long)len);
+            goto done;
+        }
+        text = malloc((size_t)len + 1);
+        if (!text) {
+            lr_errf(err, "out of memory");
+            goto done;
+        }
+        text[len] = 0;
+    }
+    if (len > 0 && dist_bcast(d, text, (size_t)len, err)) goto done;
+    if (d->rank && !(*doc = json_loads(text, 0, NULL))) {
+        lr_errf(err, "rank 0 sent a document that is not JSON");
+        goto done;
+    }
+    rc = 0;
+done:
+    free(text);
+    return rc;
+}
+
+void dist_abort(dist *d) {
+#ifdef LR_HAVE_MPI
+    if (d && d->mpi) MPI_Abort(MPI_COMM_WORLD, 2);
+#else
+    (void)d;
+#endif
+    _exit(2);
 }

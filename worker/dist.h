@@ -19,8 +19,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "common/err.h"
 #include "kernels/backend.h"
+
+#define DIST_JSON_MAX ((int64_t)1 << 26)
 
 typedef struct dist dist;
 
@@ -50,6 +54,12 @@ int dist_allreduce_i64(dist *d, int64_t *x, size_t n, lr_err *err) LR_WARN_UNUSE
 /* Rank 0's bytes to every rank. */
 int dist_bcast(dist *d, void *buf, size_t bytes, lr_err *err) LR_WARN_UNUSED;
 int dist_barrier(dist *d, lr_err *err) LR_WARN_UNUSED;
+/* Rank 0's *doc (NULL: none, e.g. "no more jobs") to every rank: the others
+ * get a new reference or NULL in *doc. */
+int dist_bcast_json(dist *d, json_t **doc, lr_err *err) LR_WARN_UNUSED;
+/* Ends every rank now (mpirun takes the others down): for a rank that
+ * failed alone while the rest wait for it in an exchange. */
+void dist_abort(dist *d) __attribute__((noreturn));
 
 /* Seconds spent in dist_allreduce_f32 since the last reset (the gradient
  * exchange's share of a step, for bench). */

@@ -216,3 +216,30 @@ TEST(eval_errors_name_the_field) {
                cases[i].needle);
     }
 }
+
+TEST(resources_devices) {
+    jobspec s;
+    lr_err e = {0};
+    REQUIRE(parse("{\"model\":\"m\",\"training_file\":\"f\"}", &s, &e) == 0);
+    CHECK_EQ_INT(s.resources.devices, 1);
+    REQUIRE(parse("{\"model\":\"m\",\"training_file\":\"f\",\"resources\":{\"devices\":4}}", &s, &e) == 0);
+    CHECK_EQ_INT(s.resources.devices, 4);
+    json_t *o = jobspec_to_json(&s);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(o, "resources"), "devices")), 4);
+    json_decref(o);
+    static const struct {
+        const char *text, *param, *needle;
+    } cases[] = {
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"resources\":{\"devices\":0}}", "resources.devices", "between"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"resources\":{\"devices\":65}}", "resources.devices", "between"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"resources\":{\"gpus\":2}}", "resources.gpus", "unknown field"},
+        {"{\"model\":\"m\",\"training_file\":\"f\",\"resources\":2}", "resources", "object"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        lr_err e2 = {0};
+        CHECKF(parse(cases[i].text, &s, &e2) == -1, "case %zu accepted", i);
+        CHECKF(!strcmp(e2.param, cases[i].param), "case %zu: param '%s', want '%s'", i, e2.param, cases[i].param);
+        CHECKF(strstr(e2.msg, cases[i].needle) != NULL, "case %zu: message '%s' lacks '%s'", i, e2.msg,
+               cases[i].needle);
+    }
+}
