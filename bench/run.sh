@@ -16,6 +16,9 @@
 #   qwen2.5-0.5b preset  1 x 512 tokens per step
 # FLOPs per token = 4 x matmul weights (lm_head included: forward + input-
 # gradient backward) + 6 x layers x heads x head_dim x (T+1) (causal attention).
+# QLoRA: the qwen2.5-0.5b step again with its linear weights 4-bit NF4
+# (lora.quantize nf4): tokens/s and peak RSS next to the f32 run's, and the
+# 4-bit weights' bytes (codes + scales) over their f32 bytes.
 # Then the HTTP load test (bench/http_load.sh) unless LR_BENCH_SKIP_HTTP=1.
 #
 # Environment: LR_BUILD (default build), LR_BENCH_THREADS (2), LR_BENCH_STEPS (3),
@@ -67,6 +70,7 @@ for s in $SHAPES; do
   dir=$MODELS/$preset-f32
   [ -f "$dir/model.safetensors" ] || "$W" mkmodel --arch $arch --preset $preset --seed 1 --dtype f32 --out "$dir" >/dev/null
   ours=$("$W" bench --model "$dir" --batch $bs --seq $T --steps "$STEPS" --threads "$TH" --r 16)
+  [ $s = qwen ] && qwen_f32=$ours
   theirs=$(OPENBLAS_CORETYPE=$core $PY bench/torch_lora_step.py --preset $preset --batch $bs --seq $T --threads "$TH" --steps "$STEPS" --r 16)
   $PY - "$ours" "$theirs" "$sg_gflops" "$preset" "${bs}x$T" <<'PY'
 import json, sys
@@ -82,6 +86,18 @@ echo
 echo "ratio = lorad tokens/s over PyTorch $($PY -c 'import torch; print(torch.__version__)') tokens/s (same shapes, threads, LoRA r=16 all-linear, OpenBLAS $core on both)"
 echo "% sgemm = lorad GFLOP/s over the best sgemm above"
 echo "FLOPs/token = 4 x matmul weights (lm_head included) + 6 x layers x heads x head_dim x (T+1)"
+if [ -n "${qwen_f32:-}" ]; then
+  nf4=$("$W" bench --model "$MODELS/qwen2.5-0.5b-f32" --batch 1 --seq 512 --steps "$STEPS" --threads "$TH" --r 16 --quantize nf4)
+  echo
+  $PY - "$qwen_f32" "$nf4" <<'PY'
+import json, sys
+f, q = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print("QLoRA, qwen2.5-0.5b 1x512: f32 %.1f tok/s, peak RSS %.0f MB; nf4 %.1f tok/s, peak RSS %.0f MB (%+.0f MB)"
+      % (f["tokens_per_s"], f["peak_rss_mb"], q["tokens_per_s"], q["peak_rss_mb"], q["peak_rss_mb"] - f["peak_rss_mb"]))
+print("  4-bit linear weights: %.1f MB, %.3f of their %.1f MB in f32 (target <= 0.15); RSS target: at least 1100 MB less"
+      % (q["quant_mb"], q["quant_mb"] / q["quant_f32_mb"], q["quant_f32_mb"]))
+PY
+fi
 if [ "${LR_BENCH_SKIP_HTTP:-0}" != 1 ] && [ -x bench/http_load.sh ]; then
   echo
   bash bench/http_load.sh

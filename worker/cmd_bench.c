@@ -264,7 +264,7 @@ static double matmul_weights(const hf_config *c) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: lora-worker bench --model DIR [--backend cpu|cuda:N] [--batch B] [--seq T] [--steps N]\n"
-               "                         [--threads N] [--r R] [--kernel NAME] [--profile]\n"
+               "                         [--threads N] [--r R] [--kernel NAME] [--profile] [--quantize nf4|fp4]\n"
                "       lora-worker bench --sgemm N [--threads N] [--kernel NAME|all]\n"
                "Times LoRA training steps (all linear layers, random tokens) and prints one JSON line:\n"
                "tokens_per_s, step_s (median), gflops (flops/token = 4 x matmul weights incl. lm_head\n"
@@ -273,7 +273,9 @@ static void usage(FILE *f) {
                "an OpenBLAS core type (SkylakeX, Haswell, ...), reference; with --sgemm, all (default)\n"
                "times every kernel this CPU runs, one JSON line each.\n"
                "--profile (CPU): after the JSON line, the time of each op per step (linear layers by\n"
-               "in x out shape), its share of the step and its GFLOP/s.\n");
+               "in x out shape), its share of the step and its GFLOP/s.\n"
+               "--quantize: a 4-bit base (QLoRA, model_load_quant); adds quant_mb (codes + scales of the\n"
+               "linear weights) and quant_f32_mb (the same weights in f32).\n");
 }
 
 int cmd_bench(int argc, char **argv) {
@@ -283,11 +285,13 @@ int cmd_bench(int argc, char **argv) {
         {"steps", required_argument, 0, 's'}, {"threads", required_argument, 0, 't'},
         {"r", required_argument, 0, 'r'},     {"sgemm", required_argument, 0, 'g'},
         {"kernel", required_argument, 0, 'k'}, {"profile", no_argument, 0, 'p'},
-        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+        {"help", no_argument, 0, 'h'},        {"quantize", required_argument, 0, 'q'},
+        {0, 0, 0, 0}};
     const char *dir = NULL, *backend = "cpu", *kernel = NULL;
     int B = 1, T = 256, steps = 3, threads = 0, r = 16, sgemm = 0, profile = 0, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:b:B:T:s:t:r:g:k:ph", opts, NULL)) != -1) {
+    model_quant mq = {KQ_NONE, 0};
+    while ((c = getopt_long(argc, argv, "m:b:B:T:s:t:r:g:k:phq:", opts, NULL)) != -1) {
         switch (c) {
         case 'm': dir = optarg; break;
         case 'b': backend = optarg; break;
@@ -299,6 +303,12 @@ int cmd_bench(int argc, char **argv) {
         case 'g': sgemm = atoi(optarg); break;
         case 'k': kernel = optarg; break;
         case 'p': profile = 1; break;
+        case 'q':
+            if (kq_type_parse(optarg, &mq.type)) {
+                fprintf(stderr, "lora-worker bench: --quantize must be nf4, fp4 or none\n");
+                return 1;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 1;
         }
@@ -316,7 +326,7 @@ int cmd_bench(int argc, char **argv) {
     double *times = NULL;
     int rc = 2;
     if (kb_create(backend, threads, &be, &err) || (kernel && kg_use(kernel, &err)) ||
-        model_load(dir, be, &m, &err))
+        model_load_quant(dir, be, &mq, &m, &err))
         goto done;
     if (profile && !be->host_memory) {
         lr_errf(&err, "--profile times the CPU backend's ops; %s runs them asynchronously", be->name);
@@ -369,11 +379,17 @@ int cmd_bench(int argc, char **argv) {
         snprintf(gpu, sizeof gpu, ", \"gpu\": \"%s\", \"gpu_peak_mb\": %.0f, \"peak_bf16_tflops\": %.1f, \"mfu\": %.4f",
                  dv->name, mi.peak_bytes / 1048576.0, dv->peak_bf16_flops / 1e12,
                  dv->peak_bf16_flops > 0 ? flops_tok * B * T / step_s / dv->peak_bf16_flops : 0.0);
+    char quant[160] = "";
+    size_t qb, qf;
+    kq_type qt = model_quant_info(m, NULL, &qb, &qf);
+    if (qt != KQ_NONE)
+        snprintf(quant, sizeof quant, ", \"quant\": \"%s\", \"quant_mb\": %.1f, \"quant_f32_mb\": %.1f", kq_type_name(qt),
+                 qb / 1048576.0, qf / 1048576.0);
     printf("{\"backend\": \"%s\", \"batch\": %d, \"seq\": %d, \"tokens_per_s\": %.1f, \"step_s\": %.4f, "
            "\"gflops\": %.2f, \"flops_per_token\": %.4g, \"peak_rss_mb\": %.0f, \"lora_params\": %zu, \"loss\": %.4f, "
-           "\"kernel\": \"%s\"%s}\n",
+           "\"kernel\": \"%s\"%s%s}\n",
            be->name, B, T, B * T / step_s, step_s, flops_tok * B * T / step_s / 1e9, flops_tok, peak_rss_mb(), n, loss,
-           be->host_memory ? kg_current()->name : "cuBLAS", gpu);
+           be->host_memory ? kg_current()->name : "cuBLAS", gpu, quant);
     if (profile) {
         double total = 0;
         for (int s = 0; s < steps; s++) total += times[s];

@@ -422,6 +422,7 @@ int model_load_quant(const char *dir, kb_backend *be, const model_quant *mq, mod
     }
     if (!be->host_memory || be->weight_dtype != KB_F32 || w.qmax) {
         size_t in_max = (size_t)(c->intermediate > 3 * c->hidden ? c->intermediate : 3 * c->hidden) * c->hidden;
+        if (be->host_memory && be->weight_dtype == KB_F32) maxn = 0; /* f32 tensors load in place: only 4-bit ones stage */
         if (in_max > maxn) maxn = in_max;
         if (w.qmax > maxn) maxn = w.qmax;
         if (c->max_pos * (size_t)c->hidden > maxn) maxn = (size_t)c->max_pos * c->hidden;

@@ -21,7 +21,10 @@ weight.nested_quant_map, weight.quant_state.bitsandbytes__nf4) loads without
 --quantize and gives exactly the loss of quantize-on-load. `lora-worker merge`
 of an adapter into such a folder writes a plain model (no 4-bit tensors, no
 quantization_config) whose weights are the dequantized ones plus the
-adapter's delta, and whose loss without adapter is the oracle's with it."""
+adapter's delta, and whose loss without adapter is the oracle's with it.
+`lora-worker generate` on such a folder with the adapter: prefill logits and
+greedy tokens as the oracle's on the dequantized weights (test_generate.py's
+tolerance)."""
 import json
 import os
 import subprocess
@@ -34,6 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bnb_quant as bq  # noqa: E402
 import reference_model as ref  # noqa: E402
+import test_generate as tgen  # noqa: E402
 import test_grads as tg  # noqa: E402
 
 LLAMA_ALL = tg.LLAMA_ALL
@@ -65,6 +69,10 @@ PREQUANT_CASES = [
 MERGE_CASES = [
     ("merge-llama-nf4-dq", "llama", {}, "nf4", True),
     ("merge-gpt2-nf4", "gpt2", {"heads": 4, "inter": 256}, "nf4", False),
+]
+GENERATE_CASES = [
+    ("generate-qwen2-nf4-dq", "qwen2", {"tie": True}, "nf4", True),
+    ("generate-gpt2-nf4", "gpt2", {"heads": 4, "inter": 256}, "nf4", False),
 ]
 
 
@@ -156,6 +164,41 @@ def run_merge_case(tmp, name, arch, kw, qt, dq, seed):
     return not problems, msg + ("" if not problems else " -- " + "; ".join(problems))
 
 
+def run_generate_case(tmp, name, arch, kw, qt, dq, seed):
+    gen = torch.Generator().manual_seed(seed)
+    targets = GPT2_ALL if arch == "gpt2" else LLAMA_ALL
+    cfg = ref.make_config(arch, **kw)
+    weights = ref.random_weights(cfg, gen)
+    lora = ref.random_lora(cfg, targets, 4, gen)
+    qdir, adir = os.path.join(tmp, name, "model-4bit"), os.path.join(tmp, name, "adapter")
+    deq = bq.write_bnb_model(qdir, cfg, weights, qt, dq)
+    ref.write_adapter(adir, cfg, lora, 4, 8, targets)
+    prompt = torch.randint(3, cfg["vocab_size"], (13,), generator=gen).tolist()
+    lpath = os.path.join(tmp, name, "logits.safetensors")
+    p = subprocess.run([tg.WORKER, "generate", "--model", qdir, "--adapter", adir, "--prompt-ids",
+                        ",".join(map(str, prompt)), "--max-new-tokens", str(tgen.NEW_TOKENS), "--logits-out", lpath,
+                        "--json", "--threads", "1"], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        return False, f"lora-worker failed ({p.returncode}): {p.stderr.strip()}"
+    out = json.loads(p.stdout)
+    lr = ref.Lora(lora, 2.0)
+    want, got = tgen.ref_logits(cfg, deq, lr, prompt), tgen.read_logits(lpath)
+    if tuple(got.shape) != tuple(want.shape):
+        return False, f"logits shape {tuple(got.shape)} vs {tuple(want.shape)}"
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    seq, new = list(prompt), []
+    for _ in range(tgen.NEW_TOKENS):
+        nxt = int(tgen.ref_logits(cfg, deq, lr, seq)[-1].argmax())
+        if nxt == cfg.get("eos_token_id"):
+            break
+        seq.append(nxt)
+        new.append(nxt)
+    problems = ([f"prefill logits rel err {err:.2e}"] if err > tgen.LOGIT_TOL else []) + \
+        ([f"greedy ids {out['ids']} vs reference {new}"] if out["ids"] != new else [])
+    msg = f"prefill logits rel err {err:.1e}; {len(new)} greedy tokens as the oracle's"
+    return not problems, msg + ("" if not problems else " -- " + "; ".join(problems))
+
+
 def load_batch(bpath):
     with open(bpath) as f:
         b = json.load(f)
@@ -175,7 +218,7 @@ def main():
     torch.set_num_threads(1)
     t0 = time.time()
     passed = failed = 0
-    names = [c[0] for c in CASES + PREQUANT_CASES + MERGE_CASES] + ["control-unquantized"]
+    names = [c[0] for c in CASES + PREQUANT_CASES + MERGE_CASES + GENERATE_CASES] + ["control-unquantized"]
     if not os.access(tg.WORKER, os.X_OK):
         for n in names:
             print(f"skip {n}: {tg.WORKER} is not built")
@@ -188,8 +231,9 @@ def main():
                 print(f"{'ok  ' if ok else 'FAIL'} {c[0]:24s} {msg}")
                 passed += ok
                 failed += not ok
-        for i, c in enumerate(MERGE_CASES):
-            ok, msg = run_merge_case(tmp, *c, seed=7000 + i)
+        for i, c in enumerate(MERGE_CASES + GENERATE_CASES):
+            run = run_merge_case if c in MERGE_CASES else run_generate_case
+            ok, msg = run(tmp, *c, seed=7000 + i)
             print(f"{'ok  ' if ok else 'FAIL'} {c[0]:24s} {msg}")
             passed += ok
             failed += not ok
