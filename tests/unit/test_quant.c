@@ -17,6 +17,7 @@
 #include "kernels/quant.h"
 #include "proto/jobspec.h"
 #include "tests/unit/test.h"
+#include "worker/hfconfig.h"
 #include "worker/safetensors.h"
 #ifdef LR_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -325,6 +326,31 @@ TEST(jobspec_quantize) {
     CHECK_STR(e.param, "lora.double_quant");
     CHECK(spec_parse("model: m\ntraining_file: f\nmethod: {type: full_sft}\nlora: {quantize: nf4}\n", &s, &e) != 0);
     CHECK_STR(e.param, "lora.quantize");
+}
+
+/* config.json's quantization_config: bitsandbytes 4-bit is read (type,
+ * double quantization), anything else is refused naming the key. */
+TEST(hfconfig_quantization_config) {
+    static const char *const base =
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"vocab_size\": 64, "
+        "\"hidden_size\": 32, \"num_hidden_layers\": 1, \"num_attention_heads\": 4, \"intermediate_size\": 64%s}";
+    char json[1024];
+    hf_config c;
+    lr_err e = {0};
+    snprintf(json, sizeof json, base, "");
+    REQUIRE(hf_config_parse(json, strlen(json), &c, &e) == 0);
+    CHECK_STR(c.quant_type, "");
+    snprintf(json, sizeof json, base,
+             ", \"quantization_config\": {\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true, "
+             "\"bnb_4bit_quant_type\": \"nf4\", \"bnb_4bit_use_double_quant\": true}");
+    REQUIRE(hf_config_parse(json, strlen(json), &c, &e) == 0);
+    CHECK_STR(c.quant_type, "nf4");
+    CHECK_EQ_INT(c.quant_double, 1);
+    snprintf(json, sizeof json, base,
+             ", \"quantization_config\": {\"quant_method\": \"bitsandbytes\", \"load_in_8bit\": true}");
+    CHECK(hf_config_parse(json, strlen(json), &c, &e) != 0 && strstr(e.msg, "4-bit only"));
+    snprintf(json, sizeof json, base, ", \"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4}");
+    CHECK(hf_config_parse(json, strlen(json), &c, &e) != 0 && !strcmp(e.param, "quantization_config"));
 }
 
 __attribute__((destructor)) static void close_vectors(void) { st_close(vectors); }
