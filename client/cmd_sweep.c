@@ -9,93 +9,6 @@
 #include "client/fmt.h"
 #include "client/sweep.h"
 #include "client/watch.h"
-#include "proto/jobspec.h"
-
-/* Where an assignment lands and what it sets: jobspec_set on an empty
- * document gives the canonical path ("learning_rate" ->
- * "hyperparameters.learning_rate") and the typed value (new reference). */
-static int canonical(cli_ctx *c, const char *assignment, char *path, size_t cap, json_t **value) {
-    json_t *scratch = json_object(), *cur = scratch;
-    if (jobspec_set(scratch, assignment, &c->err)) {
-        json_decref(scratch);
-        return -1;
-    }
-    path[0] = 0;
-    while (json_is_object(cur) && json_object_size(cur) == 1) {
-        void *it = json_object_iter(cur);
-        size_t l = strlen(path);
-        snprintf(path + l, cap - l, "%s%s", l ? "." : "", json_object_iter_key(it));
-        cur = json_object_iter_value(it);
-    }
-    *value = json_incref(cur);
-    json_decref(scratch);
-    return 0;
-}
-
-/* The body of POST /v1/sweeps: {template, parameters: {path: [values]}},
- * the server making one job per point of the product. Every point is
- * validated here first, as the server will. A --random sweep is not a
- * product: its points go as one axis holding whole sections (e.g. N
- * "hyperparameters" objects), which works when every randomized field lives
- * in one section. */
-static int sweep_body(cli_ctx *c, const json_t *tpl, const sweep_plan *pl, const json_t *points, int random,
-                      json_t **out) {
-    json_t *params = json_object(), *specs = json_array(), *pt, *as;
-    size_t i, k;
-    char path[256], top[256] = "";
-    *out = NULL;
-    json_array_foreach((json_t *)points, i, pt) {
-        json_t *spec = json_deep_copy(tpl);
-        json_array_append_new(specs, spec);
-        json_array_foreach(pt, k, as)
-            if (jobspec_set(spec, json_string_value(as), &c->err)) goto fail;
-        jobspec s;
-        if (jobspec_from_json(spec, &s, &c->err)) {
-            char *desc = json_dumps(pt, JSON_COMPACT);
-            lr_err_prefix(&c->err, "sweep point %zu %s: ", i + 1, desc ? desc : "");
-            free(desc);
-            goto fail;
-        }
-    }
-    for (int p = 0; p < pl->n; p++) {
-        const sweep_param *sp = &pl->p[p];
-        char a[400];
-        json_t *v, *vals = json_array();
-        for (int x = 0; x < (sp->is_range ? 1 : sp->nvalues); x++) {
-            snprintf(a, sizeof a, "%s=%s", sp->key, sp->is_range ? "0" : sp->values[x]);
-            if (canonical(c, a, path, sizeof path, &v)) {
-                json_decref(vals);
-                goto fail;
-            }
-            json_array_append_new(vals, v);
-        }
-        if (!random) {
-            json_object_set_new(params, path, vals);
-            continue;
-        }
-        json_decref(vals);
-        char *dot = strchr(path, '.');
-        if (dot) *dot = 0;
-        if (!dot || (top[0] && strcmp(top, path))) {
-            lr_errf(&c->err, "--random can only vary fields of one section (all lora.* or all hyperparameters.*): "
-                             "lorad's POST /v1/sweeps takes a product of value lists, not a list of points");
-            goto fail;
-        }
-        snprintf(top, sizeof top, "%s", path);
-    }
-    if (random) {
-        json_t *vals = json_array(), *spec;
-        json_array_foreach(specs, i, spec) json_array_append(vals, json_object_get(spec, top));
-        json_object_set_new(params, top, vals);
-    }
-    json_decref(specs);
-    *out = json_pack("{s:O, s:o}", "template", tpl, "parameters", params);
-    return 0;
-fail:
-    json_decref(specs);
-    json_decref(params);
-    return -1;
-}
 
 int lora_cmd_sweep(cli_ctx *c) {
     sweep_plan pl;
@@ -119,7 +32,7 @@ int lora_cmd_sweep(cli_ctx *c) {
         return cli_fail(c, CLI_EXIT_USAGE);
     }
     size_t npts = json_array_size(points);
-    int rc = sweep_body(c, tpl, &pl, points, nrand > 0, &body);
+    int rc = sweep_body(tpl, &pl, points, nrand > 0, &body, &c->err);
     json_decref(points);
     json_decref(tpl);
     if (rc) return cli_fail(c, CLI_EXIT_USAGE);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/rng.h"
+#include "proto/jobspec.h"
 
 void sweep_plan_init(sweep_plan *pl) { memset(pl, 0, sizeof *pl); }
 
@@ -285,4 +286,94 @@ void sweep_rank(json_t *jobs) {
     json_array_clear(jobs);
     for (size_t i = 0; i < n; i++) json_array_append_new(jobs, items[i].job);
     free(items);
+}
+
+/* Where an assignment lands and what it sets: jobspec_set on an empty
+ * document gives the canonical path ("learning_rate" ->
+ * "hyperparameters.learning_rate") and the typed value (new reference). */
+static int canonical(const char *assignment, char *path, size_t cap, json_t **value, lr_err *err) {
+    json_t *scratch = json_object(), *cur = scratch;
+    if (!scratch) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    if (jobspec_set(scratch, assignment, err)) {
+        json_decref(scratch);
+        return -1;
+    }
+    path[0] = 0;
+    while (json_is_object(cur) && json_object_size(cur) == 1) {
+        void *it = json_object_iter(cur);
+        size_t l = strlen(path);
+        snprintf(path + l, cap - l, "%s%s", l ? "." : "", json_object_iter_key(it));
+        cur = json_object_iter_value(it);
+    }
+    *value = json_incref(cur);
+    json_decref(scratch);
+    return 0;
+}
+
+/* A point's assignments as {canonical path: value}. */
+static json_t *point_object(const json_t *pt, lr_err *err) {
+    json_t *o = json_object(), *as, *v;
+    size_t k;
+    char path[256];
+    if (!o) {
+        lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+        return NULL;
+    }
+    json_array_foreach((json_t *)pt, k, as) {
+        if (canonical(json_string_value(as), path, sizeof path, &v, err) || json_object_set_new(o, path, v)) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+int sweep_body(const json_t *tpl, const sweep_plan *pl, const json_t *points, int random, json_t **out,
+               lr_err *err) {
+    json_t *params = json_object(), *list = json_array(), *pt, *as, *v;
+    size_t i, k;
+    char path[256], a[400];
+    *out = NULL;
+    if (!params || !list) {
+        lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+        goto out;
+    }
+    json_array_foreach((json_t *)points, i, pt) {
+        json_t *spec = json_deep_copy(tpl);
+        jobspec s;
+        int bad = spec ? 0 : lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+        json_array_foreach(pt, k, as) bad = bad || jobspec_set(spec, json_string_value(as), err);
+        if (!bad && jobspec_from_json(spec, &s, err)) {
+            char *desc = json_dumps(pt, JSON_COMPACT);
+            lr_err_prefix(err, "sweep point %zu %s: ", i + 1, desc ? desc : "");
+            free(desc);
+            bad = 1;
+        }
+        json_decref(spec);
+        if (bad) goto out;
+        if (random && json_array_append_new(list, point_object(pt, err))) goto out;
+    }
+    for (int p = 0; !random && p < pl->n; p++) {
+        const sweep_param *sp = &pl->p[p];
+        json_t *vals = json_array();
+        for (int x = 0; vals && x < sp->nvalues; x++) {
+            snprintf(a, sizeof a, "%s=%s", sp->key, sp->values[x]);
+            if (canonical(a, path, sizeof path, &v, err)) {
+                json_decref(vals);
+                goto out;
+            }
+            json_array_append_new(vals, v);
+        }
+        if (!vals || json_object_set_new(params, path, vals)) {
+            lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+            goto out;
+        }
+    }
+    *out = random ? json_pack("{s:O, s:O}", "template", tpl, "points", list)
+                  : json_pack("{s:O, s:O}", "template", tpl, "parameters", params);
+    if (!*out) lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+out:
+    json_decref(params);
+    json_decref(list);
+    return *out ? 0 : -1;
 }

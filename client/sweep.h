@@ -41,6 +41,15 @@ int sweep_add_range(sweep_plan *pl, const char *arg, lr_err *err) LR_WARN_UNUSED
 /* The points (new JSON array of arrays of "key=value"); n_random 0 = grid. */
 int sweep_points(const sweep_plan *pl, int n_random, uint64_t seed, json_t **out, lr_err *err) LR_WARN_UNUSED;
 
+/* The body of POST /v1/sweeps for tpl (a job spec) and points (from
+ * sweep_points): a grid goes as parameters (canonical dotted path -> its
+ * values; lorad makes the product), random points as explicit points (one
+ * object of canonical dotted path -> typed value each), so a random search
+ * may vary fields of any sections. Every point is checked with
+ * jobspec_from_json first, as lorad will; *out is a new reference. */
+int sweep_body(const json_t *tpl, const sweep_plan *pl, const json_t *points, int random, json_t **out,
+               lr_err *err) LR_WARN_UNUSED;
+
 /* The dotted paths of the leaves whose values differ between the objects of
  * specs (an array of job specs), sorted; a new JSON array of strings. Used to
  * show what a sweep varied without trusting how it was submitted. */

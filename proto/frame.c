@@ -136,7 +136,12 @@ int frame_read_fd(int fd, frame_dec *d, int timeout_ms, json_t **out, lr_err *er
         ssize_t n = recv(fd, tmp, sizeof tmp, 0);
         if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
         if (n < 0) return lr_errp(err, LR_E_IO, NULL, "frame: read: %s", strerror(errno));
-        if (n == 0) return lr_errp(err, LR_E_IO, NULL, "frame: peer closed the connection");
+        if (n == 0 && d->buf.len > d->off)
+            return lr_errp(err, LR_E_IO, NULL, "frame: peer closed the connection in the middle of a frame");
+        if (n == 0) {
+            lr_errp(err, LR_E_IO, NULL, "frame: peer closed the connection");
+            return FRAME_EOF;
+        }
         if (frame_dec_feed(d, tmp, (size_t)n, err)) return -1;
     }
 }

@@ -40,8 +40,14 @@ int frame_dec_next(frame_dec *d, json_t **out, lr_err *err) LR_WARN_UNUSED;
 
 /* Blocking helpers for the worker side (a plain socket fd). */
 int frame_write_fd(int fd, const json_t *msg, lr_err *err) LR_WARN_UNUSED;
+/* What frame_read_fd returns when the peer closed the connection between
+ * frames: the normal end of a conversation, told apart from an error by
+ * its value, not its message. */
+#define FRAME_EOF (-2)
+
 /* Waits at most timeout_ms (-1: forever) for one frame. Returns 1 with *out,
- * 0 on timeout, -1 on error or when the peer closed (err says which). */
+ * 0 on timeout, FRAME_EOF when the peer closed between frames, -1 on an
+ * error (a close in the middle of a frame is one). */
 int frame_read_fd(int fd, frame_dec *d, int timeout_ms, json_t **out, lr_err *err) LR_WARN_UNUSED;
 
 #endif

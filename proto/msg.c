@@ -11,6 +11,29 @@ static const char *const type_names[MSG_N_TYPES] = {
 
 const char *msg_type_name(msg_type t) { return (unsigned)t < MSG_N_TYPES ? type_names[t] : "?"; }
 
+static const char *const outcome_names[MSG_N_OUTCOMES] = {
+    [MSG_SUCCEEDED] = "succeeded", [MSG_CANCELLED] = "cancelled", [MSG_STOPPED_EARLY] = "stopped_early",
+};
+
+const char *msg_outcome_name(msg_outcome o) { return (unsigned)o < MSG_N_OUTCOMES ? outcome_names[o] : "?"; }
+
+/* Indexed by LR_E_*; a code added to err.h reads as "error" until it is named here. */
+static const char *const code_names[] = {
+    [LR_E_INVALID] = "invalid", [LR_E_NOTFOUND] = "not_found", [LR_E_CONFLICT] = "conflict",
+    [LR_E_FORBIDDEN] = "forbidden", [LR_E_TOOBIG] = "too_big", [LR_E_IO] = "io",
+    [LR_E_NOMEM] = "out_of_memory", [LR_E_INTERNAL] = "internal", [LR_E_BUSY] = "busy",
+    [LR_E_TIMEOUT] = "timeout",
+};
+#define N_CODES ((int)(sizeof code_names / sizeof code_names[0]))
+
+const char *msg_code_name(int code) { return code > 0 && code < N_CODES ? code_names[code] : "error"; }
+
+int msg_code_parse(const char *name) {
+    for (int c = 1; name && c < N_CODES; c++)
+        if (!strcmp(name, code_names[c])) return c;
+    return 0;
+}
+
 #define MSG_MAX_STR 4096
 /* A stop reason is one sentence the job object shows; the worker's is < 256. */
 #define MSG_MAX_STOP_REASON 1024
@@ -78,7 +101,7 @@ int msg_parse(const json_t *f, msg *m, lr_err *err) {
     case MSG_HELLO:
         if (get_str(f, "worker", 1, &m->worker, err) || get_str(f, "backend", 1, &m->backend, err) ||
             get_str(f, "device", 0, &m->device, err) || get_str(f, "version", 0, &m->version, err) ||
-            get_str(f, "kernel", 0, &m->kernel, err) ||
+            get_str(f, "kernel", 0, &m->kernel, err) || get_str(f, "remote", 0, &m->remote, err) ||
             get_int(f, "mem_bytes", 0, 0, INT64_MAX, &m->mem_bytes, err))
             return -1;
         x = 0;
@@ -114,21 +137,28 @@ int msg_parse(const json_t *f, msg *m, lr_err *err) {
         if (get_int(f, "step", 1, 0, INT64_MAX, &m->step, err) || get_str(f, "dir", 1, &m->dir, err))
             return -1;
         break;
-    case MSG_DONE:
+    case MSG_DONE: {
         if (get_str(f, "outcome", 1, &m->outcome, err)) return -1;
-        if (strcmp(m->outcome, "succeeded") && strcmp(m->outcome, "cancelled") &&
-            strcmp(m->outcome, "stopped_early"))
+        int o = 0;
+        while (o < MSG_N_OUTCOMES && strcmp(m->outcome, outcome_names[o])) o++;
+        if (o == MSG_N_OUTCOMES)
             return lr_errp(err, LR_E_INVALID, "outcome", "unknown outcome \"%.64s\"", m->outcome);
+        m->ended = (msg_outcome)o;
         if (get_str(f, "stop_reason", 0, &m->stop_reason, err)) return -1;
-        if (m->stop_reason && strcmp(m->outcome, "stopped_early"))
+        if (m->stop_reason && m->ended != MSG_STOPPED_EARLY)
             return lr_errp(err, LR_E_INVALID, "stop_reason", "\"stop_reason\" goes with outcome \"stopped_early\" only");
         if (m->stop_reason && strlen(m->stop_reason) > MSG_MAX_STOP_REASON)
             return lr_errp(err, LR_E_INVALID, "stop_reason", "\"stop_reason\" is longer than %d bytes",
                            MSG_MAX_STOP_REASON);
         break;
-    case MSG_FAILED:
-        if (get_str(f, "error", 1, &m->text, err)) return -1;
+    }
+    case MSG_FAILED: {
+        /* Optional: a worker from before codes sends none, which reads as unclassified. */
+        const char *code;
+        if (get_str(f, "error", 1, &m->text, err) || get_str(f, "code", 0, &code, err)) return -1;
+        m->code = msg_code_parse(code);
         break;
+    }
     case MSG_CANCEL: {
         if (get_str(f, "reason", 0, &m->text, err)) return -1;
         const json_t *r = json_object_get(f, "resume");
@@ -233,10 +263,10 @@ json_t *msg_checkpoint(const char *job_id, int64_t step, const char *dir) {
     return o;
 }
 
-json_t *msg_done(const char *job_id, const char *outcome, const char *stop_reason) {
+json_t *msg_done(const char *job_id, msg_outcome outcome, const char *stop_reason) {
     json_t *o = base(MSG_DONE, job_id);
     if (!o) return NULL;
-    json_object_set_new(o, "outcome", json_string(outcome));
+    json_object_set_new(o, "outcome", json_string(msg_outcome_name(outcome)));
     if (stop_reason) {
         /* Cut to what the daemon accepts, on a UTF-8 character boundary. */
         size_t len = strlen(stop_reason), n = len < MSG_MAX_STOP_REASON ? len : MSG_MAX_STOP_REASON;
@@ -247,9 +277,10 @@ json_t *msg_done(const char *job_id, const char *outcome, const char *stop_reaso
     return o;
 }
 
-json_t *msg_failed(const char *job_id, const char *error) {
+json_t *msg_failed(const char *job_id, int code, const char *error) {
     json_t *o = base(MSG_FAILED, job_id);
     if (!o) return NULL;
+    json_object_set_new(o, "code", json_string(msg_code_name(code)));
     json_t *s = json_string(error);
     json_object_set_new(o, "error", s ? s : json_string("(error message not UTF-8)"));
     return o;
@@ -290,4 +321,23 @@ json_t *msg_ack(int64_t seq) {
     json_t *o = base(MSG_ACK, NULL);
     if (o) json_object_set_new(o, "seq", json_integer(seq));
     return o;
+}
+
+json_t *msg_child_error(const lr_err *err) {
+    json_t *m = json_string(err->msg);
+    return json_pack("{s:{s:s, s:s?, s:o}}", "error", "code", msg_code_name(err->code), "param",
+                     err->param[0] ? err->param : NULL, "message", m ? m : json_string("(message not UTF-8)"));
+}
+
+int msg_child_error_parse(const char *out, size_t len, lr_err *err) {
+    while (len && (out[len - 1] == '\n' || out[len - 1] == '\r')) len--;
+    const char *nl = len ? memrchr(out, '\n', len) : NULL, *line = nl ? nl + 1 : out;
+    json_t *o = json_loadb(line, len - (size_t)(line - out), 0, NULL), *e = json_object_get(o, "error");
+    const char *code = json_string_value(json_object_get(e, "code"));
+    const char *param = json_string_value(json_object_get(e, "param"));
+    const char *text = json_string_value(json_object_get(e, "message"));
+    int found = text != NULL;
+    if (found) lr_errp(err, msg_code_parse(code), param, "%s", text);
+    json_decref(o);
+    return found ? 0 : -1;
 }

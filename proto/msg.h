@@ -4,7 +4,12 @@
  * metric, event, checkpoint, done, failed. Daemon -> worker: assign, cancel,
  * ack (metrics up to seq are committed), heartbeat. Parsing checks every
  * field's type and range; strings point into the parsed JSON, which must
- * outlive the msg. */
+ * outlive the msg.
+ *
+ * How something ended travels as a code, never as words to match: DONE's
+ * outcome (msg_outcome), FAILED's class of failure (lr_err's LR_E_* by name,
+ * msg_code_name), and a lora-worker child's error object (msg_child_error),
+ * so that the message stays free to say whatever helps the user. */
 #ifndef LR_MSG_H
 #define LR_MSG_H
 
@@ -20,11 +25,17 @@ typedef enum {
     MSG_ASSIGN, MSG_CANCEL, MSG_ACK, MSG_N_TYPES
 } msg_type;
 
+/* DONE's outcome; on the wire "succeeded", "cancelled", "stopped_early". */
+typedef enum { MSG_SUCCEEDED, MSG_CANCELLED, MSG_STOPPED_EARLY, MSG_N_OUTCOMES } msg_outcome;
+
 typedef struct msg {
     msg_type type;
     const char *job_id;      /* every job message; heartbeat: the running job or NULL */
     /* hello; kernel: the CPU sgemm kernel in use ("OpenBLAS SkylakeX (avx512)"), may be NULL */
     const char *worker, *backend, *device, *version, *kernel;
+    /* hello of a remote worker: the name of its worker token, which lorad's
+     * relay (daemon/remote.c) writes in after checking the token */
+    const char *remote;
     int64_t mem_bytes;
     int threads, proto;
     /* metric, checkpoint, heartbeat progress */
@@ -34,7 +45,9 @@ typedef struct msg {
     /* event / failed / cancel */
     const char *level, *text; /* event level and message; failed: the error; cancel: reason */
     const char *dir;         /* checkpoint directory */
-    const char *outcome;     /* done: "succeeded", "cancelled", "stopped_early" */
+    const char *outcome;     /* done: the outcome's name, as sent */
+    msg_outcome ended;       /* done: the outcome */
+    int code;                /* failed: the class of the failure, LR_E_* (0: unclassified) */
     const char *stop_reason; /* done with "stopped_early": which rule ended the run (may be NULL) */
     /* assign */
     const json_t *spec;
@@ -45,6 +58,14 @@ typedef struct msg {
 } msg;
 
 const char *msg_type_name(msg_type t);
+const char *msg_outcome_name(msg_outcome o);
+
+/* The wire name of an LR_E_* code ("invalid", "out_of_memory"...); 0 and
+ * codes this side does not know are "error" (unclassified). */
+const char *msg_code_name(int code);
+/* The LR_E_* code of a wire name; 0 for "error" and for a name this side
+ * does not know (a newer peer's class reads as unclassified). */
+int msg_code_parse(const char *name);
 
 /* Validates a decoded frame into m. */
 int msg_parse(const json_t *frame, msg *m, lr_err *err) LR_WARN_UNUSED;
@@ -57,9 +78,10 @@ json_t *msg_metric(const char *job_id, int64_t seq, int64_t step, double epoch, 
                    double value);
 json_t *msg_event(const char *job_id, const char *level, const char *text);
 json_t *msg_checkpoint(const char *job_id, int64_t step, const char *dir);
-/* stop_reason: with outcome "stopped_early" only; NULL leaves it out. */
-json_t *msg_done(const char *job_id, const char *outcome, const char *stop_reason);
-json_t *msg_failed(const char *job_id, const char *error);
+/* stop_reason: with MSG_STOPPED_EARLY only; NULL leaves it out. */
+json_t *msg_done(const char *job_id, msg_outcome outcome, const char *stop_reason);
+/* code: the failure's LR_E_* class (0: unclassified), sent as "code". */
+json_t *msg_failed(const char *job_id, int code, const char *error);
 /* spec is borrowed (copied into the frame). */
 json_t *msg_assign(const char *job_id, const json_t *spec, const char *model_dir,
                    const char *const *training_files, int n_training_files,
@@ -70,5 +92,20 @@ json_t *msg_cancel(const char *job_id, const char *reason);
  * end as cancelled; the daemon queues the job again (its shutdown). */
 json_t *msg_suspend(const char *job_id, const char *reason);
 json_t *msg_ack(int64_t seq);
+
+/* ---- lora-worker commands run as children (lorad's generate and merge) ----
+ * With --json, a command that fails prints, as the last line of its stdout,
+ * {"error": {"code": NAME, "param": INPUT or null, "message": TEXT}}: code
+ * is the class (msg_code_name) and param names which of the command's own
+ * inputs was refused ("prompt", "model", "adapter", "out"), so lorad tells
+ * a request's fault from the server's without reading the words. The exit
+ * status stays 2 (1 for a bad command line). */
+
+/* The error object for err (new reference; NULL on out of memory). */
+json_t *msg_child_error(const lr_err *err);
+/* Reads an error object from the last line of out (a child's stdout) into
+ * err: code, param and message. 0 when there is one, -1 (err untouched)
+ * when there is none: the child died before saying why. */
+int msg_child_error_parse(const char *out, size_t len, lr_err *err);
 
 #endif

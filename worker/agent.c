@@ -195,11 +195,11 @@ static void *job_main(void *arg) {
     pthread_mutex_unlock(&ag->plock);
     send_locked(ag, last);
     if (rc)
-        end = msg_failed(j->id, e.msg[0] ? e.msg : "training failed");
+        end = msg_failed(j->id, e.code, e.msg[0] ? e.msg : "training failed");
     else if (out == TRAIN_STOPPED_EARLY)
-        end = msg_done(j->id, "stopped_early", j->stop_reason[0] ? j->stop_reason : NULL);
+        end = msg_done(j->id, MSG_STOPPED_EARLY, j->stop_reason[0] ? j->stop_reason : NULL);
     else
-        end = msg_done(j->id, out == TRAIN_CANCELLED ? "cancelled" : "succeeded", NULL);
+        end = msg_done(j->id, out == TRAIN_CANCELLED ? MSG_CANCELLED : MSG_SUCCEEDED, NULL);
     flush_metrics(j); /* the outcome is recorded only once the metrics are */
     /* Finished before the daemon can hear of it, so its next ASSIGN always
      * finds this job joinable. */
@@ -240,7 +240,7 @@ static int copy(char *dst, size_t cap, const char *src) {
 static int start_job(agent *ag, const msg *m, lr_err *err) {
     if (ag->cur && atomic_load(&ag->cur->finished)) join_job(ag);
     if (ag->cur) {
-        send_locked(ag, msg_failed(m->job_id, "worker is busy with another job"));
+        send_locked(ag, msg_failed(m->job_id, LR_E_BUSY, "worker is busy with another job"));
         return 0;
     }
     job *j = calloc(1, sizeof *j);
@@ -251,9 +251,9 @@ static int start_job(agent *ag, const msg *m, lr_err *err) {
               copy(j->run_dir, sizeof j->run_dir, m->run_dir) || copy(j->val, sizeof j->val, m->validation_file) ||
               copy(j->ref, sizeof j->ref, m->reference_adapter_dir);
     for (int i = 0; i < m->n_training_files; i++) bad |= copy(j->files[i], sizeof j->files[i], m->training_files[i]);
-    if (bad) lr_errf(&e, "a path in the assignment is too long");
+    if (bad) lr_errp(&e, LR_E_INVALID, NULL, "a path in the assignment is too long");
     if (bad || jobspec_from_json(m->spec, &j->spec, &e)) {
-        send_locked(ag, msg_failed(m->job_id, e.msg));
+        send_locked(ag, msg_failed(m->job_id, e.code, e.msg));
         free(j);
         return 0;
     }
@@ -263,7 +263,7 @@ static int start_job(agent *ag, const msg *m, lr_err *err) {
     if (pthread_create(&j->thread, NULL, job_main, j)) {
         ag->cur = NULL;
         free(j);
-        send_locked(ag, msg_failed(m->job_id, "cannot start the job thread"));
+        send_locked(ag, msg_failed(m->job_id, LR_E_NOMEM, "cannot start the job thread"));
     }
     return 0;
 }
@@ -370,12 +370,11 @@ int agent_run(const agent_opts *o, lr_err *err) {
         int64_t wait = next_hb - now_ms();
         json_t *f = NULL;
         int r = frame_read_fd(ag.fd, &d, wait > 0 ? (int)wait : 0, &f, err);
-        if (r < 0) {
-            /* The daemon closed the socket (stopped or restarting): that is
-             * the normal end of an agent. */
-            rc = strstr(err->msg, "peer closed") ? 0 : -1;
+        if (r == FRAME_EOF) { /* lorad closed the socket (stopped or restarting): the normal end */
+            rc = 0;
             goto out;
         }
+        if (r < 0) goto out;
         if (now_ms() >= next_hb) {
             heartbeat(&ag);
             resend(&ag);

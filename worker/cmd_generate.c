@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "proto/msg.h"
 #include "worker/chat.h"
 #include "worker/commands.h"
 #include "worker/generate.h"
@@ -36,8 +37,24 @@ static void usage(FILE *f) {
             "  messages, prompt, instruction/input, input or question) or a dataset CSV.\n"
             "  Defaults: 256 new tokens, greedy (temperature 0), top-p 1, top-k 0 (off), seed 0.\n"
             "  Generation stops at EOS / end of turn, a stop string (cut from the text) or the limit.\n"
-            "  --json prints one object per prompt: id, prompt_tokens, ids, text, stop.\n");
+            "  --json prints one object per prompt: id, prompt_tokens, ids, text, stop; on a failure the\n"
+            "  last line is {\"error\": {code, param, message}}, param naming the input refused (prompt, model,\n"
+            "  adapter).\n");
 }
+
+/* A prompt that cannot be rendered or does not fit is the prompt's fault,
+ * and the class says so to lorad; running out of memory or an I/O error is
+ * not the prompt's. */
+static void prompt_fault(lr_err *err, const char *id) {
+    if (err->code == 0 || err->code == LR_E_INVALID || err->code == LR_E_TOOBIG) {
+        err->code = LR_E_INVALID;
+        snprintf(err->param, sizeof err->param, "prompt");
+    }
+    if (id) lr_err_prefix(err, "%s: ", id);
+}
+
+/* A failure while loading names the option whose folder it was. */
+static void input_fault(lr_err *err, const char *option) { snprintf(err->param, sizeof err->param, "%s", option); }
 
 static int parse_num(const char *s, double lo, double hi, double *out) {
     char *end;
@@ -174,11 +191,19 @@ int cmd_generate(int argc, char **argv) {
     prompt_set ps = {0};
     int32_t *ids = NULL;
     int n_ids = 0;
-    if (kb_cpu_create(threads, &be, &err) || model_load(model_dir, be, &m, &err)) goto done;
-    if (adapter && model_lora_load(m, adapter, &err)) goto done;
+    if (kb_cpu_create(threads, &be, &err)) goto done;
+    if (model_load(model_dir, be, &m, &err)) {
+        input_fault(&err, "model");
+        goto done;
+    }
+    if (adapter && model_lora_load(m, adapter, &err)) {
+        input_fault(&err, "adapter");
+        goto done;
+    }
     if (!ids_arg || o.n_stop) { /* --prompt-ids works on a model without tokenizer files */
         if (tok_load(model_dir, &t, &err)) {
             lr_err_prefix(&err, "model tokenizer: ");
+            input_fault(&err, "model");
             goto done;
         }
         if (!raw && !ids_arg) {
@@ -187,8 +212,10 @@ int cmd_generate(int argc, char **argv) {
         }
     }
     gen_add_model_stops(&o, model_config(m), t, have_chat ? &ch : NULL);
-    if (prompts_path && prompts_load(prompts_path, &ps, &err)) goto done;
-    if (ids_arg && parse_ids(ids_arg, &ids, &n_ids, &err)) goto done;
+    if ((prompts_path && prompts_load(prompts_path, &ps, &err)) || (ids_arg && parse_ids(ids_arg, &ids, &n_ids, &err))) {
+        prompt_fault(&err, NULL);
+        goto done;
+    }
 
     size_t n_prompts = prompts_path ? ps.n : 1;
     for (size_t p = 0; p < n_prompts; p++) {
@@ -203,13 +230,16 @@ int cmd_generate(int argc, char **argv) {
             if (raw) {
                 size_t n = 0;
                 if (nm != 1 || msgs[0].role != CHAT_USER) {
-                    lr_errf(&err, "%s: --raw takes one user message per prompt", id);
+                    lr_errp(&err, LR_E_INVALID, "prompt", "%s: --raw takes one user message per prompt", id);
                     goto done;
                 }
-                if (tok_encode(t, msgs[0].text, msgs[0].len, 1, &co.ids, &n, &err)) goto done;
+                if (tok_encode(t, msgs[0].text, msgs[0].len, 1, &co.ids, &n, &err)) {
+                    prompt_fault(&err, id);
+                    goto done;
+                }
                 co.n = n;
             } else if (chat_render(&ch, msgs, nm, system, 1, 0, &co, &err)) {
-                lr_err_prefix(&err, "%s: ", id);
+                prompt_fault(&err, id);
                 goto done;
             }
             pid = co.ids, np = (int)co.n;
@@ -218,7 +248,8 @@ int cmd_generate(int argc, char **argv) {
         int cap = np + o.max_new_tokens;
         if (c->arch == ARCH_GPT2 && cap > c->max_pos) cap = c->max_pos;
         if (np >= cap) {
-            lr_errf(&err, "%s: the prompt has %d tokens; the model takes at most %d", id, np, cap);
+            lr_errp(&err, LR_E_INVALID, "prompt", "%s: the prompt has %d tokens; the model takes at most %d", id,
+                    np, cap);
             chat_out_free(&co);
             goto done;
         }
@@ -239,6 +270,11 @@ int cmd_generate(int argc, char **argv) {
     rc = 0;
 done:
     if (rc) fprintf(stderr, "lora-worker generate: %s\n", err.msg);
+    json_t *eo = rc && as_json ? msg_child_error(&err) : NULL;
+    char *line = eo ? json_dumps(eo, JSON_COMPACT) : NULL;
+    if (line) printf("%s\n", line);
+    free(line);
+    json_decref(eo);
     free(ids);
     prompts_free(&ps);
     model_kv_free(kv);

@@ -93,7 +93,7 @@ SERVER_TESTS=("wrong token -> exit 2" "login writes the config" "models ls --jso
   "download matches the server byte for byte" "generate: base and tuned blocks" "generate --json, sampling options"
   "generate: bad option -> exit 1" "generate: prompt from stdin" "merge --wait registers the model"
   "merge into a taken name -> exit 2" "failing job -> watch exit 4" "generate on a failed job -> exit 2" "cancel -> watch exit 5"
-  "sweep of 4 points ranked by eval loss" "workers --json" "watch in a terminal (tmux): bar + sparkline"
+  "sweep of 4 points ranked by eval loss" "sweep --random: explicit points across sections" "workers --json" "watch in a terminal (tmux): bar + sparkline"
   "watch in a terminal: Ctrl-C -> 130")
 skip_server() { for t in "${SERVER_TESTS[@]}"; do skip "$t: $1"; done; finish; }
 [ -x "$LORAD" ] || skip_server "$B/lorad is not built"
@@ -268,6 +268,16 @@ if [ $done_ = 1 ] &&
    head -2 "$T/st" | tail -1 | grep -q "learning_rate *lora.r"; then
   ok "sweep of 4 points ranked by eval loss"
 else bad "sweep of 4 points ranked by eval loss" "rc=$rc done=$done_ $(cat "$T/e") $(cat "$T/st")"; fi
+
+# --random sends explicit points, so it may vary fields of several sections at once
+"$LORA" sweep "$T/job.yaml" --random 3 --seed 5 --range learning_rate=1e-4:1e-2:log --grid lora.r=2,4,8 --json \
+  >"$T/sr" 2>"$T/e"; rc=$?
+if [ $rc -eq 0 ] && [ "$(json "$T/sr" 'len(j["points"]) == 3 and len(j["jobs"]) == 3 and "parameters" not in j and
+    sorted((p["hyperparameters.learning_rate"], p["lora.r"]) for p in j["points"]) ==
+    sorted((x["spec"]["hyperparameters"]["learning_rate"], x["spec"]["lora"]["r"]) for x in j["jobs"])')" = 1 ]; then
+  ok "sweep --random: explicit points across sections"
+else bad "sweep --random: explicit points across sections" "rc=$rc $(cat "$T/e") $(head -c 600 "$T/sr")"; fi
+for id in $(json "$T/sr" '" ".join(x["id"] for x in j["jobs"])' 2>/dev/null); do "$LORA" cancel "$id" >/dev/null 2>&1; done
 
 "$LORA" workers --json >"$T/o" 2>/dev/null && [ "$(json "$T/o" 'j[0]["backend"]')" = cpu ] \
   && ok "workers --json" || bad "workers --json" "$(head -c 200 "$T/o")"

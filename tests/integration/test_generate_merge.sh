@@ -73,6 +73,16 @@ run "$W" generate --model "$T/model" --prompt-ids 1,2,3 --max-new-tokens 1 --log
 run "${G[@]}" --adapter "$T/run" --temperature 0.9 --top-p 0.9 --top-k 40 --seed 5 && cp "$T/out" "$T/s1.json"
 run "${G[@]}" --adapter "$T/run" --temperature 0.9 --top-p 0.9 --top-k 40 --seed 5 && cp "$T/out" "$T/s2.json"
 cmp -s "$T/s1.json" "$T/s2.json" && ok "sampling with a seed is reproducible" || bad "sampling with a seed is reproducible"
+# --json failures end with an error object naming the class and the input refused (lorad reads these, not the words)
+printf '{"messages":[{"role":"assistant","content":"a"},{"role":"assistant","content":"b"}]}\n' >"$T/badturns.jsonl"
+run "$W" generate --model "$T/model" --template mistral --prompts "$T/badturns.jsonl" --threads 1 --json; rc1=$?
+e1=$(json "$T/out" "(rows or [j])[-1]['error']['code'] + '/' + str((rows or [j])[-1]['error']['param'])" 2>/dev/null)
+run "${G[@]}" --model "$T/nope"; rc2=$?
+e2=$(json "$T/out" "j['error']['code'] + '/' + str(j['error']['param'])" 2>/dev/null)
+run "$W" merge --json --model "$T/model" --adapter "$T/nope" --out "$T/never"; rc3=$?
+e3=$(json "$T/out" "j['error']['param'] is None and 'adapter_config.json' in j['error']['message']" 2>/dev/null)
+[ "$rc1$rc2$rc3" = 222 ] && [ "$e1" = invalid/prompt ] && [ "$e2" = io/model ] && [ "$e3" = 1 ] &&
+  ok "--json failures: an error object (prompt: $e1, model: $e2, merge)" || bad "--json error objects" "$rc1$rc2$rc3 $e1 $e2 $e3"
 printf '{"id":"r1","input":"Explain dropout."}\n"Explain warmup."\n' >"$T/prompts.jsonl"
 if run "$W" generate --model "$T/model" --adapter "$T/run" --prompts "$T/prompts.jsonl" --max-new-tokens 8 --threads 1 --json &&
    [ "$(json "$T/out" "[r['id'] for r in rows]")" = "['r1', 'line 2']" ]; then

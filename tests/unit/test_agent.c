@@ -82,6 +82,7 @@ static int fake_train(const jobspec *spec, const train_paths *p, const train_opt
     snprintf(path, sizeof path, "%s/adapter_config.json", p->run_dir);
     if (lr_write_file_atomic(path, "{\"peft_type\":\"LORA\"}\n", 21, err)) return -1;
     if (spec->hp.seed == 666) return lr_errf(err, "the stand-in trainer fails on seed 666");
+    if (spec->hp.seed == 667) return lr_errp(err, LR_E_NOMEM, NULL, "the stand-in trainer runs out of memory on seed 667");
     *outcome = stopped ? TRAIN_STOPPED_EARLY : TRAIN_DONE;
     return 0;
 }
@@ -311,6 +312,82 @@ TEST(unacked_metrics_resent_and_flushed_before_checkpoint) {
     json_decref(j);
     close(ds.fd);
     pthread_join(t, NULL);
+    close(ds.lfd);
+    frame_dec_free(&ds.d);
+}
+
+/* FAILED says what kind of failure it was: the trainer's class, a spec the
+ * worker refuses, an assignment while busy. */
+TEST(failures_carry_their_class) {
+    daemon_side ds;
+    REQUIRE(listen_at(&ds) == 0);
+    setenv("LR_FAKE_STEP_MS", "1", 1);
+    g_opts = (agent_opts){.socket_path = ds.path, .name = "w3", .backend = "cpu", .heartbeat_s = 1, .run = fake_train};
+    pthread_t t;
+    pthread_create(&t, NULL, agent_thread, NULL);
+    ds.fd = accept(ds.lfd, NULL, NULL);
+    REQUIRE(ds.fd >= 0);
+    msg m;
+    lr_err e = {0};
+    json_t *j = next_of(&ds, MSG_HELLO, &m), *f = NULL;
+    REQUIRE(j);
+    json_decref(j);
+    char run[512];
+    snprintf(run, sizeof run, "%s/run-fail", test_tmpdir());
+    const char *files[1] = {"/d.jsonl"};
+    json_t *spec = json_pack("{s:s, s:s, s:{s:i, s:i}}", "model", "/m", "training_file", "/d.jsonl",
+                             "hyperparameters", "max_steps", 2, "seed", 667);
+    json_t *a = msg_assign("ftjob-f1", spec, "/m", files, 1, NULL, NULL, run, 0);
+    REQUIRE(frame_write_fd(ds.fd, a, &e) == 0);
+    json_decref(a);
+    int code = -1;
+    for (int i = 0; i < 100 && code < 0 && frame_read_fd(ds.fd, &ds.d, 5000, &f, &e) == 1; i++) {
+        REQUIRE(msg_parse(f, &m, &e) == 0);
+        if (m.type == MSG_METRIC) ack(&ds, m.seq);
+        if (m.type == MSG_FAILED) code = m.code;
+        json_decref(f);
+    }
+    CHECK_EQ_INT(code, LR_E_NOMEM);
+    /* A spec the worker cannot read: refused as invalid, before any thread. */
+    json_object_set_new(json_object_get(spec, "hyperparameters"), "learning_rate", json_string("fast"));
+    a = msg_assign("ftjob-f2", spec, "/m", files, 1, NULL, NULL, run, 0);
+    REQUIRE(frame_write_fd(ds.fd, a, &e) == 0);
+    json_decref(a);
+    code = -1;
+    for (int i = 0; i < 100 && code < 0 && frame_read_fd(ds.fd, &ds.d, 5000, &f, &e) == 1; i++) {
+        REQUIRE(msg_parse(f, &m, &e) == 0);
+        if (m.type == MSG_FAILED) {
+            code = m.code;
+            CHECK_STR(m.job_id, "ftjob-f2");
+        }
+        json_decref(f);
+    }
+    CHECK_EQ_INT(code, LR_E_INVALID);
+    /* A second assignment while a job runs: busy. */
+    setenv("LR_FAKE_STEP_MS", "20", 1);
+    REQUIRE(send_assign(&ds, "ftjob-f3", 1000, 0, run) == 0);
+    j = next_of(&ds, MSG_METRIC, &m);
+    REQUIRE(j);
+    json_decref(j);
+    REQUIRE(send_assign(&ds, "ftjob-f4", 10, 0, run) == 0);
+    code = -1;
+    for (int i = 0; i < 1000 && code < 0 && frame_read_fd(ds.fd, &ds.d, 5000, &f, &e) == 1; i++) {
+        REQUIRE(msg_parse(f, &m, &e) == 0);
+        if (m.type == MSG_METRIC) ack(&ds, m.seq);
+        if (m.type == MSG_FAILED) {
+            code = m.code;
+            CHECK_STR(m.job_id, "ftjob-f4");
+        }
+        json_decref(f);
+    }
+    CHECK_EQ_INT(code, LR_E_BUSY);
+    json_decref(spec);
+    /* lorad dies in the middle of a frame: an error, not the normal end. */
+    unsigned char half[6] = {0, 0, 0, 40, '{', '"'};
+    CHECK(write(ds.fd, half, sizeof half) == (ssize_t)sizeof half);
+    close(ds.fd);
+    pthread_join(t, NULL);
+    CHECK_EQ_INT(g_rc, -1);
     close(ds.lfd);
     frame_dec_free(&ds.d);
 }

@@ -254,6 +254,62 @@ TEST(sweep_cartesian_product) {
     CHECK_EQ_INT(count_jobs(), before + 6);
 }
 
+/* Explicit points beside the grid: one job per point with the point's values
+ * (fields of several sections in one point), returned as points; a bad
+ * point, a bad shape or both forms at once create nothing. */
+TEST(sweep_explicit_points) {
+    REQUIRE(setup() == 0);
+    int st, before = count_jobs();
+    json_t *j = call("POST", "/v1/sweeps", "tok-alice",
+                     "{\"template\":{\"name\":\"p\",\"model\":\"tiny\",\"training_file\":\"file-000000000001\"},"
+                     "\"points\":[{\"lora.r\":4,\"hyperparameters.learning_rate\":0.003},"
+                     "{\"lora.r\":32,\"hyperparameters.learning_rate\":0.0001,\"hyperparameters.seed\":9},"
+                     "{\"lora.alpha\":8}]}",
+                     NULL, &st);
+    CHECK_EQ_INT(st, 200);
+    json_t *jobs = json_object_get(j, "jobs");
+    REQUIRE(json_array_size(jobs) == 3);
+    CHECK(json_is_array(json_object_get(j, "points")) && !json_object_get(j, "parameters"));
+    int seen = 0;
+    size_t i;
+    json_t *job;
+    json_array_foreach(jobs, i, job) {
+        json_t *spec = json_object_get(job, "spec");
+        json_int_t r = json_integer_value(json_object_get(json_object_get(spec, "lora"), "r"));
+        double lr = json_number_value(json_object_get(json_object_get(spec, "hyperparameters"), "learning_rate"));
+        json_int_t seed = json_integer_value(json_object_get(json_object_get(spec, "hyperparameters"), "seed"));
+        double alpha = json_number_value(json_object_get(json_object_get(spec, "lora"), "alpha"));
+        if (r == 4 && lr == 0.003) seen |= 1;
+        if (r == 32 && lr == 0.0001 && seed == 9) seen |= 2;
+        if (alpha == 8) seen |= 4;
+    }
+    CHECKF(seen == 7, "points found: %d", seen);
+    json_decref(j);
+    CHECK_EQ_INT(count_jobs(), before + 3);
+    struct {
+        const char *body, *param;
+    } bad[] = {
+        {"{\"template\":{\"model\":\"tiny\",\"training_file\":\"file-000000000001\"},"
+         "\"points\":[{\"lora.r\":8},{\"lora.r\":-1}]}", "template.lora.r"},
+        {"{\"template\":{\"model\":\"tiny\",\"training_file\":\"file-000000000001\"},\"points\":[]}", "points"},
+        {"{\"template\":{\"model\":\"tiny\",\"training_file\":\"file-000000000001\"},\"points\":[{\"lora.r\":8},3]}",
+         "points.1"},
+        {"{\"template\":{\"model\":\"tiny\",\"training_file\":\"file-000000000001\"},\"points\":[{\"model.x\":8}]}",
+         "points"},
+        {"{\"template\":{\"model\":\"tiny\",\"training_file\":\"file-000000000001\"},\"points\":[{\"lora.r\":8}],"
+         "\"parameters\":{\"lora.r\":[8]}}", "parameters"},
+        {"{\"template\":{\"model\":\"tiny\",\"training_file\":\"file-000000000001\"}}", "parameters"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        j = call("POST", "/v1/sweeps", "tok-alice", bad[k].body, NULL, &st);
+        CHECKF(st == 400, "case %zu: status %d", k, st);
+        CHECKF(err_param(j) && !strcmp(err_param(j), bad[k].param), "case %zu: param %s", k,
+               err_param(j) ? err_param(j) : "(null)");
+        json_decref(j);
+    }
+    CHECK_EQ_INT(count_jobs(), before + 3);
+}
+
 TEST(artifact_and_static_traversal) {
     REQUIRE(setup() == 0);
     int st;

@@ -104,6 +104,57 @@ TEST(random_points_in_range_and_repeatable) {
     CHECK(sweep_points(&pl, 1000, 1, &a, &err) == -1);
 }
 
+/* The request body: a grid goes as parameters (canonical paths, typed
+ * values), random points as explicit points, which may mix sections; a bad
+ * point is refused before anything is sent. */
+TEST(body_grid_and_points) {
+    lr_err err = {0};
+    json_t *pts, *body;
+    json_t *tpl = json_pack("{s:s, s:s}", "model", "tiny", "training_file", "file-000000000001");
+    REQUIRE(tpl);
+    sweep_plan_init(&pl);
+    REQUIRE(!sweep_add_grid(&pl, "lora.r=8,16", &err));
+    REQUIRE(!sweep_add_grid(&pl, "learning_rate=1e-4,2e-4", &err));
+    REQUIRE(!sweep_points(&pl, 0, 1, &pts, &err));
+    REQUIRE(!sweep_body(tpl, &pl, pts, 0, &body, &err));
+    json_t *par = json_object_get(body, "parameters");
+    CHECK(!json_object_get(body, "points") && json_equal(json_object_get(body, "template"), tpl));
+    CHECK_EQ_INT(json_integer_value(json_array_get(json_object_get(par, "lora.r"), 1)), 16);
+    CHECK(json_real_value(json_array_get(json_object_get(par, "hyperparameters.learning_rate"), 0)) == 1e-4);
+    json_decref(body);
+    json_decref(pts);
+
+    sweep_plan_init(&pl);
+    REQUIRE(!sweep_add_range(&pl, "learning_rate=1e-5:1e-3:log", &err));
+    REQUIRE(!sweep_add_range(&pl, "lora.r=4:64:int", &err));
+    REQUIRE(!sweep_add_grid(&pl, "seed=1,2", &err));
+    REQUIRE(!sweep_points(&pl, 5, 3, &pts, &err));
+    REQUIRE(!sweep_body(tpl, &pl, pts, 1, &body, &err));
+    json_t *list = json_object_get(body, "points");
+    CHECK(!json_object_get(body, "parameters"));
+    REQUIRE(json_array_size(list) == 5);
+    for (size_t i = 0; i < 5; i++) {
+        json_t *p = json_array_get(list, i);
+        CHECK_EQ_INT(json_object_size(p), 3);
+        double lr = json_real_value(json_object_get(p, "hyperparameters.learning_rate"));
+        json_int_t r = json_integer_value(json_object_get(p, "lora.r"));
+        json_int_t seed = json_integer_value(json_object_get(p, "hyperparameters.seed"));
+        CHECK(lr >= 1e-5 * 0.999 && lr <= 1e-3 * 1.001 && r >= 4 && r <= 64 && (seed == 1 || seed == 2));
+        /* the point is the one drawn: same values as its "key=value" strings */
+        CHECK(strtod(pt(pts, i, 0) + strlen("learning_rate="), NULL) == lr);
+    }
+    json_decref(body);
+    json_decref(pts);
+
+    sweep_plan_init(&pl);
+    REQUIRE(!sweep_add_grid(&pl, "lora.r=8,-1", &err));
+    REQUIRE(!sweep_points(&pl, 0, 1, &pts, &err));
+    CHECK(sweep_body(tpl, &pl, pts, 0, &body, &err) == -1 && !body);
+    CHECKF(strstr(err.msg, "sweep point 2"), "%s", err.msg);
+    json_decref(pts);
+    json_decref(tpl);
+}
+
 TEST(varied_paths) {
     json_t *specs = json_loads("[{\"name\":\"a\",\"lora\":{\"r\":8,\"alpha\":16},\"hyperparameters\":{\"learning_rate\":1e-4}},"
                                " {\"name\":\"a\",\"lora\":{\"r\":16,\"alpha\":16},\"hyperparameters\":{\"learning_rate\":1e-4}},"

@@ -146,8 +146,8 @@ TEST(msg_roundtrip_all_types) {
         msg_metric("ftjob-a", 7, 3, 0.3, "loss", 2.5),
         msg_event("ftjob-a", "info", "hello"),
         msg_checkpoint("ftjob-a", 3, "/r/checkpoints/step-3"),
-        msg_done("ftjob-a", "succeeded", NULL),
-        msg_failed("ftjob-a", "out of memory"),
+        msg_done("ftjob-a", MSG_SUCCEEDED, NULL),
+        msg_failed("ftjob-a", LR_E_NOMEM, "out of memory"),
         msg_assign("ftjob-a", spec, "/m", tf, 2, NULL, NULL, "/r", 1),
         msg_cancel("ftjob-a", "user"),
         msg_ack(7),
@@ -174,6 +174,11 @@ TEST(msg_roundtrip_all_types) {
             CHECK(m.resume == 1);
             CHECK(m.validation_file == NULL);
             CHECK_STR(json_string_value(json_object_get(m.spec, "model")), "m");
+        }
+        if (m.type == MSG_DONE) CHECK_EQ_INT(m.ended, MSG_SUCCEEDED);
+        if (m.type == MSG_FAILED) {
+            CHECK_EQ_INT(m.code, LR_E_NOMEM);
+            CHECK_STR(m.text, "out of memory");
         }
         if (m.type == MSG_HELLO) {
             CHECK_STR(m.worker, "w0");
@@ -209,6 +214,7 @@ TEST(msg_parse_rejects_bad_fields) {
         "{\"type\":\"done\",\"job_id\":\"j\",\"outcome\":\"maybe\"}",
         "{\"type\":\"done\",\"job_id\":\"j\",\"outcome\":\"succeeded\",\"stop_reason\":\"x\"}",
         "{\"type\":\"done\",\"job_id\":\"j\",\"outcome\":\"stopped_early\",\"stop_reason\":7}",
+        "{\"type\":\"failed\",\"job_id\":\"j\",\"error\":\"x\",\"code\":7}",
         "{\"type\":\"hello\",\"worker\":\"w\",\"backend\":\"cpu\",\"proto\":99}",
         "{\"type\":\"hello\",\"worker\":\"w\",\"backend\":7,\"proto\":1}",
         "{\"type\":\"assign\",\"job_id\":\"j\",\"spec\":{},\"model_dir\":\"/m\",\"run_dir\":\"/r\",\"training_files\":[]}",
@@ -229,14 +235,15 @@ TEST(msg_parse_rejects_bad_fields) {
 TEST(msg_done_stop_reason) {
     lr_err e = {0};
     msg m;
-    json_t *d = msg_done("ftjob-a", "stopped_early", "early stop at step 12: eval loss did not improve");
+    json_t *d = msg_done("ftjob-a", MSG_STOPPED_EARLY, "early stop at step 12: eval loss did not improve");
     REQUIRE(d);
     CHECKF(msg_parse(d, &m, &e) == 0, "%s", e.msg);
     CHECK_STR(m.outcome, "stopped_early");
+    CHECK_EQ_INT(m.ended, MSG_STOPPED_EARLY);
     CHECK_STR(m.stop_reason, "early stop at step 12: eval loss did not improve");
     json_decref(d);
     /* No reason (an older worker): parses, NULL. */
-    d = msg_done("ftjob-a", "stopped_early", NULL);
+    d = msg_done("ftjob-a", MSG_STOPPED_EARLY, NULL);
     CHECK(json_object_get(d, "stop_reason") == NULL);
     CHECK(msg_parse(d, &m, &e) == 0 && m.stop_reason == NULL);
     json_decref(d);
@@ -246,7 +253,7 @@ TEST(msg_done_stop_reason) {
     REQUIRE(big);
     for (int i = 0; i < 1025; i++) memcpy(big + 2 * i, "\xc3\xa9", 2);
     big[2 * 1025] = 0;
-    d = msg_done("ftjob-a", "stopped_early", big);
+    d = msg_done("ftjob-a", MSG_STOPPED_EARLY, big);
     REQUIRE(d);
     CHECKF(msg_parse(d, &m, &e) == 0, "%s", e.msg);
     CHECK_EQ_INT((long long)strlen(m.stop_reason), 1024);
@@ -275,7 +282,79 @@ TEST(fd_helpers_over_socketpair) {
     json_decref(j);
     CHECK_EQ_INT(frame_read_fd(sv[1], &d, 20, &j, &e), 0); /* timeout */
     close(sv[0]);
-    CHECK_EQ_INT(frame_read_fd(sv[1], &d, 1000, &j, &e), -1); /* peer closed */
+    CHECK_EQ_INT(frame_read_fd(sv[1], &d, 1000, &j, &e), FRAME_EOF); /* closed between frames: the normal end */
     close(sv[1]);
     frame_dec_free(&d);
+    /* Closed after half a frame: an error, not the normal end. */
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    frame_dec_init(&d, 0);
+    unsigned char half[6] = {0, 0, 0, 20, '{', '"'};
+    CHECK(write(sv[0], half, sizeof half) == (ssize_t)sizeof half);
+    close(sv[0]);
+    CHECK_EQ_INT(frame_read_fd(sv[1], &d, 1000, &j, &e), -1);
+    CHECKF(strstr(e.msg, "middle of a frame"), "%s", e.msg);
+    close(sv[1]);
+    frame_dec_free(&d);
+}
+
+/* FAILED carries the class of the failure: every LR_E_* code survives the
+ * trip by name; a name this side does not know, or none (a worker from
+ * before codes), reads as unclassified. */
+TEST(msg_failed_codes) {
+    lr_err e = {0};
+    msg m;
+    for (int code = 0; code <= LR_E_TIMEOUT; code++) {
+        json_t *f = msg_failed("ftjob-a", code, "why");
+        REQUIRE(f);
+        CHECKF(msg_parse(f, &m, &e) == 0, "%s", e.msg);
+        CHECKF(m.code == code, "code %d came back as %d (%s)", code, m.code, msg_code_name(code));
+        CHECK(code == 0 || strcmp(msg_code_name(code), "error"));
+        json_decref(f);
+    }
+    CHECK_STR(msg_code_name(LR_E_NOMEM), "out_of_memory");
+    CHECK_EQ_INT(msg_code_parse("busy"), LR_E_BUSY);
+    const char *other[] = {"{\"type\":\"failed\",\"job_id\":\"j\",\"error\":\"x\",\"code\":\"solar_flare\"}",
+                           "{\"type\":\"failed\",\"job_id\":\"j\",\"error\":\"x\"}"};
+    for (int i = 0; i < 2; i++) {
+        json_t *j = json_loads(other[i], 0, NULL);
+        REQUIRE(j);
+        m.code = -1;
+        CHECK(msg_parse(j, &m, &e) == 0 && m.code == 0);
+        json_decref(j);
+    }
+}
+
+/* A child's error object: written by msg_child_error as the last line of
+ * stdout, read back with its class and input whatever came before it. */
+TEST(child_error_object) {
+    lr_err in = {0}, out = {0};
+    lr_errp(&in, LR_E_INVALID, "prompt", "prompt: the prompt has 99 tokens; the model takes at most 10");
+    json_t *o = msg_child_error(&in);
+    REQUIRE(o);
+    char *line = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    REQUIRE(line);
+    char text[1024];
+    snprintf(text, sizeof text, "{\"id\":\"a\",\"text\":\"ok\"}\n%s\n", line);
+    free(line);
+    CHECK(msg_child_error_parse(text, strlen(text), &out) == 0);
+    CHECK_EQ_INT(out.code, LR_E_INVALID);
+    CHECK_STR(out.param, "prompt");
+    CHECK_STR(out.msg, in.msg);
+    lr_err_clear(&in);
+    lr_errf(&in, "no class");
+    o = msg_child_error(&in);
+    line = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    REQUIRE(line);
+    CHECK(strstr(line, "\"param\":null") != NULL);
+    CHECK(msg_child_error_parse(line, strlen(line), &out) == 0 && out.code == 0 && !out.param[0]);
+    free(line);
+    /* No error object (a result, nothing, a crash's garbage): -1, err untouched. */
+    const char *none[] = {"{\"id\":\"a\",\"text\":\"ok\"}\n", "", "Segmentation fault", "{\"error\":{\"code\":\"io\"}}"};
+    for (int i = 0; i < 4; i++) {
+        lr_errp(&out, LR_E_TIMEOUT, NULL, "kept");
+        CHECK(msg_child_error_parse(none[i], strlen(none[i]), &out) == -1);
+        CHECK(out.code == LR_E_TIMEOUT && !strcmp(out.msg, "kept"));
+    }
 }

@@ -27,12 +27,18 @@ static const char FAKE[] =
     "which) echo '{\"id\":\"prompt\",\"prompt_tokens\":1,\"ids\":[],\"stop\":\"length\",\"text\":\"'$model:$tuned'\"}';;\n"
     "slow) exec sleep 30;;\n"
     "flood) exec yes;;\n"
-    "long) echo 'loading...' >&2; echo 'generate: prompt: the prompt has 99 tokens; the model takes at most 10' >&2; "
-    "exit 2;;\n"
+    "long) echo 'loading...' >&2; echo 'lora-worker generate: prompt: the prompt has 99 tokens' >&2; "
+    "echo '{\"error\":{\"code\":\"invalid\",\"param\":\"prompt\",\"message\":\"prompt: the prompt has 99 tokens; "
+    "the model takes at most 10\"}}'; exit 2;;\n"
+    "badmodel) echo '{\"error\":{\"code\":\"invalid\",\"param\":\"model\",\"message\":\"config.json: no such "
+    "architecture\"}}'; exit 2;;\n"
+    "oom) echo '{\"error\":{\"code\":\"out_of_memory\",\"param\":null,\"message\":\"out of memory\"}}'; exit 2;;\n"
+    "words) echo 'generate: prompt: the prompt has 99 tokens; the model takes at most 10' >&2; exit 2;;\n"
     "boom) echo 'generate: model: no such file' >&2; exit 3;;\n"
     "merge) mkdir -p \"$out\" && cp \"$model\"/* \"$out\"/;;\n"
-    "mergefail) mkdir -p \"$out\" && echo partial >\"$out\"/x && echo 'merge: adapter: no adapter_config.json' >&2; "
-    "exit 1;;\n"
+    "mergefail) mkdir -p \"$out\" && echo partial >\"$out\"/x && echo 'lora-worker merge: adapter: ...' >&2 && "
+    "echo '{\"error\":{\"code\":\"not_found\",\"param\":null,\"message\":\"adapter: no adapter_config.json\"}}'; "
+    "exit 2;;\n"
     "esac\n";
 
 static char g_bin[1024], g_data[1024], g_db[1100];
@@ -99,6 +105,39 @@ TEST(generate_failures_carry_the_workers_words) {
     setenv("FAKE_MODE", "flood", 1);
     CHECK(runner_generate(r, &GEN, &o, &e) == -1);
     CHECKF(strstr(e.msg, "printed more than"), "%s", e.msg);
+    CHECK(no_children());
+    runner_free(r);
+}
+
+/* The class of a failed generation comes from the child's error object,
+ * never from its words: the prompt refused is the request's fault (400); a
+ * model refused, the server's (500); out of memory stays so; the same words
+ * without an object are unclassified. */
+TEST(generate_failures_are_classified_by_the_error_object) {
+    runner *r = make_runner(2, 10);
+    REQUIRE(r);
+    json_t *o = NULL;
+    lr_err e = {0};
+    setenv("FAKE_MODE", "long", 1);
+    CHECK(runner_generate(r, &GEN, &o, &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_INVALID);
+    CHECK_STR(e.param, "prompt");
+    CHECK_STR(e.msg, "generation with the base model: prompt: the prompt has 99 tokens; the model takes at most 10");
+    lr_err_clear(&e);
+    setenv("FAKE_MODE", "badmodel", 1);
+    CHECK(runner_generate(r, &GEN, &o, &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_INTERNAL);
+    CHECK(!e.param[0]);
+    CHECKF(strstr(e.msg, "config.json: no such architecture"), "%s", e.msg);
+    lr_err_clear(&e);
+    setenv("FAKE_MODE", "oom", 1);
+    CHECK(runner_generate(r, &GEN, &o, &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_NOMEM);
+    lr_err_clear(&e);
+    setenv("FAKE_MODE", "words", 1);
+    CHECK(runner_generate(r, &GEN, &o, &e) == -1);
+    CHECK_EQ_INT(e.code, LR_E_INTERNAL);
+    CHECKF(strstr(e.msg, "the model takes at most 10"), "%s", e.msg);
     CHECK(no_children());
     runner_free(r);
 }
@@ -236,7 +275,7 @@ TEST(merge_registers_the_model_or_cleans_up) {
     REQUIRE(runner_merge_start(r, &m, &e) == 0);
     runner_wait(r);
     CHECK(store_model_dir(st, "merged-2", dir, sizeof dir, &e) == -1);
-    CHECK(has_event(st, "merge into model merged-2 failed: lora-worker merge: merge: adapter: no adapter_config.json"));
+    CHECK(has_event(st, "merge into model merged-2 failed: lora-worker merge: adapter: no adapter_config.json"));
     struct stat sb;
     snprintf(dir, sizeof dir, "%s/models/.merging-merged-2", g_data);
     CHECK(stat(dir, &sb) != 0);
