@@ -785,8 +785,11 @@ static void h_datasets_list(ctx *c) {
     reply(c, store_datasets_list(c->st, (int)limit, after, private_view(c) ? c->user.name : NULL, &e), &e);
 }
 
+static int results_file(ctx *c, int content);
+
 static void h_dataset_get(ctx *c) {
     json_t *o = NULL;
+    if (results_file(c, 0)) return;
     if (!visible_dataset(c, c->p[0], NULL, &o)) set_json(c->rs, 200, o);
 }
 
@@ -925,12 +928,24 @@ static void h_dataset_preview(ctx *c) {
 
 /* ---- models ---- */
 
+static void tuned_models_add(ctx *c, json_t *list);
+static int tuned_model(ctx *c, const char *name, int del);
+
 static void h_models_list(ctx *c) {
     lr_err e = {0};
-    reply(c, store_models_list(c->st, private_view(c) ? c->user.name : NULL, &e), &e);
+    json_t *l = store_models_list(c->st, private_view(c) ? c->user.name : NULL, &e), *m;
+    size_t i;
+    /* OpenAI's owned_by: the user whose merge made it, else lorad's operator */
+    json_array_foreach(json_object_get(l, "data"), i, m) {
+        json_t *o = json_object_get(m, "owner");
+        json_object_set_new(m, "owned_by", json_is_string(o) ? json_copy(o) : json_string("lorad"));
+    }
+    if (l) tuned_models_add(c, l);
+    reply(c, l, &e);
 }
 
 static void h_model_get(ctx *c) {
+    if (tuned_model(c, c->p[0], 0)) return;
     lr_err e = {0};
     json_t *l = store_models_list(c->st, private_view(c) ? c->user.name : NULL, &e);
     if (!l) {
@@ -960,6 +975,7 @@ static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ft
  * operator's `lorad model add`) only an admin. A folder lorad made under
  * <data_dir>/models (a merge) is removed; an operator's folder stays. */
 static void h_model_delete(ctx *c) {
+    if (tuned_model(c, c->p[0], 1)) return;
     lr_err e = {0};
     char owner[64], dir[1024];
     const char *name = c->p[0];
@@ -1087,6 +1103,7 @@ static int priority_ok(ctx *c, const jobspec *s, const char *param) {
  * wait forever. */
 static int device_ok(ctx *c, const jobspec *s, const char *param) {
     const lorad_config *cfg = c->a->env.cfg;
+    if (cfg->worker_listen[0]) return 1; /* a remote worker of any device may connect (daemon/remote.h) */
     sched_wstate w[CONFIG_MAX_WORKERS];
     for (int i = 0; i < cfg->n_workers; i++) w[i] = (sched_wstate){cfg->workers[i].backend, "idle"};
     char why[400];
@@ -1922,8 +1939,74 @@ static void h_files_list(ctx *c) {
                               order && !strcmp(order, "asc"), &e), &e);
 }
 
+/* A succeeded job's results file: its logged metrics as CSV, one row per
+ * logged step (0: its file object, 1: the CSV). 0 when c->p[0] is not a
+ * results file id. */
+static int results_file(ctx *c, int content) {
+    char jid[64];
+    if (oai_results_file_job(c->p[0], jid, sizeof jid)) return 0;
+    lr_err e = {0};
+    char fid[PARAM_LEN];
+    snprintf(fid, sizeof fid, "%s", c->p[0]);
+    snprintf(c->p[0], sizeof c->p[0], "%s", jid);
+    json_t *job = visible_job(c, jid), *mq = NULL, *loss = NULL, *sr;
+    if (!job) return 1;
+    lr_buf b;
+    lr_buf_init(&b, 64u << 20);
+    if (strcmp(json_string_value(json_object_get(job, "status")), "succeeded")) {
+        fail(c, 404, "not_found", NULL, "no file with id '%s' (job %s has not succeeded)", fid, jid);
+        goto out;
+    }
+    if (!(mq = store_metrics_query(c->st, jid, -1, METRIC_NAMES ",lr", 0, &e))) {
+        fail_err(c, &e);
+        goto out;
+    }
+    size_t i;
+    json_array_foreach(json_object_get(mq, "series"), i, sr) if (!strcmp(json_string_value(json_object_get(sr, "name")), "loss")) loss = sr;
+    int bad = lr_buf_adds(&b, "step,train_loss,valid_loss,learning_rate\n");
+    json_t *steps = json_object_get(loss, "steps");
+    for (i = 0; !bad && i < json_array_size(steps); i++) {
+        int64_t st = json_integer_value(json_array_get(steps, i));
+        json_t *m = step_metrics(mq, st, 1);
+        char lr[32] = "";
+        json_t *l = NULL, *x;
+        size_t k;
+        json_array_foreach(json_object_get(mq, "series"), k, x) if (!strcmp(json_string_value(json_object_get(x, "name")), "lr")) l = x;
+        for (k = 0; k < json_array_size(json_object_get(l, "steps")); k++)
+            if (json_integer_value(json_array_get(json_object_get(l, "steps"), k)) == st)
+                snprintf(lr, sizeof lr, "%.9g", json_number_value(json_array_get(json_object_get(l, "values"), k)));
+        json_t *tl = json_object_get(m, "train_loss"), *vl = json_object_get(m, "valid_loss");
+        char a[32] = "", v[32] = "";
+        if (tl) snprintf(a, sizeof a, "%.9g", json_number_value(tl));
+        if (vl) snprintf(v, sizeof v, "%.9g", json_number_value(vl));
+        bad = lr_buf_printf(&b, "%lld,%s,%s,%s\n", (long long)st, a, v, lr);
+        json_decref(m);
+    }
+    if (bad) {
+        fail(c, 500, "internal", NULL, "the results of %s are too large", jid);
+        goto out;
+    }
+    if (content) {
+        c->rs->status = 200;
+        c->rs->content_type = "text/csv";
+        snprintf(c->rs->disposition, sizeof c->rs->disposition, "attachment; filename=\"step_metrics.csv\"");
+        c->rs->body = lr_buf_take(&b, &c->rs->body_len);
+    } else {
+        set_json(c->rs, 200, json_pack("{s:s, s:s, s:I, s:O, s:s, s:s, s:s, s:s}", "id", fid, "object", "file", "bytes",
+                                       (json_int_t)b.len, "created_at", json_object_get(job, "finished_at"), "filename",
+                                       "step_metrics.csv", "purpose", "fine-tune-results", "status", "processed", "job",
+                                       jid));
+    }
+out:
+    lr_buf_free(&b);
+    json_decref(mq);
+    json_decref(job);
+    return 1;
+}
+
 static void h_file_content(ctx *c) {
     store_dataset d;
+    if (results_file(c, 1)) return;
     if (visible_dataset(c, c->p[0], &d, NULL)) return;
     int fd = open(d.path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     struct stat st;
@@ -2094,6 +2177,77 @@ out:
     json_decref(job);
 }
 
+/* ---- fine-tuned models ---- */
+
+/* Whether job j's result is still there: its adapter, or a full_sft run's
+ * model (a DELETE of the fine-tuned model removes it). */
+static int tuned_exists(ctx *c, json_t *j) {
+    const char *id = json_string_value(json_object_get(j, "id"));
+    json_t *mt = json_object_get(json_object_get(json_object_get(j, "spec"), "method"), "type");
+    int full = json_is_string(mt) && !strcmp(json_string_value(mt), jobspec_method_name(METHOD_FULL_SFT));
+    char p[1400];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/runs/%s/%s", c->a->env.cfg->data_dir, id ? id : "",
+             full ? "model.safetensors" : "adapter_model.safetensors");
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static json_t *tuned_model_json(json_t *j) {
+    return json_pack("{s:O, s:s, s:O, s:O, s:O, s:O}", "id", json_object_get(j, "fine_tuned_model"), "object", "model",
+                     "created", json_object_get(j, "finished_at"), "owned_by", json_object_get(j, "user"), "job",
+                     json_object_get(j, "id"), "base_model", json_object_get(j, "model"));
+}
+
+/* GET /v1/models lists the fine-tuned models after the registered ones:
+ * the caller's succeeded jobs (everyone's in team visibility), newest
+ * first, up to 1000, whose result is still there. */
+static void tuned_models_add(ctx *c, json_t *list) {
+    lr_err e = {0};
+    json_t *jobs = store_jobs_list(c->st, "succeeded", private_view(c) ? c->user.name : NULL, NULL, 1000, NULL, &e), *j;
+    size_t i;
+    json_array_foreach(json_object_get(jobs, "data"), i, j) {
+        const char *mt = json_string_value(json_object_get(json_object_get(json_object_get(j, "spec"), "method"), "type"));
+        if (!json_is_string(json_object_get(j, "fine_tuned_model")) || (mt && !strcmp(mt, "eval")) || !tuned_exists(c, j))
+            continue;
+        json_array_append_new(json_object_get(list, "data"), tuned_model_json(j));
+    }
+    json_decref(jobs);
+}
+
+/* GET or DELETE /v1/models/ft:...: 0 when name is no fine-tuned model's
+ * (the caller goes on with registered models); else 1, answered. A delete
+ * (owner or admin) removes the adapter (or full_sft model) from the run;
+ * the job, its checkpoints and its other files stay. */
+static int tuned_model(ctx *c, const char *name, int del) {
+    char jid[64];
+    int64_t step;
+    if (!oai_parse_model(name, jid, sizeof jid, &step)) return 0;
+    lr_err e = {0};
+    json_t *j = store_job_get(c->st, jid, &e);
+    const char *ft = json_string_value(json_object_get(j, "fine_tuned_model")),
+               *owner = json_string_value(json_object_get(j, "user"));
+    if (!j || step >= 0 || !ft || strcmp(ft, name) || !can_see(c, "job", jid, owner ? owner : "") || !tuned_exists(c, j)) {
+        fail(c, 404, "model_not_found", "model", "the model '%s' does not exist", name);
+    } else if (!del) {
+        set_json(c->rs, 200, tuned_model_json(j));
+    } else if (!c->user.admin && strcmp(owner ? owner : "", c->user.name)) {
+        fail(c, 403, "forbidden", NULL, "model %s belongs to %s; only its owner or an admin can delete it", name,
+             owner ? owner : "?");
+    } else {
+        static const char *const files[] = {"adapter_model.safetensors", "adapter_config.json", "model.safetensors"};
+        char p[1400];
+        for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+            snprintf(p, sizeof p, "%s/runs/%s/%s", c->a->env.cfg->data_dir, jid, files[i]);
+            unlink(p);
+        }
+        if (store_event_add(c->st, jid, "info", "its fine-tuned model was deleted (the adapter files are gone)", &e))
+            e.msg[0] = 0;
+        set_json(c->rs, 200, json_pack("{s:s, s:s, s:b}", "id", name, "object", "model", "deleted", 1));
+    }
+    json_decref(j);
+    return 1;
+}
+
 /* ---- chat and text completions ---- */
 
 #define CHAT_MAX_MESSAGES 64
@@ -2152,6 +2306,10 @@ static int completion_model(ctx *c, const char *name, json_t **job, gen_model *g
     gm->system_prompt = json_string_value(json_object_get(spec, "system_prompt"));
     gm->tuned = 1;
     snprintf(c->p[0], sizeof c->p[0], "%s", jid);
+    if (step < 0 && !tuned_exists(c, *job) && !strcmp(json_string_value(json_object_get(*job, "status")), "succeeded")) {
+        fail(c, 404, "model_not_found", "model", "the model '%s' was deleted", name);
+        return -1;
+    }
     if (step < 0) return trained_ready(c, *job, 0, &gm->t) ? 0 : -1;
     char done[1600];
     snprintf(gm->ckpt, sizeof gm->ckpt, "%s/runs/%s/checkpoints/checkpoint-%lld", c->a->env.cfg->data_dir, jid,

@@ -236,7 +236,11 @@ void oai_job_complete(json_t *job, int64_t now) {
     if (!succeeded || !json_object_get(job, "fine_tuned_model"))
         json_object_set_new(job, "fine_tuned_model", json_null());
     json_object_set_new(job, "organization_id", json_string("org-lorad"));
-    if (!json_object_get(job, "result_files")) json_object_set_new(job, "result_files", json_array());
+    char rf[64];
+    const char *id = json_string_value(json_object_get(job, "id"));
+    json_t *files = json_array();
+    if (succeeded && id && !oai_results_file_id(id, rf, sizeof rf)) json_array_append_new(files, json_string(rf));
+    json_object_set_new(job, "result_files", files);
     if (!json_object_get(job, "trained_tokens")) json_object_set_new(job, "trained_tokens", json_null());
     static const char *const nullable[] = {"metadata", "integrations", "user_provided_suffix"};
     for (size_t i = 0; i < 3; i++)
@@ -249,6 +253,16 @@ void oai_job_complete(json_t *job, int64_t now) {
     if (running && step > 0 && total > step && started > 0 && now >= started)
         eta = json_integer(now + (int64_t)((double)(now - started) * (double)(total - step) / (double)step + 0.5));
     json_object_set_new(job, "estimated_finish", eta);
+}
+
+int oai_results_file_id(const char *job_id, char *out, size_t cap) {
+    if (strncmp(job_id, "ftjob-", 6)) return -1;
+    return snprintf(out, cap, "file-results-%s", job_id + 6) < (int)cap ? 0 : -1;
+}
+
+int oai_results_file_job(const char *file_id, char *job_id, size_t cap) {
+    if (strncmp(file_id, "file-results-", 13) || !file_id[13]) return -1;
+    return snprintf(job_id, cap, "ftjob-%s", file_id + 13) < (int)cap ? 0 : -1;
 }
 
 /* ---- events, checkpoints ---- */

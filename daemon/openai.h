@@ -54,6 +54,12 @@ json_t *oai_job_record(const jobspec *s, const json_t *meta, const char *job_id,
  * before the record, migration 0007, has no training_file, seed...) */
 void oai_job_complete(json_t *job, int64_t now);
 
+/* A succeeded job's results file (OpenAI's result_files): a CSV of its
+ * logged metrics, made when read; its id is "file-results-<hex>" for job
+ * "ftjob-<hex>". Each returns -1 when the id is not of that form. */
+int oai_results_file_id(const char *job_id, char *out, size_t cap);
+int oai_results_file_job(const char *file_id, char *job_id, size_t cap);
+
 /* "ft:<base>:<user>:<suffix>:<job id>" (suffix may be ""), into out. */
 void oai_model_name(const char *base, const char *user, const char *suffix, const char *job_id, char *out, size_t cap);
 /* A fine-tuned model or checkpoint name: 1 with its job id and step (-1:

@@ -195,6 +195,21 @@ async function main() {
   e = await errorOf(client.chat.completions.create({ model: af.fine_tuned_model, ...ask, n: 2 }));
   check(e instanceof OpenAI.BadRequestError && e.param === 'n', 'n = 2: BadRequestError, param n', e && [e.status, e.param]);
 
+  // the results file and the fine-tuned model among the models
+  check(af.result_files.length === 1, 'a succeeded job has a results file', af.result_files);
+  const rf = await client.files.retrieve(af.result_files[0]);
+  const csv = (await (await client.files.content(rf.id)).text()).trim().split('\n');
+  check(rf.purpose === 'fine-tune-results' && rf.bytes > 0 && csv[0] === 'step,train_loss,valid_loss,learning_rate' &&
+        csv.length - 1 === metrics.length,
+  'the results file: a CSV of every logged step', [rf, csv.length, metrics.length, csv.slice(0, 3)]);
+  const models = [];
+  for await (const m of client.models.list()) models.push(m);
+  check(models.some((m) => m.id === 'demo-tiny' && m.owned_by === 'lorad') &&
+        models.some((m) => m.id === af.fine_tuned_model && m.owned_by === 'alice' && m.object === 'model'),
+  'models.list: the base and the fine-tuned models', models.map((m) => m.id));
+  const fm = await client.models.retrieve(uf.fine_tuned_model);
+  check(fm.id === uf.fine_tuned_model && Number.isInteger(fm.created), 'models.retrieve of a fine-tuned model', fm);
+
   // DPO in OpenAI's preference format, then deleting its file
   const d = await client.fineTuning.jobs.create({
     model: 'demo-tiny', training_file: dpo.id, seed: 3,
@@ -203,6 +218,12 @@ async function main() {
   check(d.method.type === 'dpo' && d.method.dpo.hyperparameters.beta === 0.2, 'a DPO job: method dpo with beta', d.method);
   const df = await finish(d.id);
   check(df.status === 'succeeded', 'the DPO job succeeds', df.error);
+  const gone = await client.models.delete(df.fine_tuned_model);
+  check(gone.deleted === true && gone.id === df.fine_tuned_model, 'models.delete of a fine-tuned model', gone);
+  e = await errorOf(client.chat.completions.create({ model: df.fine_tuned_model, ...ask }));
+  check(e instanceof OpenAI.NotFoundError && e.param === 'model', 'a deleted fine-tuned model: NotFoundError', e && [e.status, e.message]);
+  e = await errorOf(client.models.retrieve(df.fine_tuned_model));
+  check(e instanceof OpenAI.NotFoundError, 'a deleted fine-tuned model is gone from the models', e && e.status);
   const del = await client.files.delete(dpo.id);
   check(del.deleted === true && del.id === dpo.id, 'files.delete', del);
   e = await errorOf(client.files.retrieve(dpo.id));
