@@ -2,7 +2,8 @@
 # make gpu-check: what this project checks and measures on a GPU, in as few
 # runs as a GPU session's call limit allows (each phase well under 10 minutes
 # on an H100; run them as separate calls where the limit is tight):
-#   tests  build/tests/test_cuda (every op forward and backward against the
+#   tests  build/tests/test_dist (NCCL all-reduce on 2 GPUs; skips on one),
+#          build/tests/test_cuda (every op forward and backward against the
 #          CPU backend, grads per architecture with f32, bf16 and f16 models,
 #          50 AdamW steps against the CPU run), then the attention cases once
 #          more under compute-sanitizer: racecheck (shared-memory races in the
@@ -28,8 +29,8 @@ for p in $phases; do
 done
 mkdir -p "$OUTDIR"
 
-[ -x "$BUILD/lora-worker" ] && [ -x "$BUILD/tests/test_cuda" ] || {
-    echo "gpu-check: $BUILD/lora-worker or $BUILD/tests/test_cuda not built (run make)" >&2
+[ -x "$BUILD/lora-worker" ] && [ -x "$BUILD/tests/test_cuda" ] && [ -x "$BUILD/tests/test_dist" ] || {
+    echo "gpu-check: $BUILD/lora-worker, $BUILD/tests/test_cuda or test_dist not built (run make)" >&2
     exit 2
 }
 probe=$("$BUILD/lora-worker" probe)
@@ -82,6 +83,13 @@ run_tests() {
         echo "- $line" >>"$RES"
     done
     echo >>"$RES"
+    # data-parallel: NCCL sums device memory on 2 GPUs (skips, saying so, on one)
+    out=$("$BUILD/tests/test_dist" 2>&1)
+    st=$?
+    printf '%s\n' "$out" >>"$LOG"
+    echo "gpu-check: test_dist: $(tail -n1 <<<"$out")$(grep -m1 '^skip nccl' <<<"$out" | sed 's/^/ -- /')"
+    [ $st = 0 ] || { rc=1; grep -E '^FAIL' <<<"$out"; }
+    printf -- '- test_dist (NCCL all-reduce): %s\n\n' "$(tail -n1 <<<"$out")" >>"$RES"
 }
 
 run_bench() {

@@ -19,7 +19,9 @@
 # QLoRA: the qwen2.5-0.5b step again with its linear weights 4-bit NF4
 # (lora.quantize nf4): tokens/s and peak RSS next to the f32 run's, and the
 # 4-bit weights' bytes (codes + scales) over their f32 bytes.
-# Then the HTTP load test (bench/http_load.sh) unless LR_BENCH_SKIP_HTTP=1.
+# Then data-parallel scaling (bench/dist.sh cpu: 1 rank x 2 threads vs 2
+# ranks x 1 thread, all-reduce share) unless LR_BENCH_SKIP_DIST=1, and the
+# HTTP load test (bench/http_load.sh) unless LR_BENCH_SKIP_HTTP=1.
 #
 # Environment: LR_BUILD (default build), LR_BENCH_THREADS (2), LR_BENCH_STEPS (3),
 # LR_BENCH_MODELS (default build/bench-models), LR_BENCH_SHAPES ("gpt2 qwen").
@@ -97,6 +99,10 @@ print("QLoRA, qwen2.5-0.5b 1x512: f32 %.1f tok/s, peak RSS %.0f MB; nf4 %.1f tok
 print("  4-bit linear weights: %.1f MB, %.3f of their %.1f MB in f32 (target <= 0.15); RSS target: at least 1100 MB less"
       % (q["quant_mb"], q["quant_mb"] / q["quant_f32_mb"], q["quant_f32_mb"]))
 PY
+fi
+if [ "${LR_BENCH_SKIP_DIST:-0}" != 1 ]; then
+  echo
+  bash bench/dist.sh cpu
 fi
 if [ "${LR_BENCH_SKIP_HTTP:-0}" != 1 ] && [ -x bench/http_load.sh ]; then
   echo

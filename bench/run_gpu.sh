@@ -12,7 +12,10 @@
 # ($LR_BENCH_PY, default python3; without one the ratio column says so).
 # The random models are written once by
 # `lora-worker mkmodel` into $LR_BENCH_MODELS (default build/bench-models; the
-# 8B one takes 16 GB of disk). Without a usable GPU it says so and exits 0.
+# 8B one takes 16 GB of disk). Then the data-parallel figure (bench/dist.sh
+# gpu): 1 GPU vs all of them, all-reduce share, implied bus bandwidth; it
+# skips with the expected all-reduce formula on a 1-GPU machine.
+# Without a usable GPU it says so and exits 0.
 #
 # Environment: LR_BUILD (build dir, default build), LR_BENCH_MODELS, LR_BENCH_STEPS
 # (timed steps per shape, default 5), LR_BENCH_DEVICE (default cuda:0),
@@ -101,3 +104,5 @@ echo "FLOPs/token = 4*P + 6*L*Hq*D*(T+1): P = matmul weights incl. lm_head (forw
 echo "backward 2P; frozen weights get no weight gradient), causal attention forward + backward; LoRA's own"
 echo "matmuls not counted. Tokens/s from the median step (zero grads + forward + backward + AdamW)."
 echo "ratio = lorad tokens/s / the PyTorch peer's (bench/torch_lora_step.py on the GPU, bf16, SDPA), same run."
+echo
+bash bench/dist.sh gpu

@@ -559,6 +559,14 @@ static int write_time_metrics(trainer *T, lr_err *err) {
                           (json_int_t)T->step, "steps_per_second", train_s > 0 ? T->step / train_s : 0.0,
                           "tokens_per_second", train_s > 0 ? T->tokens_seen / train_s : 0.0, "tokens",
                           (json_int_t)T->tokens_seen);
+    if (o && T->size > 1) {
+        /* the gradient exchange's share of training, as rank 0 saw it
+         * (waiting for a slower rank included); grad_bytes per step */
+        json_object_set_new(o, "ranks", json_integer(T->size));
+        json_object_set_new(o, "allreduce_seconds", json_real(dist_reduce_seconds(T->d)));
+        json_object_set_new(o, "grad_bytes", json_integer((json_int_t)(T->numel * sizeof(float))));
+        json_object_set_new(o, "transport", json_string(dist_transport(T->d)));
+    }
     char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
     char path[4200];
     int rc = !s || lr_pathf(path, sizeof path, "%s/time_metrics.json", T->paths->run_dir) ||
@@ -933,6 +941,7 @@ int train_run(const jobspec *spec, const train_paths *paths, const train_opts *o
            T.ds.n_val, T.total_steps, T.numel, model_is_full(T.m) ? "model" : "LoRA", ranks);
     T.t_setup = now_s();
     T.t_train_start = T.t_setup;
+    dist_reset_seconds(T.d);
     if (loop(&T, outcome, err)) goto done;
     if (write_time_metrics(&T, err)) goto done;
     rc = 0;
