@@ -103,17 +103,17 @@ LR_HD static inline float kq_dequant_elem(const kq_weight *q, size_t i, float sc
 }
 
 /* torch.bucketize(x, bounds) (right = False): the first i with
- * bounds[i] >= x, n if none; bounds sorted ascending. */
+ * bounds[i] >= x, n if none; bounds sorted ascending, n >= 1. Branch-free
+ * halving (the answer stays in [lo, lo + len]): a data-dependent branch
+ * per step mispredicts half the time. */
 LR_HD static inline int kq_bucket(const float *bounds, int n, float x) {
-    int lo = 0, hi = n;
-    while (lo < hi) {
-        int mid = (lo + hi) / 2;
-        if (bounds[mid] < x)
-            lo = mid + 1;
-        else
-            hi = mid;
+    int lo = 0, len = n;
+    while (len > 1) {
+        int half = len / 2;
+        lo += bounds[lo + half - 1] < x ? half : 0;
+        len -= half;
     }
-    return lo;
+    return lo + (bounds[lo] < x);
 }
 
 /* The scaled value of one element of a full block: clamp(x * inv, -1, 1)
