@@ -199,6 +199,48 @@ def run_generate_case(tmp, name, arch, kw, qt, dq, seed):
     return not problems, msg + ("" if not problems else " -- " + "; ".join(problems))
 
 
+def run_broken_cases(tmp, seed):
+    """Malformed 4-bit checkpoints are refused with a message naming the
+    tensor, never loaded wrong: (name, edit of the state dict, expected text)."""
+    gen = torch.Generator().manual_seed(seed)
+    cfg = ref.make_config("llama", layers=1)
+    weights = ref.random_weights(cfg, gen)
+    key = "model.layers.0.self_attn.q_proj.weight"
+    qs_key = key + ".quant_state.bitsandbytes__nf4"
+
+    def state(sd, **change):
+        st = json.loads(bytes(sd[qs_key].tolist()))
+        st.update(change)
+        sd[qs_key] = torch.tensor(list(json.dumps(st).encode()), dtype=torch.uint8)
+
+    edits = [
+        ("absmax-short", lambda sd: sd.__setitem__(key + ".absmax", sd[key + ".absmax"][:-1]), "wrong size"),
+        ("codes-f32", lambda sd: sd.__setitem__(key, sd[key].float()), "wrong size"),
+        ("blocksize-128", lambda sd: state(sd, blocksize=128), "blocksize 128"),
+        ("shape-transposed", lambda sd: state(sd, shape=[64, 32]), "shape"),
+        ("not-json", lambda sd: sd.__setitem__(qs_key, torch.tensor(list(b"{oops"), dtype=torch.uint8)),
+         "not a bitsandbytes quant_state"),
+        ("no-nested-offset", lambda sd: state(sd, nested_offset=None), "nested_offset"),
+    ]
+    results = []
+    for name, edit, want in edits:
+        d = os.path.join(tmp, "broken-" + name)
+        os.makedirs(d, exist_ok=True)
+        sd, _ = bq.bnb_weights(cfg, weights, "nf4", True)
+        edit(sd)
+        c = dict(cfg, quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True,
+                                           "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True})
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(c, f)
+        bq.write_safetensors(os.path.join(d, "model.safetensors"), sd, {"format": "pt"})
+        p = subprocess.run([tg.WORKER, "generate", "--model", d, "--prompt-ids", "1,2,3", "--max-new-tokens", "1"],
+                           capture_output=True, text=True, timeout=60)
+        ok = p.returncode != 0 and want in p.stderr and key in p.stderr
+        results.append((f"broken-{name}", ok, "refused: " + p.stderr.strip().splitlines()[-1][:150] if p.stderr.strip()
+                        else f"rc {p.returncode}, no message"))
+    return results
+
+
 def load_batch(bpath):
     with open(bpath) as f:
         b = json.load(f)
@@ -218,7 +260,9 @@ def main():
     torch.set_num_threads(1)
     t0 = time.time()
     passed = failed = 0
-    names = [c[0] for c in CASES + PREQUANT_CASES + MERGE_CASES + GENERATE_CASES] + ["control-unquantized"]
+    names = [c[0] for c in CASES + PREQUANT_CASES + MERGE_CASES + GENERATE_CASES] + ["control-unquantized"] + \
+        ["broken-" + n for n in ("absmax-short", "codes-f32", "blocksize-128", "shape-transposed", "not-json",
+                                 "no-nested-offset")]
     if not os.access(tg.WORKER, os.X_OK):
         for n in names:
             print(f"skip {n}: {tg.WORKER} is not built")
@@ -235,6 +279,10 @@ def main():
             run = run_merge_case if c in MERGE_CASES else run_generate_case
             ok, msg = run(tmp, *c, seed=7000 + i)
             print(f"{'ok  ' if ok else 'FAIL'} {c[0]:24s} {msg}")
+            passed += ok
+            failed += not ok
+        for name, ok, msg in run_broken_cases(tmp, 8000):
+            print(f"{'ok  ' if ok else 'FAIL'} {name:24s} {msg}")
             passed += ok
             failed += not ok
         ok, msg = run_control(tmp, 6000)
