@@ -9,6 +9,7 @@
 
 #include "common/buf.h"
 #include "proto/jobspec.h"
+#include "proto/tlink.h"
 
 typedef enum { K_STR, K_INT, K_SIZE, K_WORKERS } key_type;
 
@@ -51,6 +52,9 @@ static const key_def keys[] = {
     {"shutdown_grace_s", K_INT, I(shutdown_grace_s), 0, 3600, "60", "on SIGTERM, wait this long for running jobs to checkpoint"},
     {"cancel_grace_s", K_INT, I(cancel_grace_s), 1, 3600, "10", "a worker that has not stopped this long after a cancel is killed and restarted"},
     {"min_free_bytes", K_SIZE, I(min_free_bytes), 0, 1LL << 50, "256M", "below this much free disk in data_dir, uploads and new jobs get 507 (0 = no floor)"},
+    {"worker_listen", K_STR, S(worker_listen), 0, 0, "", "ADDRESS:PORT where remote workers connect (lora-worker agent --connect; off when empty); TLS with tls_cert/tls_key, plain TCP on loopback only"},
+    {"tls_cert", K_STR, S(tls_cert), 0, 0, "", "PEM certificate (chain) lorad shows remote workers on worker_listen"},
+    {"tls_key", K_STR, S(tls_key), 0, 0, "", "PEM private key of tls_cert"},
     {"restart_backoff_max_s", K_INT, I(restart_backoff_max_s), 1, 3600, "30", "longest wait before restarting a crashed worker"},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -256,6 +260,19 @@ int config_finish(lorad_config *c, lr_err *err) {
         return lr_errp(err, LR_E_INVALID, "heartbeat_timeout_s", "heartbeat_timeout_s must be longer than heartbeat_interval_s");
     if (strcmp(c->visibility, "team") && strcmp(c->visibility, "private"))
         return lr_errp(err, LR_E_INVALID, "visibility", "visibility must be team or private, not '%s'", c->visibility);
+    if (!c->tls_cert[0] != !c->tls_key[0])
+        return lr_errp(err, LR_E_INVALID, c->tls_cert[0] ? "tls_key" : "tls_cert", "tls_cert and tls_key go together");
+    if (c->worker_listen[0]) {
+        const char *wc = strrchr(c->worker_listen, ':');
+        char host[128];
+        if (!wc || wc == c->worker_listen || !wc[1])
+            return lr_errp(err, LR_E_INVALID, "worker_listen", "worker_listen must be ADDRESS:PORT, not '%s'", c->worker_listen);
+        snprintf(host, sizeof host, "%.*s", (int)(wc - c->worker_listen), c->worker_listen);
+        if (!c->tls_cert[0] && !tl_is_loopback(host))
+            return lr_errp(err, LR_E_INVALID, "worker_listen",
+                           "worker_listen %s is not a loopback address: remote workers need TLS (set tls_cert and tls_key)",
+                           c->worker_listen);
+    }
     const char *colon = strrchr(c->listen, ':');
     if (!colon || colon == c->listen || !colon[1])
         return lr_errp(err, LR_E_INVALID, "listen", "listen must be ADDRESS:PORT, not '%s'", c->listen);

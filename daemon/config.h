@@ -44,6 +44,8 @@ typedef struct lorad_config {
     int cancel_grace_s;         /* after a cancel, kill a worker still running this long */
     long long min_free_bytes;   /* free-space floor of data_dir for uploads and new jobs; 0 = none */
     int restart_backoff_max_s;
+    char worker_listen[128];    /* remote workers' ADDR:PORT, "" = none (daemon/remote.h) */
+    char tls_cert[1024], tls_key[1024]; /* "" = plain TCP, loopback only */
     int n_workers;
     config_worker workers[CONFIG_MAX_WORKERS];
 } lorad_config;

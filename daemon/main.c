@@ -11,6 +11,7 @@
 #include "daemon/config.h"
 #include "daemon/http.h"
 #include "daemon/models.h"
+#include "daemon/remote.h"
 #include "daemon/sha256.h"
 #include "daemon/store.h"
 #include "daemon/upload.h"
@@ -31,6 +32,8 @@ static void usage(FILE *f) {
             "       lorad user add NAME [--admin]               create a user; prints its API token once\n"
             "       lorad model add NAME DIR                    register a Hugging Face model directory\n"
             "       lorad model ls                              list registered models\n"
+            "       lorad worker-token add|rm NAME              make (prints it once) or revoke the token\n"
+            "                                                   of remote workers (lora-worker agent --connect)\n"
             "       lorad backup FILE                           copy the database, also while lorad runs\n"
             "       lorad restore FILE                          make --data-dir's database from a backup\n"
             "       lorad share|unshare KIND ID USER            visibility private: let USER see and use a\n"
@@ -120,23 +123,30 @@ fail:
     return -1;
 }
 
-static int cmd_user_add(const lorad_config *c, const char *name, int admin) {
-    if (!models_name_ok(name)) {
-        fprintf(stderr, "lorad: a user name has 1..63 letters, digits, '.', '_' or '-'\n");
-        return 1;
-    }
+/* A fresh token: prefix ("lr_" users, "lw_" workers) and 48 random hex digits. */
+static int new_token(const char *prefix, char token[64]) {
     unsigned char r[24];
     size_t got = 0;
     while (got < sizeof r) {
         ssize_t n = getrandom(r + got, sizeof r - got, 0);
         if (n < 0 && errno != EINTR) {
             perror("lorad: getrandom");
-            return 2;
+            return -1;
         }
         if (n > 0) got += (size_t)n;
     }
-    char token[64] = "lr_";
+    snprintf(token, 64, "%s", prefix);
     for (size_t i = 0; i < sizeof r; i++) snprintf(token + 3 + 2 * i, 3, "%02x", r[i]);
+    return 0;
+}
+
+static int cmd_user_add(const lorad_config *c, const char *name, int admin) {
+    if (!models_name_ok(name)) {
+        fprintf(stderr, "lorad: a user name has 1..63 letters, digits, '.', '_' or '-'\n");
+        return 1;
+    }
+    char token[64];
+    if (new_token("lr_", token)) return 2;
     char hash[65], db[1100];
     sha256_hex(token, strlen(token), hash);
     store *st = NULL;
@@ -149,6 +159,34 @@ static int cmd_user_add(const lorad_config *c, const char *name, int admin) {
         return 2;
     }
     fprintf(stderr, "lorad: user %s%s created; its token (shown only now):\n", name, admin ? " (admin)" : "");
+    printf("%s\n", token);
+    return 0;
+}
+
+/* Remote workers' tokens (lora-worker agent --connect ... --token). */
+static int cmd_worker_token(const lorad_config *c, const char *verb, const char *name) {
+    if (!models_name_ok(name)) {
+        fprintf(stderr, "lorad: a worker token's name has 1..63 letters, digits, '.', '_' or '-'\n");
+        return 1;
+    }
+    char token[64], hash[65], db[1100];
+    int add = !strcmp(verb, "add");
+    if (add && new_token("lw_", token)) return 2;
+    store *st = NULL;
+    if (open_db(c, db, sizeof db, &st)) return 2;
+    lr_err e = {0};
+    if (add) sha256_hex(token, strlen(token), hash);
+    int rc = add ? store_worker_token_add(st, name, hash, &e) : store_worker_token_rm(st, name, &e);
+    store_close(st);
+    if (rc) {
+        fprintf(stderr, "lorad: %s\n", e.msg);
+        return e.code == LR_E_CONFLICT || e.code == LR_E_NOTFOUND ? 1 : 2;
+    }
+    if (!add) {
+        printf("revoked worker token %s; a worker using it is refused from its next connection\n", name);
+        return 0;
+    }
+    fprintf(stderr, "lorad: worker token %s created; give it to lora-worker agent --token (shown only now):\n", name);
     printf("%s\n", token);
     return 0;
 }
@@ -273,6 +311,7 @@ static int cmd_serve(const lorad_config *c) {
     api *a = NULL;
     http_server *h = NULL;
     runner *rn = NULL;
+    remote *rm = NULL;
     int rc = 2;
     /* Generations hold an HTTP thread each: leave at least one for the rest. */
     int max_gen = c->http_threads > GEN_MAX_AT_ONCE ? GEN_MAX_AT_ONCE : c->http_threads - 1;
@@ -288,10 +327,15 @@ static int cmd_serve(const lorad_config *c) {
     if (http_start(c, a, &h, &e)) goto out;
     fprintf(stderr, "lorad: listening on http://%s (port %d), data in %s, %d worker(s)\n", c->listen, http_port(h),
             c->data_dir, c->n_workers);
+    if (remote_start(c, db, &rm, &e)) goto out;
+    if (rm)
+        fprintf(stderr, "lorad: remote workers connect to %s://%s (port %d)\n", c->tls_cert[0] ? "https" : "tcp",
+                c->worker_listen, remote_port(rm));
     if (super_run(sv, h, &e)) goto out;
     rc = 0;
 out:
     if (rc) fprintf(stderr, "lorad: %s\n", e.msg);
+    remote_stop(rm);
     runner_stop(rn); /* generations in HTTP threads end now, so http_stop does not wait for them */
     http_stop(h);
     api_free(a);
@@ -313,6 +357,8 @@ int main(int argc, char **argv) {
     if (nrest == 3 && !strcmp(rest[0], "user") && !strcmp(rest[1], "add")) return cmd_user_add(&cfg, rest[2], admin);
     if (nrest == 4 && !strcmp(rest[0], "model") && !strcmp(rest[1], "add")) return cmd_model_add(&cfg, rest[2], rest[3]);
     if (nrest == 2 && !strcmp(rest[0], "model") && !strcmp(rest[1], "ls")) return cmd_model_ls(&cfg);
+    if (nrest == 3 && !strcmp(rest[0], "worker-token") && (!strcmp(rest[1], "add") || !strcmp(rest[1], "rm")))
+        return cmd_worker_token(&cfg, rest[1], rest[2]);
     if (nrest == 2 && !strcmp(rest[0], "backup")) return cmd_backup(&cfg, rest[1]);
     if (nrest == 4 && (!strcmp(rest[0], "share") || !strcmp(rest[0], "unshare")))
         return cmd_share(&cfg, !strcmp(rest[0], "share"), rest[1], rest[2], rest[3]);

@@ -30,6 +30,8 @@ need=(
   "/usr/lib/python3/dist-packages/jinja2/__init__.py python3-jinja2"
   "/usr/bin/mpirun openmpi-bin"
   "/usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h libopenmpi-dev"
+  "/usr/include/gnutls/gnutls.h libgnutls28-dev"
+  "/usr/bin/openssl openssl"
 )
 missing=()
 for pair in "${need[@]}"; do

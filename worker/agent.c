@@ -17,8 +17,10 @@
 #include "kernels/cpu/gemm_select.h"
 #include "proto/frame.h"
 #include "proto/msg.h"
+#include "proto/tlink.h"
 #include "worker/commands.h"
 #include "worker/dist.h"
+#include "worker/fetch.h"
 
 #define AGENT_VERSION "0.1"
 
@@ -30,6 +32,11 @@ typedef struct job {
     char files[JOBSPEC_MAX_FILES][1024];
     int n_files, resume;
     char stop_reason[256]; /* set by the stopped hook, sent with DONE */
+    /* files copied (agent_opts.connect_url without shared_fs): run_dir is
+     * local, remote_run lorad's; sent is what went up already */
+    int files_remote;
+    char remote_run[1024];
+    fetch_sent sent;
     pthread_t thread;
     atomic_int cancel, finished;
 } job;
@@ -63,6 +70,10 @@ typedef struct agent {
     double epoch;
     job *cur;
     atomic_int write_failed;
+    tl_conn link;              /* a remote agent's connection to lorad */
+    int link_fd;               /* the relay's end of the socket pair, -1 none */
+    pthread_t relay;
+    char cache[1100];          /* data_dir/cache */
 } agent;
 
 static int64_t now_ms(void);
@@ -149,9 +160,59 @@ static void h_event(void *ud, const char *level, const char *text) {
     send_locked(j->ag, msg_event(j->id, level, text));
 }
 
+static fetch_ctx fetch_of(const agent *ag) {
+    return (fetch_ctx){.url = ag->o->connect_url, .token = ag->o->token, .ca = ag->o->ca_file, .cache_dir = ag->cache};
+}
+
 static void h_checkpoint(void *ud, int64_t step, const char *dir) {
     job *j = ud;
-    send_locked(j->ag, msg_checkpoint(j->id, step, dir));
+    if (!j->files_remote) {
+        send_locked(j->ag, msg_checkpoint(j->id, step, dir));
+        return;
+    }
+    /* lorad learns of a checkpoint once it holds it: a resume elsewhere needs its files */
+    fetch_ctx f = fetch_of(j->ag);
+    lr_err e = {0};
+    char there[2100];
+    size_t n = strlen(j->run_dir);
+    if (fetch_push(&f, &j->sent, j->run_dir, j->remote_run, &e)) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "checkpoint of step %lld not uploaded to lorad: %s", (long long)step, e.msg);
+        send_locked(j->ag, msg_event(j->id, "warning", msg));
+        return;
+    }
+    if (strncmp(dir, j->run_dir, n) || lr_pathf(there, sizeof there, "%s%s", j->remote_run, dir + n)) return;
+    send_locked(j->ag, msg_checkpoint(j->id, step, there));
+}
+
+/* Makes a job's paths local: inputs into the cache (the model only when
+ * its path does not exist here), the run directory from lorad's. */
+static int remote_inputs(job *j, lr_err *err) {
+    agent *ag = j->ag;
+    fetch_ctx f = fetch_of(ag);
+    char from[1024];
+    if (access(j->model_dir, R_OK)) {
+        snprintf(from, sizeof from, "%s", j->model_dir);
+        if (fetch_input(&f, from, j->model_dir, sizeof j->model_dir, err)) return lr_err_prefix(err, "model: ");
+    }
+    for (int i = 0; i < j->n_files; i++) {
+        snprintf(from, sizeof from, "%s", j->files[i]);
+        if (fetch_input(&f, from, j->files[i], sizeof j->files[i], err)) return lr_err_prefix(err, "dataset: ");
+    }
+    if (j->val[0]) {
+        snprintf(from, sizeof from, "%s", j->val);
+        if (fetch_input(&f, from, j->val, sizeof j->val, err)) return lr_err_prefix(err, "validation file: ");
+    }
+    if (j->ref[0]) {
+        snprintf(from, sizeof from, "%s", j->ref);
+        if (fetch_input(&f, from, j->ref, sizeof j->ref, err)) return lr_err_prefix(err, "reference adapter: ");
+    }
+    snprintf(j->remote_run, sizeof j->remote_run, "%s", j->run_dir);
+    if (lr_pathf(j->run_dir, sizeof j->run_dir, "%s/runs/%s", ag->o->data_dir, j->id))
+        return lr_errf(err, "--data-dir is too long");
+    /* lorad's copy is the one that counts: a local leftover may be older or newer */
+    if (fetch_pull(&f, j->remote_run, j->run_dir, err)) return lr_err_prefix(err, "the run's checkpoints: ");
+    return 0;
 }
 
 static void h_progress(void *ud, int64_t step, int64_t total, double epoch) {
@@ -176,6 +237,8 @@ static void h_stopped(void *ud, const char *reason) {
 static void *job_main(void *arg) {
     job *j = arg;
     agent *ag = j->ag;
+    lr_err e = {0};
+    int inputs_failed = j->files_remote && remote_inputs(j, &e);
     train_paths p = {.model_dir = j->model_dir, .validation_file = j->val[0] ? j->val : NULL,
                      .reference_adapter_dir = j->ref[0] ? j->ref : NULL, .run_dir = j->run_dir};
     for (int i = 0; i < j->n_files; i++) p.training_files[i] = j->files[i];
@@ -183,12 +246,20 @@ static void *job_main(void *arg) {
     train_hooks th = {.ud = j, .metric = h_metric, .event = h_event, .checkpoint = h_checkpoint, .flush = h_flush,
                       .progress = h_progress, .cancelled = h_cancelled, .stopped = h_stopped};
     train_outcome out = TRAIN_DONE;
-    lr_err e = {0};
     json_t *end, *last;
     /* the other ranks of this worker train it with us */
-    int rc = agent_rank_send(ag->o->dist, j->id, &j->spec, &p, j->resume, &e)
+    int rc = inputs_failed || agent_rank_send(ag->o->dist, j->id, &j->spec, &p, j->resume, &e)
                  ? -1
                  : ag->o->run(&j->spec, &p, &to, &th, &out, &e);
+    if (j->files_remote && !inputs_failed) {
+        /* the adapter and logs: lorad serves them as a local worker's */
+        fetch_ctx f = fetch_of(ag);
+        lr_err pe = {0};
+        if (fetch_push(&f, &j->sent, j->run_dir, j->remote_run, &pe) && !rc) {
+            snprintf(e.msg, sizeof e.msg, "uploading the results to lorad: %.400s", pe.msg);
+            rc = -1;
+        }
+    }
     /* The last progress, which a short job may finish before any heartbeat. */
     pthread_mutex_lock(&ag->plock);
     last = ag->total > 0 ? msg_heartbeat(j->id, ag->step, ag->total, ag->epoch) : NULL;
@@ -218,6 +289,7 @@ static void *job_main(void *arg) {
 static void join_job(agent *ag) {
     if (!ag->cur) return;
     pthread_join(ag->cur->thread, NULL);
+    fetch_sent_free(&ag->cur->sent);
     free(ag->cur);
     ag->cur = NULL;
     pthread_mutex_lock(&ag->plock);
@@ -259,6 +331,7 @@ static int start_job(agent *ag, const msg *m, lr_err *err) {
     }
     j->n_files = m->n_training_files;
     j->resume = m->resume;
+    j->files_remote = ag->o->connect_url && !ag->o->shared_fs;
     ag->cur = j;
     if (pthread_create(&j->thread, NULL, job_main, j)) {
         ag->cur = NULL;
@@ -298,6 +371,52 @@ static int connect_socket(const char *path, lr_err *err) {
     return lr_errf(err, "cannot connect to lorad at %s: %s", path, strerror(errno));
 }
 
+static void *relay_main(void *arg) {
+    agent *ag = arg;
+    tl_pump(&ag->link, ag->link_fd);
+    /* the agent's reads end too: lorad is gone */
+    shutdown(ag->link_fd, SHUT_RDWR);
+    return NULL;
+}
+
+/* Dials lorad, shows the worker token and, once lorad takes it, relays a
+ * socket pair over the link: the agent's end is returned, so the rest of
+ * the agent is the local one. */
+static int connect_remote(agent *ag, lr_err *err) {
+    const agent_opts *o = ag->o;
+    json_t *req = json_pack("{s:s, s:s}", "type", "auth", "token", o->token), *ans = NULL;
+    int sp[2] = {-1, -1};
+    if (tl_dial(o->connect_url, o->ca_file, 30, &ag->link, err)) goto fail;
+    if (tl_send(&ag->link, req, err) || tl_recv(&ag->link, &ans, err)) {
+        lr_err_prefix(err, "lorad at %s did not take this worker: ", o->connect_url);
+        goto fail;
+    }
+    if (!json_is_true(json_object_get(ans, "ok"))) {
+        const char *why = json_string_value(json_object_get(ans, "error"));
+        lr_errp(err, LR_E_FORBIDDEN, NULL, "lorad at %s refused this worker: %s", o->connect_url, why ? why : "no reason given");
+        goto fail;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp)) {
+        lr_errf(err, "socketpair: %s", strerror(errno));
+        goto fail;
+    }
+    ag->link_fd = sp[1];
+    if (pthread_create(&ag->relay, NULL, relay_main, ag)) {
+        lr_errf(err, "cannot start the relay thread");
+        ag->link_fd = -1;
+        goto fail;
+    }
+    json_decref(req);
+    json_decref(ans);
+    return sp[0];
+fail:
+    if (sp[0] >= 0) close(sp[0]), close(sp[1]);
+    tl_close(&ag->link);
+    json_decref(req);
+    json_decref(ans);
+    return -1;
+}
+
 /* What threads 0 ("all cores") means: the CPUs this process may run on,
  * as the CPU backend counts them (omp_get_num_procs). */
 static int threads_used(int threads) {
@@ -333,6 +452,9 @@ int agent_run(const agent_opts *o, lr_err *err) {
     memset(&ag, 0, sizeof ag);
     ag.o = o;
     ag.fd = -1;
+    ag.link_fd = -1;
+    ag.link.fd = -1;
+    if (o->data_dir) snprintf(ag.cache, sizeof ag.cache, "%s/cache", o->data_dir);
     pthread_mutex_init(&ag.wlock, NULL);
     pthread_mutex_init(&ag.plock, NULL);
     pthread_mutex_init(&ag.alock, NULL);
@@ -345,7 +467,7 @@ int agent_run(const agent_opts *o, lr_err *err) {
         lr_errf(err, "out of memory");
         goto out;
     }
-    ag.fd = connect_socket(o->socket_path, err);
+    ag.fd = o->connect_url ? connect_remote(&ag, err) : connect_socket(o->socket_path, err);
     if (ag.fd < 0) goto out;
     char dev[256];
     device_name(o->backend, dev, sizeof dev);
@@ -380,7 +502,13 @@ int agent_run(const agent_opts *o, lr_err *err) {
             resend(&ag);
             next_hb = now_ms() + period;
         }
-        if (ag.cur && atomic_load(&ag.cur->finished)) join_job(&ag);
+        if (ag.cur && atomic_load(&ag.cur->finished)) {
+            join_job(&ag);
+            if (o->once) { /* its outcome went out before finished was set */
+                rc = 0;
+                goto out;
+            }
+        }
         if (r == 0) continue;
         msg m;
         if (msg_parse(f, &m, err)) {
@@ -416,6 +544,11 @@ out:
     }
     agent_rank_quit(o->dist);
     if (ag.fd >= 0) close(ag.fd);
+    if (ag.link_fd >= 0) { /* the relay sends what the agent wrote, then sees it closed */
+        pthread_join(ag.relay, NULL);
+        close(ag.link_fd);
+        tl_close(&ag.link);
+    }
     frame_dec_free(&d);
     for (size_t i = 0; i < ag.n_pend; i++) json_decref(ag.pend[i].frame);
     free(ag.pend);
@@ -434,32 +567,66 @@ static long num_arg(const char *v, long lo, long hi) {
 }
 
 int cmd_agent(int argc, char **argv) {
-    agent_opts o = {.name = "w0", .backend = "cpu", .heartbeat_s = 2, .run = train_run};
+    agent_opts o = {.name = NULL, .backend = "cpu", .heartbeat_s = 2, .run = train_run};
+    static const char usage[] =
+        "usage: lora-worker agent --socket PATH [--name N] [--backend cpu|cuda:N] [--threads N] [--heartbeat SECONDS]\n"
+        "         (started by lorad on its own machine)\n"
+        "       lora-worker agent --connect https://HOST:PORT --token TOKEN [--ca FILE] [--data-dir DIR]\n"
+        "         [--shared-fs] [--once] [--name N] [--device cpu|cuda:N] [--threads N] [--heartbeat SECONDS]\n"
+        "         (a remote worker; the token may come from LORA_WORKER_TOKEN instead)\n";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--shared-fs") || !strcmp(a, "--once")) {
+            *(!strcmp(a, "--once") ? &o.once : &o.shared_fs) = 1;
+            continue;
+        }
         if (!v) {
             fprintf(stderr, "lora-worker agent: %s needs a value\n", a);
             return 1;
         }
         if (!strcmp(a, "--socket")) o.socket_path = v;
         else if (!strcmp(a, "--name")) o.name = v;
-        else if (!strcmp(a, "--backend")) o.backend = v;
+        else if (!strcmp(a, "--backend") || !strcmp(a, "--device")) o.backend = v;
         else if (!strcmp(a, "--threads")) o.threads = (int)num_arg(v, 0, 4096);
         else if (!strcmp(a, "--heartbeat")) o.heartbeat_s = (int)num_arg(v, 1, 600);
+        else if (!strcmp(a, "--connect")) o.connect_url = v;
+        else if (!strcmp(a, "--token")) o.token = v;
+        else if (!strcmp(a, "--ca")) o.ca_file = v;
+        else if (!strcmp(a, "--data-dir")) o.data_dir = v;
         else {
-            fprintf(stderr, "usage: lora-worker agent --socket PATH [--name N] [--backend cpu|cuda:N] "
-                            "[--threads N] [--heartbeat SECONDS]\n(started by lorad; not meant to be run by hand)\n");
+            fputs(usage, stderr);
             return 1;
         }
         i++;
     }
-    if (!o.socket_path) {
-        fprintf(stderr, "lora-worker agent: --socket PATH is required\n");
+    if (!o.socket_path == !o.connect_url) {
+        fprintf(stderr, "lora-worker agent: --socket PATH (started by lorad) or --connect URL (a remote worker) is required\n%s",
+                usage);
         return 1;
     }
-    /* Die with the daemon: a worker lorad no longer supervises must not
-     * keep a GPU busy. */
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    char host[64] = "w0", dd[1024];
+    if (o.connect_url) {
+        if (!o.token) o.token = getenv("LORA_WORKER_TOKEN");
+        if (!o.token || !*o.token) {
+            fprintf(stderr, "lora-worker agent: --connect needs --token (or LORA_WORKER_TOKEN): an admin makes one "
+                            "with `lorad worker-token add NAME`\n");
+            return 1;
+        }
+        if (!o.data_dir) {
+            const char *home = getenv("HOME");
+            snprintf(dd, sizeof dd, "%s/.cache/lora-worker", home && *home ? home : "/tmp");
+            o.data_dir = dd;
+        }
+        /* lorad knows a remote worker by its name: the host's by default */
+        if (!o.name && gethostname(host, sizeof host - 1)) snprintf(host, sizeof host, "remote");
+        /* a lorad that vanishes mid-write must not kill the worker */
+        signal(SIGPIPE, SIG_IGN);
+    } else {
+        /* Die with the daemon: a worker lorad no longer supervises must not
+         * keep a GPU busy. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+    }
+    if (!o.name) o.name = host;
     lr_err e = {0};
     /* started by mpirun (lorad's NxBACKEND workers): rank 0 is the agent */
     if (dist_init(&o.dist, &e)) {

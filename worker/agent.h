@@ -10,7 +10,8 @@
  * count). Heartbeats (with the job's progress) go out every
  * heartbeat_s seconds. When the daemon goes away the job is stopped and the
  * agent exits: lorad restarts workers, and the job resumes from its last
- * checkpoint elsewhere. */
+ * checkpoint elsewhere. A remote agent (connect_url) dials lorad over TLS
+ * and speaks the same frames through a relay thread. */
 #ifndef LR_AGENT_H
 #define LR_AGENT_H
 
@@ -27,6 +28,15 @@ typedef struct agent_opts {
     int threads;
     int heartbeat_s;
     agent_run_fn run;     /* train_run, or a stand-in in tests */
+    /* A remote worker (instead of socket_path): lorad's worker address
+     * (https://HOST:PORT, proto/tlink.h), its worker token and a CA file
+     * (NULL: the system's trust store). Unless shared_fs (the same paths on
+     * every machine), a job's inputs are copied into data_dir's cache and
+     * its run directory lives in data_dir/runs, its checkpoints and results
+     * uploaded to lorad as they are written (worker/fetch.h). once: exit
+     * after the first job (a batch scheduler's allocation). */
+    const char *connect_url, *token, *ca_file, *data_dir;
+    int shared_fs, once;
     struct dist *dist;    /* the ranks of this worker (worker/dist.h); NULL: one process */
 } agent_opts;
 
