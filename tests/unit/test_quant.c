@@ -5,8 +5,9 @@
  * block, more than 256 blocks for the double quantization); for each, NF4
  * and FP4, with and without double quantization, the packed codes, the
  * scales and every dequantized value must be bit-identical. Cases that need
- * no Python check the code books and the properties the algorithm
- * guarantees. */
+ * no Python check the properties the algorithm guarantees, the CPU
+ * backend's linear ops on a 4-bit weight, the CUDA dequant kernel (on a
+ * GPU), and the lora.quantize / quantization_config settings. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
