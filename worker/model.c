@@ -236,7 +236,7 @@ static void *wput(wctx *w, const void *src, size_t bytes) {
 
 /* A weight that the checkpoint stores 4-bit (worker/bnb4.h), copied into
  * the arena as stored, not quantized again. */
-static int wget_prequant(wctx *w, const kq_weight *src, const st_tensor *codes, kq_weight *q) {
+static void wget_prequant(wctx *w, const kq_weight *src, const st_tensor *codes, kq_weight *q) {
     model *m = w->m;
     size_t n = (size_t)src->rows * (size_t)src->cols, nb = kq_nblocks(n);
     *q = *src;
@@ -249,10 +249,9 @@ static int wget_prequant(wctx *w, const kq_weight *src, const st_tensor *codes, 
         m->qf32 += n * sizeof(float);
         st_set_release(w->s, codes);
     }
-    return 0;
 }
 
-/* The weight of linear module s of a layer into k: 4-bit when the
+/* A linear module's weight name into k: 4-bit (described by q) when the
  * checkpoint stores it so or when the model quantizes at load (GPT-2's
  * Conv1D [in, out] is transposed to [out, in] first, as transformers does),
  * otherwise as wget. */
@@ -268,7 +267,10 @@ static int wget_linear(wctx *w, const char *name, int in, int out, kq_weight *q,
         k->qW = q;
         k->w_in_out = 0;
     }
-    if (qs) return wget_prequant(w, &pq, qc, q);
+    if (qs) {
+        wget_prequant(w, &pq, qc, q);
+        return 0;
+    }
     if (m->qtype == KQ_NONE) return wget(w, name, m->gpt2 ? in : out, m->gpt2 ? out : in, 0, &k->W);
     const st_tensor *t;
     if (wcheck(w, name, m->gpt2 ? in : out, m->gpt2 ? out : in, 0, &t)) return -1;
