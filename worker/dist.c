@@ -261,6 +261,29 @@ int dist_barrier(dist *d, lr_err *err) {
 #endif
 }
 
+/* A broadcast that may wait long (a follower between jobs): polled with
+ * sleeps, since a blocking MPI call spins a core at 100% while it waits. */
+static int bcast_idle(dist *d, void *buf, size_t bytes, lr_err *err) {
+#ifdef LR_HAVE_MPI
+    if (d->size == 1) return 0;
+    MPI_Request rq;
+    int done = 0;
+    if (MPI_Ibcast(buf, (int)bytes, MPI_BYTE, 0, MPI_COMM_WORLD, &rq) != MPI_SUCCESS)
+        return lr_errf(err, "MPI broadcast failed (a rank died?)");
+    while (!done) {
+        if (MPI_Test(&rq, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            return lr_errf(err, "MPI broadcast failed (a rank died?)");
+        if (!done) {
+            struct timespec ts = {0, 5 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return 0;
+#else
+    return dist_bcast(d, buf, bytes, err);
+#endif
+}
+
 int dist_bcast_json(dist *d, json_t **doc, lr_err *err) {
     char *text = NULL;
     int64_t len = 0;
@@ -270,7 +293,7 @@ int dist_bcast_json(dist *d, json_t **doc, lr_err *err) {
         if (!text) return lr_errf(err, "out of memory");
         len = (int64_t)strlen(text);
     }
-    if (dist_bcast(d, &len, sizeof len, err)) goto done;
+    if (bcast_idle(d, &len, sizeof len, err)) goto done;
     if (d->rank) {
         *doc = NULL;
         if (len == 0) return 0;
