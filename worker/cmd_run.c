@@ -201,6 +201,9 @@ int cmd_run(int argc, char **argv) {
     signal(SIGINT, on_sigint);
     train_outcome oc;
     if (!quiet) printf("run directory: %s\n", rundir);
+    if (dist_rank(d) == 0 && spec.resources.devices > 1 && spec.resources.devices != dist_size(d)) /* same math, not speed */
+        fprintf(stderr, "[info] resources.devices is %d and this run has %d rank%s (mpirun -np %d starts that many)\n",
+                spec.resources.devices, dist_size(d), dist_size(d) > 1 ? "s" : "", spec.resources.devices);
     if (train_run(&spec, &paths, &to, &hooks, &oc, &err)) {
         rc = 2;
         goto done;
