@@ -26,7 +26,13 @@
  * never with float atomics.
  *
  * Failures inside ops (scratch out of memory, a cuBLAS or launch error) are
- * recorded once, make the following ops no-ops, and come out of check(). */
+ * recorded once, make the following ops no-ops, and come out of check().
+ *
+ * This file is the host side (memory, launches, cuBLAS, errors, devices);
+ * the kernels are one file per op family, included below into this one
+ * translation unit: pointwise.cuh, attention.cuh (with mma.cuh), dora.cuh,
+ * lmhead.cuh, and reduce.cuh, which they share. The emulation tests include
+ * the same files. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -150,51 +156,16 @@ static cudaDataType cuda_type(kb_dtype dt) {
     return dt == KB_BF16 ? CUDA_R_16BF : dt == KB_F16 ? CUDA_R_16F : CUDA_R_32F;
 }
 
-#define GRID_STRIDE(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ __forceinline__ double warp_sumd(double v) {
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-/* Sum over the block (blockDim.x a multiple of 32, at most 1024), same value in every thread. */
-__device__ double block_sumd(double v, double *sh) {
-    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
-    v = warp_sumd(v);
-    __syncthreads(); /* sh may still be read by a previous call */
-    if (!l) sh[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        double t = l < nw ? sh[l] : 0.0;
-        t = warp_sumd(t);
-        if (!l) sh[32] = t;
-    }
-    __syncthreads();
-    return sh[32];
-}
-__device__ float block_maxf(float v, float *sh) {
-    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (!l) sh[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        float t = l < nw ? sh[l] : -INFINITY;
-        t = warp_max(t);
-        if (!l) sh[32] = t;
-    }
-    __syncthreads();
-    return sh[32];
-}
+#include "kernels/cuda/reduce.cuh"
 
 static unsigned grid_for(cu_impl *c, size_t n) { return cuplan_grid(n, CUPLAN_BLOCK, c->dev.sm_count); }
+
+/* The kernels, one file per op family; this file is the host side. */
+#include "kernels/cuda/pointwise.cuh"
+#include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/dora.cuh"
+#include "kernels/cuda/lmhead.cuh"
 
 /* ---- memory ---- */
 
@@ -234,13 +205,6 @@ static void cu_zero(kb_backend *be, void *p, size_t bytes) {
 
 /* ---- embedding ---- */
 
-template <typename W>
-__global__ void embed_fwd_k(float *out, const int32_t *ids, const W *wte, const W *wpe, int T, int C) {
-    int n = blockIdx.x;
-    size_t e = (size_t)ids[n] * C, p = (size_t)(n % T) * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        out[(size_t)n * C + c] = wpe ? ldw(wte, e + c) + ldw(wpe, p + c) : ldw(wte, e + c);
-}
 static void cu_embed_fwd(kb_backend *be, float *out, const int32_t *ids, const void *wte, const void *wpe, int N,
                          int T, int C) {
     cu_impl *c = impl_of(be);
@@ -250,16 +214,6 @@ static void cu_embed_fwd(kb_backend *be, float *out, const int32_t *ids, const v
     launched(c, "embed_fwd");
 }
 
-/* One thread per column, tokens in order: the sums are the CPU backend's, bit for bit. */
-__global__ void embed_bwd_k(float *dwte, float *dwpe, const float *dout, const int32_t *ids, int N, int T, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    for (int n = 0; n < N; n++) {
-        float d = dout[(size_t)n * C + c];
-        if (dwte) dwte[(size_t)ids[n] * C + c] += d;
-        if (dwpe) dwpe[(size_t)(n % T) * C + c] += d;
-    }
-}
 static void cu_embed_bwd(kb_backend *be, float *dwte, float *dwpe, const float *dout, const int32_t *ids, int N,
                          int T, int C) {
     cu_impl *c = impl_of(be);
@@ -270,18 +224,6 @@ static void cu_embed_bwd(kb_backend *be, float *dwte, float *dwpe, const float *
 
 /* ---- norms ---- */
 
-template <typename W>
-__global__ void rmsnorm_fwd_k(float *out, float *rstd, const float *x, const W *w, int C, float eps) {
-    __shared__ double sh[33];
-    int n = blockIdx.x;
-    const float *xr = x + (size_t)n * C;
-    double ss = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) ss += (double)xr[c] * xr[c];
-    ss = block_sumd(ss, sh);
-    float r = 1.0f / sqrtf((float)(ss / C) + eps);
-    if (!threadIdx.x) rstd[n] = r;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) out[(size_t)n * C + c] = lr_rmsnorm_elem(xr[c], r, ldw(w, c));
-}
 static void cu_rmsnorm_fwd(kb_backend *be, float *out, float *rstd, const float *x, const void *w, int N, int C,
                            float eps) {
     cu_impl *c = impl_of(be);
@@ -290,26 +232,6 @@ static void cu_rmsnorm_fwd(kb_backend *be, float *out, float *rstd, const float 
     launched(c, "rmsnorm_fwd");
 }
 
-template <typename W>
-__global__ void rmsnorm_bwd_k(float *dx, const float *dout, const float *x, const W *w, const float *rstd, int C) {
-    __shared__ double sh[33];
-    int n = blockIdx.x;
-    const float *xr = x + (size_t)n * C, *dy = dout + (size_t)n * C;
-    float r = rstd[n];
-    double dot = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) dot += (double)dy[c] * ldw(w, c) * xr[c];
-    dot = block_sumd(dot, sh);
-    float k = (float)(dot / C) * r * r * r;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) dx[(size_t)n * C + c] += r * ldw(w, c) * dy[c] - k * xr[c];
-}
-/* Weight gradients: one thread per column, rows in order. */
-__global__ void rmsnorm_dw_k(float *dw, const float *dout, const float *x, const float *rstd, int N, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    double s = 0;
-    for (int n = 0; n < N; n++) s += (double)dout[(size_t)n * C + c] * x[(size_t)n * C + c] * rstd[n];
-    dw[c] += (float)s;
-}
 static void cu_rmsnorm_bwd(kb_backend *be, float *dx, float *dw, const float *dout, const float *x, const void *w,
                            const float *rstd, int N, int C) {
     cu_impl *c = impl_of(be);
@@ -320,26 +242,6 @@ static void cu_rmsnorm_bwd(kb_backend *be, float *dx, float *dw, const float *do
     launched(c, "rmsnorm_bwd");
 }
 
-template <typename W>
-__global__ void layernorm_fwd_k(float *out, float *mean, float *rstd, const float *x, const W *w, const W *b, int C,
-                                float eps) {
-    __shared__ double sh[33];
-    int n = blockIdx.x;
-    const float *xr = x + (size_t)n * C;
-    double s = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) s += xr[c];
-    double mu = block_sumd(s, sh) / C;
-    double ss = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) ss += (xr[c] - mu) * (xr[c] - mu);
-    ss = block_sumd(ss, sh);
-    float m = (float)mu, r = 1.0f / sqrtf((float)(ss / C) + eps);
-    if (!threadIdx.x) {
-        mean[n] = m;
-        rstd[n] = r;
-    }
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        out[(size_t)n * C + c] = lr_layernorm_elem(xr[c], m, r, ldw(w, c), b ? ldw(b, c) : 0.0f);
-}
 static void cu_layernorm_fwd(kb_backend *be, float *out, float *mean, float *rstd, const float *x, const void *w,
                              const void *b, int N, int C, float eps) {
     cu_impl *c = impl_of(be);
@@ -349,38 +251,6 @@ static void cu_layernorm_fwd(kb_backend *be, float *out, float *mean, float *rst
     launched(c, "layernorm_fwd");
 }
 
-template <typename W>
-__global__ void layernorm_bwd_k(float *dx, const float *dout, const float *x, const W *w, const float *mean,
-                                const float *rstd, int C) {
-    __shared__ double sh[33];
-    int n = blockIdx.x;
-    const float *xr = x + (size_t)n * C, *dy = dout + (size_t)n * C;
-    float m = mean[n], r = rstd[n];
-    double sg = 0, sgx = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float gc = dy[c] * ldw(w, c);
-        sg += gc;
-        sgx += (double)gc * (xr[c] - m) * r;
-    }
-    sg = block_sumd(sg, sh);
-    sgx = block_sumd(sgx, sh);
-    float mg = (float)(sg / C), mgx = (float)(sgx / C);
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        dx[(size_t)n * C + c] += r * (dy[c] * ldw(w, c) - mg - (xr[c] - m) * r * mgx);
-}
-__global__ void layernorm_dwb_k(float *dw, float *db, const float *dout, const float *x, const float *mean,
-                                const float *rstd, int N, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    double sw = 0, sb = 0;
-    for (int n = 0; n < N; n++) {
-        float dy = dout[(size_t)n * C + c];
-        sw += (double)dy * (x[(size_t)n * C + c] - mean[n]) * rstd[n];
-        sb += dy;
-    }
-    if (dw) dw[c] += (float)sw;
-    if (db) db[c] += (float)sb;
-}
 static void cu_layernorm_bwd(kb_backend *be, float *dx, float *dw, float *db, const float *dout, const float *x,
                              const void *w, const float *mean, const float *rstd, int N, int C) {
     cu_impl *c = impl_of(be);
@@ -393,18 +263,6 @@ static void cu_layernorm_bwd(kb_backend *be, float *dx, float *dw, float *db, co
 
 /* ---- RoPE ---- */
 
-__global__ void rope_k(float *x, int ld, const float *cs, const float *sn, int N, int T, int H, int D, float sign) {
-    int half = D / 2;
-    size_t total = (size_t)N * H * half;
-    GRID_STRIDE(e, total) {
-        int i = (int)(e % half);
-        size_t nh = e / half;
-        int h = (int)(nh % H), n = (int)(nh / H);
-        float *v = x + (size_t)n * ld + (size_t)h * D;
-        size_t t = (size_t)(n % T) * half + i;
-        lr_rope_pair(&v[i], &v[i + half], cs[t], sign * sn[t]);
-    }
-}
 static void rope(kb_backend *be, float *x, int ld, const float *cs, const float *sn, int N, int T, int H, int D,
                  float sign) {
     cu_impl *c = impl_of(be);
@@ -422,625 +280,7 @@ static void cu_rope_bwd(kb_backend *be, float *dx, int ld, const float *cs, cons
     rope(be, dx, ld, cs, sn, N, T, H, D, -1.0f);
 }
 
-/* ---- tensor-core helpers ----
- * mma.sync m16n8k16 with bf16 operands and f32 accumulators. Fragment
- * layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 g + t:
- *   A (16 x 16, row-major), four 32-bit registers of two bf16:
- *     {row g, cols 2t, 2t+1}, {row g+8, cols 2t, 2t+1},
- *     {row g, cols 2t+8, 2t+9}, {row g+8, cols 2t+8, 2t+9};
- *   B (16 x 8, k x n), two registers: {k 2t, 2t+1; col g}, {k 2t+8, 2t+9; col g};
- *   C, D (16 x 8 f32): {row g: cols 2t, 2t+1}, {row g+8: cols 2t, 2t+1}.
- * The lower-indexed element sits in the low 16 bits. So two adjacent C
- * tiles, rounded and packed, are an A fragment (P V without a trip through
- * shared memory), and a pair of a row-major tile's neighbouring elements is
- * one 32-bit shared load. The host emulation test supplies its own tc_mma,
- * tc_bf16 and ld32 (the kernels use nothing else of the hardware). */
-__device__ __forceinline__ void tc_mma(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-__device__ __forceinline__ uint16_t tc_bf16(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
-__device__ __forceinline__ uint32_t ld32(const uint16_t *p) { return *(const uint32_t *)p; }
-
 /* ---- attention ---- */
-
-#define AR CUPLAN_ATT_ROWS
-#define ATHREADS (CUPLAN_ATT_WARPS * 32)
-
-/* Copies rows [r0, r0 + AR) of a head slice (row stride ld) into a shared
- * tile with row stride lds; rows past T are zero. */
-__device__ __forceinline__ void load_tile(float *dst, int lds, const float *src, size_t ld, int r0, int T, int D) {
-    for (int e = threadIdx.x; e < AR * D; e += blockDim.x) {
-        int i = e / D, d = e - i * D;
-        dst[i * lds + d] = r0 + i < T ? src[(size_t)(r0 + i) * ld + d] : 0.0f;
-    }
-}
-
-/* The attention kernels take the window W in 1..T (T: plain causal):
- * query i sees keys (i - W, i]. Tile rows past T (padding) see nothing. */
-__device__ __forceinline__ bool attn_sees(int qi, int kj, int T, int W) { return qi < T && kj <= qi && qi - kj < W; }
-
-/* Forward: grid (q tiles, B*Hq). Shared: Q [AR][D], K [AR][D+1], V [AR][D]. */
-template <int DC>
-__global__ void __launch_bounds__(ATHREADS) attn_fwd_k(float *out, float *lse, const float *q, const float *k,
-                                                       const float *v, int ldq, int ldkv, int T, int Hq, int Hkv,
-                                                       int D, int W, float scale) {
-    extern __shared__ float sm[];
-    float *Qs = sm, *Ks = Qs + AR * D, *Vs = Ks + AR * (D + 1);
-    int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv);
-    int q0 = blockIdx.x * AR, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 8;
-    const float *qb = q + (size_t)b * T * ldq + (size_t)h * D;
-    const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
-    const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
-    load_tile(Qs, D, qb, ldq, q0, T, D);
-    float m[8], l[8], o[8][DC];
-#pragma unroll
-    for (int r = 0; r < 8; r++) {
-        m[r] = -INFINITY;
-        l[r] = 0.0f;
-#pragma unroll
-        for (int c = 0; c < DC; c++) o[r][c] = 0.0f;
-    }
-    /* key tiles from the one holding the tile's first row's first key */
-    int kend = min(q0 + AR, T), kbeg = max(q0 - W + 1, 0) / AR * AR;
-    for (int k0 = kbeg; k0 < kend; k0 += AR) {
-        __syncthreads();
-        load_tile(Ks, D + 1, kb, ldkv, k0, T, D);
-        load_tile(Vs, D, vb, ldkv, k0, T, D);
-        __syncthreads();
-        float s[8];
-#pragma unroll
-        for (int r = 0; r < 8; r++) s[r] = 0.0f;
-        const float *kr = Ks + lane * (D + 1);
-        for (int d = 0; d < D; d++) {
-            float kd = kr[d];
-#pragma unroll
-            for (int r = 0; r < 8; r++) s[r] += Qs[(r0 + r) * D + d] * kd;
-        }
-        int kj = k0 + lane;
-#pragma unroll
-        for (int r = 0; r < 8; r++) {
-            int qi = q0 + r0 + r;
-            float sv = attn_sees(qi, kj, T, W) ? s[r] * scale : -INFINITY;
-            float mnew = fmaxf(m[r], warp_max(sv));
-            /* with a window, a row may have seen no key yet (mnew = -inf):
-             * then p and alpha are 0, not exp(-inf + inf); the last tile
-             * holds key qi itself, so l > 0 at the end */
-            float mref = mnew == -INFINITY ? 0.0f : mnew;
-            float p = expf(sv - mref), alpha = expf(m[r] - mref);
-            l[r] = l[r] * alpha + warp_sum(p);
-            m[r] = mnew;
-#pragma unroll
-            for (int c = 0; c < DC; c++) o[r][c] *= alpha;
-            s[r] = p;
-        }
-        for (int j = 0; j < AR; j++) {
-            float pj[8];
-#pragma unroll
-            for (int r = 0; r < 8; r++) pj[r] = __shfl_sync(0xffffffffu, s[r], j);
-#pragma unroll
-            for (int c = 0; c < DC; c++) {
-                int d = lane + 32 * c;
-                if (d < D) {
-                    float vv = Vs[j * D + d];
-#pragma unroll
-                    for (int r = 0; r < 8; r++) o[r][c] += pj[r] * vv;
-                }
-            }
-        }
-    }
-    int ldo = Hq * D;
-#pragma unroll
-    for (int r = 0; r < 8; r++) {
-        int qi = q0 + r0 + r;
-        if (qi >= T) continue;
-        float inv = 1.0f / l[r];
-        float *orow = out + (size_t)(b * T + qi) * ldo + (size_t)h * D;
-#pragma unroll
-        for (int c = 0; c < DC; c++)
-            if (lane + 32 * c < D) orow[lane + 32 * c] = o[r][c] * inv;
-        if (!lane) lse[(size_t)bh * T + qi] = m[r] + logf(l[r]);
-    }
-}
-
-/* di[bh*T + t] = rowsum(dout * out) of one head: one warp per row. */
-__global__ void attn_di_k(float *di, const float *dout, const float *out, int B, int T, int Hq, int D) {
-    size_t rows = (size_t)B * Hq * T;
-    size_t wid = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    size_t nw = ((size_t)gridDim.x * blockDim.x) >> 5;
-    for (size_t row = wid; row < rows; row += nw) {
-        int t = (int)(row % T);
-        size_t bh = row / T;
-        int h = (int)(bh % Hq), b = (int)(bh / Hq);
-        size_t off = (size_t)(b * T + t) * Hq * D + (size_t)h * D;
-        float s = 0.0f;
-        for (int d = lane; d < D; d += 32) s += dout[off + d] * out[off + d];
-        s = warp_sum(s);
-        if (!lane) di[row] = s;
-    }
-}
-
-/* dK, dV: grid (key tiles, B*Hkv); the G query heads of the group are
- * summed here. Shared: K [AR][D], V [AR][D], Q [AR][D+1], dO [AR][D+1],
- * lse [AR], di [AR]. */
-template <int DC>
-__global__ void __launch_bounds__(ATHREADS) attn_dkv_k(float *dk, float *dv, const float *dout, const float *lse,
-                                                       const float *di, const float *q, const float *k,
-                                                       const float *v, int ldq, int ldkv, int T, int Hq, int Hkv,
-                                                       int D, int W, float scale) {
-    extern __shared__ float sm[];
-    float *Ks = sm, *Vs = Ks + AR * D, *Qs = Vs + AR * D, *Os = Qs + AR * (D + 1), *Ls = Os + AR * (D + 1),
-          *Di = Ls + AR;
-    int G = Hq / Hkv, b = blockIdx.y / Hkv, kvh = blockIdx.y % Hkv, ldo = Hq * D;
-    int k0 = blockIdx.x * AR, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 8;
-    load_tile(Ks, D, k + (size_t)b * T * ldkv + (size_t)kvh * D, ldkv, k0, T, D);
-    load_tile(Vs, D, v + (size_t)b * T * ldkv + (size_t)kvh * D, ldkv, k0, T, D);
-    float gk[8][DC], gv[8][DC];
-#pragma unroll
-    for (int r = 0; r < 8; r++)
-#pragma unroll
-        for (int c = 0; c < DC; c++) gk[r][c] = gv[r][c] = 0.0f;
-    /* queries up to the tile's last key + W - 1 */
-    int qend = min(T, k0 + AR - 1 + W);
-    for (int g = 0; g < G; g++) {
-        int h = kvh * G + g;
-        size_t bh = (size_t)b * Hq + h;
-        for (int q0 = k0; q0 < qend; q0 += AR) {
-            __syncthreads();
-            load_tile(Qs, D + 1, q + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T, D);
-            load_tile(Os, D + 1, dout + (size_t)b * T * ldo + (size_t)h * D, ldo, q0, T, D);
-            if (threadIdx.x < AR) {
-                int qi = q0 + threadIdx.x;
-                Ls[threadIdx.x] = qi < T ? lse[bh * T + qi] : 0.0f;
-                Di[threadIdx.x] = qi < T ? di[bh * T + qi] : 0.0f;
-            }
-            __syncthreads();
-            float s[8], dp[8];
-#pragma unroll
-            for (int r = 0; r < 8; r++) s[r] = dp[r] = 0.0f;
-            const float *qr = Qs + lane * (D + 1), *orr = Os + lane * (D + 1);
-            for (int d = 0; d < D; d++) {
-                float qd = qr[d], od = orr[d];
-#pragma unroll
-                for (int r = 0; r < 8; r++) {
-                    s[r] += Ks[(r0 + r) * D + d] * qd;
-                    dp[r] += Vs[(r0 + r) * D + d] * od;
-                }
-            }
-            int qi = q0 + lane;
-#pragma unroll
-            for (int r = 0; r < 8; r++) {
-                int kj = k0 + r0 + r;
-                float p = attn_sees(qi, kj, T, W) ? expf(s[r] * scale - Ls[lane]) : 0.0f;
-                dp[r] = p * (dp[r] - Di[lane]);
-                s[r] = p;
-            }
-            for (int j = 0; j < AR; j++) {
-                float pj[8], sj[8];
-#pragma unroll
-                for (int r = 0; r < 8; r++) {
-                    pj[r] = __shfl_sync(0xffffffffu, s[r], j);
-                    sj[r] = __shfl_sync(0xffffffffu, dp[r], j);
-                }
-#pragma unroll
-                for (int c = 0; c < DC; c++) {
-                    int d = lane + 32 * c;
-                    if (d < D) {
-                        float od = Os[j * (D + 1) + d], qd = Qs[j * (D + 1) + d];
-#pragma unroll
-                        for (int r = 0; r < 8; r++) {
-                            gv[r][c] += pj[r] * od;
-                            gk[r][c] += sj[r] * qd;
-                        }
-                    }
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 8; r++) {
-        int kj = k0 + r0 + r;
-        if (kj >= T) continue;
-        size_t off = (size_t)(b * T + kj) * ldkv + (size_t)kvh * D;
-#pragma unroll
-        for (int c = 0; c < DC; c++) {
-            int d = lane + 32 * c;
-            if (d < D) {
-                dk[off + d] = gk[r][c] * scale;
-                dv[off + d] = gv[r][c];
-            }
-        }
-    }
-}
-
-/* dQ: grid (q tiles, B*Hq). Shared: Q [AR][D], dO [AR][D], K [AR][D+1], V [AR][D+1]. */
-template <int DC>
-__global__ void __launch_bounds__(ATHREADS) attn_dq_k(float *dq, const float *dout, const float *lse,
-                                                      const float *di, const float *q, const float *k,
-                                                      const float *v, int ldq, int ldkv, int T, int Hq, int Hkv,
-                                                      int D, int W, float scale) {
-    extern __shared__ float sm[];
-    float *Qs = sm, *Os = Qs + AR * D, *Ks = Os + AR * D, *Vs = Ks + AR * (D + 1);
-    int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv), ldo = Hq * D;
-    int q0 = blockIdx.x * AR, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 8;
-    load_tile(Qs, D, q + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T, D);
-    load_tile(Os, D, dout + (size_t)b * T * ldo + (size_t)h * D, ldo, q0, T, D);
-    const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
-    const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
-    float lr[8], dr[8], acc[8][DC];
-#pragma unroll
-    for (int r = 0; r < 8; r++) {
-        int qi = q0 + r0 + r;
-        lr[r] = qi < T ? lse[(size_t)bh * T + qi] : 0.0f;
-        dr[r] = qi < T ? di[(size_t)bh * T + qi] : 0.0f;
-#pragma unroll
-        for (int c = 0; c < DC; c++) acc[r][c] = 0.0f;
-    }
-    int kend = min(q0 + AR, T), kbeg = max(q0 - W + 1, 0) / AR * AR;
-    for (int k0 = kbeg; k0 < kend; k0 += AR) {
-        __syncthreads();
-        load_tile(Ks, D + 1, kb, ldkv, k0, T, D);
-        load_tile(Vs, D + 1, vb, ldkv, k0, T, D);
-        __syncthreads();
-        float s[8], dp[8];
-#pragma unroll
-        for (int r = 0; r < 8; r++) s[r] = dp[r] = 0.0f;
-        const float *kr = Ks + lane * (D + 1), *vr = Vs + lane * (D + 1);
-        for (int d = 0; d < D; d++) {
-            float kd = kr[d], vd = vr[d];
-#pragma unroll
-            for (int r = 0; r < 8; r++) {
-                s[r] += Qs[(r0 + r) * D + d] * kd;
-                dp[r] += Os[(r0 + r) * D + d] * vd;
-            }
-        }
-        int kj = k0 + lane;
-#pragma unroll
-        for (int r = 0; r < 8; r++) {
-            int qi = q0 + r0 + r;
-            float p = attn_sees(qi, kj, T, W) ? expf(s[r] * scale - lr[r]) : 0.0f;
-            s[r] = p * (dp[r] - dr[r]);
-        }
-        for (int j = 0; j < AR; j++) {
-            float sj[8];
-#pragma unroll
-            for (int r = 0; r < 8; r++) sj[r] = __shfl_sync(0xffffffffu, s[r], j);
-#pragma unroll
-            for (int c = 0; c < DC; c++) {
-                int d = lane + 32 * c;
-                if (d < D) {
-                    float kd = Ks[j * (D + 1) + d];
-#pragma unroll
-                    for (int r = 0; r < 8; r++) acc[r][c] += sj[r] * kd;
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 8; r++) {
-        int qi = q0 + r0 + r;
-        if (qi >= T) continue;
-        float *row = dq + (size_t)(b * T + qi) * ldq + (size_t)h * D;
-#pragma unroll
-        for (int c = 0; c < DC; c++)
-            if (lane + 32 * c < D) row[lane + 32 * c] = acc[r][c] * scale;
-    }
-}
-
-/* ---- tensor-core attention (see plan.h: CUPLAN_TC_*) ---- */
-
-#define TR CUPLAN_TC_ROWS
-#define TQ CUPLAN_TC_DKV_Q
-#define TPAD CUPLAN_TC_PAD
-
-__device__ __forceinline__ uint32_t tc_pack(float lo, float hi) {
-    return (uint32_t)tc_bf16(lo) | (uint32_t)tc_bf16(hi) << 16;
-}
-
-/* Rows [r0, r0 + n) of a head slice (f32, row stride ld) as bf16 rows of
- * stride lds; rows past T are zero. */
-__device__ __forceinline__ void tc_rows(uint16_t *dst, int lds, const float *src, size_t ld, int r0, int n, int T,
-                                        int D) {
-    int hp = D / 2;
-    for (int e = threadIdx.x; e < n * hp; e += blockDim.x) {
-        int i = e / hp, d = (e - i * hp) * 2;
-        const float *p = src + (size_t)(r0 + i) * ld + d;
-        int in = r0 + i < T;
-        *(uint32_t *)(dst + i * lds + d) = tc_pack(in ? p[0] : 0.0f, in ? p[1] : 0.0f);
-    }
-}
-
-/* The same rows transposed: dst[d * lds + i]. */
-__device__ __forceinline__ void tc_cols(uint16_t *dst, int lds, const float *src, size_t ld, int r0, int n, int T,
-                                        int D) {
-    for (int e = threadIdx.x; e < n * D; e += blockDim.x) {
-        int i = e / D, d = e - i * D;
-        dst[d * lds + i] = tc_bf16(r0 + i < T ? src[(size_t)(r0 + i) * ld + d] : 0.0f);
-    }
-}
-
-/* The A fragment of the 16 x 16 block at p (row stride ld). */
-__device__ __forceinline__ void tc_frag_a(uint32_t *a, const uint16_t *p, int ld, int g, int t) {
-    a[0] = ld32(p + g * ld + 2 * t);
-    a[1] = ld32(p + (g + 8) * ld + 2 * t);
-    a[2] = ld32(p + g * ld + 2 * t + 8);
-    a[3] = ld32(p + (g + 8) * ld + 2 * t + 8);
-}
-
-/* C tiles 2j and 2j + 1 (16 x 16 together) as an A fragment. */
-__device__ __forceinline__ void tc_c2a(uint32_t *a, const float (*c)[4], int j) {
-    a[0] = tc_pack(c[2 * j][0], c[2 * j][1]);
-    a[1] = tc_pack(c[2 * j][2], c[2 * j][3]);
-    a[2] = tc_pack(c[2 * j + 1][0], c[2 * j + 1][1]);
-    a[3] = tc_pack(c[2 * j + 1][2], c[2 * j + 1][3]);
-}
-
-/* acc[NT] += A (16 x 16 rows of a16 via its fragment) times the NT 8-column
- * tiles of B, where B's column n, rows k..k+1 are a pair at bt + n * ldb + k
- * (B stored transposed: K rows for S = Q K^T, V^T rows for P V). */
-template <int NT>
-__device__ __forceinline__ void tc_mma_row(float (*acc)[4], const uint32_t *a, const uint16_t *bt, int ldb, int D,
-                                           int g, int t) {
-#pragma unroll
-    for (int n = 0; n < NT; n++)
-        if (n * 8 < D) {
-            const uint16_t *p = bt + (n * 8 + g) * ldb + 2 * t;
-            tc_mma(acc[n], a, ld32(p), ld32(p + 8));
-        }
-}
-
-template <int NT> __device__ __forceinline__ void tc_zero(float (*c)[4]) {
-#pragma unroll
-    for (int n = 0; n < NT; n++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) c[n][i] = 0.0f;
-}
-
-/* acc[NT] += X Y^T for X the 16 rows at x and Y the NT * 8 rows at y, both
- * D wide (S = Q K^T, dP = dO V^T and their transposes). */
-template <int KD, int NT>
-__device__ __forceinline__ void tc_xyt(float (*acc)[4], const uint16_t *x, int ldx, const uint16_t *y, int ldy, int D,
-                                       int g, int t) {
-#pragma unroll
-    for (int kk = 0; kk < KD; kk++)
-        if (kk * 16 < D) {
-            uint32_t a[4];
-            tc_frag_a(a, x + kk * 16, ldx, g, t);
-            tc_mma_row<NT>(acc, a, y + kk * 16, ldy, NT * 8, g, t);
-        }
-}
-
-/* acc[NT] (16 x D) += C Z for C the KN 8-column accumulator tiles c (16 x
- * 8 KN, rounded to bf16) and Z given transposed at zt (D rows of 8 KN):
- * P V, dS K, P^T dO, dS^T Q. */
-template <int KN, int NT>
-__device__ __forceinline__ void tc_cz(float (*acc)[4], const float (*c)[4], const uint16_t *zt, int ldz, int D,
-                                      int g, int t) {
-#pragma unroll
-    for (int kk = 0; kk < KN / 2; kk++) {
-        uint32_t a[4];
-        tc_c2a(a, c, kk);
-        tc_mma_row<NT>(acc, a, zt + kk * 16, ldz, D, g, t);
-    }
-}
-
-/* Forward: grid (T tiles, B*Hq). A warp owns 16 query rows; per key tile,
- * S = Q K^T (16 x 64) stays in registers, the online softmax runs on it
- * (a row's 64 values live in the 4 lanes of a quad), and P V adds into O. */
-template <int KD>
-__global__ void __launch_bounds__(128) tc_fwd_k(float *out, float *lse, const float *q, const float *k,
-                                                const float *v, int ldq, int ldkv, int T, int Hq, int Hkv, int D,
-                                                int W, float scale) {
-    extern __shared__ uint16_t tsm[];
-    const int LD = D + TPAD, LT = TR + TPAD;
-    uint16_t *Qs = tsm, *Ks = Qs + TR * LD, *Vt = Ks + TR * LD;
-    int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv);
-    int q0 = blockIdx.x * TR, w0 = (threadIdx.x >> 5) * 16, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
-    const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
-    tc_rows(Qs, LD, q + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, TR, T, D);
-    float o[2 * KD][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    tc_zero<2 * KD>(o);
-    int kend = min(q0 + TR, T), kbeg = max(q0 - W + 1, 0) / TR * TR;
-    for (int k0 = kbeg; k0 < kend; k0 += TR) {
-        __syncthreads();
-        tc_rows(Ks, LD, kb, ldkv, k0, TR, T, D);
-        tc_cols(Vt, LT, vb, ldkv, k0, TR, T, D);
-        __syncthreads();
-        float s[8][4], mx[2] = {m[0], m[1]}, rs[2] = {0.0f, 0.0f}, alpha[2];
-        tc_zero<8>(s);
-        tc_xyt<KD, 8>(s, Qs + w0 * LD, LD, Ks, LD, D, g, t);
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                int qi = q0 + w0 + g + (i >> 1) * 8, kj = k0 + n * 8 + 2 * t + (i & 1);
-                s[n][i] = attn_sees(qi, kj, T, W) ? s[n][i] * scale : -INFINITY;
-                mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
-            }
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            /* a row that has seen no key yet (window) keeps m = -inf: p and
-             * alpha are then 0, not exp(-inf + inf) */
-            float mref = mx[r] == -INFINITY ? 0.0f : mx[r];
-            alpha[r] = expf(m[r] - mref);
-            m[r] = mx[r];
-            mx[r] = mref;
-        }
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                s[n][i] = expf(s[n][i] - mx[i >> 1]);
-                rs[i >> 1] += s[n][i];
-            }
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
-            rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
-            l[r] = l[r] * alpha[r] + rs[r];
-        }
-#pragma unroll
-        for (int n = 0; n < 2 * KD; n++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) o[n][i] *= alpha[i >> 1];
-        tc_cz<8, 2 * KD>(o, s, Vt, LT, D, g, t);
-    }
-    int ldo = Hq * D;
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int qi = q0 + w0 + g + r * 8;
-        if (qi >= T) continue;
-        float inv = 1.0f / l[r], *orow = out + (size_t)(b * T + qi) * ldo + (size_t)h * D;
-#pragma unroll
-        for (int n = 0; n < 2 * KD; n++)
-            if (n * 8 < D) {
-                orow[n * 8 + 2 * t] = o[n][2 * r] * inv;
-                orow[n * 8 + 2 * t + 1] = o[n][2 * r + 1] * inv;
-            }
-        if (!t) lse[(size_t)bh * T + qi] = m[r] + logf(l[r]);
-    }
-}
-
-/* dQ: grid (T tiles, B*Hq). Per key tile: S = Q K^T and dP = dO V^T in
- * registers, dS = P * (dP - di), dQ += dS K. */
-template <int KD>
-__global__ void __launch_bounds__(128) tc_dq_k(float *dq, const float *dout, const float *lse, const float *di,
-                                               const float *q, const float *k, const float *v, int ldq, int ldkv,
-                                               int T, int Hq, int Hkv, int D, int W, float scale) {
-    extern __shared__ uint16_t tsm[];
-    const int LD = D + TPAD, LT = TR + TPAD;
-    uint16_t *Qs = tsm, *Os = Qs + TR * LD, *Ks = Os + TR * LD, *Vs = Ks + TR * LD, *Kt = Vs + TR * LD;
-    int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv), ldo = Hq * D;
-    int q0 = blockIdx.x * TR, w0 = (threadIdx.x >> 5) * 16, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
-    const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
-    tc_rows(Qs, LD, q + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, TR, T, D);
-    tc_rows(Os, LD, dout + (size_t)b * T * ldo + (size_t)h * D, ldo, q0, TR, T, D);
-    float lr[2], dr[2], acc[2 * KD][4];
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int qi = q0 + w0 + g + r * 8;
-        lr[r] = qi < T ? lse[(size_t)bh * T + qi] : 0.0f;
-        dr[r] = qi < T ? di[(size_t)bh * T + qi] : 0.0f;
-    }
-    tc_zero<2 * KD>(acc);
-    int kend = min(q0 + TR, T), kbeg = max(q0 - W + 1, 0) / TR * TR;
-    for (int k0 = kbeg; k0 < kend; k0 += TR) {
-        __syncthreads();
-        tc_rows(Ks, LD, kb, ldkv, k0, TR, T, D);
-        tc_rows(Vs, LD, vb, ldkv, k0, TR, T, D);
-        tc_cols(Kt, LT, kb, ldkv, k0, TR, T, D);
-        __syncthreads();
-        float s[8][4], dp[8][4];
-        tc_zero<8>(dp);
-        tc_xyt<KD, 8>(dp, Os + w0 * LD, LD, Vs, LD, D, g, t);
-        tc_zero<8>(s);
-        tc_xyt<KD, 8>(s, Qs + w0 * LD, LD, Ks, LD, D, g, t);
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                int qi = q0 + w0 + g + (i >> 1) * 8, kj = k0 + n * 8 + 2 * t + (i & 1);
-                float p = attn_sees(qi, kj, T, W) ? expf(s[n][i] * scale - lr[i >> 1]) : 0.0f;
-                s[n][i] = p * (dp[n][i] - dr[i >> 1]);
-            }
-        tc_cz<8, 2 * KD>(acc, s, Kt, LT, D, g, t);
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int qi = q0 + w0 + g + r * 8;
-        if (qi >= T) continue;
-        float *row = dq + (size_t)(b * T + qi) * ldq + (size_t)h * D;
-#pragma unroll
-        for (int n = 0; n < 2 * KD; n++)
-            if (n * 8 < D) {
-                row[n * 8 + 2 * t] = acc[n][2 * r] * scale;
-                row[n * 8 + 2 * t + 1] = acc[n][2 * r + 1] * scale;
-            }
-    }
-}
-
-/* dK, dV: grid (T tiles, B*Hkv); a warp owns 16 key rows, the G query heads
- * of the group are summed here (no atomics). Per query tile of TQ:
- * S^T = K Q^T and dP^T = V dO^T in registers, P^T and dS^T from them,
- * dV += P^T dO, dK += dS^T Q. */
-template <int KD>
-__global__ void __launch_bounds__(128) tc_dkv_k(float *dk, float *dv, const float *dout, const float *lse,
-                                                const float *di, const float *q, const float *k, const float *v,
-                                                int ldq, int ldkv, int T, int Hq, int Hkv, int D, int W,
-                                                float scale) {
-    extern __shared__ uint16_t tsm[];
-    const int LD = D + TPAD, LQ = TQ + TPAD;
-    uint16_t *Ks = tsm, *Vs = Ks + TR * LD, *Qs = Vs + TR * LD, *Os = Qs + TQ * LD, *Qt = Os + TQ * LD,
-             *Ot = Qt + D * LQ;
-    float *Ls = (float *)(Ot + D * LQ), *Ds = Ls + TQ;
-    int G = Hq / Hkv, b = blockIdx.y / Hkv, kvh = blockIdx.y % Hkv, ldo = Hq * D;
-    int k0 = blockIdx.x * TR, w0 = (threadIdx.x >> 5) * 16, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    tc_rows(Ks, LD, k + (size_t)b * T * ldkv + (size_t)kvh * D, ldkv, k0, TR, T, D);
-    tc_rows(Vs, LD, v + (size_t)b * T * ldkv + (size_t)kvh * D, ldkv, k0, TR, T, D);
-    float gk[2 * KD][4], gv[2 * KD][4];
-    tc_zero<2 * KD>(gk);
-    tc_zero<2 * KD>(gv);
-    /* queries up to the tile's last key + W - 1 */
-    int qend = min(T, k0 + TR - 1 + W);
-    for (int gq = 0; gq < G; gq++) {
-        int h = kvh * G + gq;
-        size_t bh = (size_t)b * Hq + h;
-        const float *qb = q + (size_t)b * T * ldq + (size_t)h * D, *ob = dout + (size_t)b * T * ldo + (size_t)h * D;
-        for (int q0 = k0; q0 < qend; q0 += TQ) {
-            __syncthreads();
-            tc_rows(Qs, LD, qb, ldq, q0, TQ, T, D);
-            tc_rows(Os, LD, ob, ldo, q0, TQ, T, D);
-            tc_cols(Qt, LQ, qb, ldq, q0, TQ, T, D);
-            tc_cols(Ot, LQ, ob, ldo, q0, TQ, T, D);
-            if (threadIdx.x < TQ) {
-                int qi = q0 + threadIdx.x;
-                Ls[threadIdx.x] = qi < T ? lse[bh * T + qi] : 0.0f;
-                Ds[threadIdx.x] = qi < T ? di[bh * T + qi] : 0.0f;
-            }
-            __syncthreads();
-            float s[TQ / 8][4], dp[TQ / 8][4];
-            tc_zero<TQ / 8>(s);
-            tc_zero<TQ / 8>(dp);
-            tc_xyt<KD, TQ / 8>(s, Ks + w0 * LD, LD, Qs, LD, D, g, t);
-            tc_xyt<KD, TQ / 8>(dp, Vs + w0 * LD, LD, Os, LD, D, g, t);
-#pragma unroll
-            for (int n = 0; n < TQ / 8; n++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    int kj = k0 + w0 + g + (i >> 1) * 8, c = n * 8 + 2 * t + (i & 1), qi = q0 + c;
-                    float p = attn_sees(qi, kj, T, W) ? expf(s[n][i] * scale - Ls[c]) : 0.0f;
-                    dp[n][i] = p * (dp[n][i] - Ds[c]);
-                    s[n][i] = p;
-                }
-            tc_cz<TQ / 8, 2 * KD>(gv, s, Ot, LQ, D, g, t);
-            tc_cz<TQ / 8, 2 * KD>(gk, dp, Qt, LQ, D, g, t);
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int kj = k0 + w0 + g + r * 8;
-        if (kj >= T) continue;
-        size_t off = (size_t)(b * T + kj) * ldkv + (size_t)kvh * D;
-#pragma unroll
-        for (int n = 0; n < 2 * KD; n++)
-            if (n * 8 < D) {
-                int d = n * 8 + 2 * t;
-                dk[off + d] = gk[n][2 * r] * scale;
-                dk[off + d + 1] = gk[n][2 * r + 1] * scale;
-                dv[off + d] = gv[n][2 * r];
-                dv[off + d + 1] = gv[n][2 * r + 1];
-            }
-    }
-}
 
 #define ATT_DISPATCH(DCV, K, ...)                                              \
     do {                                                                       \
@@ -1131,28 +371,6 @@ static void cu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const f
 
 /* ---- elementwise ---- */
 
-__global__ void swiglu_fwd_k(float *h, const float *g, const float *u, size_t n) {
-    GRID_STRIDE(i, n) h[i] = lr_swiglu(g[i], u[i]);
-}
-__global__ void swiglu_bwd_k(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
-    GRID_STRIDE(i, n) lr_swiglu_grad(g[i], u[i], dh[i], &dg[i], &du[i]);
-}
-__global__ void gelu_fwd_k(float *y, const float *x, size_t n, int exact) {
-    GRID_STRIDE(i, n) y[i] = exact ? lr_gelu_erf(x[i]) : lr_gelu_tanh(x[i]);
-}
-__global__ void gelu_bwd_k(float *dx, const float *dy, const float *x, size_t n, int exact) {
-    GRID_STRIDE(i, n) dx[i] = dy[i] * (exact ? lr_gelu_erf_grad(x[i]) : lr_gelu_tanh_grad(x[i]));
-}
-__global__ void add_k(float *y, const float *x, size_t n) {
-    GRID_STRIDE(i, n) y[i] += x[i];
-}
-__global__ void sub_k(float *y, const float *x, size_t n) {
-    GRID_STRIDE(i, n) y[i] -= x[i];
-}
-__global__ void scale_k(float *x, float s, size_t n) {
-    GRID_STRIDE(i, n) x[i] *= s;
-}
-
 #define ELEMWISE(be, n, name, KERNEL, ...)                                     \
     do {                                                                       \
         cu_impl *c_ = impl_of(be);                                             \
@@ -1179,9 +397,6 @@ static void cu_scale(kb_backend *be, float *x, float s, size_t n) { ELEMWISE(be,
 
 /* ---- matmuls ---- */
 
-template <typename W> __global__ void convert_k(W *dst, const float *src, size_t n) {
-    GRID_STRIDE(i, n) dst[i] = stw<W>(src[i]);
-}
 /* dst = src in the weight dtype (the cuBLAS operand next to a frozen weight). */
 static void to_lowp(cu_impl *c, kb_dtype dt, void *dst, const float *src, size_t n) {
     if (!n) return;
@@ -1202,16 +417,6 @@ static void gemm(cu_impl *c, kb_dtype dt, int ta, int tb, int M, int N, int K, f
     if (s != CUBLAS_STATUS_SUCCESS)
         fail(c, s == CUBLAS_STATUS_ALLOC_FAILED ? LR_E_NOMEM : LR_E_INTERNAL,
              "cublasGemmEx (%dx%dx%d) on %s: %s", M, N, K, c->name, cublasGetStatusString(s));
-}
-
-template <typename W> __global__ void bias_rows_k(float *y, const W *b, int N, int out) {
-    GRID_STRIDE(i, (size_t)N * out) y[i] = ldw(b, i % out);
-}
-__global__ void dropout_k(float *dst, const float *x, uint64_t seed, float p, size_t n) {
-    GRID_STRIDE(i, n) dst[i] = x[i] * lr_dropout_mult(seed, i, p);
-}
-__global__ void dropout_acc_k(float *dx, const float *t, uint64_t seed, float p, size_t n) {
-    GRID_STRIDE(i, n) dx[i] += t[i] * lr_dropout_mult(seed, i, p);
 }
 
 /* z[N,out] = x W^T + beta z; x goes through lowp (scratch [N,in], NULL with
@@ -1239,62 +444,6 @@ static void input_grad(cu_impl *c, kb_dtype dt, const kb_linear *L, void *lowp, 
 }
 
 /* ---- DoRA ---- */
-
-/* wnorm[j] = ||W_j + scale (B A)_j|| for the rows j0 + blockIdx.x of a block
- * of B A rows (BA [gridDim.x, in], f32), one thread block per row, the
- * squares summed in f64. */
-template <typename W>
-__global__ void dora_norm_k(float *wnorm, const W *w, const float *BA, int j0, int in, int out, int w_in_out,
-                            float scale) {
-    __shared__ double sh[33];
-    int j = j0 + blockIdx.x;
-    const float *ba = BA + (size_t)blockIdx.x * in;
-    double ss = 0;
-    for (int i = threadIdx.x; i < in; i += blockDim.x)
-        ss += lr_dora_sq(ldw(w, w_in_out ? (size_t)i * out + j : (size_t)j * in + i), ba[i], scale);
-    ss = block_sumd(ss, sh);
-    if (!threadIdx.x) wnorm[j] = (float)sqrt(ss);
-}
-
-/* y = lr_dora_out of the base term y (pre-bias), the dropped base term zb
- * (NULL without dropout) and the LoRA term u, per output feature j. */
-template <typename W>
-__global__ void dora_out_k(float *y, const float *zb, const float *u, const float *mag, const float *wnorm,
-                           const W *b, int out, size_t n) {
-    GRID_STRIDE(i, n) {
-        int j = (int)(i % out);
-        float base = y[i];
-        y[i] = lr_dora_out(base, zb ? zb[i] : base, u[i], lr_dora_scale(mag[j], wnorm[j]), b ? ldw(b, j) : 0.0f,
-                           zb != NULL);
-    }
-}
-
-/* d magnitude, first pass: thread j of grid row p sums dy G over rows
- * [p, p + 1) * CUPLAN_DORA_ROWS of column j into part[p, j] (f64, rows in
- * order), and turns G into s dy there, the gradient the LoRA path sees. */
-__global__ void dora_dmag_part_k(double *part, float *G, const float *dy, const float *mag, const float *wnorm, int N,
-                                 int out) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= out) return;
-    int n0 = blockIdx.y * CUPLAN_DORA_ROWS, n1 = min(n0 + CUPLAN_DORA_ROWS, N);
-    float s = lr_dora_scale(mag[j], wnorm[j]);
-    double acc = 0;
-    for (int n = n0; n < n1; n++) {
-        size_t e = (size_t)n * out + j;
-        float d = dy[e];
-        acc += (double)d * G[e];
-        G[e] = s * d;
-    }
-    part[(size_t)blockIdx.y * out + j] = acc;
-}
-/* Second pass: dmag[j] += (sum of the partials in order) / wnorm[j]. */
-__global__ void dora_dmag_k(float *dmag, const double *part, const float *wnorm, int nparts, int out) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= out) return;
-    double acc = 0;
-    for (int p = 0; p < nparts; p++) acc += part[(size_t)p * out + j];
-    dmag[j] += (float)(acc / wnorm[j]);
-}
 
 /* B A is f32 (cuBLAS, no TF32), a block of output rows at a time so that
  * the scratch stays within CUPLAN_DORA_BUDGET for any layer. */
@@ -1416,53 +565,6 @@ static void cu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_
 
 /* ---- LM head + cross-entropy ---- */
 
-template <typename W> __global__ void gather_k(W *dst, const float *x, const int32_t *rows, int m, int C) {
-    GRID_STRIDE(e, (size_t)m * C) {
-        size_t i = e / C, cc = e % C;
-        dst[e] = stw<W>(x[(size_t)rows[i] * C + cc]);
-    }
-}
-__global__ void scatter_k(float *dx, const float *dxc, const int32_t *rows, int m, int C) {
-    GRID_STRIDE(e, (size_t)m * C) {
-        size_t i = e / C, cc = e % C;
-        dx[(size_t)rows[i] * C + cc] = dxc[e];
-    }
-}
-/* One block per row of the chunk: loss = max + log(sum exp) - logit[target]
- * (f64, as the CPU backend); with G != NULL the row's gradient
- * w * (softmax - onehot), w = grad_scale * tok_scale[row], goes to G in the
- * weight dtype, computed from the logits in one pass: the probabilities are
- * never stored apart. */
-template <typename W>
-__global__ void ce_rows_k(double *loss, float *tok_loss, W *G, const float *logits, const int32_t *tgt,
-                          const int32_t *rows, const float *tok_scale, int V, float grad_scale) {
-    __shared__ double shd[33];
-    __shared__ float shf[33];
-    int i = blockIdx.x, row = rows[i];
-    const float *l = logits + (size_t)i * V;
-    int tg = tgt[i];
-    float lt = l[tg]; /* read before the reductions' barriers: with f32 weights G is the logits */
-    float mx = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
-    mx = block_maxf(mx, shf);
-    double s = 0;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf(l[j] - mx);
-    s = block_sumd(s, shd);
-    double li = (double)mx + log(s) - (double)lt;
-    if (!threadIdx.x) {
-        loss[i] = li;
-        if (tok_loss) tok_loss[row] = (float)li;
-    }
-    if (!G) return;
-    float w = grad_scale * (tok_scale ? tok_scale[row] : 1.0f);
-    float inv = (float)(1.0 / s) * w;
-    W *g = G + (size_t)i * V;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        float d = expf(l[j] - mx) * inv;
-        g[j] = stw<W>(j == tg ? d - w : d);
-    }
-}
-
 /* The rows whose target is not LR_IGNORE_INDEX, listed on the host (which
  * needs their count anyway): *buf (to free) holds the compacted targets
  * [0, nv) and then their row indexes [N, N + nv). Returns nv, or -1 when out
@@ -1551,44 +653,6 @@ out:
 
 /* ---- LM head + KL to a reference ---- */
 
-/* One block per row of the chunk: the row's ce and kl (f64, elem.h's
- * lr_kl_*, as the CPU backend) into ce[i], kl[i]; with G != NULL, w times
- * d(ce + kl_coef kl)/dl goes to G in the weight dtype, from the logits in
- * one pass (with f32 weights G is the logits, overwritten in place). */
-template <typename W>
-__global__ void ce_kl_rows_k(double *ce, double *kl, W *G, const float *logits, const float *ref,
-                             const int32_t *tgt, int V, double itau, double kc, float w) {
-    __shared__ double shd[33];
-    __shared__ float shf[33];
-    int i = blockIdx.x, tg = tgt[i];
-    const float *l = logits + (size_t)i * V, *q = ref + (size_t)i * V;
-    float lt = l[tg]; /* read before the reductions' barriers: G may be the logits */
-    float mx = -INFINITY, mq = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        mx = fmaxf(mx, l[j]);
-        mq = fmaxf(mq, q[j]);
-    }
-    mx = block_maxf(mx, shf);
-    mq = block_maxf(mq, shf);
-    double s1 = 0, st = 0, sq = 0;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) lr_kl_sums(l[j], q[j], mx, mq, itau, &s1, &st, &sq);
-    s1 = block_sumd(s1, shd);
-    st = block_sumd(st, shd);
-    sq = block_sumd(sq, shd);
-    double lse1 = mx + log(s1), lset = log(st), lseq = log(sq), k = 0;
-    W *g = G ? G + (size_t)i * V : NULL;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        float qv;
-        k += lr_kl_elem(l[j], q[j], mx, mq, itau, lset, lseq, &qv);
-        if (g) g[j] = stw<W>(lr_ce_kl_grad(l[j], qv, mx, itau, lse1, lset, kc, w, j == tg));
-    }
-    k = block_sumd(k, shd);
-    if (!threadIdx.x) {
-        ce[i] = lse1 - (double)lt;
-        kl[i] = k;
-    }
-}
-
 /* As lmhead_ce, with the reference rows gathered and multiplied alongside. */
 static void cu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int64_t *n_valid, float *dx,
                             const float *x, const float *x_ref, const void *W, const int32_t *targets, int N, int C,
@@ -1647,10 +711,6 @@ out:
 
 /* ---- optimizer and clipping ---- */
 
-__global__ void adamw_k(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
-                        float eps, float wd, float bc1, float bc2s) {
-    GRID_STRIDE(i, n) lr_adamw_elem(&p[i], g[i], &m[i], &v[i], lr, b1, b2, eps, wd, bc1, bc2s);
-}
 static void cu_adamw(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n, const kb_adamw *hp) {
     float bc1 = (float)(1.0 - pow(hp->beta1, (double)hp->t));
     float bc2s = (float)sqrt(1.0 - pow(hp->beta2, (double)hp->t));
@@ -1658,16 +718,6 @@ static void cu_adamw(kb_backend *be, float *p, const float *g, float *m, float *
              bc2s);
 }
 
-/* One block per CUPLAN_SUMSQ_BLOCK elements; the partial sums are added on
- * the host in block order, so the result does not depend on the GPU. */
-__global__ void sumsq_k(double *part, const float *x, size_t n) {
-    __shared__ double sh[33];
-    size_t s = (size_t)blockIdx.x * CUPLAN_SUMSQ_BLOCK, e = s + CUPLAN_SUMSQ_BLOCK < n ? s + CUPLAN_SUMSQ_BLOCK : n;
-    double acc = 0;
-    for (size_t i = s + threadIdx.x; i < e; i += blockDim.x) acc += (double)x[i] * x[i];
-    acc = block_sumd(acc, sh);
-    if (!threadIdx.x) part[blockIdx.x] = acc;
-}
 static double cu_sumsq(kb_backend *be, const float *x, size_t n) {
     cu_impl *c = impl_of(be);
     if (c->failed) return NAN;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA attention kernels (forward, dK/dV, dQ; the f32 ones and the
-# tensor-core ones) without a GPU: their source, cut from
-# kernels/cuda/backend_cuda.cu, is compiled as host C++ with one thread per
+# tensor-core ones) without a GPU: kernels/cuda/attention.cuh, the file the
+# CUDA backend includes, is compiled as host C++ with one thread per
 # CUDA thread (std::barrier stands in for __syncthreads, the warp shuffles and
 # the warp-wide mma.sync, whose fragment layout is emulated as the PTX ISA
 # documents it) and compared with a float64 causal GQA attention, forward and
@@ -17,10 +17,6 @@ cd "$(dirname "$0")/../.."
 if ! command -v g++ >/dev/null; then echo "skip attn_emu: no g++"; echo "0 passed, 0 failed, 1 skipped"; exit 0; fi
 dir=$(mktemp -d /tmp/attn_emu.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
-# the kernels: from the tile-size macro to the dispatch macro
-awk '/^#define AR CUPLAN_ATT_ROWS/{f=1} /^#define ATT_DISPATCH/{f=0} f' kernels/cuda/backend_cuda.cu |
-    sed -e 's/extern __shared__ float sm\[\];/float *sm = g_sm;/' \
-        -e 's/extern __shared__ uint16_t tsm\[\];/uint16_t *tsm = (uint16_t *)g_sm;/' >"$dir/kernels.inc"
 cat >"$dir/emu.cpp" <<'CPP'
 // Host emulation of the attention kernels: one std::thread per CUDA thread,
 // std::barrier for __syncthreads and for the warp-wide operations.
@@ -62,7 +58,7 @@ static inline float bf16f(uint16_t h) { uint32_t u = (uint32_t)h << 16; float x;
 static inline uint32_t ld32(const uint16_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 // mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32, warp-wide: every lane posts
 // its fragments, then computes its own four outputs from everybody's, with
-// the PTX ISA's element-to-lane mapping (see tc_mma in backend_cuda.cu).
+// the PTX ISA's element-to-lane mapping (see tc_mma in kernels/cuda/mma.cuh).
 static uint32_t wa[4][32][4], wb[4][32][2];
 static float a_elem(int w, int row, int k) {
     int lane = 4 * (row & 7) + ((k & 7) >> 1), reg = (row >> 3) + 2 * (k >> 3);
@@ -86,7 +82,9 @@ static void tc_mma(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
 }
 using std::min;
 using std::max;
-#include KERNELS
+// a block's dynamic shared memory is the launch's buffer
+#define CU_DYN_SMEM(T, name) T *name = (T *)g_sm
+#include "kernels/cuda/attention.cuh"
 template <typename F> static void launch(dim3 g, int threads, size_t smem, F f) {
     std::vector<float> s((smem + 3) / 4);
     g_sm = s.data();
@@ -211,7 +209,7 @@ int main() {
 }
 CPP
 if ! gcc -std=gnu11 -O1 -I. -c kernels/cuda/plan.c -o "$dir/plan.o" || ! gcc -std=gnu11 -O1 -I. -c common/err.c -o "$dir/err.o" ||
-   ! g++ -std=c++20 -O1 -pthread -w -fsanitize=address -I. -DKERNELS="\"$dir/kernels.inc\"" "$dir/emu.cpp" "$dir/plan.o" "$dir/err.o" -o "$dir/emu"; then
+   ! g++ -std=c++20 -O1 -pthread -w -fsanitize=address -I. "$dir/emu.cpp" "$dir/plan.o" "$dir/err.o" -o "$dir/emu"; then
     echo "FAIL attn_emu: the kernels do not compile as host C++"; echo "0 passed, 1 failed, 0 skipped"; exit 1
 fi
 "$dir/emu"

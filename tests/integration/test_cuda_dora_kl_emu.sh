@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The CUDA kernels of DoRA (row norms, output, d magnitude) and of the KL
-# LM head (per-row ce, kl and gradient) without a GPU: their source, cut
-# from kernels/cuda/backend_cuda.cu together with the block reductions they
-# use, is compiled as host C++ with one thread per CUDA thread (std::barrier
-# stands in for __syncthreads and the warp shuffles, static for __shared__)
-# and compared with float64 references written from the definitions. It
+# LM head (per-row ce, kl and gradient) without a GPU: the files the CUDA
+# backend includes (kernels/cuda/dora.cuh, lmhead.cuh and the block
+# reductions of reduce.cuh) are compiled as host C++ with one thread per CUDA
+# thread (std::barrier stands in for __syncthreads and the warp shuffles,
+# static for __shared__) and compared with float64 references written from
+# the definitions. It
 # checks the kernels' indexing, reductions, masking and aliasing, not the
 # GPU's arithmetic or the cuBLAS calls around them (test_cuda does that on a
 # GPU). Needs g++ with C++20.
@@ -13,19 +14,6 @@ cd "$(dirname "$0")/../.."
 if ! command -v g++ >/dev/null; then echo "skip dora_kl_emu: no g++"; echo "0 passed, 0 failed, 1 skipped"; exit 0; fi
 dir=$(mktemp -d /tmp/dora_kl_emu.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
-src=kernels/cuda/backend_cuda.cu
-{
-    grep '^#define CUPLAN_DORA_ROWS' kernels/cuda/plan.h
-    # the warp and block reductions, then the two kernel sections (each up to its first host function)
-    awk '/^#define GRID_STRIDE/{f=1} /^static unsigned grid_for/{f=0} f' "$src"
-    awk '/^\/\* ---- DoRA ---- \*\//{f=1} f && /^static /{f=0} f' "$src"
-    awk '/^\/\* ---- LM head \+ KL to a reference ---- \*\//{f=1} f && /^static /{f=0} f' "$src"
-} >"$dir/kernels.inc"
-for k in dora_norm_k dora_out_k dora_dmag_part_k dora_dmag_k ce_kl_rows_k block_sumd block_maxf; do
-    if ! grep -q "$k" "$dir/kernels.inc"; then
-        echo "FAIL dora_kl_emu: $k not found in $src"; echo "0 passed, 1 failed, 0 skipped"; exit 1
-    fi
-done
 cat >"$dir/emu.cpp" <<'CPP'
 // Host emulation: one std::thread per CUDA thread, std::barrier for
 // __syncthreads and for each warp's shuffles; blocks run one after another,
@@ -67,7 +55,12 @@ template <typename T> static inline T __shfl_xor_sync(unsigned, T v, int o) {
 template <typename T> static inline float ldw(const T *p, size_t i) { return (float)p[i]; }
 template <typename T> static inline T stw(float v) { return (T)v; }
 using std::min;
-#include KERNELS
+extern "C" {
+#include "kernels/cuda/plan.h"
+}
+#include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda/dora.cuh"
+#include "kernels/cuda/lmhead.cuh"
 
 template <typename F> static void launch(dim3 g, int threads, F f) {
     gridDim = g;
@@ -231,7 +224,7 @@ int main() {
     return fail != 0;
 }
 CPP
-if ! g++ -std=c++20 -O1 -pthread -Wall -Wno-unused-function -I. -DKERNELS="\"$dir/kernels.inc\"" "$dir/emu.cpp" -o "$dir/emu" 2>"$dir/cc.log"; then
+if ! g++ -std=c++20 -O1 -pthread -Wall -Wno-unused-function -I. "$dir/emu.cpp" -o "$dir/emu" 2>"$dir/cc.log"; then
     cat "$dir/cc.log"
     echo "FAIL dora_kl_emu: the kernels do not compile as host C++"; echo "0 passed, 1 failed, 0 skipped"; exit 1
 fi
