@@ -18,7 +18,8 @@
 
 /* Looks for the 4-bit form of weight name. *found = 0 when s stores it
  * otherwise; else q describes it with its arrays pointing into s (host
- * memory) and codes is the codes tensor. want_out, want_in > 0 are checked
+ * memory, where f32 arrays need not be 4-byte aligned: copy them, with
+ * memcpy, before reading them as floats) and codes is the codes tensor. want_out, want_in > 0 are checked
  * against the stored shape; 0 takes the stored one. Its blocksize must be
  * 64 (256 for the scales). */
 int bnb4_find(const st_set *s, const char *name, int64_t want_out, int64_t want_in, kq_weight *q,

@@ -36,18 +36,23 @@ typedef struct mod {
  * converted, or dequantized from 4 bits (q != NULL, stored [out, in]). */
 static int base_f32(const st_tensor *t, const kq_weight *q, int gpt2, float *W, lr_err *err) {
     if (!q) return st_to_f32(t, W, (size_t)st_numel(t), err);
-    size_t n = (size_t)q->rows * (size_t)q->cols;
-    if (!gpt2) {
-        kq_dequant_range(q, 0, n, W);
-        return 0;
+    size_t n = (size_t)q->rows * (size_t)q->cols, ns = q->absmax ? kq_nblocks(n) : kq_nested_nblocks(n);
+    /* the file's f32 scales need not be 4-byte aligned: dequantize from an aligned copy */
+    kq_weight a = *q;
+    float *sc = malloc(ns * sizeof *sc), *row = gpt2 ? malloc((size_t)q->cols * sizeof *row) : NULL;
+    if (!sc || (gpt2 && !row)) {
+        free(sc), free(row);
+        return lr_errp(err, LR_E_NOMEM, NULL, "out of memory dequantizing %s", t->name);
     }
-    float *row = malloc((size_t)q->cols * sizeof *row);
-    if (!row) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory dequantizing %s", t->name);
-    for (int64_t o = 0; o < q->rows; o++) {
-        kq_dequant_range(q, (size_t)(o * q->cols), (size_t)q->cols, row);
+    memcpy(sc, q->absmax ? q->absmax : q->nabsmax, ns * sizeof *sc);
+    if (q->absmax) a.absmax = sc;
+    else a.nabsmax = sc;
+    if (!gpt2) kq_dequant_range(&a, 0, n, W);
+    for (int64_t o = 0; gpt2 && o < q->rows; o++) {
+        kq_dequant_range(&a, (size_t)(o * q->cols), (size_t)q->cols, row);
         for (int64_t i = 0; i < q->cols; i++) W[(size_t)(i * q->rows + o)] = row[i];
     }
-    free(row);
+    free(sc), free(row);
     return 0;
 }
 
