@@ -55,6 +55,12 @@ static const key_def keys[] = {
     {"worker_listen", K_STR, S(worker_listen), 0, 0, "", "ADDRESS:PORT where remote workers connect (lora-worker agent --connect; off when empty); TLS with tls_cert/tls_key, plain TCP on loopback only"},
     {"tls_cert", K_STR, S(tls_cert), 0, 0, "", "PEM certificate (chain) lorad shows remote workers on worker_listen"},
     {"tls_key", K_STR, S(tls_key), 0, 0, "", "PEM private key of tls_cert"},
+    {"slurm_devices", K_STR, S(slurm_devices), 0, 0, "", "job devices (cpu, cuda, any; comma-separated) whose jobs lorad runs through Slurm's sbatch instead of its own workers (needs worker_listen)"},
+    {"slurm_partition", K_STR, S(slurm_partition), 0, 0, "", "Slurm partition of those jobs (sbatch --partition; empty: the cluster's default)"},
+    {"slurm_sbatch_args", K_STR, S(slurm_sbatch_args), 0, 0, "", "more sbatch options, space-separated: --gres=gpu:1 --account=ml --time=04:00:00 --qos=..."},
+    {"slurm_worker_args", K_STR, S(slurm_worker_args), 0, 0, "", "more lora-worker agent options for the node, space-separated: --ca FILE --data-dir /scratch/lw --shared-fs --device cuda:0"},
+    {"slurm_worker_url", K_STR, S(slurm_worker_url), 0, 0, "", "the address a node's worker dials (default: https:// or tcp:// of worker_listen)"},
+    {"slurm_token_file", K_STR, S(slurm_token_file), 0, 0, "", "file holding the worker token of Slurm's workers (lorad worker-token add slurm); passed in the job's environment"},
     {"restart_backoff_max_s", K_INT, I(restart_backoff_max_s), 1, 3600, "30", "longest wait before restarting a crashed worker"},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -273,6 +279,9 @@ int config_finish(lorad_config *c, lr_err *err) {
                            "worker_listen %s is not a loopback address: remote workers need TLS (set tls_cert and tls_key)",
                            c->worker_listen);
     }
+    if (c->slurm_devices[0] && (!c->worker_listen[0] || !c->slurm_token_file[0]))
+        return lr_errp(err, LR_E_INVALID, "slurm_devices",
+                       "slurm_devices needs worker_listen (where Slurm's workers connect) and slurm_token_file");
     const char *colon = strrchr(c->listen, ':');
     if (!colon || colon == c->listen || !colon[1])
         return lr_errp(err, LR_E_INVALID, "listen", "listen must be ADDRESS:PORT, not '%s'", c->listen);

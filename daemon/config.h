@@ -46,6 +46,9 @@ typedef struct lorad_config {
     int restart_backoff_max_s;
     char worker_listen[128];    /* remote workers' ADDR:PORT, "" = none (daemon/remote.h) */
     char tls_cert[1024], tls_key[1024]; /* "" = plain TCP, loopback only */
+    /* Slurm executor (daemon/slurm.h); slurm_devices "" = off */
+    char slurm_devices[64], slurm_partition[128], slurm_sbatch_args[1024], slurm_worker_args[1024];
+    char slurm_worker_url[256], slurm_token_file[1024];
     int n_workers;
     config_worker workers[CONFIG_MAX_WORKERS];
 } lorad_config;

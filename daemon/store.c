@@ -784,7 +784,7 @@ int store_job_insert(store *st, const store_job_new *j, lr_err *err) {
     "id, name, user, model, status, priority, device, spec, sweep_id, created_at, started_at, "   \
     "finished_at, error_code, error_message, worker, retries, max_retries, step, total_steps, "   \
     "epoch, loss, eval_loss, tokens_per_s, lr, cancel_requested, last_checkpoint_step, stop_reason, openai, " \
-    "pause_requested"
+    "pause_requested, slurm_job_id, slurm_state"
 
 /* Every field of the job object but its spec. */
 static json_t *job_fields(sqlite3_stmt *s) {
@@ -817,6 +817,9 @@ static json_t *job_fields(sqlite3_stmt *s) {
     json_object_set_new(o, "last_checkpoint_step", cj_int(s, 25));
     json_object_set_new(o, "stop_reason", cj_text(s, 26));
     json_object_set_new(o, "pause_requested", json_boolean(sqlite3_column_int(s, 28)));
+    json_object_set_new(o, "slurm", sqlite3_column_type(s, 29) == SQLITE_NULL
+                                        ? json_null()
+                                        : json_pack("{s:s, s:s}", "job_id", ct(s, 29), "state", ct(s, 30)));
     /* OpenAI's fields (training_file, hyperparameters, seed, metadata...):
      * daemon/openai.c completes them; they never replace lorad's own. */
     json_t *oai = sqlite3_column_type(s, 27) == SQLITE_NULL ? NULL : json_loads(ct(s, 27), 0, NULL);
@@ -886,6 +889,7 @@ char *store_jobs_list_text(store *st, const char *status, const char *user, cons
     if (!s) return NULL;
     lr_buf b;
     lr_buf_init(&b, STORE_LIST_TEXT_MAX);
+    int64_t now = (int64_t)time(NULL);
     int n = 0, more = 0, bad = lr_buf_adds(&b, "{\"object\":\"list\",\"data\":[");
     while (!bad && sqlite3_step(s) == SQLITE_ROW) {
         if (n == limit) {
@@ -893,24 +897,18 @@ char *store_jobs_list_text(store *st, const char *status, const char *user, cons
             break;
         }
         json_t *o = job_fields(s);
-        oai_job_complete(o, (int64_t)time(NULL));
-        const char *spec = ct(s, 7);
-        size_t sl = strlen(spec);
+        oai_job_complete(o, now);
+        const char *spec = (const char *)sqlite3_column_text(s, 7);
+        size_t sl = spec ? (size_t)sqlite3_column_bytes(s, 7) : 0;
         /* The API wrote this text with jsonfmt_dumps; a row edited by hand into
          * something that is not an object reads as null, as in job_json. */
         int obj = sl >= 2 && spec[0] == '{' && spec[sl - 1] == '}';
-        char *txt = o ? jsonfmt_dumps(o, JSON_COMPACT) : NULL;
-        size_t ol = txt ? strlen(txt) : 0;
+        /* The object ends in '}': the spec goes in before it. Specs stored
+         * before jsonfmt hold 17-digit reals: shortened on the way in. */
+        bad = !o || (n > 0 && lr_buf_add(&b, ",", 1)) || jsonfmt_append(&b, o) || !b.len ||
+              (b.len--, lr_buf_adds(&b, ",\"spec\":")) ||
+              (obj ? jsonfmt_text_append(&b, spec, sl) : lr_buf_adds(&b, "null")) || lr_buf_adds(&b, "}");
         json_decref(o);
-        /* specs stored before jsonfmt hold 17-digit reals: shortened here */
-        size_t spl = 0;
-        char *sp = obj ? jsonfmt_text(spec, sl, &spl) : NULL;
-        /* The object ends in '}': the spec goes in before it. */
-        bad = ol < 2 || (obj && !sp) || (n > 0 && lr_buf_add(&b, ",", 1)) || lr_buf_add(&b, txt, ol - 1) ||
-              lr_buf_adds(&b, ",\"spec\":") || (obj ? lr_buf_add(&b, sp, spl) : lr_buf_adds(&b, "null")) ||
-              lr_buf_adds(&b, "}");
-        free(txt);
-        free(sp);
         n++;
     }
     sqlite3_reset(s);
@@ -1270,6 +1268,15 @@ int store_job_release(store *st, const char *id, lr_err *err) {
     if (!s) return -1;
     bt(s, 1, id);
     return exec1(st, s, err, "release job");
+}
+
+int store_job_slurm(store *st, const char *id, const char *slurm_id, const char *state, lr_err *err) {
+    sqlite3_stmt *s = q(st, "UPDATE jobs SET slurm_job_id = ?2, slurm_state = ?3 WHERE id = ?1", err);
+    if (!s) return -1;
+    bt(s, 1, id);
+    bt(s, 2, slurm_id);
+    bt(s, 3, slurm_id ? state : NULL);
+    return exec1(st, s, err, "job slurm state");
 }
 
 int store_job_progress(store *st, const char *id, int64_t step, int64_t total_steps, double epoch, lr_err *err) {

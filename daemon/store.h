@@ -183,6 +183,9 @@ int store_job_stopped(store *st, const char *id, const char *reason, lr_err *err
 /* A running job goes back to queued (retries + 1), or to failed with reason
  * when it has used max_retries; *failed tells which. */
 int store_job_requeue(store *st, const char *id, const char *reason, int *failed, lr_err *err) LR_WARN_UNUSED;
+/* The Slurm batch job running a job's current attempt and its state
+ * (slurm_id NULL: none); shown as the job object's "slurm". */
+int store_job_slurm(store *st, const char *id, const char *slurm_id, const char *state, lr_err *err) LR_WARN_UNUSED;
 int store_job_progress(store *st, const char *id, int64_t step, int64_t total_steps, double epoch,
                        lr_err *err) LR_WARN_UNUSED;
 /* A running job goes back to queued without counting a retry (the daemon

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 
 #include "common/buf.h"
 #include "daemon/sched.h"
+#include "daemon/slurm.h"
 #include "daemon/store.h"
 #include "proto/frame.h"
 #include "proto/jobspec.h"
@@ -21,6 +23,7 @@
 /* Slots: the configured workers, then remote ones (daemon/remote.h) as they connect. */
 #define REMOTE_SLOTS 48
 #define MAX_SLOTS (CONFIG_MAX_WORKERS + REMOTE_SLOTS)
+#define SLURM_MAX_JOBS 256  /* jobs in Slurm at once (more wait in lorad's queue) */
 
 typedef enum { W_STARTING, W_IDLE, W_BUSY, W_DEAD } wstate;
 static const char *const wstate_names[] = {"starting", "idle", "busy", "dead"};
@@ -78,6 +81,19 @@ struct super {
     char sock_path[108];
     int n;
     wslot w[MAX_SLOTS];
+    /* jobs lorad has put through Slurm, while they are queued or running */
+    struct ssub {
+        char job[32], id[32], state[32]; /* id "": none submitted now */
+        char user[64];
+        int tries;                      /* batch jobs that ended before its worker took the job */
+        int started;                    /* its worker took the job in this attempt */
+    } subs[SLURM_MAX_JOBS];
+    int nsubs;
+    /* wake is initialised: HTTP threads start before the loop does, and a
+     * uv_async_send on an uninitialised handle crashed lorad (a submission
+     * right after start on a loaded machine); run's first schedule() sees
+     * whatever was submitted before */
+    atomic_int ready;
     int shutting_down, stopping;
 };
 
@@ -742,14 +758,38 @@ out:
     free(sub);
 }
 
+/* A worker Slurm started for one job (slurm.h): named slurm-<job id>. */
+static int slurm_slot(const wslot *w) { return w->remote && !strncmp(w->name, "slurm-", 6); }
+
+/* Slurm's workers run only their own job: given it while it is queued,
+ * sent away (they exit, freeing the allocation) when it is not. */
+static void slurm_own(super *s) {
+    for (int i = 0; i < s->n; i++) {
+        wslot *w = &s->w[i];
+        if (!slurm_slot(w) || !w->c || w->state != W_IDLE || w->job[0]) continue;
+        lr_err e = {0};
+        json_t *j = store_job_get(s->st, w->name + 6, &e);
+        const char *st = json_string_value(json_object_get(j, "status"));
+        if (st && !strcmp(st, "queued")) assign(s, w, w->name + 6);
+        else {
+            /* after its job a --once worker is on its way out anyway */
+            if (!st || !strcmp(st, "running"))
+                logf_("Slurm's worker %s came for a job that is %s; sending it away", w->name, st ? st : "unknown");
+            conn_close(w->c);
+        }
+        json_decref(j);
+    }
+}
+
 static void schedule(super *s) {
     if (s->shutting_down) return;
     send_cancels(s);
+    slurm_own(s);
     sched_worker sw[MAX_SLOTS];
     int idle = 0;
     for (int i = 0; i < s->n; i++) {
         sw[i].backend = s->w[i].conf.backend;
-        sw[i].idle = s->w[i].state == W_IDLE && s->w[i].c && !s->w[i].job[0];
+        sw[i].idle = s->w[i].state == W_IDLE && s->w[i].c && !s->w[i].job[0] && !slurm_slot(&s->w[i]);
         idle += sw[i].idle;
     }
     if (!idle) return;
@@ -762,6 +802,12 @@ static void schedule(super *s) {
     /* The best `idle` jobs of each user and device class pick exactly what
      * the whole queue would (sched.h), at any depth. */
     if (store_jobs_queued(s->st, idle, &q, &nq, &e) || nq == 0) goto out;
+    /* jobs of the devices Slurm runs are not for lorad's own workers */
+    int kept = 0;
+    for (int i = 0; i < nq; i++)
+        if (!slurm_routes(s->cfg, q[i].device)) q[kept++] = q[i];
+    nq = kept;
+    if (!nq) goto out;
     jobs = malloc((size_t)nq * sizeof *jobs);
     if (!jobs) goto out;
     running = store_running_by_user(s->st, &e);
@@ -812,11 +858,114 @@ static void enforce_cancel(wslot *w, uint64_t now) {
     (void)settle(w);
 }
 
+static void slurm_note(super *s, struct ssub *u, const char *state, const char *reason) {
+    lr_err e = {0};
+    if (!strcmp(u->state, state)) return;
+    snprintf(u->state, sizeof u->state, "%s", state);
+    if (store_job_slurm(s->st, u->job, u->id, state, &e)) logf_("slurm state of %s: %s", u->job, e.msg);
+    int why = reason[0] && strcmp(reason, "None");
+    job_event(s, u->job, slurm_state_final(state) && strcmp(state, "COMPLETED") ? "warning" : "info",
+              "Slurm job %s: %s%s%s%s", u->id, state, why ? " (" : "", why ? reason : "", why ? ")" : "");
+}
+
+/* Submits the queued jobs Slurm runs, follows their batch jobs, and treats
+ * a batch job that ended under a job still queued or running (failed, node
+ * lost, time limit, preempted, scancel) like a dead worker: the job runs
+ * again from its last checkpoint, at most max_retries more times. */
+static void slurm_tick(super *s) {
+    if (!s->cfg->slurm_devices[0] || s->shutting_down) return;
+    lr_err e = {0};
+    store_qjob *q = NULL;
+    int nq = 0;
+    int limit = s->cfg->max_running_per_user;
+    json_t *running = limit ? store_running_by_user(s->st, &e) : NULL;
+    /* in lorad's queue order (priority, then age) */
+    if (store_jobs_queued(s->st, SLURM_MAX_JOBS, &q, &nq, &e)) logf_("slurm: %s", e.msg);
+    for (int i = 0; i < nq; i++) {
+        if (!slurm_routes(s->cfg, q[i].device)) continue;
+        if (limit) { /* batch jobs not started yet count as running: the limit holds in Slurm's queue too */
+            int n = (int)json_integer_value(json_object_get(running, q[i].user));
+            for (int k = 0; k < s->nsubs; k++)
+                n += s->subs[k].id[0] && !s->subs[k].started && !strcmp(s->subs[k].user, q[i].user);
+            if (n >= limit) continue;
+        }
+        struct ssub *u = NULL;
+        for (int k = 0; k < s->nsubs && !u; k++)
+            if (!strcmp(s->subs[k].job, q[i].id)) u = &s->subs[k];
+        if (!u && s->nsubs == SLURM_MAX_JOBS) break;
+        if (!u) {
+            u = &s->subs[s->nsubs++];
+            memset(u, 0, sizeof *u);
+            snprintf(u->job, sizeof u->job, "%s", q[i].id);
+            snprintf(u->user, sizeof u->user, "%s", q[i].user);
+        }
+        if (u->id[0]) continue;
+        char id[32];
+        lr_err se = {0};
+        if (slurm_submit(s->cfg, u->job, id, sizeof id, &se)) {
+            /* a broken sbatch fails every job alike: say so once, on the job */
+            lr_err fe = {0};
+            if (store_job_finish(s->st, u->job, "failed", "slurm_submit_failed", se.msg, &fe)) logf_("%s", fe.msg);
+            job_event(s, u->job, "error", "submitting to Slurm failed: %s", se.msg);
+            *u = s->subs[--s->nsubs];
+            continue;
+        }
+        snprintf(u->id, sizeof u->id, "%s", id);
+        u->state[0] = 0;
+        u->started = 0;
+        job_event(s, u->job, "info", "submitted to Slurm as batch job %s%s%s", id,
+                  s->cfg->slurm_partition[0] ? " in partition " : "", s->cfg->slurm_partition);
+        slurm_note(s, u, "PENDING", "None");
+    }
+    free(q);
+    json_decref(running);
+    for (int k = 0; k < s->nsubs; k++) {
+        struct ssub *u = &s->subs[k];
+        json_t *j = store_job_get(s->st, u->job, &e);
+        const char *st = json_string_value(json_object_get(j, "status"));
+        int max_retries = (int)json_integer_value(json_object_get(j, "max_retries"));
+        int live = st && (!strcmp(st, "queued") || !strcmp(st, "running"));
+        char state[32] = "", reason[256] = "";
+        if (u->id[0] && slurm_query(u->id, state, sizeof state, reason, sizeof reason, &e))
+            logf_("slurm: %s", e.msg);
+        else if (u->id[0])
+            slurm_note(s, u, state, reason);
+        if (st && !strcmp(st, "running")) u->started = 1;
+        if (!live) {
+            /* finished, cancelled or paused: a worker that took the job exits
+             * by itself (--once); a batch job that has not started yet must
+             * not take a node for nothing. Followed until Slurm ends it. */
+            int ending = u->id[0] && state[0] && !slurm_state_final(state);
+            if (ending && !u->started && slurm_cancel(u->id, &e)) logf_("slurm: %s", e.msg);
+            json_decref(j);
+            if (!ending) s->subs[k--] = s->subs[--s->nsubs];
+            continue;
+        }
+        if (u->id[0] && state[0] && slurm_state_final(state)) {
+            /* its worker is gone or going: end the connection now rather
+             * than at the heartbeat timeout (node loss, time limit) */
+            for (int i = 0; i < s->n; i++)
+                if (slurm_slot(&s->w[i]) && !strcmp(s->w[i].name + 6, u->job) && s->w[i].c) conn_close(s->w[i].c);
+            if (!u->started && ++u->tries > max_retries) {
+                char msg[400];
+                snprintf(msg, sizeof msg, "Slurm ended its batch job %d times before the job started (last: %s, %s)",
+                         u->tries, state, reason);
+                lr_err fe = {0};
+                if (store_job_finish(s->st, u->job, "failed", "slurm_failed", msg, &fe)) logf_("%s", fe.msg);
+                job_event(s, u->job, "error", "%s", msg);
+            }
+            u->id[0] = 0; /* a queued job is submitted again above, next tick */
+        }
+        json_decref(j);
+    }
+}
+
 static void on_tick(uv_timer_t *t) {
     super *s = t->data;
     uint64_t now = uv_now(&s->loop), limit = (uint64_t)s->cfg->heartbeat_timeout_s * 1000;
     settle_all(s);
     remote_tick(s, now, limit);
+    slurm_tick(s);
     for (int i = 0; i < s->n; i++) {
         wslot *w = &s->w[i];
         if (w->remote && w->c) enforce_cancel(w, now);
@@ -913,7 +1062,7 @@ int super_init(super **out, const lorad_config *cfg, const char *db_path, lr_err
 
 void super_wake(void *p) {
     super *s = p;
-    if (!s->stopping) uv_async_send(&s->wake);
+    if (!s->stopping && atomic_load(&s->ready)) uv_async_send(&s->wake);
 }
 
 int super_run(super *s, http_server *http, lr_err *err) {
@@ -938,6 +1087,7 @@ int super_run(super *s, http_server *http, lr_err *err) {
     }
     uv_async_init(&s->loop, &s->wake, on_wake);
     s->wake.data = s;
+    atomic_store(&s->ready, 1);
     uv_timer_init(&s->loop, &s->tick);
     s->tick.data = s;
     uv_timer_init(&s->loop, &s->grace);

@@ -32,6 +32,8 @@ need=(
   "/usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h libopenmpi-dev"
   "/usr/include/gnutls/gnutls.h libgnutls28-dev"
   "/usr/bin/openssl openssl"
+  "/usr/sbin/slurmctld slurm-wlm"
+  "/usr/sbin/munged munge"
 )
 missing=()
 for pair in "${need[@]}"; do
