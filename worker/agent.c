@@ -21,6 +21,7 @@
 #include "worker/commands.h"
 #include "worker/dist.h"
 #include "worker/fetch.h"
+#include "worker/job.h"
 
 #define AGENT_VERSION "0.1"
 
@@ -567,7 +568,7 @@ static long num_arg(const char *v, long lo, long hi) {
 }
 
 int cmd_agent(int argc, char **argv) {
-    agent_opts o = {.name = NULL, .backend = "cpu", .heartbeat_s = 2, .run = train_run};
+    agent_opts o = {.name = NULL, .backend = "cpu", .heartbeat_s = 2, .run = job_run};
     static const char usage[] =
         "usage: lora-worker agent --socket PATH [--name N] [--backend cpu|cuda:N] [--threads N] [--heartbeat SECONDS]\n"
         "         (started by lorad on its own machine)\n"

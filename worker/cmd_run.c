@@ -16,7 +16,7 @@
 #include "proto/jobspec.h"
 #include "worker/commands.h"
 #include "worker/dist.h"
-#include "worker/train.h"
+#include "worker/job.h"
 
 static volatile sig_atomic_t run_interrupted;
 
@@ -204,7 +204,7 @@ int cmd_run(int argc, char **argv) {
     if (dist_rank(d) == 0 && spec.resources.devices > 1 && spec.resources.devices != dist_size(d)) /* same math, not speed */
         fprintf(stderr, "[info] resources.devices is %d and this run has %d rank%s (mpirun -np %d starts that many)\n",
                 spec.resources.devices, dist_size(d), dist_size(d) > 1 ? "s" : "", spec.resources.devices);
-    if (train_run(&spec, &paths, &to, &hooks, &oc, &err)) {
+    if (job_run(&spec, &paths, &to, &hooks, &oc, &err)) {
         rc = 2;
         goto done;
     }

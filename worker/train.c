@@ -62,7 +62,6 @@
 #include "worker/ckpt.h"
 #include "worker/data.h"
 #include "worker/dist.h"
-#include "worker/evaljob.h"
 #include "worker/model.h"
 #include "worker/tok.h"
 
@@ -906,12 +905,8 @@ static void teardown(trainer *T) {
 int train_run(const jobspec *spec, const train_paths *paths, const train_opts *opts, const train_hooks *hooks,
               train_outcome *outcome, lr_err *err) {
     static const train_hooks silent = {0};
-    if (spec->method.type == METHOD_EVAL) {
-        /* no training: rank 0 evaluates alone */
-        *outcome = TRAIN_DONE;
-        if (dist_rank(opts->dist)) return 0;
-        return evaljob_run(spec, paths, opts, hooks, outcome, err);
-    }
+    if (spec->method.type == METHOD_EVAL) /* nothing to train: job_run sends these to evaljob_run */
+        return lr_errp(err, LR_E_INTERNAL, "method.type", "train_run does not run eval jobs (job_run does)");
     trainer T;
     memset(&T, 0, sizeof T);
     T.spec = spec;

@@ -11,6 +11,7 @@
 #include "tests/unit/test.h"
 #include "worker/commands.h"
 #include "worker/evaljob.h"
+#include "worker/job.h"
 #include "worker/model.h"
 #include "worker/prompts.h"
 
@@ -147,7 +148,7 @@ TEST(eval_job_zero_adapter) {
     seen s = {0};
     train_hooks hooks = {.ud = &s, .metric = on_metric, .event = on_event};
     train_outcome oc;
-    int rc = train_run(&spec, &paths, &opts, &hooks, &oc, &err);
+    int rc = job_run(&spec, &paths, &opts, &hooks, &oc, &err);
     if (rc) printf("    %s\n", err.msg);
     REQUIRE(rc == 0);
     CHECK_EQ_INT(oc, TRAIN_DONE);
@@ -186,6 +187,10 @@ TEST(eval_job_zero_adapter) {
 
     /* an unresolved adapter is an error naming the field */
     paths.reference_adapter_dir = NULL;
-    CHECK(train_run(&spec, &paths, &opts, &hooks, &oc, &err) == -1);
+    CHECK(job_run(&spec, &paths, &opts, &hooks, &oc, &err) == -1);
     CHECK_STR(err.param, "method.adapter");
+    /* the trainer is about training: an eval job given to it is refused */
+    paths.reference_adapter_dir = adir;
+    CHECK(train_run(&spec, &paths, &opts, &hooks, &oc, &err) == -1);
+    CHECK_STR(err.param, "method.type");
 }
