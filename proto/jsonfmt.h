@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include "common/buf.h"
 
 /* The shortest form of d that reads back as d, always with a '.' or an
  * exponent (as jansson writes reals, so a reader still sees a real): "0.003",
@@ -23,10 +24,18 @@ int jsonfmt_real(double d, char *buf, size_t cap);
  * strings are left alone. The caller frees the result (NUL-terminated,
  * *out_len its length when out_len is not NULL); NULL when out of memory. */
 char *jsonfmt_text(const char *text, size_t len, size_t *out_len);
+/* jsonfmt_text appending to out (no copy of its own): text without a real
+ * to rewrite is copied as one run. -1 when out's cap or memory runs out
+ * (out then holds part of it). */
+int jsonfmt_text_append(lr_buf *out, const char *text, size_t len) LR_WARN_UNUSED;
 
 /* json_dumps(v, flags) with every real rewritten by jsonfmt_real
  * (JSON_REAL_PRECISION in flags is ignored). The caller frees the text;
  * NULL on failure, as json_dumps. */
 char *jsonfmt_dumps(const json_t *v, size_t flags);
+/* Appends v to b as jsonfmt_dumps(v, JSON_COMPACT) writes it, byte for byte,
+ * without a text of its own to allocate and scan again (the jobs list's
+ * items). -1 when b's cap or memory runs out (b then holds part of it). */
+int jsonfmt_append(lr_buf *b, const json_t *v) LR_WARN_UNUSED;
 
 #endif
