@@ -324,6 +324,31 @@ fail:
     refuse(c, e.msg);
 }
 
+/* A file the worker deleted (an old checkpoint save_total_limit pruned):
+ * gone here too, with the directories it leaves empty. */
+static void serve_rm(remote *r, store *st, tl_conn *c, const json_t *req) {
+    lr_err e = {0};
+    const char *path = json_string_value(json_object_get(req, "path"));
+    char dir[1200], runs[1100];
+    if (writable(r, st, path, &e)) {
+        refuse(c, e.msg);
+        return;
+    }
+    if (unlink(path) && errno != ENOENT) {
+        lr_errp(&e, LR_E_IO, NULL, "%s: %s", path, strerror(errno));
+        refuse(c, e.msg);
+        return;
+    }
+    snprintf(runs, sizeof runs, "%s/runs/", r->cfg->data_dir);
+    snprintf(dir, sizeof dir, "%s", path);
+    /* up to, not including, runs/<job> */
+    for (char *sl = strrchr(dir, '/'); sl && sl > dir + strlen(runs) + strcspn(dir + strlen(runs), "/"); sl = strrchr(dir, '/')) {
+        *sl = 0;
+        if (rmdir(dir)) break;
+    }
+    reply(c, json_pack("{s:b}", "ok", 1));
+}
+
 /* ---- connections ---- */
 
 static void *conn_main(void *arg) {
@@ -357,7 +382,8 @@ static void *conn_main(void *arg) {
     } else if (!strcmp(type, "list")) serve_list(r, st, &c, req);
     else if (!strcmp(type, "get")) serve_get(r, st, &c, req);
     else if (!strcmp(type, "put")) serve_put(r, st, &c, req);
-    else refuse(&c, "unknown request type (auth, list, get, put)");
+    else if (!strcmp(type, "rm")) serve_rm(r, st, &c, req);
+    else refuse(&c, "unknown request type (auth, list, get, put, rm)");
 done:
     /* out of remote_stop's sight before the fd number can be reused */
     pthread_mutex_lock(&r->mu);

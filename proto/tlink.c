@@ -232,7 +232,12 @@ int tl_write_all(tl_conn *c, const void *p, size_t n, lr_err *err) {
     while (n) {
         ssize_t r = c->tls ? gnutls_record_send(c->tls, q, n) : write(c->fd, q, n);
         if (r < 0) {
-            if (c->tls ? r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN : errno == EINTR) continue;
+            if (c->tls ? r == GNUTLS_E_INTERRUPTED : errno == EINTR) continue;
+            if (c->tls ? r == GNUTLS_E_AGAIN : errno == EAGAIN) { /* SO_SNDTIMEO ran out, or a spurious wake */
+                struct pollfd pf = {.fd = c->fd, .events = POLLOUT};
+                if (poll(&pf, 1, c->timeout_s > 0 ? c->timeout_s * 1000 : -1) > 0) continue;
+                return lr_errp(err, LR_E_IO, NULL, "write: timed out");
+            }
             return lr_errp(err, LR_E_IO, NULL, "write: %s", c->tls ? gnutls_strerror((int)r) : strerror(errno));
         }
         q += r;

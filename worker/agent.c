@@ -212,7 +212,8 @@ static int remote_inputs(job *j, lr_err *err) {
     if (lr_pathf(j->run_dir, sizeof j->run_dir, "%s/runs/%s", ag->o->data_dir, j->id))
         return lr_errf(err, "--data-dir is too long");
     /* lorad's copy is the one that counts: a local leftover may be older or newer */
-    if (fetch_pull(&f, j->remote_run, j->run_dir, err)) return lr_err_prefix(err, "the run's checkpoints: ");
+    if (fetch_pull(&f, j->remote_run, j->run_dir, err) || fetch_mark_sent(&j->sent, j->run_dir, err))
+        return lr_err_prefix(err, "the run's checkpoints: ");
     return 0;
 }
 

@@ -306,6 +306,45 @@ static int walk(const char *root, const char *rel, int depth, json_t *out) {
     return 0;
 }
 
+/* Records rel as sent with its size and mtime; the index of its entry, or -1 out of memory. */
+static long note_sent(fetch_sent *sent, const char *rel, const struct stat *sb) {
+    size_t k = 0;
+    while (k < sent->n && strcmp(sent->f[k].rel, rel)) k++;
+    if (k == sent->n) {
+        if (sent->n == sent->cap) {
+            size_t nc = sent->cap ? sent->cap * 2 : 64;
+            void *p = realloc(sent->f, nc * sizeof *sent->f);
+            if (!p) return -1;
+            sent->f = p;
+            sent->cap = nc;
+        }
+        snprintf(sent->f[sent->n++].rel, sizeof sent->f->rel, "%s", rel);
+    }
+    sent->f[k].size = (long long)sb->st_size;
+    sent->f[k].mtime_ns = (long long)sb->st_mtim.tv_sec * 1000000000LL + sb->st_mtim.tv_nsec;
+    return (long)k;
+}
+
+int fetch_mark_sent(fetch_sent *sent, const char *local_dir, lr_err *err) {
+    json_t *files = json_array();
+    int rc = 0;
+    size_t i;
+    json_t *v;
+    walk(local_dir, "", 0, files);
+    json_array_foreach(files, i, v) {
+        char p[PATH_MAX];
+        struct stat sb;
+        const char *rel = json_string_value(v);
+        if (strlen(rel) >= sizeof sent->f->rel || lr_pathf(p, sizeof p, "%s/%s", local_dir, rel) || stat(p, &sb)) continue;
+        if (note_sent(sent, rel, &sb) < 0) {
+            rc = lr_errf(err, "out of memory");
+            break;
+        }
+    }
+    json_decref(files);
+    return rc;
+}
+
 int fetch_push(const fetch_ctx *f, fetch_sent *sent, const char *local_dir, const char *remote_dir, lr_err *err) {
     json_t *files = json_array();
     int rc = 0;
@@ -326,23 +365,30 @@ int fetch_push(const fetch_ctx *f, fetch_sent *sent, const char *local_dir, cons
             while (k < sent->n && strcmp(sent->f[k].rel, rel)) k++;
             if (k < sent->n && sent->f[k].size == (long long)sb.st_size && sent->f[k].mtime_ns == mt) continue;
             if ((rc = upload(f, from, to, err))) break;
-            if (k == sent->n) {
-                if (sent->n == sent->cap) {
-                    size_t nc = sent->cap ? sent->cap * 2 : 64;
-                    void *p = realloc(sent->f, nc * sizeof *sent->f);
-                    if (!p) {
-                        rc = lr_errf(err, "out of memory");
-                        break;
-                    }
-                    sent->f = p;
-                    sent->cap = nc;
-                }
-                snprintf(sent->f[sent->n++].rel, sizeof sent->f->rel, "%s", rel);
+            if (note_sent(sent, rel, &sb) < 0) {
+                rc = lr_errf(err, "out of memory");
+                break;
             }
-            sent->f[k].size = (long long)sb.st_size;
-            sent->f[k].mtime_ns = mt;
         }
     }
+    /* what the trainer deleted since (older checkpoints) goes on lorad's
+     * side too, DONE markers first: a half-deleted checkpoint never looks whole */
+    for (int pass = 1; pass >= 0 && !rc; pass--)
+        for (size_t k = 0; k < sent->n && !rc;) {
+            char from[PATH_MAX], to[PATH_MAX];
+            struct stat sb;
+            if (is_done(sent->f[k].rel) != pass || lr_pathf(from, sizeof from, "%s/%s", local_dir, sent->f[k].rel) ||
+                lstat(from, &sb) == 0 || lr_pathf(to, sizeof to, "%s/%s", remote_dir, sent->f[k].rel)) {
+                k++;
+                continue;
+            }
+            tl_conn c;
+            json_t *ans = NULL;
+            if ((rc = request(f, json_pack("{s:s, s:s}", "type", "rm", "path", to), &c, &ans, err))) break;
+            tl_close(&c);
+            json_decref(ans);
+            sent->f[k] = sent->f[--sent->n];
+        }
     json_decref(files);
     return rc;
 }

@@ -11,7 +11,8 @@
  *
  * Outputs go the other way: fetch_push uploads what changed in a local run
  * directory since its last push (DONE markers last, so lorad never holds a
- * checkpoint that looks complete without its files); fetch_pull brings a
+ * checkpoint that looks complete without its files) and deletes there what
+ * was deleted here (older checkpoints, DONE first); fetch_pull brings a
  * run's checkpoints from lorad to resume it on this machine. */
 #ifndef LR_FETCH_H
 #define LR_FETCH_H
@@ -42,6 +43,9 @@ int fetch_pull(const fetch_ctx *f, const char *remote_dir, const char *local_dir
 /* Uploads the files of local_dir that changed since the last push into
  * remote_dir (same relative paths). */
 int fetch_push(const fetch_ctx *f, fetch_sent *sent, const char *local_dir, const char *remote_dir, lr_err *err) LR_WARN_UNUSED;
+/* Records every file of local_dir as on lorad already (what fetch_pull
+ * brought), so that deleting one later deletes it there too. */
+int fetch_mark_sent(fetch_sent *sent, const char *local_dir, lr_err *err) LR_WARN_UNUSED;
 void fetch_sent_free(fetch_sent *s);
 
 #endif

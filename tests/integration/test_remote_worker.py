@@ -75,7 +75,7 @@ def refused(p, timeout=30):
 
 # The reference: the same job on a local worker.
 ref = Lorad(worker, workers="cpu", extra=["--worker-threads", "1"])
-ref_adapter = None
+ref_adapter, ref_ck = None, None
 try:
     t = ref.admin("user", "add", "alice")
     ref.admin("model", "add", "tiny", model)
@@ -84,6 +84,7 @@ try:
     rid = submit(ref, t, ds["id"])
     wait_until(lambda: ref.finished(rid, t), 600, "the reference job")
     ref_adapter = ref.req("GET", "/v1/jobs/%s/artifacts/adapter_model.safetensors" % rid, t)[1]
+    ref_ck = sorted(os.listdir(os.path.join(ref.dir, "runs", rid, "checkpoints")))
     R.check(ref.job(rid, t)["status"] == "succeeded" and isinstance(ref_adapter, bytes), "reference job on a local worker")
 finally:
     ref.cleanup()
@@ -242,6 +243,10 @@ try:
         evs = [e["message"] for e in L.req("GET", "/v1/jobs/%s/events?limit=1000" % k, ta)[1]["data"]]
         R.check(any("remote worker rw1 disconnected" in m for m in evs) and any("resuming from checkpoint" in m for m in evs),
                 "events: the disconnect and the resume", evs)
+        run = os.path.join(L.dir, "runs", k, "checkpoints")
+        ck = sorted(os.listdir(run))
+        R.check(ck == ref_ck and all(os.path.exists(os.path.join(run, d, "DONE")) for d in ck),
+                "lorad keeps the checkpoints a local run keeps (older ones deleted)", (ck, ref_ck))
         a2 = L.req("GET", "/v1/jobs/%s/artifacts/adapter_model.safetensors" % k, ta)[1]
         R.check(isinstance(a2, bytes) and a2 == ref_adapter, "the same adapter as on a local worker, bit for bit",
                 (len(a2) if isinstance(a2, bytes) else a2, len(ref_adapter or b"")))
