@@ -10,6 +10,7 @@
 #   make gpu-check  on a GPU: test_cuda, compute-sanitizer, bench-gpu, figures for bench/RESULTS.md
 #   make fuzz       every fuzz target for a bounded time (clang libFuzzer)
 #   make soak       users, kills and a filling disk for SOAK_SECONDS (default 300); a table of what held
+#   make fresh-check  make run in a fresh minimal Debian (debootstrap + chroot; root, 15-25 min)
 #   make asan       the unit tests under ASan/UBSan
 #
 # Module sources are picked up by wildcard: a new module is a new .c/.h pair
@@ -88,7 +89,7 @@ TEST_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
 BINS := $(BUILD)/lora-worker $(if $(wildcard daemon/main.c),$(BUILD)/lorad) $(if $(wildcard client/main.c),$(BUILD)/lora)
 
-.PHONY: all deps test unit asan bench bench-gpu gpu-check run stop install fuzz soak clean web
+.PHONY: all deps test unit asan bench bench-gpu gpu-check run stop install fuzz soak fresh-check clean web
 all: $(BINS) $(TEST_BIN) web
 ifeq ($(NVCC),)
 	@echo "note: nvcc not found: built the CPU backend only"
@@ -170,6 +171,10 @@ install: $(BINS) web
 fuzz:
 	@$(MAKE) --no-print-directory LR_SUBMAKE=1 deps
 	@bash tests/fuzz/run.sh
+
+# make run on a minimal Debian made with debootstrap (root, 15-25 minutes).
+fresh-check:
+	@bash mk/fresh_check.sh
 
 # The long soak (SOAK_SECONDS, default 300); make test runs a 40 s version.
 soak:
