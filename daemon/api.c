@@ -22,6 +22,7 @@
 #include "daemon/models.h"
 #include "daemon/openai.h"
 #include "daemon/sched.h"
+#include "daemon/slurm.h"
 #include "daemon/sha256.h"
 #include "daemon/upload.h"
 #include "proto/jobspec.h"
@@ -1119,6 +1120,11 @@ static int device_ok(ctx *c, const jobspec *s, const char *param) {
  * yet is still starting, not missing. */
 static int workers_wait_reason(ctx *c, const char *device, char *buf, size_t cap) {
     const lorad_config *cfg = c->a->env.cfg;
+    if (slurm_routes(cfg, device)) {
+        snprintf(buf, cap, "device %s runs through Slurm: lorad submits the job when its queue reaches it "
+                 "(its events and \"slurm\" say where it is)", device);
+        return 1;
+    }
     lr_err e = {0};
     json_t *l = store_workers_list(c->st, &e), *o;
     sched_wstate w[CONFIG_MAX_WORKERS];
@@ -1133,6 +1139,11 @@ static int workers_wait_reason(ctx *c, const char *device, char *buf, size_t cap
     }
     int rc = sched_wait_reason(device, w, cfg->n_workers, buf, cap);
     json_decref(l);
+    if (rc == 2 && cfg->worker_listen[0]) { /* remote workers (daemon/remote.h) are not in the list above */
+        snprintf(buf, cap, "waiting for a worker that can run device %s: none of lorad's own can, and no remote "
+                 "worker that can is connected and free", device);
+        rc = 1;
+    }
     return rc;
 }
 
@@ -1186,7 +1197,9 @@ static json_t *job_with_wait(ctx *c, json_t *job) {
 static void create_ctx(ctx *c, const json_t *body, int openai_route, oai_create_ctx *x) {
     memset(x, 0, sizeof *x);
     x->openai_route = openai_route;
-    x->random_seed = ((uint64_t)rand() << 16) ^ (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)c;
+    char rnd[32]; /* "s-" and 12 random hex digits */
+    store_new_id("s", rnd, sizeof rnd);
+    x->random_seed = strtoull(rnd + 2, NULL, 16);
     lr_err e = {0};
     store_dataset d;
     const char *tf = json_string_value(json_object_get(body, "training_file"));

@@ -4,7 +4,8 @@ proctrack/linuxproc, task/none). lorad routes cpu jobs to Slurm: a job is
 submitted with sbatch, its worker connects back (--once) and the job ends
 with the adapter of the same job on a local worker, bit for bit; scancel of
 the batch job mid-training re-queues the job, which is submitted again and
-resumes from its checkpoint to the same adapter. Fails, saying what is
+resumes from its checkpoint to the same adapter; batch jobs that fail before
+their worker starts fail the job after max_retries, naming Slurm's state. Fails, saying what is
 missing, when Slurm or munge is not installed (mk/deps.sh installs them)."""
 import os, shutil, signal, subprocess, sys, tempfile, time
 
@@ -173,6 +174,20 @@ try:
                 any("resuming from checkpoint" in m for m in ev), "events: cancelled, submitted again, resumed", ev)
         got = L.req("GET", "/v1/jobs/%s/artifacts/adapter_model.safetensors" % b, ta)[1]
         R.check(isinstance(got, bytes) and got == ref_adapter, "resumed to the same adapter, bit for bit")
+
+    # a batch job that fails before its worker takes the job: submitted
+    # again, and after max_retries more the job fails with Slurm's reason
+    L.stop()
+    L.extra[-1] += " --no-such-option"
+    L.start()
+    c = submit(L, ta, fid)
+    wait_until(lambda: L.finished(c, ta), 300, "the job whose batch jobs fail")
+    cj = L.job(c, ta)
+    msg = (cj["error"] or {}).get("message", "")
+    ev = events(L, c, ta)
+    R.check(cj["status"] == "failed" and "Slurm ended its batch job 4 times before the job started" in msg and
+            "FAILED" in msg and sum(m.startswith("submitted to Slurm") for m in ev) == 4,
+            "a batch job that keeps failing fails the job after max_retries, with Slurm's state", (cj["status"], msg, ev))
 except SystemExit:
     pass
 finally:
