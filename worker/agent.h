@@ -2,7 +2,7 @@
  *
  * Connects to lorad's Unix socket, says HELLO, then serves one job at a
  * time: an ASSIGN starts the job in a thread through the run function
- * (train_run), whose hooks stream metric, event and checkpoint frames; the
+ * (job_run), whose hooks stream metric, event and checkpoint frames; the
  * end is a DONE or FAILED frame. CANCEL makes the job stop as soon as it
  * can (train.h's TRAIN_CANCEL); CANCEL with resume (lorad's shutdown) makes
  * it checkpoint and stop (TRAIN_SUSPEND); either ends as DONE "cancelled".
@@ -27,7 +27,7 @@ typedef struct agent_opts {
     const char *backend;  /* "cpu" or "cuda:N" */
     int threads;
     int heartbeat_s;
-    agent_run_fn run;     /* train_run, or a stand-in in tests */
+    agent_run_fn run;     /* job_run, or a stand-in in tests */
     /* A remote worker (instead of socket_path): lorad's worker address
      * (https://HOST:PORT, proto/tlink.h), its worker token and a CA file
      * (NULL: the system's trust store). Unless shared_fs (the same paths on

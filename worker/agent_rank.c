@@ -2,7 +2,8 @@
  * ranks, for jobs with resources.devices N): rank 0 is the agent lorad
  * talks to; the others follow it. For each job rank 0 sends the spec and
  * the resolved paths over MPI before it trains, and every rank calls
- * train_run with them (train.h: rank 0 alone calls the hooks and writes).
+ * the run function (job_run) with them (train.h: rank 0 alone calls the
+ * hooks and writes).
  * When rank 0's agent ends it sends "no more jobs" and the followers exit
  * with it. */
 #include <stdio.h>
