@@ -30,6 +30,7 @@
 #define LIST_MAX_FILES 10000
 #define LIST_MAX_DEPTH 8
 #define PUT_MAX_BYTES (1LL << 40)
+#define SHA_CACHE 1024         /* files whose SHA-256 is remembered (a model's shards, datasets) */
 
 typedef struct rconn {
     struct remote *r;
@@ -47,6 +48,18 @@ struct remote {
     pthread_cond_t idle;
     int fds[MAX_CONNS]; /* open connections, -1 free: shut down by remote_stop */
     int nconn;
+    /* SHA-256 by (path, inode, size, mtime): every assignment lists the
+     * model again, and hashing a large model each time would take minutes */
+    pthread_mutex_t sha_mu;
+    struct sha_ent {
+        char path[1024];
+        dev_t dev;
+        ino_t ino;
+        off_t size;
+        struct timespec mtim;
+        char hex[65];
+    } *sha;
+    unsigned sha_next;
 };
 
 static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -145,7 +158,37 @@ static int readable(remote *r, store *st, const char *path, char *resolved, lr_e
     return lr_errp(err, LR_E_FORBIDDEN, "path", "%s is not a dataset, run or model file of this lorad", path);
 }
 
-static int list_walk(const char *root, const char *rel, int depth, json_t *out, lr_err *err) {
+static int file_sha(remote *r, const char *path, long long *size, char hex[65], lr_err *err) {
+    struct stat sb;
+    if (stat(path, &sb)) return lr_errp(err, LR_E_IO, NULL, "%s: %s", path, strerror(errno));
+    int cacheable = strlen(path) < sizeof r->sha->path;
+    pthread_mutex_lock(&r->sha_mu);
+    for (int i = 0; cacheable && i < SHA_CACHE; i++) {
+        struct sha_ent *h = &r->sha[i];
+        if (h->ino == sb.st_ino && h->dev == sb.st_dev && h->size == sb.st_size && h->mtim.tv_sec == sb.st_mtim.tv_sec &&
+            h->mtim.tv_nsec == sb.st_mtim.tv_nsec && !strcmp(h->path, path)) {
+            memcpy(hex, h->hex, 65);
+            *size = sb.st_size;
+            pthread_mutex_unlock(&r->sha_mu);
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&r->sha_mu);
+    if (tl_sha256_file(path, size, hex, err)) return -1;
+    if (!cacheable || *size != sb.st_size) return 0; /* changed while hashed: not remembered */
+    pthread_mutex_lock(&r->sha_mu);
+    struct sha_ent *h = &r->sha[r->sha_next++ % SHA_CACHE];
+    snprintf(h->path, sizeof h->path, "%s", path);
+    h->dev = sb.st_dev;
+    h->ino = sb.st_ino;
+    h->size = sb.st_size;
+    h->mtim = sb.st_mtim;
+    memcpy(h->hex, hex, 65);
+    pthread_mutex_unlock(&r->sha_mu);
+    return 0;
+}
+
+static int list_walk(remote *r, const char *root, const char *rel, int depth, json_t *out, lr_err *err) {
     char dir[PATH_MAX + 256];
     if (lr_pathf(dir, sizeof dir, "%s%s%s", root, rel[0] ? "/" : "", rel)) return lr_errf(err, "%s: path too long", root);
     DIR *d = opendir(dir);
@@ -164,7 +207,7 @@ static int list_walk(const char *root, const char *rel, int depth, json_t *out, 
             lr_pathf(full, sizeof full, "%s/%s", root, sub) || stat(full, &sb))
             continue;
         if (S_ISDIR(sb.st_mode)) {
-            if (depth < LIST_MAX_DEPTH) rc = list_walk(root, sub, depth + 1, out, err);
+            if (depth < LIST_MAX_DEPTH) rc = list_walk(r, root, sub, depth + 1, out, err);
         } else if (S_ISREG(sb.st_mode)) {
             if (json_array_size(out) >= LIST_MAX_FILES) {
                 rc = lr_errf(err, "%s holds more than %d files", root, LIST_MAX_FILES);
@@ -172,7 +215,7 @@ static int list_walk(const char *root, const char *rel, int depth, json_t *out, 
             }
             char hex[65];
             long long size;
-            if (tl_sha256_file(full, &size, hex, err)) rc = -1;
+            if (file_sha(r, full, &size, hex, err)) rc = -1;
             else json_array_append_new(out, json_pack("{s:s, s:I, s:s}", "path", sub, "size", (json_int_t)size, "sha256", hex));
         }
     }
@@ -188,11 +231,11 @@ static void serve_list(remote *r, store *st, tl_conn *c, const json_t *req) {
     const char *path = json_string_value(json_object_get(req, "path"));
     if (readable(r, st, path, real, &e) || stat(real, &sb)) goto fail;
     if (S_ISDIR(sb.st_mode)) {
-        if (list_walk(real, "", 0, files, &e)) goto fail;
+        if (list_walk(r, real, "", 0, files, &e)) goto fail;
     } else {
         char hex[65];
         long long size;
-        if (tl_sha256_file(real, &size, hex, &e)) goto fail;
+        if (file_sha(r, real, &size, hex, &e)) goto fail;
         json_array_append_new(files, json_pack("{s:s, s:I, s:s}", "path", "", "size", (json_int_t)size, "sha256", hex));
     }
     reply(c, json_pack("{s:b, s:b, s:o}", "ok", 1, "dir", S_ISDIR(sb.st_mode), "files", files));
@@ -490,7 +533,13 @@ int remote_start(const lorad_config *cfg, const char *db_path, remote **out, lr_
     r->lfd = r->stop_pipe[0] = r->stop_pipe[1] = -1;
     for (int i = 0; i < MAX_CONNS; i++) r->fds[i] = -1;
     pthread_mutex_init(&r->mu, NULL);
+    pthread_mutex_init(&r->sha_mu, NULL);
     pthread_cond_init(&r->idle, NULL);
+    r->sha = calloc(SHA_CACHE, sizeof *r->sha);
+    if (!r->sha) {
+        lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+        goto fail;
+    }
     snprintf(r->db_path, sizeof r->db_path, "%s", db_path);
     snprintf(r->sock_path, sizeof r->sock_path, "%s/lorad.sock", cfg->data_dir);
     if (!realpath(cfg->data_dir, r->data_real)) {
@@ -512,6 +561,7 @@ fail:
     if (r->lfd >= 0) close(r->lfd);
     if (r->stop_pipe[0] >= 0) close(r->stop_pipe[0]), close(r->stop_pipe[1]);
     tl_server_free(&r->srv);
+    free(r->sha);
     free(r);
     return -1;
 }
@@ -533,5 +583,7 @@ void remote_stop(remote *r) {
     tl_server_free(&r->srv);
     pthread_cond_destroy(&r->idle);
     pthread_mutex_destroy(&r->mu);
+    pthread_mutex_destroy(&r->sha_mu);
+    free(r->sha);
     free(r);
 }
