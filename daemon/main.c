@@ -315,8 +315,11 @@ static int cmd_serve(const lorad_config *c) {
     int rc = 2;
     /* Generations hold an HTTP thread each: leave at least one for the rest. */
     int max_gen = c->http_threads > GEN_MAX_AT_ONCE ? GEN_MAX_AT_ONCE : c->http_threads - 1;
+    /* completions waiting for a slot hold one too, so the same floor */
+    int gen_queue = c->http_threads - max_gen - 1;
     runner_config rconf = {.worker_bin = c->worker_bin, .data_dir = c->data_dir, .db_path = db,
-                         .max_generations = max_gen, .gen_timeout_s = GEN_TIMEOUT_S, .gen_threads = GEN_THREADS};
+                         .max_generations = max_gen, .gen_timeout_s = GEN_TIMEOUT_S, .gen_threads = GEN_THREADS,
+                         .gen_queue = gen_queue > RUNNER_GEN_QUEUE ? RUNNER_GEN_QUEUE : gen_queue};
     if (super_init(&sv, c, db, &e) || runner_new(&rconf, &rn, &e)) goto out;
     api_env env = {.cfg = c, .db = http_thread_store, .db_ud = db, .wake = super_wake, .wake_ud = sv, .runner = rn};
     a = api_new(&env);

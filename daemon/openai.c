@@ -144,6 +144,14 @@ int oai_create_prepare(json_t *body, const oai_create_ctx *x, json_t **meta, lr_
         lr_errp(err, LR_E_INVALID, "hyperparameters", "hyperparameters must be an object");
         goto fail;
     }
+    static const char *const objs[] = {"method", "lora"};
+    for (size_t i = 0; i < 2; i++) {
+        json_t *v = json_object_get(body, objs[i]);
+        if (v && !json_is_object(v)) {
+            lr_errp(err, LR_E_INVALID, objs[i], "%s must be an object", objs[i]);
+            goto fail;
+        }
+    }
     hp = section(body, "hyperparameters");
     if (take_suffix(body, *meta, err) || take_metadata(body, *meta, err) || take_integrations(body, *meta, err) ||
         take_hyper(hp, "hyperparameters", hp, section(body, "method"), *meta, err) ||

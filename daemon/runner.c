@@ -45,8 +45,9 @@ typedef struct merge_task {
 
 struct runner {
     char *worker_bin, *data_dir, *db_path;
-    int max_generations, gen_timeout_s, gen_threads;
+    int max_generations, gen_timeout_s, gen_threads, gen_queue;
     atomic_int generations;
+    atomic_int gen_waiting; /* runner_generate_one calls waiting for a slot */
     atomic_int stopping;
     pthread_mutex_t mu; /* guards merges */
     merge_task *merges;
@@ -232,6 +233,7 @@ int runner_new(const runner_config *cfg, runner **out, lr_err *err) {
     r->max_generations = cfg->max_generations;
     r->gen_timeout_s = cfg->gen_timeout_s;
     r->gen_threads = cfg->gen_threads > 0 ? cfg->gen_threads : 1;
+    r->gen_queue = cfg->gen_queue < 0 ? 0 : cfg->gen_queue > RUNNER_GEN_QUEUE ? RUNNER_GEN_QUEUE : cfg->gen_queue;
     pthread_mutex_init(&r->mu, NULL);
     if (!r->worker_bin || !r->data_dir || !r->db_path) {
         runner_free(r);
@@ -378,15 +380,40 @@ out:
     return rc;
 }
 
+/* A generation slot for runner_generate_one: taken at once when one is
+ * free, else waited for (polled every 50 ms, so runner_generate's releases
+ * need no signal) by at most gen_queue callers until the deadline. */
+static int gen_slot(runner *r, double deadline, lr_err *err) {
+    int queued = 0;
+    for (;;) {
+        if (atomic_load(&r->stopping)) {
+            if (queued) atomic_fetch_sub(&r->gen_waiting, 1);
+            return lr_errp(err, LR_E_BUSY, NULL, "lorad is shutting down");
+        }
+        int n = atomic_load(&r->generations);
+        while (n < r->max_generations && !atomic_compare_exchange_weak(&r->generations, &n, n + 1)) {
+        }
+        if (n < r->max_generations) break;
+        if (!queued && atomic_fetch_add(&r->gen_waiting, 1) >= r->gen_queue) {
+            atomic_fetch_sub(&r->gen_waiting, 1);
+            return lr_errp(err, LR_E_BUSY, NULL, "%d generation(s) are running and %d waiting; try again in a moment",
+                           r->max_generations, r->gen_queue);
+        }
+        queued = 1;
+        if (now_mono() >= deadline) {
+            atomic_fetch_sub(&r->gen_waiting, 1);
+            return lr_errp(err, LR_E_TIMEOUT, NULL, "no generation slot freed within %d s", r->gen_timeout_s);
+        }
+        nanosleep(&(struct timespec){0, 50 * 1000 * 1000}, NULL);
+    }
+    if (queued) atomic_fetch_sub(&r->gen_waiting, 1);
+    return 0;
+}
+
 int runner_generate_one(runner *r, const runner_gen *g, int tuned, json_t **out, lr_err *err) {
     *out = NULL;
-    if (atomic_load(&r->stopping)) return lr_errp(err, LR_E_BUSY, NULL, "lorad is shutting down");
-    if (atomic_fetch_add(&r->generations, 1) >= r->max_generations) {
-        atomic_fetch_sub(&r->generations, 1);
-        return lr_errp(err, LR_E_BUSY, NULL, "%d generation(s) are already running; try again in a moment",
-                       r->max_generations);
-    }
     double t0 = now_mono();
+    if (gen_slot(r, t0 + r->gen_timeout_s, err)) return -1;
     int pt = 0, rc = generate_one(r, g, tuned, t0 + r->gen_timeout_s, out, &pt, err);
     if (!rc) {
         json_object_set_new(*out, "prompt_tokens", json_integer(pt));

@@ -22,6 +22,7 @@
 #define RUNNER_MAX_STOP 8         /* stop strings of one generation (lora-worker's limit) */
 #define RUNNER_MAX_STOP_LEN 255   /* bytes in one */
 #define RUNNER_MAX_OUTPUT (1u << 20) /* stdout of one generation */
+#define RUNNER_GEN_QUEUE 8        /* the most runner_config.gen_queue may be */
 
 typedef struct runner runner;
 
@@ -30,6 +31,7 @@ typedef struct runner_config {
     int max_generations; /* at once; one more is LR_E_BUSY */
     int gen_timeout_s;   /* both runs of one generation together; past it LR_E_TIMEOUT */
     int gen_threads;     /* --threads of a generation */
+    int gen_queue;       /* runner_generate_one calls that may wait for a slot (0..RUNNER_GEN_QUEUE) */
 } runner_config;
 
 /* Copies the strings; removes merge leftovers of a previous lorad
@@ -66,7 +68,9 @@ int runner_generate(runner *r, const runner_gen *g, json_t **out, lr_err *err) L
 
 /* One side only (tuned 0: model_dir; 1: the adapter or tuned model), under
  * the same cap and deadline: *out {"text", "tokens", "stop",
- * "prompt_tokens", "seconds"}. For /v1/chat/completions and /v1/completions. */
+ * "prompt_tokens", "seconds"}. For /v1/chat/completions and /v1/completions:
+ * when max_generations run, up to gen_queue calls wait for a slot (the wait
+ * counts in the deadline: LR_E_TIMEOUT); beyond, LR_E_BUSY. */
 int runner_generate_one(runner *r, const runner_gen *g, int tuned, json_t **out, lr_err *err) LR_WARN_UNUSED;
 
 typedef struct runner_merge {

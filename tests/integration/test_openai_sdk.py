@@ -5,7 +5,7 @@ OpenAI's preference format), pause and resume, events, checkpoints, chat
 and text completions, typed errors (tests/openai/sdk_flow.mjs). Then, on the
 server's files: the paused and resumed job ended with the same adapter, bit
 for bit, as the same job run without a pause."""
-import json, os, shutil, subprocess, sys, tempfile
+import json, os, shutil, subprocess, sys, tempfile, threading, time, urllib.error, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from daemon_harness import BUILD, ROOT, Lorad, Results  # noqa: E402
@@ -21,7 +21,7 @@ if not os.path.exists(os.path.join(BUILD, "lorad")) or not os.path.exists(os.pat
     R.finish()
 
 tmp = tempfile.mkdtemp(prefix="lroai.", dir="/tmp")
-L = Lorad(os.path.join(BUILD, "lora-worker"), workers="cpu", extra=["--max-queued-per-user", "2"])
+L = Lorad(os.path.join(BUILD, "lora-worker"), workers="cpu", extra=["--max-queued-per-user", "2", "--http-threads", "16"])
 try:
     model = os.path.join(tmp, "model")
     subprocess.run([os.path.join(BUILD, "lora-worker"), "mkmodel", "--arch", "llama", "--preset", "tiny", "--seed", "1",
@@ -56,13 +56,47 @@ try:
         elif line.startswith("RESULT "):
             result = json.loads(line[7:])
     R.check(out.returncode == 0 and result, "the SDK flow exits 0", out.stderr[-2000:])
+    def adapter(job):
+        p = os.path.join(L.dir, "runs", job, "adapter_model.safetensors")
+        return open(p, "rb").read() if os.path.exists(p) else b""
     if result.get("p") and result.get("u"):
-        a = open(os.path.join(L.dir, "runs", result["p"], "adapter_model.safetensors"), "rb").read()
-        b = open(os.path.join(L.dir, "runs", result["u"], "adapter_model.safetensors"), "rb").read()
+        a, b = adapter(result["p"]), adapter(result["u"])
         R.check(len(a) > 1000 and a == b, "paused at step %s and resumed: the same adapter, bit for bit, as the "
                 "uninterrupted run with the same seed" % result.get("paused_at"), (len(a), len(b)))
     else:
         R.check(False, "pause/resume adapters compared", "the SDK flow did not get that far")
+    if result:
+        # 16 chat requests 10 ms apart on 16 HTTP threads: max_generations (2)
+        # run, RUNNER_GEN_QUEUE (8) wait for a slot, the rest get 429 with
+        # Retry-After (the random base model rarely ends early: 1024 tokens keep
+        # each one busy). Apart, not at once: libmicrohttpd gives a burst of
+        # connections to one pool thread, which then serves them one by one.
+        answers = []
+
+        def ask(i):
+            body = json.dumps({"model": "demo-tiny", "max_tokens": 1024, "temperature": 0,
+                               "messages": [{"role": "user", "content": "What colour is ink?"}]}).encode()
+            rq = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % L.port, data=body, method="POST",
+                                        headers={"Authorization": "Bearer " + alice,
+                                                 "Content-Type": "application/json"})
+            time.sleep(0.01 * i)
+            try:
+                with urllib.request.urlopen(rq, timeout=300) as r:
+                    answers.append((r.status, json.loads(r.read()), None))
+            except urllib.error.HTTPError as e:
+                answers.append((e.code, json.loads(e.read()), e.headers.get("Retry-After")))
+        ts = [threading.Thread(target=ask, args=(i,)) for i in range(16)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        ok = [a for a in answers if a[0] == 200]
+        busy = [a for a in answers if a[0] == 429]
+        R.check(len(ok) + len(busy) == 16 and len(ok) >= 10 and busy and
+                all(b[1]["error"]["type"] == "rate_limit_error" and b[2] == "1" for b in busy) and
+                len({a[1]["choices"][0]["message"]["content"] for a in ok}) == 1,
+                "16 chats 10 ms apart: 2 run, 8 wait for a slot (the same answer), the rest 429 with Retry-After",
+                [(a[0], a[2]) for a in answers])
 finally:
     L.cleanup()
     shutil.rmtree(tmp, ignore_errors=True)

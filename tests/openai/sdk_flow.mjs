@@ -132,7 +132,7 @@ async function main() {
   const [pf, uf, af] = [await finish(p.id), await finish(u.id), await finish(a.id, 400)];
   check(pf.status === 'succeeded' && uf.status === 'succeeded' && af.status === 'succeeded', 'the three jobs succeed',
     [pf.status, uf.status, af.status, af.error]);
-  result.p = p.id; result.u = u.id;
+  result.p = p.id; result.u = u.id; result.model = af.fine_tuned_model;
   const pev = [];
   for await (const ev of client.fineTuning.jobs.listEvents(p.id, { limit: 100 })) pev.push(ev.message);
   check(pev.some((m) => m.startsWith('paused at the checkpoint of step')), 'P\'s events say where it paused', pev.slice(0, 12));

@@ -61,6 +61,7 @@ TEST(create_refuses_with_the_field) {
     } bad[] = {
         {"{\"method\":{\"type\":\"reinforcement\"}}", "method.type"},
         {"{\"suffix\":\"a:b\"}", "suffix"},
+        {"{\"method\":\"dpo\"}", "method"},
         {"{\"seed\":-1}", "seed"},
         {"{\"hyperparameters\":{\"n_epochs\":0}}", "hyperparameters.n_epochs"},
         {"{\"method\":{\"type\":\"dpo\",\"dpo\":{\"hyperparameters\":{\"beta\":\"x\"}}}}", "method.dpo.hyperparameters.beta"},
@@ -95,8 +96,10 @@ TEST(job_record_and_state_fields) {
     CHECK(json_is_number(json_object_get(json_object_get(json_object_get(m, "dpo"), "hyperparameters"), "beta")));
     CHECK(json_is_null(json_object_get(rec, "validation_file")));
     /* the name shows once the job has succeeded; an ETA while it runs */
-    json_object_update(rec, json_pack("{s:s, s:I, s:{s:i, s:i}}", "status", "running", "started_at", (json_int_t)1000,
-                                      "progress", "step", 10, "total_steps", 30));
+    json_t *state = json_pack("{s:s, s:I, s:{s:i, s:i}}", "status", "running", "started_at", (json_int_t)1000,
+                              "progress", "step", 10, "total_steps", 30);
+    json_object_update(rec, state);
+    json_decref(state);
     oai_job_complete(rec, 1100);
     CHECK(json_is_null(json_object_get(rec, "fine_tuned_model")));
     CHECK_EQ_INT(json_integer_value(json_object_get(rec, "estimated_finish")), 1300);

@@ -104,7 +104,8 @@ function previewView(d) {
   };
   (async () => {
     const m = await api('/v1/models');
-    const models = (m && m.data) || [];
+    // fine-tuned models (x.job) answer completions; a preview needs a registered model
+    const models = ((m && m.data) || []).filter((x) => !x.job);
     replace(modelSel, models.map((x) => h('option', { value: x.id }, x.id)));
     if (models.length) load(); else replace(box, h('p', { class: 'muted' }, 'No models registered: the preview needs a model\'s tokenizer and chat template.'));
   })().catch((e) => replace(box, errorBox(e)));

@@ -39,6 +39,8 @@ const SECTIONS = [
     ['lora.targets', 'target modules', ['attn_mlp', 'attn', 'all-linear']],
     ['lora.use_dora', 'DoRA', 'bool'],
     ['lora.use_rslora', 'rsLoRA (alpha/√r)', 'bool'],
+    ['lora.quantize', 'quantize base (QLoRA)', ['none', 'nf4', 'fp4'], null, 'the frozen base weights 4-bit in memory'],
+    ['lora.double_quant', 'double quantization', 'bool', null, 'the 4-bit scales quantized too (needs nf4 or fp4)'],
   ]],
 ];
 
@@ -72,7 +74,7 @@ export function mount(root) {
   (async () => {
     const [m, d] = await Promise.all([api('/v1/models'), api('/v1/datasets', { params: { limit: 100 } })]);
     const lists = {
-      models: ((m && m.data) || []).map((x) => ({ value: x.id, label: x.id })),
+      models: ((m && m.data) || []).filter((x) => !x.job).map((x) => ({ value: x.id, label: x.id })), // jobs train registered models
       datasets: ((d && d.data) || []).map((x) => ({ value: x.id, label: `${x.filename || x.name || x.id} (${x.id}, ${x.rows} rows)` })),
     };
     const submitBtn = h('button', { type: 'submit' }, 'Submit job');
@@ -83,6 +85,12 @@ export function mount(root) {
           help ? h('small', { class: 'muted' }, help) : null,
           h('div', { class: 'field-error', role: 'alert' })))))),
       h('div', { class: 'row' }, submitBtn));
+
+    // double_quant is refused without a 4-bit base: offered only with one
+    const quant = form.elements.namedItem('lora.quantize'), dq = form.elements.namedItem('lora.double_quant');
+    const syncQuant = () => { dq.disabled = quant.value === 'none'; if (dq.disabled) dq.checked = false; };
+    quant.addEventListener('change', syncQuant);
+    syncQuant();
 
     const clearErrors = () => {
       msg.replaceChildren();
