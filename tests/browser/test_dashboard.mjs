@@ -1,7 +1,7 @@
 // The dashboard in headless Chromium against a real lorad with a CPU worker
 // training a tiny Llama: token entry, uploads, submit, the live jobs table
 // and job page, cancel rights, compare, "Try it" and merge (and a full_sft
-// job's register), workers, a finished 100,000-step job and phone width. Screenshots go to $LR_ARTIFACTS (default /tmp/lorad-screens).
+// job's register), a QLoRA job's fields, workers, a finished 100,000-step job and phone width. Screenshots go to $LR_ARTIFACTS (default /tmp/lorad-screens).
 // Any console error on any page fails the test that opened it.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -363,6 +363,45 @@ suite.test('job page: a full_sft job tries its model and registers it', async ()
   p.checkConsole();
   await p.close();
 }, { training: true });
+
+suite.test('submit: a QLoRA job (lora.quantize nf4, double_quant) from the form', async () => {
+  const p = await alice.page(lorad.url, lorad.tokens.alice);
+  await p.open('#/submit');
+  await p.page.waitForSelector('form.submit-form');
+  const dq = '[name="lora.double_quant"]';
+  assert(await p.page.isDisabled(dq), 'double quantization is offered without a 4-bit base');
+  await p.page.fill('[name="name"]', 'qlora');
+  await p.page.selectOption('[name="model"]', 'tiny');
+  await p.page.selectOption('[name="training_file"]', datasetId);
+  for (const [k, v] of Object.entries({ ...TRAIN, max_steps: 3, eval_steps: 1000, save_steps: 1000, val_ratio: 0 })) await p.page.fill(`[name="hyperparameters.${k}"]`, String(v));
+  await p.page.fill('[name="lora.r"]', '4');
+  await p.page.selectOption('[name="lora.quantize"]', 'nf4');
+  assert(!(await p.page.isDisabled(dq)), 'double quantization stays off with nf4');
+  await p.page.check(dq);
+  // the server's refusal of a 4-bit base for full fine-tuning lands on the quantize field
+  await p.page.selectOption('[name="method.type"]', 'full_sft');
+  p.expectHttp(400, '/v1/jobs');
+  await p.page.click('form.submit-form button[type=submit]');
+  const err = await p.page.waitForSelector('.field[data-param="lora.quantize"].invalid .field-error');
+  assert(/full_sft/.test(await err.textContent()), `field error does not explain: ${await err.textContent()}`);
+  await p.page.selectOption('[name="method.type"]', 'sft');
+  await p.shot('submit-qlora');
+  await p.page.click('form.submit-form button[type=submit]');
+  await p.page.waitForFunction(() => /^#\/jobs\/ftjob-/.test(location.hash));
+  const id = decodeURIComponent(await p.page.evaluate(() => location.hash.split('/')[2]));
+  const j = await lorad.api('alice', 'GET', `/v1/jobs/${id}`);
+  assert(j.spec.lora.quantize === 'nf4' && j.spec.lora.double_quant === true && j.spec.method.type === 'sft',
+    `spec not as submitted: ${JSON.stringify(j.spec.lora)} ${JSON.stringify(j.spec.method)}`);
+  if (!noTraining) {
+    await waitFor(async () => {
+      const s = (await lorad.api('alice', 'GET', `/v1/jobs/${id}`)).status;
+      if (s === 'failed' || s === 'cancelled') throw new Error(`the QLoRA job ${s}`);
+      return s === 'succeeded';
+    }, 120000, 'the QLoRA job to succeed', 500);
+  }
+  p.checkConsole();
+  await p.close();
+});
 
 suite.test('workers page: device, status, since', async () => {
   const p = await alice.page(lorad.url, lorad.tokens.alice);
