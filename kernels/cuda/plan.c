@@ -1,6 +1,8 @@
 /* plan: host-side decisions of the CUDA backend (see plan.h). */
 #include "kernels/cuda/plan.h"
 
+#include "kernels/quant.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
@@ -207,12 +209,28 @@ double cuplan_flops_per_token(const cuplan_shape *s, int T) {
     return 4.0 * cuplan_matmul_params(s) + 6.0 * s->layers * (double)s->Hq * s->D * (T + 1.0);
 }
 
-void cuplan_train_memory(const cuplan_shape *s, kb_dtype wdt, int B, int T, int r, int checkpointing,
-                         cuplan_mem *o) {
+int cuplan_q4_rows(int rows, int cols, size_t elem, size_t budget) {
+    size_t fit = budget / ((size_t)(cols > 0 ? cols : 1) * (elem ? elem : 1));
+    if (fit > 64) fit -= fit % 64;
+    if (fit > (size_t)rows) fit = (size_t)rows;
+    return fit ? (int)fit : 1;
+}
+
+/* Bytes of one layer's linear weights held 4-bit: each matrix has its own
+ * blocks (a last short one included), so each is counted apart. */
+static double layer_q4_bytes(const cuplan_shape *s, int double_quant) {
+    size_t C = (size_t)s->C, q = (size_t)s->Hq * s->D, kv = (size_t)s->Hkv * s->D, I = (size_t)s->I;
+    return (double)(2 * kq_bytes(C * q, double_quant) + 2 * kq_bytes(C * kv, double_quant) +
+                    (s->gated ? 3 : 2) * kq_bytes(C * I, double_quant));
+}
+
+void cuplan_train_memory(const cuplan_shape *s, kb_dtype wdt, int quant, int double_quant, int B, int T, int r,
+                         int checkpointing, cuplan_mem *o) {
     double es = (double)cuplan_dtype_size(wdt), N = (double)B * T, C = s->C, I = s->I;
     double q = (double)s->Hq * s->D, kv = (double)s->Hkv * s->D;
     double emb = (double)s->V * C * (s->tied ? 1 : 2);
-    o->weights = (s->layers * (layer_matmul_params(s) + 2 * C) + emb + C) * es;
+    double linears = s->layers * (quant != KQ_NONE ? layer_q4_bytes(s, double_quant) : layer_matmul_params(s) * es);
+    o->weights = linears + (s->layers * 2 * C + emb + C) * es;
     /* rank-r adapters on q, k, v, o and the MLP matrices: p, grad, m, v in f32 */
     double lora_per_layer = r * ((C + q) * 2 + (C + kv) * 2 + (C + I) * (s->gated ? 3 : 2));
     o->lora = s->layers * lora_per_layer * 16.0;
@@ -227,6 +245,11 @@ void cuplan_train_memory(const cuplan_shape *s, kb_dtype wdt, int B, int T, int 
     double big = I > C ? I : C;
     double ce = (double)CUPLAN_CE_BUDGET + N * C * 4.0 * 2;
     o->working = 2 * layer_act + N * big * 2 * 2 + ce + N * C * 4.0 * 2;
+    if (quant != KQ_NONE) { /* the dequantized tile of the widest matrix (bf16, f32 with f32 weights) */
+        size_t te = wdt == KB_F32 ? 4 : 2;
+        int wide = s->I > s->C ? s->I : s->C, rows = cuplan_q4_rows(wide, s->C, te, CUPLAN_Q4_BUDGET);
+        o->working += (double)rows * s->C * (double)te;
+    }
     o->total = o->weights + o->lora + o->activations + o->working;
 }
 

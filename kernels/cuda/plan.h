@@ -151,16 +151,30 @@ double cuplan_flops_per_token(const cuplan_shape *s, int T);
 #define CUPLAN_FLOPS_FORMULA \
     "FLOPs/token = 4*P + 6*L*Hq*D*(T+1) (P = matmul params incl. lm_head; causal attention fwd+bwd)"
 
+/* 4-bit base weights (QLoRA, kernels/quant.h): a linear op dequantizes its
+ * weight a tile of rows at a time into scratch of at most CUPLAN_Q4_BUDGET
+ * bytes and multiplies the tile. */
+#define CUPLAN_Q4_BUDGET ((size_t)32 << 20)
+/* Rows of a [rows, cols] weight per tile of elem-byte elements within
+ * budget bytes: a multiple of 64 when more than 64 fit (aligned slices of
+ * the output), at least 1, at most rows. */
+int cuplan_q4_rows(int rows, int cols, size_t elem, size_t budget);
+
 /* An estimate of the device memory of a LoRA training step with adapters of
  * rank r on every linear layer, B sequences of T tokens, with or without
  * activation checkpointing: weights, LoRA (parameters, gradients, two
  * moments), saved activations, one layer's working set, LM-head chunk and
- * matmul scratch. For failing early with a useful message; bytes. */
+ * matmul scratch. quant (KQ_NF4, KQ_FP4; 0 for none) holds the decoder's
+ * linear weights 4-bit: kq_bytes(n, double_quant) each (half a byte per
+ * weight plus an f32 scale per 64, or with double quantization a byte per
+ * 64 and an f32 per 256 blocks) and a dequantized tile in the working set;
+ * embeddings, norms and the LM head stay in wdt. For failing early with a
+ * useful message; bytes. */
 typedef struct cuplan_mem {
     double weights, lora, activations, working, total;
 } cuplan_mem;
-void cuplan_train_memory(const cuplan_shape *s, kb_dtype wdt, int B, int T, int r, int checkpointing,
-                         cuplan_mem *o);
+void cuplan_train_memory(const cuplan_shape *s, kb_dtype wdt, int quant, int double_quant, int B, int T, int r,
+                         int checkpointing, cuplan_mem *o);
 
 /* "out of GPU memory for <what>: needed 2.00 GiB, 1.31 GiB free of 79.1 GiB on <device>" */
 void cuplan_oom_message(char *buf, size_t n, const char *what, size_t needed, size_t free_b, size_t total_b,

@@ -29,6 +29,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/plan.h"
 #include "kernels/elem.h"
+#include "kernels/quant.h"
 #include "tests/unit/test.h"
 #include "worker/commands.h"
 #include "worker/model.h"
@@ -338,16 +339,54 @@ TEST(plan_flops) {
 
 TEST(plan_memory) {
     cuplan_mem a, b;
-    cuplan_train_memory(&LLAMA8, KB_BF16, 1, 2048, 16, 0, &a);
-    cuplan_train_memory(&LLAMA8, KB_BF16, 1, 2048, 16, 1, &b);
+    cuplan_train_memory(&LLAMA8, KB_BF16, 0, 0, 1, 2048, 16, 0, &a);
+    cuplan_train_memory(&LLAMA8, KB_BF16, 0, 0, 1, 2048, 16, 1, &b);
     /* Llama-3-8B: 8.03e9 parameters in bf16 */
     CHECK_NEAR(a.weights / 1e9, 16.06, 0.1);
     CHECK(b.activations < a.activations / 4);
     CHECK(b.total < a.total && a.total > a.weights);
     /* the bench shapes fit an 80 GB H100 */
     CHECK(b.total < 80e9);
-    cuplan_train_memory(&QWEN05, KB_BF16, 8, 1024, 16, 1, &b);
+    cuplan_train_memory(&QWEN05, KB_BF16, 0, 0, 8, 1024, 16, 1, &b);
     CHECK(b.total < 80e9 && b.total > b.weights);
+}
+
+/* A 4-bit tile: as many rows as fit the budget, in multiples of 64 past 64. */
+TEST(plan_q4_rows) {
+    CHECK_EQ_INT(cuplan_q4_rows(14336, 4096, 2, CUPLAN_Q4_BUDGET), 4096); /* Llama-3-8B gate_proj: 32 MiB of bf16 */
+    CHECK_EQ_INT(cuplan_q4_rows(4096, 14336, 2, CUPLAN_Q4_BUDGET), 1152); /* down_proj: 1170 fit */
+    CHECK_EQ_INT(cuplan_q4_rows(100, 10, 4, (size_t)1 << 20), 100);
+    CHECK_EQ_INT(cuplan_q4_rows(1000, 1000, 4, 40 * 1000 * 4), 40);
+    CHECK_EQ_INT(cuplan_q4_rows(5, 1 << 30, 4, (size_t)1 << 20), 1);
+}
+
+/* 4-bit linear weights: half a byte per weight plus an f32 scale per 64
+ * (double quantization: a byte per 64 plus an f32 per 256 blocks), counted
+ * per matrix; everything else stays in the weight dtype. */
+TEST(plan_memory_4bit) {
+    cuplan_mem bf, nf, dq;
+    cuplan_train_memory(&LLAMA8, KB_BF16, 0, 0, 1, 2048, 16, 1, &bf);
+    cuplan_train_memory(&LLAMA8, KB_BF16, KQ_NF4, 0, 1, 2048, 16, 1, &nf);
+    cuplan_train_memory(&LLAMA8, KB_BF16, KQ_NF4, 1, 1, 2048, 16, 1, &dq);
+    /* per layer: q, o 4096x4096, k, v 1024x4096, gate, up, down 14336x4096;
+     * outside them in bf16: 2 norms per layer, final norm, embedding, LM head */
+    double lin = 32 * 218103808.0, rest = (32 * 2 * 4096.0 + 2 * 128256.0 * 4096 + 4096) * 2;
+    CHECK_NEAR(nf.weights, lin * (0.5 + 4.0 / 64) + rest, 0.5);
+    /* nested: 1024 (q, o), 256 (k, v), 3584 (MLP) blocks of 256 scales */
+    CHECK_NEAR(dq.weights, lin * (0.5 + 1.0 / 64) + 32 * 4.0 * (2 * 1024 + 2 * 256 + 3 * 3584) + rest, 0.5);
+    CHECK_NEAR(bf.weights - rest, lin * 2, 0.5);
+    CHECK(nf.weights < bf.weights * 0.4 && dq.weights < nf.weights);
+    /* the dequantized tile (32 MiB of bf16) joins the working set */
+    CHECK_NEAR(nf.working - bf.working, 4096.0 * 4096 * 2, 0.5);
+    CHECK_NEAR(nf.total - bf.total, (nf.weights - bf.weights) + (nf.working - bf.working), 1.0);
+    /* blocks do not span matrices: a 10x10 q has 2 blocks, a 30x10 gate 5
+     * (1300 weights flat would be 21 blocks, 734 bytes instead of 742) */
+    const cuplan_shape tiny = {1, 10, 30, 1, 1, 10, 7, 1, 1};
+    cuplan_train_memory(&tiny, KB_F32, KQ_NF4, 0, 1, 8, 2, 0, &nf);
+    cuplan_train_memory(&tiny, KB_F32, KQ_FP4, 1, 1, 8, 2, 0, &dq);
+    double rest32 = (2 * 10 + 7 * 10 + 10) * 4.0;
+    CHECK_NEAR(nf.weights - rest32, 4 * (50 + 2 * 4) + 3 * (150 + 5 * 4), 0.1);
+    CHECK_NEAR(dq.weights - rest32, 4 * (50 + 2 + 4) + 3 * (150 + 5 + 4), 0.1);
 }
 
 TEST(plan_oom_message) {
