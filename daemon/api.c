@@ -1131,7 +1131,7 @@ static int workers_wait_reason(ctx *c, const char *device, char *buf, size_t cap
     for (int k = 0; k < cfg->n_workers; k++) w[k] = (sched_wstate){cfg->workers[k].backend, "starting"};
     size_t i;
     json_array_foreach(json_object_get(l, "data"), i, o) {
-        const char *name = json_string_value(json_object_get(o, "name")),
+        const char *name = json_string_value(json_object_get(o, "id")),
                    *status = json_string_value(json_object_get(o, "status"));
         char *end;
         long k = name && name[0] == 'w' ? strtol(name + 1, &end, 10) : -1;
