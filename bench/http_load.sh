@@ -22,11 +22,15 @@ cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null;
 trap cleanup EXIT
 
 mkdir -p "$D/web"
+# A worker that never says hello: lorad takes jobs for it (a job no worker
+# could run is refused) and none of them runs during the measurement.
+printf '#!/bin/sh\nexec sleep 300\n' > "$D/idle-worker"
+chmod +x "$D/idle-worker"
 head -c 2048 /dev/zero | tr '\0' 'x' > "$D/web/static.txt"
 A=(--data-dir "$D" --migrations-dir migrations)
 TOKEN=$("$B/lorad" user add bench "${A[@]}" 2>/dev/null)
 "$B/lorad" model add tiny "$FIX/models/tiny-gpt2-hf" "${A[@]}" >/dev/null
-"$B/lorad" serve "${A[@]}" --listen 127.0.0.1:$PORT --workers "" --web-dir "$D/web" --http-threads 2 \
+"$B/lorad" serve "${A[@]}" --listen 127.0.0.1:$PORT --workers cpu:1 --worker-bin "$D/idle-worker" --web-dir "$D/web" --http-threads 2 \
     >"$D/lorad.log" 2>&1 &
 PID=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null && break; sleep 0.1; done

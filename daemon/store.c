@@ -13,7 +13,7 @@
 
 #include "common/buf.h"
 #include "daemon/openai.h"
-#include "daemon/sha256.h"
+#include "daemon/rowcache.h"
 #include "proto/jsonfmt.h"
 
 /* Prepared statements are cached by the address of their SQL literal: every
@@ -27,6 +27,7 @@ struct store {
         sqlite3_stmt *st;
     } cache[STMT_CACHE];
     int ncache;
+    rowcache *items; /* the jobs list's item texts (store_jobs_list_text) */
 };
 
 static int db_err(store *st, lr_err *err, const char *what) {
@@ -128,6 +129,7 @@ fail:
 void store_close(store *st) {
     if (!st) return;
     for (int i = 0; i < st->ncache; i++) sqlite3_finalize(st->cache[i].st);
+    rowcache_free(st->items);
     sqlite3_close(st->db);
     free(st);
 }
@@ -373,21 +375,20 @@ int store_user_add(store *st, const char *name, int admin, const char *token_has
     return 0;
 }
 
+/* Looked up by the hash on token_hash's index, not by comparing every row:
+ * the lookup's time can only tell how the SHA-256 of a guessed token sorts
+ * among the stored hashes, and knowing hash prefixes does not help make a
+ * token with a wanted hash (tokens are 192 random bits, so no guessing of
+ * the token itself either). A scan cost ~0.3 us per user on every request. */
 int store_user_auth(store *st, const char *token_hash, store_user *out, lr_err *err) {
-    sqlite3_stmt *s = q(st, "SELECT name, token_hash, is_admin FROM users", err);
+    if (strlen(token_hash) != 64) return lr_errp(err, LR_E_NOTFOUND, NULL, "unknown token");
+    sqlite3_stmt *s = q(st, "SELECT name, is_admin FROM users WHERE token_hash = ?", err);
     if (!s) return -1;
-    int found = 0;
-    size_t hl = strlen(token_hash);
-    while (sqlite3_step(s) == SQLITE_ROW) {
-        const char *h = ct(s, 1);
-        /* Every row is compared whole, so the time does not tell which
-         * prefix matched or which user exists. */
-        int eq = strlen(h) == hl && hl == 64 && sha256_ct_equal(h, token_hash, 64);
-        if (eq && !found) {
-            found = 1;
-            snprintf(out->name, sizeof out->name, "%s", ct(s, 0));
-            out->admin = sqlite3_column_int(s, 2) != 0;
-        }
+    bt(s, 1, token_hash);
+    int found = sqlite3_step(s) == SQLITE_ROW;
+    if (found) {
+        snprintf(out->name, sizeof out->name, "%s", ct(s, 0));
+        out->admin = sqlite3_column_int(s, 1) != 0;
     }
     sqlite3_reset(s);
     if (!found) return lr_errp(err, LR_E_NOTFOUND, NULL, "unknown token");
@@ -420,19 +421,13 @@ int store_worker_token_rm(store *st, const char *name, lr_err *err) {
 }
 
 int store_worker_token_auth(store *st, const char *token_hash, char *name, lr_err *err) {
-    sqlite3_stmt *s = q(st, "SELECT name, token_hash FROM worker_tokens", err);
+    if (strlen(token_hash) != 64) return lr_errp(err, LR_E_NOTFOUND, NULL, "unknown worker token");
+    /* by the hash's index, as store_user_auth */
+    sqlite3_stmt *s = q(st, "SELECT name FROM worker_tokens WHERE token_hash = ?", err);
     if (!s) return -1;
-    int found = 0;
-    size_t hl = strlen(token_hash);
-    while (sqlite3_step(s) == SQLITE_ROW) {
-        const char *h = ct(s, 1);
-        /* as store_user_auth: every row compared whole */
-        int eq = strlen(h) == hl && hl == 64 && sha256_ct_equal(h, token_hash, 64);
-        if (eq && !found) {
-            found = 1;
-            snprintf(name, 64, "%s", ct(s, 0));
-        }
-    }
+    bt(s, 1, token_hash);
+    int found = sqlite3_step(s) == SQLITE_ROW;
+    if (found) snprintf(name, 64, "%s", ct(s, 0));
     sqlite3_reset(s);
     if (!found) return lr_errp(err, LR_E_NOTFOUND, NULL, "unknown worker token");
     return 0;
@@ -786,7 +781,8 @@ int store_job_insert(store *st, const store_job_new *j, lr_err *err) {
     "epoch, loss, eval_loss, tokens_per_s, lr, cancel_requested, last_checkpoint_step, stop_reason, openai, " \
     "pause_requested, slurm_job_id, slurm_state"
 
-/* Every field of the job object but its spec. */
+/* Every field of the job object but its spec. From the row alone (and
+ * oai_job_complete's time): the jobs list keeps the text by the row's bytes. */
 static json_t *job_fields(sqlite3_stmt *s) {
     json_t *o = json_object();
     json_object_set_new(o, "id", json_string(ct(s, 0)));
@@ -883,12 +879,71 @@ json_t *store_jobs_list(store *st, const char *status, const char *user, const c
     return s ? list_page(s, limit, job_json) : NULL;
 }
 
+/* What a list item's text depends on: every column of the row (type and
+ * bytes) and, for a job not finished, the time (OpenAI's estimated_finish):
+ * the key under which the list keeps the text (rowcache.h). */
+static int item_key(sqlite3_stmt *s, int64_t now, lr_buf *k) {
+    lr_buf_reset(k);
+    int bad = 0;
+    for (int i = 0, n = sqlite3_column_count(s); i < n && !bad; i++) {
+        /* the type, then the value or the length of the bytes that follow */
+        unsigned char head[1 + 8];
+        head[0] = (unsigned char)sqlite3_column_type(s, i);
+        const void *p = NULL;
+        uint64_t len = 0;
+        if (head[0] == SQLITE_INTEGER) {
+            int64_t v = sqlite3_column_int64(s, i);
+            memcpy(head + 1, &v, 8);
+        } else if (head[0] == SQLITE_FLOAT) {
+            double v = sqlite3_column_double(s, i);
+            memcpy(head + 1, &v, 8);
+        } else if (head[0] != SQLITE_NULL) {
+            p = sqlite3_column_blob(s, i);
+            len = (uint64_t)sqlite3_column_bytes(s, i);
+            memcpy(head + 1, &len, 8);
+        }
+        bad = lr_buf_add(k, head, head[0] == SQLITE_NULL ? 1 : sizeof head) || (len && lr_buf_add(k, p, (size_t)len));
+    }
+    const char *status = ct(s, 4);
+    if (strcmp(status, "succeeded") && strcmp(status, "failed") && strcmp(status, "cancelled"))
+        bad = bad || lr_buf_add(k, &now, sizeof now);
+    return bad;
+}
+
+/* One item as text: the job object with its stored spec copied in, not
+ * parsed (specs stored before jsonfmt hold 17-digit reals: shortened here). */
+static int job_item(sqlite3_stmt *s, int64_t now, lr_buf *b) {
+    json_t *o = job_fields(s);
+    if (!o) return -1;
+    oai_job_complete(o, now);
+    int bad = jsonfmt_append(b, o) || !b->len;
+    json_decref(o);
+    if (bad) return -1;
+    b->len--; /* the object's '}': the spec goes in before it */
+    const char *spec = (const char *)sqlite3_column_text(s, 7);
+    size_t sl = spec ? (size_t)sqlite3_column_bytes(s, 7) : 0;
+    /* The API wrote this text with jsonfmt_dumps; a row edited by hand into
+     * something that is not an object reads as null, as in job_json. */
+    int obj = sl >= 2 && spec[0] == '{' && spec[sl - 1] == '}';
+    return lr_buf_adds(b, ",\"spec\":") || (obj ? jsonfmt_text_append(b, spec, sl) : lr_buf_adds(b, "null")) ||
+                   lr_buf_adds(b, "}")
+               ? -1
+               : 0;
+}
+
+/* A store keeps up to this many items' text, more than a page's 1000. */
+#define ITEM_CACHE 1024
+
 char *store_jobs_list_text(store *st, const char *status, const char *user, const char *sweep_id, int limit,
                            const char *after, size_t *len, lr_err *err) {
     sqlite3_stmt *s = jobs_page(st, status, user, sweep_id, limit, after, err);
     if (!s) return NULL;
-    lr_buf b;
+    /* without a cache (out of memory) every item is built */
+    if (!st->items) st->items = rowcache_new(ITEM_CACHE);
+    lr_buf b, key, item;
     lr_buf_init(&b, STORE_LIST_TEXT_MAX);
+    lr_buf_init(&key, STORE_LIST_TEXT_MAX);
+    lr_buf_init(&item, STORE_LIST_TEXT_MAX);
     int64_t now = (int64_t)time(NULL);
     int n = 0, more = 0, bad = lr_buf_adds(&b, "{\"object\":\"list\",\"data\":[");
     while (!bad && sqlite3_step(s) == SQLITE_ROW) {
@@ -896,22 +951,24 @@ char *store_jobs_list_text(store *st, const char *status, const char *user, cons
             more = 1;
             break;
         }
-        json_t *o = job_fields(s);
-        oai_job_complete(o, now);
-        const char *spec = (const char *)sqlite3_column_text(s, 7);
-        size_t sl = spec ? (size_t)sqlite3_column_bytes(s, 7) : 0;
-        /* The API wrote this text with jsonfmt_dumps; a row edited by hand into
-         * something that is not an object reads as null, as in job_json. */
-        int obj = sl >= 2 && spec[0] == '{' && spec[sl - 1] == '}';
-        /* The object ends in '}': the spec goes in before it. Specs stored
-         * before jsonfmt hold 17-digit reals: shortened on the way in. */
-        bad = !o || (n > 0 && lr_buf_add(&b, ",", 1)) || jsonfmt_append(&b, o) || !b.len ||
-              (b.len--, lr_buf_adds(&b, ",\"spec\":")) ||
-              (obj ? jsonfmt_text_append(&b, spec, sl) : lr_buf_adds(&b, "null")) || lr_buf_adds(&b, "}");
-        json_decref(o);
+        size_t tl = 0;
+        const char *txt = NULL;
+        bad = item_key(s, now, &key);
+        if (!bad && st->items) txt = rowcache_get(st->items, ct(s, 0), key.data, key.len, &tl);
+        if (!bad && !txt) {
+            lr_buf_reset(&item);
+            bad = job_item(s, now, &item);
+            txt = item.data;
+            tl = item.len;
+            /* a cache out of memory only costs the next request the work */
+            if (!bad && st->items) (void)rowcache_put(st->items, ct(s, 0), key.data, key.len, txt, tl);
+        }
+        bad = bad || (n > 0 && lr_buf_add(&b, ",", 1)) || lr_buf_add(&b, txt, tl);
         n++;
     }
     sqlite3_reset(s);
+    lr_buf_free(&key);
+    lr_buf_free(&item);
     if (bad || lr_buf_adds(&b, more ? "],\"has_more\":true}" : "],\"has_more\":false}")) {
         lr_buf_free(&b);
         lr_errp(err, LR_E_NOMEM, NULL, "out of memory (or over %d MiB) listing jobs", STORE_LIST_TEXT_MAX >> 20);

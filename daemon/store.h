@@ -45,8 +45,8 @@ typedef struct store_user {
 } store_user;
 /* token_hash: hex SHA-256. A duplicate name is LR_E_CONFLICT. */
 int store_user_add(store *st, const char *name, int admin, const char *token_hash, lr_err *err) LR_WARN_UNUSED;
-/* Finds the user whose token hash equals token_hash (constant-time
- * comparison over every user); LR_E_NOTFOUND when none. */
+/* Finds the user whose token hash equals token_hash (an index lookup: see
+ * store.c on why that is safe); LR_E_NOTFOUND when none. */
 int store_user_auth(store *st, const char *token_hash, store_user *out, lr_err *err) LR_WARN_UNUSED;
 
 /* worker tokens (remote workers, daemon/remote.c): add is LR_E_CONFLICT for
@@ -121,7 +121,9 @@ json_t *store_jobs_list(store *st, const char *status, const char *user, const c
                         int limit, const char *after, lr_err *err);
 /* The same page serialized as the response body (caller frees; *len its
  * length): each job's stored spec text, canonical JSON the API wrote, is
- * copied in, not parsed and re-encoded, which was most of a list's cost. */
+ * copied in, not parsed and re-encoded, which was most of a list's cost;
+ * an item's text is kept (up to 1024 per store) and reused while its row is
+ * byte for byte the same, which finished jobs' rows stay. */
 #define STORE_LIST_TEXT_MAX (64 << 20)
 char *store_jobs_list_text(store *st, const char *status, const char *user, const char *sweep_id, int limit,
                            const char *after, size_t *len, lr_err *err);
