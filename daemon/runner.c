@@ -564,15 +564,24 @@ static void *merge_main(void *p) {
         lr_errp(&e, LR_E_IO, NULL, "database: %s", se.msg);
         goto done;
     }
-    if (store_model_add(st, t->name, real, info, &e)) goto done;
+    /* The model and the event that says so appear together: whoever sees
+     * the one sees the other. */
+    if (store_begin(st, &e)) goto done;
+    if (store_model_add(st, t->name, real, info, &e)) {
+        store_rollback(st);
+        goto done;
+    }
+    snprintf(msg, sizeof msg, t->full ? "registered the full_sft model as %s (%s)" : "merged into model %s (%s)",
+             t->name, real);
+    merge_event(st, t->job, "info", msg, se.msg);
+    if (store_commit(st, &e)) {
+        store_rollback(st);
+        goto done;
+    }
     ok = 1;
 done:
     child_free(&res);
-    if (ok) {
-        snprintf(msg, sizeof msg, t->full ? "registered the full_sft model as %s (%s)" : "merged into model %s (%s)",
-                 t->name, real);
-        merge_event(st, t->job, "info", msg, se.msg);
-    } else {
+    if (!ok) {
         rm_tree(renamed ? t->final_dir : t->tmp_dir);
         snprintf(msg, sizeof msg, t->full ? "registering the full_sft model as %s failed: %s"
                                           : "merge into model %s failed: %s", t->name, e.msg);
