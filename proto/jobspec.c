@@ -567,10 +567,6 @@ int jobspec_from_json(const json_t *obj, jobspec *s, lr_err *err) {
     if (s->lora.quantize && s->method.type == METHOD_FULL_SFT)
         return lr_errp(err, LR_E_INVALID, "lora.quantize",
                        "lora.quantize keeps the base frozen in 4 bits; method full_sft trains it: use quantize none");
-    if (s->lora.quantize && s->device == DEV_CUDA)
-        return lr_errp(err, LR_E_INVALID, "lora.quantize",
-                       "lora.quantize runs on CPU workers for now (the CUDA backend has no 4-bit linear ops yet): "
-                       "use device cpu or any");
     if (s->lora.double_quant && !s->lora.quantize)
         return lr_errp(err, LR_E_INVALID, "lora.double_quant", "lora.double_quant needs lora.quantize nf4 or fp4");
     return 0;

@@ -20,6 +20,13 @@
  * block owns 32 rows in 4 warps of 8; each lane holds columns lane, lane +
  * 32, ... of its rows), which is what the exact comparisons run.
  *
+ * A 4-bit base weight (QLoRA, kb_linear.qW) is dequantized a tile of rows
+ * at a time (quant_cuda.h, the CPU's per-element code) into scratch, bf16
+ * (f32 when the model runs in f32, which keeps the CPU backend's values),
+ * and each tile goes through the same GemmEx: the forward writes the tile's
+ * output columns, the input gradient adds the tile's share; the whole
+ * weight never exists dequantized. DoRA's norm reads f32 tiles.
+ *
  * DoRA's row norms, output and magnitude gradient, and the KL head's per-row
  * ce / kl / gradient, are kernels around elem.h's helpers (the CPU backend's
  * formulas); their cross-row sums run in fixed-size blocks added in order,
@@ -31,8 +38,8 @@
  * This file is the host side (memory, launches, cuBLAS, errors, devices);
  * the kernels are one file per op family, included below into this one
  * translation unit: pointwise.cuh, attention.cuh (with mma.cuh), dora.cuh,
- * lmhead.cuh, and reduce.cuh, which they share. The emulation tests include
- * the same files. */
+ * lmhead.cuh, and reduce.cuh, which they share; q4gemm.cuh holds the host
+ * tile loops of 4-bit weights. The emulation tests include the same files. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -50,6 +57,7 @@ extern "C" {
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/plan.h"
 }
+#include "kernels/cuda/quant_cuda.h"
 #include "kernels/elem.h"
 
 #define CUBLAS_WS_BYTES ((size_t)32 << 20)
@@ -166,6 +174,7 @@ static unsigned grid_for(cu_impl *c, size_t n) { return cuplan_grid(n, CUPLAN_BL
 #include "kernels/cuda/attention.cuh"
 #include "kernels/cuda/dora.cuh"
 #include "kernels/cuda/lmhead.cuh"
+#include "kernels/cuda/q4gemm.cuh"
 
 /* ---- memory ---- */
 
@@ -419,46 +428,97 @@ static void gemm(cu_impl *c, kb_dtype dt, int ta, int tb, int M, int N, int K, f
              "cublasGemmEx (%dx%dx%d) on %s: %s", M, N, K, c->name, cublasGetStatusString(s));
 }
 
+/* The GEMM operand dtype of a linear layer: its weights', or for a 4-bit
+ * weight the dtype of its dequantized tiles. */
+static kb_dtype operand_dtype(const kb_backend *be, const kb_linear *L) {
+    return L->qW && be->weight_dtype != KB_F32 ? KB_BF16 : be->weight_dtype;
+}
+
+/* Rows [r0, r0 + nr) of a 4-bit weight into tile, dt (bf16 or f32);
+ * nonzero once the backend has failed. */
+static int dequant_rows(cu_impl *c, const kb_linear *L, int r0, int nr, void *tile, kb_dtype dt) {
+    lr_err e;
+    if (!c->failed && kq_cuda_dequant(L->qW, r0, nr, tile, dt == KB_BF16, c->st, &e))
+        fail(c, LR_E_INTERNAL, "%s on %s", e.msg, c->name);
+    return c->failed;
+}
+
+/* The scratch of a linear op: the operand dtype's layout, plus the
+ * dequantized tile of a 4-bit weight. */
+static void linear_layout(const kb_backend *be, const kb_linear *L, int N, int r, int drop, int dora, int backward,
+                          cuplan_linear *lay) {
+    kb_dtype dt = operand_dtype(be, L);
+    cuplan_linear_layout(dt, N, L->in, L->out, r, drop, dora, backward, lay);
+    if (L->qW) cuplan_linear_q4(dt, L->in, L->out, lay);
+}
+
 /* z[N,out] = x W^T + beta z; x goes through lowp (scratch [N,in], NULL with
- * f32 weights) rounded to the weight dtype. */
-static void base_gemm(cu_impl *c, kb_dtype dt, const kb_linear *L, void *lowp, const float *x, int N, float beta,
-                      float *z) {
+ * f32 weights) rounded to dt, the operand dtype. A 4-bit W is dequantized
+ * qrows rows at a time into qt, each tile giving its columns of z. */
+static void base_gemm(cu_impl *c, kb_dtype dt, const kb_linear *L, void *lowp, void *qt, int qrows, const float *x,
+                      int N, float beta, float *z) {
     const void *xop = x;
     if (lowp) {
         to_lowp(c, dt, lowp, x, (size_t)N * L->in);
         xop = lowp;
     }
-    if (L->w_in_out) gemm(c, dt, 0, 0, N, L->out, L->in, 1.0f, xop, L->in, L->W, L->out, beta, z, L->out);
-    else gemm(c, dt, 0, 1, N, L->out, L->in, 1.0f, xop, L->in, L->W, L->in, beta, z, L->out);
+    if (L->qW) {
+        q4_xwt([&](int r0, int nr, void *t) { return dequant_rows(c, L, r0, nr, t, dt); },
+               [&](int ta, int tb, int M, int n, int K, float al, const void *A, int lda, const void *B, int ldb,
+                   float bt, float *C, int ldc) { gemm(c, dt, ta, tb, M, n, K, al, A, lda, B, ldb, bt, C, ldc); },
+               N, L->in, L->out, qrows, xop, qt, beta, z);
+    } else if (L->w_in_out) {
+        gemm(c, dt, 0, 0, N, L->out, L->in, 1.0f, xop, L->in, L->W, L->out, beta, z, L->out);
+    } else {
+        gemm(c, dt, 0, 1, N, L->out, L->in, 1.0f, xop, L->in, L->W, L->in, beta, z, L->out);
+    }
 }
-/* dx[N,in] = g W + beta dx, g [N,out] rounded the same way. */
-static void input_grad(cu_impl *c, kb_dtype dt, const kb_linear *L, void *lowp, const float *g, int N, float beta,
-                       float *dx) {
+/* dx[N,in] = g W + beta dx, g [N,out] rounded the same way; a 4-bit W adds
+ * g[:, tile] W_tile tile by tile. */
+static void input_grad(cu_impl *c, kb_dtype dt, const kb_linear *L, void *lowp, void *qt, int qrows, const float *g,
+                       int N, float beta, float *dx) {
     const void *gop = g;
     if (lowp) {
         to_lowp(c, dt, lowp, g, (size_t)N * L->out);
         gop = lowp;
     }
-    if (L->w_in_out) gemm(c, dt, 0, 1, N, L->in, L->out, 1.0f, gop, L->out, L->W, L->out, beta, dx, L->in);
-    else gemm(c, dt, 0, 0, N, L->in, L->out, 1.0f, gop, L->out, L->W, L->in, beta, dx, L->in);
+    if (L->qW) {
+        q4_gw([&](int r0, int nr, void *t) { return dequant_rows(c, L, r0, nr, t, dt); },
+              [&](int ta, int tb, int M, int n, int K, float al, const void *A, int lda, const void *B, int ldb,
+                  float bt, float *C, int ldc) { gemm(c, dt, ta, tb, M, n, K, al, A, lda, B, ldb, bt, C, ldc); },
+              N, L->in, L->out, qrows, gop, cuplan_dtype_size(dt), qt, beta, dx);
+    } else if (L->w_in_out) {
+        gemm(c, dt, 0, 1, N, L->in, L->out, 1.0f, gop, L->out, L->W, L->out, beta, dx, L->in);
+    } else {
+        gemm(c, dt, 0, 0, N, L->in, L->out, 1.0f, gop, L->out, L->W, L->in, beta, dx, L->in);
+    }
 }
 
 /* ---- DoRA ---- */
 
 /* B A is f32 (cuBLAS, no TF32), a block of output rows at a time so that
- * the scratch stays within CUPLAN_DORA_BUDGET for any layer. */
+ * the scratch stays within CUPLAN_DORA_BUDGET for any layer; a 4-bit W's
+ * rows of the block are dequantized to f32 beside it (the norm of the
+ * dequantized weight, as on the CPU and in PEFT). */
 static void cu_dora_norm(kb_backend *be, const kb_linear *L, float *wnorm) {
     cu_impl *c = impl_of(be);
     const kb_lora *l = L->lora;
     if (c->failed || !l || L->out <= 0) return;
-    int in = L->in, out = L->out, rows = cuplan_dora_rows(in, out, CUPLAN_DORA_BUDGET);
-    float *BA = (float *)ws_get(c, (size_t)rows * in * sizeof(float), "DoRA norm scratch");
+    int in = L->in, out = L->out, q4 = L->qW != NULL;
+    int rows = cuplan_dora_rows(in, out, q4 ? CUPLAN_DORA_BUDGET / 2 : CUPLAN_DORA_BUDGET);
+    float *BA = (float *)ws_get(c, (size_t)rows * in * sizeof(float) * (q4 ? 2 : 1), "DoRA norm scratch");
     if (!BA) return;
+    float *wt = q4 ? BA + (size_t)rows * in : NULL;
     for (int j0 = 0; j0 < out && !c->failed; j0 += rows) {
         int m = out - j0 < rows ? out - j0 : rows;
         gemm(c, KB_F32, 0, 0, m, in, l->r, 1.0f, l->B + (size_t)j0 * l->r, l->r, l->A, in, 0.0f, BA, in);
-        WDISPATCH(be->weight_dtype, dora_norm_k<W><<<m, CUPLAN_BLOCK, 0, c->st>>>(wnorm, (const W *)L->W, BA, j0, in,
-                                                                                  out, L->w_in_out, l->scale));
+        if (q4) {
+            if (dequant_rows(c, L, j0, m, wt, KB_F32)) return;
+            dora_norm_k<float><<<m, CUPLAN_BLOCK, 0, c->st>>>(wnorm + j0, wt, BA, 0, in, m, 0, l->scale);
+        } else {
+            WDISPATCH(be->weight_dtype, dora_norm_k<W><<<m, CUPLAN_BLOCK, 0, c->st>>>(
+                                            wnorm, (const W *)L->W, BA, j0, in, out, L->w_in_out, l->scale));
+        }
         launched(c, "dora_norm");
     }
 }
@@ -468,21 +528,22 @@ static void cu_dora_norm(kb_backend *be, const kb_linear *L, float *wnorm) {
 static void cu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N) {
     cu_impl *c = impl_of(be);
     if (c->failed || N <= 0) return;
-    kb_dtype dt = be->weight_dtype;
+    kb_dtype dt = be->weight_dtype, ot = operand_dtype(be, L);
     const kb_lora *l = L->lora;
     int drop = l && l->dropout > 0.0f, dora = l && l->mag, out = L->out;
     cuplan_linear lay;
-    cuplan_linear_layout(dt, N, L->in, out, l ? l->r : 0, drop, dora, 0, &lay);
+    linear_layout(be, L, N, l ? l->r : 0, drop, dora, 0, &lay);
     char *ws = ws_get(c, lay.total, "linear layer scratch");
     if (lay.total && !ws) return;
     void *lowp = lay.x_lowp == SIZE_MAX ? NULL : ws + lay.x_lowp;
+    void *qt = lay.qtile == SIZE_MAX ? NULL : ws + lay.qtile;
     size_t ny = (size_t)N * out, nx = (size_t)N * L->in;
     float beta = 0.0f;
     if (L->b && !dora) { /* DoRA adds the bias after scaling */
         WDISPATCH(dt, bias_rows_k<W><<<grid_for(c, ny), CUPLAN_BLOCK, 0, c->st>>>(y, (const W *)L->b, N, out));
         beta = 1.0f;
     }
-    base_gemm(c, dt, L, lowp, x, N, beta, y);
+    base_gemm(c, ot, L, lowp, qt, lay.qrows, x, N, beta, y);
     launched(c, "linear_fwd");
     if (!l) return;
     const float *xd = x;
@@ -500,7 +561,7 @@ static void cu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *x
     /* DoRA: y = lr_dora_out(x W^T, drop(x) W^T, scale xa B^T) per element */
     float *u = (float *)(ws + lay.dz), *zb = drop ? (float *)(ws + lay.zb) : NULL;
     gemm(c, KB_F32, 0, 1, N, out, l->r, l->scale, xa, l->r, l->B, l->r, 0.0f, u, out);
-    if (drop) base_gemm(c, dt, L, lowp, xd, N, 0.0f, zb);
+    if (drop) base_gemm(c, ot, L, lowp, qt, lay.qrows, xd, N, 0.0f, zb);
     WDISPATCH(dt, dora_out_k<W><<<grid_for(c, ny), CUPLAN_BLOCK, 0, c->st>>>(y, zb, u, l->mag, l->wnorm,
                                                                             (const W *)L->b, out, ny));
     launched(c, "linear_fwd dora");
@@ -510,17 +571,19 @@ static void cu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_
                           const float *xa, int N) {
     cu_impl *c = impl_of(be);
     if (c->failed || N <= 0) return;
-    kb_dtype dt = be->weight_dtype;
+    kb_dtype dt = operand_dtype(be, L);
     const kb_lora *l = L->lora;
     int drop = l && l->dropout > 0.0f, dora = l && l->mag, r = l ? l->r : 0, out = L->out;
     cuplan_linear lay;
-    cuplan_linear_layout(dt, N, L->in, out, r, drop, dora, 1, &lay);
+    linear_layout(be, L, N, r, drop, dora, 1, &lay);
     char *ws = ws_get(c, lay.total, "linear layer scratch");
     if (lay.total && !ws) return;
     void *lowp = lay.x_lowp == SIZE_MAX ? NULL : ws + lay.x_lowp;
+    void *qt = lay.qtile == SIZE_MAX ? NULL : ws + lay.qtile;
+    int qr = lay.qrows;
     size_t nx = (size_t)N * L->in, ny = (size_t)N * out;
     float bx = dx_acc ? 1.0f : 0.0f;
-    if (dx && !dora) input_grad(c, dt, L, lowp, dy, N, bx, dx);
+    if (dx && !dora) input_grad(c, dt, L, lowp, qt, qr, dy, N, bx, dx);
     if (!l) return;
     float *dh = (float *)(ws + lay.dh);
     const float *xd = x;
@@ -536,7 +599,7 @@ static void cu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_
          * (the pre-bias direction term); then G = s dy for the LoRA path */
         unsigned parts = (unsigned)((N + CUPLAN_DORA_ROWS - 1) / CUPLAN_DORA_ROWS), cols = (unsigned)((out + 127) / 128);
         double *part = (double *)(ws + lay.part);
-        base_gemm(c, dt, L, lowp, xd, N, 0.0f, G);
+        base_gemm(c, dt, L, lowp, qt, qr, xd, N, 0.0f, G);
         gemm(c, KB_F32, 0, 1, N, out, r, l->scale, xa, r, l->B, r, 1.0f, G, out);
         dora_dmag_part_k<<<dim3(cols, parts), 128, 0, c->st>>>(part, G, dy, l->mag, l->wnorm, N, out);
         dora_dmag_k<<<cols, 128, 0, c->st>>>(l->dmag, part, l->wnorm, (int)parts, out);
@@ -548,14 +611,14 @@ static void cu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_
     gemm(c, KB_F32, 0, 0, N, r, out, l->scale, g, out, l->B, r, 0.0f, dh, r);
     gemm(c, KB_F32, 1, 0, r, L->in, N, 1.0f, dh, r, xd, L->in, 1.0f, l->dA, L->in);
     if (dx && !drop) {
-        if (dora) input_grad(c, dt, L, lowp, g, N, bx, dx); /* the base path is scaled by s as well */
+        if (dora) input_grad(c, dt, L, lowp, qt, qr, g, N, bx, dx); /* the base path is scaled by s too */
         gemm(c, KB_F32, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, dx, L->in);
     } else if (dx) {
         if (dora) {
             /* the undropped base path carries dy, the dropped one (s - 1) dy = G - dy */
-            input_grad(c, dt, L, lowp, dy, N, bx, dx);
+            input_grad(c, dt, L, lowp, qt, qr, dy, N, bx, dx);
             sub_k<<<grid_for(c, ny), CUPLAN_BLOCK, 0, c->st>>>(G, dy, ny);
-            input_grad(c, dt, L, lowp, G, N, 0.0f, t);
+            input_grad(c, dt, L, lowp, qt, qr, G, N, 0.0f, t);
         }
         gemm(c, KB_F32, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, dora ? 1.0f : 0.0f, t, L->in);
         dropout_acc_k<<<grid_for(c, nx), CUPLAN_BLOCK, 0, c->st>>>(dx, t, l->seed, l->dropout, nx);
@@ -892,6 +955,7 @@ extern "C" int kb_cuda_create(int device, kb_dtype wdt, kb_backend **out, lr_err
     be->name = c->name;
     be->weight_dtype = wdt;
     be->threads = 1;
+    be->quant4 = 1;
     be->impl = c;
     be->alloc = cu_alloc;
     be->free = cu_free;

@@ -63,7 +63,8 @@ size_t cuplan_dtype_size(kb_dtype dt) { return dt == KB_F32 ? 4 : 2; }
 void cuplan_linear_layout(kb_dtype wdt, int N, int in, int out, int r, int dropout, int dora, int backward,
                           cuplan_linear *o) {
     size_t off = 0, n = (size_t)N;
-    o->x_lowp = o->drop = o->dh = o->dz = o->zb = o->part = SIZE_MAX;
+    o->x_lowp = o->drop = o->dh = o->dz = o->zb = o->part = o->qtile = SIZE_MAX;
+    o->qrows = 0;
     dora = dora && r > 0;
     int lw = backward ? (dora && in > out ? in : out) : in;
     if (wdt != KB_F32) o->x_lowp = carve(&off, n * (size_t)lw * cuplan_dtype_size(wdt));
@@ -73,6 +74,13 @@ void cuplan_linear_layout(kb_dtype wdt, int N, int in, int out, int r, int dropo
     if (dora && dropout && !backward) o->zb = carve(&off, n * (size_t)out * sizeof(float));
     if (dora && backward)
         o->part = carve(&off, (n + CUPLAN_DORA_ROWS - 1) / CUPLAN_DORA_ROWS * (size_t)out * sizeof(double));
+    o->total = off;
+}
+
+void cuplan_linear_q4(kb_dtype tdt, int in, int out, cuplan_linear *o) {
+    size_t off = o->total, es = cuplan_dtype_size(tdt);
+    o->qrows = cuplan_q4_rows(out, in, es, CUPLAN_Q4_BUDGET);
+    o->qtile = carve(&off, (size_t)o->qrows * (size_t)in * es);
     o->total = off;
 }
 

@@ -90,9 +90,15 @@ int cuplan_attention_tc(int T, int D, size_t smem_optin, cuplan_attn_tc *out);
  * total: bytes. */
 typedef struct cuplan_linear {
     size_t x_lowp, drop, dh, dz, zb, part, total;
+    size_t qtile; /* cuplan_linear_q4's tile, else SIZE_MAX */
+    int qrows;    /* rows of that tile, else 0 */
 } cuplan_linear;
 void cuplan_linear_layout(kb_dtype wdt, int N, int in, int out, int r, int dropout, int dora, int backward,
                           cuplan_linear *o);
+/* A 4-bit weight (QLoRA, see CUPLAN_Q4_BUDGET below): appends to a layout
+ * made with wdt = tdt, the dtype its tiles are dequantized into (the GEMM
+ * operand), the tile qtile, qrows weight rows [qrows, in] of tdt. */
+void cuplan_linear_q4(kb_dtype tdt, int in, int out, cuplan_linear *o);
 
 /* dora_norm computes B A a block of output rows at a time, in budget bytes
  * of f32: the rows per block, at least 1, at most out. */

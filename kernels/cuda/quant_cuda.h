@@ -5,9 +5,8 @@
  * run too: the f32 values are bit for bit the CPU's, the bf16 ones those
  * rounded to nearest even.
  *
- * Built only with nvcc (LR_HAVE_CUDA). The CUDA backend's linear ops do not
- * call it yet: until they do, kb_backend.quant4 is 0 there and model_load
- * refuses a 4-bit base on a GPU with a message that says so. */
+ * Built only with nvcc (LR_HAVE_CUDA). The CUDA backend's linear ops and
+ * DoRA norm call it on each tile of a 4-bit weight (backend_cuda.cu). */
 #ifndef LR_QUANT_CUDA_H
 #define LR_QUANT_CUDA_H
 

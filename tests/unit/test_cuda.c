@@ -15,7 +15,9 @@
  * the activation is rounded to 16 bits for the tensor cores, 1e-6 where it
  * is not; DoRA norms 1e-6 and LoRA gradients 1e-5 on every dtype, the KL
  * head's kl 5e-3 bf16 / 1e-3 f16; attention with 16-bit weights runs the
- * tensor-core kernels, 1e-2 on bf16-exact inputs), then
+ * tensor-core kernels, 1e-2 on bf16-exact inputs; a linear layer on a
+ * 4-bit base with LoRA or DoRA, on the same codes as the CPU: 1e-5 with f32
+ * weights, 2e-2 with 16-bit ones, whose tiles are bf16), then
  * whole models: the loss and LoRA gradients of one batch for each
  * architecture (loss 1e-5 / grads 1e-4 with f32 weights; loss 1e-3 /
  * grads 5e-2 with bf16 weights, and with an f16 model, which the backend
@@ -358,6 +360,23 @@ TEST(plan_q4_rows) {
     CHECK_EQ_INT(cuplan_q4_rows(100, 10, 4, (size_t)1 << 20), 100);
     CHECK_EQ_INT(cuplan_q4_rows(1000, 1000, 4, 40 * 1000 * 4), 40);
     CHECK_EQ_INT(cuplan_q4_rows(5, 1 << 30, 4, (size_t)1 << 20), 1);
+    /* a linear op's scratch gains the tile after the regions it had */
+    cuplan_linear l;
+    int N = 1000, in = 4096, out = 14336, r = 16;
+    cuplan_linear_layout(KB_BF16, N, in, out, r, 1, 1, 1, &l);
+    CHECK(l.qtile == SIZE_MAX && l.qrows == 0);
+    size_t before = l.total;
+    cuplan_linear_q4(KB_BF16, in, out, &l);
+    CHECK_EQ_INT(l.qrows, 4096);
+    CHECK(l.qtile >= before && l.qtile % CUPLAN_ALIGN == 0 && l.total == l.qtile + (size_t)4096 * in * 2);
+    size_t np = (N + CUPLAN_DORA_ROWS - 1) / CUPLAN_DORA_ROWS;
+    size_t off[] = {l.x_lowp, l.drop, l.dh, l.dz, l.part, l.qtile};
+    size_t len[] = {(size_t)N * out * 2, (size_t)N * in * 4, (size_t)N * r * 4, (size_t)N * out * 4, np * out * 8,
+                    (size_t)4096 * in * 2};
+    CHECK(disjoint(off, len, 6, l.total));
+    cuplan_linear_layout(KB_F32, N, 70, 200, 0, 0, 0, 0, &l);
+    cuplan_linear_q4(KB_F32, 70, 200, &l);
+    CHECK(l.qtile == 0 && l.qrows == 200 && l.total == (size_t)200 * 70 * 4);
 }
 
 /* 4-bit linear weights: half a byte per weight plus an f32 scale per 64
@@ -819,6 +838,110 @@ TEST(op_linear_dora) {
     dora_case(KB_BF16, 1, 0, 0.0f, 2e-2);
     dora_case(KB_F16, 1, 1, 0.1f, 4e-3);
     dora_case(KB_F16, 0, 0, 0.0f, 4e-3);
+}
+
+/* A 4-bit weight of W [out, in] for the CPU (host arrays, *h) and the GPU
+ * (the same bytes uploaded, *d); free(h->codes), free(h->absmax or
+ * h->qabsmax's block) afterwards. */
+static void q4_weights(kb_backend *g, const float *W, int out, int in, kq_type t, int dq, kq_weight *h, kq_weight *d) {
+    size_t n = (size_t)out * in, nb = kq_nblocks(n), nn = kq_nested_nblocks(n);
+    uint8_t *codes = malloc(kq_code_bytes(n)), *qabs = dq ? malloc(nb) : NULL;
+    float *absmax = malloc(nb * sizeof(float)), *nabs = malloc(nn * sizeof(float));
+    memset(h, 0, sizeof *h);
+    h->type = t, h->rows = out, h->cols = in;
+    kq_book(t, h->book);
+    memcpy(h->nbook, kq_dynamic_map(), sizeof h->nbook);
+    kq_quantize(t, W, n, codes, absmax, qabs, nabs, &h->offset, 2);
+    h->codes = codes;
+    h->absmax = dq ? NULL : absmax;
+    h->qabsmax = qabs;
+    h->nabsmax = dq ? nabs : NULL;
+    *d = *h;
+    d->codes = g->alloc(g, kq_code_bytes(n));
+    g->upload(g, (void *)d->codes, codes, kq_code_bytes(n));
+    if (dq) {
+        d->qabsmax = g->alloc(g, nb);
+        g->upload(g, (void *)d->qabsmax, qabs, nb);
+        d->nabsmax = put(g, nabs, nn);
+        free(absmax);
+    } else {
+        d->absmax = put(g, absmax, nb);
+        free(nabs);
+    }
+}
+
+/* A linear layer on a 4-bit base (QLoRA) with LoRA or DoRA, forward,
+ * backward and DoRA's norm, against the CPU backend on the same codes: the
+ * GPU dequantizes tiles (bf16 with 16-bit weights, f32 with f32 ones) into
+ * its GEMM, the CPU into its sgemm. out x in past CUPLAN_Q4_BUDGET (big)
+ * takes two tiles, and DoRA's norm three blocks. */
+static void q4_case(kb_dtype wdt, kq_type t, int dq, int dora, float dropout, int big, double tol) {
+    kb_backend *g = gpu(wdt), *c = cpu();
+    int N = big ? 16 : 70, in = big ? 4096 : 96, out = big ? 4200 : 200, r = 8;
+    size_t nw = (size_t)in * out, nx = (size_t)N * in, ny = (size_t)N * out;
+    if (big) REQUIRE(cuplan_q4_rows(out, in, 2, CUPLAN_Q4_BUDGET) < out);
+    float *W = rnd(nw, 0.1f), *b = rnd(out, 0.1f), *x = rnd(nx, 1), *dy = rnd(ny, 1), *dx = rnd(nx, 1);
+    float *A = rnd((size_t)r * in, 0.1f), *Bm = rnd((size_t)out * r, 0.1f), *dA = rnd((size_t)r * in, 0.1f);
+    float *dB = rnd((size_t)out * r, 0.1f), *dmag = rnd(out, 0.1f), *wn = calloc(out, 4), *mag = calloc(out, 4);
+    float *y = calloc(ny, 4), *xa = calloc((size_t)N * r, 4), *h;
+    kq_weight qc, qg;
+    q4_weights(g, W, out, in, t, dq, &qc, &qg);
+    void *gb = put_w(g, b, out);
+    kb_lora lc = {.A = A, .B = Bm, .dA = dA, .dB = dB, .r = r, .scale = 2.0f, .dropout = dropout, .seed = 7};
+    kb_lora lg = {.A = put(g, A, (size_t)r * in), .B = put(g, Bm, (size_t)out * r), .dA = put(g, dA, (size_t)r * in),
+                  .dB = put(g, dB, (size_t)out * r), .r = r, .scale = 2.0f, .dropout = dropout, .seed = 7};
+    kb_linear Lc = {NULL, b, in, out, 0, &lc, NULL, NULL, &qc}, Lg = {NULL, gb, in, out, 0, &lg, NULL, NULL, &qg};
+    if (dora) {
+        float *gwn = g->alloc(g, (size_t)out * 4);
+        lc.wnorm = wn, lc.dmag = dmag, lg.wnorm = gwn, lg.dmag = put(g, dmag, out);
+        c->dora_norm(c, &Lc, wn);
+        g->dora_norm(g, &Lg, gwn);
+        /* f32 dequantized rows on both sides */
+        CHECK_REL((h = get(g, gwn, out)), wn, out, 1e-6);
+        free(h);
+        for (int j = 0; j < out; j++) mag[j] = wn[j] * (1.0f + 0.3f * frand());
+        lc.mag = mag, lg.mag = put(g, mag, out);
+    }
+    float *gx = put(g, x, nx), *gy = g->alloc(g, ny * 4), *gxa = g->alloc(g, (size_t)N * r * 4);
+    float *gdy = put(g, dy, ny), *gdx = put(g, dx, nx);
+    c->linear_fwd(c, &Lc, y, xa, x, N);
+    g->linear_fwd(g, &Lg, gy, gxa, gx, N);
+    h = get(g, gy, ny);
+    CHECKF(relerr(h, y, ny) <= tol, "4-bit y (dtype %d, type %d, dq %d, dora %d, dropout %g): %.3g", wdt, t, dq, dora,
+           dropout, relerr(h, y, ny));
+    free(h);
+    c->linear_bwd(c, &Lc, dx, 1, dy, x, xa, N);
+    g->linear_bwd(g, &Lg, gdx, 1, gdy, gx, gxa, N);
+    h = get(g, gdx, nx);
+    CHECKF(relerr(h, dx, nx) <= tol, "4-bit dx (dtype %d, type %d, dq %d, dora %d, dropout %g): %.3g", wdt, t, dq,
+           dora, dropout, relerr(h, dx, nx));
+    free(h);
+    CHECK_REL((h = get(g, lg.dA, (size_t)r * in)), dA, (size_t)r * in, dora || wdt == KB_F32 ? 1e-5 : tol);
+    free(h);
+    CHECK_REL((h = get(g, lg.dB, (size_t)out * r)), dB, (size_t)out * r, dora || wdt == KB_F32 ? 1e-5 : tol);
+    free(h);
+    if (dora) {
+        h = get(g, lg.dmag, out);
+        CHECKF(relerr(h, dmag, out) <= tol, "4-bit dmag (dtype %d): %.3g", wdt, relerr(h, dmag, out));
+        free(h);
+    }
+    check_ok(g);
+    free((void *)qc.codes), free((void *)qc.absmax), free((void *)qc.qabsmax), free((void *)qc.nabsmax);
+    free(W), free(b), free(x), free(dy), free(dx), free(A), free(Bm), free(dA), free(dB), free(dmag), free(wn);
+    free(mag), free(y), free(xa);
+    kb_destroy(g), kb_destroy(c);
+}
+TEST(op_linear_q4) {
+    NEED_GPU(g, KB_F32);
+    kb_destroy(g);
+    q4_case(KB_F32, KQ_NF4, 0, 0, 0.0f, 0, 1e-5);
+    q4_case(KB_F32, KQ_NF4, 1, 0, 0.1f, 0, 1e-5);
+    q4_case(KB_F32, KQ_FP4, 0, 1, 0.1f, 0, 1e-5);
+    q4_case(KB_F32, KQ_NF4, 1, 1, 0.0f, 1, 1e-5);
+    q4_case(KB_BF16, KQ_NF4, 0, 0, 0.1f, 0, 2e-2);
+    q4_case(KB_BF16, KQ_NF4, 1, 1, 0.0f, 0, 2e-2);
+    q4_case(KB_BF16, KQ_NF4, 0, 1, 0.1f, 1, 2e-2);
+    q4_case(KB_F16, KQ_FP4, 1, 0, 0.0f, 0, 2e-2); /* f16 model: bf16 tiles */
 }
 
 /* dora_norm of a layer whose B A does not fit one CUPLAN_DORA_BUDGET block

@@ -327,8 +327,8 @@ TEST(jobspec_quantize) {
     CHECK_STR(e.param, "lora.double_quant");
     CHECK(spec_parse("model: m\ntraining_file: f\nmethod: {type: full_sft}\nlora: {quantize: nf4}\n", &s, &e) != 0);
     CHECK_STR(e.param, "lora.quantize");
-    CHECK(spec_parse("model: m\ntraining_file: f\ndevice: cuda\nlora: {quantize: nf4}\n", &s, &e) != 0);
-    CHECK_STR(e.param, "lora.quantize");
+    CHECK(spec_parse("model: m\ntraining_file: f\ndevice: cuda\nlora: {quantize: nf4}\n", &s, &e) == 0);
+    CHECK(s.device == DEV_CUDA && s.lora.quantize == KQ_NF4);
     CHECK(spec_parse("model: m\ntraining_file: f\ndevice: cpu\nlora: {quantize: nf4}\n", &s, &e) == 0);
 }
 
