@@ -72,6 +72,15 @@ CUDA_SRC   :=
 CUDA_LIBS  :=
 endif
 
+# Objects depend on the flags they were built with: a build folder first
+# built without nvcc or MPI (or with SAN) is rebuilt when they change,
+# instead of linking objects of two configurations.
+CONFIG_STAMP := $(BUILD)/.config
+CONFIG_LINE  := $(CC) $(CPPFLAGS) $(CFLAGS) | $(NVCC) $(NVCCFLAGS) | $(LDLIBS) $(CUDA_LIBS)
+ifneq ($(CONFIG_LINE),$(shell cat $(CONFIG_STAMP) 2>/dev/null))
+$(shell mkdir -p $(BUILD) && printf '%s\n' '$(CONFIG_LINE)' > $(CONFIG_STAMP))
+endif
+
 COMMON_SRC := $(wildcard common/*.c proto/*.c)
 KERNEL_SRC := $(wildcard kernels/*.c kernels/cpu/*.c kernels/cuda/*.c)
 WORKER_SRC := $(filter-out worker/main.c,$(wildcard worker/*.c))
@@ -98,11 +107,11 @@ endif
 deps:
 	@bash mk/deps.sh
 
-$(BUILD)/obj/%.o: %.c
+$(BUILD)/obj/%.o: %.c $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cu
+$(BUILD)/obj/%.o: %.cu $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
