@@ -52,8 +52,10 @@ static int take_hyper(json_t *from, const char *where, json_t *hp, json_t *metho
                            i < 2 ? "integer" : "number");
         if (i == 2) json_object_set(meta, "learning_rate_multiplier", v);
         else if (i == 3) json_object_set(method, "beta", v);
-        else json_object_set(hp, keys[i], v);
-        json_object_del(from, keys[i]);
+        else if (from != hp) json_object_set(hp, keys[i], v);
+        /* lorad's own hyperparameters section is also where n_epochs and
+         * batch_size stay: deleting them there would drop what was asked */
+        if (i >= 2 || from != hp) json_object_del(from, keys[i]);
     }
     return 0;
 }
@@ -122,16 +124,14 @@ static int take_method(json_t *body, json_t *hp, json_t *meta, lr_err *err) {
     for (size_t i = 0; i < 3; i++) {
         json_t *sec = json_object_get(m, secs[i]);
         if (!sec) continue;
-        char where[64];
-        snprintf(where, sizeof where, "method.%s.hyperparameters", secs[i]);
-        if (i == 2 || !json_is_object(sec))
-            return lr_errp(err, LR_E_INVALID, i == 2 ? "method.reinforcement" : where + 0,
-                           "method.%s %s", secs[i], i == 2 ? "is not supported" : "must be an object");
+        char name[32], where[64];
+        snprintf(name, sizeof name, "method.%s", secs[i]);
+        snprintf(where, sizeof where, "%s.hyperparameters", name);
+        if (i == 2) return lr_errp(err, LR_E_INVALID, name, "%s is not supported", name);
+        if (!json_is_object(sec)) return lr_errp(err, LR_E_INVALID, name, "%s must be an object", name);
         json_t *h = json_object_get(sec, "hyperparameters");
-        if (h && (!json_is_object(h) || take_hyper(h, where, hp, m, meta, err))) {
-            if (!err->msg[0]) lr_errp(err, LR_E_INVALID, where, "%s must be an object", where);
-            return -1;
-        }
+        if (h && !json_is_object(h)) return lr_errp(err, LR_E_INVALID, where, "%s must be an object", where);
+        if (h && take_hyper(h, where, hp, m, meta, err)) return -1;
         json_object_del(m, secs[i]);
     }
     return 0;
