@@ -2206,9 +2206,11 @@ static int tuned_exists(ctx *c, json_t *j) {
 }
 
 static json_t *tuned_model_json(json_t *j) {
-    return json_pack("{s:O, s:s, s:O, s:O, s:O, s:O}", "id", json_object_get(j, "fine_tuned_model"), "object", "model",
-                     "created", json_object_get(j, "finished_at"), "owned_by", json_object_get(j, "user"), "job",
-                     json_object_get(j, "id"), "base_model", json_object_get(j, "model"));
+    /* owner as on registered models (lorad's field), owned_by as OpenAI's */
+    return json_pack("{s:O, s:s, s:O, s:O, s:O, s:O, s:O}", "id", json_object_get(j, "fine_tuned_model"), "object",
+                     "model", "created", json_object_get(j, "finished_at"), "owned_by", json_object_get(j, "user"),
+                     "owner", json_object_get(j, "user"), "job", json_object_get(j, "id"), "base_model",
+                     json_object_get(j, "model"));
 }
 
 /* GET /v1/models lists the fine-tuned models after the registered ones:
@@ -2354,7 +2356,8 @@ static int completion_args(ctx *c, json_t *o, runner_gen *g, int *stream, int *u
         } else if (!strcmp(k, "seed")) bad = body_number(c, v, k, 0, 9007199254740992.0, 1, &x), g->seed = (long long)x;
         else if (!strcmp(k, "stop")) bad = body_stops(c, v, g);
         else if (!strcmp(k, "n")) {
-            bad = body_number(c, v, k, 1, 1, 1, &x);
+            if (!json_is_integer(v) || json_integer_value(v) != 1)
+                bad = 1, fail(c, 400, "invalid_request", k, "n must be 1: lorad answers with one choice");
         } else if (!strcmp(k, "stream")) {
             if (!json_is_boolean(v)) bad = 1, fail(c, 400, "invalid_request", k, "stream must be true or false");
             *stream = json_is_true(v);
