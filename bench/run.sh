@@ -19,7 +19,8 @@
 # QLoRA: the qwen2.5-0.5b step again with its linear weights 4-bit NF4
 # (lora.quantize nf4): tokens/s and peak RSS next to the f32 run's, and the
 # 4-bit weights' bytes (codes + scales) over their f32 bytes.
-# Then data-parallel scaling (bench/dist.sh cpu: 1 rank x 2 threads vs 2
+# Then bf16 GEMM rates next to f32 (bench/bf16_gemm.c) unless
+# LR_BENCH_SKIP_BF16=1, data-parallel scaling (bench/dist.sh cpu: 1 rank x 2 threads vs 2
 # ranks x 1 thread, all-reduce share) unless LR_BENCH_SKIP_DIST=1, and the
 # HTTP load test (bench/http_load.sh) unless LR_BENCH_SKIP_HTTP=1.
 #
@@ -99,6 +100,17 @@ print("QLoRA, qwen2.5-0.5b 1x512: f32 %.1f tok/s, peak RSS %.0f MB; nf4 %.1f tok
 print("  4-bit linear weights: %.1f MB, %.3f of their %.1f MB in f32 (target <= 0.15); RSS target: at least 1100 MB less"
       % (q["quant_mb"], q["quant_mb"] / q["quant_f32_mb"], q["quant_f32_mb"]))
 PY
+fi
+if [ "${LR_BENCH_SKIP_BF16:-0}" != 1 ]; then
+  # bf16 GEMM options next to the f32 sgemm (issue 14, item 4): a measurement,
+  # the engine trains in f32 (bench/RESULTS.md says why).
+  echo
+  BLAS_I=$(for d in /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas; do [ -d "$d" ] && echo "-I$d"; done | head -1)
+  if cc -std=c11 -O2 -fopenmp $BLAS_I bench/bf16_gemm.c -o "$B/bf16_gemm" -lopenblas -ldl -lm; then
+    OPENBLAS_CORETYPE=$core "$B/bf16_gemm" 6 "$TH" # f32 on the engine's core type
+  else
+    echo "bf16 GEMM: bench/bf16_gemm.c did not build here; skipped"
+  fi
 fi
 if [ "${LR_BENCH_SKIP_DIST:-0}" != 1 ]; then
   echo
