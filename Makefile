@@ -81,7 +81,7 @@ ifneq ($(CONFIG_LINE),$(shell cat $(CONFIG_STAMP) 2>/dev/null))
 $(shell mkdir -p $(BUILD) && printf '%s\n' '$(CONFIG_LINE)' > $(CONFIG_STAMP))
 endif
 
-COMMON_SRC := $(wildcard common/*.c proto/*.c)
+COMMON_SRC := $(wildcard common/*.c proto/*.c formats/*.c)
 KERNEL_SRC := $(wildcard kernels/*.c kernels/cpu/*.c kernels/cuda/*.c)
 WORKER_SRC := $(filter-out worker/main.c,$(wildcard worker/*.c))
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))

@@ -27,9 +27,9 @@
 #include "daemon/upload.h"
 #include "proto/jobspec.h"
 #include "proto/jsonfmt.h"
-#include "worker/chat.h"
-#include "worker/data.h"
-#include "worker/tok.h"
+#include "formats/chat.h"
+#include "formats/data.h"
+#include "formats/tok.h"
 
 #define MAX_PARAMS 4
 #define PARAM_LEN 160

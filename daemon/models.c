@@ -7,7 +7,7 @@
 #include <sys/stat.h>
 
 #include "common/buf.h"
-#include "worker/hfconfig.h"
+#include "formats/hfconfig.h"
 
 int models_name_ok(const char *n) {
     size_t l = strlen(n);

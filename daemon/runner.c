@@ -22,7 +22,7 @@
 #include "daemon/models.h"
 #include "daemon/store.h"
 #include "proto/msg.h"
-#include "worker/merge.h"
+#include "formats/merge.h"
 
 extern char **environ;
 

@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 #include "common/err.h"
-#include "worker/data.h"
+#include "formats/data.h"
 
 typedef struct upload upload;
 

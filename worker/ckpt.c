@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
-#include "worker/safetensors.h"
+#include "formats/safetensors.h"
 
 #define CKPT_MAX_STATE (16u << 20)
 #define CKPT_MAX_LIST 4096

@@ -20,7 +20,7 @@
 #include "common/rng.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/gemm_select.h"
-#include "worker/adapter.h"
+#include "formats/adapter.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "worker/commands.h"
 #include "worker/model.h"

@@ -15,13 +15,13 @@
 
 #include "kernels/backend.h"
 #include "proto/msg.h"
-#include "worker/chat.h"
+#include "formats/chat.h"
 #include "worker/commands.h"
 #include "worker/generate.h"
 #include "worker/model.h"
 #include "worker/prompts.h"
-#include "worker/safetensors.h"
-#include "worker/tok.h"
+#include "formats/safetensors.h"
+#include "formats/tok.h"
 
 #define GENCMD_MAX_IDS 65536
 

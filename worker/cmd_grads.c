@@ -34,7 +34,7 @@
 #include "kernels/elem.h"
 #include "worker/commands.h"
 #include "worker/model.h"
-#include "worker/safetensors.h"
+#include "formats/safetensors.h"
 
 #define GRADS_MAX_BATCH (256u << 20)
 

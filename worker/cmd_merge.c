@@ -6,7 +6,7 @@
 
 #include "proto/msg.h"
 #include "worker/commands.h"
-#include "worker/merge.h"
+#include "formats/merge.h"
 
 static void usage(FILE *f) {
     fprintf(f, "usage: lora-worker merge --model DIR --adapter DIR --out DIR [--json]\n"

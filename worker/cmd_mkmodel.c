@@ -25,9 +25,9 @@
 #include "common/rng.h"
 #include "worker/commands.h"
 #include "worker/corpus.h"
-#include "worker/hfconfig.h"
-#include "worker/safetensors.h"
-#include "worker/tok.h"
+#include "formats/hfconfig.h"
+#include "formats/safetensors.h"
+#include "formats/tok.h"
 
 #define MK_CHUNK (1u << 20) /* values generated per write */
 #define MK_MERGES 445       /* 256 bytes + 445 merges + 3 specials = 704 = 11 * 64 */

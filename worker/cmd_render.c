@@ -8,10 +8,10 @@
 #include <string.h>
 
 #include "common/buf.h"
-#include "worker/chat.h"
+#include "formats/chat.h"
 #include "worker/commands.h"
-#include "worker/data.h"
-#include "worker/tok.h"
+#include "formats/data.h"
+#include "formats/tok.h"
 
 static void usage(FILE *f) {
     fprintf(f,

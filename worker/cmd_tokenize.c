@@ -7,7 +7,7 @@
 
 #include "common/buf.h"
 #include "worker/commands.h"
-#include "worker/tok.h"
+#include "formats/tok.h"
 
 #define TOKENIZE_MAX_INPUT ((size_t)1 << 30)
 

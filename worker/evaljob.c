@@ -14,12 +14,12 @@
 
 #include "common/buf.h"
 #include "kernels/backend.h"
-#include "worker/chat.h"
+#include "formats/chat.h"
 #include "worker/fmtcheck.h"
 #include "worker/generate.h"
 #include "worker/model.h"
 #include "worker/prompts.h"
-#include "worker/tok.h"
+#include "formats/tok.h"
 
 #define EVAL_MAX_RESULTS ((size_t)1 << 30) /* bytes of eval_results.jsonl */
 

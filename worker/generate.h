@@ -20,10 +20,10 @@
 #include <stdint.h>
 #include "common/err.h"
 #include "common/rng.h"
-#include "worker/chat.h"
-#include "worker/hfconfig.h"
+#include "formats/chat.h"
+#include "formats/hfconfig.h"
 #include "worker/model.h"
-#include "worker/tok.h"
+#include "formats/tok.h"
 
 #define GEN_MAX_STOP 8         /* stop strings */
 #define GEN_MAX_STOP_LEN 256   /* bytes in one stop string */

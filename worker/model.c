@@ -11,10 +11,10 @@
 #include "common/rng.h"
 #include "kernels/elem.h"
 #include "kernels/quant.h"
-#include "worker/adapter.h"
-#include "worker/bnb4.h"
-#include "worker/merge.h"
-#include "worker/safetensors.h"
+#include "formats/adapter.h"
+#include "formats/bnb4.h"
+#include "formats/merge.h"
+#include "formats/safetensors.h"
 
 /* The linear modules of a layer. GPT-2 uses four: S_Q is attn.c_attn
  * (q, k, v fused), S_O attn.c_proj, S_UP mlp.c_fc, S_DOWN mlp.c_proj. */

@@ -24,7 +24,7 @@
 #include "common/err.h"
 #include "kernels/backend.h"
 #include "kernels/quant.h"
-#include "worker/hfconfig.h"
+#include "formats/hfconfig.h"
 
 #define MODEL_MAX_TARGETS 16
 

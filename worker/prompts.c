@@ -8,7 +8,7 @@
 #include <strings.h>
 
 #include "common/buf.h"
-#include "worker/data.h"
+#include "formats/data.h"
 
 typedef struct impl {
     json_t *roots;  /* JSONL: every parsed line (the texts point into them) */

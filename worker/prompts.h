@@ -18,7 +18,7 @@
 
 #include <stddef.h>
 #include "common/err.h"
-#include "worker/chat.h"
+#include "formats/chat.h"
 
 #define PROMPTS_MAX_ROWS 1000000
 

@@ -58,12 +58,12 @@
 #include "common/buf.h"
 #include "common/rng.h"
 #include "kernels/backend.h"
-#include "worker/chat.h"
+#include "formats/chat.h"
 #include "worker/ckpt.h"
-#include "worker/data.h"
+#include "formats/data.h"
 #include "worker/dist.h"
 #include "worker/model.h"
-#include "worker/tok.h"
+#include "formats/tok.h"
 
 #define LOG_MAX_ROWS 1000000
 

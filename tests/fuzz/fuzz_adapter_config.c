@@ -2,7 +2,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "worker/adapter.h"
+#include "formats/adapter.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lr_err err = {0};

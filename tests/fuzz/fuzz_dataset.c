@@ -3,7 +3,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "worker/data.h"
+#include "formats/data.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lr_err err = {0};

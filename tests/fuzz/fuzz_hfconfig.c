@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/hfconfig.h"
+#include "formats/hfconfig.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lr_err err = {0};

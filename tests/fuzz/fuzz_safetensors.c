@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "worker/safetensors.h"
+#include "formats/safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lr_err err = {0};

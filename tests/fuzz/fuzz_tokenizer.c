@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "worker/tok.h"
+#include "formats/tok.h"
 
 static const char spm_json[] =
     "{\"added_tokens\":["

@@ -65,6 +65,22 @@ try:
                 "uninterrupted run with the same seed" % result.get("paused_at"), (len(a), len(b)))
     else:
         R.check(False, "pause/resume adapters compared", "the SDK flow did not get that far")
+    # README's "Moving from OpenAI fine-tuning" script, as printed there
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    sec = readme.split("## Moving from OpenAI fine-tuning", 1)[-1]
+    script = sec.split("```js\n", 1)[-1].split("```", 1)[0] if "```js\n" in sec else ""
+    if R.check("fineTuning.jobs.create" in script, "README has the script"):
+        path = os.path.join(SDK, ".readme-%d.mjs" % os.getpid())  # beside node_modules, to import openai
+        try:
+            with open(path, "w") as f:
+                f.write(script)
+            env2 = dict(env, URL="http://127.0.0.1:%d" % L.port, TOKEN=alice)
+            rd = subprocess.run([node, path], env=env2, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        finally:
+            os.unlink(path)
+        R.check(rd.returncode == 0 and "\nAnswer: " in rd.stdout and "\nReason: " in rd.stdout and
+                "metrics Step" in rd.stdout, "README's script runs unchanged and the tuned model answers in the "
+                "template", (rd.returncode, rd.stdout[-800:], rd.stderr[-800:]))
     if result:
         # 16 chat requests 10 ms apart on 16 HTTP threads: max_generations (2)
         # run, RUNNER_GEN_QUEUE (8) wait for a slot, the rest get 429 with

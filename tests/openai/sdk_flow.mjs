@@ -136,6 +136,10 @@ async function main() {
   const pev = [];
   for await (const ev of client.fineTuning.jobs.listEvents(p.id, { limit: 100 })) pev.push(ev.message);
   check(pev.some((m) => m.startsWith('paused at the checkpoint of step')), 'P\'s events say where it paused', pev.slice(0, 12));
+  e = await errorOf(client.fineTuning.jobs.resume(p.id));
+  check(e instanceof OpenAI.ConflictError && /only a paused job/.test(e.message), 'resume of a finished job: ConflictError', e && [e.status, e.message]);
+  e = await errorOf(bob.fineTuning.jobs.pause(a.id));
+  check(e instanceof OpenAI.PermissionDeniedError, 'pause of another user\'s job: PermissionDeniedError', e && e.status);
 
   // the finished job
   check(af.fine_tuned_model === `ft:demo-tiny:alice:notes:${a.id}` && af.finished_at >= af.created_at &&

@@ -1,8 +1,8 @@
 #include "tests/unit/test.h"
 
 #include "common/buf.h"
-#include "worker/adapter.h"
-#include "worker/safetensors.h"
+#include "formats/adapter.h"
+#include "formats/safetensors.h"
 
 static char *slurp(const char *path, size_t *len) {
     char *p = NULL;

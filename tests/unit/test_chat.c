@@ -2,7 +2,7 @@
 
 #include "common/buf.h"
 #include "tests/unit/test.h"
-#include "worker/chat.h"
+#include "formats/chat.h"
 
 static tok *load(const char *name) {
     tok *t = NULL;

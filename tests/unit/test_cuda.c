@@ -35,7 +35,7 @@
 #include "tests/unit/test.h"
 #include "worker/commands.h"
 #include "worker/model.h"
-#include "worker/safetensors.h"
+#include "formats/safetensors.h"
 
 /* ---- helpers ---- */
 

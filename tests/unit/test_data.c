@@ -2,7 +2,7 @@
 
 #include "common/buf.h"
 #include "tests/unit/test.h"
-#include "worker/data.h"
+#include "formats/data.h"
 
 static int validate(const char *s, data_report *r) {
     lr_err e = {0};

@@ -20,9 +20,9 @@
 #include "proto/jobspec.h"
 #include "proto/jsonfmt.h"
 #include "worker/commands.h"
-#include "worker/data.h"
+#include "formats/data.h"
 #include "worker/model.h"
-#include "worker/tok.h"
+#include "formats/tok.h"
 
 /* ---- item 16: shortest round-trip reals ---- */
 

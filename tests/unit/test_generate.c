@@ -8,12 +8,12 @@
 #include "common/rng.h"
 #include "kernels/backend.h"
 #include "tests/unit/test.h"
-#include "worker/chat.h"
+#include "formats/chat.h"
 #include "worker/commands.h"
 #include "worker/generate.h"
-#include "worker/hfconfig.h"
+#include "formats/hfconfig.h"
 #include "worker/model.h"
-#include "worker/tok.h"
+#include "formats/tok.h"
 
 static int mk(const char *arch, const char *dir) {
     char *argv[] = {"mkmodel", "--arch", (char *)arch, "--out", (char *)dir, "--seed", "3", "--layers", "2", NULL};

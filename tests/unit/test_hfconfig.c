@@ -1,7 +1,7 @@
 #include "tests/unit/test.h"
 
 #include "common/buf.h"
-#include "worker/hfconfig.h"
+#include "formats/hfconfig.h"
 
 static int parse(const char *json, hf_config *c, lr_err *err) { return hf_config_parse(json, strlen(json), c, err); }
 

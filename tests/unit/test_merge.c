@@ -9,11 +9,11 @@
 #include "common/rng.h"
 #include "kernels/backend.h"
 #include "tests/unit/test.h"
-#include "worker/adapter.h"
+#include "formats/adapter.h"
 #include "worker/commands.h"
-#include "worker/merge.h"
+#include "formats/merge.h"
 #include "worker/model.h"
-#include "worker/safetensors.h"
+#include "formats/safetensors.h"
 
 static int mk(const char *arch, const char *dir, const char *dtype) {
     char *argv[] = {"mkmodel", "--arch", (char *)arch, "--out", (char *)dir, "--seed", "4", "--dtype", (char *)dtype, NULL};

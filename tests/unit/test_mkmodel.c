@@ -3,9 +3,9 @@
 #include "common/buf.h"
 #include "common/rng.h"
 #include "worker/commands.h"
-#include "worker/hfconfig.h"
-#include "worker/safetensors.h"
-#include "worker/tok.h"
+#include "formats/hfconfig.h"
+#include "formats/safetensors.h"
+#include "formats/tok.h"
 
 static int mk(const char *arch, const char *dir, const char *extra1, const char *extra2) {
     char *argv[16];

@@ -9,9 +9,9 @@
 #include "common/rng.h"
 #include "kernels/backend.h"
 #include "tests/unit/test.h"
-#include "worker/hfconfig.h"
+#include "formats/hfconfig.h"
 #include "worker/model.h"
-#include "worker/safetensors.h"
+#include "formats/safetensors.h"
 
 #define MAXT 64
 

@@ -5,7 +5,7 @@
 
 #include "daemon/openai.h"
 #include "tests/unit/test.h"
-#include "worker/data.h"
+#include "formats/data.h"
 
 static json_t *prepare(const char *body, const oai_create_ctx *x, json_t **meta, lr_err *e) {
     json_t *o = json_loads(body, 0, NULL);
@@ -62,6 +62,8 @@ TEST(create_refuses_with_the_field) {
         {"{\"method\":{\"type\":\"reinforcement\"}}", "method.type"},
         {"{\"suffix\":\"a:b\"}", "suffix"},
         {"{\"method\":\"dpo\"}", "method"},
+        {"{\"method\":{\"type\":\"supervised\",\"supervised\":1}}", "method.supervised"},
+        {"{\"method\":{\"type\":\"dpo\",\"dpo\":{\"hyperparameters\":[]}}}", "method.dpo.hyperparameters"},
         {"{\"seed\":-1}", "seed"},
         {"{\"hyperparameters\":{\"n_epochs\":0}}", "hyperparameters.n_epochs"},
         {"{\"method\":{\"type\":\"dpo\",\"dpo\":{\"hyperparameters\":{\"beta\":\"x\"}}}}", "method.dpo.hyperparameters.beta"},

@@ -18,8 +18,8 @@
 #include "kernels/quant.h"
 #include "proto/jobspec.h"
 #include "tests/unit/test.h"
-#include "worker/hfconfig.h"
-#include "worker/safetensors.h"
+#include "formats/hfconfig.h"
+#include "formats/safetensors.h"
 #ifdef LR_HAVE_CUDA
 #include <cuda_runtime.h>
 

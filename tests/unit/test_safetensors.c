@@ -5,7 +5,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
-#include "worker/safetensors.h"
+#include "formats/safetensors.h"
 
 static char *slurp(const char *path, size_t *len) {
     char *p = NULL;

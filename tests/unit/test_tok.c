@@ -9,7 +9,7 @@
 
 #include "common/buf.h"
 #include "tests/unit/test.h"
-#include "worker/tok.h"
+#include "formats/tok.h"
 
 static double now_s(void) {
     struct timespec ts;

@@ -5,15 +5,15 @@
  * Also tok_train_bytelevel (declared in tok.h with the tokenizer's API):
  * a corpus pre-tokenized by GPT-2's regex, its words counted, bpe_train on
  * their bytes, and the result written as a tokenizer.json. */
-#include "worker/bpe_train.h"
+#include "formats/bpe_train.h"
 
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/buf.h"
-#include "worker/tok_impl.h"
-#include "worker/utf8.h"
+#include "formats/tok_impl.h"
+#include "formats/utf8.h"
 
 #define EMPTY UINT64_MAX
 

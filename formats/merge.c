@@ -2,7 +2,7 @@
  * A base saved 4-bit by transformers (bitsandbytes, worker/bnb4.h) is
  * written dequantized, in its torch_dtype, without quantization_config: the
  * merged model is a plain one. */
-#include "worker/merge.h"
+#include "formats/merge.h"
 
 #include <cblas.h>
 #include <jansson.h>
@@ -14,10 +14,10 @@
 #include <unistd.h>
 
 #include "common/buf.h"
-#include "worker/adapter.h"
-#include "worker/bnb4.h"
-#include "worker/hfconfig.h"
-#include "worker/safetensors.h"
+#include "formats/adapter.h"
+#include "formats/bnb4.h"
+#include "formats/hfconfig.h"
+#include "formats/safetensors.h"
 
 #define MERGE_MAX_SIDE_FILE ((size_t)256 << 20)
 

@@ -1,4 +1,4 @@
-#include "worker/data.h"
+#include "formats/data.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -12,7 +12,7 @@
 
 #include "common/buf.h"
 #include "common/rng.h"
-#include "worker/utf8.h"
+#include "formats/utf8.h"
 
 /* rng streams (with the job seed) for the split and the epoch orders */
 #define STREAM_SPLIT 0x73706c6974ull

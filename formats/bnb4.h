@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include "common/err.h"
 #include "kernels/quant.h"
-#include "worker/safetensors.h"
+#include "formats/safetensors.h"
 
 /* Looks for the 4-bit form of weight name. *found = 0 when s stores it
  * otherwise; else q describes it with its arrays pointing into s (host

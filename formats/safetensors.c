@@ -1,4 +1,4 @@
-#include "worker/safetensors.h"
+#include "formats/safetensors.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-#include "worker/chat.h"
+#include "formats/chat.h"
 
 #include <jansson.h>
 #include <stdio.h>

@@ -1,4 +1,4 @@
-#include "worker/adapter.h"
+#include "formats/adapter.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <jansson.h>
@@ -10,7 +10,7 @@
 
 #include "common/buf.h"
 #include "proto/jsonfmt.h"
-#include "worker/safetensors.h"
+#include "formats/safetensors.h"
 
 #define PFX "base_model.model."
 

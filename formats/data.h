@@ -52,7 +52,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "common/err.h"
-#include "worker/chat.h"
+#include "formats/chat.h"
 
 #define DATA_MAX_FILE ((size_t)512 << 20) /* bytes in one dataset file */
 #define DATA_MAX_LINE ((size_t)8 << 20)   /* bytes in one JSONL line or CSV record */

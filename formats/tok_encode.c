@@ -1,7 +1,7 @@
 /* tok_encode: text to ids and back with a loaded tokenizer (tok_impl.h):
  * normalization, pre-tokenization, BPE merging (tok.c says the pipeline's
  * order), added tokens, and decoding through the decoder chain. */
-#include "worker/tok.h"
+#include "formats/tok.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,8 +9,8 @@
 #include <utf8proc.h>
 
 #include "common/buf.h"
-#include "worker/tok_impl.h"
-#include "worker/utf8.h"
+#include "formats/tok_impl.h"
+#include "formats/utf8.h"
 
 /* ---- normalization ------------------------------------------------------ */
 

@@ -48,7 +48,7 @@
 #include <stdint.h>
 #include "common/err.h"
 #include "proto/jobspec.h"
-#include "worker/tok.h"
+#include "formats/tok.h"
 
 #define CHAT_IGNORE (-100)
 /* The longest system prompt a template may carry. */

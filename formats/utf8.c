@@ -1,6 +1,6 @@
 /* utf8: see utf8.h. Decoding follows Unicode Table 3-7 (well-formed byte
  * sequences) so that the invalid subparts match from_utf8_lossy. */
-#include "worker/utf8.h"
+#include "formats/utf8.h"
 
 #include <stdlib.h>
 #include <string.h>

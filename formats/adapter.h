@@ -26,7 +26,7 @@
 
 #include <stddef.h>
 #include "common/err.h"
-#include "worker/hfconfig.h"
+#include "formats/hfconfig.h"
 
 #define ADAPTER_MAX_CONFIG (1u << 20)
 #define ADAPTER_MAX_TARGETS 16

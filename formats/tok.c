@@ -13,7 +13,7 @@
  *   4. each remaining piece is pre-tokenized (a chain of split ops);
  *   5. each pre-token is merged by BPE (a heap of candidate merges, lowest
  *      rank first, leftmost first among equal ranks: HF's Word::merge_all). */
-#include "worker/tok.h"
+#include "formats/tok.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -25,8 +25,8 @@
 #include <utf8proc.h>
 
 #include "common/buf.h"
-#include "worker/tok_impl.h"
-#include "worker/utf8.h"
+#include "formats/tok_impl.h"
+#include "formats/utf8.h"
 
 /* ---- small helpers --------------------------------------------------- */
 

@@ -1,4 +1,4 @@
-#include "worker/hfconfig.h"
+#include "formats/hfconfig.h"
 
 #include <limits.h>
 

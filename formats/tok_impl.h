@@ -13,7 +13,7 @@
 
 #include "common/buf.h"
 #include "common/err.h"
-#include "worker/tok.h"
+#include "formats/tok.h"
 
 #define TOK_MAX_JSON (128u << 20)     /* the largest real tokenizer.json files are ~35 MB */
 #define TOK_MAX_SIDE (8u << 20)       /* tokenizer_config.json (chat templates) */

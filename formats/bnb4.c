@@ -1,5 +1,5 @@
 /* bnb4: bitsandbytes 4-bit weights in a safetensors checkpoint (see bnb4.h). */
-#include "worker/bnb4.h"
+#include "formats/bnb4.h"
 
 #include <jansson.h>
 #include <stdio.h>
