@@ -463,6 +463,31 @@ COMMIT;
   await p.close();
 });
 
+suite.test('job page: a Slurm-run job shows its batch job and state, a 2-device job its ranks', async () => {
+  const sqlite = '/usr/bin/sqlite3';
+  if (!fs.existsSync(sqlite)) return { skip: `${sqlite} (apt-get install -y sqlite3)` };
+  const id = 'ftjob-slurmranks01';
+  const spec = JSON.stringify({ name: 'on-the-cluster', model: 'tiny', training_file: datasetId, resources: { devices: 2 },
+    hyperparameters: { max_steps: 10 } });
+  const t0 = Math.floor(Date.now() / 1000) - 60;
+  const sql = `.timeout 20000
+INSERT INTO jobs(id, name, user, model, status, priority, device, spec, created_at, started_at, step, total_steps, slurm_job_id, slurm_state)
+  VALUES ('${id}', 'on-the-cluster', 'alice', 'tiny', 'running', 0, 'any', '${spec}', ${t0}, ${t0}, 3, 10, '4711', 'RUNNING');
+`;
+  const r = spawnSync(sqlite, [lorad.db()], { input: sql, encoding: 'utf8', timeout: 60000 });
+  assert(r.status === 0, `sqlite3: ${r.stderr}`);
+  const p = await alice.page(lorad.url, lorad.tokens.alice);
+  await p.open(`#/jobs/${id}`);
+  await waitFor(async () => (await p.page.$('.kv.slurm')) !== null, 10000, 'the slurm field');
+  const slurm = await p.page.$eval('.kv.slurm .v', (el) => el.textContent);
+  const ranks = await p.page.$eval('.kv.ranks .v', (el) => el.textContent);
+  assert(slurm === '4711 (RUNNING)', `slurm field: ${slurm}`);
+  assert(ranks === '2', `ranks field: ${ranks}`);
+  p.checkConsole();
+  await p.close();
+  spawnSync(sqlite, [lorad.db()], { input: `.timeout 20000\nDELETE FROM jobs WHERE id = '${id}';\n`, encoding: 'utf8' });
+});
+
 suite.test('compare: runs picked by checkbox', async () => {
   const p = await alice.page(lorad.url, lorad.tokens.alice);
   await p.open('#/compare');

@@ -118,6 +118,8 @@ export function mount(root, ctx) {
       h('div', { class: 'kvs' },
         kv('id', j.id), kv('user', j.user), kv('model', j.model), kv('method', method),
         kv('worker', j.worker || '–'),
+        j.slurm ? kv('slurm job', `${j.slurm.job_id} (${j.slurm.state})`, 'slurm') : null,
+        spec.resources && spec.resources.devices > 1 ? kv('ranks', String(spec.resources.devices), 'ranks') : null,
         j.sweep_id ? kv('sweep', h('a', { href: buildHash(['jobs'], { sweep: j.sweep_id }) }, j.sweep_id)) : null,
         kv('progress', h('span', { class: 'progress-inline' }, progressBar(p.step, p.total_steps), ` ${p.step ?? 0}/${p.total_steps || '?'}`), 'step'),
         kv('epoch', fmtNum(p.epoch, 3)),
