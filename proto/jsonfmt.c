@@ -8,7 +8,9 @@
 #include "common/buf.h"
 
 int jsonfmt_real(double d, char *buf, size_t cap) {
-    char tmp[40];
+    /* %.17g needs 25 bytes at most; the rest is for -Wformat-truncation,
+     * which cannot bound the searched precision and assumes 309 digits */
+    char tmp[320];
     if (!isfinite(d)) {
         snprintf(tmp, sizeof tmp, "null");
     } else if (fabs(d) < 1e15 && d == (double)(long long)d && !(d == 0 && signbit(d))) {
