@@ -33,9 +33,11 @@ int jsonfmt_text_append(lr_buf *out, const char *text, size_t len) LR_WARN_UNUSE
  * (JSON_REAL_PRECISION in flags is ignored). The caller frees the text;
  * NULL on failure, as json_dumps. */
 char *jsonfmt_dumps(const json_t *v, size_t flags);
-/* Appends v to b as jsonfmt_dumps(v, JSON_COMPACT) writes it, byte for byte,
- * without a text of its own to allocate and scan again (the jobs list's
- * items). -1 when b's cap or memory runs out (b then holds part of it). */
+/* Appends v to b as jsonfmt_dumps(v, JSON_COMPACT) writes it, without a
+ * text of its own to allocate and scan again (the jobs list's items). Byte
+ * for byte the same but for reals whose %.17g has few digits and an
+ * exponent (1e22): jsonfmt_real's "1e+22" here, jansson's "1e22" there.
+ * -1 when b's cap or memory runs out (b then holds part of it). */
 int jsonfmt_append(lr_buf *b, const json_t *v) LR_WARN_UNUSED;
 
 #endif
