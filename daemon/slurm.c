@@ -93,8 +93,8 @@ static void quote(FILE *f, const char *s) {
     fputs("' ", f);
 }
 
-int slurm_submit(const lorad_config *c, const char *job_id, char *slurm_id, size_t cap, lr_err *err) {
-    char dir[1100], script[1200], log[1200], url[300], name[64], jname[64], threads[16], out[1024];
+int slurm_submit(const lorad_config *c, const char *job_id, int ranks, char *slurm_id, size_t cap, lr_err *err) {
+    char dir[1100], script[1200], log[1200], url[300], name[64], jname[64], threads[16], ntasks[16], out[1024];
     char sargs[sizeof c->slurm_sbatch_args], wargs[sizeof c->slurm_worker_args], *tok = NULL;
     size_t tlen = 0;
     int rc = -1;
@@ -119,7 +119,12 @@ int slurm_submit(const lorad_config *c, const char *job_id, char *slurm_id, size
         goto out;
     }
     /* exec: scancel's SIGTERM reaches the worker itself */
-    fputs("#!/bin/sh\n# written by lorad: one job of lorad's queue on this node\nexec ", f);
+    if (ranks > 1)
+        /* srun starts the ranks under Slurm's PMIx and ends them all when
+         * one fails, so the job fails over like any dead worker */
+        fprintf(f, "#!/bin/sh\n# written by lorad: one job of lorad's queue on %d ranks\n"
+                   "exec srun --mpi=pmix --kill-on-bad-exit=1 ", ranks);
+    else fputs("#!/bin/sh\n# written by lorad: one job of lorad's queue on this node\nexec ", f);
     for (int i = 0; i < wn; i++) quote(f, wv[i]);
     fputc('\n', f);
     if (fclose(f) || chmod(script, 0700)) {
@@ -128,6 +133,8 @@ int slurm_submit(const lorad_config *c, const char *job_id, char *slurm_id, size
     }
     char *sv[MAX_ARGS] = {"sbatch", "--parsable", "--job-name", jname, "--output", log};
     int sn = 6;
+    snprintf(ntasks, sizeof ntasks, "%d", ranks);
+    if (ranks > 1) sv[sn++] = "--ntasks", sv[sn++] = ntasks;
     if (c->slurm_partition[0]) sv[sn++] = "--partition", sv[sn++] = (char *)c->slurm_partition;
     sn = split(sargs, sv, sn, MAX_ARGS - 2);
     sv[sn++] = script;

@@ -900,9 +900,11 @@ static void slurm_tick(super *s) {
             snprintf(u->user, sizeof u->user, "%s", q[i].user);
         }
         if (u->id[0]) continue;
-        char id[32];
+        char id[32], ranks[96] = "";
         lr_err se = {0};
-        if (slurm_submit(s->cfg, u->job, id, sizeof id, &se)) {
+        int devices = job_devices(s, u->job);
+        if (devices > 1) snprintf(ranks, sizeof ranks, " for %d ranks (sbatch --ntasks %d, srun)", devices, devices);
+        if (slurm_submit(s->cfg, u->job, devices, id, sizeof id, &se)) {
             /* a broken sbatch fails every job alike: say so once, on the job */
             lr_err fe = {0};
             if (store_job_finish(s->st, u->job, "failed", "slurm_submit_failed", se.msg, &fe)) logf_("%s", fe.msg);
@@ -913,8 +915,8 @@ static void slurm_tick(super *s) {
         snprintf(u->id, sizeof u->id, "%s", id);
         u->state[0] = 0;
         u->started = 0;
-        job_event(s, u->job, "info", "submitted to Slurm as batch job %s%s%s", id,
-                  s->cfg->slurm_partition[0] ? " in partition " : "", s->cfg->slurm_partition);
+        job_event(s, u->job, "info", "submitted to Slurm as batch job %s%s%s%s", id,
+                  s->cfg->slurm_partition[0] ? " in partition " : "", s->cfg->slurm_partition, ranks);
         slurm_note(s, u, "PENDING", "None");
     }
     free(q);

@@ -4,7 +4,10 @@ proctrack/linuxproc, task/none). lorad routes cpu jobs to Slurm: a job is
 submitted with sbatch, its worker connects back (--once) and the job ends
 with the adapter of the same job on a local worker, bit for bit; scancel of
 the batch job mid-training re-queues the job, which is submitted again and
-resumes from its checkpoint to the same adapter; batch jobs that fail before
+resumes from its checkpoint to the same adapter; a job with
+resources.devices 2 is one batch job of --ntasks 2 whose ranks srun starts
+(--mpi=pmix) and ends with the adapter of the same job on a local 2-rank
+worker (mpirun), bit for bit; batch jobs that fail before
 their worker starts fail the job after max_retries, naming Slurm's state. Fails, saying what is
 missing, when Slurm or munge is not installed (mk/deps.sh installs them)."""
 import os, shutil, signal, subprocess, sys, tempfile, time
@@ -89,9 +92,12 @@ HP = {"max_steps": 200, "save_steps": 10, "logging_steps": 1, "eval_steps": 1000
       "seed": 7, "val_ratio": 0.1}
 
 
-def submit(L, token, fid):
-    st, j = L.req("POST", "/v1/jobs", token, {"model": "tiny", "training_file": fid, "device": "cpu",
-                                              "hyperparameters": HP, "lora": {"r": 4, "alpha": 8}})
+def submit(L, token, fid, devices=1):
+    body = {"model": "tiny", "training_file": fid, "device": "cpu", "hyperparameters": HP, "lora": {"r": 4, "alpha": 8}}
+    if devices > 1:
+        body["resources"] = {"devices": devices}
+        body["hyperparameters"] = dict(HP, max_steps=30)
+    st, j = L.req("POST", "/v1/jobs", token, body)
     assert st == 200, (st, j)
     return j["id"]
 
@@ -115,15 +121,19 @@ try:
         raise SystemExit
     R.check(True, "munged, slurmctld and slurmd run on localhost")
 
-    ref = Lorad(worker, workers="cpu", extra=["--worker-threads", "1"])
+    ref = Lorad(worker, workers="cpu,2xcpu:1", extra=["--worker-threads", "1"])
     t = ref.admin("user", "add", "alice")
     ref.admin("model", "add", "tiny", model)
     ref.start()
     st, ds = ref.req("POST", "/v1/datasets?filename=count.jsonl", t, raw=rows)
     rid = submit(ref, t, ds["id"])
-    wait_until(lambda: ref.finished(rid, t), 600, "the reference job")
+    rid2 = submit(ref, t, ds["id"], devices=2)
+    wait_until(lambda: ref.finished(rid, t) and ref.finished(rid2, t), 600, "the reference jobs")
     ref_adapter = ref.req("GET", "/v1/jobs/%s/artifacts/adapter_model.safetensors" % rid, t)[1]
     R.check(isinstance(ref_adapter, bytes), "reference job on a local worker")
+    ref2_adapter = ref.req("GET", "/v1/jobs/%s/artifacts/adapter_model.safetensors" % rid2, t)[1]
+    R.check(isinstance(ref2_adapter, bytes) and ref.job(rid2, t)["worker"] != ref.job(rid, t)["worker"],
+            "reference 2-device job on a local 2-rank worker", ref.job(rid2, t))
     ref.cleanup()
     ref = None
 
@@ -155,6 +165,27 @@ try:
     R.check(isinstance(got, bytes) and got == ref_adapter, "the same adapter as on a local worker, bit for bit")
     ws = L.req("GET", "/v1/workers", ta)[1]["data"]
     R.check(any(w["id"] == "slurm-" + a for w in ws), "/v1/workers lists the Slurm-launched worker", ws)
+
+    # resources.devices 2: one batch job of --ntasks 2, its ranks started by srun
+    d = submit(L, ta, fid, devices=2)
+    wait_until(lambda: L.finished(d, ta), 600, "the 2-device job through Slurm")
+    dj = L.job(d, ta)
+    ev = events(L, d, ta)
+    R.check(dj["status"] == "succeeded" and dj["worker"] == "slurm-" + d, "a 2-device job runs through Slurm",
+            (dj["status"], dj["worker"], dj["error"], ev))
+    R.check(any(m.startswith("submitted to Slurm as batch job") and "for 2 ranks (sbatch --ntasks 2, srun)" in m
+                for m in ev), "events: one batch job for 2 ranks", ev)
+    wait_until(lambda: (L.job(d, ta)["slurm"] or {}).get("state") == "COMPLETED", 30, "Slurm's COMPLETED (2 ranks)")
+    sid = L.job(d, ta)["slurm"]["job_id"]
+    sc = subprocess.run(["scontrol", "-o", "show", "job", sid], env=env, capture_output=True, text=True)
+    R.check(" NumTasks=2 " in " " + sc.stdout + " ", "Slurm ran it as one job of 2 tasks", sc.stdout)
+    with open(os.path.join(L.dir, "slurm", d + ".sh")) as f:
+        R.check("srun --mpi=pmix" in f.read(), "the batch script starts the ranks with srun --mpi=pmix")
+    ws = [w for w in L.req("GET", "/v1/workers", ta)[1]["data"] if w["id"] == "slurm-" + d]
+    R.check(ws and "x 2 ranks" in (ws[0].get("device") or ""), "/v1/workers shows the Slurm worker's 2 ranks", ws)
+    got = L.req("GET", "/v1/jobs/%s/artifacts/adapter_model.safetensors" % d, ta)[1]
+    R.check(isinstance(got, bytes) and got == ref2_adapter,
+            "2 ranks through Slurm: the same adapter as on a local 2-rank worker, bit for bit")
 
     b = submit(L, ta, fid)
     wait_until(lambda: (L.job(b, ta)["last_checkpoint_step"] or 0) >= 20 or L.finished(b, ta), 600, "a checkpoint")
