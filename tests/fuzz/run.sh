@@ -11,11 +11,12 @@ CC=${FUZZ_CC:-clang}
 command -v "$CC" >/dev/null || { echo "fuzz: clang not found (make deps installs it)"; exit 1; }
 BLAS_INC=$(ls -d /usr/include/x86_64-linux-gnu/openblas-pthread 2>/dev/null || true)
 FLAGS="-g -O1 -std=c11 -D_GNU_SOURCE -I. ${BLAS_INC:+-I$BLAS_INC} -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -pthread"
-LIBS="-lopenblas -lpcre2-8 -lutf8proc -ljansson -lyaml -lmicrohttpd -lsqlite3 -luv -lcurl -lm -lpthread"
+LIBS="-lopenblas -lpcre2-8 -lutf8proc -ljansson -lyaml -lmicrohttpd -lsqlite3 -luv -lcurl -lgnutls -lm -lpthread"
 mkdir -p "$OUT/obj"
 # Parsers live in common/, proto/, formats/, worker/ and daemon/ (the HTTP front door);
-# the fuzz build leaves out the compute kernels and the programs' main()s.
-srcs=$(ls common/*.c proto/*.c formats/*.c worker/*.c daemon/*.c 2>/dev/null | grep -v -e '^worker/main.c$' -e '^daemon/main.c$')
+# the fuzz build leaves out the compute kernels (but quant.c, the 4-bit codes
+# formats/ reads) and the programs' main()s.
+srcs=$(ls common/*.c proto/*.c formats/*.c kernels/quant.c worker/*.c daemon/*.c 2>/dev/null | grep -v -e '^worker/main.c$' -e '^daemon/main.c$')
 objs=()
 for s in $srcs; do
   o="$OUT/obj/${s//\//_}.o"
