@@ -100,25 +100,10 @@ static int authenticate(store *st, const json_t *req, char name[64], lr_err *err
 
 /* ---- the agent relay ---- */
 
-static int connect_unix(const char *path, lr_err *err) {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sa.sun_path) return lr_errf(err, "socket path too long: %s", path);
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    /* lorad binds its worker socket once its loop starts: allow that race */
-    for (int tries = 0; tries < 50; tries++) {
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0) return lr_errf(err, "socket: %s", strerror(errno));
-        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return fd;
-        close(fd);
-        usleep(100000);
-    }
-    return lr_errf(err, "cannot reach lorad's worker socket %s: %s", path, strerror(errno));
-}
-
 static void relay(remote *r, tl_conn *c, const char *token_name, const char *peer) {
     lr_err e = {0};
     json_t *hello = NULL;
-    int ufd = connect_unix(r->sock_path, &e);
+    int ufd = frame_connect_unix(r->sock_path, &e);
     if (ufd < 0) {
         refuse(c, e.msg);
         logf_("remote worker from %s: %s", peer, e.msg);

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -144,4 +145,18 @@ int frame_read_fd(int fd, frame_dec *d, int timeout_ms, json_t **out, lr_err *er
         }
         if (frame_dec_feed(d, tmp, (size_t)n, err)) return -1;
     }
+}
+
+int frame_connect_unix(const char *path, lr_err *err) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) return lr_errf(err, "socket path too long: %s", path);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    for (int tries = 0; tries < 50; tries++) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) return lr_errf(err, "socket: %s", strerror(errno));
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return fd;
+        close(fd);
+        usleep(100000);
+    }
+    return lr_errf(err, "cannot reach lorad's worker socket %s: %s", path, strerror(errno));
 }

@@ -50,4 +50,9 @@ int frame_write_fd(int fd, const json_t *msg, lr_err *err) LR_WARN_UNUSED;
  * error (a close in the middle of a frame is one). */
 int frame_read_fd(int fd, frame_dec *d, int timeout_ms, json_t **out, lr_err *err) LR_WARN_UNUSED;
 
+/* Connects to lorad's worker socket at path (close-on-exec), retrying for
+ * 5 s: lorad may spawn a worker, or accept a remote one, a moment before its
+ * loop has bound the socket. The fd, or -1 with err. */
+int frame_connect_unix(const char *path, lr_err *err) LR_WARN_UNUSED;
+
 #endif

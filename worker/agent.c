@@ -358,21 +358,6 @@ static int64_t now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int connect_socket(const char *path, lr_err *err) {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sa.sun_path) return lr_errf(err, "socket path too long: %s", path);
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    /* lorad binds before it spawns workers, but allow a short race. */
-    for (int tries = 0; tries < 50; tries++) {
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0) return lr_errf(err, "socket: %s", strerror(errno));
-        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return fd;
-        close(fd);
-        usleep(100000);
-    }
-    return lr_errf(err, "cannot connect to lorad at %s: %s", path, strerror(errno));
-}
-
 static void *relay_main(void *arg) {
     agent *ag = arg;
     tl_pump(&ag->link, ag->link_fd);
@@ -469,7 +454,7 @@ int agent_run(const agent_opts *o, lr_err *err) {
         lr_errf(err, "out of memory");
         goto out;
     }
-    ag.fd = o->connect_url ? connect_remote(&ag, err) : connect_socket(o->socket_path, err);
+    ag.fd = o->connect_url ? connect_remote(&ag, err) : frame_connect_unix(o->socket_path, err);
     if (ag.fd < 0) goto out;
     char dev[256];
     device_name(o->backend, dev, sizeof dev);
