@@ -24,7 +24,10 @@ for d in proc sys dev dev/pts; do mountpoint -q "$ROOT/$d" || mount --bind "/$d"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 # The host's sources and any local CA (a proxy's) so the chroot reaches the
 # same registries as this machine does.
-[ -f /etc/apt/sources.list.d/debian.sources ] && cp /etc/apt/sources.list.d/debian.sources "$ROOT/etc/apt/sources.list.d/"
+if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+  cp /etc/apt/sources.list.d/debian.sources "$ROOT/etc/apt/sources.list.d/"
+  rm -f "$ROOT/etc/apt/sources.list" # debootstrap's, the same mirror again
+fi
 if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
   mkdir -p "$ROOT/usr/local/share/ca-certificates"
   cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
