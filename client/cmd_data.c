@@ -285,7 +285,10 @@ int lora_cmd_workers(cli_ctx *c) {
         snprintf(rs, sizeof rs, "%.0f", isfinite(cli_jnum(w, "restarts")) ? cli_jnum(w, "restarts") : 0);
         double ls = cli_jnum(w, "last_seen");
         if (isfinite(ls)) {
-            fmt_duration(cli_server_now(c) - ls, seen, sizeof seen);
+            /* the server's clock comes from its Date header, whole seconds:
+             * a heartbeat within the last second can read as up to 1 s ahead */
+            double ago = cli_server_now(c) - ls;
+            fmt_duration(ago < 0 && ago > -1 ? 0 : ago, seen, sizeof seen);
             strncat(seen, " ago", sizeof seen - strlen(seen) - 1);
         } else {
             snprintf(seen, sizeof seen, "-");
