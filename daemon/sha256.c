@@ -72,10 +72,3 @@ void sha256_hex(const void *data, size_t len, char out[65]) {
     }
     out[64] = 0;
 }
-
-int sha256_ct_equal(const void *a, const void *b, size_t n) {
-    const volatile uint8_t *x = a, *y = b;
-    uint8_t acc = 0;
-    for (size_t i = 0; i < n; i++) acc |= x[i] ^ y[i];
-    return acc == 0;
-}

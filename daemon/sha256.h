@@ -9,8 +9,5 @@
 void sha256(const void *data, size_t len, uint8_t out[32]);
 /* Lower-case hex of the digest into out (65 bytes with the NUL). */
 void sha256_hex(const void *data, size_t len, char out[65]);
-/* 1 when a and b hold the same n bytes; the time taken does not depend on
- * where they differ. */
-int sha256_ct_equal(const void *a, const void *b, size_t n);
 
 #endif
