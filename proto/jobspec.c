@@ -17,6 +17,7 @@ static const char *const method_names[] = {"sft", "kl_sft", "dpo", "full_sft", "
 static const char *const sched_names[] = {"cosine", "linear", "constant"};
 static const char *const device_names[] = {"any", "cpu", "cuda"};
 static const char *const tpl_names[] = {"auto", "chatml", "llama3", "mistral", "alpaca", "plain"};
+static const char *const cdt_names[] = {"auto", "f32", "bf16"};
 static const char *const target_sets[] = {"attn", "attn_mlp", "all-linear"};
 /* Module names a target list may hold: the projections of llama/mistral/qwen2
  * and of GPT-2 (where "c_proj" means both attn.c_proj and mlp.c_proj, as a
@@ -31,6 +32,7 @@ const char *jobspec_method_name(job_method m) { return method_names[m]; }
 const char *jobspec_device_name(job_device d) { return device_names[d]; }
 const char *jobspec_template_name(chat_tpl t) { return tpl_names[t]; }
 const char *jobspec_sched_name(lr_sched s) { return sched_names[s]; }
+const char *jobspec_compute_dtype_name(compute_dt d) { return cdt_names[d]; }
 
 static int name_index(const char *const *names, size_t n, const char *s) {
     for (size_t i = 0; i < n; i++)
@@ -81,6 +83,8 @@ void jobspec_init(jobspec *s) {
     s->device = DEV_ANY;
     s->max_retries = 3;
     s->resources.devices = 1;
+    s->resources.co_train = 1;
+    s->compute_dtype = CDT_AUTO;
 }
 
 /* ---- typed field readers ---------------------------------------------------- */
@@ -504,8 +508,9 @@ static int parse_lora(const json_t *v, jobspec *s, lr_err *err) {
 int jobspec_from_json(const json_t *obj, jobspec *s, lr_err *err) {
     static const char *const keys[] = {"name", "model", "training_file", "validation_file", "method",
                                        "hyperparameters", "lora", "chat_template", "system_prompt",
-                                       "device", "priority", "max_retries", "eval", "resources"};
-    static const char *const res_keys[] = {"devices"};
+                                       "device", "priority", "max_retries", "eval", "resources",
+                                       "compute_dtype"};
+    static const char *const res_keys[] = {"devices", "co_train"};
     jobspec_init(s);
     if (!json_is_object(obj)) return lr_errp(err, LR_E_INVALID, "", "a job spec must be a JSON object");
     if (check_object(obj, "", keys, NELEM(keys), err)) return -1;
@@ -551,6 +556,12 @@ int jobspec_from_json(const json_t *obj, jobspec *s, lr_err *err) {
         if ((d = json_object_get(x, "devices")) &&
             get_int32(d, "resources.devices", 1, JOBSPEC_MAX_DEVICES, &s->resources.devices, err))
             return -1;
+        if ((d = json_object_get(x, "co_train")) && get_bool(d, "resources.co_train", &s->resources.co_train, err))
+            return -1;
+    }
+    if ((x = json_object_get(obj, "compute_dtype"))) {
+        if (get_enum(x, "compute_dtype", cdt_names, NELEM(cdt_names), &e, err)) return -1;
+        s->compute_dtype = (compute_dt)e;
     }
 
     /* Rules that tie fields together. */
@@ -680,7 +691,9 @@ json_t *jobspec_to_json(const jobspec *s) {
     json_object_set_new(o, "device", json_string(device_names[s->device]));
     json_object_set_new(o, "priority", json_integer(s->priority));
     json_object_set_new(o, "max_retries", json_integer(s->max_retries));
-    json_object_set_new(o, "resources", json_pack("{s:i}", "devices", s->resources.devices));
+    json_object_set_new(o, "resources", json_pack("{s:i,s:b}", "devices", s->resources.devices, "co_train",
+                                                      s->resources.co_train));
+    json_object_set_new(o, "compute_dtype", json_string(cdt_names[s->compute_dtype]));
     return o;
 }
 

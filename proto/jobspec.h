@@ -23,6 +23,9 @@
 typedef enum { METHOD_SFT, METHOD_KL_SFT, METHOD_DPO, METHOD_FULL_SFT, METHOD_EVAL } job_method;
 typedef enum { SCHED_COSINE, SCHED_LINEAR, SCHED_CONSTANT } lr_sched;
 typedef enum { DEV_ANY, DEV_CPU, DEV_CUDA } job_device;
+/* Arithmetic of the frozen base's matmuls: auto = bf16 where the CPU or
+ * GPU has bf16 units and the model is stored in 16 bits, else f32. */
+typedef enum { CDT_AUTO, CDT_F32, CDT_BF16 } compute_dt;
 typedef enum { TPL_AUTO, TPL_CHATML, TPL_LLAMA3, TPL_MISTRAL, TPL_ALPACA, TPL_PLAIN } chat_tpl;
 
 typedef struct jobspec_file {
@@ -119,7 +122,11 @@ typedef struct jobspec {
     int max_retries;                 /* re-queues after a worker death, default 3 */
     struct {
         int devices;                 /* data-parallel ranks the job trains on (worker/dist.h), default 1 */
+        /* 1 (default): the job may share a worker pass with other jobs on
+         * the same base model (lorad's packing); 0: it trains alone. */
+        int co_train;
     } resources;
+    compute_dt compute_dtype;
 } jobspec;
 
 /* Fills every default. */
@@ -138,5 +145,6 @@ const char *jobspec_method_name(job_method m);
 const char *jobspec_device_name(job_device d);
 const char *jobspec_template_name(chat_tpl t);
 const char *jobspec_sched_name(lr_sched s);
+const char *jobspec_compute_dtype_name(compute_dt d);
 
 #endif
