@@ -35,6 +35,8 @@ int msg_code_parse(const char *name) {
 }
 
 #define MSG_MAX_STR 4096
+/* Jobs in one pass; the agent's own cap is far lower (--pack-max). */
+#define MSG_MAX_PACK 256
 /* A stop reason is one sentence the job object shows; the worker's is < 256. */
 #define MSG_MAX_STOP_REASON 1024
 
@@ -84,6 +86,23 @@ static int get_num(const json_t *o, const char *key, int required, double *out, 
     return 0;
 }
 
+/* A heartbeat's optional "pack": {"id", "jobs", "steps"}, all three required
+ * when it is there; only a job's heartbeat carries one. */
+static int get_pack(const json_t *f, msg *m, lr_err *err) {
+    const json_t *p = json_object_get(f, "pack");
+    if (!p || json_is_null(p)) return 0;
+    if (!json_is_object(p)) return lr_errp(err, LR_E_INVALID, "pack", "\"pack\" must be an object");
+    if (!m->job_id) return lr_errp(err, LR_E_INVALID, "pack", "a heartbeat without a job has no pack");
+    int64_t jobs = 0;
+    if (get_str(p, "id", 1, &m->pack_id, err) || get_int(p, "jobs", 1, 1, MSG_MAX_PACK, &jobs, err) ||
+        get_int(p, "steps", 1, 0, INT64_MAX, &m->packed_steps, err))
+        return -1;
+    if (!m->pack_id[0] || strlen(m->pack_id) > 64)
+        return lr_errp(err, LR_E_INVALID, "pack", "a pack id must have 1..64 characters");
+    m->pack_jobs = (int)jobs;
+    return 0;
+}
+
 int msg_parse(const json_t *f, msg *m, lr_err *err) {
     memset(m, 0, sizeof *m);
     const char *t;
@@ -113,12 +132,17 @@ int msg_parse(const json_t *f, msg *m, lr_err *err) {
         if (m->proto != MSG_PROTO_VERSION)
             return lr_errp(err, LR_E_INVALID, "proto", "protocol version %d, this side speaks %d",
                            m->proto, MSG_PROTO_VERSION);
+        /* An agent from before packing sends none: it runs one job at a time. */
+        x = 1;
+        if (get_int(f, "pack_max", 0, 1, MSG_MAX_PACK, &x, err)) return -1;
+        m->pack_max = (int)x;
         break;
     case MSG_HEARTBEAT:
         if (get_int(f, "step", 0, 0, INT64_MAX, &m->step, err) ||
             get_int(f, "total_steps", 0, 0, INT64_MAX, &m->total_steps, err) ||
             get_num(f, "epoch", 0, &m->epoch, err))
             return -1;
+        if (get_pack(f, m, err)) return -1;
         break;
     case MSG_METRIC:
         if (get_int(f, "seq", 1, 0, INT64_MAX, &m->seq, err) ||
@@ -209,7 +233,7 @@ static json_t *base(msg_type t, const char *job_id) {
 static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
 json_t *msg_hello(const char *worker, const char *backend, const char *device, int64_t mem_bytes,
-                  int threads, const char *version, const char *kernel) {
+                  int threads, const char *version, const char *kernel, int pack_max) {
     json_t *o = base(MSG_HELLO, NULL);
     if (!o) return NULL;
     json_object_set_new(o, "proto", json_integer(MSG_PROTO_VERSION));
@@ -220,6 +244,7 @@ json_t *msg_hello(const char *worker, const char *backend, const char *device, i
     json_object_set_new(o, "threads", json_integer(threads));
     json_object_set_new(o, "version", json_string(version ? version : ""));
     if (kernel) json_object_set_new(o, "kernel", json_string(kernel));
+    json_object_set_new(o, "pack_max", json_integer(pack_max > 1 ? pack_max : 1));
     return o;
 }
 
@@ -229,6 +254,15 @@ json_t *msg_heartbeat(const char *job_id, int64_t step, int64_t total_steps, dou
     json_object_set_new(o, "step", json_integer(step));
     json_object_set_new(o, "total_steps", json_integer(total_steps));
     json_object_set_new(o, "epoch", num(epoch));
+    return o;
+}
+
+json_t *msg_heartbeat_pack(const char *job_id, int64_t step, int64_t total_steps, double epoch,
+                           const char *pack_id, int pack_jobs, int64_t packed_steps) {
+    json_t *o = msg_heartbeat(job_id, step, total_steps, epoch);
+    if (!o || !job_id || !pack_id) return o;
+    json_object_set_new(o, "pack", json_pack("{s:s, s:i, s:I}", "id", pack_id, "jobs", pack_jobs, "steps",
+                                             (json_int_t)packed_steps));
     return o;
 }
 

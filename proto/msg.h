@@ -1,6 +1,7 @@
 /* msg: the daemon <-> worker messages, built and parsed by both sides.
  *
- * Worker -> daemon: hello, heartbeat (with the running job's progress),
+ * Worker -> daemon: hello, heartbeat (with a running job's progress; an agent
+ * running several jobs in one pass sends one per job, with the pack),
  * metric, event, checkpoint, done, failed. Daemon -> worker: assign, cancel,
  * ack (metrics up to seq are committed), heartbeat. Parsing checks every
  * field's type and range; strings point into the parsed JSON, which must
@@ -38,9 +39,16 @@ typedef struct msg {
     const char *remote;
     int64_t mem_bytes;
     int threads, proto;
+    int pack_max;            /* hello: jobs the worker may co-train in one pass (absent: 1) */
     /* metric, checkpoint, heartbeat progress */
     int64_t seq, step, total_steps;
     double epoch, value;
+    /* heartbeat of a job in a pack (issue 19): the pack's id (NULL when the
+     * job runs alone), how many jobs share the pass now, and how many steps
+     * this job has run packed */
+    const char *pack_id;
+    int pack_jobs;
+    int64_t packed_steps;
     const char *name;        /* metric name */
     /* event / failed / cancel */
     const char *level, *text; /* event level and message; failed: the error; cancel: reason */
@@ -71,9 +79,14 @@ int msg_code_parse(const char *name);
 int msg_parse(const json_t *frame, msg *m, lr_err *err) LR_WARN_UNUSED;
 
 /* Builders return a new reference (NULL only on out of memory). */
+/* pack_max: jobs the worker co-trains in one pass at most (1: no packing). */
 json_t *msg_hello(const char *worker, const char *backend, const char *device, int64_t mem_bytes,
-                  int threads, const char *version, const char *kernel);
+                  int threads, const char *version, const char *kernel, int pack_max);
 json_t *msg_heartbeat(const char *job_id, int64_t step, int64_t total_steps, double epoch);
+/* The heartbeat of a job running in pack pack_id, with pack_jobs jobs in the
+ * pass now and packed_steps steps this job has run packed. */
+json_t *msg_heartbeat_pack(const char *job_id, int64_t step, int64_t total_steps, double epoch,
+                           const char *pack_id, int pack_jobs, int64_t packed_steps);
 json_t *msg_metric(const char *job_id, int64_t seq, int64_t step, double epoch, const char *name,
                    double value);
 json_t *msg_event(const char *job_id, const char *level, const char *text);

@@ -469,7 +469,7 @@ int agent_run(const agent_opts *o, lr_err *err) {
         snprintf(kernel, sizeof kernel, "%s (%s)", k->name, k->isa);
     }
     send_locked(&ag, msg_hello(o->name, o->backend, dev, pages > 0 && psz > 0 ? (int64_t)pages * psz : 0,
-                               threads_used(o->threads), AGENT_VERSION, kernel[0] ? kernel : NULL));
+                               threads_used(o->threads), AGENT_VERSION, kernel[0] ? kernel : NULL, 1));
     int64_t period = (int64_t)(o->heartbeat_s > 0 ? o->heartbeat_s : 2) * 1000, next_hb = now_ms() + period;
     for (;;) {
         if (ag.write_failed) {

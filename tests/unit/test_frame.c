@@ -140,7 +140,7 @@ TEST(msg_roundtrip_all_types) {
     json_t *spec = json_pack("{s:s}", "model", "m");
     const char *tf[2] = {"/d/a.jsonl", "/d/b.jsonl"};
     json_t *ms[] = {
-        msg_hello("w0", "cpu", "x86", 1 << 20, 4, "0.1", "OpenBLAS SkylakeX (avx512)"),
+        msg_hello("w0", "cpu", "x86", 1 << 20, 4, "0.1", "OpenBLAS SkylakeX (avx512)", 3),
         msg_heartbeat("ftjob-a", 3, 10, 0.3),
         msg_heartbeat(NULL, 0, 0, 0),
         msg_metric("ftjob-a", 7, 3, 0.3, "loss", 2.5),
@@ -185,13 +185,44 @@ TEST(msg_roundtrip_all_types) {
             CHECK_EQ_INT(m.threads, 4);
             CHECK_EQ_INT(m.mem_bytes, 1 << 20);
             CHECK_STR(m.kernel, "OpenBLAS SkylakeX (avx512)");
+            CHECK_EQ_INT(m.pack_max, 3);
         }
+        if (m.type == MSG_HEARTBEAT) CHECK(m.pack_id == NULL && m.pack_jobs == 0 && m.packed_steps == 0);
         json_decref(j);
         frame_dec_free(&d);
         lr_buf_free(&b);
         json_decref(ms[i]);
     }
     json_decref(spec);
+}
+
+TEST(msg_pack_fields) {
+    lr_err e = {0};
+    msg m;
+    /* A hello from before packing has no pack_max: one job at a time. */
+    json_t *h = json_loads("{\"type\":\"hello\",\"worker\":\"w\",\"backend\":\"cpu\",\"proto\":1}", 0, NULL);
+    REQUIRE(h);
+    CHECKF(msg_parse(h, &m, &e) == 0, "%s", e.msg);
+    CHECK_EQ_INT(m.pack_max, 1);
+    json_decref(h);
+    h = msg_hello("w", "cpu", NULL, 0, 1, NULL, NULL, 0); /* below 1 is sent as 1 */
+    CHECK(msg_parse(h, &m, &e) == 0 && m.pack_max == 1);
+    json_decref(h);
+    json_t *b = msg_heartbeat_pack("ftjob-a", 5, 20, 0.25, "pack-w0-3", 3, 4000000000LL);
+    REQUIRE(b);
+    CHECKF(msg_parse(b, &m, &e) == 0, "%s", e.msg);
+    CHECK_STR(m.job_id, "ftjob-a");
+    CHECK_EQ_INT(m.step, 5);
+    CHECK_EQ_INT(m.total_steps, 20);
+    CHECK_STR(m.pack_id, "pack-w0-3");
+    CHECK_EQ_INT(m.pack_jobs, 3);
+    CHECK_EQ_INT(m.packed_steps, 4000000000LL);
+    json_decref(b);
+    /* No pack id: a plain heartbeat. */
+    b = msg_heartbeat_pack("ftjob-a", 5, 20, 0.25, NULL, 3, 4);
+    CHECK(json_object_get(b, "pack") == NULL);
+    CHECK(msg_parse(b, &m, &e) == 0 && m.pack_id == NULL);
+    json_decref(b);
 }
 
 TEST(msg_nonfinite_metric_is_null) {
@@ -220,6 +251,14 @@ TEST(msg_parse_rejects_bad_fields) {
         "{\"type\":\"assign\",\"job_id\":\"j\",\"spec\":{},\"model_dir\":\"/m\",\"run_dir\":\"/r\",\"training_files\":[]}",
         "{\"type\":\"assign\",\"job_id\":\"j\",\"spec\":{},\"model_dir\":\"/m\",\"run_dir\":\"/r\",\"training_files\":[\"a\"],\"resume\":1}",
         "{\"type\":\"ack\"}",
+        "{\"type\":\"hello\",\"worker\":\"w\",\"backend\":\"cpu\",\"proto\":1,\"pack_max\":0}",
+        "{\"type\":\"hello\",\"worker\":\"w\",\"backend\":\"cpu\",\"proto\":1,\"pack_max\":\"4\"}",
+        "{\"type\":\"heartbeat\",\"job_id\":\"j\",\"pack\":7}",
+        "{\"type\":\"heartbeat\",\"job_id\":\"j\",\"pack\":{\"id\":\"p\",\"jobs\":0,\"steps\":1}}",
+        "{\"type\":\"heartbeat\",\"job_id\":\"j\",\"pack\":{\"id\":\"p\",\"jobs\":2,\"steps\":-1}}",
+        "{\"type\":\"heartbeat\",\"job_id\":\"j\",\"pack\":{\"id\":\"\",\"jobs\":2,\"steps\":1}}",
+        "{\"type\":\"heartbeat\",\"job_id\":\"j\",\"pack\":{\"jobs\":2,\"steps\":1}}",
+        "{\"type\":\"heartbeat\",\"pack\":{\"id\":\"p\",\"jobs\":2,\"steps\":1}}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         json_t *j = json_loads(bad[i], 0, NULL);
