@@ -4,7 +4,9 @@
  * `lora-worker run --config` are the same document, validated here and only
  * here: unknown fields, wrong types and out-of-range values are errors whose
  * lr_err.param is the dotted path of the field. Defaults are filled in, so a
- * parsed spec is complete; jobspec_to_json writes it back whole. */
+ * parsed spec is complete; jobspec_to_json writes it back whole. The fields,
+ * their ranges, defaults and help are one table in jobspec.c; a field added
+ * to the struct gets a row there. */
 #ifndef LR_JOBSPEC_H
 #define LR_JOBSPEC_H
 
@@ -137,6 +139,13 @@ int jobspec_from_json(const json_t *obj, jobspec *s, lr_err *err) LR_WARN_UNUSED
 json_t *jobspec_to_json(const jobspec *s);
 /* YAML or JSON text (detected) into a JSON object; then use jobspec_from_json. */
 int jobspec_parse_text(const char *text, size_t len, json_t **out, lr_err *err) LR_WARN_UNUSED;
+/* The schema as proto/jobspec.c's table has it (new reference; GET /v1/jobspec):
+ * {"object": "jobspec.schema", "fields": [...]}, one field per row in order, each
+ * its JSON Schema property as proto/openapi.yaml writes it (type, enum, minimum,
+ * maximum, exclusiveMinimum, maxLength, nullable, oneOf, default, description)
+ * plus "path" (dotted), and where they hold "required", "auto" ("auto" accepted),
+ * "form" (on the dashboard's submit form), "method" (the only method it applies to). */
+json_t *jobspec_schema_json(void);
 /* Applies "a.b.c=value" to a JSON document (value parsed as YAML scalar:
  * number, bool, null or string; "[a,b]" a list). */
 int jobspec_set(json_t *doc, const char *assignment, lr_err *err) LR_WARN_UNUSED;
