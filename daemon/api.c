@@ -57,6 +57,7 @@ typedef struct route {
 static void h_healthz(ctx *c);
 static void h_metrics(ctx *c);
 static void h_me(ctx *c);
+static void h_jobspec(ctx *c);
 static void h_dataset_upload(ctx *c);
 static void h_datasets_list(ctx *c);
 static void h_dataset_get(ctx *c);
@@ -94,6 +95,7 @@ static const route routes[] = {
     {"GET", "/healthz", h_healthz, 0},
     {"GET", "/metrics", h_metrics, 0},
     {"GET", "/v1/me", h_me, 1},
+    {"GET", "/v1/jobspec", h_jobspec, 0},
     {"POST", "/v1/datasets", h_dataset_upload, 1},
     {"GET", "/v1/datasets", h_datasets_list, 1},
     {"GET", "/v1/datasets/{id}", h_dataset_get, 1},
@@ -678,6 +680,10 @@ static void h_metrics(ctx *c) {
 static void h_me(ctx *c) {
     set_json(c->rs, 200, json_pack("{s:s, s:s, s:b}", "object", "user", "name", c->user.name, "admin", c->user.admin));
 }
+
+/* The job schema from proto/jobspec.c's table, for the dashboard's submit
+ * form. No token: it is the same for everyone and public in openapi.yaml. */
+static void h_jobspec(ctx *c) { set_json(c->rs, 200, jobspec_schema_json()); }
 
 /* ---- datasets ---- */
 

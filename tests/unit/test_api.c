@@ -157,6 +157,12 @@ TEST(auth_required) {
     j = call("GET", "/healthz", NULL, NULL, NULL, &st);
     CHECK_EQ_INT(st, 200);
     json_decref(j);
+    j = call("GET", "/v1/jobspec", NULL, NULL, NULL, &st); /* the job schema is public */
+    CHECK_EQ_INT(st, 200);
+    json_t *schema = jobspec_schema_json();
+    CHECK(j && json_equal(j, schema) && json_array_size(json_object_get(j, "fields")) > 60);
+    json_decref(schema);
+    json_decref(j);
 }
 
 TEST(bad_job_bodies_change_nothing) {
