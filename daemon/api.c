@@ -179,6 +179,8 @@ void api_resp_free(api_resp *rs) {
     rs->body = NULL;
     if (rs->fd >= 0) close(rs->fd);
     rs->fd = -1;
+    if (rs->read_done) rs->read_done(rs->read_ud);
+    rs->read = NULL, rs->read_done = NULL, rs->read_ud = NULL;
 }
 
 size_t api_body_limit(const api *a, const char *method, const char *path) {
@@ -498,7 +500,7 @@ void api_handle(api *a, const api_req *rq, api_resp *rs) {
     if (found) goto done;
     if (open_and_auth(&c, r)) goto done;
     routes[r].fn(&c);
-    if (!rs->body && rs->fd < 0) fail(&c, 500, "internal", NULL, "the handler produced no response");
+    if (!rs->body && rs->fd < 0 && !rs->read) fail(&c, 500, "internal", NULL, "the handler produced no response");
 done:
     clock_gettime(CLOCK_MONOTONIC, &t1);
     observe(a, r, rs->status, (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
@@ -620,6 +622,15 @@ static void h_metrics(ctx *c) {
     bad |= lr_buf_printf(&b, "# HELP lorad_queue_depth Jobs waiting for a worker.\n# TYPE lorad_queue_depth gauge\n"
                              "lorad_queue_depth %lld\n",
                          (long long)json_integer_value(json_object_get(s, "queue_depth")));
+    runner_gen_stats gs = {0};
+    if (c->a->env.runner) runner_stats(c->a->env.runner, &gs);
+    bad |= lr_buf_printf(&b, "# HELP lorad_gen_model_loads_total Models the generation servers loaded for a request.\n"
+                             "# TYPE lorad_gen_model_loads_total counter\nlorad_gen_model_loads_total %llu\n"
+                             "# HELP lorad_gen_model_unloads_total Models they unloaded to make room (gen_cache_bytes).\n"
+                             "# TYPE lorad_gen_model_unloads_total counter\nlorad_gen_model_unloads_total %llu\n"
+                             "# HELP lorad_gen_server_starts_total Generation servers (lora-worker serve) started.\n"
+                             "# TYPE lorad_gen_server_starts_total counter\nlorad_gen_server_starts_total %llu\n",
+                         gs.model_loads, gs.model_unloads, gs.server_starts);
     long long disk = disk_free(c->a);
     if (disk >= 0)
         bad |= lr_buf_printf(&b, "# HELP lorad_disk_free_bytes Free space of the data directory's file system.\n"
@@ -1386,7 +1397,7 @@ static void h_job_events(ctx *c) {
 }
 
 static json_t *step_metrics(json_t *mq, int64_t step, int exact_train);
-#define METRIC_NAMES "loss,eval_loss,rewards/accuracy,eval_rewards/accuracy"
+#define METRIC_NAMES "loss,eval_loss,train_accuracy,eval_accuracy,rewards/accuracy,eval_rewards/accuracy"
 
 /* Checkpoints with OpenAI's fields (the fine-tuned model name of each, the
  * metrics logged by its step); /v1/fine_tuning/... lists them newest first
@@ -1982,7 +1993,8 @@ static int results_file(ctx *c, int content) {
     }
     size_t i;
     json_array_foreach(json_object_get(mq, "series"), i, sr) if (!strcmp(json_string_value(json_object_get(sr, "name")), "loss")) loss = sr;
-    int bad = lr_buf_adds(&b, "step,train_loss,valid_loss,learning_rate\n");
+    /* OpenAI's columns, then lorad's learning rate */
+    int bad = lr_buf_adds(&b, "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,learning_rate\n");
     json_t *steps = json_object_get(loss, "steps");
     for (i = 0; !bad && i < json_array_size(steps); i++) {
         int64_t st = json_integer_value(json_array_get(steps, i));
@@ -1994,11 +2006,12 @@ static int results_file(ctx *c, int content) {
         for (k = 0; k < json_array_size(json_object_get(l, "steps")); k++)
             if (json_integer_value(json_array_get(json_object_get(l, "steps"), k)) == st)
                 snprintf(lr, sizeof lr, "%.9g", json_number_value(json_array_get(json_object_get(l, "values"), k)));
-        json_t *tl = json_object_get(m, "train_loss"), *vl = json_object_get(m, "valid_loss");
-        char a[32] = "", v[32] = "";
-        if (tl) snprintf(a, sizeof a, "%.9g", json_number_value(tl));
-        if (vl) snprintf(v, sizeof v, "%.9g", json_number_value(vl));
-        bad = lr_buf_printf(&b, "%lld,%s,%s,%s\n", (long long)st, a, v, lr);
+        static const char *const col[] = {"train_loss", "train_mean_token_accuracy", "valid_loss",
+                                          "valid_mean_token_accuracy"};
+        char cell[4][32] = {""};
+        for (k = 0; k < 4; k++)
+            if ((x = json_object_get(m, col[k]))) snprintf(cell[k], sizeof cell[k], "%.9g", json_number_value(x));
+        bad = lr_buf_printf(&b, "%lld,%s,%s,%s,%s,%s\n", (long long)st, cell[0], cell[1], cell[2], cell[3], lr);
         json_decref(m);
     }
     if (bad) {
@@ -2120,6 +2133,8 @@ static json_t *step_metrics(json_t *mq, int64_t step, int exact_train) {
     json_t *m = json_object(), *v;
     if ((v = series_at(mq, "loss", step, exact_train))) json_object_set(m, "train_loss", v);
     if ((v = series_at(mq, "eval_loss", step, 1))) json_object_set(m, "valid_loss", v);
+    if ((v = series_at(mq, "train_accuracy", step, exact_train))) json_object_set(m, "train_mean_token_accuracy", v);
+    if ((v = series_at(mq, "eval_accuracy", step, 1))) json_object_set(m, "valid_mean_token_accuracy", v);
     if ((v = series_at(mq, "rewards/accuracy", step, exact_train))) json_object_set(m, "train_mean_reward_accuracy", v);
     if ((v = series_at(mq, "eval_rewards/accuracy", step, 1))) json_object_set(m, "valid_mean_reward_accuracy", v);
     return m;
@@ -2400,6 +2415,103 @@ static int write_messages(ctx *c, json_t *msgs, char *path, size_t cap, lr_err *
     return 0;
 }
 
+static void generation_fail(ctx *c, int chat, lr_err *e) {
+    path_to_name(e->msg, sizeof e->msg, c->a->env.cfg->data_dir, "<data_dir>");
+    if (e->code == LR_E_BUSY) {
+        fail(c, 429, "rate_limit_exceeded", NULL, "%s (max_generations)", e->msg);
+        c->rs->retry_after = 1;
+    } else if (e->code == LR_E_TIMEOUT) fail(c, 504, "timeout", NULL, "%s", e->msg);
+    else if (e->code == LR_E_INVALID) fail(c, 400, "invalid_request", chat ? "messages" : "prompt", "%s", e->msg);
+    else fail(c, 500, "generation_failed", NULL, "%s", e->msg);
+}
+
+/* A streamed completion: server-sent events written as the text is
+ * generated (http.c calls sse_read for the body). */
+typedef struct sse_state {
+    runner_stream *st;
+    char id[48], model[520], data_dir[1024];
+    int64_t created;
+    int chat, usage, ended;
+    lr_buf out; /* events not yet sent, from out.data + sent */
+    size_t sent;
+} sse_state;
+
+/* An error after the 200 went out: an event the SDKs raise as an error. */
+static int sse_error(sse_state *s, lr_err *e) {
+    path_to_name(e->msg, sizeof e->msg, s->data_dir, "<data_dir>");
+    int status = e->code == LR_E_TIMEOUT ? 504 : 500;
+    json_t *o = json_pack("{s:{s:s, s:s, s:n, s:s}}", "error", "message", e->msg, "type", oai_error_type(status),
+                          "param", "code", status == 504 ? "timeout" : "generation_failed");
+    char *t = o ? jsonfmt_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    int bad = !t || lr_buf_adds(&s->out, "data: ") || lr_buf_adds(&s->out, t) || lr_buf_adds(&s->out, "\n\n");
+    free(t);
+    return bad;
+}
+
+static long sse_read(void *ud, char *buf, size_t max) {
+    sse_state *s = ud;
+    while (s->sent == s->out.len && !s->ended) {
+        s->out.len = s->sent = 0;
+        const char *d;
+        size_t n;
+        json_t *gen = NULL;
+        lr_err e = {0};
+        int rc = runner_stream_next(s->st, &d, &n, &gen, &e), bad;
+        if (rc == 0) bad = n && oai_sse_text(&s->out, s->chat, s->id, s->model, s->created, d, n);
+        else if (rc == 1) bad = oai_sse_close(&s->out, s->chat, s->id, s->model, s->created, gen, s->usage);
+        else bad = sse_error(s, &e);
+        json_decref(gen);
+        s->ended = rc != 0;
+        if (bad) return -1;
+    }
+    size_t k = s->out.len - s->sent < max ? s->out.len - s->sent : max;
+    memcpy(buf, s->out.data + s->sent, k);
+    s->sent += k;
+    return (long)k;
+}
+
+static void sse_done(void *ud) {
+    sse_state *s = ud;
+    runner_stream_free(s->st);
+    lr_buf_free(&s->out);
+    free(s);
+}
+
+static void completion_stream(ctx *c, int chat, const char *model, const runner_gen *g, int tuned, int usage) {
+    lr_err e = {0};
+    sse_state *s = calloc(1, sizeof *s);
+    if (!s) {
+        fail(c, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    lr_buf_init(&s->out, 1u << 20);
+    if (runner_stream_start(c->a->env.runner, g, tuned, &s->st, &e)) {
+        generation_fail(c, chat, &e);
+        sse_done(s);
+        return;
+    }
+    store_new_id(chat ? "chatcmpl" : "cmpl", s->id, sizeof s->id);
+    snprintf(s->model, sizeof s->model, "%s", model);
+    snprintf(s->data_dir, sizeof s->data_dir, "%s", c->a->env.cfg->data_dir);
+    s->created = (int64_t)time(NULL);
+    s->chat = chat;
+    s->usage = usage;
+    if (oai_sse_open(&s->out, chat, s->id, s->model, s->created)) {
+        fail(c, 500, "internal", NULL, "out of memory");
+        sse_done(s);
+        return;
+    }
+    free(c->rs->body);
+    c->rs->body = NULL;
+    c->rs->body_len = 0;
+    c->rs->status = 200;
+    c->rs->content_type = "text/event-stream";
+    c->rs->read = sse_read;
+    c->rs->read_done = sse_done;
+    c->rs->read_ud = s;
+}
+
 static void completion(ctx *c, int chat) {
     json_t *o = body_object(c), *job = NULL, *out = NULL, *msgs = NULL;
     lr_buf user, sys;
@@ -2485,34 +2597,17 @@ static void completion(ctx *c, int chat) {
     /* a completion continues the text as is; a chat renders the model's template */
     g.chat_template = chat ? (gm.chat_template ? gm.chat_template : "auto") : "plain";
     if (chat && !g.system && !g.prompts_file && gm.system_prompt && *gm.system_prompt) g.system = gm.system_prompt;
+    if (stream) {
+        completion_stream(c, chat, model, &g, gm.tuned, usage);
+        goto out;
+    }
     if (runner_generate_one(c->a->env.runner, &g, gm.tuned, &out, &e)) {
-        path_to_name(e.msg, sizeof e.msg, c->a->env.cfg->data_dir, "<data_dir>");
-        if (e.code == LR_E_BUSY) {
-            fail(c, 429, "rate_limit_exceeded", NULL, "%s (max_generations)", e.msg);
-            c->rs->retry_after = 1;
-        } else if (e.code == LR_E_TIMEOUT) fail(c, 504, "timeout", NULL, "%s", e.msg);
-        else if (e.code == LR_E_INVALID) fail(c, 400, "invalid_request", chat ? "messages" : "prompt", "%s", e.msg);
-        else fail(c, 500, "generation_failed", NULL, "%s", e.msg);
+        generation_fail(c, chat, &e);
         goto out;
     }
     char id[48];
     store_new_id(chat ? "chatcmpl" : "cmpl", id, sizeof id);
-    int64_t now = (int64_t)time(NULL);
-    if (stream) {
-        size_t len = 0;
-        char *body = oai_sse(chat, id, model, now, out, usage, 16, &len);
-        if (!body) {
-            fail(c, 500, "internal", NULL, "out of memory");
-            goto out;
-        }
-        free(c->rs->body);
-        c->rs->status = 200;
-        c->rs->content_type = "text/event-stream";
-        c->rs->body = body;
-        c->rs->body_len = len;
-    } else {
-        set_json(c->rs, 200, oai_completion(chat, id, model, now, out));
-    }
+    set_json(c->rs, 200, oai_completion(chat, id, model, (int64_t)time(NULL), out));
 out:
     if (prompts[0]) unlink(prompts);
     lr_buf_free(&user);

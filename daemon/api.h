@@ -55,6 +55,13 @@ typedef struct api_resp {
     uint64_t fd_size;
     char disposition[300];       /* Content-Disposition value or "" */
     int retry_after;             /* > 0: a Retry-After header of this many seconds (429) */
+    /* set: the body is written as it is produced (server-sent events):
+     * read blocks for the next bytes (at most max) and returns how many,
+     * 0 at the end, -1 to cut the response; read_done frees read_ud, once,
+     * whether or not the body was sent */
+    long (*read)(void *ud, char *buf, size_t max);
+    void (*read_done)(void *ud);
+    void *read_ud;
 } api_resp;
 
 typedef struct api api;

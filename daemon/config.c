@@ -61,6 +61,10 @@ static const key_def keys[] = {
     {"slurm_worker_args", K_STR, S(slurm_worker_args), 0, 0, "", "more lora-worker agent options for the node, space-separated: --ca FILE --data-dir /scratch/lw --shared-fs --device cuda:0"},
     {"slurm_worker_url", K_STR, S(slurm_worker_url), 0, 0, "", "the address a node's worker dials (default: https:// or tcp:// of worker_listen)"},
     {"slurm_token_file", K_STR, S(slurm_token_file), 0, 0, "", "file holding the worker token of Slurm's workers (lorad worker-token add slurm); passed in the job's environment"},
+    {"packing", K_STR, S(packing), 0, 0, "auto", "auto: a worker that offers room (lora-worker agent --pack-max) co-trains queued jobs on the same base model, dtype and device in one pass, in the queue's order (a job opts out with resources.co_train: false); off: one job per worker"},
+    {"pack_max_jobs", K_INT, I(pack_max_jobs), 1, CONFIG_MAX_PACK, "4", "most jobs that share one worker pass (the worker's own limit may be lower)"},
+    {"gen_cache_bytes", K_SIZE, I(gen_cache_bytes), 0, 1LL << 50, "0", "memory the generation servers (lora-worker serve, one per generation slot, sharing it) keep loaded models in between chat/completions requests, least recently used unloaded first (0 = half the memory free at start)"},
+    {"gen_timeout_s", K_INT, I(gen_timeout_s), 1, 3600, "110", "a generation (chat/completions, side-by-side) past this fails with 504 and its generation server is restarted"},
     {"restart_backoff_max_s", K_INT, I(restart_backoff_max_s), 1, 3600, "30", "longest wait before restarting a crashed worker"},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])
@@ -264,6 +268,8 @@ int config_finish(lorad_config *c, lr_err *err) {
     }
     if (c->heartbeat_timeout_s <= c->heartbeat_interval_s)
         return lr_errp(err, LR_E_INVALID, "heartbeat_timeout_s", "heartbeat_timeout_s must be longer than heartbeat_interval_s");
+    if (strcmp(c->packing, "auto") && strcmp(c->packing, "off"))
+        return lr_errp(err, LR_E_INVALID, "packing", "packing must be auto or off, not '%s'", c->packing);
     if (strcmp(c->visibility, "team") && strcmp(c->visibility, "private"))
         return lr_errp(err, LR_E_INVALID, "visibility", "visibility must be team or private, not '%s'", c->visibility);
     if (!c->tls_cert[0] != !c->tls_key[0])

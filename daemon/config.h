@@ -11,6 +11,7 @@
 #include "common/err.h"
 
 #define CONFIG_MAX_WORKERS 16
+#define CONFIG_MAX_PACK 16
 
 typedef struct config_worker {
     char backend[32]; /* "cpu" or "cuda:N" */
@@ -44,11 +45,18 @@ typedef struct lorad_config {
     int cancel_grace_s;         /* after a cancel, kill a worker still running this long */
     long long min_free_bytes;   /* free-space floor of data_dir for uploads and new jobs; 0 = none */
     int restart_backoff_max_s;
+    long long gen_cache_bytes;  /* loaded models of the generation servers; 0 = half the free memory */
+    int gen_timeout_s;          /* one generation's time limit */
     char worker_listen[128];    /* remote workers' ADDR:PORT, "" = none (daemon/remote.h) */
     char tls_cert[1024], tls_key[1024]; /* "" = plain TCP, loopback only */
     /* Slurm executor (daemon/slurm.h); slurm_devices "" = off */
     char slurm_devices[64], slurm_partition[128], slurm_sbatch_args[1024], slurm_worker_args[1024];
     char slurm_worker_url[256], slurm_token_file[1024];
+    /* Co-training (issue 19): "auto" packs compatible jobs onto a worker
+     * that offers room (its hello's pack_max > 1), "off" never; at most
+     * pack_max_jobs (<= CONFIG_MAX_PACK) jobs share one pass. */
+    char packing[8];
+    int pack_max_jobs;
     int n_workers;
     config_worker workers[CONFIG_MAX_WORKERS];
 } lorad_config;

@@ -78,9 +78,40 @@ static void query_each(void *conn, int (*fn)(void *ud, const char *key, const ch
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, query_one, &it);
 }
 
+/* A body written as it is produced (api_resp.read). */
+typedef struct body_reader {
+    long (*read)(void *ud, char *buf, size_t max);
+    void (*done)(void *ud);
+    void *ud;
+} body_reader;
+
+static ssize_t body_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    body_reader *br = cls;
+    long n = br->read(br->ud, buf, max);
+    return n > 0 ? (ssize_t)n : n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static void body_done(void *cls) {
+    body_reader *br = cls;
+    br->done(br->ud);
+    free(br);
+}
+
 static enum MHD_Result send_resp(struct MHD_Connection *conn, api_resp *rs) {
     struct MHD_Response *r;
-    if (rs->fd >= 0) {
+    body_reader *br = rs->read ? malloc(sizeof *br) : NULL;
+    if (br) {
+        *br = (body_reader){rs->read, rs->read_done, rs->read_ud};
+        /* MHD calls body_read in this connection's thread, which the read
+         * blocks as a generation always has; body_done runs once, even when
+         * the client is gone */
+        r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, body_read, br, body_done);
+        if (r) rs->read = NULL, rs->read_done = NULL, rs->read_ud = NULL;
+        else free(br);
+    } else if (rs->read) {
+        r = NULL;
+    } else if (rs->fd >= 0) {
         r = MHD_create_response_from_fd64(rs->fd_size, rs->fd);
         if (r) rs->fd = -1; /* MHD owns it now */
     } else {

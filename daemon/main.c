@@ -23,7 +23,6 @@
  * processes of two threads on a busy two-core box were 60x slower than two
  * of one thread, and a generation is latency-bound anyway. */
 #define GEN_MAX_AT_ONCE 2
-#define GEN_TIMEOUT_S 110
 #define GEN_THREADS 1
 
 static void usage(FILE *f) {
@@ -318,8 +317,9 @@ static int cmd_serve(const lorad_config *c) {
     /* completions waiting for a slot hold one too, so the same floor */
     int gen_queue = c->http_threads - max_gen - 1;
     runner_config rconf = {.worker_bin = c->worker_bin, .data_dir = c->data_dir, .db_path = db,
-                         .max_generations = max_gen, .gen_timeout_s = GEN_TIMEOUT_S, .gen_threads = GEN_THREADS,
-                         .gen_queue = gen_queue > RUNNER_GEN_QUEUE ? RUNNER_GEN_QUEUE : gen_queue};
+                         .max_generations = max_gen, .gen_timeout_s = c->gen_timeout_s, .gen_threads = GEN_THREADS,
+                         .gen_queue = gen_queue > RUNNER_GEN_QUEUE ? RUNNER_GEN_QUEUE : gen_queue,
+                         .gen_cache_bytes = (size_t)c->gen_cache_bytes};
     if (super_init(&sv, c, db, &e) || runner_new(&rconf, &rn, &e)) goto out;
     api_env env = {.cfg = c, .db = http_thread_store, .db_ud = db, .wake = super_wake, .wake_ud = sv, .runner = rn};
     a = api_new(&env);

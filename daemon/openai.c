@@ -367,39 +367,54 @@ static json_t *chunk(int chat, const char *id, const char *model, int64_t create
                      model, "choices", choice, "system_fingerprint", "lorad");
 }
 
+int oai_sse_open(lr_buf *b, int chat, const char *id, const char *model, int64_t created) {
+    if (!chat) return 0;
+    return sse_event(b, chunk(1, id, model, created,
+                              json_pack("{s:i, s:{s:s, s:s}, s:n, s:n}", "index", 0, "delta", "role", "assistant",
+                                        "content", "", "finish_reason", "logprobs")));
+}
+
+int oai_sse_text(lr_buf *b, int chat, const char *id, const char *model, int64_t created, const char *text,
+                 size_t n) {
+    json_t *piece = json_stringn(text, n);
+    if (!piece) return -1;
+    return sse_event(b, chunk(chat, id, model, created,
+                              chat ? json_pack("{s:i, s:{s:o}, s:n, s:n}", "index", 0, "delta", "content", piece,
+                                               "finish_reason", "logprobs")
+                                   : json_pack("{s:i, s:o, s:n, s:n}", "index", 0, "text", piece, "finish_reason",
+                                               "logprobs")));
+}
+
+int oai_sse_close(lr_buf *b, int chat, const char *id, const char *model, int64_t created, const json_t *gen,
+                  int include_usage) {
+    int bad = sse_event(b, chunk(chat, id, model, created,
+                                 chat ? json_pack("{s:i, s:{}, s:s, s:n}", "index", 0, "delta", "finish_reason",
+                                                  finish_reason(gen), "logprobs")
+                                      : json_pack("{s:i, s:s, s:s, s:n}", "index", 0, "text", "", "finish_reason",
+                                                  finish_reason(gen), "logprobs")));
+    if (!bad && include_usage) {
+        json_t *u = json_pack("{s:s, s:s, s:I, s:s, s:[], s:o}", "id", id, "object",
+                              chat ? "chat.completion.chunk" : "text_completion", "created", (json_int_t)created,
+                              "model", model, "choices", "usage", usage(gen));
+        bad = sse_event(b, u);
+    }
+    return bad || lr_buf_adds(b, "data: [DONE]\n\n") ? -1 : 0;
+}
+
 char *oai_sse(int chat, const char *id, const char *model, int64_t created, const json_t *gen, int include_usage,
               size_t chunk_bytes, size_t *len) {
     const char *text = json_string_value(json_object_get(gen, "text"));
     size_t n = text ? strlen(text) : 0, at = 0;
     lr_buf b;
     lr_buf_init(&b, (n + 1024) * 8 + (1u << 16));
-    int bad = chat && sse_event(&b, chunk(1, id, model, created,
-                                          json_pack("{s:i, s:{s:s, s:s}, s:n, s:n}", "index", 0, "delta", "role",
-                                                    "assistant", "content", "", "finish_reason", "logprobs")));
+    int bad = oai_sse_open(&b, chat, id, model, created);
     while (!bad && at < n) {
         size_t k = chunk_bytes < n - at ? chunk_bytes : n - at;
         while (at + k < n && ((unsigned char)text[at + k] & 0xC0) == 0x80) k++; /* whole UTF-8 characters */
-        json_t *piece = json_stringn(text + at, k);
-        bad = !piece || sse_event(&b, chunk(chat, id, model, created,
-                                            chat ? json_pack("{s:i, s:{s:o}, s:n, s:n}", "index", 0, "delta",
-                                                             "content", piece, "finish_reason", "logprobs")
-                                                 : json_pack("{s:i, s:o, s:n, s:n}", "index", 0, "text", piece,
-                                                             "finish_reason", "logprobs")));
+        bad = oai_sse_text(&b, chat, id, model, created, text + at, k);
         at += k;
     }
-    if (!bad)
-        bad = sse_event(&b, chunk(chat, id, model, created,
-                                  chat ? json_pack("{s:i, s:{}, s:s, s:n}", "index", 0, "delta", "finish_reason",
-                                                   finish_reason(gen), "logprobs")
-                                       : json_pack("{s:i, s:s, s:s, s:n}", "index", 0, "text", "", "finish_reason",
-                                                   finish_reason(gen), "logprobs")));
-    if (!bad && include_usage) {
-        json_t *u = json_pack("{s:s, s:s, s:I, s:s, s:[], s:o}", "id", id, "object",
-                              chat ? "chat.completion.chunk" : "text_completion", "created", (json_int_t)created,
-                              "model", model, "choices", "usage", usage(gen));
-        bad = sse_event(&b, u);
-    }
-    if (bad || lr_buf_adds(&b, "data: [DONE]\n\n")) {
+    if (bad || oai_sse_close(&b, chat, id, model, created, gen, include_usage)) {
         lr_buf_free(&b);
         return NULL;
     }

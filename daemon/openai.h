@@ -20,6 +20,7 @@
 
 #include <jansson.h>
 #include <stdint.h>
+#include "common/buf.h"
 #include "common/err.h"
 #include "proto/jobspec.h"
 
@@ -90,5 +91,15 @@ json_t *oai_completion(int chat, const char *id, const char *model, int64_t crea
  * usage chunk when include_usage, then "data: [DONE]". malloc'd, *len. */
 char *oai_sse(int chat, const char *id, const char *model, int64_t created, const json_t *gen, int include_usage,
               size_t chunk_bytes, size_t *len);
+/* The same events one part at a time, appended to b, for an answer sent as
+ * it is generated: the opening (a chat's role chunk; nothing for a text
+ * completion), one chunk per piece of text (n > 0 bytes, whole UTF-8
+ * characters), the end (finish reason, usage when include_usage, [DONE]).
+ * 0, or -1 when b is full or out of memory. */
+int oai_sse_open(lr_buf *b, int chat, const char *id, const char *model, int64_t created) LR_WARN_UNUSED;
+int oai_sse_text(lr_buf *b, int chat, const char *id, const char *model, int64_t created, const char *text,
+                 size_t n) LR_WARN_UNUSED;
+int oai_sse_close(lr_buf *b, int chat, const char *id, const char *model, int64_t created, const json_t *gen,
+                  int include_usage) LR_WARN_UNUSED;
 
 #endif

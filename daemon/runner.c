@@ -33,6 +33,18 @@ extern char **environ;
 #define MERGING_PREFIX ".merging-"
 #define COPY_CHUNK (8u << 20)
 
+/* One `lora-worker serve` (worker/cmd_serve.c): owned by the generation
+ * that marked it busy, so only the pick and the release take smu. */
+typedef struct gen_server {
+    pid_t pid;   /* -1: not running (started on first use) */
+    int to, from;  /* its stdin (ours non-blocking), its stdout */
+    lr_buf in;     /* read, not yet a whole line */
+    int busy;
+    char key[2 * PATH_MAX + 2]; /* model and adapter of its last answer, which it keeps loaded */
+} gen_server;
+
+static void server_close(gen_server *s);
+
 typedef struct merge_task {
     struct merge_task *next;
     runner *r;
@@ -46,6 +58,13 @@ typedef struct merge_task {
 struct runner {
     char *worker_bin, *data_dir, *db_path;
     int max_generations, gen_timeout_s, gen_threads, gen_queue;
+    char gen_backend[32];
+    size_t serve_bytes; /* --max-bytes of each server */
+    pthread_mutex_t smu; /* guards servers[].busy */
+    gen_server *servers;
+    int n_servers;      /* max_generations: a slot always finds one idle */
+    atomic_llong request_ids;
+    atomic_ullong loads, unloads, server_starts;
     atomic_int generations;
     atomic_int gen_waiting; /* runner_generate_one calls waiting for a slot */
     atomic_int stopping;
@@ -234,8 +253,23 @@ int runner_new(const runner_config *cfg, runner **out, lr_err *err) {
     r->gen_timeout_s = cfg->gen_timeout_s;
     r->gen_threads = cfg->gen_threads > 0 ? cfg->gen_threads : 1;
     r->gen_queue = cfg->gen_queue < 0 ? 0 : cfg->gen_queue > RUNNER_GEN_QUEUE ? RUNNER_GEN_QUEUE : cfg->gen_queue;
+    snprintf(r->gen_backend, sizeof r->gen_backend, "%s", cfg->gen_backend ? cfg->gen_backend : "auto");
+    size_t budget = cfg->gen_cache_bytes;
+    if (!budget) { /* half the memory free now: training workers need the rest */
+        long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        budget = pages > 0 && page > 0 ? (size_t)pages * (size_t)page / 2 : (size_t)1 << 30;
+    }
+    r->n_servers = r->max_generations > 0 ? r->max_generations : 1;
+    r->serve_bytes = budget / (size_t)r->n_servers;
+    r->servers = calloc((size_t)r->n_servers, sizeof *r->servers);
+    for (int i = 0; r->servers && i < r->n_servers; i++) {
+        r->servers[i].pid = -1;
+        r->servers[i].to = r->servers[i].from = -1;
+        lr_buf_init(&r->servers[i].in, RUNNER_MAX_OUTPUT);
+    }
     pthread_mutex_init(&r->mu, NULL);
-    if (!r->worker_bin || !r->data_dir || !r->db_path) {
+    pthread_mutex_init(&r->smu, NULL);
+    if (!r->worker_bin || !r->data_dir || !r->db_path || !r->servers) {
         runner_free(r);
         return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
     }
@@ -275,86 +309,399 @@ void runner_free(runner *r) {
     if (!r) return;
     runner_stop(r);
     runner_wait(r);
+    for (int i = 0; r->servers && i < r->n_servers; i++) {
+        server_close(&r->servers[i]);
+        lr_buf_free(&r->servers[i].in);
+    }
+    free(r->servers);
     pthread_mutex_destroy(&r->mu);
+    pthread_mutex_destroy(&r->smu);
     free(r->worker_bin);
     free(r->data_dir);
     free(r->db_path);
     free(r);
 }
 
-/* ---- generation ---- */
+/* ---- generation servers ---- */
 
-static int parse_generation(const child_result *res, json_t **side, int *prompt_tokens, lr_err *err) {
-    json_error_t je;
-    json_t *o = json_loadb(res->out.data ? res->out.data : "", res->out.len, JSON_DISABLE_EOF_CHECK | JSON_ALLOW_NUL, &je);
-    json_t *ids = json_object_get(o, "ids"), *text = json_object_get(o, "text"), *stop = json_object_get(o, "stop");
-    if (!json_is_object(o) || !json_is_array(ids) || !json_is_string(stop)) {
-        json_decref(o);
-        return lr_errp(err, LR_E_INTERNAL, NULL, "lora-worker generate printed no result object");
+static void server_close(gen_server *s) {
+    if (s->to >= 0) close(s->to);
+    if (s->from >= 0) close(s->from);
+    s->to = s->from = -1;
+    if (s->pid > 0) {
+        kill(s->pid, SIGKILL);
+        while (waitpid(s->pid, NULL, 0) < 0 && errno == EINTR) {
+        }
     }
-    *prompt_tokens = (int)json_integer_value(json_object_get(o, "prompt_tokens"));
-    *side = json_pack("{s:O, s:I, s:O}", "text", json_is_string(text) ? text : json_string(""), "tokens",
-                      (json_int_t)json_array_size(ids), "stop", stop);
-    json_decref(o);
-    return *side ? 0 : lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    s->pid = -1;
+    s->in.len = 0;
+    s->key[0] = 0;
 }
 
-static int generate_one(runner *r, const runner_gen *g, int tuned, double deadline, json_t **side,
-                        int *prompt_tokens, lr_err *err) {
-    char mnt[16], temp[32], topp[32], topk[16], seed[32], threads[16];
-    snprintf(mnt, sizeof mnt, "%d", g->max_new_tokens);
-    snprintf(temp, sizeof temp, "%.9g", g->temperature);
-    snprintf(topp, sizeof topp, "%.9g", g->top_p);
-    snprintf(topk, sizeof topk, "%d", g->top_k);
-    snprintf(seed, sizeof seed, "%lld", g->seed);
+/* Starts `lora-worker serve`: its stdin and stdout on close-on-exec pipes
+ * (no other child holds them, so either side sees the other go), stderr
+ * lorad's own (its log). */
+static int server_start(runner *r, gen_server *s, lr_err *err) {
+    int ip[2] = {-1, -1}, op[2] = {-1, -1}, rc = -1;
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    int fa_ok = 0, at_ok = 0;
+    char bytes[32], threads[16];
+    snprintf(bytes, sizeof bytes, "%zu", r->serve_bytes);
     snprintf(threads, sizeof threads, "%d", r->gen_threads);
-    const char *argv[48];
-    int n = 0;
-    argv[n++] = r->worker_bin;
-    argv[n++] = "generate";
-    argv[n++] = "--json";
-    argv[n++] = "--model";
-    argv[n++] = tuned && g->tuned_model_dir ? g->tuned_model_dir : g->model_dir;
-    if (tuned && !g->tuned_model_dir) {
-        argv[n++] = "--adapter";
-        argv[n++] = g->adapter_dir;
+    char *const argv[] = {r->worker_bin, "serve", "--backend", r->gen_backend, "--max-bytes", bytes, "--threads",
+                          threads, NULL};
+    if (pipe2(ip, O_CLOEXEC) || pipe2(op, O_CLOEXEC)) {
+        lr_errp(err, LR_E_IO, NULL, "pipe: %s", strerror(errno));
+        goto out;
     }
-    argv[n++] = "--template";
-    argv[n++] = g->chat_template && *g->chat_template ? g->chat_template : "auto";
-    argv[n++] = g->prompts_file ? "--prompts" : "--prompt";
-    argv[n++] = g->prompts_file ? g->prompts_file : g->prompt;
-    if (g->system && *g->system) {
-        argv[n++] = "--system";
-        argv[n++] = g->system;
+    fa_ok = !posix_spawn_file_actions_init(&fa);
+    at_ok = !posix_spawnattr_init(&at);
+    sigset_t none, dfl;
+    sigemptyset(&none);
+    sigfillset(&dfl);
+    sigdelset(&dfl, SIGKILL);
+    sigdelset(&dfl, SIGSTOP);
+    if (!fa_ok || !at_ok || posix_spawn_file_actions_adddup2(&fa, ip[0], 0) ||
+        posix_spawn_file_actions_adddup2(&fa, op[1], 1) || posix_spawnattr_setsigmask(&at, &none) ||
+        posix_spawnattr_setsigdefault(&at, &dfl) ||
+        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)) {
+        lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+        goto out;
     }
-    for (int i = 0; i < g->n_stop && i < RUNNER_MAX_STOP; i++) {
-        argv[n++] = "--stop";
-        argv[n++] = g->stop[i];
+    pid_t pid;
+    int e = posix_spawn(&pid, argv[0], &fa, &at, argv, environ);
+    if (e) {
+        lr_errp(err, LR_E_IO, NULL, "cannot run %s: %s", argv[0], strerror(e));
+        goto out;
     }
-    const char *const tail[] = {"--max-new-tokens", mnt, "--temperature", temp, "--top-p", topp, "--top-k", topk,
-                                "--seed", seed, "--threads", threads};
-    for (size_t i = 0; i < sizeof tail / sizeof tail[0]; i++) argv[n++] = tail[i];
-    argv[n] = NULL;
-    child_result res;
-    const char *what = !tuned ? "generation with the base model"
-                       : g->tuned_model_dir ? "generation with the tuned model"
-                                            : "generation with the adapter";
-    if (child_run(r, (char *const *)argv, deadline, RUNNER_MAX_OUTPUT, &res, err)) {
-        child_free(&res);
-        return -1;
+    /* lorad ignores SIGPIPE: a dead server is an EPIPE here, not a signal */
+    if (fcntl(ip[1], F_SETFL, O_NONBLOCK)) {
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+        lr_errp(err, LR_E_IO, NULL, "fcntl: %s", strerror(errno));
+        goto out;
     }
-    int rc = child_error(&res, what, err);
-    /* Of the child's inputs only the prompt comes from the request: a prompt
-     * it refuses (too long, not renderable) is the request's fault; a model
-     * or an adapter it refuses, the server's. */
+    s->pid = pid;
+    s->to = ip[1];
+    s->from = op[0];
+    ip[1] = op[0] = -1;
+    s->in.len = 0;
+    s->key[0] = 0;
+    atomic_fetch_add(&r->server_starts, 1);
+    rc = 0;
+out:
+    for (int i = 0; i < 2; i++) {
+        if (ip[i] >= 0) close(ip[i]);
+        if (op[i] >= 0) close(op[i]);
+    }
+    if (fa_ok) posix_spawn_file_actions_destroy(&fa);
+    if (at_ok) posix_spawnattr_destroy(&at);
+    return rc;
+}
+
+/* Why a server is gone (it died, was killed, or lorad stops): the server is
+ * closed (killed, reaped) and the error says so. *died: it ended on its own,
+ * where one more try on a fresh server is sound. */
+static int server_lost(runner *r, gen_server *s, int timed_out, int *died, lr_err *err) {
+    int status = 0;
+    pid_t pid = s->pid;
+    if (!timed_out && !atomic_load(&r->stopping) && pid > 0) {
+        /* EOF on its stdout: it is exiting, or has; its status says why */
+        for (int i = 0; i < KILL_GRACE_S * 100; i++) {
+            pid_t w = waitpid(pid, &status, WNOHANG);
+            if (w == pid || (w < 0 && errno != EINTR)) {
+                s->pid = -1;
+                break;
+            }
+            nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+        }
+    }
+    server_close(s);
+    if (died) *died = 0;
+    if (atomic_load(&r->stopping)) return lr_errp(err, LR_E_INTERNAL, NULL, "stopped: lorad is shutting down");
+    if (timed_out)
+        return lr_errp(err, LR_E_TIMEOUT, NULL, "ran past its time limit of %d s and was stopped (the generation "
+                       "server is restarted for the next request)", r->gen_timeout_s);
+    if (died) *died = 1;
+    if (WIFSIGNALED(status))
+        return lr_errp(err, LR_E_INTERNAL, NULL, "the generation server died of signal %d", WTERMSIG(status));
+    return lr_errp(err, LR_E_INTERNAL, NULL, "the generation server exited with status %d", WEXITSTATUS(status));
+}
+
+static int server_send(runner *r, gen_server *s, const char *p, size_t n, double deadline, int *died, lr_err *err) {
+    while (n) {
+        if (atomic_load(&r->stopping)) return server_lost(r, s, 0, died, err);
+        double now = now_mono();
+        if (now >= deadline) return server_lost(r, s, 1, died, err);
+        struct pollfd pf = {.fd = s->to, .events = POLLOUT};
+        int wait_ms = (deadline - now) * 1000 < POLL_MS ? (int)((deadline - now) * 1000) + 1 : POLL_MS;
+        if (poll(&pf, 1, wait_ms) <= 0) continue;
+        ssize_t w = write(s->to, p, n);
+        if (w < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (w < 0) return server_lost(r, s, 0, died, err);
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* The server's next answer line for request id (lines for other ids, such
+ * as its hello, are skipped), parsed. */
+static int server_line(runner *r, gen_server *s, long long id, double deadline, json_t **line, int *died,
+                       lr_err *err) {
+    *line = NULL;
+    for (;;) {
+        char *nl = s->in.len ? memchr(s->in.data, '\n', s->in.len) : NULL;
+        if (nl) {
+            size_t n = (size_t)(nl - s->in.data);
+            json_t *o = json_loadb(s->in.data, n, JSON_ALLOW_NUL, NULL); /* a model may well generate a NUL */
+            memmove(s->in.data, nl + 1, s->in.len - n - 1);
+            s->in.len -= n + 1;
+            if (!json_is_object(o)) {
+                json_decref(o);
+                server_close(s);
+                return lr_errp(err, LR_E_INTERNAL, NULL, "the generation server wrote a line that is not JSON");
+            }
+            if (json_integer_value(json_object_get(o, "id")) == id) {
+                *line = o;
+                return 0;
+            }
+            json_decref(o);
+            continue;
+        }
+        if (s->in.len == s->in.max) {
+            server_close(s);
+            return lr_errp(err, LR_E_INTERNAL, NULL, "the generation server wrote a line over %zu bytes", s->in.max);
+        }
+        if (atomic_load(&r->stopping)) return server_lost(r, s, 0, died, err);
+        double now = now_mono();
+        if (now >= deadline) return server_lost(r, s, 1, died, err);
+        struct pollfd pf = {.fd = s->from, .events = POLLIN};
+        int wait_ms = (deadline - now) * 1000 < POLL_MS ? (int)((deadline - now) * 1000) + 1 : POLL_MS;
+        if (poll(&pf, 1, wait_ms) <= 0) continue;
+        char chunk[65536];
+        size_t room = s->in.max - s->in.len;
+        ssize_t got = read(s->from, chunk, room < sizeof chunk ? room : sizeof chunk);
+        if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (got <= 0) return server_lost(r, s, 0, died, err);
+        if (lr_buf_add(&s->in, chunk, (size_t)got)) {
+            server_close(s);
+            return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+        }
+    }
+}
+
+/* An idle server for model+adapter key: the one that served it last (it
+ * still has it loaded), else a running one, else any. A generation slot is
+ * held, and there are as many servers as slots, so one is idle. */
+static gen_server *server_take(runner *r, const char *key) {
+    gen_server *best = NULL;
+    pthread_mutex_lock(&r->smu);
+    for (int i = 0; i < r->n_servers; i++) {
+        gen_server *s = &r->servers[i];
+        if (s->busy) continue;
+        int score = !strcmp(s->key, key) ? 2 : s->pid > 0;
+        int bs = !best ? -1 : !strcmp(best->key, key) ? 2 : best->pid > 0;
+        if (score > bs) best = s;
+    }
+    if (best) best->busy = 1;
+    pthread_mutex_unlock(&r->smu);
+    return best;
+}
+
+static void server_give(runner *r, gen_server *s) {
+    pthread_mutex_lock(&r->smu);
+    s->busy = 0;
+    pthread_mutex_unlock(&r->smu);
+}
+
+/* ---- generation ---- */
+
+struct runner_stream {
+    runner *r;
+    gen_server *s;
+    long long id;
+    int done, slot;
+    double t0, deadline;
+    const char *what;
+    json_t *first;  /* the answer line read by runner_stream_start, not yet handed out */
+    json_t *delta;  /* the line whose text *delta points into */
+};
+
+static const char *side_name(const runner_gen *g, int tuned) {
+    return !tuned ? "generation with the base model"
+           : g->tuned_model_dir ? "generation with the tuned model"
+                                : "generation with the adapter";
+}
+
+static json_t *request_json(const runner_gen *g, int tuned, long long id, int stream) {
+    json_t *stop = json_array();
+    for (int i = 0; i < g->n_stop && i < RUNNER_MAX_STOP; i++) json_array_append_new(stop, json_string(g->stop[i]));
+    json_t *o = json_pack("{s:I, s:s, s:s, s:i, s:f, s:f, s:i, s:I, s:o, s:b}", "id", (json_int_t)id, "model",
+                          tuned && g->tuned_model_dir ? g->tuned_model_dir : g->model_dir, "template",
+                          g->chat_template && *g->chat_template ? g->chat_template : "auto", "max_new_tokens",
+                          g->max_new_tokens, "temperature", g->temperature, "top_p", g->top_p, "top_k", g->top_k,
+                          "seed", (json_int_t)g->seed, "stop", stop, "stream", stream);
+    if (!o) return NULL;
+    if (tuned && !g->tuned_model_dir) json_object_set_new(o, "adapter", json_string(g->adapter_dir));
+    if (g->prompts_file) json_object_set_new(o, "prompts_file", json_string(g->prompts_file));
+    else json_object_set_new(o, "prompt", json_string(g->prompt ? g->prompt : ""));
+    if (g->system && *g->system) json_object_set_new(o, "system", json_string(g->system));
+    return o;
+}
+
+/* An error line from the server into err. Of a request's inputs only the
+ * prompt comes from the client: a prompt the server refuses (too long, not
+ * renderable) is the request's fault; a model or an adapter it refuses, the
+ * server's. */
+static int answer_error(const json_t *line, const char *what, lr_err *err) {
+    char *s = json_dumps(line, JSON_COMPACT);
+    lr_err ce = {0};
+    int found = s && !msg_child_error_parse(s, strlen(s), &ce);
+    free(s);
+    if (!found) return lr_errp(err, LR_E_INTERNAL, NULL, "%s: the generation server's answer has no result", what);
+    lr_errp(err, ce.code, ce.param, "%s: %s", what, ce.msg);
     int prompt = err->code == LR_E_INVALID && !strcmp(err->param, "prompt");
-    if (rc && !prompt && err->code != LR_E_TIMEOUT && err->code != LR_E_NOMEM) {
+    if (!prompt && err->code != LR_E_NOMEM) {
         err->code = LR_E_INTERNAL;
         err->param[0] = 0;
     }
-    if (!rc) rc = parse_generation(&res, side, prompt_tokens, err);
-    child_free(&res);
-    return rc;
+    return -1;
+}
+
+/* Sends the request and reads its first answer line into st->first. One
+ * more try on a fresh server when the server turns out to have died
+ * (killed between requests): the request had not started. */
+static int stream_begin(runner_stream *st, const runner_gen *g, int tuned, int stream, lr_err *err) {
+    runner *r = st->r;
+    gen_server *s = st->s;
+    for (int attempt = 0;; attempt++) {
+        int died = 0;
+        if (s->pid <= 0 && server_start(r, s, err)) break;
+        st->id = atomic_fetch_add(&r->request_ids, 1) + 1;
+        json_t *rq = request_json(g, tuned, st->id, stream);
+        char *text = rq ? json_dumps(rq, JSON_COMPACT) : NULL;
+        json_decref(rq);
+        if (!text) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+        size_t n = strlen(text);
+        text[n] = '\n'; /* json_dumps's NUL: the line's end goes out with it */
+        int rc = server_send(r, s, text, n + 1, st->deadline, &died, err);
+        free(text);
+        if (!rc) rc = server_line(r, s, st->id, st->deadline, &st->first, &died, err);
+        if (!rc) break;
+        if (!died || attempt) break;
+    }
+    if (!st->first) {
+        lr_err_prefix(err, "%s: ", st->what);
+        return -1;
+    }
+    if (json_object_get(st->first, "error")) {
+        answer_error(st->first, st->what, err);
+        json_decref(st->first);
+        st->first = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* The final answer into runner_generate_one's object. */
+static json_t *final_object(runner_stream *st, json_t *line) {
+    runner *r = st->r;
+    json_int_t loaded = json_integer_value(json_object_get(line, "loaded"));
+    atomic_fetch_add(&r->loads, (unsigned long long)loaded);
+    atomic_fetch_add(&r->unloads, (unsigned long long)json_integer_value(json_object_get(line, "evicted")));
+    json_t *text = json_object_get(line, "text"), *stop = json_object_get(line, "stop");
+    return json_pack("{s:O, s:I, s:O, s:I, s:f, s:b}", "text", json_is_string(text) ? text : json_string(""),
+                     "tokens", json_integer_value(json_object_get(line, "tokens")), "stop",
+                     json_is_string(stop) ? stop : json_string("length"), "prompt_tokens",
+                     json_integer_value(json_object_get(line, "prompt_tokens")), "seconds", now_mono() - st->t0,
+                     "model_loaded", (int)loaded);
+}
+
+int runner_stream_next(runner_stream *st, const char **delta, size_t *n, json_t **result, lr_err *err) {
+    *delta = NULL, *n = 0, *result = NULL;
+    json_decref(st->delta);
+    st->delta = NULL;
+    if (st->done) return lr_errp(err, LR_E_INTERNAL, NULL, "the generation has ended");
+    json_t *line = st->first;
+    st->first = NULL;
+    if (!line && server_line(st->r, st->s, st->id, st->deadline, &line, NULL, err)) {
+        st->done = 1;
+        lr_err_prefix(err, "%s: ", st->what);
+        return -1;
+    }
+    json_t *d = json_object_get(line, "delta");
+    if (json_is_string(d)) {
+        st->delta = line;
+        *delta = json_string_value(d);
+        *n = json_string_length(d);
+        return 0;
+    }
+    st->done = 1;
+    if (json_object_get(line, "error")) {
+        answer_error(line, st->what, err);
+        json_decref(line);
+        return -1;
+    }
+    *result = final_object(st, line);
+    json_decref(line);
+    return *result ? 1 : lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+}
+
+/* A server and a started request for one side; the slot is the caller's. */
+static int stream_open(runner *r, const runner_gen *g, int tuned, int stream, double t0, double deadline,
+                       runner_stream **out, lr_err *err) {
+    *out = NULL;
+    runner_stream *st = calloc(1, sizeof *st);
+    if (!st) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    char key[2 * PATH_MAX + 2];
+    snprintf(key, sizeof key, "%s\n%s", tuned && g->tuned_model_dir ? g->tuned_model_dir : g->model_dir,
+             tuned && !g->tuned_model_dir ? g->adapter_dir : "");
+    st->r = r;
+    st->t0 = t0;
+    st->deadline = deadline;
+    st->what = side_name(g, tuned);
+    st->s = server_take(r, key);
+    if (!st->s) {
+        free(st);
+        return lr_errp(err, LR_E_BUSY, NULL, "no generation server is free; try again in a moment");
+    }
+    if (stream_begin(st, g, tuned, stream, err)) {
+        server_give(r, st->s);
+        free(st);
+        return -1;
+    }
+    snprintf(st->s->key, sizeof st->s->key, "%s", key);
+    *out = st;
+    return 0;
+}
+
+/* Reads a stream to its end, dropping the text: the final object. */
+static int stream_finish(runner_stream *st, json_t **result, lr_err *err) {
+    const char *d;
+    size_t n;
+    int rc;
+    while (!(rc = runner_stream_next(st, &d, &n, result, err))) {
+    }
+    return rc < 0 ? -1 : 0;
+}
+
+void runner_stream_free(runner_stream *st) {
+    if (!st) return;
+    runner *r = st->r;
+    json_decref(st->first);
+    st->first = NULL;
+    /* The client left mid-answer: the server finishes it (within the
+     * deadline) and stays loaded for the next one. */
+    json_t *rest = NULL;
+    lr_err e = {0};
+    if (!st->done && !stream_finish(st, &rest, &e)) json_decref(rest);
+    json_decref(st->delta);
+    server_give(r, st->s);
+    if (st->slot) atomic_fetch_sub(&r->generations, 1);
+    free(st);
 }
 
 int runner_generate(runner *r, const runner_gen *g, json_t **out, lr_err *err) {
@@ -366,16 +713,24 @@ int runner_generate(runner *r, const runner_gen *g, json_t **out, lr_err *err) {
                        r->max_generations);
     }
     double t0 = now_mono(), deadline = t0 + r->gen_timeout_s;
-    json_t *base = NULL, *tuned = NULL;
-    int pt = 0, rc = -1;
-    if (generate_one(r, g, 0, deadline, &base, &pt, err) || generate_one(r, g, 1, deadline, &tuned, &pt, err)) goto out;
-    *out = json_pack("{s:i, s:o, s:o, s:f}", "prompt_tokens", pt, "base", base, "tuned", tuned, "seconds",
+    json_t *side[2] = {NULL, NULL};
+    int rc = -1;
+    for (int tuned = 0; tuned < 2; tuned++) {
+        runner_stream *st = NULL;
+        int bad = stream_open(r, g, tuned, 0, t0, deadline, &st, err) || stream_finish(st, &side[tuned], err);
+        runner_stream_free(st);
+        if (bad) goto out;
+    }
+    json_t *pt = json_object_get(side[0], "prompt_tokens");
+    *out = json_pack("{s:O, s:{s:O, s:O, s:O}, s:{s:O, s:O, s:O}, s:f}", "prompt_tokens", pt, "base", "text",
+                     json_object_get(side[0], "text"), "tokens", json_object_get(side[0], "tokens"), "stop",
+                     json_object_get(side[0], "stop"), "tuned", "text", json_object_get(side[1], "text"), "tokens",
+                     json_object_get(side[1], "tokens"), "stop", json_object_get(side[1], "stop"), "seconds",
                      now_mono() - t0);
-    base = tuned = NULL;
     rc = *out ? 0 : lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
 out:
-    json_decref(base);
-    json_decref(tuned);
+    json_decref(side[0]);
+    json_decref(side[1]);
     atomic_fetch_sub(&r->generations, 1);
     return rc;
 }
@@ -410,17 +765,33 @@ static int gen_slot(runner *r, double deadline, lr_err *err) {
     return 0;
 }
 
-int runner_generate_one(runner *r, const runner_gen *g, int tuned, json_t **out, lr_err *err) {
-    *out = NULL;
+int runner_stream_start(runner *r, const runner_gen *g, int tuned, runner_stream **out, lr_err *err) {
     double t0 = now_mono();
+    *out = NULL;
     if (gen_slot(r, t0 + r->gen_timeout_s, err)) return -1;
-    int pt = 0, rc = generate_one(r, g, tuned, t0 + r->gen_timeout_s, out, &pt, err);
-    if (!rc) {
-        json_object_set_new(*out, "prompt_tokens", json_integer(pt));
-        json_object_set_new(*out, "seconds", json_real(now_mono() - t0));
+    if (stream_open(r, g, tuned, 1, t0, t0 + r->gen_timeout_s, out, err)) {
+        atomic_fetch_sub(&r->generations, 1);
+        return -1;
     }
+    (*out)->slot = 1;
+    return 0;
+}
+
+int runner_generate_one(runner *r, const runner_gen *g, int tuned, json_t **out, lr_err *err) {
+    double t0 = now_mono();
+    runner_stream *st = NULL;
+    *out = NULL;
+    if (gen_slot(r, t0 + r->gen_timeout_s, err)) return -1;
+    int rc = stream_open(r, g, tuned, 0, t0, t0 + r->gen_timeout_s, &st, err) || stream_finish(st, out, err) ? -1 : 0;
+    runner_stream_free(st);
     atomic_fetch_sub(&r->generations, 1);
     return rc;
+}
+
+void runner_stats(runner *r, runner_gen_stats *st) {
+    st->model_loads = atomic_load(&r->loads);
+    st->model_unloads = atomic_load(&r->unloads);
+    st->server_starts = atomic_load(&r->server_starts);
 }
 
 /* ---- merge ---- */

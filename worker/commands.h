@@ -11,6 +11,7 @@ int cmd_run(int argc, char **argv); /* one job without a daemon (worker/cmd_run.
 int cmd_grads(int argc, char **argv); /* loss and LoRA gradients of one batch (worker/cmd_grads.c) */
 int cmd_tokenize(int argc, char **argv); /* text to token ids (worker/cmd_tokenize.c) */
 int cmd_generate(int argc, char **argv); /* text from a model (+ adapter) with a KV cache (worker/cmd_generate.c) */
+int cmd_serve(int argc, char **argv); /* generation requests on stdin, models kept loaded (worker/cmd_serve.c) */
 int cmd_merge(int argc, char **argv); /* base + adapter into one HF model folder (worker/cmd_merge.c) */
 
 int cmd_mkmodel(int argc, char **argv); /* a random model folder in HF format (worker/cmd_mkmodel.c) */

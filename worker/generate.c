@@ -176,6 +176,10 @@ int gen_run(model_kv *kv, const tok *t, const int32_t *prompt, int n_prompt, con
                 break;
             }
         }
+        if (o->on_token && o->on_token(o->token_ud, out->ids, out->n)) {
+            out->stop = GEN_STOP_CANCELLED;
+            break;
+        }
         if (out->n == o->max_new_tokens || model_kv_len(kv) == model_kv_cap(kv)) break;
         if (o->cancelled && o->cancelled(o->cancel_ud)) {
             out->stop = GEN_STOP_CANCELLED;

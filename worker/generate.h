@@ -43,6 +43,11 @@ typedef struct gen_opts {
     /* Optional: non-zero ends generation before the next token (a job's cancel). */
     int (*cancelled)(void *ud);
     void *cancel_ud;
+    /* Optional: called with the output so far after each token kept
+     * (lora-worker serve streams the text as it grows); non-zero ends
+     * generation as cancelled. */
+    int (*on_token)(void *ud, const int32_t *ids, int n);
+    void *token_ud;
 } gen_opts;
 
 typedef enum { GEN_STOP_TOKEN, GEN_STOP_STRING, GEN_STOP_LENGTH, GEN_STOP_CANCELLED } gen_stop;

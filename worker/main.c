@@ -18,6 +18,7 @@ static const worker_cmd cmds[] = {
     {"render", cmd_render, "show a dataset rendered by a chat template: text, ids, labels"},
     {"grads", cmd_grads, "loss and LoRA (or, --full, all weight) gradients of one batch, for checking against PyTorch"},
     {"generate", cmd_generate, "generate text from a model, with or without an adapter (KV cache, CPU)"},
+    {"serve", cmd_serve, "answer generation requests from stdin, keeping models loaded (lorad starts this)"},
     {"merge", cmd_merge, "merge an adapter into its base model: a full Hugging Face model folder"},
     {"tokenize", cmd_tokenize, "print the token ids of each line of stdin with a model's tokenizer"},
     {"mkmodel", cmd_mkmodel, "write a randomly initialised model folder in Hugging Face format"},
