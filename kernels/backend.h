@@ -62,6 +62,10 @@ typedef struct kb_linear {
      * then NULL, the layout is [out, in] whatever w_in_out says, and there
      * is no dW); only on a backend with quant4. */
     const struct kq_weight *qW;
+    /* bf16 matmuls (the CPU backend with bf16_pack): W packed by bf16_pack
+     * in place of W (W is then NULL, no dW); linear_fwd/bwd's base
+     * products run in bf16 with f32 accumulation. */
+    const void *W16;
 } kb_linear;
 
 /* AdamW hyperparameters of one step (t counts from 1). */
@@ -133,6 +137,15 @@ struct kb_backend {
     void (*attn_bwd)(kb_backend *be, float *dq, float *dk, float *dv, const float *dout,
                      const float *out, const float *lse, const float *q, const float *k,
                      const float *v, int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D, int window);
+    /* Incremental attention (decoding with a KV cache), forward only: n
+     * query rows (stride ldq, Hq heads) at positions p0..p0+n-1 of one
+     * sequence against the cache's keys and values kc, vc of positions
+     * 0..p0+n-1 (stride ldkv, Hkv heads; the n new ones already written).
+     * Causal, GQA and window as attn_fwd; out [n, Hq*D]. Row i equals row
+     * p0+i of attn_fwd over the whole sequence up to rounding, and with
+     * p0 = 0 it is attn_fwd with B = 1, T = n (bit for bit on the CPU). */
+    void (*attn_kv_fwd)(kb_backend *be, float *out, const float *q, int ldq, const float *kc, const float *vc,
+                        int ldkv, int p0, int n, int Hq, int Hkv, int D, int window);
 
     /* SwiGLU: h[n] = silu(g[n]) * u[n]; backward overwrites dg, du. */
     void (*swiglu_fwd)(kb_backend *be, float *h, const float *g, const float *u, size_t n);
@@ -163,10 +176,12 @@ struct kb_backend {
      * w_n = grad_scale * (tok_scale ? tok_scale[n] : 1) (zero on ignored
      * rows). dW [V,C], when not NULL (full fine-tuning; only on a backend
      * with weight_grads), accumulates d(sum_n w_n loss_n)/dW. targets,
-     * tok_scale, tok_loss are backend memory. */
-    double (*lmhead_ce)(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, float *dW, const float *x,
-                        const void *W, const int32_t *targets, const float *tok_scale, int N, int C, int V,
-                        float grad_scale, int chunk_rows);
+     * tok_scale, tok_loss are backend memory. *n_correct, when not NULL,
+     * is set to the number of those rows whose argmax logit is the target
+     * (the first of equal maxima, as torch.argmax): token accuracy. */
+    double (*lmhead_ce)(kb_backend *be, int64_t *n_valid, int64_t *n_correct, float *tok_loss, float *dx, float *dW,
+                        const float *x, const void *W, const int32_t *targets, const float *tok_scale, int N, int C,
+                        int V, float grad_scale, int chunk_rows);
 
     /* AdamW over n f32 parameters with their gradients and moments. */
     void (*adamw)(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n,
@@ -203,6 +218,28 @@ struct kb_backend {
      * (e.g. "out of GPU memory: needed 2.1 GiB, 1.3 GiB free of 79.1 GiB")
      * and clears it. Call it after each step and after a failed alloc. */
     int (*check)(kb_backend *be, lr_err *err);
+
+    /* Optional (NULL: this backend cannot co-train several adapters on one
+     * base, and worker/pack.c refuses). The plain LoRA path of L (L->lora
+     * without DoRA) by itself, for several adapters sharing one frozen
+     * linear, each on its own rows: lora_fwd adds scale * (drop(x) A^T)
+     * B^T into y[N,out] and saves xa [N,r]; lora_bwd accumulates dA, dB and,
+     * when dx != NULL, adds the path's input gradient into dx. linear_fwd
+     * is, bit for bit, linear_fwd without the lora then lora_fwd; the same
+     * holds for linear_bwd and lora_bwd. */
+    void (*lora_fwd)(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N);
+    void (*lora_bwd)(kb_backend *be, const kb_linear *L, float *dx, const float *dy, const float *x,
+                     const float *xa, int N);
+
+    /* Optional (NULL: frozen linear weights stay in weight_dtype). Frozen
+     * linear weights in bf16, packed for the backend's bf16 kernel
+     * (kb_linear.W16): bf16_check says whether this machine runs it (0, or
+     * -1 with the reason, e.g. the CPU feature it lacks); bf16_bytes is the
+     * packed size of W [out, in]; bf16_pack packs f32 W ([in, out] when
+     * w_in_out) into dst, backend memory of that size. */
+    int (*bf16_check)(kb_backend *be, lr_err *err);
+    size_t (*bf16_bytes)(kb_backend *be, int in, int out);
+    void (*bf16_pack)(kb_backend *be, void *dst, const float *W, int in, int out, int w_in_out);
 };
 
 /* The CPU backend: sgemm (single-threaded inside, partitioned across

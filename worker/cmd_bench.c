@@ -197,13 +197,13 @@ static void p_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_a
     if (L->lora) f += 2.0 * N * L->lora->r * (2.0 * L->out + L->in + (dx ? L->in : 0));
     PROF(name, f, prof_inner.linear_bwd(be, L, dx, dx_acc, dy, x, xa, N));
 }
-static double p_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, float *dW, const float *x,
-                          const void *W, const int32_t *targets, const float *tok_scale, int N, int C, int V,
-                          float grad_scale, int chunk_rows) {
+static double p_lmhead_ce(kb_backend *be, int64_t *n_valid, int64_t *n_correct, float *tok_loss, float *dx, float *dW,
+                          const float *x, const void *W, const int32_t *targets, const float *tok_scale, int N, int C,
+                          int V, float grad_scale, int chunk_rows) {
     double r, f = 2.0 * N * C * (double)V * (1 + (dx != NULL) + (dW != NULL));
     PROF("lm head + loss", f,
-         r = prof_inner.lmhead_ce(be, n_valid, tok_loss, dx, dW, x, W, targets, tok_scale, N, C, V, grad_scale,
-                                  chunk_rows));
+         r = prof_inner.lmhead_ce(be, n_valid, n_correct, tok_loss, dx, dW, x, W, targets, tok_scale, N, C, V,
+                                  grad_scale, chunk_rows));
     return r;
 }
 static void p_adamw(kb_backend *be, float *p, const float *g, float *m, float *v, size_t n, const kb_adamw *hp) {
@@ -275,7 +275,10 @@ static void usage(FILE *f) {
                "--profile (CPU): after the JSON line, the time of each op per step (linear layers by\n"
                "in x out shape), its share of the step and its GFLOP/s.\n"
                "--quantize: a 4-bit base (QLoRA, model_load_quant); adds quant_mb (codes + scales of the\n"
-               "linear weights) and quant_f32_mb (the same weights in f32).\n");
+               "linear weights) and quant_f32_mb (the same weights in f32).\n"
+               "--compute-dtype f32|bf16|auto: the frozen linears' matmuls as the job spec's compute_dtype\n"
+               "(default f32; bf16: weights packed in bf16 on the AVX512_BF16 kernel); the JSON says\n"
+               "\"compute_dtype\" as resolved.\n");
 }
 
 int cmd_bench(int argc, char **argv) {
@@ -286,12 +289,12 @@ int cmd_bench(int argc, char **argv) {
         {"r", required_argument, 0, 'r'},     {"sgemm", required_argument, 0, 'g'},
         {"kernel", required_argument, 0, 'k'}, {"profile", no_argument, 0, 'p'},
         {"help", no_argument, 0, 'h'},        {"quantize", required_argument, 0, 'q'},
-        {0, 0, 0, 0}};
+        {"compute-dtype", required_argument, 0, 'c'}, {0, 0, 0, 0}};
     const char *dir = NULL, *backend = "cpu", *kernel = NULL;
     int B = 1, T = 256, steps = 3, threads = 0, r = 16, sgemm = 0, profile = 0, c;
     optind = 1;
-    model_quant mq = {KQ_NONE, 0};
-    while ((c = getopt_long(argc, argv, "m:b:B:T:s:t:r:g:k:phq:", opts, NULL)) != -1) {
+    model_quant mq = {KQ_NONE, 0, MODEL_MM_F32};
+    while ((c = getopt_long(argc, argv, "m:b:B:T:s:t:r:g:k:phq:c:", opts, NULL)) != -1) {
         switch (c) {
         case 'm': dir = optarg; break;
         case 'b': backend = optarg; break;
@@ -309,6 +312,13 @@ int cmd_bench(int argc, char **argv) {
                 return 1;
             }
             break;
+        case 'c':
+            if (!strcmp(optarg, "f32") || !strcmp(optarg, "bf16") || !strcmp(optarg, "auto")) {
+                mq.matmul = optarg[0] == 'f' ? MODEL_MM_F32 : optarg[0] == 'b' ? MODEL_MM_BF16 : MODEL_MM_AUTO;
+                break;
+            }
+            fprintf(stderr, "lora-worker bench: --compute-dtype must be f32, bf16 or auto\n");
+            return 1;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 1;
         }
@@ -387,9 +397,9 @@ int cmd_bench(int argc, char **argv) {
                  qb / 1048576.0, qf / 1048576.0);
     printf("{\"backend\": \"%s\", \"batch\": %d, \"seq\": %d, \"tokens_per_s\": %.1f, \"step_s\": %.4f, "
            "\"gflops\": %.2f, \"flops_per_token\": %.4g, \"peak_rss_mb\": %.0f, \"lora_params\": %zu, \"loss\": %.4f, "
-           "\"kernel\": \"%s\"%s%s}\n",
+           "\"kernel\": \"%s\", \"compute_dtype\": \"%s\"%s%s}\n",
            be->name, B, T, B * T / step_s, step_s, flops_tok * B * T / step_s / 1e9, flops_tok, peak_rss_mb(), n, loss,
-           be->host_memory ? kg_current()->name : "cuBLAS", gpu, quant);
+           be->host_memory ? kg_current()->name : "cuBLAS", model_bf16(m) || be->weight_dtype == KB_BF16 ? "bf16" : be->weight_dtype == KB_F16 ? "f16" : "f32", gpu, quant);
     if (profile) {
         double total = 0;
         for (int s = 0; s < steps; s++) total += times[s];

@@ -12,7 +12,8 @@
  * trainable tensor (LoRA A, B and DoRA magnitudes) under the adapter's PEFT
  * key names, f32, and prints one JSON line with "loss" and "tokens" (the
  * scored targets):
- *  - sft: loss = mean CE over the scored targets;
+ *  - sft: loss = mean CE over the scored targets, also "accuracy" (the
+ *    share of them that are their logits' argmax);
  *  - kl_sft: loss = mean CE + lambda tau^2 mean KL(base || adapted) over the
  *    scored targets (model_fwd_bwd_kl), also "ce" and "kl" (the means);
  *  - dpo: rows [0, B/2) are the chosen, [B/2, B) the rejected answers;
@@ -114,7 +115,7 @@ int cmd_grads(int argc, char **argv) {
     const char *method = "sft", *ref_dir = NULL;
     double kl_lambda = 0.1, kl_tau = 1.0, beta = 0.1;
     int threads = 0, full = 0;
-    model_quant mq = {KQ_NONE, 0};
+    model_quant mq = {KQ_NONE, 0, MODEL_MM_F32};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -228,7 +229,8 @@ int cmd_grads(int argc, char **argv) {
     model_zero_grad(m);
     if (kind == 0) {
         if (model_fwd_bwd(m, ids, labels, B, T, gs, &loss_sum, &ntok, &err)) goto fail;
-        printf("{\"loss\": %.9g, \"tokens\": %lld}\n", ntok ? loss_sum / (double)ntok : 0.0, (long long)ntok);
+        printf("{\"loss\": %.9g, \"tokens\": %lld, \"accuracy\": %.9g}\n", ntok ? loss_sum / (double)ntok : 0.0,
+               (long long)ntok, ntok ? (double)model_last_correct(m) / (double)ntok : 0.0);
     } else if (kind == 1) {
         if (model_fwd_bwd_kl(m, ids, labels, B, T, (float)kl_lambda, (float)kl_tau, gs, &ce, &kl, &ntok, &err))
             goto fail;

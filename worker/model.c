@@ -1,5 +1,6 @@
 /* model: HF decoders with LoRA on a kernels/ backend. */
 #include "worker/model.h"
+#include "worker/model_impl.h"
 
 #include <limits.h>
 #include <math.h>
@@ -74,6 +75,7 @@ struct model {
     int qdouble;
     kq_weight *qw;
     size_t qbytes, qf32; /* their bytes, and the same weights' f32 bytes */
+    int bf16;            /* the linear layers' weights are packed in bf16 (kb_linear.W16) */
 
     adapter *ad; /* LoRA settings and tensor names; NULL without adapters */
     char base_name[512]; /* what saved adapters name as their base (adapter_base_name) */
@@ -102,6 +104,15 @@ struct model {
     int train;
     uint64_t seed, micro;
     int recompute; /* activation checkpointing: layers share one set of activations */
+    int64_t n_correct; /* scored targets of the last model_fwd_bwd / model_loss that were the argmax */
+
+    /* co-training (model_slot): while model_fwd_bwd_pack runs, the pass's
+     * micro-batches, one segment per adapter (npseg 0 otherwise) */
+    const struct pseg *pseg;
+    int npseg;
+    int nslots;    /* live slots: activations then hold every module's LoRA input */
+    int pack_r;    /* the largest rank a slot has had: what those are planned for */
+    int cap_slots; /* the activations were planned with slots live */
 };
 
 const hf_config *model_config(const model *m) { return &m->cfg; }
@@ -121,6 +132,29 @@ kq_type model_quant_info(const model *m, int *double_quant, size_t *qbytes, size
     if (qbytes) *qbytes = m->qbytes;
     if (f32_bytes) *f32_bytes = m->qf32;
     return t;
+}
+
+int model_bf16(const model *m) { return m->bf16; }
+
+/* Whether the frozen linears run in bf16 (MODEL_MM_*, model.h): sets
+ * m->bf16, or fails when bf16 was asked of a backend that cannot. */
+static int resolve_matmul(model *m, const model_quant *mq, lr_err *err) {
+    kb_backend *be = m->be;
+    int want = mq ? mq->matmul : MODEL_MM_F32, quant = mq && mq->type != KQ_NONE;
+    m->bf16 = 0;
+    if (want == MODEL_MM_F32 || !be->bf16_check) return 0; /* a GPU keeps its weights in 16 bits anyway */
+    if (quant) {
+        if (want == MODEL_MM_AUTO) return 0;
+        return lr_errp(err, LR_E_INVALID, "compute_dtype",
+                       "compute_dtype bf16 does not combine with lora.quantize (4-bit weights): use auto or f32");
+    }
+    lr_err why = {0};
+    int runs = be->bf16_check(be, &why) == 0;
+    if (want == MODEL_MM_BF16 && !runs)
+        return lr_errp(err, LR_E_INVALID, "compute_dtype", "compute_dtype bf16: %s; use auto or f32", why.msg);
+    m->bf16 = runs && (want == MODEL_MM_BF16 || !strcmp(m->cfg.torch_dtype, "bfloat16") ||
+                       !strcmp(m->cfg.torch_dtype, "float16"));
+    return 0;
 }
 
 static const char *mod_name(const model *m, int s) { return m->gpt2 ? GPT2_MOD[s] : LLAMA_MOD[s]; }
@@ -234,6 +268,23 @@ static void *wput(wctx *w, const void *src, size_t bytes) {
     return p;
 }
 
+/* A linear weight packed in bf16 by the backend (kb_linear.W16): staged
+ * in f32, then packed into the arena. */
+static int wget_bf16(wctx *w, const char *name, int in, int out, kb_linear *k) {
+    model *m = w->m;
+    kb_backend *be = m->be;
+    const st_tensor *t;
+    if (wcheck(w, name, m->gpt2 ? in : out, m->gpt2 ? out : in, 0, &t)) return -1;
+    if (w->base) {
+        if (st_to_f32(t, w->stage, (size_t)in * out, w->err)) return lr_err_prefix(w->err, "tensor '%s': ", name);
+        be->bf16_pack(be, w->base + w->off, w->stage, in, out, m->gpt2);
+        st_set_release(w->s, t);
+        k->W16 = w->base + w->off;
+    }
+    w->off += align64(be->bf16_bytes(be, in, out));
+    return 0;
+}
+
 /* A weight that the checkpoint stores 4-bit (worker/bnb4.h), copied into
  * the arena as stored, not quantized again. */
 static void wget_prequant(wctx *w, const kq_weight *src, const st_tensor *codes, kq_weight *q) {
@@ -271,6 +322,7 @@ static int wget_linear(wctx *w, const char *name, int in, int out, kq_weight *q,
         wget_prequant(w, &pq, qc, q);
         return 0;
     }
+    if (m->qtype == KQ_NONE && m->bf16) return wget_bf16(w, name, in, out, k);
     if (m->qtype == KQ_NONE) return wget(w, name, m->gpt2 ? in : out, m->gpt2 ? out : in, 0, &k->W);
     const st_tensor *t;
     if (wcheck(w, name, m->gpt2 ? in : out, m->gpt2 ? out : in, 0, &t)) return -1;
@@ -391,6 +443,7 @@ int model_load_quant(const char *dir, kb_backend *be, const model_quant *mq, mod
     m->KVd = c->n_kv_heads * c->head_dim;
     if (!be->host_memory) be->weight_dtype = model_weight_dtype(c, be->weight_dtype);
     m->wsize = be->weight_dtype == KB_F32 ? 4 : 2;
+    if (resolve_matmul(m, mq, err)) goto fail;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     m->qw = calloc((size_t)c->n_layers * S_N, sizeof *m->qw);
     if (!m->layers || !m->qw) {
@@ -422,9 +475,9 @@ int model_load_quant(const char *dir, kb_backend *be, const model_quant *mq, mod
                 be->name);
         goto fail;
     }
-    if (!be->host_memory || be->weight_dtype != KB_F32 || w.qmax) {
+    if (!be->host_memory || be->weight_dtype != KB_F32 || w.qmax || m->bf16) {
         size_t in_max = (size_t)(c->intermediate > 3 * c->hidden ? c->intermediate : 3 * c->hidden) * c->hidden;
-        if (be->host_memory && be->weight_dtype == KB_F32) maxn = 0; /* f32 tensors load in place: only 4-bit ones stage */
+        if (be->host_memory && be->weight_dtype == KB_F32) maxn = 0; /* f32 tensors load in place: only 4-bit and bf16 ones stage */
         if (in_max > maxn) maxn = in_max;
         if (w.qmax > maxn) maxn = w.qmax;
         if (c->max_pos * (size_t)c->hidden > maxn) maxn = (size_t)c->max_pos * c->hidden;
@@ -700,6 +753,9 @@ int model_full_init(model *m, lr_err *err) {
     if (m->qbytes)
         return lr_errp(err, LR_E_INVALID, "lora.quantize",
                        "full_sft trains the base weights, which are 4-bit here: load the model unquantized");
+    if (m->bf16)
+        return lr_errp(err, LR_E_INVALID, "compute_dtype",
+                       "full_sft trains the base weights in f32: use compute_dtype f32 (or auto)");
     free_lora(m);
     free_ref(m);
     free_acts(m);
@@ -926,7 +982,8 @@ static size_t plan_acts(model *m, char *base, size_t N, int T, int r) {
         layer *L = &m->layers[l];
         L->res = take(base, &off, N * C);
         for (int s = 0; s < S_N; s++)
-            L->m[s].xa = L->m[s].L.lora || L->m[s].rlora.A ? take(base, &off, N * r) : NULL;
+            L->m[s].xa = L->m[s].L.lora || L->m[s].rlora.A || (m->nslots && mod_name(m, s)) ? take(base, &off, N * r)
+                                                                                          : NULL;
         if (m->recompute && l > 0) { /* everything but the layer input is recomputed in the backward */
             const layer *L0 = &m->layers[0];
             L->ln1 = L0->ln1, L->n1mean = L0->n1mean, L->n1rstd = L0->n1rstd, L->qkv = L0->qkv, L->att = L0->att;
@@ -974,13 +1031,38 @@ static size_t plan_acts(model *m, char *base, size_t N, int T, int r) {
  * trained and the reference adapter's. */
 static int act_rank(const model *m) {
     int r = m->ad ? m->ad->r : 0;
+    if (m->nslots && m->pack_r > r) r = m->pack_r;
     return m->rad && m->rad->r > r ? m->rad->r : r;
+}
+
+int model__rope_tables(const model *m, int T, float *cos, float *sin, lr_err *err) {
+    const hf_config *c = &m->cfg;
+    if (m->gpt2) return 0;
+    int half = c->head_dim / 2;
+    float *h = malloc((size_t)T * half * 2 * sizeof(float));
+    if (!h) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory for RoPE tables of %d positions", T);
+    for (int i = 0; i < half; i++) {
+        float inv = lr_rope_inv_freq(i, c->head_dim, c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
+                                     c->rope_high_freq_factor, c->rope_orig_max_pos);
+        for (int t = 0; t < T; t++) {
+            float f = (float)t * inv;
+            h[(size_t)t * half + i] = cosf(f);
+            h[(size_t)T * half + (size_t)t * half + i] = sinf(f);
+        }
+    }
+    m->be->upload(m->be, cos, h, (size_t)T * half * sizeof(float));
+    m->be->upload(m->be, sin, h + (size_t)T * half, (size_t)T * half * sizeof(float));
+    free(h);
+    return 0;
 }
 
 static int reserve(model *m, int B, int T, lr_err *err) {
     int r = act_rank(m);
     size_t N = (size_t)B * T;
-    if (m->amem && N <= m->capN && T <= m->capT && r == m->cap_r) return 0;
+    /* with slots live, one plan serves every adapter of rank up to cap_r */
+    int same = m->cap_slots == !!m->nslots && (r == m->cap_r || (m->nslots && r < m->cap_r));
+    if (m->amem && N <= m->capN && T <= m->capT && same) return 0;
+    if (same) r = m->cap_r;
     if (r == m->cap_r) { /* grow to cover both shapes */
         if (N < m->capN) N = m->capN;
         if (T < m->capT) T = m->capT;
@@ -996,28 +1078,10 @@ static int reserve(model *m, int B, int T, lr_err *err) {
                        bytes >> 20, B, T);
     }
     plan_acts(m, m->amem, N, T, r);
-    m->capN = N, m->capT = T, m->cap_r = r;
-    /* RoPE tables for positions 0..T-1, in f32 as HF computes them */
-    const hf_config *c = &m->cfg;
-    if (!m->gpt2) {
-        int half = c->head_dim / 2;
-        float *h = malloc((size_t)T * half * 2 * sizeof(float));
-        if (!h) {
-            free_acts(m);
-            return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
-        }
-        for (int i = 0; i < half; i++) {
-            float inv = lr_rope_inv_freq(i, c->head_dim, c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
-                                         c->rope_high_freq_factor, c->rope_orig_max_pos);
-            for (int t = 0; t < T; t++) {
-                float f = (float)t * inv;
-                h[(size_t)t * half + i] = cosf(f);
-                h[(size_t)T * half + (size_t)t * half + i] = sinf(f);
-            }
-        }
-        m->be->upload(m->be, m->rcos, h, (size_t)T * half * sizeof(float));
-        m->be->upload(m->be, m->rsin, h + (size_t)T * half, (size_t)T * half * sizeof(float));
-        free(h);
+    m->capN = N, m->capT = T, m->cap_r = r, m->cap_slots = !!m->nslots;
+    if (model__rope_tables(m, T, m->rcos, m->rsin, err)) {
+        free_acts(m);
+        return -1;
     }
     return 0;
 }
@@ -1074,49 +1138,193 @@ static int layer_window(const model *m, int l) {
     return c->sliding_window;
 }
 
-/* Layer l from its input L->res to the next layer's input. */
-static void layer_fwd(model *m, int l, int B, int T) {
+/* ---- one pass, one adapter or several (co-training) ----
+ * Outside model_fwd_bwd_pack a pass is one micro-batch of B x T rows and
+ * these call the ops once. In a packed pass B x T is all rows x 1 (for the
+ * row-wise ops) and m->pseg holds each adapter's micro-batch: the frozen
+ * base runs once over all rows, the LoRA path, RoPE, attention and the
+ * embeddings' positions per segment, on exactly the rows and shapes the
+ * adapter's own pass would have, so each segment computes what it computes
+ * alone. */
+
+typedef struct pseg {
+    int row0, B, T;
+    model_slot *slot;
+} pseg;
+
+static kb_lora *slot_mod(model_slot *s, int l, int slot);
+
+/* xa: the saved LoRA input of the module (decoding: scratch). */
+static void lin_fwd(model *m, int l, int s, float *y, float *xa, const float *x, int N) {
+    kb_backend *be = m->be;
+    lin *li = &m->layers[l].m[s];
+    if (!m->npseg) {
+        be->linear_fwd(be, &li->L, y, xa, x, N);
+        return;
+    }
+    kb_linear Lg = li->L;
+    Lg.lora = NULL;
+    be->linear_fwd(be, &Lg, y, NULL, x, N);
+    for (int g = 0; g < m->npseg; g++) {
+        const pseg *sg = &m->pseg[g];
+        Lg.lora = slot_mod(sg->slot, l, s);
+        if (!Lg.lora->A) continue;
+        size_t r0 = (size_t)sg->row0;
+        be->lora_fwd(be, &Lg, y + r0 * Lg.out, xa + r0 * m->cap_r, x + r0 * Lg.in, sg->B * sg->T);
+    }
+}
+
+static void lin_bwd(model *m, int l, int s, float *dx, int dx_acc, const float *dy, const float *x, int N) {
+    kb_backend *be = m->be;
+    lin *li = &m->layers[l].m[s];
+    if (!m->npseg) {
+        be->linear_bwd(be, &li->L, dx, dx_acc, dy, x, li->xa, N);
+        return;
+    }
+    kb_linear Lg = li->L;
+    Lg.lora = NULL;
+    be->linear_bwd(be, &Lg, dx, dx_acc, dy, x, NULL, N);
+    for (int g = 0; g < m->npseg; g++) {
+        const pseg *sg = &m->pseg[g];
+        Lg.lora = slot_mod(sg->slot, l, s);
+        if (!Lg.lora->A) continue;
+        size_t r0 = (size_t)sg->row0;
+        be->lora_bwd(be, &Lg, dx ? dx + r0 * Lg.in : NULL, dy + r0 * Lg.out, x + r0 * Lg.in, li->xa + r0 * m->cap_r,
+                     sg->B * sg->T);
+    }
+}
+
+/* RoPE (bwd: its inverse) on H heads of rows of stride ld. */
+static void seg_rope(model *m, int bwd, float *x, int ld, int H, int B, int T) {
+    kb_backend *be = m->be;
+    void (*op)(kb_backend *, float *, int, const float *, const float *, int, int, int, int) =
+        bwd ? be->rope_bwd : be->rope_fwd;
+    if (!m->npseg) op(be, x, ld, m->rcos, m->rsin, B * T, T, H, m->cfg.head_dim);
+    for (int g = 0; g < m->npseg; g++) {
+        const pseg *sg = &m->pseg[g];
+        op(be, x + (size_t)sg->row0 * ld, ld, m->rcos, m->rsin, sg->B * sg->T, sg->T, H, m->cfg.head_dim);
+    }
+}
+
+/* Layer l's attention, from q, k, v to L->att and L->lse ([B, Hq, T] per segment). */
+static void seg_attn_fwd(model *m, int l, const float *q, const float *k, const float *v, int ldq, int ldkv, int B,
+                         int T) {
+    const hf_config *c = &m->cfg;
+    layer *L = &m->layers[l];
+    pseg one = {0, B, T, NULL};
+    for (int g = 0; g < (m->npseg ? m->npseg : 1); g++) {
+        const pseg *sg = m->npseg ? &m->pseg[g] : &one;
+        size_t r0 = (size_t)sg->row0;
+        m->be->attn_fwd(m->be, L->att + r0 * m->Qd, L->lse + r0 * c->n_heads, q + r0 * ldq, k + r0 * ldkv,
+                        v + r0 * ldkv, ldq, ldkv, sg->B, sg->T, c->n_heads, c->n_kv_heads, c->head_dim,
+                        layer_window(m, l));
+    }
+}
+
+static void seg_attn_bwd(model *m, int l, float *dq, float *dk, float *dv, const float *q, const float *k,
+                         const float *v, int ldq, int ldkv, int B, int T) {
+    const hf_config *c = &m->cfg;
+    layer *L = &m->layers[l];
+    pseg one = {0, B, T, NULL};
+    for (int g = 0; g < (m->npseg ? m->npseg : 1); g++) {
+        const pseg *sg = m->npseg ? &m->pseg[g] : &one;
+        size_t r0 = (size_t)sg->row0;
+        m->be->attn_bwd(m->be, dq + r0 * ldq, dk + r0 * ldkv, dv + r0 * ldkv, m->datt + r0 * m->Qd,
+                        L->att + r0 * m->Qd, L->lse + r0 * c->n_heads, q + r0 * ldq, k + r0 * ldkv, v + r0 * ldkv, ldq,
+                        ldkv, sg->B, sg->T, c->n_heads, c->n_kv_heads, c->head_dim, layer_window(m, l));
+    }
+}
+
+/* What one layer's forward reads and writes. Training (train_io) points it
+ * at the layer's activations, kept for the backward; decoding (dec_io) at
+ * the KV cache's scratch, with the new rows' keys and values written into
+ * the cache (kc set). */
+typedef struct layer_io {
+    int B, T;                /* B sequences of T positions; decoding: 1 x n new rows */
+    float *res, *next;       /* the layer's input and output (decoding: the same buffer) */
+    float *ln1, *n1mean, *n1rstd, *ln2, *n2mean, *n2rstd;
+    float *qkv;              /* GPT-2: c_attn's fused rows */
+    float *q, *k, *v;        /* q, k, v rows (inside qkv for GPT-2) */
+    int ldq, ldkv;
+    float *att, *lse, *mid, *f1, *f2, *act;
+    float *xa[S_N];          /* LoRA inputs per module */
+    /* decoding: the layer's cached keys and values of positions 0..p0+n-1
+     * (stride ldkv) and the RoPE tables from position p0; kc NULL in training */
+    const float *kc, *vc;
+    int p0;
+    const float *rcos, *rsin;
+} layer_io;
+
+static void train_io(model *m, int l, int B, int T, layer_io *io) {
+    layer *L = &m->layers[l];
+    *io = (layer_io){.B = B, .T = T, .res = L->res, .ln1 = L->ln1, .n1mean = L->n1mean, .n1rstd = L->n1rstd,
+                     .ln2 = L->ln2, .n2mean = L->n2mean, .n2rstd = L->n2rstd, .qkv = L->qkv, .att = L->att,
+                     .lse = L->lse, .mid = L->mid, .f1 = L->f1, .f2 = L->f2, .act = m->tmpI};
+    io->next = l + 1 < m->cfg.n_layers ? m->layers[l + 1].res : m->resL;
+    qkv_split(m, L->qkv, B * T, &io->q, &io->k, &io->v, &io->ldq, &io->ldkv);
+    for (int s = 0; s < S_N; s++) io->xa[s] = L->m[s].xa;
+}
+
+/* Layer l from io->res to io->next. Training and decoding differ only in
+ * where the rows sit: decoding's start at position p0 (RoPE) and attend to
+ * the cache (attn_kv_fwd) instead of to each other (attn_fwd). */
+static void layer_fwd(model *m, int l, const layer_io *io) {
     kb_backend *be = m->be;
     const hf_config *c = &m->cfg;
-    int N = B * T, C = c->hidden, I = c->intermediate, D = c->head_dim;
-    size_t NC = (size_t)N * C, NI = (size_t)N * I;
+    int N = io->B * io->T, D = c->head_dim;
+    size_t NC = (size_t)N * c->hidden, NI = (size_t)N * c->intermediate;
     layer *L = &m->layers[l];
-    float *next = l + 1 < c->n_layers ? m->layers[l + 1].res : m->resL;
-    float *q, *k, *v;
-    int ldq, ldkv;
-    qkv_split(m, L->qkv, N, &q, &k, &v, &ldq, &ldkv);
-    norm_fwd(m, L->ln1, L->n1mean, L->n1rstd, L->res, L->n1w, L->n1b, N);
+    norm_fwd(m, io->ln1, io->n1mean, io->n1rstd, io->res, L->n1w, L->n1b, N);
     if (m->gpt2) {
-        be->linear_fwd(be, &L->m[S_Q].L, L->qkv, L->m[S_Q].xa, L->ln1, N);
+        lin_fwd(m, l, S_Q, io->qkv, io->xa[S_Q], io->ln1, N);
     } else {
-        be->linear_fwd(be, &L->m[S_Q].L, q, L->m[S_Q].xa, L->ln1, N);
-        be->linear_fwd(be, &L->m[S_K].L, k, L->m[S_K].xa, L->ln1, N);
-        be->linear_fwd(be, &L->m[S_V].L, v, L->m[S_V].xa, L->ln1, N);
-        be->rope_fwd(be, q, ldq, m->rcos, m->rsin, N, T, c->n_heads, D);
-        be->rope_fwd(be, k, ldkv, m->rcos, m->rsin, N, T, c->n_kv_heads, D);
+        lin_fwd(m, l, S_Q, io->q, io->xa[S_Q], io->ln1, N);
+        lin_fwd(m, l, S_K, io->k, io->xa[S_K], io->ln1, N);
+        lin_fwd(m, l, S_V, io->v, io->xa[S_V], io->ln1, N);
+        if (io->kc) {
+            be->rope_fwd(be, io->q, io->ldq, io->rcos, io->rsin, N, N, c->n_heads, D);
+            be->rope_fwd(be, io->k, io->ldkv, io->rcos, io->rsin, N, N, c->n_kv_heads, D);
+        } else {
+            seg_rope(m, 0, io->q, io->ldq, c->n_heads, io->B, io->T);
+            seg_rope(m, 0, io->k, io->ldkv, c->n_kv_heads, io->B, io->T);
+        }
     }
-    be->attn_fwd(be, L->att, L->lse, q, k, v, ldq, ldkv, B, T, c->n_heads, c->n_kv_heads, D, layer_window(m, l));
-    be->linear_fwd(be, &L->m[S_O].L, L->mid, L->m[S_O].xa, L->att, N);
-    be->add(be, L->mid, L->res, NC);
-    norm_fwd(m, L->ln2, L->n2mean, L->n2rstd, L->mid, L->n2w, L->n2b, N);
+    if (io->kc)
+        be->attn_kv_fwd(be, io->att, io->q, io->ldq, io->kc, io->vc, io->ldkv, io->p0, N, c->n_heads, c->n_kv_heads,
+                        D, layer_window(m, l));
+    else
+        seg_attn_fwd(m, l, io->q, io->k, io->v, io->ldq, io->ldkv, io->B, io->T);
+    lin_fwd(m, l, S_O, io->mid, io->xa[S_O], io->att, N);
+    be->add(be, io->mid, io->res, NC);
+    norm_fwd(m, io->ln2, io->n2mean, io->n2rstd, io->mid, L->n2w, L->n2b, N);
     if (m->gpt2) {
-        be->linear_fwd(be, &L->m[S_UP].L, L->f1, L->m[S_UP].xa, L->ln2, N);
-        be->gelu_fwd(be, m->tmpI, L->f1, NI, m->exact_gelu);
+        lin_fwd(m, l, S_UP, io->f1, io->xa[S_UP], io->ln2, N);
+        be->gelu_fwd(be, io->act, io->f1, NI, m->exact_gelu);
     } else {
-        be->linear_fwd(be, &L->m[S_GATE].L, L->f1, L->m[S_GATE].xa, L->ln2, N);
-        be->linear_fwd(be, &L->m[S_UP].L, L->f2, L->m[S_UP].xa, L->ln2, N);
-        be->swiglu_fwd(be, m->tmpI, L->f1, L->f2, NI);
+        lin_fwd(m, l, S_GATE, io->f1, io->xa[S_GATE], io->ln2, N);
+        lin_fwd(m, l, S_UP, io->f2, io->xa[S_UP], io->ln2, N);
+        be->swiglu_fwd(be, io->act, io->f1, io->f2, NI);
     }
-    be->linear_fwd(be, &L->m[S_DOWN].L, next, L->m[S_DOWN].xa, m->tmpI, N);
-    be->add(be, next, L->mid, NC);
+    /* decoding: next is res, which the residual add above has consumed */
+    lin_fwd(m, l, S_DOWN, io->next, io->xa[S_DOWN], io->act, N);
+    be->add(be, io->next, io->mid, NC);
 }
 
 static void forward(model *m, int B, int T) {
     const hf_config *c = &m->cfg;
     int N = B * T;
     dora_refresh(m);
-    m->be->embed_fwd(m->be, m->layers[0].res, m->ids, m->wte, m->gpt2 ? m->wpe : NULL, N, T, c->hidden);
-    for (int l = 0; l < c->n_layers; l++) layer_fwd(m, l, B, T);
+    pseg one = {0, B, T, NULL};
+    for (int g = 0; g < (m->npseg ? m->npseg : 1); g++) { /* positions count from each segment's sequences */
+        const pseg *sg = m->npseg ? &m->pseg[g] : &one;
+        m->be->embed_fwd(m->be, m->layers[0].res + (size_t)sg->row0 * c->hidden, m->ids + sg->row0, m->wte,
+                         m->gpt2 ? m->wpe : NULL, sg->B * sg->T, sg->T, c->hidden);
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_io io;
+        train_io(m, l, B, T, &io);
+        layer_fwd(m, l, &io);
+    }
     norm_fwd(m, m->lnf, m->nfmean, m->nfrstd, m->resL, m->nfw, m->nfb, N);
 }
 
@@ -1127,7 +1335,7 @@ static void forward(model *m, int B, int T) {
 static void backward(model *m, int B, int T) {
     kb_backend *be = m->be;
     const hf_config *c = &m->cfg;
-    int N = B * T, D = c->head_dim;
+    int N = B * T;
     size_t NC = (size_t)N * c->hidden, NI = (size_t)N * c->intermediate;
     be->zero(be, m->dres, NC * sizeof(float));
     norm_bwd(m, m->dres, m->dln, m->resL, m->nfw, m->nfb, m->nfmean, m->nfrstd, N);
@@ -1135,7 +1343,11 @@ static void backward(model *m, int B, int T) {
         layer *L = &m->layers[l];
         /* the forward left the last layer's activations in place; the same
          * ops on the same input give the same values bit for bit */
-        if (m->recompute && l + 1 < c->n_layers) layer_fwd(m, l, B, T);
+        if (m->recompute && l + 1 < c->n_layers) {
+            layer_io io;
+            train_io(m, l, B, T, &io);
+            layer_fwd(m, l, &io);
+        }
         float *q, *k, *v, *dq, *dk, *dv;
         int ldq, ldkv;
         qkv_split(m, L->qkv, N, &q, &k, &v, &ldq, &ldkv);
@@ -1143,36 +1355,38 @@ static void backward(model *m, int B, int T) {
         /* MLP: next = mid + down(act(ln2)) */
         if (m->gpt2) {
             be->gelu_fwd(be, m->tmpI, L->f1, NI, m->exact_gelu);
-            be->linear_bwd(be, &L->m[S_DOWN].L, m->dI, 0, m->dres, m->tmpI, L->m[S_DOWN].xa, N);
+            lin_bwd(m, l, S_DOWN, m->dI, 0, m->dres, m->tmpI, N);
             be->gelu_bwd(be, m->d1, m->dI, L->f1, NI, m->exact_gelu);
-            be->linear_bwd(be, &L->m[S_UP].L, m->dln, 0, m->d1, L->ln2, L->m[S_UP].xa, N);
+            lin_bwd(m, l, S_UP, m->dln, 0, m->d1, L->ln2, N);
         } else {
             be->swiglu_fwd(be, m->tmpI, L->f1, L->f2, NI);
-            be->linear_bwd(be, &L->m[S_DOWN].L, m->dI, 0, m->dres, m->tmpI, L->m[S_DOWN].xa, N);
+            lin_bwd(m, l, S_DOWN, m->dI, 0, m->dres, m->tmpI, N);
             be->swiglu_bwd(be, m->d1, m->d2, m->dI, L->f1, L->f2, NI);
-            be->linear_bwd(be, &L->m[S_GATE].L, m->dln, 0, m->d1, L->ln2, L->m[S_GATE].xa, N);
-            be->linear_bwd(be, &L->m[S_UP].L, m->dln, 1, m->d2, L->ln2, L->m[S_UP].xa, N);
+            lin_bwd(m, l, S_GATE, m->dln, 0, m->d1, L->ln2, N);
+            lin_bwd(m, l, S_UP, m->dln, 1, m->d2, L->ln2, N);
         }
         norm_bwd(m, m->dres, m->dln, L->mid, L->n2w, L->n2b, L->n2mean, L->n2rstd, N);
         /* attention: mid = res + o(attn(q, k, v)) */
-        be->linear_bwd(be, &L->m[S_O].L, m->datt, 0, m->dres, L->att, L->m[S_O].xa, N);
-        be->attn_bwd(be, dq, dk, dv, m->datt, L->att, L->lse, q, k, v, ldq, ldkv, B, T, c->n_heads, c->n_kv_heads, D,
-                     layer_window(m, l));
+        lin_bwd(m, l, S_O, m->datt, 0, m->dres, L->att, N);
+        seg_attn_bwd(m, l, dq, dk, dv, q, k, v, ldq, ldkv, B, T);
         /* below layer 0 only trained embeddings need an input gradient */
         float *dln = l > 0 || m->full ? m->dln : NULL;
         if (m->gpt2) {
-            be->linear_bwd(be, &L->m[S_Q].L, dln, 0, m->dqkv, L->ln1, L->m[S_Q].xa, N);
+            lin_bwd(m, l, S_Q, dln, 0, m->dqkv, L->ln1, N);
         } else {
-            be->rope_bwd(be, dq, ldq, m->rcos, m->rsin, N, T, c->n_heads, D);
-            be->rope_bwd(be, dk, ldkv, m->rcos, m->rsin, N, T, c->n_kv_heads, D);
-            be->linear_bwd(be, &L->m[S_Q].L, dln, 0, dq, L->ln1, L->m[S_Q].xa, N);
-            be->linear_bwd(be, &L->m[S_K].L, dln, 1, dk, L->ln1, L->m[S_K].xa, N);
-            be->linear_bwd(be, &L->m[S_V].L, dln, 1, dv, L->ln1, L->m[S_V].xa, N);
+            seg_rope(m, 1, dq, ldq, c->n_heads, B, T);
+            seg_rope(m, 1, dk, ldkv, c->n_kv_heads, B, T);
+            lin_bwd(m, l, S_Q, dln, 0, dq, L->ln1, N);
+            lin_bwd(m, l, S_K, dln, 1, dk, L->ln1, N);
+            lin_bwd(m, l, S_V, dln, 1, dv, L->ln1, N);
         }
         if (dln) norm_bwd(m, m->dres, m->dln, L->res, L->n1w, L->n1b, L->n1mean, L->n1rstd, N);
     }
     if (m->full) be->embed_bwd(be, gradof(m, m->wte), m->gpt2 ? gradof(m, m->wpe) : NULL, m->dres, m->ids, N, T, c->hidden);
 }
+
+static int stage(model *m, const int32_t *ids, const int32_t *labels, int B, int T, int row0, lr_err *err);
+static void draw_masks(model *m, int bwd);
 
 /* Checks a micro-batch, plans the activations, uploads ids and the shifted
  * targets and draws the dropout masks of this micro-batch (training with
@@ -1185,7 +1399,15 @@ static int prep(model *m, const int32_t *ids, const int32_t *labels, int B, int 
         return lr_errp(err, LR_E_INVALID, "hyperparameters.max_seq_len",
                        "sequence length %d exceeds the model's %d positions", T, c->max_pos);
     if (bwd && !m->ad && !m->full) return lr_errf(err, "no LoRA adapters to train: attach or load one first");
-    if (reserve(m, B, T, err)) return -1;
+    if (reserve(m, B, T, err) || stage(m, ids, labels, B, T, 0, err)) return -1;
+    draw_masks(m, bwd);
+    return 0;
+}
+
+/* Checks a micro-batch's ids and labels and uploads them, the labels
+ * shifted, to rows row0.. of the pass. */
+static int stage(model *m, const int32_t *ids, const int32_t *labels, int B, int T, int row0, lr_err *err) {
+    const hf_config *c = &m->cfg;
     int N = B * T;
     for (int n = 0; n < N; n++) {
         if (ids[n] < 0 || ids[n] >= c->vocab_size)
@@ -1195,12 +1417,18 @@ static int prep(model *m, const int32_t *ids, const int32_t *labels, int B, int 
         if (lab != LR_IGNORE_INDEX && (lab < 0 || lab >= c->vocab_size))
             return lr_errp(err, LR_E_INVALID, "labels", "label %d at [%d][%d] is neither -100 nor a token id", lab,
                            n / T, n % T);
-        m->htargets[n] = n % T == T - 1 ? LR_IGNORE_INDEX : labels[n + 1];
+        m->htargets[row0 + n] = n % T == T - 1 ? LR_IGNORE_INDEX : labels[n + 1];
     }
     kb_backend *be = m->be;
-    be->upload(be, m->ids, ids, (size_t)N * sizeof(int32_t));
-    be->upload(be, m->targets, m->htargets, (size_t)N * sizeof(int32_t));
-    /* dropout only when training with gradients; fresh masks per micro-batch */
+    be->upload(be, m->ids + row0, ids, (size_t)N * sizeof(int32_t));
+    be->upload(be, m->targets + row0, m->htargets + row0, (size_t)N * sizeof(int32_t));
+    return 0;
+}
+
+/* The attached adapter's dropout masks for the next micro-batch: dropout
+ * only when training with gradients, fresh masks per micro-batch. */
+static void draw_masks(model *m, int bwd) {
+    const hf_config *c = &m->cfg;
     lr_rng rng;
     int drop = bwd && m->train && m->lcfg.dropout > 0.0f;
     if (drop) rng_stream(&rng, m->seed, m->micro++);
@@ -1211,7 +1439,6 @@ static int prep(model *m, const int32_t *ids, const int32_t *labels, int B, int 
             k->dropout = drop ? m->lcfg.dropout : 0.0f;
             k->seed = drop ? rng_u64(&rng) : 0;
         }
-    return 0;
 }
 
 static int run(model *m, const int32_t *ids, const int32_t *labels, int B, int T, int bwd, float grad_scale,
@@ -1219,12 +1446,13 @@ static int run(model *m, const int32_t *ids, const int32_t *labels, int B, int T
     const hf_config *c = &m->cfg;
     *loss_sum = 0;
     *n_tokens = 0;
+    m->n_correct = 0;
     if (prep(m, ids, labels, B, T, bwd, err)) return -1;
     int N = B * T;
     kb_backend *be = m->be;
     forward(m, B, T);
-    *loss_sum = be->lmhead_ce(be, n_tokens, NULL, bwd ? m->dln : NULL, bwd ? gradof(m, m->lm) : NULL, m->lnf, m->lm, m->targets, NULL, N, c->hidden,
-                              c->vocab_size, grad_scale, 0);
+    *loss_sum = be->lmhead_ce(be, n_tokens, &m->n_correct, NULL, bwd ? m->dln : NULL, bwd ? gradof(m, m->lm) : NULL,
+                              m->lnf, m->lm, m->targets, NULL, N, c->hidden, c->vocab_size, grad_scale, 0);
     if (bwd && *n_tokens) backward(m, B, T);
     if (be->check && be->check(be, err)) return -1; /* a deferred device failure */
     return 0;
@@ -1238,6 +1466,137 @@ int model_fwd_bwd(model *m, const int32_t *ids, const int32_t *labels, int B, in
 int model_loss(model *m, const int32_t *ids, const int32_t *labels, int B, int T, double *loss_sum,
                int64_t *n_tokens, lr_err *err) {
     return run(m, ids, labels, B, T, 0, 0.0f, loss_sum, n_tokens, err);
+}
+
+int64_t model_last_correct(const model *m) { return m->n_correct; }
+
+/* ---- several adapters on one base (co-training) ---- */
+
+struct model_slot {
+    adapter *ad;
+    model_lora_cfg lcfg;
+    model_param *params;
+    size_t nparams, numel;
+    float *pmem, *gmem, *nmem;
+    int train;
+    uint64_t seed, micro;
+    kb_lora *mods; /* [n_layers * S_N]: each module's adapter (A NULL: none) */
+};
+
+static kb_lora *slot_mod(model_slot *s, int l, int slot) { return &s->mods[(size_t)l * S_N + slot]; }
+
+int model_slot_new(model *m, model_slot **out, lr_err *err) {
+    model_slot *s = calloc(1, sizeof *s);
+    if (s) s->mods = calloc((size_t)m->cfg.n_layers * S_N, sizeof *s->mods);
+    if (!s || !s->mods) {
+        free(s);
+        return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    }
+    m->nslots++;
+    *out = s;
+    return 0;
+}
+
+#define SWAP(a, b)                                                                                                     \
+    do {                                                                                                               \
+        __typeof__(a) t_ = (a);                                                                                        \
+        (a) = (b);                                                                                                     \
+        (b) = t_;                                                                                                      \
+    } while (0)
+
+void model_slot_swap(model *m, model_slot *s) {
+    SWAP(m->ad, s->ad);
+    SWAP(m->lcfg, s->lcfg);
+    SWAP(m->params, s->params);
+    SWAP(m->nparams, s->nparams);
+    SWAP(m->numel, s->numel);
+    SWAP(m->pmem, s->pmem);
+    SWAP(m->gmem, s->gmem);
+    SWAP(m->nmem, s->nmem);
+    SWAP(m->train, s->train);
+    SWAP(m->seed, s->seed);
+    SWAP(m->micro, s->micro);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < S_N; k++) {
+            lin *li = &m->layers[l].m[k];
+            SWAP(li->lora, *slot_mod(s, l, k));
+            if (li->L.lora != &li->rlora) li->L.lora = li->lora.A ? &li->lora : NULL;
+        }
+    /* the activations are planned for the largest rank a slot has held */
+    if (m->ad && m->ad->r > m->pack_r) m->pack_r = m->ad->r;
+    if (s->ad && s->ad->r > m->pack_r) m->pack_r = s->ad->r;
+}
+
+void model_slot_free(model *m, model_slot *s) {
+    if (!s) return;
+    model_slot_swap(m, s);
+    free_lora(m);
+    model_slot_swap(m, s);
+    free(s->mods);
+    free(s);
+    m->nslots--;
+}
+
+void model_slot_set_train(model_slot *s, int train, uint64_t seed) {
+    s->train = train;
+    s->seed = seed;
+    s->micro = 0;
+}
+
+int model_fwd_bwd_pack(model *m, model_pack_mb *mb, int n, lr_err *err) {
+    const hf_config *c = &m->cfg;
+    kb_backend *be = m->be;
+    if (!be->lora_fwd || !be->lora_bwd)
+        return lr_errp(err, LR_E_INVALID, NULL, "co-training several adapters is not implemented by the %s backend yet",
+                       be->name);
+    if (n <= 0 || n > MODEL_PACK_MAX) return lr_errp(err, LR_E_INVALID, NULL, "a packed pass holds 1..%d adapters", MODEL_PACK_MAX);
+    if (m->ad || m->full || m->rad)
+        return lr_errf(err, "a packed pass needs every adapter in a slot and no other adapter attached");
+    pseg sg[MODEL_PACK_MAX];
+    long long N = 0;
+    int Tmax = 0;
+    for (int g = 0; g < n; g++) {
+        int B = mb[g].B, T = mb[g].T;
+        model_slot *s = mb[g].slot;
+        if (B <= 0 || T <= 0 || (long long)B * T > (1 << 24))
+            return lr_errp(err, LR_E_INVALID, NULL, "batch %d x %d tokens is out of range", B, T);
+        if (m->gpt2 && T > c->max_pos)
+            return lr_errp(err, LR_E_INVALID, "hyperparameters.max_seq_len",
+                           "sequence length %d exceeds the model's %d positions", T, c->max_pos);
+        if (!s || !s->ad || s->ad->use_dora)
+            return lr_errf(err, "packed micro-batch %d: its slot holds no plain LoRA adapter (DoRA does not pack)", g);
+        sg[g] = (pseg){(int)N, B, T, s};
+        N += (long long)B * T;
+        if (T > Tmax) Tmax = T;
+        mb[g].loss_sum = 0, mb[g].n_tokens = mb[g].n_correct = 0;
+    }
+    if (N > (1 << 24)) return lr_errp(err, LR_E_INVALID, NULL, "a packed pass of %lld tokens is out of range", N);
+    /* rows as whole sequences of the longest segment: the plan holds at least N */
+    if (reserve(m, (int)((N + Tmax - 1) / Tmax), Tmax, err)) return -1;
+    for (int g = 0; g < n; g++) {
+        if (stage(m, mb[g].ids, mb[g].labels, mb[g].B, mb[g].T, sg[g].row0, err)) return -1;
+        model_slot_swap(m, mb[g].slot); /* its own mask stream, as in its own pass */
+        draw_masks(m, 1);
+        model_slot_swap(m, mb[g].slot);
+    }
+    m->pseg = sg;
+    m->npseg = n;
+    forward(m, (int)N, 1);
+    int any = 0, C = c->hidden;
+    for (int g = 0; g < n; g++) {
+        size_t r0 = (size_t)sg[g].row0;
+        mb[g].loss_sum = be->lmhead_ce(be, &mb[g].n_tokens, &mb[g].n_correct, NULL, m->dln + r0 * C, NULL,
+                                       m->lnf + r0 * C, m->lm, m->targets + r0, NULL, mb[g].B * mb[g].T, C,
+                                       c->vocab_size, mb[g].grad_scale, 0);
+        any |= mb[g].n_tokens > 0;
+    }
+    /* a segment without scored tokens has a zero gradient: its adapter's
+     * sums gain exact zeros, as its own pass would skip them */
+    if (any) backward(m, (int)N, 1);
+    m->pseg = NULL;
+    m->npseg = 0;
+    if (be->check && be->check(be, err)) return -1; /* a deferred device failure */
+    return 0;
 }
 
 void model_set_dropout(model *m, float p) {
@@ -1394,11 +1753,11 @@ int model_dpo(model *m, const int32_t *ids, const int32_t *labels, int pairs, in
     if (!lp) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
     int64_t nv;
     if (ref_forward(m, ref, B, T, err)) goto fail;
-    be->lmhead_ce(be, &nv, m->tokloss, NULL, NULL, m->lnf, m->lm, m->targets, NULL, N, C, V, 0.0f, 0);
+    be->lmhead_ce(be, &nv, NULL, m->tokloss, NULL, NULL, m->lnf, m->lm, m->targets, NULL, N, C, V, 0.0f, 0);
     be->download(be, m->hrow, m->tokloss, (size_t)N * sizeof(float));
     row_logps(m->hrow, B, T, rl);
     forward(m, B, T);
-    be->lmhead_ce(be, &out->n_tokens, m->tokloss, NULL, NULL, m->lnf, m->lm, m->targets, NULL, N, C, V, 0.0f, 0);
+    be->lmhead_ce(be, &out->n_tokens, NULL, m->tokloss, NULL, NULL, m->lnf, m->lm, m->targets, NULL, N, C, V, 0.0f, 0);
     be->download(be, m->hrow, m->tokloss, (size_t)N * sizeof(float));
     row_logps(m->hrow, B, T, lp);
     /* loss = softplus(-z), z = beta h; d loss / d(policy logp): -+ beta sigmoid(-z) */
@@ -1420,7 +1779,8 @@ int model_dpo(model *m, const int32_t *ids, const int32_t *labels, int pairs, in
     out->pairs = pairs;
     if (bwd && out->n_tokens) {
         be->upload(be, m->tokscale, m->hrow, (size_t)N * sizeof(float));
-        be->lmhead_ce(be, &nv, NULL, m->dln, NULL, m->lnf, m->lm, m->targets, m->tokscale, N, C, V, grad_scale, 0);
+        be->lmhead_ce(be, &nv, NULL, NULL, m->dln, NULL, m->lnf, m->lm, m->targets, m->tokscale, N, C, V, grad_scale,
+                      0);
         backward(m, B, T);
     }
     free(lp);
@@ -1431,13 +1791,12 @@ fail:
     return -1;
 }
 
-/* ==== inference: logits, a KV cache for generation, switching adapters off ====
+/* ==== inference: logits, decoding, switching adapters off ====
  * Used by generation (worker/generate.c), merging checks and evaluation jobs.
  * Dropout is always off here. The full-forward functions reuse forward()
- * above, so they compute exactly what training computes; the KV cache runs
- * the same ops one new token at a time. */
-
-#define KV_HEAD_ROWS 64 /* LM-head rows computed at once (logits exist for one chunk) */
+ * above, so they compute exactly what training computes; decoding
+ * (model__decode, for worker/model_decode.c's KV cache) runs layer_fwd on
+ * the rows appended to the cache. */
 
 static void lora_no_dropout(model *m) {
     for (int l = 0; m->ad && l < m->cfg.n_layers; l++)
@@ -1447,7 +1806,7 @@ static void lora_no_dropout(model *m) {
         }
 }
 
-static int check_ids(const model *m, const int32_t *ids, int T, lr_err *err) {
+int model__check_ids(const model *m, const int32_t *ids, int T, lr_err *err) {
     const hf_config *c = &m->cfg;
     if (T <= 0 || T > (1 << 24)) return lr_errp(err, LR_E_INVALID, NULL, "sequence of %d tokens is out of range", T);
     if (m->gpt2 && T > c->max_pos)
@@ -1473,7 +1832,7 @@ int model_lora_enable(model *m, int on) {
 }
 
 int model_hidden(model *m, const int32_t *ids, int T, float *hidden, lr_err *err) {
-    if (check_ids(m, ids, T, err) || reserve(m, 1, T, err)) return -1;
+    if (model__check_ids(m, ids, T, err) || reserve(m, 1, T, err)) return -1;
     kb_backend *be = m->be;
     be->upload(be, m->ids, ids, (size_t)T * sizeof(int32_t));
     lora_no_dropout(m);
@@ -1485,7 +1844,7 @@ int model_hidden(model *m, const int32_t *ids, int T, float *hidden, lr_err *err
 
 int model_head(model *m, const float *hidden, int n, float *logits, lr_err *err) {
     kb_backend *be = m->be;
-    int C = m->cfg.hidden, V = m->cfg.vocab_size, rows = n < KV_HEAD_ROWS ? n : KV_HEAD_ROWS;
+    int C = m->cfg.hidden, V = m->cfg.vocab_size, rows = n < MODEL_HEAD_ROWS ? n : MODEL_HEAD_ROWS;
     if (n <= 0) return 0;
     float *x = be->alloc(be, (size_t)rows * C * sizeof(float)), *y = be->alloc(be, (size_t)rows * V * sizeof(float));
     int rc = 0;
@@ -1518,217 +1877,49 @@ int model_logits(model *m, const int32_t *ids, int T, float *logits, lr_err *err
     return rc;
 }
 
-struct model_kv {
-    model *m;
-    int cap, len, r;  /* positions held, positions filled, LoRA rank the scratch fits */
-    void *mem;
-    float *k, *v;     /* [n_layers][cap][KVd]: keys after RoPE, values */
-    float *x, *ln, *q, *qkv, *att, *mid, *f1, *f2, *act, *xa, *mean, *rstd, *lse, *y, *rcos, *rsin;
-    int32_t *ids;     /* [cap] */
-    float *scores;    /* host [cap] for one decoding attention row */
-};
+/* ---- decoding (the KV cache is worker/model_decode.c) ---- */
 
-static size_t kv_plan(model_kv *kv, char *base) {
-    const model *m = kv->m;
-    const hf_config *c = &m->cfg;
-    size_t N = (size_t)kv->cap, C = c->hidden, I = c->intermediate, off = 0;
-    size_t half = (size_t)c->head_dim / 2, rows = N < KV_HEAD_ROWS ? N : KV_HEAD_ROWS;
-    kv->k = take(base, &off, (size_t)c->n_layers * N * m->KVd);
-    kv->v = take(base, &off, (size_t)c->n_layers * N * m->KVd);
-    kv->x = take(base, &off, N * C);
-    kv->ln = take(base, &off, N * C);
-    kv->q = take(base, &off, N * m->Qd);
-    kv->qkv = m->gpt2 ? take(base, &off, N * 3 * C) : NULL;
-    kv->att = take(base, &off, N * m->Qd);
-    kv->mid = take(base, &off, N * C);
-    kv->f1 = take(base, &off, N * I);
-    kv->f2 = take(base, &off, N * I);
-    kv->act = take(base, &off, N * I);
-    kv->xa = take(base, &off, N * (size_t)(kv->r ? kv->r : 1));
-    kv->mean = take(base, &off, N);
-    kv->rstd = take(base, &off, N);
-    kv->lse = take(base, &off, N * c->n_heads);
-    kv->y = take(base, &off, rows * c->vocab_size);
-    kv->rcos = take(base, &off, N * half);
-    kv->rsin = take(base, &off, N * half);
-    kv->ids = (int32_t *)take(base, &off, N);
-    return off;
+size_t model__kv_floats(const model *m) { return m->gpt2 ? 3 * (size_t)m->cfg.hidden : 2 * (size_t)m->KVd; }
+int model__rank(const model *m) { return act_rank(m); }
+kb_backend *model__backend(const model *m) { return m->be; }
+
+void model__head_fwd(model *m, float *y, const float *x, int n) {
+    kb_linear head = {.W = m->lm, .in = m->cfg.hidden, .out = m->cfg.vocab_size};
+    m->be->linear_fwd(m->be, &head, y, NULL, x, n);
 }
 
-int model_kv_new(model *m, int max_len, model_kv **out, lr_err *err) {
-    const hf_config *c = &m->cfg;
-    *out = NULL;
-    if (!m->be->host_memory)
-        return lr_errf(err, "generation with a KV cache runs on the cpu backend only (this is %s)", m->be->name);
-    if (max_len <= 0 || max_len > (1 << 20))
-        return lr_errp(err, LR_E_INVALID, NULL, "KV cache of %d positions is out of range", max_len);
-    if (m->gpt2 && max_len > c->max_pos)
-        return lr_errp(err, LR_E_INVALID, NULL, "%d positions exceed the model's %d", max_len, c->max_pos);
-    model_kv *kv = calloc(1, sizeof *kv);
-    if (!kv) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
-    kv->m = m;
-    kv->cap = max_len;
-    kv->r = act_rank(m);
-    size_t bytes = kv_plan(kv, NULL);
-    kv->mem = m->be->alloc(m->be, bytes);
-    kv->scores = malloc((size_t)max_len * sizeof(float));
-    if (!kv->mem || !kv->scores) {
-        model_kv_free(kv);
-        return lr_errp(err, LR_E_NOMEM, NULL, "out of memory for a KV cache of %d positions (%zu MiB)", max_len,
-                       bytes >> 20);
-    }
-    kv_plan(kv, kv->mem);
-    if (!m->gpt2) { /* RoPE tables for positions 0..cap-1, as reserve() makes them */
-        int half = c->head_dim / 2;
-        for (int i = 0; i < half; i++) {
-            float inv = lr_rope_inv_freq(i, c->head_dim, c->rope_theta, c->rope_factor, c->rope_low_freq_factor,
-                                         c->rope_high_freq_factor, c->rope_orig_max_pos);
-            for (int t = 0; t < max_len; t++) {
-                float f = (float)t * inv;
-                kv->rcos[(size_t)t * half + i] = cosf(f);
-                kv->rsin[(size_t)t * half + i] = sinf(f);
-            }
-        }
-    }
-    *out = kv;
-    return 0;
-}
-
-void model_kv_free(model_kv *kv) {
-    if (!kv) return;
-    if (kv->mem) kv->m->be->free(kv->m->be, kv->mem);
-    free(kv->scores);
-    free(kv);
-}
-
-void model_kv_reset(model_kv *kv) { kv->len = 0; }
-int model_kv_len(const model_kv *kv) { return kv->len; }
-int model_kv_cap(const model_kv *kv) { return kv->cap; }
-model *model_kv_model(const model_kv *kv) { return kv->m; }
-
-/* Attention of one query row (position p, keys j0..p in the cache: all of
- * them, or the last `window` when the layer has one) on the host: the
- * decoding step, where attn_fwd's square causal tile does not apply. Same
- * math as the backend: softmax(q k^T / sqrt(D)) v per head. */
-static void kv_attn_row(model_kv *kv, float *out, const float *q, const float *K, const float *Vc, int p,
-                        int window) {
-    const hf_config *c = &kv->m->cfg;
-    int D = c->head_dim, G = c->n_heads / c->n_kv_heads, KVd = kv->m->KVd;
-    int j0 = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-    float scale = 1.0f / sqrtf((float)D), *s = kv->scores;
-    for (int h = 0; h < c->n_heads; h++) {
-        const float *qh = q + (size_t)h * D;
-        int kh = h / G;
-        float mx = -INFINITY;
-        for (int j = j0; j <= p; j++) {
-            const float *kj = K + (size_t)j * KVd + (size_t)kh * D;
-            float d = 0.0f;
-            for (int i = 0; i < D; i++) d += qh[i] * kj[i];
-            s[j] = d * scale;
-            mx = s[j] > mx ? s[j] : mx;
-        }
-        double sum = 0;
-        for (int j = j0; j <= p; j++) sum += expf(s[j] - mx);
-        float lse = mx + (float)log(sum);
-        float *oh = out + (size_t)h * D;
-        memset(oh, 0, (size_t)D * sizeof(float));
-        for (int j = j0; j <= p; j++) {
-            float w = expf(s[j] - lse);
-            const float *vj = Vc + (size_t)j * KVd + (size_t)kh * D;
-            for (int i = 0; i < D; i++) oh[i] += w * vj[i];
-        }
+/* Layer l's rows of a decoding block: scratch for the activations, the
+ * cache for k and v (the layout model_impl.h describes). */
+static void dec_io(const model *m, int l, const model_dec *d, layer_io *io) {
+    size_t C = m->cfg.hidden, cap = d->cap, p0 = d->p0, half = m->cfg.head_dim / 2;
+    float *cache = d->cache + (size_t)l * cap * model__kv_floats(m);
+    *io = (layer_io){.B = 1, .T = d->n, .res = d->x, .next = d->x, .ln1 = d->ln, .n1mean = d->mean,
+                     .n1rstd = d->rstd, .ln2 = d->ln, .n2mean = d->mean, .n2rstd = d->rstd, .att = d->att,
+                     .mid = d->mid, .f1 = d->f1, .f2 = d->f2, .act = d->act, .p0 = d->p0,
+                     .rcos = d->rcos + p0 * half, .rsin = d->rsin + p0 * half};
+    for (int s = 0; s < S_N; s++) io->xa[s] = d->xa;
+    if (m->gpt2) {
+        io->qkv = cache + p0 * 3 * C;
+        io->q = io->qkv, io->k = io->qkv + C, io->v = io->qkv + 2 * C, io->ldq = io->ldkv = 3 * (int)C;
+        io->kc = cache + C, io->vc = cache + 2 * C;
+    } else {
+        float *K = cache, *V = cache + cap * m->KVd;
+        io->q = d->q, io->k = K + p0 * m->KVd, io->v = V + p0 * m->KVd, io->ldq = m->Qd, io->ldkv = m->KVd;
+        io->kc = K, io->vc = V;
     }
 }
 
-/* Runs n new tokens (already in kv->ids[p0..p0+n)) through every layer;
- * n > 1 only from an empty cache (p0 == 0: the causal prefill). Leaves the
- * final-norm hidden states of the n rows in kv->ln. */
-static void kv_forward(model_kv *kv, int p0, int n) {
-    model *m = kv->m;
+void model__decode(model *m, const model_dec *d) {
     kb_backend *be = m->be;
-    const hf_config *c = &m->cfg;
-    int C = c->hidden, D = c->head_dim, half = D / 2, KVd = m->KVd, Qd = m->Qd;
-    size_t NC = (size_t)n * C, NI = (size_t)n * c->intermediate;
-    const void *wpe = m->gpt2 ? (const char *)m->wpe + (size_t)p0 * C * m->wsize : NULL;
-    be->embed_fwd(be, kv->x, kv->ids + p0, m->wte, wpe, n, n, C);
-    for (int l = 0; l < c->n_layers; l++) {
-        layer *L = &m->layers[l];
-        float *K = kv->k + (size_t)l * kv->cap * KVd, *Vc = kv->v + (size_t)l * kv->cap * KVd;
-        float *kn = K + (size_t)p0 * KVd, *vn = Vc + (size_t)p0 * KVd;
-        const float *q;
-        int ldq;
-        norm_fwd(m, kv->ln, kv->mean, kv->rstd, kv->x, L->n1w, L->n1b, n);
-        if (m->gpt2) { /* fused c_attn: copy k and v into the cache */
-            be->linear_fwd(be, &L->m[S_Q].L, kv->qkv, kv->xa, kv->ln, n);
-            for (int t = 0; t < n; t++) {
-                memcpy(kn + (size_t)t * KVd, kv->qkv + (size_t)t * 3 * C + C, (size_t)C * sizeof(float));
-                memcpy(vn + (size_t)t * KVd, kv->qkv + (size_t)t * 3 * C + 2 * C, (size_t)C * sizeof(float));
-            }
-            q = kv->qkv, ldq = 3 * C;
-        } else {
-            be->linear_fwd(be, &L->m[S_Q].L, kv->q, kv->xa, kv->ln, n);
-            be->linear_fwd(be, &L->m[S_K].L, kn, kv->xa, kv->ln, n);
-            be->linear_fwd(be, &L->m[S_V].L, vn, kv->xa, kv->ln, n);
-            be->rope_fwd(be, kv->q, Qd, kv->rcos + (size_t)p0 * half, kv->rsin + (size_t)p0 * half, n, n, c->n_heads, D);
-            be->rope_fwd(be, kn, KVd, kv->rcos + (size_t)p0 * half, kv->rsin + (size_t)p0 * half, n, n, c->n_kv_heads,
-                         D);
-            q = kv->q, ldq = Qd;
-        }
-        if (p0 == 0)
-            be->attn_fwd(be, kv->att, kv->lse, q, K, Vc, ldq, KVd, 1, n, c->n_heads, c->n_kv_heads, D,
-                         layer_window(m, l));
-        else
-            kv_attn_row(kv, kv->att, q, K, Vc, p0, layer_window(m, l));
-        be->linear_fwd(be, &L->m[S_O].L, kv->mid, kv->xa, kv->att, n);
-        be->add(be, kv->mid, kv->x, NC);
-        norm_fwd(m, kv->ln, kv->mean, kv->rstd, kv->mid, L->n2w, L->n2b, n);
-        if (m->gpt2) {
-            be->linear_fwd(be, &L->m[S_UP].L, kv->f1, kv->xa, kv->ln, n);
-            be->gelu_fwd(be, kv->act, kv->f1, NI, m->exact_gelu);
-        } else {
-            be->linear_fwd(be, &L->m[S_GATE].L, kv->f1, kv->xa, kv->ln, n);
-            be->linear_fwd(be, &L->m[S_UP].L, kv->f2, kv->xa, kv->ln, n);
-            be->swiglu_fwd(be, kv->act, kv->f1, kv->f2, NI);
-        }
-        be->linear_fwd(be, &L->m[S_DOWN].L, kv->x, kv->xa, kv->act, n); /* the layer input is no longer needed */
-        be->add(be, kv->x, kv->mid, NC);
-    }
-    norm_fwd(m, kv->ln, kv->mean, kv->rstd, kv->x, m->nfw, m->nfb, n);
-}
-
-int model_kv_append(model_kv *kv, const int32_t *ids, int n, float *logits, int all_logits, lr_err *err) {
-    model *m = kv->m;
-    kb_backend *be = m->be;
-    int C = m->cfg.hidden, V = m->cfg.vocab_size;
-    if (n <= 0) return lr_errp(err, LR_E_INVALID, NULL, "no tokens to append");
-    if (n > kv->cap - kv->len)
-        return lr_errp(err, LR_E_INVALID, NULL, "%d more tokens do not fit the KV cache (%d of %d positions used)", n,
-                       kv->len, kv->cap);
-    if (act_rank(m) > kv->r)
-        return lr_errf(err, "the adapter changed after the KV cache was made (rank %d > %d): make a new cache",
-                       act_rank(m), kv->r);
-    if (check_ids(m, ids, n, err)) return -1;
+    int C = m->cfg.hidden;
     lora_no_dropout(m);
-    if (kv->len == 0) dora_refresh(m); /* the adapter is fixed while a sequence is generated */
-    be->upload(be, kv->ids + kv->len, ids, (size_t)n * sizeof(int32_t));
-    kb_linear head = {.W = m->lm, .in = C, .out = V};
-    /* From an empty cache the whole prompt runs as one causal block; later
-     * tokens one at a time against the cache. */
-    int step = kv->len == 0 ? n : 1;
-    for (int done = 0; done < n; done += step) {
-        int p0 = kv->len;
-        kv_forward(kv, p0, step);
-        kv->len += step;
-        int last = done + step == n;
-        if (!logits || (!all_logits && !last)) continue;
-        int r0 = all_logits ? 0 : step - 1; /* rows of this block whose logits are wanted */
-        for (int r = r0; r < step; r += KV_HEAD_ROWS) {
-            int k = step - r < KV_HEAD_ROWS ? step - r : KV_HEAD_ROWS;
-            be->linear_fwd(be, &head, kv->y, NULL, kv->ln + (size_t)r * C, k);
-            float *dst = all_logits ? logits + (size_t)(done + r) * V : logits;
-            be->download(be, dst, kv->y, (size_t)k * V * sizeof(float));
-        }
+    if (d->p0 == 0) dora_refresh(m);
+    const void *wpe = m->gpt2 ? (const char *)m->wpe + (size_t)d->p0 * C * m->wsize : NULL;
+    be->embed_fwd(be, d->x, d->ids, m->wte, wpe, d->n, d->n, C);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        layer_io io;
+        dec_io(m, l, d, &io);
+        layer_fwd(m, l, &io);
     }
-    if (be->check && be->check(be, err)) return -1;
-    return 0;
+    norm_fwd(m, d->ln, d->mean, d->rstd, d->x, m->nfw, m->nfb, d->n);
 }

@@ -70,14 +70,27 @@ void model_free(model *m);
  * (needs a backend with quant4). A checkpoint that transformers saved 4-bit
  * (quantization_config, bitsandbytes layout) loads 4-bit as stored with any
  * q, NULL included. */
+/* How the frozen linears' matmuls run (the job spec's compute_dtype):
+ * MODEL_MM_F32, the default, in weight_dtype; MODEL_MM_BF16 with weights
+ * packed in bf16 where the backend has bf16_pack (the CPU with
+ * AVX512_BF16; elsewhere an error naming what is missing), except on a
+ * backend that keeps weights in 16 bits anyway (a GPU); MODEL_MM_AUTO as
+ * bf16 where the backend runs it and the model is stored in 16 bits
+ * (torch_dtype bfloat16 or float16), f32 otherwise. Not with 4-bit
+ * weights (auto is then f32). */
+enum { MODEL_MM_F32 = 0, MODEL_MM_AUTO, MODEL_MM_BF16 };
+
 typedef struct model_quant {
     kq_type type;     /* KQ_NONE: weights as the checkpoint stores them */
     int double_quant; /* bnb_4bit_use_double_quant */
+    int matmul;       /* MODEL_MM_* */
 } model_quant;
 int model_load_quant(const char *dir, kb_backend *be, const model_quant *q, model **out, lr_err *err) LR_WARN_UNUSED;
 /* The 4-bit weights in use: their type (KQ_NONE: none) and double
  * quantization, their bytes and the bytes of the same weights in f32. */
 kq_type model_quant_info(const model *m, int *double_quant, size_t *qbytes, size_t *f32_bytes);
+/* 1 when the frozen linears run in bf16 (packed weights, MODEL_MM_*). */
+int model_bf16(const model *m);
 /* The dtype a GPU keeps this model's frozen weights in, given the backend's
  * default (bf16): f16 for a model stored in f16 ("torch_dtype": "float16"),
  * whose weights f16 holds exactly where bf16 would drop three bits of each;
@@ -157,6 +170,50 @@ int model_fwd_bwd(model *m, const int32_t *ids, const int32_t *labels, int B, in
 /* The same loss without gradients (evaluation). */
 int model_loss(model *m, const int32_t *ids, const int32_t *labels, int B, int T, double *loss_sum,
                int64_t *n_tokens, lr_err *err) LR_WARN_UNUSED;
+/* Of the scored targets of the last model_fwd_bwd or model_loss, how many
+ * were the argmax of their logits (torch.argmax's first of equal maxima):
+ * token accuracy is this over *n_tokens. */
+int64_t model_last_correct(const model *m);
+
+/* ---- several adapters on one base (co-training, worker/pack.c) ----
+ * A slot holds a trained adapter (parameters, gradients, settings, train
+ * mode and dropout stream) apart from the model. model_slot_swap
+ * exchanges the model's attached adapter with the slot's, so every
+ * function above works on a slot's adapter while it is swapped in (attach
+ * one with model_lora_init or model_lora_load, then swap it out into an
+ * empty slot). While any slot lives, the activations hold every module's
+ * LoRA input, for the largest rank a slot has held. */
+
+#define MODEL_PACK_MAX 16 /* adapters in one packed pass */
+
+typedef struct model_slot model_slot;
+int model_slot_new(model *m, model_slot **out, lr_err *err) LR_WARN_UNUSED;
+void model_slot_swap(model *m, model_slot *s);
+/* Frees the slot and the adapter it holds (not the model's attached one). */
+void model_slot_free(model *m, model_slot *s);
+/* model_set_train for the slot's adapter. */
+void model_slot_set_train(model_slot *s, int train, uint64_t seed);
+
+/* One adapter's micro-batch in a packed pass: the inputs (as model_fwd_bwd)
+ * and, after the pass, its sums. */
+typedef struct model_pack_mb {
+    model_slot *slot;
+    const int32_t *ids, *labels;
+    int B, T;
+    float grad_scale;
+    double loss_sum;
+    int64_t n_tokens, n_correct;
+} model_pack_mb;
+
+/* model_fwd_bwd for n adapters (plain LoRA, each in a slot, none attached
+ * to the model) at once: the frozen base runs once over the rows of all n
+ * micro-batches (one GEMM per base weight), each adapter's LoRA path,
+ * positions, attention and loss on its own rows, and its gradients go to
+ * its slot. Each micro-batch's sums and gradients are, bit for bit, those
+ * of model_fwd_bwd with its adapter alone (the backend's GEMM computes a
+ * row the same whichever rows surround it, which the CPU backend's does).
+ * Needs a backend with lora_fwd (the CPU). */
+int model_fwd_bwd_pack(model *m, model_pack_mb *mb, int n, lr_err *err) LR_WARN_UNUSED;
 
 /* ---- objectives with a reference (KL-regularised SFT, DPO) ---- */
 

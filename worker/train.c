@@ -9,7 +9,10 @@
  *    lr * lambda(s), lambda as transformers' get_*_schedule_with_warmup;
  *  - logged "loss" is the mean of the step losses since the last log.
  * Methods (method.type):
- *  - sft: the loss above;
+ *  - sft: the loss above; also logs train_accuracy, the share of the step's
+ *    trained tokens whose argmax logit is the target (TRL's
+ *    mean_token_accuracy; averaged over the window like the loss), and
+ *    eval_accuracy with the eval loss (sft, kl_sft);
  *  - kl_sft: loss = mean CE + kl_lambda * kl_tau^2 * mean KL(base || tuned)
  *    of softmax(logits / kl_tau), both means over all trained tokens of the
  *    step (token-weighted like the CE), the base distribution from the same
@@ -110,6 +113,17 @@ typedef struct trainer {
     double best;
     int64_t bad_evals;
     char stop_reason[256];
+    double lr, gnorm;        /* the last step's */
+    int64_t steps_per_epoch;
+    /* the step under way: where its data began, its counts and loss scale */
+    data_pos st_start;
+    int64_t st_targets, st_pairs, st_tokens;
+    float st_scale;
+    int st_n;
+    /* co-training (train_open_shared): the backend and model are the
+     * pack's; this job's adapter lives in slot except while inside */
+    int shared, inside;
+    model_slot *slot;
 } trainer;
 
 static double now_s(void) {
@@ -192,10 +206,11 @@ static void lora_targets(const jobspec *spec, hf_arch arch, model_lora_cfg *cfg)
 
 /* The method's own logged values (the log_row.x columns and metrics). */
 static const char *const *extra_names(const jobspec *spec, int *n) {
+    static const char *const sft[] = {"train_accuracy"}; /* scored tokens whose argmax is the target */
     static const char *const kl[] = {"ce_loss", "kl"};
     static const char *const dpo[] = {"rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected"};
-    *n = spec->method.type == METHOD_KL_SFT ? 2 : spec->method.type == METHOD_DPO ? 4 : 0;
-    return spec->method.type == METHOD_DPO ? dpo : kl;
+    *n = spec->method.type == METHOD_KL_SFT ? 2 : spec->method.type == METHOD_DPO ? 4 : 1;
+    return spec->method.type == METHOD_DPO ? dpo : spec->method.type == METHOD_KL_SFT ? kl : sft;
 }
 
 static log_row log_row_new(int64_t step, double epoch) {
@@ -361,7 +376,8 @@ static model_ref dpo_ref(const trainer *T) {
     return T->spec->method.reference_adapter[0] ? MODEL_REF_ADAPTER : MODEL_REF_BASE;
 }
 
-/* The eval loss: mean CE per validation token (sft, kl_sft) or mean DPO
+/* The eval loss: mean CE per validation token (sft, kl_sft, which also
+ * report eval_accuracy: the tokens whose argmax is the target) or mean DPO
  * loss per validation pair (dpo, which also reports eval_rewards/accuracy).
  * Returns 1 when cancelled part way (*out stays NAN). */
 static int evaluate(trainer *T, double *out, lr_err *err) {
@@ -408,6 +424,7 @@ static int evaluate(trainer *T, double *out, lr_err *err) {
             break;
         } else {
             r[1] = (double)c;
+            r[2] = (double)model_last_correct(T->m);
         }
     }
     if (got < 0) rc = -1;
@@ -417,7 +434,7 @@ static int evaluate(trainer *T, double *out, lr_err *err) {
     data_batch_free(&b);
     data_loader_free(&vl);
     if (!rc && n > 0) *out = sum / n;
-    if (!rc && n > 0 && dpo) metric(T, "eval_rewards/accuracy", acc / n);
+    if (!rc && n > 0) metric(T, dpo ? "eval_rewards/accuracy" : "eval_accuracy", acc / n);
     return rc;
 }
 
@@ -577,6 +594,20 @@ static int write_time_metrics(trainer *T, lr_err *err) {
     return rc;
 }
 
+int train_load_model(const jobspec *s, const char *model_dir, kb_backend *be, model **out, lr_err *err) {
+    /* compute_dtype; auto stays f32 for full fine-tuning, which trains the weights themselves */
+    int mm = s->compute_dtype == CDT_BF16                                        ? MODEL_MM_BF16
+             : s->compute_dtype == CDT_F32 || s->method.type == METHOD_FULL_SFT ? MODEL_MM_F32
+                                                                                 : MODEL_MM_AUTO;
+    model_quant mq = {(kq_type)s->lora.quantize, s->lora.double_quant, mm};
+    if (model_load_quant(model_dir, be, &mq, out, err)) return -1;
+    /* auto: activation memory grows with the sequence; past 2048 tokens it
+     * outweighs the LoRA model on every preset, so recompute instead */
+    int ac = s->hp.activation_checkpointing;
+    model_set_recompute(*out, ac < 0 ? s->hp.max_seq_len >= 2048 : ac);
+    return 0;
+}
+
 /* Returns 1 when cancelled() asked to stop between its phases (tokenizer,
  * data, model), which are the long ones of a big dataset or model. */
 static int setup(trainer *T, const train_opts *opts, lr_err *err) {
@@ -597,7 +628,7 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
         snprintf(bname, sizeof bname, "cuda:%d", (bn[4] == ':' ? atoi(bn + 5) : 0) + dist_local_rank(T->d));
         bn = bname;
     }
-    if (kb_create(bn, opts->threads, &T->be, err)) return -1;
+    if (!T->shared && kb_create(bn, opts->threads, &T->be, err)) return -1;
     if (dist_attach(T->d, T->be, err)) return -1;
     if (mt == METHOD_KL_SFT && !T->be->lmhead_ce_kl)
         return lr_errp(err, LR_E_INVALID, "method.type", "kl_sft is not implemented by the %s backend yet", T->be->name);
@@ -629,8 +660,8 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
     T->mbst = calloc((size_t)s->hp.grad_accum * MB_STATS, sizeof *T->mbst);
     if (!T->mb || !T->mbst) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
 
-    model_quant mq = {(kq_type)s->lora.quantize, s->lora.double_quant};
-    if (model_load_quant(T->paths->model_dir, T->be, &mq, &T->m, err)) return -1;
+    if (!T->shared && train_load_model(s, T->paths->model_dir, T->be, &T->m, err)) return -1;
+    if (model_bf16(T->m)) ev(T, "info", "frozen linear weights in bf16, their matmuls on the AVX512_BF16 kernel (compute_dtype %s)", jobspec_compute_dtype_name(s->compute_dtype));
     if (stop_asked(T)) return 1;
     model_lora_cfg lc = {0};
     lc.r = s->lora.r;
@@ -651,11 +682,9 @@ static int setup(trainer *T, const train_opts *opts, lr_err *err) {
     } else if (model_lora_init(T->m, &lc, s->hp.seed, err)) {
         return -1;
     }
-    /* auto: activation memory grows with the sequence; past 2048 tokens it
-     * outweighs the LoRA model on every preset, so recompute instead */
-    int ac = s->hp.activation_checkpointing;
-    model_set_recompute(T->m, ac < 0 ? s->hp.max_seq_len >= 2048 : ac);
-    if (model_reserve(T->m, mt == METHOD_DPO ? 2 * s->hp.batch_size : s->hp.batch_size, s->hp.max_seq_len, err))
+    /* a shared model is planned by each packed pass */
+    if (!T->shared &&
+        model_reserve(T->m, mt == METHOD_DPO ? 2 * s->hp.batch_size : s->hp.batch_size, s->hp.max_seq_len, err))
         return -1;
     T->numel = model_numel(T->m);
     T->adam_m = T->be->alloc(T->be, T->numel * sizeof(float));
@@ -677,71 +706,68 @@ static uint64_t mb_seed(const trainer *T, int k) {
     return lr_splitmix64(&x);
 }
 
-/* extra[] gets the method's values of the step (extra_names order).
- * Returns TRAIN_CANCEL or TRAIN_SUSPEND when that was asked between
- * micro-batches: the step is abandoned (no update; the data position is
- * back at its start, where a resume begins it again). */
-static int step_once(trainer *T, double *loss, double *gnorm, double *lr, int64_t *tokens, double *extra,
-                     lr_err *err) {
-    const jobspec *s = T->spec;
-    int n;
-    data_pos start = data_tell(&T->tl);
-    if (next_step_batches(T, &n, err)) return -1;
-    /* the step's counts scale every rank's gradients (HF's token averaging
-     * over the whole step): each rank counts its micro-batches, then the sum */
+/* The start of a step: its micro-batches (st_n of them), the step's counts
+ * and loss scale, zeroed gradients. The counts scale every rank's
+ * gradients (HF's token averaging over the whole step): each rank counts
+ * its micro-batches, then the sum. */
+static int step_begin(trainer *T, lr_err *err) {
+    T->st_start = data_tell(&T->tl);
+    if (next_step_batches(T, &T->st_n, err)) return -1;
     int64_t cnt[3] = {0, 0, 0}; /* trained tokens, pairs, tokens */
-    for (int k = T->rank; k < n; k += T->size) {
+    for (int k = T->rank; k < T->st_n; k += T->size) {
         cnt[0] += T->mb[k].n_targets;
         cnt[1] += T->mb[k].n_examples;
         cnt[2] += T->mb[k].n_tokens;
     }
     if (dist_allreduce_i64(T->d, cnt, 3, err)) return -1;
-    int64_t targets = cnt[0], pairs = cnt[1];
-    *tokens = cnt[2];
+    T->st_targets = cnt[0], T->st_pairs = cnt[1], T->st_tokens = cnt[2];
     model_zero_grad(T->m);
-    memset(T->mbst, 0, (size_t)n * MB_STATS * sizeof *T->mbst);
-    float scale = targets > 0 ? 1.0f / (float)targets : 0.0f;
+    memset(T->mbst, 0, (size_t)T->st_n * MB_STATS * sizeof *T->mbst);
+    T->st_scale = T->st_targets > 0 ? 1.0f / (float)T->st_targets : 0.0f;
+    return 0;
+}
+
+/* Trains micro-batch k of the step into the gradients and its mbst row. */
+static int step_micro(trainer *T, int k, lr_err *err) {
+    const jobspec *s = T->spec;
     double coef = s->method.kl_lambda * s->method.kl_tau * s->method.kl_tau;
-    /* round j trains micro-batch j * size + rank on each rank; a stop is
-     * asked between rounds (between micro-batches for one process) */
-    int rounds = (n + T->size - 1) / T->size;
-    for (int j = 0; j < rounds; j++) {
-        int how = j > 0 ? stop_asked(T) : TRAIN_GO;
-        if (how != TRAIN_GO) {
-            data_seek(&T->tl, start);
-            return how;
-        }
-        int k = j * T->size + T->rank;
-        if (k >= n) continue;
-        const data_batch *b = &T->mb[k];
-        double *r = T->mbst + (size_t)k * MB_STATS, ls, kl;
-        int64_t c;
-        model_dpo_out o;
-        model_set_train(T->m, 1, mb_seed(T, k));
-        switch (s->method.type) {
-        case METHOD_KL_SFT:
-            if (model_fwd_bwd_kl(T->m, b->ids, b->labels, b->rows, b->T, (float)s->method.kl_lambda,
-                                 (float)s->method.kl_tau, scale, &ls, &kl, &c, err))
-                return -1;
-            r[0] = ls + coef * kl;
-            r[1] = ls;
-            r[2] = kl;
-            break;
-        case METHOD_DPO:
-            if (model_dpo(T->m, b->ids, b->labels, b->n_examples, b->T, (float)s->method.beta, dpo_ref(T), 1,
-                          1.0f / (float)pairs, &o, err))
-                return -1;
-            r[0] = o.loss_sum;
-            r[1] = o.accurate;
-            r[2] = o.chosen_reward_sum - o.rejected_reward_sum;
-            r[3] = o.chosen_reward_sum;
-            r[4] = o.rejected_reward_sum;
-            break;
-        default:
-            if (model_fwd_bwd(T->m, b->ids, b->labels, b->rows, b->T, scale, &ls, &c, err)) return -1;
-            r[0] = ls;
-        }
+    const data_batch *b = &T->mb[k];
+    double *r = T->mbst + (size_t)k * MB_STATS, ls, kl;
+    int64_t c;
+    model_dpo_out o;
+    model_set_train(T->m, 1, mb_seed(T, k));
+    switch (s->method.type) {
+    case METHOD_KL_SFT:
+        if (model_fwd_bwd_kl(T->m, b->ids, b->labels, b->rows, b->T, (float)s->method.kl_lambda,
+                             (float)s->method.kl_tau, T->st_scale, &ls, &kl, &c, err))
+            return -1;
+        r[0] = ls + coef * kl;
+        r[1] = ls;
+        r[2] = kl;
+        break;
+    case METHOD_DPO:
+        if (model_dpo(T->m, b->ids, b->labels, b->n_examples, b->T, (float)s->method.beta, dpo_ref(T), 1,
+                      1.0f / (float)T->st_pairs, &o, err))
+            return -1;
+        r[0] = o.loss_sum;
+        r[1] = o.accurate;
+        r[2] = o.chosen_reward_sum - o.rejected_reward_sum;
+        r[3] = o.chosen_reward_sum;
+        r[4] = o.rejected_reward_sum;
+        break;
+    default:
+        if (model_fwd_bwd(T->m, b->ids, b->labels, b->rows, b->T, T->st_scale, &ls, &c, err)) return -1;
+        r[0] = ls;
+        r[1] = (double)model_last_correct(T->m);
     }
+    return 0;
+}
+
+/* The end of a step: the exchange, the step's losses (extra[] gets the
+ * method's values, extra_names order), clipping, the optimizer. */
+static int step_end(trainer *T, double *loss, double *extra, lr_err *err) {
+    const jobspec *s = T->spec;
+    int n = T->st_n;
     float *g = model_grads(T->m);
     if (dist_allreduce_f64(T->d, T->mbst, (size_t)n * MB_STATS, err) ||
         dist_allreduce_f32(T->d, g, T->numel, err))
@@ -753,15 +779,15 @@ static int step_once(trainer *T, double *loss, double *gnorm, double *lr, int64_
         for (int i = 0; i < LOG_EXTRA; i++) xs[i] += r[1 + i];
     }
     /* per trained token (sft, kl_sft) or per pair (dpo) */
-    double denom = s->method.type == METHOD_DPO ? (double)pairs : (double)targets;
+    double denom = s->method.type == METHOD_DPO ? (double)T->st_pairs : (double)T->st_targets;
     *loss = denom > 0 ? sum / denom : NAN;
     for (int k = 0; k < LOG_EXTRA; k++) extra[k] = denom > 0 ? xs[k] / denom : NAN;
     double norm = sqrt(T->be->sumsq(T->be, g, T->numel));
-    *gnorm = norm;
+    T->gnorm = norm;
     if (s->hp.max_grad_norm > 0 && norm > s->hp.max_grad_norm)
         T->be->scale(T->be, g, (float)(s->hp.max_grad_norm / (norm + 1e-6)), T->numel);
-    *lr = s->hp.learning_rate * lr_lambda(s, T->step, T->total_steps, T->warmup);
-    kb_adamw hp = {(float)*lr, (float)s->hp.adam_beta1, (float)s->hp.adam_beta2, (float)s->hp.adam_eps,
+    T->lr = s->hp.learning_rate * lr_lambda(s, T->step, T->total_steps, T->warmup);
+    kb_adamw hp = {(float)T->lr, (float)s->hp.adam_beta1, (float)s->hp.adam_beta2, (float)s->hp.adam_eps,
                    (float)s->hp.weight_decay, T->step + 1};
     if (!model_is_full(T->m)) {
         T->be->adamw(T->be, model_params(T->m), g, T->adam_m, T->adam_v, T->numel, &hp);
@@ -776,6 +802,27 @@ static int step_once(trainer *T, double *loss, double *gnorm, double *lr, int64_
     }
     T->step++;
     return 0;
+}
+
+/* One step of this job alone. Returns TRAIN_CANCEL or TRAIN_SUSPEND when
+ * that was asked between micro-batches: the step is abandoned (no update;
+ * the data position is back at its start, where a resume begins it
+ * again). */
+static int step_once(trainer *T, double *loss, double *extra, lr_err *err) {
+    if (step_begin(T, err)) return -1;
+    /* round j trains micro-batch j * size + rank on each rank; a stop is
+     * asked between rounds (between micro-batches for one process) */
+    int rounds = (T->st_n + T->size - 1) / T->size;
+    for (int j = 0; j < rounds; j++) {
+        int how = j > 0 ? stop_asked(T) : TRAIN_GO;
+        if (how != TRAIN_GO) {
+            data_seek(&T->tl, T->st_start);
+            return how;
+        }
+        int k = j * T->size + T->rank;
+        if (k < T->st_n && step_micro(T, k, err)) return -1;
+    }
+    return step_end(T, loss, extra, err);
 }
 
 /* Logs the window's means as the current step's row ("loss" is the mean
@@ -816,72 +863,92 @@ static int halt(trainer *T, int how, int mid_step, double lr, double gnorm, trai
     return log_write(T, err);
 }
 
-static int loop(trainer *T, train_outcome *outcome, lr_err *err) {
+/* Where the loop starts, fresh or resumed. */
+static void loop_start(trainer *T, train_outcome *outcome) {
+    int64_t epoch_batches = data_epoch_batches(&T->tl, 0);
+    int64_t ga = T->spec->hp.grad_accum;
+    T->steps_per_epoch = epoch_batches > 0 ? (epoch_batches + ga - 1) / ga : 1;
+    *outcome = TRAIN_DONE;
+    T->win.t0 = now_s();
+}
+
+/* The end of a run that was not halted: the log, then the adapter (or model). */
+static int finish(trainer *T, lr_err *err) {
+    if (log_write(T, err)) return -1;
+    return write_result(T, err);
+}
+
+/* What follows a finished step: logs, evaluation, stopping rules,
+ * checkpoints, a stop asked. Returns 0 to go on, 1 when the job ended
+ * here (*outcome; halted, or stopped early with its outputs written), -1
+ * on failure. */
+static int after_step(trainer *T, double loss, const double *x, train_outcome *outcome, lr_err *err) {
     const jobspec *s = T->spec;
     logwin *win = &T->win;
-    double lr = 0, gnorm = 0;
-    int64_t epoch_batches = data_epoch_batches(&T->tl, 0);
-    int64_t steps_per_epoch = epoch_batches > 0 ? (epoch_batches + s->hp.grad_accum - 1) / s->hp.grad_accum : 1;
-    *outcome = TRAIN_DONE;
-    win->t0 = now_s();
+    double lr = T->lr, gnorm = T->gnorm;
+    int64_t tokens = T->st_tokens;
+    if (!isfinite(loss)) return lr_errf(err, "loss became %f at step %" PRId64 "; lower the learning rate", loss, T->step);
+    T->tokens_seen += tokens;
+    T->epoch_f = (double)T->step / (double)T->steps_per_epoch;
+    win->loss += loss;
+    for (int k = 0; k < LOG_EXTRA; k++) win->x[k] += x[k];
+    win->n++;
+    win->tokens += tokens;
+    if (T->hooks && T->hooks->progress) T->hooks->progress(T->hooks->ud, T->step, T->total_steps, T->epoch_f);
+
+    int last = T->step == T->total_steps;
+    if ((T->step % s->hp.logging_steps == 0 || last) && log_window(T, win, lr, gnorm, err)) return -1;
+    int stop = 0;
+    if ((s->hp.eval_steps > 0 && T->step % s->hp.eval_steps == 0) || last) {
+        double el;
+        int rc = evaluate(T, &el, err);
+        if (rc < 0) return -1;
+        if (rc > 0) return halt(T, TRAIN_CANCEL, 0, lr, gnorm, outcome, err) ? -1 : 1;
+        if (!isnan(el)) {
+            metric(T, "eval_loss", el);
+            if (s->method.type != METHOD_DPO) metric(T, "eval_ppl", exp(el)); /* a DPO loss is no perplexity */
+            log_row r = log_row_new(T->step, T->epoch_f);
+            r.eval_loss = el;
+            if (log_add(T, r, err)) return -1;
+            stop = plateau(T, el);
+        }
+    }
+    if (T->ds.n_val == 0 && T->step % s->hp.logging_steps == 0) stop = stop || plateau(T, loss);
+    if (s->hp.max_minutes > 0 && now_s() - T->t_train_start > s->hp.max_minutes * 60) {
+        snprintf(T->stop_reason, sizeof T->stop_reason, "stopped at step %" PRId64 ": max_minutes (%g) reached",
+                 T->step, s->hp.max_minutes);
+        stop = 1;
+    }
+    /* the ranks' clocks differ: rank 0's decision holds for all */
+    if (T->size > 1 && dist_bcast(T->d, &stop, sizeof stop, err)) return -1;
+    /* a run that stops between logging steps logs its last window too */
+    if (stop && win->n && log_window(T, win, lr, gnorm, err)) return -1;
+    if (T->step % s->hp.logging_steps == 0 || last || stop)
+        if (log_write(T, err)) return -1;
+    if (!last && !stop && s->hp.save_steps > 0 && T->step % s->hp.save_steps == 0)
+        if (save_checkpoint(T, err)) return -1;
+    if (stop) {
+        ev(T, "info", "%s", T->stop_reason);
+        if (T->hooks && T->hooks->stopped) T->hooks->stopped(T->hooks->ud, T->stop_reason);
+        *outcome = TRAIN_STOPPED_EARLY;
+        return finish(T, err) ? -1 : 1;
+    }
+    int how = last ? TRAIN_GO : stop_asked(T);
+    if (how != TRAIN_GO) return halt(T, how, 0, lr, gnorm, outcome, err) ? -1 : 1;
+    return 0;
+}
+
+static int loop(trainer *T, train_outcome *outcome, lr_err *err) {
+    loop_start(T, outcome);
     while (T->step < T->total_steps) {
         double loss, x[LOG_EXTRA];
-        int64_t tokens;
-        int how = step_once(T, &loss, &gnorm, &lr, &tokens, x, err);
+        int how = step_once(T, &loss, x, err);
         if (how < 0) return -1;
-        if (how != TRAIN_GO) return halt(T, how, 1, lr, gnorm, outcome, err);
-        if (!isfinite(loss)) return lr_errf(err, "loss became %f at step %" PRId64 "; lower the learning rate", loss, T->step);
-        T->tokens_seen += tokens;
-        T->epoch_f = (double)T->step / (double)steps_per_epoch;
-        win->loss += loss;
-        for (int k = 0; k < LOG_EXTRA; k++) win->x[k] += x[k];
-        win->n++;
-        win->tokens += tokens;
-        if (T->hooks && T->hooks->progress) T->hooks->progress(T->hooks->ud, T->step, T->total_steps, T->epoch_f);
-
-        int last = T->step == T->total_steps;
-        if ((T->step % s->hp.logging_steps == 0 || last) && log_window(T, win, lr, gnorm, err)) return -1;
-        int stop = 0;
-        if ((s->hp.eval_steps > 0 && T->step % s->hp.eval_steps == 0) || last) {
-            double el;
-            int rc = evaluate(T, &el, err);
-            if (rc < 0) return -1;
-            if (rc > 0) return halt(T, TRAIN_CANCEL, 0, lr, gnorm, outcome, err);
-            if (!isnan(el)) {
-                metric(T, "eval_loss", el);
-                if (s->method.type != METHOD_DPO) metric(T, "eval_ppl", exp(el)); /* a DPO loss is no perplexity */
-                log_row r = log_row_new(T->step, T->epoch_f);
-                r.eval_loss = el;
-                if (log_add(T, r, err)) return -1;
-                stop = plateau(T, el);
-            }
-        }
-        if (T->ds.n_val == 0 && T->step % s->hp.logging_steps == 0) stop = stop || plateau(T, loss);
-        if (s->hp.max_minutes > 0 && now_s() - T->t_train_start > s->hp.max_minutes * 60) {
-            snprintf(T->stop_reason, sizeof T->stop_reason, "stopped at step %" PRId64 ": max_minutes (%g) reached",
-                     T->step, s->hp.max_minutes);
-            stop = 1;
-        }
-        /* the ranks' clocks differ: rank 0's decision holds for all */
-        if (T->size > 1 && dist_bcast(T->d, &stop, sizeof stop, err)) return -1;
-        /* a run that stops between logging steps logs its last window too */
-        if (stop && win->n && log_window(T, win, lr, gnorm, err)) return -1;
-        if (T->step % s->hp.logging_steps == 0 || last || stop)
-            if (log_write(T, err)) return -1;
-        if (!last && !stop && s->hp.save_steps > 0 && T->step % s->hp.save_steps == 0)
-            if (save_checkpoint(T, err)) return -1;
-        if (stop) {
-            ev(T, "info", "%s", T->stop_reason);
-            if (T->hooks && T->hooks->stopped) T->hooks->stopped(T->hooks->ud, T->stop_reason);
-            *outcome = TRAIN_STOPPED_EARLY;
-            break;
-        }
-        how = last ? TRAIN_GO : stop_asked(T);
-        if (how != TRAIN_GO) return halt(T, how, 0, lr, gnorm, outcome, err);
+        if (how != TRAIN_GO) return halt(T, how, 1, T->lr, T->gnorm, outcome, err);
+        int rc = after_step(T, loss, x, outcome, err);
+        if (rc) return rc < 0 ? -1 : 0;
     }
-    if (log_write(T, err)) return -1;
-    if (write_result(T, err)) return -1;
-    return 0;
+    return finish(T, err);
 }
 
 static void teardown(trainer *T) {
@@ -894,54 +961,176 @@ static void teardown(trainer *T) {
         if (T->adam_m) T->be->free(T->be, T->adam_m);
         if (T->adam_v) T->be->free(T->be, T->adam_v);
     }
-    model_free(T->m);
+    if (T->shared) {
+        if (T->inside) model_slot_swap(T->m, T->slot);
+        model_slot_free(T->m, T->slot); /* with the job's adapter; the model is the pack's */
+    } else {
+        model_free(T->m);
+    }
     data_loader_free(&T->tl);
     data_set_free(&T->ds);
     tok_free(T->tk);
-    if (T->be) kb_destroy(T->be);
+    if (T->be && !T->shared) kb_destroy(T->be);
     free(T->log);
+}
+
+static void trainer_init(trainer *T, const jobspec *spec, const train_paths *paths, const train_opts *opts,
+                         const train_hooks *hooks, train_outcome *outcome) {
+    static const train_hooks silent = {0};
+    memset(T, 0, sizeof *T);
+    T->spec = spec;
+    T->paths = paths;
+    T->d = opts->dist;
+    T->rank = dist_rank(T->d);
+    T->size = dist_size(T->d);
+    T->hooks = T->rank ? &silent : hooks;
+    T->t_start = now_s();
+    T->saved_step = -1;
+    *outcome = TRAIN_DONE;
+}
+
+/* Setup and resume. Returns 0 when ready to train, 1 when stopped before
+ * training (*outcome TRAIN_CANCELLED), -1 on failure. */
+static int trainer_open(trainer *T, const train_opts *opts, train_outcome *outcome, lr_err *err) {
+    int set = setup(T, opts, err);
+    if (set < 0) return -1;
+    if (set > 0) {
+        /* nothing trained yet: a resume starts where this one would have */
+        ev(T, "info", "stopped while loading the model and data, before training");
+        *outcome = TRAIN_CANCELLED;
+        return 1;
+    }
+    int resumed = 0;
+    if (opts->resume && resume(T, &resumed, err) < 0) return -1;
+    char ranks[64] = "";
+    if (T->size > 1) snprintf(ranks, sizeof ranks, ", on %d ranks (%s)", T->size, dist_transport(T->d));
+    if (!resumed)
+        ev(T, "info", "training on %zu rows (%zu held out) for %" PRId64 " steps, %zu %s parameters%s", T->ds.n_train,
+           T->ds.n_val, T->total_steps, T->numel, model_is_full(T->m) ? "model" : "LoRA", ranks);
+    T->t_setup = now_s();
+    T->t_train_start = T->t_setup;
+    dist_reset_seconds(T->d);
+    return 0;
 }
 
 int train_run(const jobspec *spec, const train_paths *paths, const train_opts *opts, const train_hooks *hooks,
               train_outcome *outcome, lr_err *err) {
-    static const train_hooks silent = {0};
     if (spec->method.type == METHOD_EVAL) /* nothing to train: job_run sends these to evaljob_run */
         return lr_errp(err, LR_E_INTERNAL, "method.type", "train_run does not run eval jobs (job_run does)");
     trainer T;
-    memset(&T, 0, sizeof T);
-    T.spec = spec;
-    T.paths = paths;
-    T.d = opts->dist;
-    T.rank = dist_rank(T.d);
-    T.size = dist_size(T.d);
-    T.hooks = T.rank ? &silent : hooks;
-    T.t_start = now_s();
-    T.saved_step = -1;
-    *outcome = TRAIN_DONE;
-    int rc = -1, set = setup(&T, opts, err);
-    if (set < 0) goto done;
-    if (set > 0) {
-        /* nothing trained yet: a resume starts where this one would have */
-        ev(&T, "info", "stopped while loading the model and data, before training");
-        *outcome = TRAIN_CANCELLED;
-        rc = 0;
-        goto done;
-    }
-    int resumed = 0;
-    if (opts->resume && resume(&T, &resumed, err) < 0) goto done;
-    char ranks[64] = "";
-    if (T.size > 1) snprintf(ranks, sizeof ranks, ", on %d ranks (%s)", T.size, dist_transport(T.d));
-    if (!resumed)
-        ev(&T, "info", "training on %zu rows (%zu held out) for %" PRId64 " steps, %zu %s parameters%s", T.ds.n_train,
-           T.ds.n_val, T.total_steps, T.numel, model_is_full(T.m) ? "model" : "LoRA", ranks);
-    T.t_setup = now_s();
-    T.t_train_start = T.t_setup;
-    dist_reset_seconds(T.d);
-    if (loop(&T, outcome, err)) goto done;
-    if (write_time_metrics(&T, err)) goto done;
-    rc = 0;
-done:
+    trainer_init(&T, spec, paths, opts, hooks, outcome);
+    int rc = trainer_open(&T, opts, outcome, err);
+    if (rc > 0) rc = 0; /* stopped before training: no time metrics */
+    else if (rc == 0) rc = loop(&T, outcome, err) || write_time_metrics(&T, err) ? -1 : 0;
     if (rc && err && err->msg[0] && T.hooks->event) T.hooks->event(T.hooks->ud, "error", err->msg);
     teardown(&T);
+    return rc;
+}
+
+/* ---- co-training: the step in parts, on a shared model ---- */
+
+/* A shared trainer's adapter is in the model only inside these calls. */
+static void enter(trainer *T) {
+    if (!T->inside) model_slot_swap(T->m, T->slot);
+    T->inside = 1;
+}
+static void leave(trainer *T) {
+    if (T->inside) model_slot_swap(T->m, T->slot);
+    T->inside = 0;
+}
+
+int train_open_shared(const jobspec *spec, const train_paths *paths, const train_opts *opts,
+                      const train_hooks *hooks, kb_backend *be, model *m, trainer **out, train_outcome *outcome,
+                      lr_err *err) {
+    *out = NULL;
+    *outcome = TRAIN_DONE;
+    if (spec->method.type != METHOD_SFT || spec->lora.use_dora || dist_size(opts->dist) > 1)
+        return lr_errp(err, LR_E_INVALID, "method.type",
+                       "only plain LoRA sft jobs of one process train on a shared model (method %s%s)",
+                       jobspec_method_name(spec->method.type), spec->lora.use_dora ? ", DoRA" : "");
+    trainer *T = calloc(1, sizeof *T);
+    if (!T) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
+    trainer_init(T, spec, paths, opts, hooks, outcome);
+    T->shared = 1;
+    T->be = be;
+    T->m = m;
+    int rc = -1;
+    if (model_slot_new(m, &T->slot, err) == 0) {
+        enter(T); /* the model's empty adapter state goes to the slot, the job's comes back into it */
+        rc = trainer_open(T, opts, outcome, err);
+    }
+    if (rc == 0) {
+        loop_start(T, outcome);
+        if (T->step >= T->total_steps) rc = finish(T, err) ? -1 : 2; /* resumed at its end */
+    }
+    if (rc == 0) {
+        leave(T);
+        *out = T;
+        return 0;
+    }
+    if (rc == 2) return train_close(T, 0, err) ? -1 : 1;
+    if (rc < 0 && err->msg[0] && T->hooks->event) T->hooks->event(T->hooks->ud, "error", err->msg);
+    teardown(T);
+    free(T);
+    return rc;
+}
+
+int train_step_begin(trainer *T, int *n, lr_err *err) {
+    enter(T);
+    int rc = step_begin(T, err);
+    leave(T);
+    *n = T->st_n;
+    return rc;
+}
+
+void train_step_micro(trainer *T, int k, model_pack_mb *mb) {
+    const data_batch *b = &T->mb[k];
+    model_slot_set_train(T->slot, 1, mb_seed(T, k));
+    memset(mb, 0, sizeof *mb);
+    mb->slot = T->slot;
+    mb->ids = b->ids;
+    mb->labels = b->labels;
+    mb->B = b->rows;
+    mb->T = b->T;
+    mb->grad_scale = T->st_scale;
+}
+
+void train_step_micro_done(trainer *T, int k, const model_pack_mb *mb) {
+    double *r = T->mbst + (size_t)k * MB_STATS;
+    r[0] = mb->loss_sum;
+    r[1] = (double)mb->n_correct;
+}
+
+int train_step_check(trainer *T, train_outcome *outcome, lr_err *err) {
+    int how = stop_asked(T);
+    if (how == TRAIN_GO) return 0;
+    data_seek(&T->tl, T->st_start);
+    enter(T);
+    int rc = halt(T, how, 1, T->lr, T->gnorm, outcome, err);
+    leave(T);
+    return rc ? -1 : 1;
+}
+
+int train_step_end(trainer *T, train_outcome *outcome, lr_err *err) {
+    double loss, x[LOG_EXTRA];
+    enter(T);
+    int rc = step_end(T, &loss, x, err);
+    if (!rc) rc = after_step(T, loss, x, outcome, err);
+    if (!rc && T->step >= T->total_steps) rc = finish(T, err) ? -1 : 1;
+    leave(T);
+    return rc;
+}
+
+int64_t train_steps(const trainer *T, int64_t *total) {
+    if (total) *total = T->total_steps;
+    return T->step;
+}
+
+int train_close(trainer *T, int failed, lr_err *err) {
+    if (!T) return 0;
+    int rc = failed ? -1 : write_time_metrics(T, err);
+    if (rc && err->msg[0] && T->hooks->event) T->hooks->event(T->hooks->ud, "error", err->msg);
+    teardown(T);
+    free(T);
     return rc;
 }

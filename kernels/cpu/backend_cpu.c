@@ -3,6 +3,9 @@
  * Every matmul goes through kg_sgemm: gemm_select.c decides once per
  * process which kernel that is (OpenBLAS with the core type the CPU's
  * features call for, self-tested), so nothing here names a kernel.
+ * The one exception: a frozen linear whose weight the model packed in bf16
+ * (kb_linear.W16, compute_dtype bf16) runs its two base products on
+ * gemm_bf16.c's AVX512_BF16 kernel, which is self-tested the same way.
  *
  * Threading: OpenBLAS runs single-threaded and this file partitions every
  * large sgemm across the OpenMP threads itself (by output rows or columns,
@@ -20,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/gemm_select.h"
 #include "kernels/cpu/quant_cpu.h"
 #include "kernels/cpu/vmath.h"
@@ -41,7 +45,7 @@ typedef struct cpu_impl {
     int nt;
     float *ws;       /* grow-only scratch shared by the ops (they run one at a time) */
     size_t ws_len;   /* floats */
-    float *qws;      /* grow-only tiles of 4-bit weights (used while ws holds an op's data) */
+    float *qws;      /* grow-only tiles of 4-bit weights, or bf16 activations (used while ws holds an op's data) */
     size_t qws_len;
 } cpu_impl;
 
@@ -67,6 +71,11 @@ static float *grow(float **p, size_t *len, size_t n) {
 static float *ws_get(kb_backend *be, size_t n) { return grow(&impl_of(be)->ws, &impl_of(be)->ws_len, n); }
 static float *qws_get(kb_backend *be, const kb_linear *L) {
     return grow(&impl_of(be)->qws, &impl_of(be)->qws_len, kq_cpu_scratch(L->qW, impl_of(be)->nt));
+}
+/* The bf16 kernel's scratch for N rows of L (kernels/cpu/gemm_bf16.h). */
+static float *bws_get(kb_backend *be, const kb_linear *L, int N) {
+    size_t bytes = kbf_scratch_bytes(N, L->out, L->in, impl_of(be)->nt);
+    return grow(&impl_of(be)->qws, &impl_of(be)->qws_len, (bytes + sizeof(float) - 1) / sizeof(float));
 }
 
 /* C[M,N] = alpha op(A) op(B) + beta C (row-major), split across nt threads
@@ -391,6 +400,22 @@ static void att_probs(float *S, int m, int nk, int i0, int j0, int w, const floa
 /* The window as a key count: all T positions when there is none. */
 static int att_window(int window, int T) { return window > 0 && window < T ? window : T; }
 
+/* The forward of one (sequence, head): n query rows at positions p0..
+ * (stride ldq) against keys and values of positions 0..p0+n-1 (kb, vb at
+ * position 0), qb rows at a time; S holds qb x (p0+n) scores, lse [n] the
+ * rows' log-sum-exp. attn_fwd is p0 = 0; attn_kv_fwd runs the same tiles
+ * from p0, so its prefill is attn_fwd's result bit for bit. */
+static void att_head_fwd(float *S, float *out, int ldo, float *lse, const float *q, int ldq, const float *kb,
+                         const float *vb, int ldkv, int p0, int n, int w, int qb, int D, float scale) {
+    for (int i0 = 0; i0 < n; i0 += qb) {
+        /* keys before j0 are outside every row's window: not computed */
+        int m = n - i0 < qb ? n - i0 : qb, pos = p0 + i0, j0 = pos - w + 1 > 0 ? pos - w + 1 : 0, nk = pos + m - j0;
+        att_probs(S, m, nk, pos, j0, w, q + (size_t)i0 * ldq, ldq, kb + (size_t)j0 * ldkv, ldkv, D, scale, lse + i0,
+                  NULL);
+        kg_sgemm(0, 0, m, D, nk, 1.0f, S, nk, vb + (size_t)j0 * ldkv, ldkv, 0.0f, out + (size_t)i0 * ldo, ldo);
+    }
+}
+
 static void cpu_attn_fwd(kb_backend *be, float *out, float *lse, const float *q, const float *k, const float *v,
                          int ldq, int ldkv, int B, int T, int Hq, int Hkv, int D, int window) {
     int nt = impl_of(be)->nt, G = Hq / Hkv, ldo = Hq * D, w = att_window(window, T);
@@ -403,15 +428,25 @@ static void cpu_attn_fwd(kb_backend *be, float *out, float *lse, const float *q,
         float *S = ws + (size_t)omp_get_thread_num() * qb * T;
         const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
         const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
-        for (int i0 = 0; i0 < T; i0 += qb) {
-            /* keys before j0 are outside every row's window: not computed */
-            int m = T - i0 < qb ? T - i0 : qb, j0 = i0 - w + 1 > 0 ? i0 - w + 1 : 0, nk = i0 + m - j0;
-            const float *qr = q + (size_t)(b * T + i0) * ldq + (size_t)h * D;
-            float *lr = lse + (size_t)bh * T + i0;
-            att_probs(S, m, nk, i0, j0, w, qr, ldq, kb + (size_t)j0 * ldkv, ldkv, D, scale, lr, NULL);
-            kg_sgemm(0, 0, m, D, nk, 1.0f, S, nk, vb + (size_t)j0 * ldkv, ldkv, 0.0f,
-                     out + (size_t)(b * T + i0) * ldo + (size_t)h * D, ldo);
-        }
+        att_head_fwd(S, out + (size_t)b * T * ldo + (size_t)h * D, ldo, lse + (size_t)bh * T,
+                     q + (size_t)b * T * ldq + (size_t)h * D, ldq, kb, vb, ldkv, 0, T, w, qb, D, scale);
+    }
+}
+
+/* One thread per query head; a decoding step (n = 1) is one row of scores
+ * per head, computed with attn_fwd's gemms and softmax. */
+static void cpu_attn_kv_fwd(kb_backend *be, float *out, const float *q, int ldq, const float *kc, const float *vc,
+                            int ldkv, int p0, int n, int Hq, int Hkv, int D, int window) {
+    int nt = impl_of(be)->nt, G = Hq / Hkv, ldo = Hq * D, T = p0 + n, w = att_window(window, T);
+    float scale = 1.0f / sqrtf((float)D);
+    int qb = n < ATT_QB ? n : ATT_QB;
+    size_t per = (size_t)qb * T + (size_t)n; /* scores, then the rows' lse (not kept) */
+    float *ws = ws_get(be, (size_t)nt * per);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int h = 0; h < Hq; h++) {
+        float *S = ws + (size_t)omp_get_thread_num() * per;
+        att_head_fwd(S, out + (size_t)h * D, ldo, S + (size_t)qb * T, q + (size_t)h * D, ldq, kc + (size_t)(h / G) * D,
+                     vc + (size_t)(h / G) * D, ldkv, p0, n, w, qb, D, scale);
     }
 }
 
@@ -599,6 +634,8 @@ static void base_gemm(kb_backend *be, const kb_linear *L, float *z, const float 
     const float *W = L->W;
     if (L->qW)
         kq_cpu_xwt(nt, L->qW, x, N, z, acc, qws_get(be, L));
+    else if (L->W16)
+        kbf_current(NULL)->xwt(nt, L->W16, L->out, L->in, x, N, z, acc, bws_get(be, L, N));
     else if (L->w_in_out)
         gemm(nt, 0, 0, N, L->out, L->in, 1.0f, x, L->in, W, L->out, acc ? 1.0f : 0.0f, z, L->out);
     else
@@ -611,10 +648,47 @@ static void dx_gemm(kb_backend *be, const kb_linear *L, float *dx, const float *
     const float *W = L->W;
     if (L->qW)
         kq_cpu_gw(nt, L->qW, g, N, dx, acc, qws_get(be, L));
+    else if (L->W16)
+        kbf_current(NULL)->gw(nt, L->W16, out, L->in, g, N, dx, acc, bws_get(be, L, N));
     else if (L->w_in_out)
         gemm(nt, 0, 1, N, L->in, out, 1.0f, g, out, W, out, acc ? 1.0f : 0.0f, dx, L->in);
     else
         gemm(nt, 0, 0, N, L->in, out, 1.0f, g, out, W, L->in, acc ? 1.0f : 0.0f, dx, L->in);
+}
+
+/* The plain LoRA path (no DoRA): y += scale * (drop(x) A^T) B^T, xa saved. */
+static void cpu_lora_fwd(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N) {
+    int nt = impl_of(be)->nt, out = L->out;
+    const kb_lora *l = L->lora;
+    size_t nin = (size_t)N * L->in;
+    float *tmp = l->dropout > 0.0f ? ws_get(be, nin) : NULL;
+    const float *xd = lora_input(be, tmp, x, l, nin);
+    gemm(nt, 0, 1, N, l->r, L->in, 1.0f, xd, L->in, l->A, L->in, 0.0f, xa, l->r);
+    gemm(nt, 0, 1, N, out, l->r, l->scale, xa, l->r, l->B, l->r, 1.0f, y, out);
+}
+
+/* Its backward: dB += s dy^T xa; dh = s dy B; dA += dh^T drop(x); dx +=
+ * drop'(dh A) when dx is not NULL. */
+static void cpu_lora_bwd(kb_backend *be, const kb_linear *L, float *dx, const float *dy, const float *x,
+                         const float *xa, int N) {
+    int nt = impl_of(be)->nt, out = L->out;
+    const kb_lora *l = L->lora;
+    int r = l->r, drop = l->dropout > 0.0f;
+    size_t nin = (size_t)N * L->in;
+    float *ws = ws_get(be, (size_t)N * r + (drop ? nin : 0));
+    float *dh = ws, *tmp = drop ? ws + (size_t)N * r : NULL;
+    const float *xd = lora_input(be, tmp, x, l, nin);
+    gemm(nt, 1, 0, out, r, N, l->scale, dy, out, xa, r, 1.0f, l->dB, r);
+    gemm(nt, 0, 0, N, r, out, l->scale, dy, out, l->B, r, 0.0f, dh, r);
+    gemm(nt, 1, 0, r, L->in, N, 1.0f, dh, r, xd, L->in, 1.0f, l->dA, L->in);
+    if (!dx) return;
+    if (!drop) {
+        gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, dx, L->in);
+        return;
+    }
+    gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 0.0f, tmp, L->in);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < nin; i++) dx[i] += tmp[i] * lr_dropout_mult(l->seed, i, l->dropout);
 }
 
 static void cpu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N) {
@@ -628,17 +702,17 @@ static void cpu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *
     }
     base_gemm(be, L, y, x, N, b && !dora);
     if (!l) return;
+    if (!dora) {
+        cpu_lora_fwd(be, L, y, xa, x, N);
+        return;
+    }
     int drop = l->dropout > 0.0f, out = L->out;
     size_t nin = (size_t)N * L->in, nout = (size_t)N * out;
-    /* scratch: dropped input, then (DoRA) s, the LoRA term and the dropped base term */
-    float *ws = ws_get(be, (drop ? nin : 0) + (dora ? (size_t)out + nout * (drop ? 2 : 1) : 0));
+    /* scratch: dropped input, then s, the LoRA term and the dropped base term */
+    float *ws = ws_get(be, (drop ? nin : 0) + (size_t)out + nout * (drop ? 2 : 1));
     float *tmp = drop ? ws : NULL;
     const float *xd = lora_input(be, tmp, x, l, nin);
     gemm(nt, 0, 1, N, l->r, L->in, 1.0f, xd, L->in, l->A, L->in, 0.0f, xa, l->r);
-    if (!dora) {
-        gemm(nt, 0, 1, N, out, l->r, l->scale, xa, l->r, l->B, l->r, 1.0f, y, out);
-        return;
-    }
     float *sv = ws + (drop ? nin : 0), *u = sv + out, *zb = drop ? u + nout : NULL;
     dora_scale(L, sv);
     gemm(nt, 0, 1, N, out, l->r, l->scale, xa, l->r, l->B, l->r, 0.0f, u, out);
@@ -673,51 +747,48 @@ static void cpu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx
     }
     if (dx && !dora) dx_gemm(be, L, dx, dy, N, dx_acc);
     if (!l) return;
+    if (!dora) {
+        cpu_lora_bwd(be, L, dx, dy, x, xa, N);
+        return;
+    }
     int r = l->r;
     int drop = l->dropout > 0.0f;
     size_t nin = (size_t)N * L->in, nout = (size_t)N * out;
-    float *ws = ws_get(be, (size_t)N * r + (drop ? nin : 0) + (dora ? nout + out : 0));
+    float *ws = ws_get(be, (size_t)N * r + (drop ? nin : 0) + nout + out);
     float *dh = ws, *tmp = drop ? ws + (size_t)N * r : NULL;
-    float *G = dora ? ws + (size_t)N * r + (drop ? nin : 0) : NULL, *sv = dora ? G + nout : NULL;
+    float *G = ws + (size_t)N * r + (drop ? nin : 0), *sv = G + nout;
     const float *xd = lora_input(be, tmp, x, l, nin);
-    const float *g = dy;
-    if (dora) {
-        /* d mag_j = sum_n dy[n,j] z[n,j] / wnorm_j, z = xd W^T + scale xa B^T
-         * (the pre-bias DoRA direction term), then the LoRA path sees s * dy. */
-        dora_scale(L, sv);
-        base_gemm(be, L, G, xd, N, 0);
-        gemm(nt, 0, 1, N, out, r, l->scale, xa, r, l->B, r, 1.0f, G, out);
+    /* d mag_j = sum_n dy[n,j] z[n,j] / wnorm_j, z = xd W^T + scale xa B^T
+     * (the pre-bias DoRA direction term), then the LoRA path sees g = s * dy. */
+    dora_scale(L, sv);
+    base_gemm(be, L, G, xd, N, 0);
+    gemm(nt, 0, 1, N, out, r, l->scale, xa, r, l->B, r, 1.0f, G, out);
 #pragma omp parallel for num_threads(nt) schedule(static)
-        for (int j = 0; j < out; j++) {
-            double acc = 0;
-            for (int n = 0; n < N; n++) acc += (double)dy[(size_t)n * out + j] * G[(size_t)n * out + j];
-            l->dmag[j] += (float)(acc / l->wnorm[j]);
-        }
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (size_t i = 0; i < nout; i++) G[i] = sv[i % out] * dy[i];
-        g = G;
+    for (int j = 0; j < out; j++) {
+        double acc = 0;
+        for (int n = 0; n < N; n++) acc += (double)dy[(size_t)n * out + j] * G[(size_t)n * out + j];
+        l->dmag[j] += (float)(acc / l->wnorm[j]);
     }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < nout; i++) G[i] = sv[i % out] * dy[i];
+    const float *g = G;
     /* dB += s g^T xa; dh = s g B; dA += dh^T drop(x); dx += drop'(dh A) */
     gemm(nt, 1, 0, out, r, N, l->scale, g, out, xa, r, 1.0f, l->dB, r);
     gemm(nt, 0, 0, N, r, out, l->scale, g, out, l->B, r, 0.0f, dh, r);
     gemm(nt, 1, 0, r, L->in, N, 1.0f, dh, r, xd, L->in, 1.0f, l->dA, L->in);
     if (!dx) return;
     if (!drop) {
-        /* DoRA without dropout: the base path is scaled by s as well: dx = g W + dh A */
-        if (dora) dx_gemm(be, L, dx, g, N, dx_acc);
+        /* without dropout the base path is scaled by s as well: dx = g W + dh A */
+        dx_gemm(be, L, dx, g, N, dx_acc);
         gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, dx, L->in);
         return;
     }
-    if (dora) {
-        /* the undropped base path carries dy; the dropped one (s - 1) dy = g - dy */
-        dx_gemm(be, L, dx, dy, N, dx_acc);
+    /* the undropped base path carries dy; the dropped one (s - 1) dy = g - dy */
+    dx_gemm(be, L, dx, dy, N, dx_acc);
 #pragma omp parallel for num_threads(nt) schedule(static)
-        for (size_t i = 0; i < nout; i++) G[i] -= dy[i];
-        dx_gemm(be, L, tmp, G, N, 0);
-        gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, tmp, L->in);
-    } else {
-        gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 0.0f, tmp, L->in);
-    }
+    for (size_t i = 0; i < nout; i++) G[i] -= dy[i];
+    dx_gemm(be, L, tmp, G, N, 0);
+    gemm(nt, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, tmp, L->in);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (size_t i = 0; i < nin; i++) dx[i] += tmp[i] * lr_dropout_mult(l->seed, i, l->dropout);
 }
@@ -727,17 +798,20 @@ static void cpu_dora_norm(kb_backend *be, const kb_linear *L, float *wnorm) {
     int nt = impl_of(be)->nt, in = L->in, out = L->out;
     const kb_lora *l = L->lora;
     const float *W = L->W;
-    /* a 4-bit weight: each thread dequantizes its rows into its own row buffer */
-    float *BA = ws_get(be, (size_t)out * in + (L->qW ? (size_t)nt * in : 0));
+    /* a 4-bit or bf16 weight: each thread unpacks its rows into its own row buffer */
+    float *BA = ws_get(be, (size_t)out * in + (L->qW || L->W16 ? (size_t)nt * in : 0));
     gemm(nt, 0, 0, out, in, l->r, 1.0f, l->B, l->r, l->A, in, 0.0f, BA, in);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int j = 0; j < out; j++) {
         const float *ba = BA + (size_t)j * in;
         double ss = 0;
         float *wq = NULL;
-        if (L->qW) {
+        if (L->qW || L->W16) {
             wq = BA + (size_t)out * in + (size_t)omp_get_thread_num() * in;
-            kq_dequant_range(L->qW, (size_t)j * in, (size_t)in, wq);
+            if (L->qW)
+                kq_dequant_range(L->qW, (size_t)j * in, (size_t)in, wq);
+            else
+                kbf_row(L->W16, out, in, j, wq);
         }
         for (int i = 0; i < in; i++)
             ss += lr_dora_sq(wq ? wq[i] : L->w_in_out ? W[(size_t)i * out + j] : W[(size_t)j * in + i], ba[i], l->scale);
@@ -747,26 +821,37 @@ static void cpu_dora_norm(kb_backend *be, const kb_linear *L, float *wnorm) {
 
 /* ---- LM head + cross-entropy ---- */
 
-static double cpu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, float *dW, const float *x,
-                            const void *W_, const int32_t *targets, const float *tok_scale, int N, int C, int V,
-                            float grad_scale, int chunk_rows) {
+/* The first index below n holding v (n when none): with v the row's
+ * maximum, the target is the argmax (torch.argmax: the first of equal
+ * maxima) only if no earlier logit equals it. */
+static int first_index_of(const float *l, int n, float v) {
+    int j = 0;
+    while (j < n && l[j] != v) j++;
+    return j;
+}
+
+static double cpu_lmhead_ce(kb_backend *be, int64_t *n_valid, int64_t *n_correct, float *tok_loss, float *dx,
+                            float *dW, const float *x, const void *W_, const int32_t *targets, const float *tok_scale,
+                            int N, int C, int V, float grad_scale, int chunk_rows) {
     const float *W = W_;
     int nt = impl_of(be)->nt;
     int nv = 0;
     for (int n = 0; n < N; n++) nv += targets[n] != LR_IGNORE_INDEX;
     *n_valid = nv;
+    if (n_correct) *n_correct = 0;
     if (dx) memset(dx, 0, (size_t)N * C * sizeof(float));
     if (tok_loss) memset(tok_loss, 0, (size_t)N * sizeof(float));
     if (!nv) return 0.0;
     int cr = chunk_rows > 0 ? chunk_rows : (int)(CE_CHUNK_FLOATS / (unsigned)V);
     if (cr < 16) cr = 16;
     if (cr > nv) cr = nv;
-    /* scratch: per-row loss (double), row index list, gathered x, logits, dx rows */
-    size_t need = (size_t)nv * 3 + (size_t)cr * C * 2 + (size_t)cr * V;
+    /* scratch: per-row loss (double), row index list, argmax hit per row,
+     * gathered x, logits, dx rows */
+    size_t need = (size_t)nv * 4 + (size_t)cr * C * 2 + (size_t)cr * V;
     float *ws = ws_get(be, need);
     double *lossv = (double *)ws;
-    int *rows = (int *)(ws + (size_t)nv * 2);
-    float *xc = ws + (size_t)nv * 3, *lg = xc + (size_t)cr * C, *dxc = lg + (size_t)cr * V;
+    int *rows = (int *)(ws + (size_t)nv * 2), *hit = rows + nv;
+    float *xc = ws + (size_t)nv * 4, *lg = xc + (size_t)cr * C, *dxc = lg + (size_t)cr * V;
     int k = 0;
     for (int n = 0; n < N; n++)
         if (targets[n] != LR_IGNORE_INDEX) rows[k++] = n;
@@ -782,6 +867,7 @@ static double cpu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, f
             float *l = lg + (size_t)i * V;
             int row = rows[c0 + i], tg = targets[row];
             float mx = row_max(l, V), lt = l[tg];
+            hit[c0 + i] = lt == mx && first_index_of(l, tg, mx) == tg;
             double sum = row_exp(l, l, V, mx);
             lossv[c0 + i] = (double)mx + log(sum) - (double)lt;
             if (tok_loss) tok_loss[row] = (float)lossv[c0 + i];
@@ -799,6 +885,8 @@ static double cpu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, f
             memcpy(dx + (size_t)rows[c0 + i] * C, dxc + (size_t)i * C, (size_t)C * sizeof(float));
     }
     for (int i = 0; i < nv; i++) total += lossv[i];
+    if (n_correct)
+        for (int i = 0; i < nv; i++) *n_correct += hit[i];
     return total;
 }
 
@@ -913,6 +1001,19 @@ static void cpu_scale(kb_backend *be, float *x, float s, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
+/* bf16 linears (kb_backend.bf16_*): the kernel of gemm_bf16.c, where the CPU runs it. */
+static int cpu_bf16_check(kb_backend *be, lr_err *err) {
+    (void)be;
+    return kbf_current(err) ? 0 : -1;
+}
+static size_t cpu_bf16_bytes(kb_backend *be, int in, int out) {
+    (void)be;
+    return kbf_packed_bytes(out, in);
+}
+static void cpu_bf16_pack(kb_backend *be, void *dst, const float *W, int in, int out, int w_in_out) {
+    kbf_pack(dst, W, out, in, w_in_out, impl_of(be)->nt);
+}
+
 static void cpu_destroy(kb_backend *be) {
     cpu_impl *c = impl_of(be);
     free(c->ws);
@@ -960,6 +1061,7 @@ int kb_cpu_create(int threads, kb_backend **out, lr_err *err) {
     be->rope_bwd = cpu_rope_bwd;
     be->attn_fwd = cpu_attn_fwd;
     be->attn_bwd = cpu_attn_bwd;
+    be->attn_kv_fwd = cpu_attn_kv_fwd;
     be->swiglu_fwd = cpu_swiglu_fwd;
     be->swiglu_bwd = cpu_swiglu_bwd;
     be->gelu_fwd = cpu_gelu_fwd;
@@ -970,10 +1072,15 @@ int kb_cpu_create(int threads, kb_backend **out, lr_err *err) {
     be->lmhead_ce = cpu_lmhead_ce;
     be->lmhead_ce_kl = cpu_lmhead_ce_kl;
     be->dora_norm = cpu_dora_norm;
+    be->lora_fwd = cpu_lora_fwd;
+    be->lora_bwd = cpu_lora_bwd;
     be->adamw = cpu_adamw;
     be->sumsq = cpu_sumsq;
     be->scale = cpu_scale;
     be->destroy = cpu_destroy;
+    be->bf16_check = cpu_bf16_check;
+    be->bf16_bytes = cpu_bf16_bytes;
+    be->bf16_pack = cpu_bf16_pack;
     *out = be;
     return 0;
 }

@@ -667,13 +667,14 @@ static double sum_rows(kb_backend *be, const void *d, int n) {
 
 /* dW is never set here: this backend has no weight_grads (full fine-tuning
  * runs on the CPU backend only), and the model checks that first. */
-static double cu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, float *dx, float *dW, const float *x,
-                           const void *W, const int32_t *targets, const float *tok_scale, int N, int C, int V,
-                           float grad_scale, int chunk_rows) {
+static double cu_lmhead_ce(kb_backend *be, int64_t *n_valid, int64_t *n_correct, float *tok_loss, float *dx,
+                           float *dW, const float *x, const void *W, const int32_t *targets, const float *tok_scale,
+                           int N, int C, int V, float grad_scale, int chunk_rows) {
     (void)dW;
     cu_impl *c = impl_of(be);
     kb_dtype dt = be->weight_dtype;
     *n_valid = 0;
+    if (n_correct) *n_correct = 0;
     if (c->failed || N <= 0) return NAN;
     int32_t *ht;
     double total = 0;
@@ -698,8 +699,9 @@ static double cu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, fl
         gemm(c, dt, 0, 1, m, V, C, 1.0f, xc, C, W, C, 0.0f, lg, V);
         void *G = dx ? (dt == KB_F32 ? (void *)lg : (void *)(ws + lay.dlg)) : NULL;
         double *lossc = (double *)(ws + lay.loss) + c0;
+        int32_t *hitc = n_correct ? (int32_t *)(ws + lay.hit) + c0 : NULL;
         const int32_t *tc = (const int32_t *)(ws + lay.tgt) + c0;
-        WDISPATCH(dt, ce_rows_k<W><<<m, 1024, 0, c->st>>>(lossc, tok_loss, (W *)G, lg, tc, rc, tok_scale, V,
+        WDISPATCH(dt, ce_rows_k<W><<<m, 1024, 0, c->st>>>(lossc, hitc, tok_loss, (W *)G, lg, tc, rc, tok_scale, V,
                                                           grad_scale));
         launched(c, "lmhead_ce");
         if (!dx) continue;
@@ -709,6 +711,11 @@ static double cu_lmhead_ce(kb_backend *be, int64_t *n_valid, float *tok_loss, fl
         launched(c, "lmhead_ce backward");
     }
     total = sum_rows(be, ws + lay.loss, nv);
+    if (n_correct && !c->failed) {
+        /* the targets in ht are on the device: it takes the hits */
+        cu_download(be, ht, ws + lay.hit, (size_t)nv * sizeof(int32_t));
+        for (int i = 0; i < nv; i++) *n_correct += ht[i];
+    }
 out:
     free(ht);
     return c->failed ? NAN : total;

@@ -19,13 +19,14 @@ __global__ void scatter_k(float *dx, const float *dxc, const int32_t *rows, int 
     }
 }
 /* One block per row of the chunk: loss = max + log(sum exp) - logit[target]
- * (f64, as the CPU backend); with G != NULL the row's gradient
- * w * (softmax - onehot), w = grad_scale * tok_scale[row], goes to G in the
- * weight dtype, computed from the logits in one pass: the probabilities are
- * never stored apart. */
+ * (f64, as the CPU backend); with hit != NULL, hit[i] = 1 when the target
+ * is the row's argmax (the first of equal maxima, as torch.argmax), else 0;
+ * with G != NULL the row's gradient w * (softmax - onehot),
+ * w = grad_scale * tok_scale[row], goes to G in the weight dtype, computed
+ * from the logits in one pass: the probabilities are never stored apart. */
 template <typename W>
-__global__ void ce_rows_k(double *loss, float *tok_loss, W *G, const float *logits, const int32_t *tgt,
-                          const int32_t *rows, const float *tok_scale, int V, float grad_scale) {
+__global__ void ce_rows_k(double *loss, int32_t *hit, float *tok_loss, W *G, const float *logits,
+                          const int32_t *tgt, const int32_t *rows, const float *tok_scale, int V, float grad_scale) {
     __shared__ double shd[33];
     __shared__ float shf[33];
     int i = blockIdx.x, row = rows[i];
@@ -35,6 +36,19 @@ __global__ void ce_rows_k(double *loss, float *tok_loss, W *G, const float *logi
     float mx = -INFINITY;
     for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
     mx = block_maxf(mx, shf);
+    if (hit) {
+        /* each thread's first index holding the maximum, then the block's
+         * smallest as a max of -index (exact in f32: V < 2^24); G is
+         * written only after the barriers below */
+        float first = -(float)V;
+        for (int j = threadIdx.x; j < V; j += blockDim.x)
+            if (l[j] == mx) {
+                first = -(float)j;
+                break;
+            }
+        first = block_maxf(first, shf);
+        if (!threadIdx.x) hit[i] = (int)-first == tg;
+    }
     double s = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf(l[j] - mx);
     s = block_sumd(s, shd);

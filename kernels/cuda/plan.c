@@ -103,6 +103,7 @@ void cuplan_ce_layout(kb_dtype wdt, int n_valid, int C, int V, int chunk_rows, s
     o->rows = carve(&off, nv * sizeof(int32_t));
     o->tgt = carve(&off, nv * sizeof(int32_t));
     o->loss = carve(&off, nv * sizeof(double));
+    o->hit = carve(&off, nv * sizeof(int32_t));
     o->xc = carve(&off, m * (size_t)C * es);
     o->logits = carve(&off, m * (size_t)V * sizeof(float));
     o->dlg = wdt != KB_F32 ? carve(&off, m * (size_t)V * es) : SIZE_MAX;

@@ -107,6 +107,7 @@ int cuplan_dora_rows(int in, int out, size_t budget);
 /* Scratch layout of lmhead_ce (kl = 0) and lmhead_ce_kl (kl = 1) for
  * n_valid rows, offsets in bytes: rows (int32 row index of each valid
  * target), tgt (int32 targets), loss (f64 per valid row: its cross-entropy),
+ * hit (int32 per valid row: 1 when the row's argmax is its target),
  * xc (gathered x rows, weight dtype), logits (f32 [chunk, V]), dlg (the
  * logits' gradient in the weight dtype for the backward matmul; SIZE_MAX
  * with f32 weights: it is written over the logits), dxc (f32 [chunk, C]);
@@ -116,7 +117,7 @@ int cuplan_dora_rows(int in, int out, size_t budget);
  * logits (+ ref) + dlg, at least 16, at most n_valid. */
 typedef struct cuplan_ce {
     int chunk;
-    size_t rows, tgt, loss, xc, logits, dlg, dxc, klv, xr, ref, total;
+    size_t rows, tgt, loss, hit, xc, logits, dlg, dxc, klv, xr, ref, total;
 } cuplan_ce;
 void cuplan_ce_layout(kb_dtype wdt, int n_valid, int C, int V, int chunk_rows, size_t budget, int kl, cuplan_ce *o);
 

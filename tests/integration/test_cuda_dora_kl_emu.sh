@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA kernels of DoRA (row norms, output, d magnitude) and of the KL
-# LM head (per-row ce, kl and gradient) without a GPU: the files the CUDA
+# LM heads (per-row ce with its argmax hit; ce, kl and gradient) without a GPU: the files the CUDA
 # backend includes (kernels/cuda/dora.cuh, lmhead.cuh and the block
 # reductions of reduce.cuh) are compiled as host C++ with one thread per CUDA
 # thread (std::barrier stands in for __syncthreads and the warp shuffles,
@@ -209,7 +209,40 @@ static void kl_case(int m, int V, int in_place) {
     report(eg / mg < 1e-6, what, eg / mg);
 }
 
+/* ce_rows_k's argmax hits: the first of equal maxima (torch.argmax), over
+ * thread strides and warps; rows: the target the unique max, a later
+ * copy of the max, the first of two equal maxima, the second of them, all
+ * logits equal (target 0, then target 5), a target below the max; G over the
+ * logits must not disturb the count */
+static void hit_case(int V, int in_place) {
+    const int m = 7;
+    auto l = rnd((size_t)m * V, 1);
+    std::vector<int32_t> tg(m), rows(m), hit(m, -1);
+    int a = V / 3, b = V - 2; /* in different threads' strides and warps */
+    auto row = [&](int i) { return l.data() + (size_t)i * V; };
+    row(0)[a] = 5, tg[0] = a;
+    row(1)[a] = 5, row(1)[b] = 5, tg[1] = b;
+    row(2)[a] = 5, row(2)[b] = 5, tg[2] = a;
+    row(3)[0] = 5, row(3)[b] = 5, tg[3] = b;
+    for (int j = 0; j < V; j++) row(4)[j] = row(5)[j] = 0.5f;
+    tg[4] = 0, tg[5] = 5;
+    row(6)[b] = 5, tg[6] = a;
+    for (int i = 0; i < m; i++) rows[i] = i;
+    int want[m] = {1, 0, 1, 0, 1, 0, 0};
+    std::vector<double> loss(m);
+    std::vector<float> Gs((size_t)m * V);
+    float *G = in_place ? l.data() : Gs.data();
+    launch(dim3(m), 1024, [&] { ce_rows_k<float>(loss.data(), hit.data(), nullptr, G, l.data(), tg.data(), rows.data(), nullptr, V, 1.0f); });
+    int bad = 0;
+    for (int i = 0; i < m; i++) bad += hit[i] != want[i];
+    char what[96];
+    snprintf(what, sizeof what, "ce_rows_hits_V%d%s (rows wrong)", V, in_place ? "_in_place" : "");
+    report(!bad, what, (double)bad);
+}
+
 int main() {
+    hit_case(2500, 0);
+    hit_case(700, 1); /* V below the block size; G over the logits */
     norm_case(300, 37, 20, 0);
     norm_case(300, 37, 20, 1);
     norm_case(40, 5, 2, 1); /* fewer columns than threads */

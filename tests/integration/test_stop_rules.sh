@@ -95,7 +95,7 @@ expect_no_stop plateau_off 10
 # 6. eval-loss early stop: evaluations at 2,4,6 -> best at 2, bad at 4 and 6 -> stop at 6
 run eval_stop "max_steps: 40, logging_steps: 1, eval_steps: 2, patience: 2, min_delta: 0.01" val.jsonl
 expect_stop eval_stop 6 "early stop at step 6: eval loss did not improve by 0.01 for 2 evaluations $BEST"
-[ "$(grep -c '^6,.*,[0-9.]\+$' "$T/eval_stop/train_log.csv")" = 1 ] && ok "eval_stop: step 6's eval loss is logged" ||
+[ "$(awk -F, '$1 == 6 && $7 ~ /^[0-9.]+$/' "$T/eval_stop/train_log.csv" | wc -l)" = 1 ] && ok "eval_stop: step 6's eval loss is logged" ||
   bad "eval_stop: step 6's eval loss is logged" "$(tail -3 "$T/eval_stop/train_log.csv")"
 
 # 7. with a validation set the flat train loss is not watched: evaluated only at the end -> no stop

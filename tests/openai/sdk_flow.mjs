@@ -159,6 +159,11 @@ async function main() {
   check(metrics.length >= 10 && metrics.every((ev) => Number.isInteger(ev.data.step) && typeof ev.data.train_loss === 'number' &&
         ev.data.total_steps === af.progress.total_steps) && metrics.some((ev) => typeof ev.data.valid_loss === 'number'),
   'listEvents: metrics events with step, train_loss, valid_loss, total_steps', metrics.slice(0, 2));
+  const frac = (v) => typeof v === 'number' && v >= 0 && v <= 1;
+  check(metrics.every((ev) => frac(ev.data.train_mean_token_accuracy)) &&
+        metrics.some((ev) => frac(ev.data.valid_mean_token_accuracy)),
+  'listEvents: metrics events with train_mean_token_accuracy and valid_mean_token_accuracy in [0, 1]',
+  metrics.slice(0, 2).map((ev) => ev.data));
   check(events.length > 20 && events.every((ev, i) => i === 0 || ev.created_at <= events[i - 1].created_at),
     'listEvents auto-pages newest first', events.length);
   schemaCheck(events.find((ev) => ev.type === 'message'), 'fine-tuning/jobs/jobs.d.ts', 'FineTuningJobEvent');
@@ -203,7 +208,7 @@ async function main() {
   check(af.result_files.length === 1, 'a succeeded job has a results file', af.result_files);
   const rf = await client.files.retrieve(af.result_files[0]);
   const csv = (await (await client.files.content(rf.id)).text()).trim().split('\n');
-  check(rf.purpose === 'fine-tune-results' && rf.bytes > 0 && csv[0] === 'step,train_loss,valid_loss,learning_rate' &&
+  check(rf.purpose === 'fine-tune-results' && rf.bytes > 0 && csv[0] === 'step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,learning_rate' &&
         csv.length - 1 === metrics.length,
   'the results file: a CSV of every logged step', [rf, csv.length, metrics.length, csv.slice(0, 3)]);
   const models = [];

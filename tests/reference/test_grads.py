@@ -14,7 +14,11 @@ a separate reference adapter (LoRA or DoRA), with the DPO metrics.
 
 FULL_CASES are full fine-tuning (`grads --full`): the gradient of every
 base weight (embeddings, positions, norms, biases, tied or separate LM
-head) under the checkpoint's names, same tolerances."""
+head) under the checkpoint's names, same tolerances.
+
+CASES also check the token accuracy `grads` reports (scored targets that
+are the argmax of their logits, as TRL's mean_token_accuracy) against
+torch.argmax, with every other label set to the reference's argmax."""
 import json
 import os
 import subprocess
@@ -125,9 +129,30 @@ def grad_err(got, g, params):
     return ((got - g).abs().max() / scale.clamp_min(1e-30)).item()
 
 
-def check_grads(args, gpath, loss, params, n_tok):
+def argmax_labels(cfg, w, lora, ids, labels):
+    """Every other scored label becomes the reference's argmax at its
+    position, so that token accuracy is far from 0; returns (labels, the
+    scored positions whose label is torch.argmax of the logits, the scored
+    positions whose top two logits are within 1e-4: f32 rounding may order
+    those either way)."""
+    with torch.no_grad():
+        logits = ref.forward_logits(cfg, w, lora, ids)[:, :-1]
+    top2 = logits.topk(2, dim=-1).values
+    am = logits.argmax(-1)
+    labels = labels.clone()
+    tgt = labels[:, 1:]
+    scored = tgt != -100
+    pick = scored & (torch.arange(tgt.numel()).view(tgt.shape) % 2 == 0)
+    tgt[pick] = am[pick]
+    correct = int(((am == tgt) & scored).sum())
+    near = int(((top2[..., 0] - top2[..., 1] < 1e-4) & scored).sum())
+    return labels, correct, near
+
+
+def check_grads(args, gpath, loss, params, n_tok, accuracy=None):
     """Runs `lora-worker grads ARGS` and compares its loss, scored-token count
-    and gradient tensors (written to gpath) with the reference's."""
+    and gradient tensors (written to gpath) with the reference's; accuracy:
+    (correct, near ties) from argmax_labels, or None."""
     p = subprocess.run([WORKER, "grads"] + args, capture_output=True, text=True, timeout=60)
     if p.returncode != 0:
         return False, f"lora-worker failed ({p.returncode}): {p.stderr.strip()}"
@@ -139,6 +164,10 @@ def check_grads(args, gpath, loss, params, n_tok):
         problems.append(f"tokens {out['tokens']} != {n_tok}")
     if loss_err > LOSS_TOL:
         problems.append(f"loss {out['loss']:.8g} vs {loss.item():.8g}")
+    if accuracy is not None:
+        got_correct = round(out.get("accuracy", -1.0) * n_tok)
+        if abs(got_correct - accuracy[0]) > accuracy[1]:
+            problems.append(f"accuracy: {got_correct} of {n_tok} tokens the argmax, torch {accuracy[0]}")
     if set(got) != set(params):
         problems.append(f"tensor names differ: {sorted(set(got) ^ set(params))[:4]}")
     worst, worst_name = 0.0, ""
@@ -155,6 +184,8 @@ def check_grads(args, gpath, loss, params, n_tok):
     if worst > GRAD_TOL:
         problems.append(f"gradient {worst_name}: rel err {worst:.2e}")
     msg = f"loss {loss.item():.6f} rel err {loss_err:.1e}, {len(params)} tensors, worst grad rel err {worst:.1e}"
+    if accuracy is not None:
+        msg += f", accuracy {accuracy[0]}/{n_tok}"
     if problems:
         msg += " -- " + "; ".join(problems)
     return not problems, msg
@@ -169,20 +200,21 @@ def run_case(tmp, name, arch, kw, targets, r, alpha, rslora, dtype, seed):
     mdir, adir = os.path.join(tmp, name, "model"), os.path.join(tmp, name, "adapter")
     ref.write_model(mdir, cfg, weights, dtype)
     ref.write_adapter(adir, cfg, lora, r, alpha, targets, rslora)
-    bpath, gpath = os.path.join(tmp, name, "batch.json"), os.path.join(tmp, name, "grads.safetensors")
-    with open(bpath, "w") as f:
-        json.dump({"input_ids": ids.tolist(), "labels": labels.tolist()}, f)
 
     # reference: f32 compute on the weights as stored (bf16-rounded for bf16)
     w = {k: v.to(dtype).float() for k, v in weights.items()}
-    params = {k: v.clone().requires_grad_(True) for k, v in lora.items()}
     scale = alpha / (r ** 0.5) if rslora else alpha / r
+    labels, correct, near = argmax_labels(cfg, w, ref.Lora(lora, scale), ids, labels)
+    bpath, gpath = os.path.join(tmp, name, "batch.json"), os.path.join(tmp, name, "grads.safetensors")
+    with open(bpath, "w") as f:
+        json.dump({"input_ids": ids.tolist(), "labels": labels.tolist()}, f)
+    params = {k: v.clone().requires_grad_(True) for k, v in lora.items()}
     loss = ref.forward_loss(cfg, w, ref.Lora(params, scale), ids, labels)
     loss.backward()
     n_tok = int((labels[:, 1:] != -100).sum())
 
     return check_grads(["--model", mdir, "--adapter", adir, "--batch", bpath, "--out", gpath], gpath, loss,
-                       params, n_tok)
+                       params, n_tok, (correct, near))
 
 
 # name, arch, config kwargs, dtype

@@ -367,7 +367,7 @@ static void lin_test(int w_in_out, int bias, float dropout) {
     u.lo = (kb_lora){.A = rnd((size_t)r * in, 15, 0.5f), .B = rnd((size_t)out * r, 16, 0.5f),
                      .dA = calloc((size_t)r * in, 4), .dB = calloc((size_t)out * r, 4), .r = r, .scale = 1.7f,
                      .dropout = dropout, .seed = 42};
-    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo, NULL, NULL, NULL};
+    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo, NULL, NULL, NULL, NULL};
     fd_case c = {lin_fwd, (size_t)N * out, &u};
     float *R = rnd((size_t)N * out, 17, 1.0f), *y = malloc((size_t)N * out * 4), *dx = malloc((size_t)N * in * 4);
     for (int i = 0; i < N * in; i++) dx[i] = 0.25f;
@@ -411,7 +411,7 @@ static void dora_test(int w_in_out, int bias, float dropout) {
     for (int j = 0; j < out; j++) u.lo.mag[j] += 2.0f;
     u.lo.dmag = calloc(out, 4);
     u.lo.wnorm = wn;
-    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo, NULL, NULL, NULL};
+    u.L = (kb_linear){W, bias ? b : NULL, in, out, w_in_out, &u.lo, NULL, NULL, NULL, NULL};
     be->dora_norm(be, &u.L, wn);
     /* ||W + s B A|| of one row by hand */
     int o = 5;
@@ -530,7 +530,7 @@ typedef struct ce_ud {
 static void ce_fwd(fd_case *c, float *out) {
     ce_ud *u = c->ud;
     int64_t nv;
-    u->loss = be2()->lmhead_ce(be2(), &nv, NULL, NULL, NULL, u->x, u->W, u->tg, NULL, u->N, u->C, u->V, 0, u->chunk);
+    u->loss = be2()->lmhead_ce(be2(), &nv, NULL, NULL, NULL, NULL, u->x, u->W, u->tg, NULL, u->N, u->C, u->V, 0, u->chunk);
     out[0] = (float)u->loss;
 }
 
@@ -542,7 +542,7 @@ TEST(lmhead_ce_backward_and_chunking) {
     for (int n = 0; n < N; n++) u.tg[n] = n % 4 == 1 ? LR_IGNORE_INDEX : (n * 7) % V;
     int64_t nv;
     float *dx = malloc((size_t)N * C * 4), *tl = malloc(N * 4);
-    double loss = be->lmhead_ce(be, &nv, tl, dx, NULL, u.x, u.W, u.tg, NULL, N, C, V, 1.0f, 3);
+    double loss = be->lmhead_ce(be, &nv, NULL, tl, dx, NULL, u.x, u.W, u.tg, NULL, N, C, V, 1.0f, 3);
     CHECK_EQ_INT(nv, 8);
     /* against a direct double computation */
     double ref = 0;
@@ -571,7 +571,7 @@ TEST(lmhead_ce_backward_and_chunking) {
     int chunks[] = {1, 5, 0, 1000};
     for (int k = 0; k < 4; k++) {
         float *dx2 = malloc((size_t)N * C * 4);
-        double l2 = be->lmhead_ce(be, &nv, NULL, dx2, NULL, u.x, u.W, u.tg, NULL, N, C, V, 1.0f, chunks[k]);
+        double l2 = be->lmhead_ce(be, &nv, NULL, NULL, dx2, NULL, u.x, u.W, u.tg, NULL, N, C, V, 1.0f, chunks[k]);
         CHECK_NEAR(l2, loss, 1e-9 * fabs(loss));
         double md = 0;
         for (int i = 0; i < N * C; i++) md = fmax(md, fabs(dx2[i] - dx[i]));
@@ -581,9 +581,53 @@ TEST(lmhead_ce_backward_and_chunking) {
     /* per-row weights scale the per-row gradient */
     float *ts = malloc(N * 4), *dx3 = malloc((size_t)N * C * 4);
     for (int n = 0; n < N; n++) ts[n] = (float)(n % 3);
-    be->lmhead_ce(be, &nv, NULL, dx3, NULL, u.x, u.W, u.tg, ts, N, C, V, 0.5f, 0);
+    be->lmhead_ce(be, &nv, NULL, NULL, dx3, NULL, u.x, u.W, u.tg, ts, N, C, V, 0.5f, 0);
     for (int i = 0; i < N * C; i++) CHECK_NEAR(dx3[i], dx[i] * 0.5f * ts[i / C], 1e-6);
     free(u.x), free(u.W), free(u.tg), free(dx), free(tl), free(ts), free(dx3);
+}
+
+/* n_correct: the rows whose argmax (in double here) is the target, in
+ * every chunking, with or without a backward; a row of zeros ties every
+ * logit, and torch.argmax takes the first. */
+TEST(lmhead_ce_token_accuracy) {
+    kb_backend *be = be2();
+    REQUIRE(be);
+    int N = 40, C = 16, V = 37, want = 0, ambiguous = 0;
+    float *x = rnd((size_t)N * C, 23, 1.0f), *W = rnd((size_t)V * C, 24, 1.0f), *dx = malloc((size_t)N * C * 4);
+    int32_t tg[40];
+    for (int n = 0; n < N; n++) {
+        double best = -1e30, second = -1e30;
+        int arg = 0;
+        for (int v = 0; v < V; v++) {
+            double l = 0;
+            for (int c = 0; c < C; c++) l += (double)x[n * C + c] * W[v * C + c];
+            if (l > best) second = best, best = l, arg = v;
+            else if (l > second) second = l;
+        }
+        ambiguous += best - second < 1e-4;
+        tg[n] = n % 5 == 4 ? LR_IGNORE_INDEX : n % 2 ? arg : (arg + 1 + n % 7) % V;
+        want += n % 5 != 4 && n % 2;
+    }
+    REQUIRE(ambiguous == 0); /* the data leave no near-tie to f32 rounding */
+    int chunks[] = {0, 1, 7, 1000};
+    for (int k = 0; k < 4; k++) {
+        int64_t nv, nc = -1;
+        be->lmhead_ce(be, &nv, &nc, NULL, k % 2 ? dx : NULL, NULL, x, W, tg, NULL, N, C, V, 1.0f, chunks[k]);
+        CHECK_EQ_INT(nv, 32);
+        CHECKF(nc == want, "chunk %d: %lld correct, want %d", chunks[k], (long long)nc, want);
+    }
+    /* ties: all logits 0; target 0 is torch's argmax, target 3 is not */
+    memset(x, 0, (size_t)2 * C * sizeof(float));
+    int32_t tie[2] = {0, 3};
+    int64_t nv, nc = -1;
+    be->lmhead_ce(be, &nv, &nc, NULL, NULL, NULL, x, W, tie, NULL, 2, C, V, 1.0f, 0);
+    CHECK(nv == 2 && nc == 1);
+    /* no scored row: 0 */
+    int32_t none[2] = {LR_IGNORE_INDEX, LR_IGNORE_INDEX};
+    nc = -1;
+    be->lmhead_ce(be, &nv, &nc, NULL, NULL, NULL, x, W, none, NULL, 2, C, V, 1.0f, 0);
+    CHECK(nv == 0 && nc == 0);
+    free(x), free(W), free(dx);
 }
 
 /* ---- embedding, optimizer, reductions ---- */
@@ -643,7 +687,7 @@ static void att_lin_run(kb_backend *be, float *dq, float *dA, int window) {
     float *x = rnd((size_t)N * C, 30, 1.0f), *W = rnd((size_t)3 * C * C, 31, 0.2f);
     kb_lora lo = {.A = rnd((size_t)r * C, 32, 0.3f), .B = rnd((size_t)3 * C * r, 33, 0.3f), .dA = dA,
                   .dB = calloc((size_t)3 * C * r, 4), .r = r, .scale = 2.0f, .dropout = 0.1f, .seed = 9};
-    kb_linear L = {W, NULL, C, 3 * C, 0, &lo, NULL, NULL, NULL};
+    kb_linear L = {W, NULL, C, 3 * C, 0, &lo, NULL, NULL, NULL, NULL};
     float *qkv = malloc((size_t)N * 3 * C * 4), *xa = malloc((size_t)N * r * 4), *o = malloc((size_t)N * C * 4);
     float *lse = malloc((size_t)N * H * 4), *dqkv = malloc((size_t)N * 3 * C * 4), *dx = malloc((size_t)N * C * 4);
     be->linear_fwd(be, &L, qkv, xa, x, N);
