@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/gemm_select.h"
 #include "proto/frame.h"
 #include "proto/msg.h"
@@ -466,7 +467,8 @@ int agent_run(const agent_opts *o, lr_err *err) {
     char kernel[96] = "";
     if (!strcmp(o->backend, "cpu")) { /* chosen and self-tested here, once, before any job */
         const kg_kernel *k = kg_current();
-        snprintf(kernel, sizeof kernel, "%s (%s)", k->name, k->isa);
+        const kbf_kernel *bf = kbf_current(NULL); /* compute_dtype auto uses it for 16-bit models */
+        snprintf(kernel, sizeof kernel, "%s (%s)%s%s", k->name, k->isa, bf ? "; bf16 " : "", bf ? bf->name : "");
     }
     send_locked(&ag, msg_hello(o->name, o->backend, dev, pages > 0 && psz > 0 ? (int64_t)pages * psz : 0,
                                threads_used(o->threads), AGENT_VERSION, kernel[0] ? kernel : NULL, 1));

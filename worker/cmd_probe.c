@@ -4,7 +4,9 @@
  *
  * First the CPU: its vector features and the sgemm kernel the CPU backend
  * runs (chosen and self-tested by kernels/cpu/gemm_select), with how it was
- * chosen. Then one line per CUDA device (name, compute capability, memory,
+ * chosen, and whether frozen weights can run in bf16 (compute_dtype auto
+ * picks it for 16-bit models where the AVX512_BF16 kernel passed its
+ * self-test, kernels/cpu/gemm_bf16). Then one line per CUDA device (name, compute capability, memory,
  * bf16 peak); no usable device is an answer, not an error: "no usable GPU:
  * <why>" and exit 0, so scripts and the daemon can ask before choosing
  * --backend. */
@@ -13,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/gemm_select.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "worker/commands.h"
@@ -41,9 +44,12 @@ static void cpu_features(char *out, size_t cap) {
         if (f[i].on && n < cap) n += (size_t)snprintf(out + n, cap - n, "%s%s", n ? " " : "", f[i].name);
 }
 
-static json_t *cpu_json(const kg_kernel *k, const char *features) {
-    return json_pack("{s:s, s:s, s:s, s:s, s:b}", "features", features, "sgemm_kernel", k->name, "isa", k->isa, "how",
-                     k->how, "fallback", k->fallback);
+static json_t *cpu_json(const kg_kernel *k, const char *features, const kbf_kernel *bf, const char *bf_why) {
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:b}", "features", features, "sgemm_kernel", k->name, "isa", k->isa,
+                          "how", k->how, "fallback", k->fallback);
+    json_object_set_new(o, "bf16_kernel", bf ? json_string(bf->name) : json_null());
+    if (!bf) json_object_set_new(o, "bf16_reason", json_string(bf_why));
+    return o;
 }
 
 static json_t *device_json(const kb_cuda_device *d) {
@@ -71,6 +77,8 @@ int cmd_probe(int argc, char **argv) {
         }
     }
     const kg_kernel *k = kg_current();
+    lr_err bf_why = {0};
+    const kbf_kernel *bf = kbf_current(&bf_why);
     char feat[160];
     cpu_features(feat, sizeof feat);
     kb_cuda_device devs[PROBE_MAX];
@@ -86,7 +94,7 @@ int cmd_probe(int argc, char **argv) {
     if (as_json) {
         json_t *arr = json_array(), *root = json_object();
         for (int i = 0; i < shown; i++) json_array_append_new(arr, device_json(&devs[i]));
-        json_object_set_new(root, "cpu", cpu_json(k, feat));
+        json_object_set_new(root, "cpu", cpu_json(k, feat, bf, bf_why.msg));
         json_object_set_new(root, "devices", arr);
         json_object_set_new(root, "usable", json_integer(usable));
         if (why[0]) json_object_set_new(root, "reason", json_string(why));
@@ -98,6 +106,10 @@ int cmd_probe(int argc, char **argv) {
     }
     printf("cpu  %s  sgemm %s (%s)%s\n     %s\n", feat[0] ? feat : "no AVX", k->name, k->isa,
            k->fallback ? "  (a fallback)" : "", k->how);
+    if (bf)
+        printf("     bf16 %s: frozen linears of 16-bit models (compute_dtype auto or bf16)\n", bf->name);
+    else
+        printf("     bf16 no: %s\n", bf_why.msg);
     const double G = 1024.0 * 1024.0 * 1024.0;
     for (int i = 0; i < shown; i++) {
         const kb_cuda_device *d = &devs[i];

@@ -159,7 +159,7 @@ static int setup(ejob *J, const train_opts *opts, lr_err *err) {
     if (kb_cpu_create(opts ? opts->threads : 0, &J->be, err)) return -1;
     if (tok_load(J->paths->model_dir, &J->tk, err)) return lr_err_prefix(err, "model tokenizer: ");
     if (chat_init(&J->ch, J->tk, s->chat_template, J->paths->model_dir, err)) return -1;
-    model_quant mq = {(kq_type)s->lora.quantize, s->lora.double_quant}; /* evaluate on the base a QLoRA job trained */
+    model_quant mq = {(kq_type)s->lora.quantize, s->lora.double_quant, MODEL_MM_F32}; /* evaluate on the base a QLoRA job trained */
     if (model_load_quant(J->paths->model_dir, J->be, &mq, &J->m, err)) return -1;
     if (prompts_load(J->file, &J->ps, err)) return -1;
     if (fmt_has_rules(&s->eval.format) && fmt_new(&s->eval.format, &J->fc, err)) return -1;
