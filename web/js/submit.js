@@ -1,96 +1,119 @@
-// #/submit : a form for the common fields of a job spec. Validation is the
-// server's (proto/jobspec.c, one schema everywhere): its error names the
-// field by dotted path (param), shown next to that field.
+// #/submit : the job spec's form, built from GET /v1/jobspec (proto/jobspec.c's
+// table, one schema everywhere): every field the table marks "form", with its
+// default as the placeholder or the selected option, an enum as a select, a
+// range as min/max and the field's help as the hint. Written here are only
+// what the table does not know: the groups, a few shorter labels, and the
+// selects filled from the server's models and datasets. Validation is the
+// server's: its error names the field by dotted path (param), shown next to
+// that field.
 import { api, ApiError } from './api.js';
 import { buildSpec, fieldForParam } from './logic.js';
 import { h, replace, errorBox } from './ui.js';
 
-// [path, label, type, options | placeholder (the default), help]
-const SECTIONS = [
-  ['Job', [
-    ['name', 'name', 'string', 'optional label'],
-    ['model', 'base model', 'select:models'],
-    ['training_file', 'training dataset', 'select:datasets'],
-    ['validation_file', 'validation dataset', 'select:datasets?', null, 'optional; else val_ratio of the training rows'],
-    ['method.type', 'method', ['sft', 'kl_sft', 'dpo', 'full_sft', 'eval']],
-    ['chat_template', 'chat template', ['auto', 'chatml', 'llama3', 'mistral', 'alpaca', 'plain']],
-    ['device', 'device', ['any', 'cpu', 'cuda']],
-    ['priority', 'priority', 'int', '0', '-100..100, higher runs first'],
-  ]],
-  ['Training', [
-    ['hyperparameters.n_epochs', 'epochs', 'int', '3'],
-    ['hyperparameters.max_steps', 'max steps', 'int', '0', 'wins over epochs when > 0'],
-    ['hyperparameters.batch_size', 'batch size', 'int', '4'],
-    ['hyperparameters.grad_accum', 'grad accumulation', 'int', '1'],
-    ['hyperparameters.learning_rate', 'learning rate', 'number', '2e-4'],
-    ['hyperparameters.lr_scheduler', 'scheduler', ['cosine', 'linear', 'constant']],
-    ['hyperparameters.warmup_ratio', 'warmup ratio', 'number', '0'],
-    ['hyperparameters.max_seq_len', 'max sequence length', 'int', '512'],
-    ['hyperparameters.val_ratio', 'validation ratio', 'number', '0.1'],
-    ['hyperparameters.logging_steps', 'log every (steps)', 'int', '10'],
-    ['hyperparameters.eval_steps', 'eval every (steps)', 'int', '50'],
-    ['hyperparameters.save_steps', 'checkpoint every (steps)', 'int', '100'],
-    ['hyperparameters.seed', 'seed', 'int', '42'],
-  ]],
-  ['LoRA', [
-    ['lora.r', 'rank r', 'int', '16'],
-    ['lora.alpha', 'alpha', 'number', '32'],
-    ['lora.dropout', 'dropout', 'number', '0.05'],
-    ['lora.targets', 'target modules', ['attn_mlp', 'attn', 'all-linear']],
-    ['lora.use_dora', 'DoRA', 'bool'],
-    ['lora.use_rslora', 'rsLoRA (alpha/√r)', 'bool'],
-    ['lora.quantize', 'quantize base (QLoRA)', ['none', 'nf4', 'fp4'], null, 'the frozen base weights 4-bit in memory'],
-    ['lora.double_quant', 'double quantization', 'bool', null, 'the 4-bit scales quantized too (needs nf4 or fp4)'],
-  ]],
-];
+// [legend, path prefix]: a field goes in the group of its prefix, else the first
+const GROUPS = [['Job', ''], ['Training', 'hyperparameters'], ['LoRA', 'lora']];
+// labels where the field's own name reads badly; else its name, "_" as spaces
+const LABELS = {
+  model: 'base model', training_file: 'training dataset', validation_file: 'validation dataset', 'method.type': 'method',
+  'hyperparameters.n_epochs': 'epochs', 'hyperparameters.grad_accum': 'grad accumulation', 'hyperparameters.lr_scheduler': 'scheduler',
+  'hyperparameters.max_seq_len': 'max sequence length', 'hyperparameters.val_ratio': 'validation ratio',
+  'hyperparameters.logging_steps': 'log every (steps)', 'hyperparameters.eval_steps': 'eval every (steps)',
+  'hyperparameters.save_steps': 'checkpoint every (steps)', 'lora.r': 'rank r', 'lora.targets': 'target modules',
+  'lora.use_dora': 'DoRA', 'lora.use_rslora': 'rsLoRA (alpha/√r)', 'lora.quantize': 'quantize base (QLoRA)',
+  'lora.double_quant': 'double quantization',
+};
+// fields whose choices are the server's objects: [list, optional]
+const LISTS = { model: ['models', false], training_file: ['datasets', false], validation_file: ['datasets', true] };
 
-const typeOf = (t) => (Array.isArray(t) || t.startsWith('select') ? 'string' : t);
+const labelOf = (f) => LABELS[f.path] || f.path.split('.').pop().replaceAll('_', ' ');
+// "auto" and the fields of several shapes: the first branch is the one the form offers
+const plain = (f) => (f.oneOf ? f.oneOf[0] : f);
+const kindOf = (f) => {
+  const p = plain(f);
+  if (LISTS[f.path] || p.enum) return 'string';
+  if (p.type === 'boolean') return 'bool';
+  return p.type === 'integer' ? 'int' : p.type === 'number' ? 'number' : 'string';
+};
 
-function control(path, type, ph, lists) {
-  const name = path;
-  if (Array.isArray(type)) return h('select', { name, id: `f-${path}` }, type.map((o) => h('option', { value: o }, o)));
-  if (type.startsWith('select:')) {
-    const optional = type.endsWith('?');
-    const items = lists[type.slice(7).replace('?', '')] || [];
-    return h('select', { name, id: `f-${path}` },
+function rangeText(p) {
+  if (p.minimum === undefined && p.maximum === undefined) return '';
+  const lo = p.minimum === undefined ? '' : `${p.minimum}${p.exclusiveMinimum ? ' <' : ' ≤'} `;
+  // a 64-bit bound (seeds) is no limit a person meets, and JavaScript cannot print it exactly
+  const hi = p.maximum === undefined || p.maximum > Number.MAX_SAFE_INTEGER ? '' : ` ≤ ${p.maximum}`;
+  return `${lo}x${hi}`;
+}
+
+function control(f, lists) {
+  const name = f.path, id = `f-${f.path}`, p = plain(f);
+  if (LISTS[f.path]) {
+    const [list, optional] = LISTS[f.path];
+    const items = lists[list] || [];
+    return h('select', { name, id },
       optional ? h('option', { value: '' }, 'none') : null,
       !optional && !items.length ? h('option', { value: '' }, '(none available)') : null,
       items.map((x) => h('option', { value: x.value }, x.label)));
   }
-  if (type === 'bool') return h('input', { type: 'checkbox', name, id: `f-${path}` });
+  if (p.enum) return h('select', { name, id, value: f.default }, p.enum.map((o) => h('option', { value: o }, o)));
+  const kind = kindOf(f);
+  if (kind === 'bool') return h('input', { type: 'checkbox', name, id, checked: f.default === true });
+  // a number that may also be "auto" stays a text box
+  const numeric = (kind === 'int' || kind === 'number') && !f.auto;
   return h('input', {
-    type: 'text', name, id: `f-${path}`, placeholder: ph || '', autocomplete: 'off',
-    inputmode: type === 'int' ? 'numeric' : type === 'number' ? 'decimal' : undefined,
+    type: numeric ? 'number' : 'text', name, id, autocomplete: 'off',
+    placeholder: f.default === undefined || f.default === null ? '' : String(f.default),
+    min: numeric ? p.minimum : undefined, max: numeric ? p.maximum : undefined,
+    step: numeric ? (kind === 'int' ? '1' : 'any') : undefined,
+    inputmode: kind === 'int' ? 'numeric' : kind === 'number' ? 'decimal' : undefined,
   });
+}
+
+function hint(f) {
+  const r = rangeText(plain(f));
+  const text = [f.description, r && `(${r})`, f.auto && '(or auto)'].filter(Boolean).join(' ');
+  return text ? h('small', { class: 'muted' }, text) : null;
+}
+
+// Sets v at dotted path in spec.
+function setPath(spec, path, v) {
+  const parts = path.split('.');
+  let o = spec;
+  for (const p of parts.slice(0, -1)) o = o[p] ||= {};
+  o[parts[parts.length - 1]] = v;
 }
 
 export function mount(root) {
   const msg = h('div', { class: 'msg' });
   const formBox = h('div', {}, h('p', { class: 'muted' }, 'loading…'));
   replace(root, h('div', { class: 'page-head' }, h('h1', {}, 'Submit a job')), msg, formBox);
-  const paths = SECTIONS.flatMap(([, fs]) => fs.map((f) => f[0]));
-  const types = Object.fromEntries(SECTIONS.flatMap(([, fs]) => fs.map((f) => [f[0], typeOf(f[2])])));
 
   (async () => {
-    const [m, d] = await Promise.all([api('/v1/models'), api('/v1/datasets', { params: { limit: 100 } })]);
+    const [schema, m, d] = await Promise.all([api('/v1/jobspec'), api('/v1/models'), api('/v1/datasets', { params: { limit: 100 } })]);
+    const fields = schema.fields.filter((f) => f.form);
+    const paths = fields.map((f) => f.path);
+    const kinds = Object.fromEntries(fields.map((f) => [f.path, kindOf(f)]));
     const lists = {
       models: ((m && m.data) || []).filter((x) => !x.job).map((x) => ({ value: x.id, label: x.id })), // jobs train registered models
       datasets: ((d && d.data) || []).map((x) => ({ value: x.id, label: `${x.filename || x.name || x.id} (${x.id}, ${x.rows} rows)` })),
     };
+    const groupOf = (f) => {
+      const g = GROUPS.find(([, pre]) => pre && f.path.startsWith(`${pre}.`));
+      return g ? g[0] : GROUPS[0][0];
+    };
     const submitBtn = h('button', { type: 'submit' }, 'Submit job');
     const form = h('form', { class: 'submit-form', novalidate: true },
-      SECTIONS.map(([title, fields]) => h('fieldset', { class: 'card' }, h('legend', {}, title),
-        h('div', { class: 'fields' }, fields.map(([path, label, type, ph, help]) => h('div', { class: `field${type === 'bool' ? ' bool' : ''}`, dataset: { param: path } },
-          h('label', { for: `f-${path}` }, label), control(path, type, ph, lists),
-          help ? h('small', { class: 'muted' }, help) : null,
+      GROUPS.map(([title]) => h('fieldset', { class: 'card' }, h('legend', {}, title),
+        h('div', { class: 'fields' }, fields.filter((f) => groupOf(f) === title).map((f) => h('div', { class: `field${kinds[f.path] === 'bool' ? ' bool' : ''}`, dataset: { param: f.path } },
+          h('label', { for: `f-${f.path}` }, labelOf(f)), control(f, lists), hint(f),
           h('div', { class: 'field-error', role: 'alert' })))))),
       h('div', { class: 'row' }, submitBtn));
 
     // double_quant is refused without a 4-bit base: offered only with one
     const quant = form.elements.namedItem('lora.quantize'), dq = form.elements.namedItem('lora.double_quant');
-    const syncQuant = () => { dq.disabled = quant.value === 'none'; if (dq.disabled) dq.checked = false; };
-    quant.addEventListener('change', syncQuant);
-    syncQuant();
+    if (quant && dq) {
+      const syncQuant = () => { dq.disabled = quant.value === 'none'; if (dq.disabled) dq.checked = false; };
+      quant.addEventListener('change', syncQuant);
+      syncQuant();
+    }
 
     const clearErrors = () => {
       msg.replaceChildren();
@@ -99,12 +122,14 @@ export function mount(root) {
     form.addEventListener('submit', async (e) => {
       e.preventDefault();
       clearErrors();
-      const values = {};
-      for (const p of paths) {
-        const el = form.elements.namedItem(p);
-        values[p] = el.type === 'checkbox' ? el.checked : el.value;
+      const values = {}, flags = [];
+      for (const f of fields) {
+        const el = form.elements.namedItem(f.path);
+        if (el.type === 'checkbox') flags.push([f.path, el.checked, f.default === true]);
+        else values[f.path] = el.value;
       }
-      const spec = buildSpec(values, types);
+      const spec = buildSpec(values, kinds);
+      for (const [p, on, def] of flags) if (on !== def) setPath(spec, p, on); // a box left as its default is not sent
       submitBtn.disabled = true;
       try {
         const j = await api('/v1/jobs', { method: 'POST', body: spec });
