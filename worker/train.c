@@ -63,7 +63,7 @@
 #include "kernels/backend.h"
 #include "formats/chat.h"
 #include "worker/ckpt.h"
-#include "formats/data.h"
+#include "worker/batch.h"
 #include "worker/dist.h"
 #include "worker/model.h"
 #include "formats/tok.h"

@@ -71,4 +71,49 @@ typedef enum { TRAIN_DONE = 0, TRAIN_CANCELLED = 1, TRAIN_STOPPED_EARLY = 2 } tr
 int train_run(const jobspec *spec, const train_paths *paths, const train_opts *opts,
               const train_hooks *hooks, train_outcome *outcome, lr_err *err) LR_WARN_UNUSED;
 
+/* ---- co-training: several jobs on one model (worker/pack.c) ----
+ * train_run is train_open_shared's setup, then steps, then train_close,
+ * on a model of its own. On a shared model (a plain LoRA sft job, one
+ * process) the caller runs each step in parts so that the micro-batches
+ * of several jobs share one pass (model_fwd_bwd_pack): begin, then for
+ * each micro-batch k a check (from the second on), micro and, after the
+ * pass, micro_done, then end. Everything else (losses, clipping, schedule,
+ * optimizer, logs, eval, checkpoints, stopping rules, cancel) is the job's
+ * own and the same code as train_run's, so a job computes what it would
+ * alone. The adapter lives in the job's model_slot between calls. */
+typedef struct trainer trainer;
+struct kb_backend;
+struct model;
+struct model_pack_mb;
+
+/* Loads the job's base model as train_run does (lora.quantize,
+ * compute_dtype, activation_checkpointing): what a pack shares. */
+int train_load_model(const jobspec *spec, const char *model_dir, struct kb_backend *be, struct model **out,
+                     lr_err *err) LR_WARN_UNUSED;
+/* Setup and resume on be and m (neither owned). Returns 0 with *out ready
+ * to step, 1 when the job ended before its first step (stopped while
+ * loading, or resumed at its end: *outcome, nothing to close), -1 on
+ * failure (the error event sent). */
+int train_open_shared(const jobspec *spec, const train_paths *paths, const train_opts *opts,
+                      const train_hooks *hooks, struct kb_backend *be, struct model *m, trainer **out,
+                      train_outcome *outcome, lr_err *err) LR_WARN_UNUSED;
+/* Loads the next step's micro-batches: *n of them. */
+int train_step_begin(trainer *T, int *n, lr_err *err) LR_WARN_UNUSED;
+/* Micro-batch k as a pass's part (its slot, rows, grad scale, dropout stream). */
+void train_step_micro(trainer *T, int k, struct model_pack_mb *mb);
+/* Its sums once the pass ran. */
+void train_step_micro_done(trainer *T, int k, const struct model_pack_mb *mb);
+/* Between micro-batches: 0 to go on, 1 when cancelled() stopped the job
+ * (the step abandoned as train_run does; *outcome set), -1 on failure. */
+int train_step_check(trainer *T, train_outcome *outcome, lr_err *err) LR_WARN_UNUSED;
+/* Ends the step. Returns 0 to go on, 1 when the job ended (finished,
+ * stopped early or halted: *outcome, outputs written), -1 on failure. */
+int train_step_end(trainer *T, train_outcome *outcome, lr_err *err) LR_WARN_UNUSED;
+/* Steps done, and *total of them. */
+int64_t train_steps(const trainer *T, int64_t *total);
+/* Frees the trainer; after an ended job (failed 0) writes
+ * time_metrics.json, after a failure sends the error event. Returns 0, or
+ * -1 (failed, or the metrics could not be written). */
+int train_close(trainer *T, int failed, lr_err *err);
+
 #endif
