@@ -212,6 +212,16 @@ fail:
     return rc;
 }
 
+/* A model over the whole budget on its own: answered with, not kept. */
+static void drop_oversized(server *sv, const entry *x) {
+    if (!x || x->bytes <= sv->max_bytes) return;
+    for (int i = 0; i < sv->n; i++)
+        if (sv->e[i] == x) {
+            cache_drop(sv, i);
+            return;
+        }
+}
+
 /* ---- streaming ---- */
 
 typedef struct streamer {
@@ -405,6 +415,14 @@ static int run_request(server *sv, const json_t *rq, const json_t *id, lr_err *e
         o.token_ud = &st;
     }
     if (model_kv_new(x->m, cap, &kv, err) || gen_run(kv, x->t, co.ids, np, &o, &g, err)) goto done;
+    /* The last token's text (one that ended in a stop string included)
+     * goes out here: the pieces add up to the text. */
+    if (o.on_token && !st.off && g.text && g.len > st.sent.len && !memcmp(g.text, st.sent.data ? st.sent.data : "",
+                                                                          st.sent.len))
+        say(json_pack("{s:O, s:o}", "id", id, "delta", json_stringn_nocheck(g.text + st.sent.len, g.len - st.sent.len)));
+    model_kv_free(kv);
+    kv = NULL;
+    drop_oversized(sv, x);
     say(json_pack("{s:O, s:o, s:i, s:s, s:i, s:i, s:i, s:I, s:i, s:I}", "id", id, "text",
                   g.text ? json_stringn_nocheck(g.text, g.len) : json_string(""), "tokens", g.n, "stop",
                   gen_stop_name(g.stop), "prompt_tokens", g.n_prompt, "loaded", loaded, "evicted", evicted, "loads",
@@ -416,10 +434,7 @@ done:
     chat_out_free(&co);
     prompts_free(&ps);
     lr_buf_free(&st.sent);
-    /* Over budget on its own: answered with, not kept. */
-    if (x && x->bytes > sv->max_bytes)
-        for (int i = 0; i < sv->n; i++)
-            if (sv->e[i] == x) cache_drop(sv, i);
+    if (rc) drop_oversized(sv, x);
     return rc;
 }
 
