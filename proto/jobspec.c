@@ -7,7 +7,9 @@
  * messages and GET /v1/jobspec (jobspec_schema_json) all come from it; only
  * the rules that tie fields together are code (spec_rules). proto/openapi.yaml
  * holds the same schema for readers without a server, and
- * tests/unit/test_jobspec_schema.c fails when the two disagree. */
+ * tests/unit/test_jobspec_schema.c fails when the two disagree. A field added
+ * to the struct gets a row here, beside the rows of its object. YAML text is
+ * read by proto/yamljson.c. */
 #include "proto/jobspec.h"
 #include "proto/yamljson.h"
 
@@ -642,7 +644,7 @@ static jobspec g_defaults;
 static pthread_once_t g_defaults_once = PTHREAD_ONCE_INIT;
 
 /* The defaults are the table's, read once through the rows' own readers;
- * test_jobspec checks that every default is one its row accepts. */
+ * test_jobspec_schema checks that every default is one its row accepts. */
 static void make_defaults(void) {
     jobspec *s = &g_defaults;
     memset(s, 0, sizeof *s);

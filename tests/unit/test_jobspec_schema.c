@@ -12,6 +12,7 @@
  *   written for some method.
  * - ranges_and_enums_are_the_parsers: each enum value accepted and another
  *   refused, each bound accepted and one step past it refused.
+ * - rows_of_an_object_are_consecutive: what the parser's walk assumes.
  * - defaults_are_accepted: a spec giving every field its default parses to
  *   the spec with none given. */
 #include "tests/unit/test.h"
@@ -299,6 +300,39 @@ TEST(ranges_and_enums_are_the_parsers) {
     }
     printf("    %d enum values, %d bounds checked\n", n_enum, n_bound);
     CHECK(n_enum >= 25 && n_bound >= 60);
+    json_decref(schema);
+}
+
+/* The objects row path p is inside ("eval", "eval.format" for
+ * eval.format.regex), set to true in o. */
+static void objects_of(const char *p, json_t *o) {
+    for (const char *d = strchr(p, '.'); d; d = strchr(d + 1, '.')) {
+        char up[256];
+        snprintf(up, sizeof up, "%.*s", (int)(d - p), p);
+        json_object_set_new(o, up, json_true());
+    }
+}
+
+/* The parser walks an object's rows as one run: a row put away from its
+ * object's others would make that object's keys unknown to the first run. */
+TEST(rows_of_an_object_are_consecutive) {
+    json_t *schema = jobspec_schema_json();
+    REQUIRE(schema);
+    json_t *closed = json_object(), *before = json_object(); /* runs ended; the previous row's objects */
+    size_t i;
+    json_t *row;
+    json_array_foreach(json_object_get(schema, "fields"), i, row) {
+        const char *p = json_string_value(json_object_get(row, "path")), *k;
+        json_t *now = json_object(), *x;
+        objects_of(p, now);
+        json_object_foreach(now, k, x) CHECKF(!json_object_get(closed, k), "%s: a row of %s apart from its others", p, k);
+        json_object_foreach(before, k, x) if (!json_object_get(now, k)) json_object_set_new(closed, k, json_true());
+        json_decref(before);
+        before = now;
+    }
+    CHECK(json_object_size(closed) >= 5);
+    json_decref(before);
+    json_decref(closed);
     json_decref(schema);
 }
 
