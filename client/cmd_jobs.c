@@ -181,6 +181,17 @@ int lora_cmd_show(cli_ctx *c) {
     const json_t *e = json_object_get(j, "error");
     if (json_is_object(e)) printf("%-14s %s (%s)\n", "error", cli_jstr(e, "message", "?"), cli_jstr(e, "code", "?"));
     if (json_is_string(json_object_get(j, "stop_reason"))) printf("%-14s %s\n", "stop reason", cli_jstr(j, "stop_reason", "?"));
+    const json_t *mates = json_object_get(json_object_get(j, "pack"), "jobs");
+    if (json_array_size(mates) > 1) { /* co-trained in one worker pass (issue 19): the others */
+        printf("%-14s shared a pass with:", "pack");
+        const char *self = cli_jstr(j, "id", "");
+        size_t i;
+        json_t *v;
+        json_array_foreach(mates, i, v)
+            if (json_is_string(v) && strcmp(json_string_value(v), self)) printf(" %s", json_string_value(v));
+        printf(" (%.0f steps packed)\n", isfinite(cli_jnum(json_object_get(j, "pack"), "steps"))
+                                             ? cli_jnum(json_object_get(j, "pack"), "steps") : 0);
+    }
     const json_t *spec = json_object_get(j, "spec");
     if (json_is_object(spec)) {
         printf("spec:\n");

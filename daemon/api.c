@@ -1,3 +1,9 @@
+/* api.c: the REST handlers (daemon/api.h says what the API is).
+ * Why this file is long: it holds the route table and every handler it
+ * names (datasets, models, jobs, sweeps, the OpenAI routes, completions,
+ * static files), which share the request helpers, the error replies and
+ * the visibility rules at its top. A split by resource (issue 13) waits
+ * until the handlers being edited by several engineers now have landed. */
 #include "daemon/api.h"
 
 #include <dirent.h>
@@ -647,6 +653,12 @@ static void h_metrics(ctx *c) {
     bad |= lr_buf_adds(&b, "# HELP lorad_workers Workers by status.\n# TYPE lorad_workers gauge\n");
     json_object_foreach(json_object_get(s, "workers"), k, v)
         bad |= lr_buf_printf(&b, "lorad_workers{status=\"%s\"} %lld\n", k, (long long)json_integer_value(v));
+    bad |= lr_buf_printf(&b, "# HELP lorad_packed_steps_total Training steps jobs ran sharing a worker pass (packing).\n"
+                             "# TYPE lorad_packed_steps_total counter\nlorad_packed_steps_total %lld\n"
+                             "# HELP lorad_packs_running Worker passes co-training two or more jobs now.\n"
+                             "# TYPE lorad_packs_running gauge\nlorad_packs_running %lld\n",
+                         (long long)json_integer_value(json_object_get(s, "packed_steps")),
+                         (long long)json_integer_value(json_object_get(s, "packs_running")));
     json_decref(s);
     bad |= lr_buf_adds(&b, "# HELP lorad_http_requests_total HTTP requests by route and status class.\n"
                            "# TYPE lorad_http_requests_total counter\n");

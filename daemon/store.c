@@ -1,3 +1,9 @@
+/* store.c: lorad's SQLite store (daemon/store.h says what it keeps).
+ * Why this file is long: every SQL statement of the store is here, beside
+ * the code that turns its rows into the REST objects by column index, so a
+ * column list and its readers change together; one section per table
+ * (users, tokens, models, datasets, jobs, metrics and events, sweeps,
+ * workers) and backup. */
 #include "daemon/store.h"
 
 #include <dirent.h>
@@ -779,7 +785,7 @@ int store_job_insert(store *st, const store_job_new *j, lr_err *err) {
     "id, name, user, model, status, priority, device, spec, sweep_id, created_at, started_at, "   \
     "finished_at, error_code, error_message, worker, retries, max_retries, step, total_steps, "   \
     "epoch, loss, eval_loss, tokens_per_s, lr, cancel_requested, last_checkpoint_step, stop_reason, openai, " \
-    "pause_requested, slurm_job_id, slurm_state"
+    "pause_requested, slurm_job_id, slurm_state, pack_id, pack_jobs, packed_steps"
 
 /* Every field of the job object but its spec. From the row alone (and
  * oai_job_complete's time): the jobs list keeps the text by the row's bytes. */
@@ -816,6 +822,12 @@ static json_t *job_fields(sqlite3_stmt *s) {
     json_object_set_new(o, "slurm", sqlite3_column_type(s, 29) == SQLITE_NULL
                                         ? json_null()
                                         : json_pack("{s:s, s:s}", "job_id", ct(s, 29), "state", ct(s, 30)));
+    /* the jobs it shared a worker pass with (issue 19); null: none */
+    json_t *mates = sqlite3_column_type(s, 32) == SQLITE_NULL ? NULL : json_loads(ct(s, 32), 0, NULL);
+    json_object_set_new(o, "pack", json_is_array(mates) ? json_pack("{s:o, s:O, s:I}", "id", cj_text(s, 31), "jobs", mates,
+                                                                   "steps", (json_int_t)sqlite3_column_int64(s, 33))
+                                                        : json_null());
+    json_decref(mates);
     /* OpenAI's fields (training_file, hyperparameters, seed, metadata...):
      * daemon/openai.c completes them; they never replace lorad's own. */
     json_t *oai = sqlite3_column_type(s, 27) == SQLITE_NULL ? NULL : json_loads(ct(s, 27), 0, NULL);
@@ -1336,6 +1348,37 @@ int store_job_slurm(store *st, const char *id, const char *slurm_id, const char 
     return exec1(st, s, err, "job slurm state");
 }
 
+int store_job_pack(store *st, const char *id, const char *pack_id, int64_t steps, lr_err *err) {
+    sqlite3_stmt *s = q(st, "UPDATE job_packs SET steps = max(steps, ?3) WHERE job_id = ?1 AND pack_id = ?2", err);
+    if (!s) return -1;
+    bt(s, 1, id);
+    bt(s, 2, pack_id);
+    bi(s, 3, steps);
+    if (exec1(st, s, err, "job pack")) return -1;
+    if (sqlite3_changes(st->db) == 0) {
+        s = q(st, "INSERT INTO job_packs(job_id, pack_id, steps) VALUES (?1, ?2, ?3)", err);
+        if (!s) return -1;
+        bt(s, 1, id);
+        bt(s, 2, pack_id);
+        bi(s, 3, steps);
+        if (exec1(st, s, err, "job pack")) return -1;
+        /* a new member: every member's list of mates grows */
+        s = q(st, "UPDATE jobs SET pack_jobs = (SELECT CASE WHEN count(*) > 1 THEN json_group_array(job_id) END FROM "
+                  "(SELECT DISTINCT o.job_id FROM job_packs m JOIN job_packs o ON o.pack_id = m.pack_id "
+                  "WHERE m.job_id = jobs.id ORDER BY o.job_id)) "
+                  "WHERE id IN (SELECT job_id FROM job_packs WHERE pack_id = ?1)", err);
+        if (!s) return -1;
+        bt(s, 1, pack_id);
+        if (exec1(st, s, err, "pack members")) return -1;
+    }
+    s = q(st, "UPDATE jobs SET pack_id = ?2, packed_steps = (SELECT coalesce(sum(steps), 0) FROM job_packs "
+              "WHERE job_id = ?1) WHERE id = ?1", err);
+    if (!s) return -1;
+    bt(s, 1, id);
+    bt(s, 2, pack_id);
+    return exec1(st, s, err, "job packed steps");
+}
+
 int store_job_progress(store *st, const char *id, int64_t step, int64_t total_steps, double epoch, lr_err *err) {
     sqlite3_stmt *s = q(st, "UPDATE jobs SET step=?, total_steps=?, epoch=? WHERE id=?", err);
     if (!s) return -1;
@@ -1714,8 +1757,21 @@ json_t *store_stats(store *st, lr_err *err) {
     while (sqlite3_step(s) == SQLITE_ROW)
         json_object_set_new(workers, ct(s, 0), json_integer(sqlite3_column_int64(s, 1)));
     sqlite3_reset(s);
-    return json_pack("{s:o, s:O, s:o}", "jobs", jobs, "queue_depth", json_object_get(jobs, "queued"), "workers",
-                     workers);
+    /* jobs of one pass share its id and their worker; a job resumed alone
+     * keeps its old pack's id until its first heartbeat, its old mates do not
+     * share its worker */
+    int64_t packed = 0, packs = 0;
+    s = q(st, "SELECT (SELECT coalesce(sum(steps), 0) FROM job_packs), (SELECT count(DISTINCT a.pack_id) FROM jobs a "
+              "JOIN jobs b ON b.pack_id = a.pack_id AND b.id <> a.id AND b.worker = a.worker "
+              "WHERE a.status = 'running' AND b.status = 'running')", err);
+    if (!s) goto fail;
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        packed = sqlite3_column_int64(s, 0);
+        packs = sqlite3_column_int64(s, 1);
+    }
+    sqlite3_reset(s);
+    return json_pack("{s:o, s:O, s:o, s:I, s:I}", "jobs", jobs, "queue_depth", json_object_get(jobs, "queued"),
+                     "workers", workers, "packed_steps", (json_int_t)packed, "packs_running", (json_int_t)packs);
 fail:
     json_decref(jobs);
     json_decref(workers);

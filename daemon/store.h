@@ -190,6 +190,11 @@ int store_job_requeue(store *st, const char *id, const char *reason, int *failed
 int store_job_slurm(store *st, const char *id, const char *slurm_id, const char *state, lr_err *err) LR_WARN_UNUSED;
 int store_job_progress(store *st, const char *id, int64_t step, int64_t total_steps, double epoch,
                        lr_err *err) LR_WARN_UNUSED;
+/* A heartbeat of a job running in pack pack_id (issue 19), steps = the
+ * steps it has run in that pack: records the membership (a new member
+ * updates every member's list of the jobs it shared a pass with, the job
+ * object's "pack") and the job's packed_steps, summed over its packs. */
+int store_job_pack(store *st, const char *id, const char *pack_id, int64_t steps, lr_err *err) LR_WARN_UNUSED;
 /* A running job goes back to queued without counting a retry (the daemon
  * stopped it on purpose, at a step boundary, to shut down). */
 int store_job_release(store *st, const char *id, lr_err *err) LR_WARN_UNUSED;
@@ -233,7 +238,9 @@ int store_worker_seen(store *st, const char *name, double t, lr_err *err) LR_WAR
 int store_workers_clear(store *st, lr_err *err) LR_WARN_UNUSED;
 json_t *store_workers_list(store *st, lr_err *err);
 
-/* {"jobs": {status: n}, "queue_depth": n, "workers": {status: n}} */
+/* {"jobs": {status: n}, "queue_depth": n, "workers": {status: n},
+ *  "packed_steps": steps run packed, all jobs, "packs_running": worker
+ *  passes with two or more running jobs} */
 json_t *store_stats(store *st, lr_err *err);
 
 #endif

@@ -1,3 +1,8 @@
+/* super.c: lorad's event loop (daemon/super.h).
+ * Why this file is long: frames, worker connections, worker processes,
+ * scheduling and shutdown all work on one state (the workers, their
+ * connections and jobs) owned by the loop thread; splitting them would
+ * share that state through a header of internals. */
 #include "daemon/super.h"
 
 #include <errno.h>
@@ -18,12 +23,14 @@
 #include "proto/frame.h"
 #include "proto/jobspec.h"
 #include "proto/msg.h"
+#include "proto/pack.h"
 
 #define STABLE_RUN_MS 60000 /* a worker up this long resets its back-off */
 /* Slots: the configured workers, then remote ones (daemon/remote.h) as they connect. */
 #define REMOTE_SLOTS 48
 #define MAX_SLOTS (CONFIG_MAX_WORKERS + REMOTE_SLOTS)
 #define SLURM_MAX_JOBS 256  /* jobs in Slurm at once (more wait in lorad's queue) */
+#define JOIN_BACKOFF_MS 30000 /* a worker that said busy to a join gets no other for this long */
 
 typedef enum { W_STARTING, W_IDLE, W_BUSY, W_DEAD } wstate;
 static const char *const wstate_names[] = {"starting", "idle", "busy", "dead"};
@@ -31,7 +38,22 @@ static const char *const wstate_names[] = {"starting", "idle", "busy", "dead"};
 typedef struct conn conn;
 
 /* How a job ended, as its worker said, kept until it is committed. */
-typedef enum { OUT_NONE, OUT_SUCCEEDED, OUT_STOPPED, OUT_CANCELLED, OUT_FAILED, OUT_SUSPENDED, OUT_PAUSED } outcome;
+/* OUT_BUSY: the worker had no room to join it to its pass (code busy). */
+typedef enum { OUT_NONE, OUT_SUCCEEDED, OUT_STOPPED, OUT_CANCELLED, OUT_FAILED, OUT_SUSPENDED, OUT_PAUSED, OUT_BUSY } outcome;
+
+/* A job on a worker; a worker co-training a pack holds several. */
+typedef struct wjob {
+    char id[32];
+    int cancel_sent;
+    int pause_sent;           /* its owner paused the job: a suspend went out */
+    uint64_t cancel_at;       /* when the cancel went out: the kill deadline counts from here */
+    int64_t ckpt_step;        /* the job's newest checkpoint in this run, -1 none */
+    /* The job stays on its worker until its outcome is in the database, so
+     * a failed commit (a full disk) is retried instead of losing the job. */
+    outcome pend;
+    char pend_text[512];      /* failed: the error; stopped: the reason; cancelled: the event */
+    int pend_tries;
+} wjob;
 
 typedef struct wslot {
     super *s;
@@ -43,16 +65,12 @@ typedef struct wslot {
     uv_timer_t restart_timer;
     conn *c;
     wstate state;
-    char job[32];
-    int cancel_sent;
-    int pause_sent;           /* its owner paused the job: a suspend went out */
-    uint64_t cancel_at;       /* when the cancel went out: the kill deadline counts from here */
-    int64_t ckpt_step;        /* the job's newest checkpoint in this run, -1 none */
-    /* The job stays on its worker until its outcome is in the database, so
-     * a failed commit (a full disk) is retried instead of losing the job. */
-    outcome pend;
-    char pend_text[512];      /* failed: the error; stopped: the reason; cancelled: the event */
-    int pend_tries;
+    wjob jobs[CONFIG_MAX_PACK];
+    int njobs;
+    char pack_key[PACK_KEY_MAX]; /* its jobs' pack key (proto/pack.h); "" when they never pack */
+    int pack_max;             /* jobs its hello says one pass may hold */
+    char session[96];         /* "<name>-<hello time>": makes the agent's pack ids unique */
+    uint64_t no_join_until;   /* it said busy to a join: none before this */
     int quick_restart;        /* killed on purpose: restart without back-off */
     uint64_t last_seen, spawned_at;
     int restarts, backoff_s;
@@ -125,8 +143,9 @@ static void job_event(super *s, const char *job, const char *level, const char *
 
 static void save_worker(wslot *w) {
     lr_err e = {0};
+    /* a pack's first job names it (the job pages list the others) */
     store_worker sw = {.name = w->name, .backend = w->conf.backend, .device = w->device,
-                       .status = wstate_names[w->state], .job_id = w->job, .version = w->version,
+                       .status = wstate_names[w->state], .job_id = w->njobs ? w->jobs[0].id : "", .version = w->version,
                        .pid = w->proc_alive ? w->proc.pid : 0, .mem_bytes = w->mem_bytes, .threads = w->threads,
                        .restarts = w->restarts};
     if (store_worker_set(w->s->st, &sw, &e)) logf_("worker %s: %s", w->name, e.msg);
@@ -199,107 +218,127 @@ static void conn_close(conn *c) {
     uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
 }
 
-static void requeue_job(super *s, wslot *w, const char *why) {
-    if (!w->job[0]) return;
-    lr_err e = {0};
-    int failed = 0;
-    if (store_job_requeue(s->st, w->job, why, &failed, &e)) logf_("requeue %s: %s", w->job, e.msg);
-    else if (failed) job_event(s, w->job, "error", "%s; the job is not retried", why);
-    else job_event(s, w->job, "warning", "%s; the job is queued again and resumes from its last checkpoint", why);
-    w->job[0] = 0;
-    w->cancel_sent = 0;
+static wjob *slot_job(wslot *w, const char *id) {
+    for (int i = 0; id && i < w->njobs; i++)
+        if (!strcmp(w->jobs[i].id, id)) return &w->jobs[i];
+    return NULL;
 }
 
-static void job_ended(wslot *w) {
-    w->job[0] = 0;
-    w->cancel_sent = 0;
-    w->pause_sent = 0;
-    w->pend = OUT_NONE;
-    w->pend_tries = 0;
-    if (w->state == W_BUSY) w->state = W_IDLE; /* not a worker that died meanwhile */
+/* j leaves its worker; the worker is free when it was the last. */
+static void job_ended(wslot *w, wjob *j) {
+    *j = w->jobs[--w->njobs];
+    if (!w->njobs) {
+        w->pack_key[0] = 0;
+        if (w->state == W_BUSY) w->state = W_IDLE; /* not a worker that died meanwhile */
+    }
     save_worker(w);
 }
 
-/* Writes the pending outcome and its event in one transaction; only then is
- * the worker free. On failure the outcome stays pending and on_tick retries. */
-static int settle(wslot *w) {
+/* The worker is gone: every job on it whose outcome is not known goes back
+ * to the queue (a job whose outcome is known but not recorded keeps it). */
+static void requeue_jobs(super *s, wslot *w, const char *why) {
+    for (int i = w->njobs - 1; i >= 0; i--) {
+        wjob *j = &w->jobs[i];
+        if (j->pend != OUT_NONE) continue;
+        lr_err e = {0};
+        int failed = 0;
+        if (store_job_requeue(s->st, j->id, why, &failed, &e)) logf_("requeue %s: %s", j->id, e.msg);
+        else if (failed) job_event(s, j->id, "error", "%s; the job is not retried", why);
+        else job_event(s, j->id, "warning", "%s; the job is queued again and resumes from its last checkpoint", why);
+        job_ended(w, j);
+    }
+}
+
+/* Writes j's pending outcome and its event in one transaction; only then
+ * does it leave the worker. On failure the outcome stays pending and
+ * on_tick retries. */
+static int settle(wslot *w, wjob *j) {
     super *s = w->s;
     lr_err e = {0};
     char ev[700];
     const char *level = "info";
     if (store_begin(s->st, &e)) goto fail;
     int rc = 0;
-    switch (w->pend) {
+    switch (j->pend) {
     case OUT_SUCCEEDED:
-        rc = store_job_finish(s->st, w->job, "succeeded", NULL, NULL, &e);
+        rc = store_job_finish(s->st, j->id, "succeeded", NULL, NULL, &e);
         snprintf(ev, sizeof ev, "job succeeded");
         break;
     case OUT_STOPPED:
-        rc = store_job_stopped(s->st, w->job, w->pend_text[0] ? w->pend_text : NULL, &e);
+        rc = store_job_stopped(s->st, j->id, j->pend_text[0] ? j->pend_text : NULL, &e);
         snprintf(ev, sizeof ev, "job succeeded (stopped early)");
         break;
     case OUT_CANCELLED:
-        rc = store_job_finish(s->st, w->job, "cancelled", NULL, NULL, &e);
-        snprintf(ev, sizeof ev, "%s", w->pend_text[0] ? w->pend_text : "job cancelled");
+        rc = store_job_finish(s->st, j->id, "cancelled", NULL, NULL, &e);
+        snprintf(ev, sizeof ev, "%s", j->pend_text[0] ? j->pend_text : "job cancelled");
         break;
     case OUT_FAILED:
-        rc = store_job_finish(s->st, w->job, "failed", "training_failed", w->pend_text, &e);
-        snprintf(ev, sizeof ev, "job failed: %s", w->pend_text);
+        rc = store_job_finish(s->st, j->id, "failed", "training_failed", j->pend_text, &e);
+        snprintf(ev, sizeof ev, "job failed: %s", j->pend_text);
         level = "error";
         break;
     case OUT_SUSPENDED:
-        rc = store_job_release(s->st, w->job, &e);
-        if (w->ckpt_step > 0)
+        rc = store_job_release(s->st, j->id, &e);
+        if (j->ckpt_step > 0)
             snprintf(ev, sizeof ev, "stopped for shutdown; will resume from the checkpoint at step %lld",
-                     (long long)w->ckpt_step);
+                     (long long)j->ckpt_step);
         else snprintf(ev, sizeof ev, "stopped for shutdown before its first checkpoint; will start again");
         break;
+    case OUT_BUSY:
+        rc = store_job_release(s->st, j->id, &e);
+        snprintf(ev, sizeof ev, "worker %s had no room for it in its pass; queued again (not a retry)", w->name);
+        break;
     case OUT_PAUSED:
-        rc = store_job_paused(s->st, w->job, &e);
-        if (w->ckpt_step > 0)
+        rc = store_job_paused(s->st, j->id, &e);
+        if (j->ckpt_step > 0)
             snprintf(ev, sizeof ev, "paused at the checkpoint of step %lld; resume continues from it",
-                     (long long)w->ckpt_step);
+                     (long long)j->ckpt_step);
         else snprintf(ev, sizeof ev, "paused before its first checkpoint; resume starts it again");
         break;
     case OUT_NONE:
         store_rollback(s->st);
         return 0;
     }
-    if (rc || store_event_add(s->st, w->job, level, ev, &e) || store_commit(s->st, &e)) {
+    if (rc || store_event_add(s->st, j->id, level, ev, &e) || store_commit(s->st, &e)) {
         store_rollback(s->st);
         goto fail;
     }
-    if (w->pend_tries) logf_("recorded the outcome of %s after %d failed tries", w->job, w->pend_tries);
-    job_ended(w);
+    if (j->pend_tries) logf_("recorded the outcome of %s after %d failed tries", j->id, j->pend_tries);
+    job_ended(w, j);
     return 0;
 fail:
-    if (!w->pend_tries++)
-        logf_("cannot record the outcome of %s (%s); retrying every %d s", w->job, e.msg, s->cfg->heartbeat_interval_s);
+    if (!j->pend_tries++)
+        logf_("cannot record the outcome of %s (%s); retrying every %d s", j->id, e.msg, s->cfg->heartbeat_interval_s);
     return -1;
 }
 
 static void settle_all(super *s) {
     for (int i = 0; i < s->n; i++)
-        if (s->w[i].pend != OUT_NONE) (void)settle(&s->w[i]);
+        for (int k = s->w[i].njobs - 1; k >= 0; k--)
+            if (s->w[i].jobs[k].pend != OUT_NONE) (void)settle(&s->w[i], &s->w[i].jobs[k]);
 }
 
 /* A DONE or FAILED frame: what to record (settle does, after the frames
  * of this read are committed). */
-static void note_outcome(wslot *w, const msg *m) {
+static void note_outcome(wslot *w, wjob *j, const msg *m) {
     super *s = w->s;
-    w->pend_text[0] = 0;
+    j->pend_text[0] = 0;
     /* The shutdown asked it to stop: whatever it says, it goes back to the queue. */
-    int shutdown = s->shutting_down && !w->cancel_sent;
-    if (m->type == MSG_FAILED) {
-        w->pend = shutdown ? OUT_SUSPENDED : OUT_FAILED;
-        snprintf(w->pend_text, sizeof w->pend_text, "%s", m->text);
+    int shutdown = s->shutting_down && !j->cancel_sent;
+    if (m->type == MSG_FAILED && m->code == LR_E_BUSY && !j->cancel_sent) {
+        /* no room in its pass: not the job's failure; no joins for a while */
+        j->pend = shutdown ? OUT_SUSPENDED : OUT_BUSY;
+        w->no_join_until = uv_now(&s->loop) + JOIN_BACKOFF_MS;
+    } else if (m->type == MSG_FAILED) {
+        j->pend = shutdown ? OUT_SUSPENDED : OUT_FAILED;
+        snprintf(j->pend_text, sizeof j->pend_text, "%s", m->text);
     } else if (!strcmp(m->outcome, "cancelled")) {
-        w->pend = shutdown ? OUT_SUSPENDED : w->pause_sent && !w->cancel_sent ? OUT_PAUSED : OUT_CANCELLED;
+        j->pend = shutdown ? OUT_SUSPENDED : j->pause_sent && !j->cancel_sent ? OUT_PAUSED : OUT_CANCELLED;
     } else if (!strcmp(m->outcome, "stopped_early")) {
-        w->pend = OUT_STOPPED;
-        snprintf(w->pend_text, sizeof w->pend_text, "%s", m->stop_reason ? m->stop_reason : "");
+        j->pend = OUT_STOPPED;
+        snprintf(j->pend_text, sizeof j->pend_text, "%s", m->stop_reason ? m->stop_reason : "");
     } else {
-        w->pend = OUT_SUCCEEDED;
+        j->pend = OUT_SUCCEEDED;
     }
 }
 
@@ -310,7 +349,7 @@ static void remote_gone(wslot *w) {
     char why[160];
     snprintf(why, sizeof why, "remote worker %s disconnected", w->name);
     if (!s->stopping) logf_("%s", why);
-    if (w->job[0] && w->pend == OUT_NONE && !s->stopping) requeue_job(s, w, why);
+    if (!s->stopping) requeue_jobs(s, w, why);
     w->state = W_DEAD;
     save_worker(w);
 }
@@ -323,8 +362,8 @@ static wslot *remote_slot(super *s, const msg *m) {
     snprintf(name, sizeof name, "%s", m->worker);
     for (int i = 0; i < s->n; i++) {
         wslot *w = &s->w[i];
-        if (!strcmp(w->name, name)) return w->remote && !w->c && w->pend == OUT_NONE && !w->job[0] ? w : NULL;
-        if (!free_slot && w->remote && !w->c && w->pend == OUT_NONE && !w->job[0]) free_slot = w;
+        if (!strcmp(w->name, name)) return w->remote && !w->c && !w->njobs ? w : NULL;
+        if (!free_slot && w->remote && !w->c && !w->njobs) free_slot = w;
     }
     if (!free_slot && s->n < MAX_SLOTS) free_slot = &s->w[s->n++];
     if (!free_slot) return NULL;
@@ -379,16 +418,25 @@ static void handle_msg(conn *c, const msg *m, int64_t *ack) {
         snprintf(w->version, sizeof w->version, "%s", m->version ? m->version : "");
         w->mem_bytes = m->mem_bytes;
         w->threads = m->threads;
+        w->pack_max = m->pack_max;
+        w->no_join_until = 0;
+        snprintf(w->session, sizeof w->session, "%s-%llx", w->name, (unsigned long long)(store_now() * 1000));
         save_worker(w);
         logf_("worker %s ready (%s, %s)", w->name, w->conf.backend, w->device);
         schedule(s);
         return;
     }
     w->last_seen = uv_now(&s->loop);
+    wjob *j = slot_job(w, m->job_id);
     if (m->type == MSG_HEARTBEAT) {
-        if (m->job_id && w->job[0] && !strcmp(m->job_id, w->job) && m->total_steps > 0 &&
-            store_job_progress(s->st, w->job, m->step, m->total_steps, m->epoch, &e))
-            logf_("progress of %s: %s", w->job, e.msg);
+        if (j && m->total_steps > 0 && store_job_progress(s->st, j->id, m->step, m->total_steps, m->epoch, &e))
+            logf_("progress of %s: %s", j->id, e.msg);
+        if (j && m->pack_id) {
+            /* the agent's pack ids are its own: this connection's session makes them lorad's */
+            char pack[192];
+            snprintf(pack, sizeof pack, "%s-%s", w->session, m->pack_id);
+            if (store_job_pack(s->st, j->id, pack, m->packed_steps, &e)) logf_("pack of %s: %s", j->id, e.msg);
+        }
         if (store_worker_seen(s->st, w->name, store_now(), &e)) logf_("worker %s: %s", w->name, e.msg);
         return;
     }
@@ -397,28 +445,28 @@ static void handle_msg(conn *c, const msg *m, int64_t *ack) {
         conn_close(c);
         return;
     }
-    if (!w->job[0] || strcmp(m->job_id, w->job) || w->pend != OUT_NONE) {
+    if (!j || j->pend != OUT_NONE) {
         logf_("worker %s sent %s for %s, which it does not run; ignored", w->name, msg_type_name(m->type), m->job_id);
         return;
     }
     switch (m->type) {
     case MSG_METRIC:
-        if (store_metric_add(s->st, w->job, m->step, m->name, m->value, store_now(), &e))
-            logf_("metric of %s: %s", w->job, e.msg);
+        if (store_metric_add(s->st, j->id, m->step, m->name, m->value, store_now(), &e))
+            logf_("metric of %s: %s", j->id, e.msg);
         else if (m->seq > *ack) *ack = m->seq;
         break;
     case MSG_EVENT:
-        job_event(s, w->job, m->level, "%s", m->text);
+        job_event(s, j->id, m->level, "%s", m->text);
         break;
     case MSG_CHECKPOINT:
         /* save_total_limit deleted the older ones: the list shows what exists */
-        if (store_checkpoint_add(s->st, w->job, m->step, m->dir, &e) || store_checkpoints_prune(s->st, w->job, &e))
-            logf_("checkpoint of %s: %s", w->job, e.msg);
-        if (m->step > w->ckpt_step) w->ckpt_step = m->step;
+        if (store_checkpoint_add(s->st, j->id, m->step, m->dir, &e) || store_checkpoints_prune(s->st, j->id, &e))
+            logf_("checkpoint of %s: %s", j->id, e.msg);
+        if (m->step > j->ckpt_step) j->ckpt_step = m->step;
         break;
     case MSG_DONE:
     case MSG_FAILED:
-        note_outcome(w, m);
+        note_outcome(w, j, m);
         break;
     default:
         break;
@@ -522,7 +570,7 @@ static void on_worker_exit(uv_process_t *p, int64_t status, int sig) {
         conn_close(c);
     }
     /* A job whose outcome is known but not yet recorded keeps it. */
-    if (w->job[0] && w->pend == OUT_NONE && !s->stopping) requeue_job(s, w, why);
+    if (!s->stopping) requeue_jobs(s, w, why);
     w->state = W_DEAD;
     save_worker(w);
     if (s->shutting_down) {
@@ -636,19 +684,28 @@ static int assign(super *s, wslot *w, const char *id) {
     snprintf(ck, sizeof ck, "%s/checkpoints", run_dir);
     struct stat st;
     int resume = last_ckpt >= 0 || (stat(ck, &st) == 0 && S_ISDIR(st.st_mode));
+    if (w->njobs == CONFIG_MAX_PACK) {
+        lr_errp(&e, LR_E_INTERNAL, NULL, "worker %s holds %d jobs already", w->name, w->njobs);
+        goto out;
+    }
     if (store_job_start(s->st, id, w->name, &e)) goto out; /* cancelled meanwhile: not an error */
-    snprintf(w->job, sizeof w->job, "%s", id);
-    w->cancel_sent = 0;
-    w->pause_sent = 0;
-    w->pend = OUT_NONE;
-    w->ckpt_step = last_ckpt;
+    char ranks[48] = "", mates[200] = "";
+    if (slot_ranks(w) > 1) snprintf(ranks, sizeof ranks, " (%d ranks, mpirun)", slot_ranks(w));
+    for (int i = 0; i < w->njobs; i++) { /* a join: the worker trains these already */
+        size_t l = strlen(mates);
+        snprintf(mates + l, sizeof mates - l, "%s%s", i ? ", " : "; sharing its pass with ", w->jobs[i].id);
+    }
+    if (!w->njobs) pack_key(spec, w->pack_key, sizeof w->pack_key);
+    wjob *j = &w->jobs[w->njobs++];
+    memset(j, 0, sizeof *j);
+    snprintf(j->id, sizeof j->id, "%s", id);
+    j->pend = OUT_NONE;
+    j->ckpt_step = last_ckpt;
     w->state = W_BUSY;
     save_worker(w);
-    char ranks[48] = "";
-    if (slot_ranks(w) > 1) snprintf(ranks, sizeof ranks, " (%d ranks, mpirun)", slot_ranks(w));
-    if (resume) job_event(s, id, "info", "assigned to worker %s%s; resuming from checkpoint step %lld", w->name, ranks,
-                          (long long)last_ckpt);
-    else job_event(s, id, "info", "assigned to worker %s%s", w->name, ranks);
+    if (resume) job_event(s, id, "info", "assigned to worker %s%s%s; resuming from checkpoint step %lld", w->name, ranks,
+                          mates, (long long)last_ckpt);
+    else job_event(s, id, "info", "assigned to worker %s%s%s", w->name, ranks, mates);
     send_msg(w->c, msg_assign(id, spec_json, model_dir, fp, spec->n_training_files,
                               spec->validation_file[0] ? val : NULL, ref, run_dir, resume));
     rc = 0;
@@ -677,11 +734,12 @@ static void send_cancels(super *s) {
     for (int i = 0; i < n; i++)
         for (int k = 0; k < s->n; k++) {
             wslot *w = &s->w[k];
-            if (w->c && !w->cancel_sent && w->pend == OUT_NONE && !strcmp(w->job, ids[i])) {
-                w->cancel_sent = 1;
-                w->cancel_at = uv_now(&s->loop);
-                send_msg(w->c, msg_cancel(w->job, "cancelled by its owner"));
-                job_event(s, w->job, "info", "cancel sent to worker %s", w->name);
+            wjob *j = slot_job(w, ids[i]);
+            if (w->c && j && !j->cancel_sent && j->pend == OUT_NONE) {
+                j->cancel_sent = 1;
+                j->cancel_at = uv_now(&s->loop);
+                send_msg(w->c, msg_cancel(j->id, "cancelled by its owner"));
+                job_event(s, j->id, "info", "cancel sent to worker %s", w->name);
             }
         }
     /* A pause is a suspend: the worker checkpoints where it is and stops. */
@@ -692,25 +750,42 @@ static void send_cancels(super *s) {
     for (int i = 0; i < n; i++)
         for (int k = 0; k < s->n; k++) {
             wslot *w = &s->w[k];
-            if (w->c && !w->cancel_sent && !w->pause_sent && w->pend == OUT_NONE && !strcmp(w->job, ids[i])) {
-                w->pause_sent = 1;
-                send_msg(w->c, msg_suspend(w->job, "paused by its owner"));
-                job_event(s, w->job, "info", "pause sent to worker %s", w->name);
+            wjob *j = slot_job(w, ids[i]);
+            if (w->c && j && !j->cancel_sent && !j->pause_sent && j->pend == OUT_NONE) {
+                j->pause_sent = 1;
+                send_msg(w->c, msg_suspend(j->id, "paused by its owner"));
+                job_event(s, j->id, "info", "pause sent to worker %s", w->name);
             }
         }
 }
 
-/* A queued job's resources.devices (1 for specs stored before it existed). */
-static int job_devices(super *s, const char *id) {
+/* A queued job's resources.devices (1 for specs stored before it existed)
+ * and, when key is not NULL, its pack key in key (proto/pack.h; "" when it
+ * never shares a pass). */
+static int job_devices(super *s, const char *id, char *key, size_t cap) {
     char *txt = NULL, model[512];
     int64_t ck;
     lr_err e = {0};
+    if (key) key[0] = 0;
     if (store_job_for_assign(s->st, id, &txt, model, sizeof model, &ck, &e)) return 1;
     json_t *j = json_loads(txt, 0, NULL);
     json_int_t n = json_integer_value(json_object_get(json_object_get(j, "resources"), "devices"));
+    jobspec *spec = key ? malloc(sizeof *spec) : NULL;
+    if (spec && jobspec_from_json(j, spec, &e) == 0) pack_key(spec, key, cap);
+    free(spec);
     json_decref(j);
     free(txt);
     return n > 1 ? (int)n : 1;
+}
+
+/* A worker Slurm started for one job (slurm.h): named slurm-<job id>. */
+static int slurm_slot(const wslot *w) { return w->remote && !strncmp(w->name, "slurm-", 6); }
+
+/* Jobs one pass on w may hold: more than one only with packing on, on a
+ * one-rank worker of lorad's own whose hello offered room. */
+static int slot_pack_limit(const super *s, const wslot *w) {
+    if (strcmp(s->cfg->packing, "auto") || slot_ranks(w) > 1 || slurm_slot(w) || w->pack_max <= 1) return 1;
+    return w->pack_max < s->cfg->pack_max_jobs ? w->pack_max : s->cfg->pack_max_jobs;
 }
 
 /* A job trains on a worker with as many ranks as its resources.devices:
@@ -720,12 +795,15 @@ static void pick_by_ranks(super *s, const store_qjob *q, const sched_job *jobs, 
                           const sched_user *users, int nu) {
     int *dev = malloc((size_t)nq * sizeof *dev), *idx = malloc((size_t)nq * sizeof *idx);
     sched_job *sub = malloc((size_t)nq * sizeof *sub);
-    if (!dev || !idx || !sub) goto out;
+    int packing = 0; /* the keys cost a parse of each spec: only when a worker may pack */
+    for (int k = 0; k < s->n; k++) packing |= slot_pack_limit(s, &s->w[k]) > 1;
+    char (*keys)[PACK_KEY_MAX] = packing ? malloc((size_t)nq * sizeof *keys) : NULL;
+    if (!dev || !idx || !sub || (packing && !keys)) goto out;
     int fewest = 0; /* a one-device job runs on the smallest worker there is */
     for (int k = 0; k < s->n; k++)
         if (!fewest || slot_ranks(&s->w[k]) < fewest) fewest = slot_ranks(&s->w[k]);
     for (int i = 0; i < nq; i++) {
-        dev[i] = job_devices(s, q[i].id);
+        dev[i] = job_devices(s, q[i].id, keys ? keys[i] : NULL, PACK_KEY_MAX);
         if (dev[i] == 1) dev[i] = fewest;
         int fits = 0;
         for (int k = 0; k < s->n && !fits; k++) fits = slot_ranks(&s->w[k]) == dev[i];
@@ -740,33 +818,40 @@ static void pick_by_ranks(super *s, const store_qjob *q, const sched_job *jobs, 
     }
     for (int k = 0; k < s->n; k++) {
         int r = slot_ranks(&s->w[k]), seen = 0;
-        if (!sw[k].idle) continue;
-        for (int m = 0; m < k && !seen; m++) seen = sw[m].idle && slot_ranks(&s->w[m]) == r;
+        if (!sw[k].idle && !sw[k].room) continue;
+        for (int m = 0; m < k && !seen; m++) seen = (sw[m].idle || sw[m].room) && slot_ranks(&s->w[m]) == r;
         if (seen) continue; /* this rank count was picked for already */
         sched_worker ws[MAX_SLOTS];
-        for (int m = 0; m < s->n; m++) ws[m] = (sched_worker){sw[m].backend, sw[m].idle && slot_ranks(&s->w[m]) == r};
+        for (int m = 0; m < s->n; m++) {
+            int same = slot_ranks(&s->w[m]) == r;
+            ws[m] = (sched_worker){sw[m].backend, sw[m].idle && same, same ? sw[m].room : 0, same ? sw[m].pack : NULL};
+        }
         int ns = 0;
         for (int i = 0; i < nq; i++)
-            if (dev[i] == r) sub[ns] = jobs[i], idx[ns++] = i;
-        sched_assign as[MAX_SLOTS];
-        int na = ns ? sched_pick(sub, ns, ws, s->n, users, nu, s->cfg->max_running_per_user, as, MAX_SLOTS) : 0;
+            if (dev[i] == r) {
+                sub[ns] = jobs[i];
+                sub[ns].pack = keys && keys[i][0] ? keys[i] : NULL;
+                idx[ns++] = i;
+            }
+        static sched_assign as[MAX_SLOTS * CONFIG_MAX_PACK]; /* the loop's thread only */
+        int na = ns ? sched_pick(sub, ns, ws, s->n, users, nu, s->cfg->max_running_per_user, as,
+                                 MAX_SLOTS * CONFIG_MAX_PACK)
+                    : 0;
         for (int i = 0; i < na; i++) assign(s, &s->w[as[i].worker], q[idx[as[i].job]].id);
     }
 out:
     free(dev);
     free(idx);
     free(sub);
+    free(keys);
 }
-
-/* A worker Slurm started for one job (slurm.h): named slurm-<job id>. */
-static int slurm_slot(const wslot *w) { return w->remote && !strncmp(w->name, "slurm-", 6); }
 
 /* Slurm's workers run only their own job: given it while it is queued,
  * sent away (they exit, freeing the allocation) when it is not. */
 static void slurm_own(super *s) {
     for (int i = 0; i < s->n; i++) {
         wslot *w = &s->w[i];
-        if (!slurm_slot(w) || !w->c || w->state != W_IDLE || w->job[0]) continue;
+        if (!slurm_slot(w) || !w->c || w->state != W_IDLE || w->njobs) continue;
         lr_err e = {0};
         json_t *j = store_job_get(s->st, w->name + 6, &e);
         const char *st = json_string_value(json_object_get(j, "status"));
@@ -786,13 +871,21 @@ static void schedule(super *s) {
     send_cancels(s);
     slurm_own(s);
     sched_worker sw[MAX_SLOTS];
-    int idle = 0;
+    int room = 0; /* jobs the workers may take now, joins included */
+    uint64_t now = uv_now(&s->loop);
     for (int i = 0; i < s->n; i++) {
-        sw[i].backend = s->w[i].conf.backend;
-        sw[i].idle = s->w[i].state == W_IDLE && s->w[i].c && !s->w[i].job[0] && !slurm_slot(&s->w[i]);
-        idle += sw[i].idle;
+        wslot *w = &s->w[i];
+        int limit = slot_pack_limit(s, w), usable = w->c && !slurm_slot(w);
+        sw[i] = (sched_worker){w->conf.backend, usable && w->state == W_IDLE && !w->njobs, 0, NULL};
+        if (sw[i].idle) sw[i].room = limit;
+        else if (usable && w->state == W_BUSY && w->njobs && w->pack_key[0] && now >= w->no_join_until &&
+                 limit > w->njobs) {
+            sw[i].room = limit - w->njobs;
+            sw[i].pack = w->pack_key;
+        }
+        room += sw[i].room;
     }
-    if (!idle) return;
+    if (!room) return;
     lr_err e = {0};
     store_qjob *q = NULL;
     sched_job *jobs = NULL;
@@ -801,7 +894,7 @@ static void schedule(super *s) {
     int nq = 0;
     /* The best `idle` jobs of each user and device class pick exactly what
      * the whole queue would (sched.h), at any depth. */
-    if (store_jobs_queued(s->st, idle, &q, &nq, &e) || nq == 0) goto out;
+    if (store_jobs_queued(s->st, room, &q, &nq, &e) || nq == 0) goto out;
     /* jobs of the devices Slurm runs are not for lorad's own workers */
     int kept = 0;
     for (int i = 0; i < nq; i++)
@@ -826,6 +919,7 @@ static void schedule(super *s) {
         jobs[i].device = q[i].device;
         jobs[i].priority = q[i].priority;
         jobs[i].seq = q[i].seq;
+        jobs[i].pack = NULL; /* pick_by_ranks reads the keys */
     }
     pick_by_ranks(s, q, jobs, nq, sw, users, nu);
 out:
@@ -840,14 +934,19 @@ static void on_wake(uv_async_t *a) { schedule(a->data); }
 
 /* A cancelled job whose worker is stuck in a long step (one huge
  * micro-batch, a stopped process) ends now: the worker is killed and
- * restarted, and the job is cancelled, not re-queued. */
+ * restarted, and the job is cancelled, not re-queued (the other jobs of
+ * its pack are, as after any death of their worker). */
 static void enforce_cancel(wslot *w, uint64_t now) {
     super *s = w->s;
-    if (!w->cancel_sent || w->pend != OUT_NONE || !w->job[0] || now - w->cancel_at < (uint64_t)s->cfg->cancel_grace_s * 1000)
-        return;
-    logf_("worker %s has not stopped %s within %d s of the cancel; killing it", w->name, w->job, s->cfg->cancel_grace_s);
-    w->pend = OUT_CANCELLED;
-    snprintf(w->pend_text, sizeof w->pend_text,
+    wjob *j = NULL;
+    for (int i = 0; i < w->njobs && !j; i++)
+        if (w->jobs[i].cancel_sent && w->jobs[i].pend == OUT_NONE &&
+            now - w->jobs[i].cancel_at >= (uint64_t)s->cfg->cancel_grace_s * 1000)
+            j = &w->jobs[i];
+    if (!j) return;
+    logf_("worker %s has not stopped %s within %d s of the cancel; killing it", w->name, j->id, s->cfg->cancel_grace_s);
+    j->pend = OUT_CANCELLED;
+    snprintf(j->pend_text, sizeof j->pend_text,
              "job cancelled: worker %s did not stop within cancel_grace_s (%d s), so it was killed and restarted", w->name,
              s->cfg->cancel_grace_s);
     w->quick_restart = 1;
@@ -855,7 +954,7 @@ static void enforce_cancel(wslot *w, uint64_t now) {
      * not idle, so nothing is assigned to it before it is back. */
     if (w->c) conn_close(w->c);
     else uv_process_kill(&w->proc, SIGKILL);
-    (void)settle(w);
+    (void)settle(w, j);
 }
 
 static void slurm_note(super *s, struct ssub *u, const char *state, const char *reason) {
@@ -902,7 +1001,7 @@ static void slurm_tick(super *s) {
         if (u->id[0]) continue;
         char id[32], ranks[96] = "";
         lr_err se = {0};
-        int devices = job_devices(s, u->job);
+        int devices = job_devices(s, u->job, NULL, 0);
         if (devices > 1) snprintf(ranks, sizeof ranks, " for %d ranks (sbatch --ntasks %d, srun)", devices, devices);
         if (slurm_submit(s->cfg, u->job, devices, id, sizeof id, &se)) {
             /* a broken sbatch fails every job alike: say so once, on the job */
@@ -1011,7 +1110,10 @@ static void stop_all(super *s) {
 static void maybe_finish_shutdown(super *s) {
     if (!s->shutting_down || s->stopping) return;
     for (int i = 0; i < s->n; i++)
-        if (s->w[i].job[0] && (s->w[i].proc_alive || s->w[i].c || s->w[i].pend != OUT_NONE)) return;
+        if (s->w[i].njobs && (s->w[i].proc_alive || s->w[i].c)) return;
+    for (int i = 0; i < s->n; i++)
+        for (int k = 0; k < s->w[i].njobs; k++)
+            if (s->w[i].jobs[k].pend != OUT_NONE) return;
     logf_("every running job has stopped; exiting");
     stop_all(s);
 }
@@ -1035,8 +1137,9 @@ static void on_signal(uv_signal_t *h, int signum) {
     http_quiesce(s->http);
     for (int i = 0; i < s->n; i++) {
         wslot *w = &s->w[i];
-        if (w->c && w->job[0] && !w->cancel_sent && w->pend == OUT_NONE)
-            send_msg(w->c, msg_suspend(w->job, "lorad is shutting down"));
+        for (int k = 0; k < w->njobs; k++)
+            if (w->c && !w->jobs[k].cancel_sent && w->jobs[k].pend == OUT_NONE)
+                send_msg(w->c, msg_suspend(w->jobs[k].id, "lorad is shutting down"));
     }
     uv_timer_start(&s->grace, on_grace, (uint64_t)s->cfg->shutdown_grace_s * 1000, 0);
     maybe_finish_shutdown(s);

@@ -5,8 +5,13 @@
  * writing to the database: the loop then assigns queued jobs to idle
  * workers and forwards cancels, so submit -> assign needs no polling. A
  * worker that exits or misses heartbeats is killed and restarted with
- * back-off, and its job goes back to the queue (resuming from its last
- * checkpoint) until max_retries. A worker still running a job
+ * back-off, and its jobs go back to the queue (resuming from their last
+ * checkpoints) until max_retries. A worker whose hello offers room
+ * (pack_max > 1) may run several jobs that share a base model in one pass
+ * (issue 19, lorad.yaml packing; the choice is daemon/sched.h's): each job
+ * has its own frames, cancel and outcome; an agent with no room for a job
+ * it was sent answers FAILED with code busy, and the job goes back to the
+ * queue without counting a retry. A worker still running a job
  * cancel_grace_s after its cancel is killed and restarted; the job ends
  * cancelled. A job's outcome is committed before its worker is free; a
  * failed commit (a full disk) is retried every heartbeat interval.

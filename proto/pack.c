@@ -1,5 +1,6 @@
 #include "proto/pack.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* The rules one job must meet to pack at all. */
@@ -44,6 +45,19 @@ int pack_compatible(const jobspec *a, const jobspec *b, lr_err *why) {
     if (a->device != b->device) {
         lr_errp(why, LR_E_CONFLICT, "device", "different devices (%s, %s)", jobspec_device_name(a->device),
                 jobspec_device_name(b->device));
+        return 0;
+    }
+    return 1;
+}
+
+int pack_key(const jobspec *s, char *buf, size_t cap) {
+    if (cap) buf[0] = 0;
+    if (!pack_alone_ok(s, NULL)) return 0;
+    /* the model name last: it is the only part that holds free text */
+    int n = snprintf(buf, cap, "%d.%d.%d.%d:%s", s->lora.quantize, s->lora.double_quant, (int)s->compute_dtype,
+                     (int)s->device, s->model);
+    if (n < 0 || (size_t)n >= cap) {
+        if (cap) buf[0] = 0;
         return 0;
     }
     return 1;

@@ -19,4 +19,11 @@
  * Pure; a job is compatible with itself when it may pack at all. */
 int pack_compatible(const jobspec *a, const jobspec *b, lr_err *why);
 
+/* The rule as a key, for a scheduler that compares many jobs: 1 and the key
+ * in buf when s may pack at all (0 and "" when not); two jobs are
+ * pack_compatible exactly when both have a key and the keys are equal.
+ * A key is at most PACK_KEY_MAX bytes with its NUL. */
+#define PACK_KEY_MAX 600
+int pack_key(const jobspec *s, char *buf, size_t cap);
+
 #endif

@@ -80,3 +80,33 @@ TEST(same_quantized_base) {
     a.compute_dtype = b.compute_dtype = CDT_BF16;
     CHECK(pack_compatible(&a, &b, NULL) == 1);
 }
+
+/* pack_key says what pack_compatible says, on random pairs of specs. */
+TEST(key_agrees_with_rule) {
+    unsigned seed = 7;
+    for (int i = 0; i < 2000; i++) {
+        jobspec s[2];
+        char key[2][PACK_KEY_MAX];
+        int has[2];
+        for (int k = 0; k < 2; k++) {
+            sft(&s[k], (seed = seed * 1103515245u + 12345u) >> 16 & 1 ? "gpt2" : "gpt2:v2");
+            unsigned r = (seed = seed * 1103515245u + 12345u) >> 8;
+            s[k].resources.co_train = (r & 7) != 0;
+            s[k].method.type = (r >> 3 & 7) == 0 ? METHOD_DPO : METHOD_SFT;
+            s[k].lora.use_dora = (r >> 6 & 7) == 0;
+            s[k].resources.devices = (r >> 9 & 7) == 0 ? 2 : 1;
+            s[k].lora.quantize = (int)(r >> 12 & 1);
+            s[k].lora.double_quant = (int)(r >> 13 & 1);
+            s[k].compute_dtype = (compute_dt)(r >> 14 & 1);
+            s[k].device = (job_device)(r >> 15 & 1);
+            has[k] = pack_key(&s[k], key[k], sizeof key[k]);
+        }
+        int want = pack_compatible(&s[0], &s[1], NULL);
+        int got = has[0] && has[1] && !strcmp(key[0], key[1]);
+        CHECKF(want == got, "pair %d: pack_compatible %d, keys %d (%s | %s)", i, want, got, key[0], key[1]);
+    }
+    jobspec a;
+    sft(&a, "gpt2");
+    char small[4];
+    CHECK(pack_key(&a, small, sizeof small) == 0 && small[0] == 0); /* cut: no key rather than a wrong one */
+}

@@ -119,6 +119,11 @@ export function mount(root, ctx) {
         kv('id', j.id), kv('user', j.user), kv('model', j.model), kv('method', method),
         kv('worker', j.worker || '–'),
         j.slurm ? kv('slurm job', `${j.slurm.job_id} (${j.slurm.state})`, 'slurm') : null,
+        // co-trained in one worker pass (issue 19): links to the other jobs
+        j.pack && (j.pack.jobs || []).length > 1
+          ? kv('shared a pass with', h('span', {}, ...j.pack.jobs.filter((id) => id !== j.id).flatMap((id, i) => [
+            i ? ', ' : '', h('a', { href: `#/jobs/${encodeURIComponent(id)}` }, id)]), ` (${j.pack.steps ?? 0} steps packed)`), 'pack')
+          : null,
         spec.resources && spec.resources.devices > 1 ? kv('ranks', String(spec.resources.devices), 'ranks') : null,
         j.sweep_id ? kv('sweep', h('a', { href: buildHash(['jobs'], { sweep: j.sweep_id }) }, j.sweep_id)) : null,
         kv('progress', h('span', { class: 'progress-inline' }, progressBar(p.step, p.total_steps), ` ${p.step ?? 0}/${p.total_steps || '?'}`), 'step'),
