@@ -19,9 +19,16 @@
 # QLoRA: the qwen2.5-0.5b step again with its linear weights 4-bit NF4
 # (lora.quantize nf4): tokens/s and peak RSS next to the f32 run's, and the
 # 4-bit weights' bytes (codes + scales) over their f32 bytes.
-# Then bf16 GEMM rates next to f32 (bench/bf16_gemm.c) unless
-# LR_BENCH_SKIP_BF16=1, data-parallel scaling (bench/dist.sh cpu: 1 rank x 2 threads vs 2
-# ranks x 1 thread, all-reduce share) unless LR_BENCH_SKIP_DIST=1, and the
+# compute_dtype bf16 (CPUs with AVX512_BF16, unless LR_BENCH_SKIP_BF16=1): the
+# same steps with the frozen linears in bf16 (--compute-dtype bf16; the
+# bench models are stored in f32, so their weights are rounded at load)
+# next to the f32 steps above and PyTorch's bf16 autocast
+# (torch_lora_step.py --autocast), then the GEMMs alone (bench/bf16_gemm.c:
+# the engine's bf16 kernel, oneDNN's and the f32 sgemm, forward and
+# input-gradient products). Then data-parallel scaling (bench/dist.sh cpu: 1 rank x 2 threads vs 2
+# ranks x 1 thread, all-reduce share) unless LR_BENCH_SKIP_DIST=1, co-training
+# (bench/pack.sh: 4 small jobs packed vs one after another) unless
+# LR_BENCH_SKIP_PACK=1, and the
 # HTTP load test (bench/http_load.sh) unless LR_BENCH_SKIP_HTTP=1.
 #
 # Environment: LR_BUILD (default build), LR_BENCH_THREADS (2), LR_BENCH_STEPS (3),
@@ -63,6 +70,11 @@ PY
 )"
 echo
 
+bf16=0
+bf16_rows=""
+if [ "${LR_BENCH_SKIP_BF16:-0}" != 1 ]; then
+  bf16=$("$W" probe --json | $PY -c "import json, sys; print(1 if json.load(sys.stdin)['cpu'].get('bf16_kernel') else 0)")
+fi
 printf '%-14s %-8s %12s %12s %8s %10s %9s %10s %10s\n' shape batch "lorad tok/s" "torch tok/s" ratio "GFLOP/s" "% sgemm" "lorad RSS" "torch RSS"
 for s in $SHAPES; do
   case $s in
@@ -74,6 +86,11 @@ for s in $SHAPES; do
   [ -f "$dir/model.safetensors" ] || "$W" mkmodel --arch $arch --preset $preset --seed 1 --dtype f32 --out "$dir" >/dev/null
   ours=$("$W" bench --model "$dir" --batch $bs --seq $T --steps "$STEPS" --threads "$TH" --r 16)
   [ $s = qwen ] && qwen_f32=$ours
+  if [ "$bf16" = 1 ]; then
+    b16=$("$W" bench --model "$dir" --batch $bs --seq $T --steps "$STEPS" --threads "$TH" --r 16 --compute-dtype bf16)
+    t16=$(OPENBLAS_CORETYPE=$core $PY bench/torch_lora_step.py --preset $preset --batch $bs --seq $T --threads "$TH" --steps "$STEPS" --r 16 --autocast)
+    bf16_rows+="$ours"$'\t'"$b16"$'\t'"$t16"$'\t'"$preset"$'\t'"${bs}x$T"$'\n'
+  fi
   theirs=$(OPENBLAS_CORETYPE=$core $PY bench/torch_lora_step.py --preset $preset --batch $bs --seq $T --threads "$TH" --steps "$STEPS" --r 16)
   $PY - "$ours" "$theirs" "$sg_gflops" "$preset" "${bs}x$T" <<'PY'
 import json, sys
@@ -89,6 +106,23 @@ echo
 echo "ratio = lorad tokens/s over PyTorch $($PY -c 'import torch; print(torch.__version__)') tokens/s (same shapes, threads, LoRA r=16 all-linear, OpenBLAS $core on both)"
 echo "% sgemm = lorad GFLOP/s over the best sgemm above"
 echo "FLOPs/token = 4 x matmul weights (lm_head included) + 6 x layers x heads x head_dim x (T+1)"
+if [ -n "$bf16_rows" ]; then
+  echo
+  printf '%-14s %-8s %10s %10s %8s %14s %9s %10s %10s\n' "compute bf16" batch "f32 tok/s" "bf16 tok/s" "bf16/f32" "torch autocast" "vs torch" "f32 RSS" "bf16 RSS"
+  printf '%s' "$bf16_rows" | $PY -c '
+import json, sys
+for line in sys.stdin:
+    if not line.strip():
+        continue
+    f, b, t, preset, shape = line.rstrip("\n").split("\t")
+    f, b, t = json.loads(f), json.loads(b), json.loads(t)
+    print("%-14s %-8s %10.0f %10.0f %7.2fx %14.0f %8.2fx %7.0f MB %7.0f MB" % (
+        preset, shape, f["tokens_per_s"], b["tokens_per_s"], b["tokens_per_s"] / f["tokens_per_s"],
+        t["tokens_per_s"], b["tokens_per_s"] / t["tokens_per_s"], f["peak_rss_mb"], b["peak_rss_mb"]))
+'
+  echo "bf16: frozen linear weights packed in bf16 (AVX512_BF16 kernel, f32 accumulation); LoRA, norms, attention, LM head, AdamW in f32"
+  echo "torch autocast = PyTorch with the forward under torch.autocast(\"cpu\", bfloat16) (its oneDNN bf16 matmuls)"
+fi
 if [ -n "${qwen_f32:-}" ]; then
   nf4=$("$W" bench --model "$MODELS/qwen2.5-0.5b-f32" --batch 1 --seq 512 --steps "$STEPS" --threads "$TH" --r 16 --quantize nf4)
   echo
@@ -102,15 +136,19 @@ print("  4-bit linear weights: %.1f MB, %.3f of their %.1f MB in f32 (target <= 
 PY
 fi
 if [ "${LR_BENCH_SKIP_BF16:-0}" != 1 ]; then
-  # bf16 GEMM options next to the f32 sgemm (issue 14, item 4): a measurement,
-  # the engine trains in f32 (bench/RESULTS.md says why).
+  # the GEMMs alone: the engine's bf16 kernel, oneDNN's, f32 (issue 14, item 4)
   echo
   BLAS_I=$(for d in /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas; do [ -d "$d" ] && echo "-I$d"; done | head -1)
-  if cc -std=c11 -O2 -fopenmp $BLAS_I bench/bf16_gemm.c -o "$B/bf16_gemm" -lopenblas -ldl -lm; then
+  if cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -I. $BLAS_I bench/bf16_gemm.c kernels/cpu/gemm_bf16.c kernels/cpu/gemm_select.c \
+      common/err.c -o "$B/bf16_gemm" -lopenblas -ldl -lm; then
     OPENBLAS_CORETYPE=$core "$B/bf16_gemm" 6 "$TH" # f32 on the engine's core type
   else
     echo "bf16 GEMM: bench/bf16_gemm.c did not build here; skipped"
   fi
+fi
+if [ "${LR_BENCH_SKIP_PACK:-0}" != 1 ]; then
+  echo
+  bash bench/pack.sh # co-training: 4 small jobs packed vs one after another (issue 19)
 fi
 if [ "${LR_BENCH_SKIP_DIST:-0}" != 1 ]; then
   echo

@@ -9,13 +9,18 @@ thread count, and OpenBLAS (torch's matmul library here) on the core type
 output's "blas" names the core type of each OpenBLAS this process loaded. On a GPU (`--device cuda --dtype bf16`, `make bench-gpu`): bf16
 base weights and f32 adapters as PEFT keeps them (the LoRA path computed in
 f32 and cast back), RMSNorm in f32 as transformers does, attention through
-torch's scaled_dot_product_attention (transformers' default "sdpa"). Prints
+torch's scaled_dot_product_attention (transformers' default "sdpa").
+`--autocast` (CPU): the forward under torch.autocast("cpu", bfloat16), the
+peer of the engine's compute_dtype bf16 (f32 weights and adapters, matmuls
+in bf16 through torch's oneDNN where the CPU has AVX512_BF16). Prints
 one JSON line: {"tokens_per_s": ..., "step_s": ..., "peak_rss_mb": ...,
 "gpu_peak_mb": ... (on a GPU), "loss": ...}.
 
 usage: torch_lora_step.py --preset gpt2-124m|qwen2.5-0.5b|llama-3-8b|tiny --batch B --seq T
-                          [--threads 2] [--steps 3] [--r 16] [--device cpu|cuda] [--dtype f32|bf16]"""
+                          [--threads 2] [--steps 3] [--r 16] [--device cpu|cuda] [--dtype f32|bf16]
+                          [--autocast]"""
 import argparse
+import contextlib
 import ctypes
 import json
 import math
@@ -193,6 +198,7 @@ def main():
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--dtype", default="f32", choices=("f32", "bf16"))
+    ap.add_argument("--autocast", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -213,7 +219,8 @@ def main():
     for i in range(a.steps + 1):  # the first step warms up allocators and caches
         sync()
         t = time.perf_counter()
-        loss = m(ids, ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if a.autocast else contextlib.nullcontext():
+            loss = m(ids, ids)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -229,6 +236,7 @@ def main():
         out["torch"] = torch.__version__
     else:
         out["blas"] = blas_cores()
+        out["autocast"] = a.autocast
     print(json.dumps(out))
 
 

@@ -399,7 +399,9 @@ int cmd_bench(int argc, char **argv) {
            "\"gflops\": %.2f, \"flops_per_token\": %.4g, \"peak_rss_mb\": %.0f, \"lora_params\": %zu, \"loss\": %.4f, "
            "\"kernel\": \"%s\", \"compute_dtype\": \"%s\"%s%s}\n",
            be->name, B, T, B * T / step_s, step_s, flops_tok * B * T / step_s / 1e9, flops_tok, peak_rss_mb(), n, loss,
-           be->host_memory ? kg_current()->name : "cuBLAS", model_bf16(m) || be->weight_dtype == KB_BF16 ? "bf16" : be->weight_dtype == KB_F16 ? "f16" : "f32", gpu, quant);
+           be->host_memory ? kg_current()->name : "cuBLAS",
+           model_bf16(m) || be->weight_dtype == KB_BF16 ? "bf16" : be->weight_dtype == KB_F16 ? "f16" : "f32", gpu,
+           quant);
     if (profile) {
         double total = 0;
         for (int s = 0; s < steps; s++) total += times[s];

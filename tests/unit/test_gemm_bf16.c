@@ -3,13 +3,16 @@
  * kernel and rejects deliberately wrong ones, the CPU's features decide
  * whether the kernel is used, the products of a packed weight match f32
  * ones of the same bf16-rounded numbers, and the CPU backend's linear ops
- * (LoRA, DoRA, dropout, Conv1D) on a packed weight match them on f32. */
+ * (LoRA, DoRA, dropout, Conv1D) on a packed weight match them on f32;
+ * model_load_quant resolves compute_dtype (MODEL_MM_*) as model.h says. */
 #include <stdint.h>
 
 #include "kernels/backend.h"
 #include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/gemm_select.h"
 #include "tests/unit/test.h"
+#include "worker/commands.h"
+#include "worker/model.h"
 
 /* ---- wrong kernels: the vector one (or the reference) with one bug each ---- */
 
@@ -215,3 +218,64 @@ TEST(backend_linear_lora) { backend_case(0, 0, 0.0f); }
 TEST(backend_linear_conv1d_lora_dropout) { backend_case(1, 0, 0.2f); }
 TEST(backend_linear_dora) { backend_case(0, 1, 0.0f); }
 TEST(backend_linear_conv1d_dora_dropout) { backend_case(1, 1, 0.2f); }
+
+/* ---- compute_dtype at load ---- */
+
+static int mk(const char *arch, const char *dir, const char *dtype) {
+    char *argv[] = {"mkmodel", "--arch", (char *)arch, "--out", (char *)dir, "--preset", "tiny", "--dtype",
+                    (char *)dtype, NULL};
+    return cmd_mkmodel(9, argv);
+}
+
+/* 1 bf16, 0 f32, -1 refused (err set) */
+static int load_as(kb_backend *be, const char *dir, kq_type q, int mm, int full, lr_err *err) {
+    model *m = NULL;
+    model_quant mq = {q, 0, mm};
+    if (model_load_quant(dir, be, &mq, &m, err)) return -1;
+    int r = model_bf16(m);
+    if (full && model_full_init(m, err)) r = -1;
+    model_free(m);
+    return r;
+}
+
+static int lacks_bf16(kb_backend *be, lr_err *err) {
+    (void)be;
+    return lr_errp(err, LR_E_INVALID, "compute_dtype", "this CPU has no AVX512_BF16");
+}
+
+TEST(compute_dtype_at_load) {
+    kb_backend *be = NULL;
+    lr_err e = {0};
+    REQUIRE(kb_cpu_create(2, &be, &e) == 0);
+    char d16[512], d32[512];
+    snprintf(d16, sizeof d16, "%s/bf16", test_tmpdir());
+    snprintf(d32, sizeof d32, "%s/f32", test_tmpdir());
+    REQUIRE(mk("llama", d16, "bf16") == 0 && mk("llama", d32, "f32") == 0);
+    int runs = kbf_current(NULL) != NULL;
+    CHECK_EQ_INT(load_as(be, d16, KQ_NONE, MODEL_MM_F32, 0, &e), 0);
+    CHECK_EQ_INT(load_as(be, d32, KQ_NONE, MODEL_MM_AUTO, 0, &e), 0); /* f32-stored: auto stays f32 */
+    CHECK_EQ_INT(load_as(be, d16, KQ_NF4, MODEL_MM_AUTO, 0, &e), 0);  /* 4-bit: auto stays f32 */
+    CHECK_EQ_INT(load_as(be, d16, KQ_NONE, MODEL_MM_AUTO, 0, &e), runs);
+    lr_err_clear(&e);
+    CHECK_EQ_INT(load_as(be, d16, KQ_NF4, MODEL_MM_BF16, 0, &e), -1);
+    CHECK_STR(e.param, "compute_dtype");
+    lr_err_clear(&e);
+    if (runs) {
+        CHECK_EQ_INT(load_as(be, d32, KQ_NONE, MODEL_MM_BF16, 0, &e), 1); /* asked: f32 weights rounded */
+        CHECK_EQ_INT(load_as(be, d16, KQ_NONE, MODEL_MM_BF16, 1, &e), -1);
+        CHECKF(strstr(e.msg, "full_sft") != NULL, "%s", e.msg);
+    } else {
+        CHECK_EQ_INT(load_as(be, d16, KQ_NONE, MODEL_MM_BF16, 0, &e), -1);
+        CHECKF(strstr(e.msg, "AVX512_BF16") != NULL && !strcmp(e.param, "compute_dtype"), "%s", e.msg);
+    }
+    /* a CPU without the feature, as the backend reports it: bf16 refused by name, auto f32 */
+    int (*was)(kb_backend *, lr_err *) = be->bf16_check;
+    be->bf16_check = lacks_bf16;
+    lr_err_clear(&e);
+    CHECK_EQ_INT(load_as(be, d16, KQ_NONE, MODEL_MM_BF16, 0, &e), -1);
+    CHECKF(strstr(e.msg, "compute_dtype bf16") && strstr(e.msg, "AVX512_BF16"), "%s", e.msg);
+    CHECK_EQ_INT(e.code, LR_E_INVALID);
+    CHECK_EQ_INT(load_as(be, d16, KQ_NONE, MODEL_MM_AUTO, 0, &e), 0);
+    be->bf16_check = was;
+    kb_destroy(be);
+}
