@@ -18,11 +18,14 @@
 #include "kernels/cpu/gemm_select.h"
 #include "proto/frame.h"
 #include "proto/msg.h"
+#include "proto/pack.h"
 #include "proto/tlink.h"
 #include "worker/commands.h"
 #include "worker/dist.h"
 #include "worker/fetch.h"
 #include "worker/job.h"
+#include "worker/model.h"
+#include "worker/pack.h"
 
 #define AGENT_VERSION "0.1"
 
@@ -41,6 +44,12 @@ typedef struct job {
     fetch_sent sent;
     pthread_t thread;
     atomic_int cancel, finished;
+    /* progress (agent.plock) and, in a pack, the steps it ran with others */
+    int64_t step, total, packed_steps;
+    double epoch;
+    int packed;       /* trained by the pack thread, not a thread of its own */
+    train_paths paths; /* what a pack reads until the job ends */
+    train_hooks hooks;
 } job;
 
 /* A metric frame lorad has not acknowledged (committed) yet. */
@@ -67,10 +76,18 @@ typedef struct agent {
     pthread_cond_t acked;
     unacked *pend;
     size_t n_pend;
-    pthread_mutex_t plock;     /* progress */
-    int64_t step, total;
-    double epoch;
-    job *cur;
+    pthread_mutex_t plock;     /* the jobs' progress */
+    job *jobs[MODEL_PACK_MAX]; /* running (main thread's list; finished ones are reaped) */
+    int n_jobs;
+    /* co-training (o->pack_max > 1): one pack thread trains every packable
+     * job; ASSIGNs while it runs queue here and join at its next step */
+    pthread_mutex_t qlock;
+    job *queue[MODEL_PACK_MAX];
+    int n_queue, pack_running, pack_started;
+    pthread_t pack_thread;
+    char pack_id[48];
+    atomic_int pack_jobs;
+    int pack_max;              /* what HELLO said: 1 when this worker cannot co-train */
     atomic_int write_failed;
     tl_conn link;              /* a remote agent's connection to lorad */
     int link_fd;               /* the relay's end of the socket pair, -1 none */
@@ -221,9 +238,9 @@ static int remote_inputs(job *j, lr_err *err) {
 static void h_progress(void *ud, int64_t step, int64_t total, double epoch) {
     job *j = ud;
     pthread_mutex_lock(&j->ag->plock);
-    j->ag->step = step;
-    j->ag->total = total;
-    j->ag->epoch = epoch;
+    j->step = step;
+    j->total = total;
+    j->epoch = epoch;
     pthread_mutex_unlock(&j->ag->plock);
 }
 
@@ -237,23 +254,29 @@ static void h_stopped(void *ud, const char *reason) {
     snprintf(j->stop_reason, sizeof j->stop_reason, "%s", reason);
 }
 
+/* The job's paths and hooks (pointing into j). */
+static void job_wire(job *j) {
+    j->paths = (train_paths){.model_dir = j->model_dir, .validation_file = j->val[0] ? j->val : NULL,
+                             .reference_adapter_dir = j->ref[0] ? j->ref : NULL, .run_dir = j->run_dir};
+    for (int i = 0; i < j->n_files; i++) j->paths.training_files[i] = j->files[i];
+    j->hooks = (train_hooks){.ud = j, .metric = h_metric, .event = h_event, .checkpoint = h_checkpoint,
+                             .flush = h_flush, .progress = h_progress, .cancelled = h_cancelled, .stopped = h_stopped};
+}
+
+static void job_end(job *j, int rc, train_outcome out, lr_err *e);
+
 static void *job_main(void *arg) {
     job *j = arg;
     agent *ag = j->ag;
     lr_err e = {0};
     int inputs_failed = j->files_remote && remote_inputs(j, &e);
-    train_paths p = {.model_dir = j->model_dir, .validation_file = j->val[0] ? j->val : NULL,
-                     .reference_adapter_dir = j->ref[0] ? j->ref : NULL, .run_dir = j->run_dir};
-    for (int i = 0; i < j->n_files; i++) p.training_files[i] = j->files[i];
+    job_wire(j);
     train_opts to = {.backend = ag->o->backend, .threads = ag->o->threads, .resume = j->resume, .dist = ag->o->dist};
-    train_hooks th = {.ud = j, .metric = h_metric, .event = h_event, .checkpoint = h_checkpoint, .flush = h_flush,
-                      .progress = h_progress, .cancelled = h_cancelled, .stopped = h_stopped};
     train_outcome out = TRAIN_DONE;
-    json_t *end, *last;
     /* the other ranks of this worker train it with us */
-    int rc = inputs_failed || agent_rank_send(ag->o->dist, j->id, &j->spec, &p, j->resume, &e)
+    int rc = inputs_failed || agent_rank_send(ag->o->dist, j->id, &j->spec, &j->paths, j->resume, &e)
                  ? -1
-                 : ag->o->run(&j->spec, &p, &to, &th, &out, &e);
+                 : ag->o->run(&j->spec, &j->paths, &to, &j->hooks, &out, &e);
     if (j->files_remote && !inputs_failed) {
         /* the adapter and logs: lorad serves them as a local worker's */
         fetch_ctx f = fetch_of(ag);
@@ -263,20 +286,32 @@ static void *job_main(void *arg) {
             rc = -1;
         }
     }
+    job_end(j, rc, out, &e);
+    return NULL;
+}
+
+/* The job's end as lorad hears it: its last progress, then DONE or FAILED
+ * once its metrics are stored. From the thread that trained it. */
+static void job_end(job *j, int rc, train_outcome out, lr_err *e) {
+    agent *ag = j->ag;
+    json_t *end, *last;
     /* The last progress, which a short job may finish before any heartbeat. */
     pthread_mutex_lock(&ag->plock);
-    last = ag->total > 0 ? msg_heartbeat(j->id, ag->step, ag->total, ag->epoch) : NULL;
+    last = j->total <= 0 ? NULL
+           : j->packed   ? msg_heartbeat_pack(j->id, j->step, j->total, j->epoch, ag->pack_id,
+                                              atomic_load(&ag->pack_jobs), j->packed_steps)
+                         : msg_heartbeat(j->id, j->step, j->total, j->epoch);
     pthread_mutex_unlock(&ag->plock);
     send_locked(ag, last);
     if (rc)
-        end = msg_failed(j->id, e.code, e.msg[0] ? e.msg : "training failed");
+        end = msg_failed(j->id, e->code, e->msg[0] ? e->msg : "training failed");
     else if (out == TRAIN_STOPPED_EARLY)
         end = msg_done(j->id, MSG_STOPPED_EARLY, j->stop_reason[0] ? j->stop_reason : NULL);
     else
         end = msg_done(j->id, out == TRAIN_CANCELLED ? MSG_CANCELLED : MSG_SUCCEEDED, NULL);
     flush_metrics(j); /* the outcome is recorded only once the metrics are */
     /* Finished before the daemon can hear of it, so its next ASSIGN always
-     * finds this job joinable. */
+     * finds this job joinable. j is not touched after this. */
     atomic_store(&j->finished, 1);
     send_locked(ag, end);
     if (rc && dist_size(ag->o->dist) > 1) {
@@ -286,19 +321,120 @@ static void *job_main(void *arg) {
         sleep(1);
         dist_abort(ag->o->dist);
     }
+}
+
+/* Frees job i of the list (finished, or stopped at the agent's end). */
+static void join_job(agent *ag, int i) {
+    job *j = ag->jobs[i];
+    if (!j->packed) pthread_join(j->thread, NULL);
+    fetch_sent_free(&j->sent);
+    pthread_mutex_lock(&ag->plock);
+    memmove(&ag->jobs[i], &ag->jobs[i + 1], (size_t)(ag->n_jobs - i - 1) * sizeof *ag->jobs);
+    ag->n_jobs--;
+    pthread_mutex_unlock(&ag->plock);
+    free(j);
+}
+
+/* Frees the finished jobs; returns how many there were. */
+static int reap(agent *ag) {
+    int n = 0;
+    for (int i = 0; i < ag->n_jobs; i++)
+        if (atomic_load(&ag->jobs[i]->finished)) {
+            join_job(ag, i--);
+            n++;
+        }
+    return n;
+}
+
+/* ---- co-training: the pack thread ---- */
+
+static void pack_ended(void *tag, int failed, train_outcome out, const lr_err *err) {
+    lr_err e = {0};
+    if (failed && err) e = *err;
+    job_end(tag, failed, out, &e);
+}
+
+/* Trains every packable job: queued ones join at a step boundary; ends
+ * when no job is left and none waits. */
+static void *pack_main(void *arg) {
+    agent *ag = arg;
+    train_opts to = {.backend = ag->o->backend, .threads = ag->o->threads};
+    job *live[MODEL_PACK_MAX];
+    int n_live = 0;
+    pack *p = NULL;
+    lr_err pe = {0};
+    if (pack_new(&to, ag->pack_max, &p, &pe)) p = NULL;
+    for (;;) {
+        job *add[MODEL_PACK_MAX];
+        pthread_mutex_lock(&ag->qlock);
+        int na = ag->n_queue;
+        memcpy(add, ag->queue, (size_t)na * sizeof *add);
+        ag->n_queue = 0;
+        if (na == 0 && (!p || pack_jobs(p) == 0)) ag->pack_running = 0;
+        pthread_mutex_unlock(&ag->qlock);
+        if (na == 0 && (!p || pack_jobs(p) == 0)) break;
+        for (int i = 0; i < na; i++) {
+            job *j = add[i];
+            lr_err e = {0};
+            if (!p) {
+                e = pe;
+                job_end(j, -1, TRAIN_DONE, &e);
+            } else if (pack_add(p, &j->spec, &j->paths, &j->hooks, j->resume, pack_ended, j, &e)) {
+                job_end(j, -1, TRAIN_DONE, &e); /* LR_E_BUSY: lorad requeues it */
+            } else {
+                live[n_live++] = j;
+            }
+        }
+        /* the jobs that ended (in pack_add or the last step) are gone from live */
+        if (!p) continue;
+        for (int i = 0; i < n_live; i++)
+            if (pack_packed_steps(p, live[i]) < 0) live[i--] = live[--n_live];
+        atomic_store(&ag->pack_jobs, pack_jobs(p));
+        if (pack_jobs(p) == 0) continue;
+        lr_err e = {0};
+        if (pack_step(p, &e)) fprintf(stderr, "lora-worker %s: a packed pass failed: %s\n", ag->o->name, e.msg);
+        pthread_mutex_lock(&ag->plock);
+        for (int i = 0; i < n_live; i++) {
+            int64_t ps = pack_packed_steps(p, live[i]);
+            if (ps >= 0) live[i]->packed_steps = ps;
+        }
+        pthread_mutex_unlock(&ag->plock);
+    }
+    pack_free(p);
     return NULL;
 }
 
-static void join_job(agent *ag) {
-    if (!ag->cur) return;
-    pthread_join(ag->cur->thread, NULL);
-    fetch_sent_free(&ag->cur->sent);
-    free(ag->cur);
-    ag->cur = NULL;
-    pthread_mutex_lock(&ag->plock);
-    ag->step = ag->total = 0;
-    ag->epoch = 0;
-    pthread_mutex_unlock(&ag->plock);
+/* Whether job j may join the pack now: room left and compatible with
+ * every job in it (all of ag->jobs are then the pack's). */
+static int pack_room(agent *ag, const job *j) {
+    if (ag->n_jobs >= ag->pack_max) return 0;
+    for (int i = 0; i < ag->n_jobs; i++)
+        if (!ag->jobs[i]->packed || !pack_compatible(&ag->jobs[i]->spec, &j->spec, NULL)) return 0;
+    return 1;
+}
+
+/* Hands j to the pack thread, starting one when none runs. */
+static int pack_enqueue(agent *ag, job *j) {
+    j->packed = 1;
+    job_wire(j);
+    pthread_mutex_lock(&ag->qlock);
+    int running = ag->pack_running;
+    if (running) ag->queue[ag->n_queue++] = j;
+    pthread_mutex_unlock(&ag->qlock);
+    if (running) return 0;
+    if (ag->pack_started) pthread_join(ag->pack_thread, NULL); /* it ended with no job left */
+    ag->pack_started = 0;
+    snprintf(ag->pack_id, sizeof ag->pack_id, "%s-%s", ag->o->name, j->id); /* named after its first job */
+    ag->queue[0] = j;
+    ag->n_queue = 1;
+    ag->pack_running = 1;
+    if (pthread_create(&ag->pack_thread, NULL, pack_main, ag)) {
+        ag->pack_running = 0;
+        ag->n_queue = 0;
+        return -1;
+    }
+    ag->pack_started = 1;
+    return 0;
 }
 
 static int copy(char *dst, size_t cap, const char *src) {
@@ -313,8 +449,8 @@ static int copy(char *dst, size_t cap, const char *src) {
 }
 
 static int start_job(agent *ag, const msg *m, lr_err *err) {
-    if (ag->cur && atomic_load(&ag->cur->finished)) join_job(ag);
-    if (ag->cur) {
+    reap(ag);
+    if (ag->n_jobs && ag->pack_max <= 1) {
         send_locked(ag, msg_failed(m->job_id, LR_E_BUSY, "worker is busy with another job"));
         return 0;
     }
@@ -335,22 +471,40 @@ static int start_job(agent *ag, const msg *m, lr_err *err) {
     j->n_files = m->n_training_files;
     j->resume = m->resume;
     j->files_remote = ag->o->connect_url && !ag->o->shared_fs;
-    ag->cur = j;
-    if (pthread_create(&j->thread, NULL, job_main, j)) {
-        ag->cur = NULL;
+    /* co-training: a packable job joins (or starts) the pack when it fits;
+     * anything else runs alone on an idle worker */
+    int packable = ag->pack_max > 1 && pack_compatible(&j->spec, &j->spec, NULL);
+    const char *busy = NULL;
+    if (ag->n_jobs && (!packable || !pack_room(ag, j)))
+        busy = packable ? "worker's pack is full or trains jobs this one cannot share a pass with"
+                        : "worker is busy with another job";
+    int failed = busy || (packable ? pack_enqueue(ag, j) : pthread_create(&j->thread, NULL, job_main, j));
+    if (failed) {
+        send_locked(ag, msg_failed(m->job_id, busy ? LR_E_BUSY : LR_E_NOMEM, busy ? busy : "cannot start the job thread"));
         free(j);
-        send_locked(ag, msg_failed(m->job_id, LR_E_NOMEM, "cannot start the job thread"));
+        return 0;
     }
+    pthread_mutex_lock(&ag->plock);
+    ag->jobs[ag->n_jobs++] = j;
+    pthread_mutex_unlock(&ag->plock);
     return 0;
 }
 
+/* One heartbeat per running job (with its pack when packed), or one without a job. */
 static void heartbeat(agent *ag) {
-    json_t *m;
+    json_t *m[MODEL_PACK_MAX];
+    int n = 0;
     pthread_mutex_lock(&ag->plock);
-    if (ag->cur && !atomic_load(&ag->cur->finished)) m = msg_heartbeat(ag->cur->id, ag->step, ag->total, ag->epoch);
-    else m = msg_heartbeat(NULL, 0, 0, 0);
+    for (int i = 0; i < ag->n_jobs; i++) {
+        const job *j = ag->jobs[i];
+        if (atomic_load(&j->finished)) continue;
+        m[n++] = j->packed ? msg_heartbeat_pack(j->id, j->step, j->total, j->epoch, ag->pack_id,
+                                                atomic_load(&ag->pack_jobs), j->packed_steps)
+                           : msg_heartbeat(j->id, j->step, j->total, j->epoch);
+    }
     pthread_mutex_unlock(&ag->plock);
-    send_locked(ag, m);
+    if (!n) m[n++] = msg_heartbeat(NULL, 0, 0, 0);
+    for (int i = 0; i < n; i++) send_locked(ag, m[i]);
 }
 
 static int64_t now_ms(void) {
@@ -435,6 +589,15 @@ static void device_name(const char *backend, char *out, size_t cap) {
     if (f) fclose(f);
 }
 
+/* HELLO's pack_max: --pack-max where this worker can co-train (one
+ * process on the CPU, its files on this machine, not --once), else 1. */
+static int pack_max_of(const agent_opts *o) {
+    if (o->pack_max <= 1 || o->once || dist_size(o->dist) > 1 || (o->connect_url && !o->shared_fs) ||
+        pack_supported(o->backend, NULL))
+        return 1;
+    return o->pack_max < MODEL_PACK_MAX ? o->pack_max : MODEL_PACK_MAX;
+}
+
 int agent_run(const agent_opts *o, lr_err *err) {
     agent ag;
     memset(&ag, 0, sizeof ag);
@@ -442,9 +605,11 @@ int agent_run(const agent_opts *o, lr_err *err) {
     ag.fd = -1;
     ag.link_fd = -1;
     ag.link.fd = -1;
+    ag.pack_max = pack_max_of(o);
     if (o->data_dir) snprintf(ag.cache, sizeof ag.cache, "%s/cache", o->data_dir);
     pthread_mutex_init(&ag.wlock, NULL);
     pthread_mutex_init(&ag.plock, NULL);
+    pthread_mutex_init(&ag.qlock, NULL);
     pthread_mutex_init(&ag.alock, NULL);
     pthread_cond_init(&ag.acked, NULL);
     frame_dec d;
@@ -471,7 +636,7 @@ int agent_run(const agent_opts *o, lr_err *err) {
         snprintf(kernel, sizeof kernel, "%s (%s)%s%s", k->name, k->isa, bf ? "; bf16 " : "", bf ? bf->name : "");
     }
     send_locked(&ag, msg_hello(o->name, o->backend, dev, pages > 0 && psz > 0 ? (int64_t)pages * psz : 0,
-                               threads_used(o->threads), AGENT_VERSION, kernel[0] ? kernel : NULL, 1));
+                               threads_used(o->threads), AGENT_VERSION, kernel[0] ? kernel : NULL, ag.pack_max));
     int64_t period = (int64_t)(o->heartbeat_s > 0 ? o->heartbeat_s : 2) * 1000, next_hb = now_ms() + period;
     for (;;) {
         if (ag.write_failed) {
@@ -491,12 +656,9 @@ int agent_run(const agent_opts *o, lr_err *err) {
             resend(&ag);
             next_hb = now_ms() + period;
         }
-        if (ag.cur && atomic_load(&ag.cur->finished)) {
-            join_job(&ag);
-            if (o->once) { /* its outcome went out before finished was set */
-                rc = 0;
-                goto out;
-            }
+        if (reap(&ag) && o->once) { /* its outcome went out before finished was set */
+            rc = 0;
+            goto out;
         }
         if (r == 0) continue;
         msg m;
@@ -512,10 +674,12 @@ int agent_run(const agent_opts *o, lr_err *err) {
             }
         } else if (m.type == MSG_CANCEL) {
             /* a cancel overrides a suspend, never the other way round */
-            int go = TRAIN_GO;
-            if (ag.cur && !strcmp(ag.cur->id, m.job_id)) {
-                if (!m.resume) atomic_store(&ag.cur->cancel, TRAIN_CANCEL);
-                else atomic_compare_exchange_strong(&ag.cur->cancel, &go, TRAIN_SUSPEND);
+            for (int i = 0; i < ag.n_jobs; i++) {
+                job *j = ag.jobs[i];
+                int go = TRAIN_GO;
+                if (strcmp(j->id, m.job_id)) continue;
+                if (!m.resume) atomic_store(&j->cancel, TRAIN_CANCEL);
+                else atomic_compare_exchange_strong(&j->cancel, &go, TRAIN_SUSPEND);
             }
         } else if (m.type == MSG_ACK) {
             on_ack(&ag, m.seq);
@@ -527,10 +691,9 @@ int agent_run(const agent_opts *o, lr_err *err) {
         json_decref(f);
     }
 out:
-    if (ag.cur) {
-        atomic_store(&ag.cur->cancel, TRAIN_CANCEL);
-        join_job(&ag);
-    }
+    for (int i = 0; i < ag.n_jobs; i++) atomic_store(&ag.jobs[i]->cancel, TRAIN_CANCEL);
+    if (ag.pack_started) pthread_join(ag.pack_thread, NULL); /* its jobs stop at their next check */
+    while (ag.n_jobs > 0) join_job(&ag, ag.n_jobs - 1);
     agent_rank_quit(o->dist);
     if (ag.fd >= 0) close(ag.fd);
     if (ag.link_fd >= 0) { /* the relay sends what the agent wrote, then sees it closed */
@@ -545,6 +708,7 @@ out:
     pthread_mutex_destroy(&ag.alock);
     pthread_mutex_destroy(&ag.wlock);
     pthread_mutex_destroy(&ag.plock);
+    pthread_mutex_destroy(&ag.qlock);
     return rc;
 }
 
@@ -556,13 +720,16 @@ static long num_arg(const char *v, long lo, long hi) {
 }
 
 int cmd_agent(int argc, char **argv) {
-    agent_opts o = {.name = NULL, .backend = "cpu", .heartbeat_s = 2, .run = job_run};
+    agent_opts o = {.name = NULL, .backend = "cpu", .heartbeat_s = 2, .run = job_run, .pack_max = 4};
     static const char usage[] =
         "usage: lora-worker agent --socket PATH [--name N] [--backend cpu|cuda:N] [--threads N] [--heartbeat SECONDS]\n"
-        "         (started by lorad on its own machine)\n"
+        "         [--pack-max N] (started by lorad on its own machine)\n"
         "       lora-worker agent --connect https://HOST:PORT --token TOKEN [--ca FILE] [--data-dir DIR]\n"
         "         [--shared-fs] [--once] [--name N] [--device cpu|cuda:N] [--threads N] [--heartbeat SECONDS]\n"
-        "         (a remote worker; the token may come from LORA_WORKER_TOKEN instead)\n";
+        "         (a remote worker; the token may come from LORA_WORKER_TOKEN instead)\n"
+        "  --pack-max N: co-train up to N (default 4, 1 = never) plain LoRA sft jobs on the same base model in\n"
+        "  one pass (CPU, one process, files on this machine); compatible jobs lorad assigns while it trains\n"
+        "  join at the next step\n";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--shared-fs") || !strcmp(a, "--once")) {
@@ -578,6 +745,7 @@ int cmd_agent(int argc, char **argv) {
         else if (!strcmp(a, "--backend") || !strcmp(a, "--device")) o.backend = v;
         else if (!strcmp(a, "--threads")) o.threads = (int)num_arg(v, 0, 4096);
         else if (!strcmp(a, "--heartbeat")) o.heartbeat_s = (int)num_arg(v, 1, 600);
+        else if (!strcmp(a, "--pack-max")) o.pack_max = (int)num_arg(v, 1, MODEL_PACK_MAX);
         else if (!strcmp(a, "--connect")) o.connect_url = v;
         else if (!strcmp(a, "--token")) o.token = v;
         else if (!strcmp(a, "--ca")) o.ca_file = v;

@@ -1,7 +1,8 @@
 /* agent: the worker's side of the daemon socket (`lora-worker agent`).
  *
  * Connects to lorad's Unix socket, says HELLO, then serves one job at a
- * time: an ASSIGN starts the job in a thread through the run function
+ * time (or a pack of them, agent_opts.pack_max): an ASSIGN starts the job
+ * in a thread through the run function
  * (job_run), whose hooks stream metric, event and checkpoint frames; the
  * end is a DONE or FAILED frame. CANCEL makes the job stop as soon as it
  * can (train.h's TRAIN_CANCEL); CANCEL with resume (lorad's shutdown) makes
@@ -38,6 +39,14 @@ typedef struct agent_opts {
     const char *connect_url, *token, *ca_file, *data_dir;
     int shared_fs, once;
     struct dist *dist;    /* the ranks of this worker (worker/dist.h); NULL: one process */
+    /* Co-training (worker/pack.h): up to pack_max plain LoRA sft jobs on
+     * one base model train in one pass (0 or 1: one job at a time). An
+     * ASSIGN while jobs run joins their pack at its next step when it fits
+     * (pack_compatible, room), else it is answered FAILED LR_E_BUSY (lorad
+     * requeues it); each job keeps its own frames, heartbeat (with the
+     * pack) and cancel. HELLO says pack_max, or 1 where packing cannot run
+     * (a GPU, several ranks, files copied from a remote lorad). */
+    int pack_max;
 } agent_opts;
 
 /* Returns when the daemon closes the connection (0) or on a protocol or

@@ -1,6 +1,7 @@
 /* pack: several LoRA jobs on one base model in lockstep (see pack.h). */
 #include "worker/pack.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -112,6 +113,12 @@ int pack_add(pack *p, const jobspec *spec, const train_paths *paths, const train
         return 0;
     }
     p->mem[p->n++] = (member){T, spec, ended, tag, 0, 0, TRAIN_DONE};
+    if (p->n > 1 && hooks && hooks->event) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "co-training: from its next step this job shares each pass over the base model with %d other job%s",
+                 p->n - 1, p->n > 2 ? "s" : "");
+        hooks->event(hooks->ud, "info", msg);
+    }
     return 0;
 }
 
