@@ -3,6 +3,7 @@
 #include "common/buf.h"
 #include "tests/unit/test.h"
 #include "formats/data.h"
+#include "worker/batch.h"
 
 static int validate(const char *s, data_report *r) {
     lr_err e = {0};

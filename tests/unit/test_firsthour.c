@@ -21,6 +21,7 @@
 #include "proto/jsonfmt.h"
 #include "worker/commands.h"
 #include "formats/data.h"
+#include "worker/batch.h"
 #include "worker/model.h"
 #include "formats/tok.h"
 
