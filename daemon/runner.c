@@ -1,3 +1,7 @@
+/* runner.c: the children lorad runs outside the scheduler (daemon/runner.h).
+ * Why this file is long: the generation servers with their queue and slots,
+ * the generation requests and the merges share one layer of child
+ * processes with captured output and one lock over the slots. */
 #include "daemon/runner.h"
 
 #include <dirent.h>
@@ -613,9 +617,10 @@ static json_t *final_object(runner_stream *st, json_t *line) {
     atomic_fetch_add(&r->loads, (unsigned long long)loaded);
     atomic_fetch_add(&r->unloads, (unsigned long long)json_integer_value(json_object_get(line, "evicted")));
     json_t *text = json_object_get(line, "text"), *stop = json_object_get(line, "stop");
-    return json_pack("{s:O, s:I, s:O, s:I, s:f, s:b}", "text", json_is_string(text) ? text : json_string(""),
-                     "tokens", json_integer_value(json_object_get(line, "tokens")), "stop",
-                     json_is_string(stop) ? stop : json_string("length"), "prompt_tokens",
+    return json_pack("{s:o, s:I, s:o, s:I, s:f, s:b}", "text",
+                     json_is_string(text) ? json_incref(text) : json_string(""), "tokens",
+                     json_integer_value(json_object_get(line, "tokens")), "stop",
+                     json_is_string(stop) ? json_incref(stop) : json_string("length"), "prompt_tokens",
                      json_integer_value(json_object_get(line, "prompt_tokens")), "seconds", now_mono() - st->t0,
                      "model_loaded", (int)loaded);
 }

@@ -4,6 +4,9 @@
  * (tokenizer.json, or vocab.json + merges.txt with their side files) into
  * struct tok; tok_encode.c runs the pipeline below and decodes; bpe_train.c
  * trains a byte-level BPE (tok_train_bytelevel).
+ * Why this file is long: tokenizer.json's models, normalizers,
+ * pre-tokenizers, decoders, post-processors and added tokens are all parsed
+ * here into struct tok: one parser for one file format.
  *
  * Pipeline of an encode, as HF runs it:
  *   1. invalid UTF-8 becomes U+FFFD (HF only ever sees valid str);

@@ -1,4 +1,8 @@
-/* model: HF decoders with LoRA on a kernels/ backend. */
+/* model: HF decoders with LoRA on a kernels/ backend.
+ * Why this file is long: loading (also 4-bit), LoRA and DoRA, full
+ * fine-tuning, the activation plan, forward and backward, co-training and
+ * the reference passes all work on the model struct's private layout
+ * (worker/model_impl.h); decoding's KV cache is model_decode.c. */
 #include "worker/model.h"
 #include "worker/model_impl.h"
 

@@ -8,6 +8,9 @@
  *  - the learning rate of optimizer step s (counting from 0) is
  *    lr * lambda(s), lambda as transformers' get_*_schedule_with_warmup;
  *  - logged "loss" is the mean of the step losses since the last log.
+ * Why this file is long: the loop, its methods, evaluation, stopping rules,
+ * checkpoints, the run log and co-training's step parts all work on the
+ * one trainer struct of a run (the data side is worker/batch.c).
  * Methods (method.type):
  *  - sft: the loss above; also logs train_accuracy, the share of the step's
  *    trained tokens whose argmax logit is the target (TRL's

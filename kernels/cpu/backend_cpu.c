@@ -13,7 +13,10 @@
  * the whole backend, lets attention call sgemm from inside a parallel loop,
  * and makes every result a fixed function of the thread count. Elementwise
  * and per-row ops are OpenMP loops whose iterations are independent;
- * reductions across rows (weight gradients, sums) run in a fixed order. */
+ * reductions across rows (weight gradients, sums) run in a fixed order.
+ * Why this file is long: it is the whole CPU backend, every op of
+ * kernels/backend.h forward and backward, sharing the workspace, the gemm
+ * partitioning and the vectorized row loops; it reads op by op. */
 #include "kernels/backend.h"
 
 #include <cblas.h>

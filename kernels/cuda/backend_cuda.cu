@@ -1,4 +1,7 @@
 /* backend_cuda: the kb_backend ops on an NVIDIA GPU.
+ * Why this file is long: it is the host side of every op of
+ * kernels/backend.h (scratch layouts, launches, cuBLAS calls, deferred
+ * errors) in the one translation unit that includes the kernels.
  *
  * One stream per backend; every op is queued on it and returns at once,
  * except those that hand a value to the host (lmhead_ce, lmhead_ce_kl, sumsq,
@@ -376,6 +379,20 @@ static void cu_attn_bwd(kb_backend *be, float *dq, float *dk, float *dv, const f
                  <<<gq, ATHREADS, pl.smem_dq, c->st>>>(dq, dout, lse, di, q, k, v, ldq, ldkv, T, Hq, Hkv, D, W,
                                                         scale));
     launched(c, "attn_bwd");
+}
+
+/* Decoding runs the f32 kernel whatever the weight dtype: one row per step
+ * gives the tensor cores nothing to fill, and it keeps the CPU's numbers. */
+static void cu_attn_kv_fwd(kb_backend *be, float *out, const float *q, int ldq, const float *kc, const float *vc,
+                           int ldkv, int p0, int n, int Hq, int Hkv, int D, int window) {
+    cu_impl *c = impl_of(be);
+    cuplan_attn pl;
+    if (c->failed || attn_plan(c, 1, n, Hq, Hkv, D, &pl)) return;
+    dim3 grid(pl.q_tiles, (unsigned)Hq);
+    ATT_DISPATCH(pl.dc, attn_kv_k,
+                 <<<grid, ATHREADS, pl.smem_fwd, c->st>>>(out, q, kc, vc, ldq, ldkv, p0, n, Hq, Hkv, D,
+                                                          attn_window(window, p0 + n), 1.0f / sqrtf((float)D)));
+    launched(c, "attn_kv_fwd");
 }
 
 /* ---- elementwise ---- */
@@ -945,6 +962,9 @@ extern "C" int kb_cuda_create(int device, kb_dtype wdt, kb_backend **out, lr_err
     set_smem((const void *)attn_fwd_k<2>, c->smem_optin);
     set_smem((const void *)attn_fwd_k<4>, c->smem_optin);
     set_smem((const void *)attn_fwd_k<8>, c->smem_optin);
+    set_smem((const void *)attn_kv_k<2>, c->smem_optin);
+    set_smem((const void *)attn_kv_k<4>, c->smem_optin);
+    set_smem((const void *)attn_kv_k<8>, c->smem_optin);
     set_smem((const void *)attn_dkv_k<2>, c->smem_optin);
     set_smem((const void *)attn_dkv_k<4>, c->smem_optin);
     set_smem((const void *)attn_dkv_k<8>, c->smem_optin);
@@ -979,6 +999,7 @@ extern "C" int kb_cuda_create(int device, kb_dtype wdt, kb_backend **out, lr_err
     be->rope_bwd = cu_rope_bwd;
     be->attn_fwd = cu_attn_fwd;
     be->attn_bwd = cu_attn_bwd;
+    be->attn_kv_fwd = cu_attn_kv_fwd;
     be->swiglu_fwd = cu_swiglu_fwd;
     be->swiglu_bwd = cu_swiglu_bwd;
     be->gelu_fwd = cu_gelu_fwd;

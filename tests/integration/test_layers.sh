@@ -12,6 +12,7 @@
 #   client/   common/ proto/ formats/ client/
 # ALLOW lists "file -> header" pairs that break the rule, to shrink only: an
 # entry no longer needed fails the test. It is empty since the folder move.
+# Also: no source file over 1,000 lines without a stated reason (below).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 P=0; F=0
@@ -64,6 +65,25 @@ for layer in common proto kernels formats worker daemon client; do
     bad "$layer/ includes only from: $may" "$(printf '%s; ' "${wrong[@]}")"
   fi
 done
+
+# Long files (issue 13): a source file over LONG lines says in its first 40
+# lines why it stays whole, on a line holding "Why this file is long:".
+# Vendored and installed code (web/vendor, node_modules) is not ours.
+LONG=1000
+long=()
+while IFS= read -r f; do
+  n=$(wc -l <"$f")
+  [ "$n" -gt "$LONG" ] || continue
+  head -n 40 "$f" | grep -q "Why this file is long:" || long+=("$f ($n lines)")
+done < <(find common proto kernels formats worker daemon client web tests bench examples mk \
+           \( -name node_modules -o -path web/vendor \) -prune -o -type f \
+           \( -name '*.c' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.js' -o -name '*.mjs' -o -name '*.py' \) \
+           -print 2>/dev/null | sort)
+if [ ${#long[@]} -eq 0 ]; then
+  ok "every source file over $LONG lines says why in its top comment"
+else
+  bad "source files over $LONG lines without \"Why this file is long:\" in their first 40 lines" "$(printf '%s; ' "${long[@]}")"
+fi
 
 stale=()
 for a in ${ALLOW[@]+"${ALLOW[@]}"}; do grep -qxF "$a" "$pairs" || stale+=("$a"); done

@@ -23,7 +23,9 @@
  * grads 5e-2 with bf16 weights, and with an f16 model, which the backend
  * must then store in f16) and 50 AdamW steps whose loss curve must
  * track the CPU run's (1e-3 f32, 2e-2 bf16 per step). Each such case
- * prints "skip: no CUDA device (...)" where there is no GPU. */
+ * prints "skip: no CUDA device (...)" where there is no GPU.
+ * Why this file is long: one test per CUDA op against the CPU backend and
+ * the whole-model cases share the device and data helpers at its top. */
 #include <float.h>
 #include <stdint.h>
 
