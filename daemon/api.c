@@ -635,8 +635,12 @@ static void h_metrics(ctx *c) {
                              "# HELP lorad_gen_model_unloads_total Models they unloaded to make room (gen_cache_bytes).\n"
                              "# TYPE lorad_gen_model_unloads_total counter\nlorad_gen_model_unloads_total %llu\n"
                              "# HELP lorad_gen_server_starts_total Generation servers (lora-worker serve) started.\n"
-                             "# TYPE lorad_gen_server_starts_total counter\nlorad_gen_server_starts_total %llu\n",
-                         gs.model_loads, gs.model_unloads, gs.server_starts);
+                             "# TYPE lorad_gen_server_starts_total counter\nlorad_gen_server_starts_total %llu\n"
+                             "# HELP lorad_gen_running Generations running now (a streamed one until its last event).\n"
+                             "# TYPE lorad_gen_running gauge\nlorad_gen_running %d\n"
+                             "# HELP lorad_gen_waiting Completion requests waiting for a generation slot.\n"
+                             "# TYPE lorad_gen_waiting gauge\nlorad_gen_waiting %d\n",
+                         gs.model_loads, gs.model_unloads, gs.server_starts, gs.running, gs.waiting);
     long long disk = disk_free(c->a);
     if (disk >= 0)
         bad |= lr_buf_printf(&b, "# HELP lorad_disk_free_bytes Free space of the data directory's file system.\n"
@@ -1210,6 +1214,12 @@ static int admit(ctx *c, int n) {
     return 1;
 }
 
+/* On OpenAI's routes, OpenAI's status (validating_files, oai_job_status). */
+static json_t *ft_view(ctx *c, json_t *job) {
+    if (job && !strncmp(c->rq->path, "/v1/fine_tuning/", 16)) oai_job_status(job);
+    return job;
+}
+
 /* Adds waiting_reason: why a queued job has no worker yet, else null. */
 static json_t *job_with_wait(ctx *c, json_t *job) {
     char why[400];
@@ -1217,7 +1227,7 @@ static json_t *job_with_wait(ctx *c, json_t *job) {
                *st = json_string_value(json_object_get(job, "status"));
     int waits = dev && st && !strcmp(st, "queued") && workers_wait_reason(c, dev, why, sizeof why);
     if (job) json_object_set_new(job, "waiting_reason", waits ? json_string(why) : json_null());
-    return job;
+    return ft_view(c, job);
 }
 
 /* What "auto" needs to know: the training file's rows and the model's
@@ -1377,7 +1387,7 @@ static void h_job_cancel(ctx *c) {
         return;
     }
     if (running) wake(c);
-    reply(c, store_job_get(c->st, c->p[0], &e), &e);
+    reply(c, ft_view(c, store_job_get(c->st, c->p[0], &e)), &e);
 }
 
 /* The job must exist, and be one the caller may see, before any of its
@@ -2102,7 +2112,10 @@ static void h_ft_list(ctx *c) {
     }
     json_t *j;
     size_t i;
-    json_array_foreach(json_object_get(l, "data"), i, j) relative_paths(c, json_object_get(j, "error"), "message");
+    json_array_foreach(json_object_get(l, "data"), i, j) {
+        relative_paths(c, json_object_get(j, "error"), "message");
+        ft_view(c, j);
+    }
     set_json(c->rs, 200, l);
 }
 
@@ -2117,7 +2130,7 @@ static void pause_or_resume(ctx *c, int pause) {
         return;
     }
     if (running || !pause) wake(c);
-    reply(c, store_job_get(c->st, c->p[0], &e), &e);
+    reply(c, ft_view(c, store_job_get(c->st, c->p[0], &e)), &e);
 }
 
 static void h_job_pause(ctx *c) { pause_or_resume(c, 1); }

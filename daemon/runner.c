@@ -797,6 +797,8 @@ void runner_stats(runner *r, runner_gen_stats *st) {
     st->model_loads = atomic_load(&r->loads);
     st->model_unloads = atomic_load(&r->unloads);
     st->server_starts = atomic_load(&r->server_starts);
+    st->running = atomic_load(&r->generations);
+    st->waiting = atomic_load(&r->gen_waiting);
 }
 
 /* ---- merge ---- */

@@ -102,6 +102,7 @@ typedef struct runner_gen_stats {
     unsigned long long model_loads;   /* models the servers loaded for a request */
     unsigned long long model_unloads; /* models they unloaded to make room */
     unsigned long long server_starts; /* lora-worker serve processes started */
+    int running, waiting;             /* generations now, and requests waiting for a slot */
 } runner_gen_stats;
 void runner_stats(runner *r, runner_gen_stats *st);
 
