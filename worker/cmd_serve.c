@@ -82,7 +82,8 @@ static void usage(FILE *f) {
             "  Answers generation requests, one JSON object per stdin line, with JSON lines on stdout\n"
             "  (lorad starts this; see the top of worker/cmd_serve.c for the fields). Loaded models stay\n"
             "  in memory, least recently used unloaded first past --max-bytes (default 4G; K, M, G).\n"
-            "  --backend auto: cuda:0 when this build has CUDA and a usable device, else cpu.\n");
+            "  --backend auto: cuda:0 when this build has CUDA and a usable device, else cpu. On a GPU\n"
+            "  the budget is at most 80%% of the device memory free at start.\n");
 }
 
 /* ---- answers ---- */
@@ -464,11 +465,18 @@ static int parse_size(const char *s, size_t *out) {
     return 0;
 }
 
+/* auto: cuda:0 when there is a usable one. On a GPU the models live in
+ * device memory, so the budget is also held to 80% of what the device has
+ * free now (lorad's gen_cache_bytes is sized from host memory). */
 static void pick_backend(server *sv, const char *want) {
-    kb_cuda_device d;
+    kb_cuda_device d[8];
     lr_err e = {0};
+    int n = strcmp(want, "cpu") ? kb_cuda_devices(d, 8, &e) : 0, dev = 0;
     if (strcmp(want, "auto")) snprintf(sv->backend, sizeof sv->backend, "%s", want);
-    else snprintf(sv->backend, sizeof sv->backend, "%s", kb_cuda_devices(&d, 1, &e) > 0 && d.usable ? "cuda:0" : "cpu");
+    else snprintf(sv->backend, sizeof sv->backend, "%s", n > 0 && d[0].usable ? "cuda:0" : "cpu");
+    if (!strncmp(sv->backend, "cuda:", 5)) dev = atoi(sv->backend + 5);
+    if (strcmp(sv->backend, "cpu") && dev >= 0 && dev < n && dev < 8 && d[dev].free_bytes / 10 * 8 < sv->max_bytes)
+        sv->max_bytes = d[dev].free_bytes / 10 * 8;
 }
 
 int cmd_serve(int argc, char **argv) {
