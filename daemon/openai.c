@@ -263,6 +263,15 @@ void oai_job_complete(json_t *job, int64_t now) {
     json_object_set_new(job, "estimated_finish", eta);
 }
 
+void oai_job_status(json_t *job) {
+    const char *status = json_string_value(json_object_get(job, "status"));
+    json_t *mt = json_object_get(json_object_get(json_object_get(job, "spec"), "method"), "type");
+    int64_t total = json_integer_value(json_object_get(json_object_get(job, "progress"), "total_steps"));
+    if (!status || strcmp(status, "running") || total > 0) return;
+    if (json_is_string(mt) && !strcmp(json_string_value(mt), jobspec_method_name(METHOD_EVAL))) return;
+    json_object_set_new(job, "status", json_string("validating_files"));
+}
+
 int oai_results_file_id(const char *job_id, char *out, size_t cap) {
     if (strncmp(job_id, "ftjob-", 6)) return -1;
     return snprintf(out, cap, "file-results-%s", job_id + 6) < (int)cap ? 0 : -1;

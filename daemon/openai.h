@@ -54,6 +54,14 @@ json_t *oai_job_record(const jobspec *s, const json_t *meta, const char *job_id,
  * runs, organization_id, result_files, trained_tokens. (A job created
  * before the record, migration 0007, has no training_file, seed...) */
 void oai_job_complete(json_t *job, int64_t now);
+/* OpenAI's status on its routes (/v1/fine_tuning/jobs): a running job is
+ * "validating_files" until its worker reports the run's plan (a total step
+ * count), which it does once the model is loaded and the files are
+ * tokenized with its tokenizer and chat template (rows past max_seq_len,
+ * none left, a template that fails them: the job fails there). Upload and
+ * create check everything else at once (400s), so a job is queued first.
+ * lorad's own routes keep "running"; an eval job (no steps) too. */
+void oai_job_status(json_t *job);
 
 /* A succeeded job's results file (OpenAI's result_files): a CSV of its
  * logged metrics, made when read; its id is "file-results-<hex>" for job

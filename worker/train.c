@@ -1010,6 +1010,9 @@ static int trainer_open(trainer *T, const train_opts *opts, train_outcome *outco
     if (!resumed)
         ev(T, "info", "training on %zu rows (%zu held out) for %" PRId64 " steps, %zu %s parameters%s", T->ds.n_train,
            T->ds.n_val, T->total_steps, T->numel, model_is_full(T->m) ? "model" : "LoRA", ranks);
+    /* the plan before the first step: for lorad, the files passed tokenizing
+     * (OpenAI's validating_files ends, daemon/openai.h) */
+    if (T->hooks->progress) T->hooks->progress(T->hooks->ud, T->step, T->total_steps, T->epoch_f);
     T->t_setup = now_s();
     T->t_train_start = T->t_setup;
     dist_reset_seconds(T->d);

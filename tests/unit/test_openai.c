@@ -109,6 +109,29 @@ TEST(job_record_and_state_fields) {
     json_decref(meta);
 }
 
+/* validating_files: running with no plan from the worker yet (not an eval
+ * job, which has none); running with one, queued and the rest unchanged. */
+TEST(validating_files_until_the_worker_reports_its_plan) {
+    static const struct {
+        const char *status, *method;
+        int total;
+        const char *want;
+    } cases[] = {
+        {"running", "sft", 0, "validating_files"}, {"running", "dpo", 0, "validating_files"},
+        {"running", "sft", 12, "running"},         {"running", "eval", 0, "running"},
+        {"queued", "sft", 0, "queued"},            {"failed", "sft", 0, "failed"},
+        {"paused", "sft", 0, "paused"},            {"succeeded", "sft", 12, "succeeded"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *job = json_pack("{s:s, s:{s:{s:s}}, s:{s:i, s:i}}", "status", cases[i].status, "spec", "method",
+                                "type", cases[i].method, "progress", "step", 0, "total_steps", cases[i].total);
+        oai_job_status(job);
+        CHECKF(!strcmp(json_string_value(json_object_get(job, "status")), cases[i].want), "%s %s total %d: %s",
+               cases[i].status, cases[i].method, cases[i].total, json_string_value(json_object_get(job, "status")));
+        json_decref(job);
+    }
+}
+
 TEST(model_names) {
     char id[64];
     int64_t step;
