@@ -465,6 +465,15 @@ static int parse_size(const char *s, size_t *out) {
     return 0;
 }
 
+static int parse_threads(const char *s, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < 0 || v > 1024) return -1;
+    *out = (int)v;
+    return 0;
+}
+
 /* auto: cuda:0 when there is a usable one. On a GPU the models live in
  * device memory, so the budget is also held to 80% of what the device has
  * free now (lorad's gen_cache_bytes is sized from host memory). */
@@ -484,7 +493,6 @@ int cmd_serve(int argc, char **argv) {
     const char *backend = "auto";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        char *end;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
@@ -493,11 +501,11 @@ int cmd_serve(int argc, char **argv) {
             fprintf(stderr, "serve: %s needs a value (see --help)\n", a);
             return 1;
         }
-        if (!strcmp(a, "--backend") && (!strcmp(v, "auto") || !strcmp(v, "cpu") || !strncmp(v, "cuda", 4)))
-            backend = v;
-        else if (!strcmp(a, "--max-bytes") && !parse_size(v, &sv.max_bytes)) {
-        } else if (!strcmp(a, "--threads") && (sv.threads = (int)strtol(v, &end, 10)) >= 0 && !*end && end != v) {
-        } else {
+        int bad = 1;
+        if (!strcmp(a, "--backend")) bad = strcmp(v, "auto") && strcmp(v, "cpu") && strncmp(v, "cuda", 4), backend = v;
+        else if (!strcmp(a, "--max-bytes")) bad = parse_size(v, &sv.max_bytes);
+        else if (!strcmp(a, "--threads")) bad = parse_threads(v, &sv.threads);
+        if (bad) {
             fprintf(stderr, "serve: bad option or value: %s %s (see --help)\n", a, v);
             return 1;
         }
