@@ -31,6 +31,15 @@ static double mono(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* CPU seconds of all the process's threads: on a shared machine a step's
+ * CPU time moves less with the load than its wall time (with
+ * OMP_WAIT_POLICY=passive, so that waiting threads do not spin). */
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static double peak_rss_mb(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -268,7 +277,9 @@ static void usage(FILE *f) {
                "       lora-worker bench --sgemm N [--threads N] [--kernel NAME|all]\n"
                "Times LoRA training steps (all linear layers, random tokens) and prints one JSON line:\n"
                "tokens_per_s, step_s (median), gflops (flops/token = 4 x matmul weights incl. lm_head\n"
-               "+ 6 x layers x heads x head_dim x (T+1)), peak_rss_mb, loss, the sgemm kernel.\n"
+               "+ 6 x layers x heads x head_dim x (T+1)), peak_rss_mb, loss, the sgemm kernel;\n"
+               "step_s_best (the fastest step: on a shared machine the least disturbed) and step_cpu_s\n"
+               "(median CPU seconds of all threads; with OMP_WAIT_POLICY=passive, the work itself).\n"
                "--kernel: auto (default: the engine's choice), default (OpenBLAS's own choice at load),\n"
                "an OpenBLAS core type (SkylakeX, Haswell, ...), reference; with --sgemm, all (default)\n"
                "times every kernel this CPU runs, one JSON line each.\n"
@@ -354,7 +365,7 @@ int cmd_bench(int argc, char **argv) {
     am = be->alloc(be, n * sizeof(float));
     av = be->alloc(be, n * sizeof(float));
     ids = malloc((size_t)B * T * sizeof *ids);
-    times = calloc((size_t)steps, sizeof *times);
+    times = calloc(2 * (size_t)steps, sizeof *times); /* wall, then CPU seconds */
     if (!am || !av || !ids || !times) {
         lr_errp(&err, LR_E_NOMEM, NULL, "out of memory");
         goto done;
@@ -365,7 +376,7 @@ int cmd_bench(int argc, char **argv) {
     model_set_train(m, 1, 1);
     double loss = 0;
     for (int s = 0; s <= steps; s++) { /* step 0 warms up */
-        double t = mono(), ls;
+        double t = mono(), c0 = cpu_s(), ls;
         int64_t nt_;
         model_zero_grad(m);
         if (model_fwd_bwd(m, ids, ids, B, T, 1.0f / (float)(B * (T - 1)), &ls, &nt_, &err)) goto done;
@@ -373,14 +384,15 @@ int cmd_bench(int argc, char **argv) {
         be->adamw(be, model_params(m), model_grads(m), am, av, n, &hp);
         be->download(be, &loss, &loss, 0); /* a sync point on devices */
         loss = ls / (double)nt_;
-        if (s > 0) times[s - 1] = mono() - t;
+        if (s > 0) times[s - 1] = mono() - t, times[steps + s - 1] = cpu_s() - c0;
         if (s == 0) { /* the warm-up step is not profiled */
             memset(prof, 0, sizeof prof);
             prof_n = 0;
         }
     }
     qsort(times, (size_t)steps, sizeof *times, cmp_d);
-    double step_s = times[steps / 2];
+    qsort(times + steps, (size_t)steps, sizeof *times, cmp_d);
+    double step_s = times[steps / 2], best_s = times[0], cpu_step_s = times[steps + steps / 2];
     double flops_tok = 4.0 * matmul_weights(cfg) + 6.0 * cfg->n_layers * cfg->n_heads * (double)cfg->head_dim * (T + 1);
     char gpu[400] = ""; /* on a GPU: its name, peak memory and MFU (over the dense bf16 peak) */
     kb_cuda_mem mi;
@@ -396,10 +408,10 @@ int cmd_bench(int argc, char **argv) {
         snprintf(quant, sizeof quant, ", \"quant\": \"%s\", \"quant_mb\": %.1f, \"quant_f32_mb\": %.1f", kq_type_name(qt),
                  qb / 1048576.0, qf / 1048576.0);
     printf("{\"backend\": \"%s\", \"batch\": %d, \"seq\": %d, \"tokens_per_s\": %.1f, \"step_s\": %.4f, "
-           "\"gflops\": %.2f, \"flops_per_token\": %.4g, \"peak_rss_mb\": %.0f, \"lora_params\": %zu, \"loss\": %.4f, "
-           "\"kernel\": \"%s\", \"compute_dtype\": \"%s\"%s%s}\n",
-           be->name, B, T, B * T / step_s, step_s, flops_tok * B * T / step_s / 1e9, flops_tok, peak_rss_mb(), n, loss,
-           be->host_memory ? kg_current()->name : "cuBLAS",
+           "\"step_s_best\": %.4f, \"step_cpu_s\": %.4f, \"gflops\": %.2f, \"flops_per_token\": %.4g, "
+           "\"peak_rss_mb\": %.0f, \"lora_params\": %zu, \"loss\": %.4f, \"kernel\": \"%s\", \"compute_dtype\": \"%s\"%s%s}\n",
+           be->name, B, T, B * T / step_s, step_s, best_s, cpu_step_s, flops_tok * B * T / step_s / 1e9, flops_tok,
+           peak_rss_mb(), n, loss, be->host_memory ? kg_current()->name : "cuBLAS",
            model_bf16(m) || be->weight_dtype == KB_BF16 ? "bf16" : be->weight_dtype == KB_F16 ? "f16" : "f32", gpu,
            quant);
     if (profile) {
