@@ -279,10 +279,11 @@ int model_head(model *m, const float *hidden, int n, float *logits, lr_err *err)
 /* Both: the logits [T, V] of every position of one sequence. */
 int model_logits(model *m, const int32_t *ids, int T, float *logits, lr_err *err) LR_WARN_UNUSED;
 
-/* A KV cache for decoding: keys (after RoPE) and values of every layer for
- * up to max_len positions, plus the scratch to run new tokens. Needs a
- * host-memory backend (cpu). Attach or load adapters before making it (its
- * scratch fits the rank in use then). */
+/* A KV cache for decoding (worker/model_decode.c): keys (after RoPE) and
+ * values of every layer for up to max_len positions, plus the scratch to
+ * run new tokens, in the model's backend memory (any backend). Tokens run
+ * through the training forward's layer code. Attach or load adapters
+ * before making it (its scratch fits the rank in use then). */
 typedef struct model_kv model_kv;
 int model_kv_new(model *m, int max_len, model_kv **out, lr_err *err) LR_WARN_UNUSED;
 void model_kv_free(model_kv *kv);
@@ -292,10 +293,10 @@ void model_kv_reset(model_kv *kv);
 int model_kv_len(const model_kv *kv);
 int model_kv_cap(const model_kv *kv);
 model *model_kv_model(const model_kv *kv);
-/* Appends n tokens at the next positions. On an empty cache they run as
- * one causal block (the prefill), otherwise one at a time. logits (may be
- * NULL) receives [V] for the last token, or [n, V] for all of them with
- * all_logits. */
+/* Appends n tokens at the next positions, run as one block (causal among
+ * themselves, attending to the cached positions): a prompt at once, then a
+ * token per decoding step. logits (may be NULL) receives [V] for the last
+ * token, or [n, V] for all of them with all_logits. */
 int model_kv_append(model_kv *kv, const int32_t *ids, int n, float *logits, int all_logits,
                     lr_err *err) LR_WARN_UNUSED;
 

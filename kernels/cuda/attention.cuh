@@ -28,19 +28,19 @@ __device__ __forceinline__ void load_tile(float *dst, int lds, const float *src,
  * query i sees keys (i - W, i]. Tile rows past T (padding) see nothing. */
 __device__ __forceinline__ bool attn_sees(int qi, int kj, int T, int W) { return qi < T && kj <= qi && qi - kj < W; }
 
-/* Forward: grid (q tiles, B*Hq). Shared: Q [AR][D], K [AR][D+1], V [AR][D]. */
+/* The forward of one block's AR query rows q0.. of one head: rows 0..nq-1
+ * of q (row i at position p0 + i) against keys and values of positions
+ * 0..p0+nq-1 (kb, vb at position 0); out rows ob + i * ldo, lse[i] when lse
+ * is not NULL. attn_fwd_k runs it with p0 = 0, nq = T; attn_kv_k from the
+ * cache's p0, so a prefill computes what the training forward computes.
+ * Shared: Q [AR][D], K [AR][D+1], V [AR][D]. */
 template <int DC>
-__global__ void __launch_bounds__(ATHREADS) attn_fwd_k(float *out, float *lse, const float *q, const float *k,
-                                                       const float *v, int ldq, int ldkv, int T, int Hq, int Hkv,
-                                                       int D, int W, float scale) {
-    CU_DYN_SMEM(float, sm);
+__device__ __forceinline__ void attn_fwd_rows(float *sm, float *ob, int ldo, float *lse, const float *qb,
+                                              const float *kb, const float *vb, int ldq, int ldkv, int q0, int nq,
+                                              int p0, int D, int W, float scale) {
     float *Qs = sm, *Ks = Qs + AR * D, *Vs = Ks + AR * (D + 1);
-    int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv);
-    int q0 = blockIdx.x * AR, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 8;
-    const float *qb = q + (size_t)b * T * ldq + (size_t)h * D;
-    const float *kb = k + (size_t)b * T * ldkv + (size_t)kvh * D;
-    const float *vb = v + (size_t)b * T * ldkv + (size_t)kvh * D;
-    load_tile(Qs, D, qb, ldq, q0, T, D);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = warp * 8, Tk = p0 + nq;
+    load_tile(Qs, D, qb, ldq, q0, nq, D);
     float m[8], l[8], o[8][DC];
 #pragma unroll
     for (int r = 0; r < 8; r++) {
@@ -50,11 +50,11 @@ __global__ void __launch_bounds__(ATHREADS) attn_fwd_k(float *out, float *lse, c
         for (int c = 0; c < DC; c++) o[r][c] = 0.0f;
     }
     /* key tiles from the one holding the tile's first row's first key */
-    int kend = min(q0 + AR, T), kbeg = max(q0 - W + 1, 0) / AR * AR;
+    int kend = min(p0 + q0 + AR, Tk), kbeg = max(p0 + q0 - W + 1, 0) / AR * AR;
     for (int k0 = kbeg; k0 < kend; k0 += AR) {
         __syncthreads();
-        load_tile(Ks, D + 1, kb, ldkv, k0, T, D);
-        load_tile(Vs, D, vb, ldkv, k0, T, D);
+        load_tile(Ks, D + 1, kb, ldkv, k0, Tk, D);
+        load_tile(Vs, D, vb, ldkv, k0, Tk, D);
         __syncthreads();
         float s[8];
 #pragma unroll
@@ -68,8 +68,8 @@ __global__ void __launch_bounds__(ATHREADS) attn_fwd_k(float *out, float *lse, c
         int kj = k0 + lane;
 #pragma unroll
         for (int r = 0; r < 8; r++) {
-            int qi = q0 + r0 + r;
-            float sv = attn_sees(qi, kj, T, W) ? s[r] * scale : -INFINITY;
+            int qi = p0 + q0 + r0 + r;
+            float sv = attn_sees(qi, kj, Tk, W) ? s[r] * scale : -INFINITY;
             float mnew = fmaxf(m[r], warp_max(sv));
             /* with a window, a row may have seen no key yet (mnew = -inf):
              * then p and alpha are 0, not exp(-inf + inf); the last tile
@@ -97,18 +97,44 @@ __global__ void __launch_bounds__(ATHREADS) attn_fwd_k(float *out, float *lse, c
             }
         }
     }
-    int ldo = Hq * D;
 #pragma unroll
     for (int r = 0; r < 8; r++) {
         int qi = q0 + r0 + r;
-        if (qi >= T) continue;
+        if (qi >= nq) continue;
         float inv = 1.0f / l[r];
-        float *orow = out + (size_t)(b * T + qi) * ldo + (size_t)h * D;
+        float *orow = ob + (size_t)qi * ldo;
 #pragma unroll
         for (int c = 0; c < DC; c++)
             if (lane + 32 * c < D) orow[lane + 32 * c] = o[r][c] * inv;
-        if (!lane) lse[(size_t)bh * T + qi] = m[r] + logf(l[r]);
+        if (lse && !lane) lse[qi] = m[r] + logf(l[r]);
     }
+}
+
+/* Forward: grid (q tiles, B*Hq). */
+template <int DC>
+__global__ void __launch_bounds__(ATHREADS) attn_fwd_k(float *out, float *lse, const float *q, const float *k,
+                                                       const float *v, int ldq, int ldkv, int T, int Hq, int Hkv,
+                                                       int D, int W, float scale) {
+    CU_DYN_SMEM(float, sm);
+    int bh = blockIdx.y, b = bh / Hq, h = bh % Hq, kvh = h / (Hq / Hkv), ldo = Hq * D;
+    attn_fwd_rows<DC>(sm, out + (size_t)b * T * ldo + (size_t)h * D, ldo, lse + (size_t)bh * T,
+                      q + (size_t)b * T * ldq + (size_t)h * D, k + (size_t)b * T * ldkv + (size_t)kvh * D,
+                      v + (size_t)b * T * ldkv + (size_t)kvh * D, ldq, ldkv, blockIdx.x * AR, T, 0, D, W, scale);
+}
+
+/* Decoding (attn_kv_fwd): n query rows at positions p0.. against the KV
+ * cache's positions 0..p0+n-1, W in 1..p0+n; grid (ceil(n / AR), Hq). A
+ * decoding step (n = 1) keeps one row of each block busy and walks the
+ * cache once per query head: enough while the cache is short; a split over
+ * key tiles (flash-decoding) is what long contexts would want. */
+template <int DC>
+__global__ void __launch_bounds__(ATHREADS) attn_kv_k(float *out, const float *q, const float *kc, const float *vc,
+                                                      int ldq, int ldkv, int p0, int n, int Hq, int Hkv, int D, int W,
+                                                      float scale) {
+    CU_DYN_SMEM(float, sm);
+    int h = blockIdx.y, kvh = h / (Hq / Hkv);
+    attn_fwd_rows<DC>(sm, out + (size_t)h * D, Hq * D, NULL, q + (size_t)h * D, kc + (size_t)kvh * D,
+                      vc + (size_t)kvh * D, ldq, ldkv, blockIdx.x * AR, n, p0, D, W, scale);
 }
 
 /* di[bh*T + t] = rowsum(dout * out) of one head: one warp per row. */
