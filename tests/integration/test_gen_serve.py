@@ -7,7 +7,9 @@ LRU under --max-bytes unloads the least recently used model and keeps what
 fits. Through lorad: two chat completions in a row on a fine-tuned model give
 the same text and the second loads nothing (lorad_gen_model_loads_total); a
 killed server is restarted and the next request succeeds; a request past
-gen_timeout_s fails with 504 and the next one succeeds. Prints the latency of
+gen_timeout_s fails with 504 and the next one succeeds; a stream's first text
+arrives while its generation runs, and a stream past the deadline ends with an
+error event. Prints the latency of
 the first (model loaded) and second (cached) chat completion."""
 import http.client, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
@@ -246,6 +248,32 @@ try:
     s5, o5, _ = chat(ft, max_tokens=4)
     R.check(s5 == 200 and text(o5) is not None, "the next chat succeeds", (s5, o5))
     R.check(metric(L, "lorad_gen_server_starts_total") == starts + 2, "... on a fresh server", starts)
+
+    # a stream sends text while the generation runs, and one past the
+    # deadline ends with an error event the SDKs raise
+    conn = http.client.HTTPConnection("127.0.0.1", L.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", json.dumps({
+        "model": "big", "max_tokens": 1024, "temperature": 0, "stream": True,
+        "messages": [{"role": "user", "content": "Tell me everything"}]}),
+        {"Authorization": "Bearer " + alice, "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    first = []
+    while not any(b'"content":"' in e and b'"content":""' not in e for e in first):
+        line = resp.readline()
+        if not line:
+            break
+        if line.startswith(b"data: "):
+            first.append(line)
+    running = metric(L, "lorad_gen_running")
+    rest = [ln for ln in resp.read().split(b"\n") if ln.startswith(b"data: ")]
+    conn.close()
+    R.check(resp.status == 200 and first and running == 1,
+            "a streamed chat's first text arrives while its generation still runs", (first, running))
+    last = json.loads(rest[-1][6:]) if rest and rest[-1] != b"data: [DONE]" else {}
+    R.check(last.get("error", {}).get("code") == "timeout" and last["error"].get("type") == "server_error",
+            "... and past gen_timeout_s it ends with an error event (code timeout)", rest[-2:])
+    s7, o7, _ = chat(ft, max_tokens=4)
+    R.check(s7 == 200 and text(o7) == text(o5), "the next chat succeeds", (s7, o7))
 finally:
     if L:
         L.cleanup()
