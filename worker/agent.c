@@ -16,6 +16,7 @@
 
 #include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/gemm_select.h"
+#include "formats/hfconfig.h"
 #include "proto/frame.h"
 #include "proto/msg.h"
 #include "proto/pack.h"
@@ -404,13 +405,38 @@ static void *pack_main(void *arg) {
     return NULL;
 }
 
-/* Whether job j may join the pack now: room left and compatible with
- * every job in it (all of ag->jobs are then the pack's). */
-static int pack_room(agent *ag, const job *j) {
+/* MemAvailable of /proc/meminfo in bytes, -1 when unknown. */
+static int64_t mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    long long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb < 0 ? -1 : (int64_t)kb * 1024;
+}
+
+#define PACK_MEM_MARGIN ((int64_t)256 << 20) /* left free besides a joining job's estimate */
+
+/* Whether job j may join the pack now: room left, compatible with every
+ * job in it (all of ag->jobs are then the pack's) and, by pack_job_bytes,
+ * memory for it. Otherwise *why says what is missing. */
+static int pack_room(agent *ag, const job *j, char *why, size_t cap) {
+    snprintf(why, cap, "worker's pack is full or trains jobs this one cannot share a pass with");
     if (ag->n_jobs >= ag->pack_max) return 0;
     for (int i = 0; i < ag->n_jobs; i++)
         if (!ag->jobs[i]->packed || !pack_compatible(&ag->jobs[i]->spec, &j->spec, NULL)) return 0;
-    return 1;
+    hf_config c;
+    char cfg[1100];
+    lr_err e = {0};
+    int64_t avail = mem_available();
+    if (avail < 0 || lr_pathf(cfg, sizeof cfg, "%s/config.json", j->model_dir) || hf_config_load(cfg, &c, &e))
+        return 1; /* nothing to plan with: the job's own setup says what is wrong */
+    int64_t need = pack_job_bytes(&j->spec, &c);
+    if (avail >= need + PACK_MEM_MARGIN) return 1;
+    snprintf(why, cap, "not enough free memory to add this job to the worker's pack (about %lld MB needed, %lld MB available)",
+             (long long)((need + PACK_MEM_MARGIN) >> 20), (long long)(avail >> 20));
+    return 0;
 }
 
 /* Hands j to the pack thread, starting one when none runs. */
@@ -475,9 +501,9 @@ static int start_job(agent *ag, const msg *m, lr_err *err) {
      * anything else runs alone on an idle worker */
     int packable = ag->pack_max > 1 && pack_compatible(&j->spec, &j->spec, NULL);
     const char *busy = NULL;
-    if (ag->n_jobs && (!packable || !pack_room(ag, j)))
-        busy = packable ? "worker's pack is full or trains jobs this one cannot share a pass with"
-                        : "worker is busy with another job";
+    char why[200];
+    if (ag->n_jobs && (!packable || !pack_room(ag, j, why, sizeof why)))
+        busy = packable ? why : "worker is busy with another job";
     int failed = busy || (packable ? pack_enqueue(ag, j) : pthread_create(&j->thread, NULL, job_main, j));
     if (failed) {
         send_locked(ag, msg_failed(m->job_id, busy ? LR_E_BUSY : LR_E_NOMEM, busy ? busy : "cannot start the job thread"));

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats/hfconfig.h"
 #include "kernels/backend.h"
 #include "proto/pack.h"
 #include "worker/model.h"
@@ -120,6 +121,17 @@ int pack_add(pack *p, const jobspec *spec, const train_paths *paths, const train
         hooks->event(hooks->ud, "info", msg);
     }
     return 0;
+}
+
+int64_t pack_job_bytes(const jobspec *s, const hf_config *c) {
+    int64_t C = c->hidden, I = c->intermediate, Qd = (int64_t)c->n_heads * c->head_dim;
+    int64_t KVd = (int64_t)c->n_kv_heads * c->head_dim, r = s->lora.r, L = c->n_layers;
+    int64_t rows = (int64_t)s->hp.batch_size * s->hp.max_seq_len;
+    /* r (in + out) over q, k, v, o, gate, up, down; params, grads, 2 moments */
+    int64_t lora = 4 * L * r * (7 * C + 2 * Qd + 2 * KVd + 3 * I);
+    /* per row and layer: input, 2 norms, q k v, attention, mid, 2 MLP, LoRA inputs; then the shared scratch */
+    int64_t act = rows * (L * (5 * C + 2 * Qd + 2 * KVd + 2 * I + 7 * r) + 6 * C + 4 * I + Qd + 2 * KVd);
+    return (lora + act) * (int64_t)sizeof(float);
 }
 
 int pack_jobs(const pack *p) { return p->n; }

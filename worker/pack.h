@@ -22,6 +22,7 @@
 #include "worker/train.h"
 
 typedef struct pack pack;
+struct hf_config;
 
 /* Called once when a job leaves the pack: failed 0 with its outcome, or 1
  * with the error (its error event was sent through its hooks). */
@@ -53,6 +54,11 @@ int pack_jobs(const pack *p);
 /* A job's steps run so far with at least one other job in the pass; -1
  * when tag is not in the pack. */
 int64_t pack_packed_steps(const pack *p, const void *tag);
+/* What a job adds to a pack's memory, in bytes, an upper bound: its LoRA
+ * tensors on every linear module with their gradients and AdamW moments,
+ * and the activations of its micro-batch (batch_size x max_seq_len rows,
+ * no recompute); the base model is the pack's, counted once. */
+int64_t pack_job_bytes(const jobspec *spec, const struct hf_config *c);
 /* Whether this backend can co-train at all (the CPU can; a GPU build of
  * lora-worker refuses with a message). */
 int pack_supported(const char *backend, lr_err *err);
