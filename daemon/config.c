@@ -64,6 +64,7 @@ static const key_def keys[] = {
     {"packing", K_STR, S(packing), 0, 0, "auto", "auto: a worker that offers room (lora-worker agent --pack-max) co-trains queued jobs on the same base model, dtype and device in one pass, in the queue's order (a job opts out with resources.co_train: false); off: one job per worker"},
     {"pack_max_jobs", K_INT, I(pack_max_jobs), 1, CONFIG_MAX_PACK, "4", "most jobs that share one worker pass (the worker's own limit may be lower)"},
     {"gen_cache_bytes", K_SIZE, I(gen_cache_bytes), 0, 1LL << 50, "0", "memory the generation servers (lora-worker serve, one per generation slot, sharing it) keep loaded models in between chat/completions requests, least recently used unloaded first (0 = half the memory free at start)"},
+    {"gen_backend", K_STR, S(gen_backend), 0, 0, "auto", "where the generation servers run: auto (cuda:0 when lora-worker has CUDA and a usable GPU, else cpu), cpu, or cuda:N (cpu keeps a GPU that trains free)"},
     {"gen_timeout_s", K_INT, I(gen_timeout_s), 1, 3600, "110", "a generation (chat/completions, side-by-side) past this fails with 504 and its generation server is restarted"},
     {"restart_backoff_max_s", K_INT, I(restart_backoff_max_s), 1, 3600, "30", "longest wait before restarting a crashed worker"},
 };
@@ -256,6 +257,14 @@ static void default_path(char *dst, size_t cap, const char *rel, const char *sys
     snprintf(dst, cap, "%s", sys);
 }
 
+/* cuda:N, N a device index */
+static int cuda_name_ok(const char *s) {
+    char *end;
+    if (strncmp(s, "cuda:", 5)) return 0;
+    long d = strtol(s + 5, &end, 10);
+    return end != s + 5 && !*end && d >= 0 && d <= 64;
+}
+
 int config_finish(lorad_config *c, lr_err *err) {
     if (!c->web_dir[0]) default_path(c->web_dir, sizeof c->web_dir, "web", "/usr/share/lorad/web");
     if (!c->migrations_dir[0])
@@ -270,6 +279,10 @@ int config_finish(lorad_config *c, lr_err *err) {
         return lr_errp(err, LR_E_INVALID, "heartbeat_timeout_s", "heartbeat_timeout_s must be longer than heartbeat_interval_s");
     if (strcmp(c->packing, "auto") && strcmp(c->packing, "off"))
         return lr_errp(err, LR_E_INVALID, "packing", "packing must be auto or off, not '%s'", c->packing);
+    if (strcmp(c->gen_backend, "auto") && strcmp(c->gen_backend, "cpu") && strcmp(c->gen_backend, "cuda") &&
+        !cuda_name_ok(c->gen_backend))
+        return lr_errp(err, LR_E_INVALID, "gen_backend", "gen_backend must be auto, cpu or cuda:N, not '%s'",
+                       c->gen_backend);
     if (strcmp(c->visibility, "team") && strcmp(c->visibility, "private"))
         return lr_errp(err, LR_E_INVALID, "visibility", "visibility must be team or private, not '%s'", c->visibility);
     if (!c->tls_cert[0] != !c->tls_key[0])

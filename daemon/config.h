@@ -47,6 +47,7 @@ typedef struct lorad_config {
     int restart_backoff_max_s;
     long long gen_cache_bytes;  /* loaded models of the generation servers; 0 = half the free memory */
     int gen_timeout_s;          /* one generation's time limit */
+    char gen_backend[32];       /* lora-worker serve --backend: auto, cpu, cuda:N */
     char worker_listen[128];    /* remote workers' ADDR:PORT, "" = none (daemon/remote.h) */
     char tls_cert[1024], tls_key[1024]; /* "" = plain TCP, loopback only */
     /* Slurm executor (daemon/slurm.h); slurm_devices "" = off */

@@ -319,7 +319,7 @@ static int cmd_serve(const lorad_config *c) {
     runner_config rconf = {.worker_bin = c->worker_bin, .data_dir = c->data_dir, .db_path = db,
                          .max_generations = max_gen, .gen_timeout_s = c->gen_timeout_s, .gen_threads = GEN_THREADS,
                          .gen_queue = gen_queue > RUNNER_GEN_QUEUE ? RUNNER_GEN_QUEUE : gen_queue,
-                         .gen_cache_bytes = (size_t)c->gen_cache_bytes};
+                         .gen_cache_bytes = (size_t)c->gen_cache_bytes, .gen_backend = c->gen_backend};
     if (super_init(&sv, c, db, &e) || runner_new(&rconf, &rn, &e)) goto out;
     api_env env = {.cfg = c, .db = http_thread_store, .db_ud = db, .wake = super_wake, .wake_ud = sv, .runner = rn};
     a = api_new(&env);

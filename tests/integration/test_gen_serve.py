@@ -148,7 +148,7 @@ try:
     # ---- through lorad ----
     big = mkmodel("big", 4, "--layers", "8", "--hidden", "512", "--heads", "8", "--kv-heads", "8",
                   "--intermediate", "1408")
-    L = Lorad(worker, workers="cpu", extra=["--worker-threads", "1", "--gen-timeout-s", "3"])
+    L = Lorad(worker, workers="cpu", extra=["--worker-threads", "1", "--gen-timeout-s", "3", "--gen-backend", "cpu"])
     alice = L.admin("user", "add", "alice").split()[-1]
     L.admin("model", "add", "demo-tiny", a)
     L.admin("model", "add", "big", big)
