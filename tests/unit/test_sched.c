@@ -176,6 +176,7 @@ TEST(group_prefix_picks_like_whole_queue) {
     unsigned seed = 12345;
     enum { NJ = 300, NW = 6 };
     static sched_job all[NJ], sub[NJ];
+    int joins = 0; /* picks that joined a pass: the packing rounds must have some */
     for (int round = 0; round < 300; round++) {
         int nj = 1 + (int)(rnd(&seed) % NJ), nw = 1 + (int)(rnd(&seed) % NW), idle = 0;
         int packing = round % 2; /* odd rounds: workers with room for packs */
@@ -211,9 +212,15 @@ TEST(group_prefix_picks_like_whole_queue) {
         int nf = sched_pick(all, nj, w, nw, users, 4, max_per_user, fa, MAXA);
         int nsub = sched_pick(sub, ns, w, nw, users, 4, max_per_user, sa, MAXA);
         CHECKF(nf == nsub, "round %d: %d picks from the whole queue, %d from the groups", round, nf, nsub);
+        for (int i = 0; i < nf; i++) {
+            int again = !w[fa[i].worker].idle;
+            for (int k = 0; k < i; k++) again |= fa[k].worker == fa[i].worker;
+            joins += again;
+        }
         for (int i = 0; i < nf && i < nsub; i++)
             CHECKF(all[fa[i].job].seq == sub[sa[i].job].seq && fa[i].worker == sa[i].worker,
                    "round %d pick %d: job %lld on worker %d vs job %lld on worker %d", round, i,
                    (long long)all[fa[i].job].seq, fa[i].worker, (long long)sub[sa[i].job].seq, sa[i].worker);
     }
+    CHECKF(joins >= 20, "only %d joins in the packing rounds (52 when written)", joins);
 }
