@@ -63,7 +63,7 @@ try:
     ev = events(ref)
     R.check(any("(2 ranks, mpirun)" in m for m in ev) and any("on 2 ranks (MPI)" in m for m in ev),
             "its events say it ran on 2 ranks over MPI", ev[:6])
-    R.check((get(ref).get("spec") or {}).get("resources") == {"devices": 2}, "the job shows resources.devices 2",
+    R.check((get(ref).get("spec") or {}).get("resources", {}).get("devices") == 2, "the job shows resources.devices 2",
             (get(ref).get("spec") or {}).get("resources"))
     ws = L.req("GET", "/v1/workers", ta)[1]["data"]
     R.check(any("x 2 ranks" in (w.get("device") or "") for w in ws), "the worker list shows 2 ranks",

@@ -29,7 +29,8 @@ if mk.returncode:
     R.skip("daemon_train", "lora-worker mkmodel failed: " + mk.stderr.strip()[:200])
     R.finish()
 
-L = Lorad(worker, extra=["--worker-threads", "1"])
+# One job at a time: this test checks the start order; co-training has test_daemon_pack.py.
+L = Lorad(worker, extra=["--worker-threads", "1", "--packing", "off"])
 try:
     ta = L.admin("user", "add", "alice")
     tb = L.admin("user", "add", "bob")
