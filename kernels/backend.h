@@ -206,10 +206,11 @@ struct kb_backend {
      *   ce_n = -log softmax(l)[target_n], kl_n = sum_v q_v (log q_v - log p_tau_v).
      * Sets *ce_sum, *kl_sum (sums over those rows) and *n_valid; when dx !=
      * NULL, dx[N,C] is overwritten with grad_scale * d(sum_n ce_n +
-     * kl_coef * kl_n)/dx (zero on ignored rows). x_ref gets no gradient. */
-    void (*lmhead_ce_kl)(kb_backend *be, double *ce_sum, double *kl_sum, int64_t *n_valid, float *dx,
-                         const float *x, const float *x_ref, const void *W, const int32_t *targets, int N, int C,
-                         int V, float tau, float kl_coef, float grad_scale, int chunk_rows);
+     * kl_coef * kl_n)/dx (zero on ignored rows). x_ref gets no gradient.
+     * n_correct as lmhead_ce's (over the tuned logits l). */
+    void (*lmhead_ce_kl)(kb_backend *be, double *ce_sum, double *kl_sum, int64_t *n_valid, int64_t *n_correct,
+                         float *dx, const float *x, const float *x_ref, const void *W, const int32_t *targets, int N,
+                         int C, int V, float tau, float kl_coef, float grad_scale, int chunk_rows);
 
     /* Optional (NULL: the backend has no deferred failures). Ops cannot
      * return errors, so a backend whose ops can fail mid-step (device out

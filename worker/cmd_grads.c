@@ -15,7 +15,8 @@
  *  - sft: loss = mean CE over the scored targets, also "accuracy" (the
  *    share of them that are their logits' argmax);
  *  - kl_sft: loss = mean CE + lambda tau^2 mean KL(base || adapted) over the
- *    scored targets (model_fwd_bwd_kl), also "ce" and "kl" (the means);
+ *    scored targets (model_fwd_bwd_kl), also "ce" and "kl" (the means) and
+ *    "accuracy" as sft's;
  *  - dpo: rows [0, B/2) are the chosen, [B/2, B) the rejected answers;
  *    loss = mean over pairs of the sigmoid DPO loss against the base model
  *    or --reference-adapter, also "rewards/accuracy", "rewards/margin",
@@ -235,8 +236,9 @@ int cmd_grads(int argc, char **argv) {
         if (model_fwd_bwd_kl(m, ids, labels, B, T, (float)kl_lambda, (float)kl_tau, gs, &ce, &kl, &ntok, &err))
             goto fail;
         double n = ntok ? (double)ntok : 1.0;
-        printf("{\"loss\": %.9g, \"ce\": %.9g, \"kl\": %.9g, \"tokens\": %lld}\n",
-               (ce + kl_lambda * kl_tau * kl_tau * kl) / n, ce / n, kl / n, (long long)ntok);
+        printf("{\"loss\": %.9g, \"ce\": %.9g, \"kl\": %.9g, \"tokens\": %lld, \"accuracy\": %.9g}\n",
+               (ce + kl_lambda * kl_tau * kl_tau * kl) / n, ce / n, kl / n, (long long)ntok,
+               (double)model_last_correct(m) / n);
     } else {
         model_dpo_out o;
         int P = B / 2;

@@ -1,8 +1,9 @@
 /* model: HF decoders with LoRA on a kernels/ backend.
  * Why this file is long: loading (also 4-bit), LoRA and DoRA, full
  * fine-tuning, the activation plan, forward and backward, co-training and
- * the reference passes all work on the model struct's private layout
- * (worker/model_impl.h); decoding's KV cache is model_decode.c. */
+ * the reference passes all work on the model struct's private layout;
+ * decoding's KV cache is model_decode.c, which sees only model__decode
+ * and the few accessors of worker/model_impl.h. */
 #include "worker/model.h"
 #include "worker/model_impl.h"
 
@@ -108,7 +109,7 @@ struct model {
     int train;
     uint64_t seed, micro;
     int recompute; /* activation checkpointing: layers share one set of activations */
-    int64_t n_correct; /* scored targets of the last model_fwd_bwd / model_loss that were the argmax */
+    int64_t n_correct; /* scored targets of the last model_fwd_bwd(_kl) / model_loss that were the argmax */
 
     /* co-training (model_slot): while model_fwd_bwd_pack runs, the pass's
      * micro-batches, one segment per adapter (npseg 0 otherwise) */
@@ -1715,6 +1716,7 @@ int model_fwd_bwd_kl(model *m, const int32_t *ids, const int32_t *labels, int B,
     kb_backend *be = m->be;
     *ce_sum = *kl_sum = 0;
     *n_tokens = 0;
+    m->n_correct = 0;
     if (!be->lmhead_ce_kl)
         return lr_errp(err, LR_E_INVALID, "method.type", "kl_sft is not implemented by the %s backend yet", be->name);
     if (m->full) return lr_errp(err, LR_E_INVALID, "method.type", "kl_sft trains adapters, not full weights");
@@ -1726,8 +1728,8 @@ int model_fwd_bwd_kl(model *m, const int32_t *ids, const int32_t *labels, int B,
     be->zero(be, m->lnref, NC * sizeof(float)); /* a device copy from the ops there are */
     be->add(be, m->lnref, m->lnf, NC);
     forward(m, B, T);
-    be->lmhead_ce_kl(be, ce_sum, kl_sum, n_tokens, m->dln, m->lnf, m->lnref, m->lm, m->targets, B * T, c->hidden,
-                     c->vocab_size, tau, lambda * tau * tau, grad_scale, 0);
+    be->lmhead_ce_kl(be, ce_sum, kl_sum, n_tokens, &m->n_correct, m->dln, m->lnf, m->lnref, m->lm, m->targets, B * T,
+                     c->hidden, c->vocab_size, tau, lambda * tau * tau, grad_scale, 0);
     if (*n_tokens) backward(m, B, T);
     if (be->check && be->check(be, err)) return -1;
     return 0;

@@ -170,7 +170,8 @@ int model_fwd_bwd(model *m, const int32_t *ids, const int32_t *labels, int B, in
 /* The same loss without gradients (evaluation). */
 int model_loss(model *m, const int32_t *ids, const int32_t *labels, int B, int T, double *loss_sum,
                int64_t *n_tokens, lr_err *err) LR_WARN_UNUSED;
-/* Of the scored targets of the last model_fwd_bwd or model_loss, how many
+/* Of the scored targets of the last model_fwd_bwd, model_fwd_bwd_kl or
+ * model_loss, how many
  * were the argmax of their logits (torch.argmax's first of equal maxima):
  * token accuracy is this over *n_tokens. */
 int64_t model_last_correct(const model *m);

@@ -20,7 +20,8 @@
  *    of softmax(logits / kl_tau), both means over all trained tokens of the
  *    step (token-weighted like the CE), the base distribution from the same
  *    model with its adapters switched off, computed in the same step without
- *    gradient (model_fwd_bwd_kl); also logs ce_loss and kl (the means);
+ *    gradient (model_fwd_bwd_kl); also logs ce_loss and kl (the means) and
+ *    train_accuracy as sft;
  *  - dpo: micro-batches of batch_size pairs; loss = mean over the step's
  *    pairs of TRL's sigmoid DPO loss -log sigmoid(beta ((pc - rc) - (pr -
  *    rr))), sequence log-probabilities summed over the answer tokens,
@@ -210,9 +211,9 @@ static void lora_targets(const jobspec *spec, hf_arch arch, model_lora_cfg *cfg)
 /* The method's own logged values (the log_row.x columns and metrics). */
 static const char *const *extra_names(const jobspec *spec, int *n) {
     static const char *const sft[] = {"train_accuracy"}; /* scored tokens whose argmax is the target */
-    static const char *const kl[] = {"ce_loss", "kl"};
+    static const char *const kl[] = {"ce_loss", "kl", "train_accuracy"};
     static const char *const dpo[] = {"rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected"};
-    *n = spec->method.type == METHOD_KL_SFT ? 2 : spec->method.type == METHOD_DPO ? 4 : 1;
+    *n = spec->method.type == METHOD_KL_SFT ? 3 : spec->method.type == METHOD_DPO ? 4 : 1;
     return spec->method.type == METHOD_DPO ? dpo : spec->method.type == METHOD_KL_SFT ? kl : sft;
 }
 
@@ -747,6 +748,7 @@ static int step_micro(trainer *T, int k, lr_err *err) {
         r[0] = ls + coef * kl;
         r[1] = ls;
         r[2] = kl;
+        r[3] = (double)model_last_correct(T->m);
         break;
     case METHOD_DPO:
         if (model_dpo(T->m, b->ids, b->labels, b->n_examples, b->T, (float)s->method.beta, dpo_ref(T), 1,

@@ -896,26 +896,28 @@ static double cpu_lmhead_ce(kb_backend *be, int64_t *n_valid, int64_t *n_correct
 /* Two logits chunks per step (tuned and reference); the per-row work is
  * three log-sum-exps over V, in double (elem.h's lr_kl_*, shared with the CUDA
  * backend). */
-static void cpu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int64_t *n_valid, float *dx,
-                             const float *x, const float *x_ref, const void *W_, const int32_t *targets, int N,
-                             int C, int V, float tau, float kl_coef, float grad_scale, int chunk_rows) {
+static void cpu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int64_t *n_valid, int64_t *n_correct,
+                             float *dx, const float *x, const float *x_ref, const void *W_, const int32_t *targets,
+                             int N, int C, int V, float tau, float kl_coef, float grad_scale, int chunk_rows) {
     const float *W = W_;
     int nt = impl_of(be)->nt;
     int nv = 0;
     for (int n = 0; n < N; n++) nv += targets[n] != LR_IGNORE_INDEX;
     *n_valid = nv;
     *ce_sum = *kl_sum = 0;
+    if (n_correct) *n_correct = 0;
     if (dx) memset(dx, 0, (size_t)N * C * sizeof(float));
     if (!nv) return;
     int cr = chunk_rows > 0 ? chunk_rows : (int)(CE_CHUNK_FLOATS / 2u / (unsigned)V);
     if (cr < 16) cr = 16;
     if (cr > nv) cr = nv;
-    /* scratch: per-row ce and kl (double), row list, gathered x and x_ref, two logits blocks */
-    size_t need = (size_t)nv * 5 + (size_t)cr * C * 2 + (size_t)cr * V * 2;
+    /* scratch: per-row ce and kl (double), row list, argmax hit per row,
+     * gathered x and x_ref, two logits blocks */
+    size_t need = (size_t)nv * 6 + (size_t)cr * C * 2 + (size_t)cr * V * 2;
     float *ws = ws_get(be, need);
     double *cev = (double *)ws, *klv = cev + nv;
-    int *rows = (int *)(ws + (size_t)nv * 4);
-    float *xc = ws + (size_t)nv * 5, *xr = xc + (size_t)cr * C, *lg = xr + (size_t)cr * C, *lr = lg + (size_t)cr * V;
+    int *rows = (int *)(ws + (size_t)nv * 4), *hit = rows + nv;
+    float *xc = ws + (size_t)nv * 6, *xr = xc + (size_t)cr * C, *lg = xr + (size_t)cr * C, *lr = lg + (size_t)cr * V;
     int k = 0;
     for (int n = 0; n < N; n++)
         if (targets[n] != LR_IGNORE_INDEX) rows[k++] = n;
@@ -942,6 +944,7 @@ static void cpu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int
             for (int j = 0; j < V; j++) lr_kl_sums(l[j], q[j], mx, mq, itau, &s1, &st, &sq);
             double lse1 = mx + log(s1), lset = log(st), lseq = log(sq);
             cev[c0 + i] = lse1 - (double)l[tg];
+            hit[c0 + i] = l[tg] == mx && first_index_of(l, tg, mx) == tg;
             double kl = 0;
             for (int j = 0; j < V; j++) {
                 float qv;
@@ -965,6 +968,7 @@ static void cpu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int
     for (int i = 0; i < nv; i++) {
         ce += cev[i];
         kl += klv[i];
+        if (n_correct) *n_correct += hit[i];
     }
     *ce_sum = ce;
     *kl_sum = kl;

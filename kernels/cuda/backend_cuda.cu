@@ -741,12 +741,13 @@ out:
 /* ---- LM head + KL to a reference ---- */
 
 /* As lmhead_ce, with the reference rows gathered and multiplied alongside. */
-static void cu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int64_t *n_valid, float *dx,
-                            const float *x, const float *x_ref, const void *W, const int32_t *targets, int N, int C,
-                            int V, float tau, float kl_coef, float grad_scale, int chunk_rows) {
+static void cu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int64_t *n_valid, int64_t *n_correct,
+                            float *dx, const float *x, const float *x_ref, const void *W, const int32_t *targets,
+                            int N, int C, int V, float tau, float kl_coef, float grad_scale, int chunk_rows) {
     cu_impl *c = impl_of(be);
     kb_dtype dt = be->weight_dtype;
     *n_valid = 0;
+    if (n_correct) *n_correct = 0;
     *ce_sum = *kl_sum = NAN;
     if (c->failed || N <= 0) return;
     int32_t *ht;
@@ -780,7 +781,8 @@ static void cu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int6
             void *G = dx ? (dt == KB_F32 ? (void *)lg : (void *)(ws + lay.dlg)) : NULL;
             double *cec = (double *)(ws + lay.loss) + c0, *klc = (double *)(ws + lay.klv) + c0;
             const int32_t *tc = (const int32_t *)(ws + lay.tgt) + c0;
-            WDISPATCH(dt, ce_kl_rows_k<W><<<m, 1024, 0, c->st>>>(cec, klc, (W *)G, lg, lr, tc, V, itau, kc, w));
+            int32_t *hitc = n_correct ? (int32_t *)(ws + lay.hit) + c0 : NULL;
+            WDISPATCH(dt, ce_kl_rows_k<W><<<m, 1024, 0, c->st>>>(cec, klc, hitc, (W *)G, lg, lr, tc, V, itau, kc, w));
             launched(c, "lmhead_ce_kl");
             if (!dx) continue;
             float *dxc = (float *)(ws + lay.dxc);
@@ -791,6 +793,10 @@ static void cu_lmhead_ce_kl(kb_backend *be, double *ce_sum, double *kl_sum, int6
     }
     *ce_sum = sum_rows(be, ws + lay.loss, nv);
     *kl_sum = sum_rows(be, ws + lay.klv, nv);
+    if (n_correct && !c->failed) { /* the targets in ht are on the device: it takes the hits */
+        cu_download(be, ht, ws + lay.hit, (size_t)nv * sizeof(int32_t));
+        for (int i = 0; i < nv; i++) *n_correct += ht[i];
+    }
 out:
     free(ht);
     if (c->failed) *ce_sum = *kl_sum = NAN;

@@ -18,6 +18,20 @@ __global__ void scatter_k(float *dx, const float *dxc, const int32_t *rows, int 
         dx[(size_t)rows[i] * C + cc] = dxc[e];
     }
 }
+/* Whether target tg is the argmax of the row l[0..V) whose maximum is mx
+ * (the first of equal maxima, as torch.argmax), in every thread: each
+ * thread's first index holding mx, then the block's smallest as a max of
+ * -index (exact in f32: V < 2^24). Call before anything writes over l. */
+__device__ int argmax_is(const float *l, int V, float mx, int tg, float *shf) {
+    float first = -(float)V;
+    for (int j = threadIdx.x; j < V; j += blockDim.x)
+        if (l[j] == mx) {
+            first = -(float)j;
+            break;
+        }
+    return (int)-block_maxf(first, shf) == tg;
+}
+
 /* One block per row of the chunk: loss = max + log(sum exp) - logit[target]
  * (f64, as the CPU backend); with hit != NULL, hit[i] = 1 when the target
  * is the row's argmax (the first of equal maxima, as torch.argmax), else 0;
@@ -36,18 +50,9 @@ __global__ void ce_rows_k(double *loss, int32_t *hit, float *tok_loss, W *G, con
     float mx = -INFINITY;
     for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
     mx = block_maxf(mx, shf);
-    if (hit) {
-        /* each thread's first index holding the maximum, then the block's
-         * smallest as a max of -index (exact in f32: V < 2^24); G is
-         * written only after the barriers below */
-        float first = -(float)V;
-        for (int j = threadIdx.x; j < V; j += blockDim.x)
-            if (l[j] == mx) {
-                first = -(float)j;
-                break;
-            }
-        first = block_maxf(first, shf);
-        if (!threadIdx.x) hit[i] = (int)-first == tg;
+    if (hit) { /* G is written only after the barriers below */
+        int h = argmax_is(l, V, mx, tg, shf);
+        if (!threadIdx.x) hit[i] = h;
     }
     double s = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf(l[j] - mx);
@@ -68,11 +73,13 @@ __global__ void ce_rows_k(double *loss, int32_t *hit, float *tok_loss, W *G, con
 }
 
 /* One block per row of the chunk: the row's ce and kl (f64, elem.h's
- * lr_kl_*, as the CPU backend) into ce[i], kl[i]; with G != NULL, w times
- * d(ce + kl_coef kl)/dl goes to G in the weight dtype, from the logits in
- * one pass (with f32 weights G is the logits, overwritten in place). */
+ * lr_kl_*, as the CPU backend) into ce[i], kl[i], and with hit != NULL
+ * whether the target is the tuned logits' argmax, as ce_rows_k; with
+ * G != NULL, w times d(ce + kl_coef kl)/dl goes to G in the weight dtype,
+ * from the logits in one pass (with f32 weights G is the logits,
+ * overwritten in place). */
 template <typename W>
-__global__ void ce_kl_rows_k(double *ce, double *kl, W *G, const float *logits, const float *ref,
+__global__ void ce_kl_rows_k(double *ce, double *kl, int32_t *hit, W *G, const float *logits, const float *ref,
                              const int32_t *tgt, int V, double itau, double kc, float w) {
     __shared__ double shd[33];
     __shared__ float shf[33];
@@ -86,6 +93,10 @@ __global__ void ce_kl_rows_k(double *ce, double *kl, W *G, const float *logits, 
     }
     mx = block_maxf(mx, shf);
     mq = block_maxf(mq, shf);
+    if (hit) { /* before G is written */
+        int h = argmax_is(l, V, mx, tg, shf);
+        if (!threadIdx.x) hit[i] = h;
+    }
     double s1 = 0, st = 0, sq = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) lr_kl_sums(l[j], q[j], mx, mq, itau, &s1, &st, &sq);
     s1 = block_sumd(s1, shd);

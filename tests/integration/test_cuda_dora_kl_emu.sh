@@ -182,11 +182,17 @@ static void kl_case(int m, int V, int in_place) {
     auto l0 = l;
     std::vector<int32_t> tg(m);
     for (int i = 0; i < m; i++) tg[i] = i == 0 ? 0 : i == 1 ? V - 1 : (int)((i * 7919u) % (unsigned)V);
+    for (int i = 2; i < m; i++) { /* the rest: the target the argmax */
+        const float *lr = l.data() + (size_t)i * V;
+        tg[i] = (int)(std::max_element(lr, lr + V) - lr);
+    }
     std::vector<double> ce(m), kl(m);
+    std::vector<int32_t> hit(m, -1);
     std::vector<float> Gs((size_t)m * V);
     float *G = in_place ? l.data() : Gs.data();
-    launch(dim3(m), 1024, [&] { ce_kl_rows_k<float>(ce.data(), kl.data(), G, l.data(), q.data(), tg.data(), V, itau, kc, w); });
+    launch(dim3(m), 1024, [&] { ce_kl_rows_k<float>(ce.data(), kl.data(), hit.data(), G, l.data(), q.data(), tg.data(), V, itau, kc, w); });
     double ece = 0, ekl = 0, eg = 0, mg = 0;
+    int bad_hits = 0;
     for (int i = 0; i < m; i++) {
         const float *lr = l0.data() + (size_t)i * V, *qr = q.data() + (size_t)i * V;
         double s1 = 0, st = 0, sq = 0;
@@ -201,10 +207,13 @@ static void kl_case(int m, int V, int in_place) {
         }
         ece = std::max(ece, fabs(ce[i] - rce) / rce);
         ekl = std::max(ekl, fabs(kl[i] - rkl) / rkl);
+        bad_hits += hit[i] != (int)(std::max_element(lr, lr + V) - lr == tg[i]);
     }
     char what[96];
     snprintf(what, sizeof what, "ce_kl_rows_m%d_V%d%s (ce, kl rel)", m, V, in_place ? "_in_place" : "");
     report(ece < 1e-12 && ekl < 1e-9, what, ece, ekl);
+    snprintf(what, sizeof what, "ce_kl_hits_m%d_V%d%s (rows wrong)", m, V, in_place ? "_in_place" : "");
+    report(!bad_hits, what, (double)bad_hits);
     snprintf(what, sizeof what, "ce_kl_grad_m%d_V%d%s (rel)", m, V, in_place ? "_in_place" : "");
     report(eg / mg < 1e-6, what, eg / mg);
 }
@@ -252,6 +261,7 @@ int main() {
     dmag_case(300, 200); /* 3 row partials, 2 column blocks */
     dmag_case(7, 5);
     kl_case(3, 2500, 0);
+    kl_case(4, 3000, 0); /* two rows whose target is the argmax */
     kl_case(2, 700, 1); /* V below the block size; the gradient over the logits */
     printf("%d passed, %d failed, 0 skipped\n", pass, fail);
     return fail != 0;

@@ -149,7 +149,9 @@ def main():
                 check("kl_sft: loss = ce_loss + lambda tau^2 kl", worst < 1e-4, f"max diff {worst:.2e}")
             with open(os.path.join(run, "train_log.csv")) as f:
                 head = f.readline().strip()
-            check("kl_sft: train_log.csv columns", head.endswith(",ce_loss,kl"), head)
+            check("kl_sft: train_log.csv columns", head.endswith(",ce_loss,kl,train_accuracy"), head)
+            acc = [r.get("train_accuracy") for r in rows]
+            check("kl_sft: train_accuracy logged in [0, 1]", all(a is not None and 0 <= a <= 1 for a in acc), str(acc))
 
         # ---- dpo against the base model
         p, run = job(d, "dpo", "dpo.jsonl", {"type": "dpo", "beta": 0.1},

@@ -16,9 +16,10 @@ FULL_CASES are full fine-tuning (`grads --full`): the gradient of every
 base weight (embeddings, positions, norms, biases, tied or separate LM
 head) under the checkpoint's names, same tolerances.
 
-CASES also check the token accuracy `grads` reports (scored targets that
-are the argmax of their logits, as TRL's mean_token_accuracy) against
-torch.argmax, with every other label set to the reference's argmax."""
+CASES and the kl_sft cases also check the token accuracy `grads` reports
+(scored targets that are the argmax of their logits, as TRL's
+mean_token_accuracy) against torch.argmax, with every other label set to
+the reference's argmax."""
 import json
 import os
 import subprocess
@@ -279,6 +280,7 @@ def run_method_case(tmp, name, arch, kw, targets, r, alpha, opt, seed):
         ids, labels = make_batch(gen, cfg["vocab_size"])
         if method == "kl_sft":
             args += ["--kl-lambda", str(opt["lam"]), "--kl-tau", str(opt["tau"])]
+            labels, correct, near = argmax_labels(cfg, w, ref.Lora(lora, scale), ids, labels)
     bpath, gpath = os.path.join(d, "batch.json"), os.path.join(d, "grads.safetensors")
     with open(bpath, "w") as f:
         json.dump({"input_ids": ids.tolist(), "labels": labels.tolist()}, f)
@@ -313,6 +315,10 @@ def run_method_case(tmp, name, arch, kw, targets, r, alpha, opt, seed):
         tol = 1e-5 * max(1.0, abs(v)) if k != "rewards/accuracy" else 0
         if k not in out or abs(out[k] - v) > tol:
             problems.append(f"{k} {out.get(k)} vs {v:.8g}")
+    if method == "kl_sft":
+        got_correct = round(out.get("accuracy", -1.0) * n_tok)
+        if abs(got_correct - correct) > near:
+            problems.append(f"accuracy: {got_correct} of {n_tok} tokens the argmax, torch {correct}")
     if set(got) != set(params):
         problems.append(f"tensor names differ: {sorted(set(got) ^ set(params))[:4]}")
     worst, worst_name, worst_mag = 0.0, "", 0.0
@@ -336,7 +342,7 @@ def run_method_case(tmp, name, arch, kw, targets, r, alpha, opt, seed):
     if method == "dpo":
         msg += f", acc {out.get('rewards/accuracy')}, margin {out.get('rewards/margin', 0):.4g}"
     if method == "kl_sft":
-        msg += f", kl {out.get('kl', 0):.4g}"
+        msg += f", kl {out.get('kl', 0):.4g}, accuracy {correct}/{n_tok}"
     if problems:
         msg += " -- " + "; ".join(problems)
     return not problems, msg

@@ -991,16 +991,26 @@ static void kl_case(kb_dtype wdt, int chunk, double tol, double kl_tol) {
     for (int i = 0; i < N * C; i++) xr[i] += x[i];
     int32_t tg[61];
     for (int i = 0; i < N; i++) tg[i] = i % 5 == 2 ? LR_IGNORE_INDEX : (int)(lr_mix64((uint64_t)i + 7) % V);
+    for (int i = 0; i < N; i += 3) { /* a third of the targets the argmax, for the accuracy count */
+        double best = -1e30;
+        for (int v = 0; v < V && tg[i] != LR_IGNORE_INDEX; v++) {
+            double l = 0;
+            for (int k = 0; k < C; k++) l += (double)x[(size_t)i * C + k] * W[(size_t)v * C + k];
+            if (l > best) best = l, tg[i] = v;
+        }
+    }
     void *gW = put_w(g, W, (size_t)V * C);
     float *gx = put(g, x, (size_t)N * C), *gxr = put(g, xr, (size_t)N * C), *gdx = g->alloc(g, (size_t)N * C * 4);
     float *dx = calloc((size_t)N * C, 4), *h;
     int32_t *gtg = g->alloc(g, sizeof tg);
     g->upload(g, gtg, tg, sizeof tg);
-    int64_t nc = 0, ng = 0;
+    int64_t nc = 0, ng = 0, hc = -1, hg = -2;
     double cc, kc, cg, kg;
-    c->lmhead_ce_kl(c, &cc, &kc, &nc, dx, x, xr, W, tg, N, C, V, 1.5f, 0.8f, 0.25f, chunk);
-    g->lmhead_ce_kl(g, &cg, &kg, &ng, gdx, gx, gxr, gW, gtg, N, C, V, 1.5f, 0.8f, 0.25f, chunk);
+    c->lmhead_ce_kl(c, &cc, &kc, &nc, &hc, dx, x, xr, W, tg, N, C, V, 1.5f, 0.8f, 0.25f, chunk);
+    g->lmhead_ce_kl(g, &cg, &kg, &ng, &hg, gdx, gx, gxr, gW, gtg, N, C, V, 1.5f, 0.8f, 0.25f, chunk);
     CHECK_EQ_INT(ng, nc);
+    CHECKF(hc >= 8 && llabs(hg - hc) <= (wdt == KB_F32 ? 0 : 2), "correct rows %lld vs the CPU's %lld (dtype %d)",
+           (long long)hg, (long long)hc, wdt);
     CHECK(kc > 0);
     double ce_tol = wdt == KB_F32 ? 1e-5 : 1e-3;
     CHECKF(fabs(cg - cc) <= ce_tol * cc, "ce %.9g vs %.9g (dtype %d)", cg, cc, wdt);
@@ -1010,13 +1020,13 @@ static void kl_case(kb_dtype wdt, int chunk, double tol, double kl_tol) {
     for (int k = 0; k < C; k++) CHECK(h[2 * C + k] == 0.0f); /* an ignored row */
     free(h);
     /* loss only, default chunking */
-    g->lmhead_ce_kl(g, &cg, &kg, &ng, NULL, gx, gxr, gW, gtg, N, C, V, 1.5f, 0.8f, 1.0f, 0);
+    g->lmhead_ce_kl(g, &cg, &kg, &ng, NULL, NULL, gx, gxr, gW, gtg, N, C, V, 1.5f, 0.8f, 1.0f, 0);
     CHECKF(fabs(cg - cc) <= ce_tol * cc && fabs(kg - kc) <= kl_tol * kc, "loss-only ce %.9g kl %.9g", cg, kg);
     /* no valid row: zeros, dx cleared */
     for (int i = 0; i < N; i++) tg[i] = LR_IGNORE_INDEX;
     g->upload(g, gtg, tg, sizeof tg);
-    g->lmhead_ce_kl(g, &cg, &kg, &ng, gdx, gx, gxr, gW, gtg, N, C, V, 1.5f, 0.8f, 0.25f, chunk);
-    CHECK(ng == 0 && cg == 0.0 && kg == 0.0);
+    g->lmhead_ce_kl(g, &cg, &kg, &ng, &hg, gdx, gx, gxr, gW, gtg, N, C, V, 1.5f, 0.8f, 0.25f, chunk);
+    CHECK(ng == 0 && cg == 0.0 && kg == 0.0 && hg == 0);
     h = get(g, gdx, (size_t)N * C);
     double mx = 0;
     for (int i = 0; i < N * C; i++) mx = fabs(h[i]) > mx ? fabs(h[i]) : mx;

@@ -455,7 +455,8 @@ TEST(linear_dora_backward_dropout) { dora_test(0, 1, 0.3f); }
 TEST(linear_dora_backward_conv1d_dropout) { dora_test(1, 1, 0.25f); }
 
 /* The KL head: ce and kl against a direct computation, its gradient
- * against finite differences of sum ce + coef * kl, and chunking. */
+ * against finite differences of sum ce + coef * kl, chunking, and the
+ * token accuracy of the tuned logits (two targets set to the argmax). */
 typedef struct kl_ud {
     float *x, *xr, *W;
     int32_t *tg;
@@ -467,7 +468,7 @@ static void kl_fwd(fd_case *c, float *out) {
     kl_ud *u = c->ud;
     double ce, kl;
     int64_t nv;
-    be2()->lmhead_ce_kl(be2(), &ce, &kl, &nv, NULL, u->x, u->xr, u->W, u->tg, u->N, u->C, u->V, u->tau, u->coef, 0, 0);
+    be2()->lmhead_ce_kl(be2(), &ce, &kl, &nv, NULL, NULL, u->x, u->xr, u->W, u->tg, u->N, u->C, u->V, u->tau, u->coef, 0, 0);
     out[0] = (float)(ce + u->coef * kl);
 }
 
@@ -479,20 +480,31 @@ TEST(lmhead_ce_kl_backward_and_chunking) {
     kl_ud u = {rnd((size_t)N * C, 31, 1.0f), rnd((size_t)N * C, 32, 1.0f), rnd((size_t)V * C, 33, 1.0f), tg, N, C, V,
                1.7f, 0.6f};
     double ce, kl, ce2, kl2;
-    int64_t nv;
+    int64_t nv, nc = -1, want = 0;
+    for (int n = 0; n < N; n += 3) { /* rows 0 and 3: the target is the argmax */
+        double best = -1e30;
+        for (int v = 0; v < V; v++) {
+            double l = 0;
+            for (int k = 0; k < C; k++) l += (double)u.x[n * C + k] * u.W[v * C + k];
+            if (l > best) best = l, tg[n] = v;
+        }
+    }
     float *dx = malloc((size_t)N * C * 4), *dx2 = malloc((size_t)N * C * 4), R = 1.0f;
-    be->lmhead_ce_kl(be, &ce, &kl, &nv, dx, u.x, u.xr, u.W, tg, N, C, V, u.tau, u.coef, 1.0f, 0);
+    be->lmhead_ce_kl(be, &ce, &kl, &nv, &nc, dx, u.x, u.xr, u.W, tg, N, C, V, u.tau, u.coef, 1.0f, 0);
     CHECK_EQ_INT(nv, 4);
     /* by hand */
     double rce = 0, rkl = 0;
     for (int n = 0; n < N; n++) {
         if (tg[n] == LR_IGNORE_INDEX) continue;
         double l[13], q[13], s1 = 0, st = 0, sq = 0;
+        int arg = 0;
         for (int v = 0; v < V; v++) {
             l[v] = q[v] = 0;
             for (int k = 0; k < C; k++) l[v] += (double)u.x[n * C + k] * u.W[v * C + k], q[v] += (double)u.xr[n * C + k] * u.W[v * C + k];
             s1 += exp(l[v]), st += exp(l[v] / u.tau), sq += exp(q[v] / u.tau);
+            if (l[v] > l[arg]) arg = v;
         }
+        want += arg == tg[n];
         rce += log(s1) - l[tg[n]];
         for (int v = 0; v < V; v++) {
             double lq = q[v] / u.tau - log(sq), lp = l[v] / u.tau - log(st);
@@ -502,10 +514,11 @@ TEST(lmhead_ce_kl_backward_and_chunking) {
     CHECK_NEAR(ce, rce, 1e-5 * rce);
     CHECK_NEAR(kl, rkl, 1e-5 * rkl + 1e-9);
     CHECK(kl > 0);
+    CHECKF(want >= 2 && nc == want, "%lld rows the argmax, want %lld", (long long)nc, (long long)want);
     for (int i = 0; i < C; i++) CHECK(dx[1 * C + i] == 0.0f); /* an ignored row */
     fd_case c = {kl_fwd, 1, &u};
     fd_check(&c, &R, u.x, (size_t)N * C, dx, "ce+kl dx");
-    be->lmhead_ce_kl(be, &ce2, &kl2, &nv, dx2, u.x, u.xr, u.W, tg, N, C, V, u.tau, u.coef, 1.0f, 1); /* chunks of 16 rows minimum */
+    be->lmhead_ce_kl(be, &ce2, &kl2, &nv, NULL, dx2, u.x, u.xr, u.W, tg, N, C, V, u.tau, u.coef, 1.0f, 1); /* chunks of 16 rows minimum */
     CHECK_NEAR(ce2, ce, 1e-9);
     CHECK_NEAR(kl2, kl, 1e-9);
     free(u.x), free(u.xr), free(u.W), free(dx), free(dx2);
