@@ -5,7 +5,7 @@
 #include <string.h>
 
 typedef struct entry {
-    uint64_t hash;
+    uint64_t hash, epoch; /* epoch: when the key last matched */
     size_t id_len, key_len, len;
     char data[]; /* id, key, text, NUL */
 } entry;
@@ -60,20 +60,31 @@ static size_t find(const rowcache *c, const char *id, size_t id_len, uint64_t h)
     return i;
 }
 
-const char *rowcache_get(const rowcache *c, const char *id, const void *key, size_t key_len, size_t *len) {
+const char *rowcache_get(rowcache *c, const char *id, const void *key, size_t key_len, uint64_t epoch, size_t *len) {
     size_t id_len = strlen(id);
-    const entry *e = c->slot[find(c, id, id_len, fnv1a(id, id_len))];
+    entry *e = c->slot[find(c, id, id_len, fnv1a(id, id_len))];
     if (!e || e->key_len != key_len || memcmp(e->data + id_len, key, key_len)) return NULL;
+    e->epoch = epoch;
     *len = e->len;
     return e->data + id_len + key_len;
 }
 
-int rowcache_put(rowcache *c, const char *id, const void *key, size_t key_len, const char *text, size_t len) {
+const char *rowcache_get_at(const rowcache *c, const char *id, uint64_t epoch, size_t *len) {
+    size_t id_len = strlen(id);
+    const entry *e = c->slot[find(c, id, id_len, fnv1a(id, id_len))];
+    if (!e || !epoch || e->epoch != epoch) return NULL;
+    *len = e->len;
+    return e->data + id_len + e->key_len;
+}
+
+int rowcache_put(rowcache *c, const char *id, const void *key, size_t key_len, uint64_t epoch, const char *text,
+                 size_t len) {
     size_t id_len = strlen(id);
     if (key_len > SIZE_MAX / 4 || len > SIZE_MAX / 4 || id_len > SIZE_MAX / 4) return -1;
     entry *e = malloc(sizeof *e + id_len + key_len + len + 1);
     if (!e) return -1;
     e->hash = fnv1a(id, id_len);
+    e->epoch = epoch;
     e->id_len = id_len;
     e->key_len = key_len;
     e->len = len;

@@ -34,6 +34,8 @@ struct store {
     } cache[STMT_CACHE];
     int ncache;
     rowcache *items; /* the jobs list's item texts (store_jobs_list_text) */
+    uint64_t items_epoch; /* their rowcache epoch, and the data version it is for */
+    unsigned items_version;
 };
 
 static int db_err(store *st, lr_err *err, const char *what) {
@@ -891,6 +893,10 @@ json_t *store_jobs_list(store *st, const char *status, const char *user, const c
     return s ? list_page(s, limit, job_json) : NULL;
 }
 
+static int finished(const char *status) {
+    return !strcmp(status, "succeeded") || !strcmp(status, "failed") || !strcmp(status, "cancelled");
+}
+
 /* What a list item's text depends on: every column of the row (type and
  * bytes) and, for a job not finished, the time (OpenAI's estimated_finish):
  * the key under which the list keeps the text (rowcache.h). */
@@ -916,9 +922,7 @@ static int item_key(sqlite3_stmt *s, int64_t now, lr_buf *k) {
         }
         bad = lr_buf_add(k, head, head[0] == SQLITE_NULL ? 1 : sizeof head) || (len && lr_buf_add(k, p, (size_t)len));
     }
-    const char *status = ct(s, 4);
-    if (strcmp(status, "succeeded") && strcmp(status, "failed") && strcmp(status, "cancelled"))
-        bad = bad || lr_buf_add(k, &now, sizeof now);
+    if (!finished(ct(s, 4))) bad = bad || lr_buf_add(k, &now, sizeof now);
     return bad;
 }
 
@@ -946,6 +950,18 @@ static int job_item(sqlite3_stmt *s, int64_t now, lr_buf *b) {
 /* A store keeps up to this many items' text, more than a page's 1000. */
 #define ITEM_CACHE 1024
 
+/* The rowcache epoch of the read transaction in progress: it moves on when
+ * SQLite's data version has, which happens with every commit to the file,
+ * by this connection or another, in this process or another. Counted in 64
+ * bits so that an entry left alone never meets its epoch again once the
+ * 32-bit version wraps. 0 (none) when the version cannot be read. */
+static uint64_t data_epoch(store *st) {
+    unsigned v = 0;
+    if (sqlite3_file_control(st->db, "main", SQLITE_FCNTL_DATA_VERSION, &v) != SQLITE_OK) return 0;
+    if (!st->items_epoch || v != st->items_version) st->items_epoch++, st->items_version = v;
+    return st->items_epoch;
+}
+
 char *store_jobs_list_text(store *st, const char *status, const char *user, const char *sweep_id, int limit,
                            const char *after, size_t *len, lr_err *err) {
     sqlite3_stmt *s = jobs_page(st, status, user, sweep_id, limit, after, err);
@@ -957,23 +973,28 @@ char *store_jobs_list_text(store *st, const char *status, const char *user, cons
     lr_buf_init(&key, STORE_LIST_TEXT_MAX);
     lr_buf_init(&item, STORE_LIST_TEXT_MAX);
     int64_t now = (int64_t)time(NULL);
+    uint64_t epoch = 0;
     int n = 0, more = 0, bad = lr_buf_adds(&b, "{\"object\":\"list\",\"data\":[");
     while (!bad && sqlite3_step(s) == SQLITE_ROW) {
         if (n == limit) {
             more = 1;
             break;
         }
+        if (n == 0) epoch = data_epoch(st); /* the first step began the read transaction */
         size_t tl = 0;
         const char *txt = NULL;
-        bad = item_key(s, now, &key);
-        if (!bad && st->items) txt = rowcache_get(st->items, ct(s, 0), key.data, key.len, &tl);
+        /* nothing committed since the item's key last matched: the row is
+         * the same (a job not finished also depends on the time) */
+        if (st->items && finished(ct(s, 4))) txt = rowcache_get_at(st->items, ct(s, 0), epoch, &tl);
+        if (!txt) bad = item_key(s, now, &key);
+        if (!bad && !txt && st->items) txt = rowcache_get(st->items, ct(s, 0), key.data, key.len, epoch, &tl);
         if (!bad && !txt) {
             lr_buf_reset(&item);
             bad = job_item(s, now, &item);
             txt = item.data;
             tl = item.len;
             /* a cache out of memory only costs the next request the work */
-            if (!bad && st->items) (void)rowcache_put(st->items, ct(s, 0), key.data, key.len, txt, tl);
+            if (!bad && st->items) (void)rowcache_put(st->items, ct(s, 0), key.data, key.len, epoch, txt, tl);
         }
         bad = bad || (n > 0 && lr_buf_add(&b, ",", 1)) || lr_buf_add(&b, txt, tl);
         n++;

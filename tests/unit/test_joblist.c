@@ -5,6 +5,7 @@
  * store's); token lookups by hash. */
 #include "tests/unit/test.h"
 
+#include <sqlite3.h>
 #include <stdint.h>
 
 #include "common/buf.h"
@@ -145,29 +146,52 @@ TEST(rowcache_hits_misses_bound) {
     rowcache *c = rowcache_new(4);
     REQUIRE(c);
     size_t n = 0;
-    CHECK(rowcache_get(c, "a", "k1", 2, &n) == NULL);
-    CHECK(rowcache_put(c, "a", "k1", 2, "text-a", 6) == 0);
-    const char *t = rowcache_get(c, "a", "k1", 2, &n);
+    CHECK(rowcache_get(c, "a", "k1", 2, 0, &n) == NULL);
+    CHECK(rowcache_put(c, "a", "k1", 2, 0, "text-a", 6) == 0);
+    const char *t = rowcache_get(c, "a", "k1", 2, 0, &n);
     CHECK(t && n == 6 && !strcmp(t, "text-a"));
     /* any other key (a changed row), even one byte or a prefix, misses */
-    CHECK(rowcache_get(c, "a", "k2", 2, &n) == NULL);
-    CHECK(rowcache_get(c, "a", "k", 1, &n) == NULL);
-    CHECK(rowcache_get(c, "b", "k1", 2, &n) == NULL);
+    CHECK(rowcache_get(c, "a", "k2", 2, 0, &n) == NULL);
+    CHECK(rowcache_get(c, "a", "k", 1, 0, &n) == NULL);
+    CHECK(rowcache_get(c, "b", "k1", 2, 0, &n) == NULL);
     /* a new key for the same id replaces the entry */
-    CHECK(rowcache_put(c, "a", "k2", 2, "text-a2", 7) == 0);
+    CHECK(rowcache_put(c, "a", "k2", 2, 0, "text-a2", 7) == 0);
     CHECK_EQ_INT(rowcache_count(c), 1);
-    CHECK(rowcache_get(c, "a", "k1", 2, &n) == NULL);
-    t = rowcache_get(c, "a", "k2", 2, &n);
+    CHECK(rowcache_get(c, "a", "k1", 2, 0, &n) == NULL);
+    t = rowcache_get(c, "a", "k2", 2, 0, &n);
     CHECK(t && n == 7 && !strcmp(t, "text-a2"));
     /* never more than max entries: a full cache starts over */
     char id[16];
     for (int i = 0; i < 10; i++) {
         snprintf(id, sizeof id, "id%d", i);
-        CHECK(rowcache_put(c, id, "k", 1, id, strlen(id)) == 0);
+        CHECK(rowcache_put(c, id, "k", 1, 0, id, strlen(id)) == 0);
         CHECK(rowcache_count(c) <= 4);
-        t = rowcache_get(c, id, "k", 1, &n);
+        t = rowcache_get(c, id, "k", 1, 0, &n);
         CHECK(t && !strcmp(t, id));
     }
+    rowcache_free(c);
+}
+
+TEST(rowcache_epochs) {
+    rowcache *c = rowcache_new(4);
+    REQUIRE(c);
+    size_t n = 0;
+    CHECK(rowcache_put(c, "a", "k1", 2, 7, "text-a", 6) == 0);
+    const char *t = rowcache_get_at(c, "a", 7, &n);
+    CHECK(t && n == 6 && !strcmp(t, "text-a"));
+    /* another epoch, epoch 0, another id: the key must be checked */
+    CHECK(rowcache_get_at(c, "a", 8, &n) == NULL);
+    CHECK(rowcache_get_at(c, "b", 7, &n) == NULL);
+    CHECK(rowcache_put(c, "z", "k", 1, 0, "text-z", 6) == 0);
+    CHECK(rowcache_get_at(c, "z", 0, &n) == NULL);
+    /* a key that matches moves the entry to that epoch */
+    CHECK(rowcache_get(c, "a", "k1", 2, 8, &n) != NULL);
+    CHECK(rowcache_get_at(c, "a", 8, &n) != NULL);
+    CHECK(rowcache_get_at(c, "a", 7, &n) == NULL);
+    /* one that does not leaves it where it was */
+    CHECK(rowcache_get(c, "a", "k2", 2, 9, &n) == NULL);
+    CHECK(rowcache_get_at(c, "a", 9, &n) == NULL);
+    CHECK(rowcache_get_at(c, "a", 8, &n) != NULL);
     rowcache_free(c);
 }
 
@@ -255,6 +279,56 @@ TEST(list_text_follows_row_changes) {
     CHECK(txt && strstr(txt, "\"id\":\"ftjob-000000000027\"") && strstr(txt, "\"step\":1,"));
     free(txt);
     store_close(cold);
+    store_close(st);
+}
+
+/* A finished job's item is handed out without its key while nothing was
+ * committed: a commit by the same connection, another one, or another
+ * program (sqlite3 on the file) must each show on the next page. */
+TEST(finished_rows_follow_every_commit) {
+    store *st = open_store("done.db");
+    REQUIRE(st);
+    lr_err e = {0};
+    char id[32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof id, "ftjob-%012d", i);
+        store_job_new j = {.id = id, .name = id, .user = "alice", .model = "m", .device = "any",
+                           .spec_json = "{\"lora\":{\"r\":8}}", .max_retries = 1};
+        REQUIRE(store_job_insert(st, &j, &e) == 0);
+        REQUIRE(store_job_start(st, id, "w0", &e) == 0);
+        REQUIRE(store_job_finish(st, id, "succeeded", NULL, NULL, &e) == 0);
+    }
+    page_ok(st, NULL, NULL, 50, "finished, twice");
+    /* this connection: two jobs that shared a pass name it on their rows */
+    REQUIRE(store_job_pack(st, "ftjob-000000000003", "pack-1", 17, &e) == 0);
+    REQUIRE(store_job_pack(st, "ftjob-000000000004", "pack-1", 17, &e) == 0);
+    page_ok(st, NULL, NULL, 50, "after this connection's write");
+    size_t len = 0;
+    char *txt = store_jobs_list_text(st, NULL, NULL, NULL, 50, NULL, &len, &e);
+    CHECK(txt && strstr(txt, "pack-1"));
+    free(txt);
+    /* another program */
+    char path[512];
+    snprintf(path, sizeof path, "%s/done.db", test_tmpdir());
+    sqlite3 *db = NULL;
+    REQUIRE(sqlite3_open(path, &db) == SQLITE_OK);
+    CHECK(sqlite3_exec(db, "UPDATE jobs SET name = 'renamed-elsewhere' WHERE id = 'ftjob-000000000001'", NULL, NULL,
+                       NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    txt = store_jobs_list_text(st, NULL, NULL, NULL, 50, NULL, &len, &e);
+    CHECK(txt && strstr(txt, "renamed-elsewhere"));
+    free(txt);
+    page_ok(st, NULL, NULL, 50, "after another program's write");
+    /* another connection of this program, then nothing: the same text */
+    store *other = open_store("done.db");
+    REQUIRE(other);
+    REQUIRE(store_job_pack(other, "ftjob-000000000002", "pack-2", 5, &e) == 0);
+    REQUIRE(store_job_pack(other, "ftjob-000000000000", "pack-2", 5, &e) == 0);
+    store_close(other);
+    txt = store_jobs_list_text(st, NULL, NULL, NULL, 50, NULL, &len, &e);
+    CHECK(txt && strstr(txt, "pack-2"));
+    free(txt);
+    page_ok(st, NULL, NULL, 50, "after another connection's write");
     store_close(st);
 }
 
