@@ -3,7 +3,9 @@
 # GET /v1/jobs?limit=50 (first page, the one queued job by status, a page
 # deep in the list by after=) and GET /v1/jobs/{id}, next to serving a static file
 # from the same server in the same run (the HTTP layer's ceiling).
-# Not a timed test: it prints requests/s and p99 latency.
+# Not a timed test: it prints requests/s, p99 latency and lorad's CPU time
+# per request (all its threads, from /proc: less sensitive than latency to
+# other load on the machine, since wrk runs on the same cores).
 #   bash bench/http_load.sh [seconds per case, default 5] [connections, default 32]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,14 +48,19 @@ sqlite3 "$D/lorad.db" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FRO
   SELECT printf('ftjob-%012x', i), 'bench', 'bench', model, 'succeeded', 0, device, spec, created_at, 1.5
   FROM n, (SELECT * FROM jobs WHERE id = '$ID');"
 
+cpu_ns() { cat /proc/$PID/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}'; }
 run() { # name, path, header...
   local name=$1 path=$2; shift 2
-  local out
+  local out c0 c1
+  c0=$(cpu_ns)
   out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "$@" "http://127.0.0.1:$PORT$path")
-  local rps p99
+  c1=$(cpu_ns)
+  local rps p99 n
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-  printf '%-28s %10s req/s   p99 %8s\n' "$name" "$rps" "$p99"
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  printf '%-28s %10s req/s   p99 %8s   lorad %6.1f us CPU/req\n' "$name" "$rps" "$p99" \
+    "$(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN {print (n > 0 ? (b - a) / 1000 / n : 0)}')"
   echo "$rps" >"$D/rps.$name"
 }
 echo "lorad HTTP load: $NJOBS jobs in the store, $CONNS connections, ${DUR}s per case, 2 HTTP threads"
