@@ -18,6 +18,7 @@ __global__ void scatter_k(float *dx, const float *dxc, const int32_t *rows, int 
         dx[(size_t)rows[i] * C + cc] = dxc[e];
     }
 }
+
 /* Whether target tg is the argmax of the row l[0..V) whose maximum is mx
  * (the first of equal maxima, as torch.argmax), in every thread: each
  * thread's first index holding mx, then the block's smallest as a max of
