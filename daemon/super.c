@@ -325,18 +325,18 @@ static void note_outcome(wslot *w, wjob *j, const msg *m) {
     j->pend_text[0] = 0;
     /* The shutdown asked it to stop: whatever it says, it goes back to the queue. */
     int shutdown = s->shutting_down && !j->cancel_sent;
-    if (m->type == MSG_FAILED && m->code == LR_E_BUSY && !j->cancel_sent) {
+    if (m->type == MSG_FAILED && m->failed.code == LR_E_BUSY && !j->cancel_sent) {
         /* no room in its pass: not the job's failure; no joins for a while */
         j->pend = shutdown ? OUT_SUSPENDED : OUT_BUSY;
         w->no_join_until = uv_now(&s->loop) + JOIN_BACKOFF_MS;
     } else if (m->type == MSG_FAILED) {
         j->pend = shutdown ? OUT_SUSPENDED : OUT_FAILED;
-        snprintf(j->pend_text, sizeof j->pend_text, "%s", m->text);
-    } else if (!strcmp(m->outcome, "cancelled")) {
+        snprintf(j->pend_text, sizeof j->pend_text, "%s", m->failed.error);
+    } else if (m->done.outcome == MSG_CANCELLED) {
         j->pend = shutdown ? OUT_SUSPENDED : j->pause_sent && !j->cancel_sent ? OUT_PAUSED : OUT_CANCELLED;
-    } else if (!strcmp(m->outcome, "stopped_early")) {
+    } else if (m->done.outcome == MSG_STOPPED_EARLY) {
         j->pend = OUT_STOPPED;
-        snprintf(j->pend_text, sizeof j->pend_text, "%s", m->stop_reason ? m->stop_reason : "");
+        snprintf(j->pend_text, sizeof j->pend_text, "%s", m->done.stop_reason ? m->done.stop_reason : "");
     } else {
         j->pend = OUT_SUCCEEDED;
     }
@@ -356,10 +356,10 @@ static void remote_gone(wslot *w) {
 
 /* The slot of a remote worker's hello: its old one when it comes back, else
  * a free one; NULL when that name is connected already or all are taken. */
-static wslot *remote_slot(super *s, const msg *m) {
+static wslot *remote_slot(super *s, const msg_hello_body *h) {
     char name[64];
     wslot *free_slot = NULL;
-    snprintf(name, sizeof name, "%s", m->worker);
+    snprintf(name, sizeof name, "%s", h->worker);
     for (int i = 0; i < s->n; i++) {
         wslot *w = &s->w[i];
         if (!strcmp(w->name, name)) return w->remote && !w->c && !w->njobs ? w : NULL;
@@ -371,7 +371,7 @@ static wslot *remote_slot(super *s, const msg *m) {
     free_slot->s = s;
     free_slot->remote = 1;
     snprintf(free_slot->name, sizeof free_slot->name, "%s", name);
-    snprintf(free_slot->conf.backend, sizeof free_slot->conf.backend, "%s", m->backend);
+    snprintf(free_slot->conf.backend, sizeof free_slot->conf.backend, "%s", h->backend);
     return free_slot;
 }
 
@@ -400,12 +400,13 @@ static void handle_msg(conn *c, const msg *m, int64_t *ack) {
             conn_close(c);
             return;
         }
-        if (m->remote) w = remote_slot(s, m);
+        const msg_hello_body *h = &m->hello;
+        if (h->remote) w = remote_slot(s, h);
         else
             for (int i = 0; i < s->n; i++)
-                if (!strcmp(s->w[i].name, m->worker) && s->w[i].proc_alive && !s->w[i].c) w = &s->w[i];
+                if (!strcmp(s->w[i].name, h->worker) && s->w[i].proc_alive && !s->w[i].c) w = &s->w[i];
         if (!w) {
-            logf_("hello from unknown or duplicate worker '%s'; closing it", m->worker);
+            logf_("hello from unknown or duplicate worker '%s'; closing it", h->worker);
             conn_close(c);
             return;
         }
@@ -413,12 +414,12 @@ static void handle_msg(conn *c, const msg *m, int64_t *ack) {
         w->c = c;
         w->state = W_IDLE;
         w->last_seen = uv_now(&s->loop);
-        if (m->remote) snprintf(w->device, sizeof w->device, "%s (remote, token %s)", m->device ? m->device : "", m->remote);
-        else snprintf(w->device, sizeof w->device, "%s", m->device ? m->device : "");
-        snprintf(w->version, sizeof w->version, "%s", m->version ? m->version : "");
-        w->mem_bytes = m->mem_bytes;
-        w->threads = m->threads;
-        w->pack_max = m->pack_max;
+        if (h->remote) snprintf(w->device, sizeof w->device, "%s (remote, token %s)", h->device ? h->device : "", h->remote);
+        else snprintf(w->device, sizeof w->device, "%s", h->device ? h->device : "");
+        snprintf(w->version, sizeof w->version, "%s", h->version ? h->version : "");
+        w->mem_bytes = h->mem_bytes;
+        w->threads = h->threads;
+        w->pack_max = h->pack_max;
         w->no_join_until = 0;
         snprintf(w->session, sizeof w->session, "%s-%llx", w->name, (unsigned long long)(store_now() * 1000));
         save_worker(w);
@@ -429,13 +430,14 @@ static void handle_msg(conn *c, const msg *m, int64_t *ack) {
     w->last_seen = uv_now(&s->loop);
     wjob *j = slot_job(w, m->job_id);
     if (m->type == MSG_HEARTBEAT) {
-        if (j && m->total_steps > 0 && store_job_progress(s->st, j->id, m->step, m->total_steps, m->epoch, &e))
+        const msg_heartbeat_body *hb = &m->heartbeat;
+        if (j && hb->total_steps > 0 && store_job_progress(s->st, j->id, hb->step, hb->total_steps, hb->epoch, &e))
             logf_("progress of %s: %s", j->id, e.msg);
-        if (j && m->pack_id) {
+        if (j && hb->pack.id) {
             /* the agent's pack ids are its own: this connection's session makes them lorad's */
             char pack[192];
-            snprintf(pack, sizeof pack, "%s-%s", w->session, m->pack_id);
-            if (store_job_pack(s->st, j->id, pack, m->packed_steps, &e)) logf_("pack of %s: %s", j->id, e.msg);
+            snprintf(pack, sizeof pack, "%s-%s", w->session, hb->pack.id);
+            if (store_job_pack(s->st, j->id, pack, hb->pack.steps, &e)) logf_("pack of %s: %s", j->id, e.msg);
         }
         if (store_worker_seen(s->st, w->name, store_now(), &e)) logf_("worker %s: %s", w->name, e.msg);
         return;
@@ -451,18 +453,19 @@ static void handle_msg(conn *c, const msg *m, int64_t *ack) {
     }
     switch (m->type) {
     case MSG_METRIC:
-        if (store_metric_add(s->st, j->id, m->step, m->name, m->value, store_now(), &e))
+        if (store_metric_add(s->st, j->id, m->metric.step, m->metric.name, m->metric.value, store_now(), &e))
             logf_("metric of %s: %s", j->id, e.msg);
-        else if (m->seq > *ack) *ack = m->seq;
+        else if (m->metric.seq > *ack) *ack = m->metric.seq;
         break;
     case MSG_EVENT:
-        job_event(s, j->id, m->level, "%s", m->text);
+        job_event(s, j->id, m->event.level, "%s", m->event.message);
         break;
     case MSG_CHECKPOINT:
         /* save_total_limit deleted the older ones: the list shows what exists */
-        if (store_checkpoint_add(s->st, j->id, m->step, m->dir, &e) || store_checkpoints_prune(s->st, j->id, &e))
+        if (store_checkpoint_add(s->st, j->id, m->checkpoint.step, m->checkpoint.dir, &e) ||
+            store_checkpoints_prune(s->st, j->id, &e))
             logf_("checkpoint of %s: %s", j->id, e.msg);
-        if (m->step > j->ckpt_step) j->ckpt_step = m->step;
+        if (m->checkpoint.step > j->ckpt_step) j->ckpt_step = m->checkpoint.step;
         break;
     case MSG_DONE:
     case MSG_FAILED:

@@ -88,19 +88,91 @@ static int get_num(const json_t *o, const char *key, int required, double *out, 
 
 /* A heartbeat's optional "pack": {"id", "jobs", "steps"}, all three required
  * when it is there; only a job's heartbeat carries one. */
-static int get_pack(const json_t *f, msg *m, lr_err *err) {
+static int get_pack(const json_t *f, const char *job_id, msg_heartbeat_body *hb, lr_err *err) {
     const json_t *p = json_object_get(f, "pack");
     if (!p || json_is_null(p)) return 0;
     if (!json_is_object(p)) return lr_errp(err, LR_E_INVALID, "pack", "\"pack\" must be an object");
-    if (!m->job_id) return lr_errp(err, LR_E_INVALID, "pack", "a heartbeat without a job has no pack");
+    if (!job_id) return lr_errp(err, LR_E_INVALID, "pack", "a heartbeat without a job has no pack");
     int64_t jobs = 0;
-    if (get_str(p, "id", 1, &m->pack_id, err) || get_int(p, "jobs", 1, 1, MSG_MAX_PACK, &jobs, err) ||
-        get_int(p, "steps", 1, 0, INT64_MAX, &m->packed_steps, err))
+    if (get_str(p, "id", 1, &hb->pack.id, err) || get_int(p, "jobs", 1, 1, MSG_MAX_PACK, &jobs, err) ||
+        get_int(p, "steps", 1, 0, INT64_MAX, &hb->pack.steps, err))
         return -1;
-    if (!m->pack_id[0] || strlen(m->pack_id) > 64)
+    if (!hb->pack.id[0] || strlen(hb->pack.id) > 64)
         return lr_errp(err, LR_E_INVALID, "pack", "a pack id must have 1..64 characters");
-    m->pack_jobs = (int)jobs;
+    hb->pack.jobs = (int)jobs;
     return 0;
+}
+
+static int get_resume(const json_t *f, int *out, lr_err *err) {
+    const json_t *r = json_object_get(f, "resume");
+    if (r && !json_is_boolean(r)) return lr_errp(err, LR_E_INVALID, "resume", "\"resume\" must be a boolean");
+    *out = json_is_true(r);
+    return 0;
+}
+
+static int parse_hello(const json_t *f, msg_hello_body *h, lr_err *err) {
+    int64_t threads = 0, proto = 0, pack_max = 1;
+    /* An agent from before packing sends no pack_max: it runs one job at a time. */
+    if (get_str(f, "worker", 1, &h->worker, err) || get_str(f, "backend", 1, &h->backend, err) ||
+        get_str(f, "device", 0, &h->device, err) || get_str(f, "version", 0, &h->version, err) ||
+        get_str(f, "kernel", 0, &h->kernel, err) || get_str(f, "remote", 0, &h->remote, err) ||
+        get_int(f, "mem_bytes", 0, 0, INT64_MAX, &h->mem_bytes, err) ||
+        get_int(f, "threads", 0, 0, 4096, &threads, err) || get_int(f, "proto", 1, 1, 1000, &proto, err))
+        return -1;
+    h->threads = (int)threads;
+    h->proto = (int)proto;
+    if (h->proto != MSG_PROTO_VERSION)
+        return lr_errp(err, LR_E_INVALID, "proto", "protocol version %d, this side speaks %d", h->proto,
+                       MSG_PROTO_VERSION);
+    if (get_int(f, "pack_max", 0, 1, MSG_MAX_PACK, &pack_max, err)) return -1;
+    h->pack_max = (int)pack_max;
+    return 0;
+}
+
+static int parse_metric(const json_t *f, msg_metric_body *mt, lr_err *err) {
+    if (get_int(f, "seq", 1, 0, INT64_MAX, &mt->seq, err) || get_int(f, "step", 1, 0, INT64_MAX, &mt->step, err) ||
+        get_num(f, "epoch", 0, &mt->epoch, err) || get_str(f, "name", 1, &mt->name, err) ||
+        get_num(f, "value", 1, &mt->value, err))
+        return -1;
+    if (!mt->name[0] || strlen(mt->name) > 64)
+        return lr_errp(err, LR_E_INVALID, "name", "metric name must have 1..64 characters");
+    return 0;
+}
+
+static int parse_done(const json_t *f, msg_done_body *d, lr_err *err) {
+    const char *name;
+    if (get_str(f, "outcome", 1, &name, err)) return -1;
+    int o = 0;
+    while (o < MSG_N_OUTCOMES && strcmp(name, outcome_names[o])) o++;
+    if (o == MSG_N_OUTCOMES) return lr_errp(err, LR_E_INVALID, "outcome", "unknown outcome \"%.64s\"", name);
+    d->outcome = (msg_outcome)o;
+    if (get_str(f, "stop_reason", 0, &d->stop_reason, err)) return -1;
+    if (d->stop_reason && d->outcome != MSG_STOPPED_EARLY)
+        return lr_errp(err, LR_E_INVALID, "stop_reason", "\"stop_reason\" goes with outcome \"stopped_early\" only");
+    if (d->stop_reason && strlen(d->stop_reason) > MSG_MAX_STOP_REASON)
+        return lr_errp(err, LR_E_INVALID, "stop_reason", "\"stop_reason\" is longer than %d bytes",
+                       MSG_MAX_STOP_REASON);
+    return 0;
+}
+
+static int parse_assign(const json_t *f, msg_assign_body *a, lr_err *err) {
+    a->spec = json_object_get(f, "spec");
+    if (!json_is_object(a->spec)) return lr_errp(err, LR_E_INVALID, "spec", "assign lacks a spec object");
+    if (get_str(f, "model_dir", 1, &a->model_dir, err) || get_str(f, "run_dir", 1, &a->run_dir, err) ||
+        get_str(f, "validation_file", 0, &a->validation_file, err) ||
+        get_str(f, "reference_adapter_dir", 0, &a->reference_adapter_dir, err))
+        return -1;
+    const json_t *tf = json_object_get(f, "training_files");
+    if (!json_is_array(tf) || json_array_size(tf) == 0 || json_array_size(tf) > JOBSPEC_MAX_FILES)
+        return lr_errp(err, LR_E_INVALID, "training_files", "assign needs 1..%d training files", JOBSPEC_MAX_FILES);
+    for (size_t i = 0; i < json_array_size(tf); i++) {
+        const json_t *p = json_array_get(tf, i);
+        if (!json_is_string(p))
+            return lr_errp(err, LR_E_INVALID, "training_files", "training file paths are strings");
+        a->training_files[i] = json_string_value(p);
+    }
+    a->n_training_files = (int)json_array_size(tf);
+    return get_resume(f, &a->resume, err);
 }
 
 int msg_parse(const json_t *f, msg *m, lr_err *err) {
@@ -113,113 +185,49 @@ int msg_parse(const json_t *f, msg *m, lr_err *err) {
         if (!strcmp(t, type_names[i])) found = i;
     if (found < 0) return lr_errp(err, LR_E_INVALID, "type", "unknown message type \"%.64s\"", t);
     m->type = (msg_type)found;
-    int64_t x = 0;
     int need_job = m->type != MSG_HELLO && m->type != MSG_HEARTBEAT && m->type != MSG_ACK;
     if (get_str(f, "job_id", need_job, &m->job_id, err)) return -1;
     switch (m->type) {
     case MSG_HELLO:
-        if (get_str(f, "worker", 1, &m->worker, err) || get_str(f, "backend", 1, &m->backend, err) ||
-            get_str(f, "device", 0, &m->device, err) || get_str(f, "version", 0, &m->version, err) ||
-            get_str(f, "kernel", 0, &m->kernel, err) || get_str(f, "remote", 0, &m->remote, err) ||
-            get_int(f, "mem_bytes", 0, 0, INT64_MAX, &m->mem_bytes, err))
+        return parse_hello(f, &m->hello, err);
+    case MSG_HEARTBEAT: {
+        msg_heartbeat_body *hb = &m->heartbeat;
+        if (get_int(f, "step", 0, 0, INT64_MAX, &hb->step, err) ||
+            get_int(f, "total_steps", 0, 0, INT64_MAX, &hb->total_steps, err) ||
+            get_num(f, "epoch", 0, &hb->epoch, err))
             return -1;
-        x = 0;
-        if (get_int(f, "threads", 0, 0, 4096, &x, err)) return -1;
-        m->threads = (int)x;
-        x = 0;
-        if (get_int(f, "proto", 1, 1, 1000, &x, err)) return -1;
-        m->proto = (int)x;
-        if (m->proto != MSG_PROTO_VERSION)
-            return lr_errp(err, LR_E_INVALID, "proto", "protocol version %d, this side speaks %d",
-                           m->proto, MSG_PROTO_VERSION);
-        /* An agent from before packing sends none: it runs one job at a time. */
-        x = 1;
-        if (get_int(f, "pack_max", 0, 1, MSG_MAX_PACK, &x, err)) return -1;
-        m->pack_max = (int)x;
-        break;
-    case MSG_HEARTBEAT:
-        if (get_int(f, "step", 0, 0, INT64_MAX, &m->step, err) ||
-            get_int(f, "total_steps", 0, 0, INT64_MAX, &m->total_steps, err) ||
-            get_num(f, "epoch", 0, &m->epoch, err))
-            return -1;
-        if (get_pack(f, m, err)) return -1;
-        break;
-    case MSG_METRIC:
-        if (get_int(f, "seq", 1, 0, INT64_MAX, &m->seq, err) ||
-            get_int(f, "step", 1, 0, INT64_MAX, &m->step, err) ||
-            get_num(f, "epoch", 0, &m->epoch, err) || get_str(f, "name", 1, &m->name, err) ||
-            get_num(f, "value", 1, &m->value, err))
-            return -1;
-        if (!m->name[0] || strlen(m->name) > 64)
-            return lr_errp(err, LR_E_INVALID, "name", "metric name must have 1..64 characters");
-        break;
-    case MSG_EVENT:
-        if (get_str(f, "level", 1, &m->level, err) || get_str(f, "message", 1, &m->text, err))
-            return -1;
-        break;
-    case MSG_CHECKPOINT:
-        if (get_int(f, "step", 1, 0, INT64_MAX, &m->step, err) || get_str(f, "dir", 1, &m->dir, err))
-            return -1;
-        break;
-    case MSG_DONE: {
-        if (get_str(f, "outcome", 1, &m->outcome, err)) return -1;
-        int o = 0;
-        while (o < MSG_N_OUTCOMES && strcmp(m->outcome, outcome_names[o])) o++;
-        if (o == MSG_N_OUTCOMES)
-            return lr_errp(err, LR_E_INVALID, "outcome", "unknown outcome \"%.64s\"", m->outcome);
-        m->ended = (msg_outcome)o;
-        if (get_str(f, "stop_reason", 0, &m->stop_reason, err)) return -1;
-        if (m->stop_reason && m->ended != MSG_STOPPED_EARLY)
-            return lr_errp(err, LR_E_INVALID, "stop_reason", "\"stop_reason\" goes with outcome \"stopped_early\" only");
-        if (m->stop_reason && strlen(m->stop_reason) > MSG_MAX_STOP_REASON)
-            return lr_errp(err, LR_E_INVALID, "stop_reason", "\"stop_reason\" is longer than %d bytes",
-                           MSG_MAX_STOP_REASON);
-        break;
+        return get_pack(f, m->job_id, hb, err);
     }
+    case MSG_METRIC:
+        return parse_metric(f, &m->metric, err);
+    case MSG_EVENT:
+        if (get_str(f, "level", 1, &m->event.level, err) || get_str(f, "message", 1, &m->event.message, err))
+            return -1;
+        return 0;
+    case MSG_CHECKPOINT:
+        if (get_int(f, "step", 1, 0, INT64_MAX, &m->checkpoint.step, err) ||
+            get_str(f, "dir", 1, &m->checkpoint.dir, err))
+            return -1;
+        return 0;
+    case MSG_DONE:
+        return parse_done(f, &m->done, err);
     case MSG_FAILED: {
         /* Optional: a worker from before codes sends none, which reads as unclassified. */
         const char *code;
-        if (get_str(f, "error", 1, &m->text, err) || get_str(f, "code", 0, &code, err)) return -1;
-        m->code = msg_code_parse(code);
-        break;
+        if (get_str(f, "error", 1, &m->failed.error, err) || get_str(f, "code", 0, &code, err)) return -1;
+        m->failed.code = msg_code_parse(code);
+        return 0;
     }
-    case MSG_CANCEL: {
-        if (get_str(f, "reason", 0, &m->text, err)) return -1;
-        const json_t *r = json_object_get(f, "resume");
-        if (r && !json_is_boolean(r)) return lr_errp(err, LR_E_INVALID, "resume", "\"resume\" must be a boolean");
-        m->resume = json_is_true(r);
-        break;
-    }
+    case MSG_CANCEL:
+        if (get_str(f, "reason", 0, &m->cancel.reason, err)) return -1;
+        return get_resume(f, &m->cancel.resume, err);
     case MSG_ACK:
-        if (get_int(f, "seq", 1, 0, INT64_MAX, &m->seq, err)) return -1;
-        break;
-    case MSG_ASSIGN: {
-        m->spec = json_object_get(f, "spec");
-        if (!json_is_object(m->spec)) return lr_errp(err, LR_E_INVALID, "spec", "assign lacks a spec object");
-        if (get_str(f, "model_dir", 1, &m->model_dir, err) || get_str(f, "run_dir", 1, &m->run_dir, err) ||
-            get_str(f, "validation_file", 0, &m->validation_file, err) ||
-            get_str(f, "reference_adapter_dir", 0, &m->reference_adapter_dir, err))
-            return -1;
-        const json_t *tf = json_object_get(f, "training_files");
-        if (!json_is_array(tf) || json_array_size(tf) == 0 || json_array_size(tf) > JOBSPEC_MAX_FILES)
-            return lr_errp(err, LR_E_INVALID, "training_files", "assign needs 1..%d training files",
-                           JOBSPEC_MAX_FILES);
-        for (size_t i = 0; i < json_array_size(tf); i++) {
-            const json_t *p = json_array_get(tf, i);
-            if (!json_is_string(p))
-                return lr_errp(err, LR_E_INVALID, "training_files", "training file paths are strings");
-            m->training_files[i] = json_string_value(p);
-        }
-        m->n_training_files = (int)json_array_size(tf);
-        const json_t *r = json_object_get(f, "resume");
-        if (r && !json_is_boolean(r)) return lr_errp(err, LR_E_INVALID, "resume", "\"resume\" must be a boolean");
-        m->resume = json_is_true(r);
-        break;
-    }
+        return get_int(f, "seq", 1, 0, INT64_MAX, &m->ack.seq, err);
+    case MSG_ASSIGN:
+        return parse_assign(f, &m->assign, err);
     default:
         return lr_errp(err, LR_E_INTERNAL, NULL, "unhandled message type");
     }
-    return 0;
 }
 
 static json_t *base(msg_type t, const char *job_id) {

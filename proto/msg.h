@@ -29,40 +29,94 @@ typedef enum {
 /* DONE's outcome; on the wire "succeeded", "cancelled", "stopped_early". */
 typedef enum { MSG_SUCCEEDED, MSG_CANCELLED, MSG_STOPPED_EARLY, MSG_N_OUTCOMES } msg_outcome;
 
-typedef struct msg {
-    msg_type type;
-    const char *job_id;      /* every job message; heartbeat: the running job or NULL */
-    /* hello; kernel: the CPU sgemm kernel in use ("OpenBLAS SkylakeX (avx512)"), may be NULL */
-    const char *worker, *backend, *device, *version, *kernel;
-    /* hello of a remote worker: the name of its worker token, which lorad's
-     * relay (daemon/remote.c) writes in after checking the token */
+/* One struct per kind, so a reader sees which fields a kind has; msg_parse
+ * fills only the union member its type names. "_body" keeps the names apart
+ * from the builders (msg_hello() builds what msg_hello_body is parsed into). */
+typedef struct {
+    const char *worker, *backend;
+    const char *device, *version; /* may be NULL */
+    /* the CPU sgemm kernel in use ("OpenBLAS SkylakeX (avx512)"), may be NULL */
+    const char *kernel;
+    /* a remote worker: the name of its worker token, which lorad's relay
+     * (daemon/remote.c) writes in after checking the token; else NULL */
     const char *remote;
     int64_t mem_bytes;
     int threads, proto;
-    int pack_max;            /* hello: jobs the worker may co-train in one pass (absent: 1) */
-    /* metric, checkpoint, heartbeat progress */
-    int64_t seq, step, total_steps;
-    double epoch, value;
-    /* heartbeat of a job in a pack (issue 19): the pack's id (NULL when the
-     * job runs alone), how many jobs share the pass now, and how many steps
-     * this job has run packed */
-    const char *pack_id;
-    int pack_jobs;
-    int64_t packed_steps;
-    const char *name;        /* metric name */
-    /* event / failed / cancel */
-    const char *level, *text; /* event level and message; failed: the error; cancel: reason */
-    const char *dir;         /* checkpoint directory */
-    const char *outcome;     /* done: the outcome's name, as sent */
-    msg_outcome ended;       /* done: the outcome */
-    int code;                /* failed: the class of the failure, LR_E_* (0: unclassified) */
-    const char *stop_reason; /* done with "stopped_early": which rule ended the run (may be NULL) */
-    /* assign */
+    int pack_max; /* jobs the worker may co-train in one pass (absent: 1) */
+} msg_hello_body;
+
+typedef struct {
+    int64_t step, total_steps; /* the job's progress (0 without a job) */
+    double epoch;
+    /* a job in a pack (issue 19): the pack's id (NULL when the job runs
+     * alone), how many jobs share the pass now, and how many steps this job
+     * has run packed */
+    struct {
+        const char *id;
+        int jobs;
+        int64_t steps;
+    } pack;
+} msg_heartbeat_body;
+
+typedef struct {
+    int64_t seq, step;
+    double epoch, value; /* NAN when sent as null (a diverged loss) */
+    const char *name;
+} msg_metric_body;
+
+typedef struct {
+    const char *level, *message;
+} msg_event_body;
+
+typedef struct {
+    int64_t step;
+    const char *dir;
+} msg_checkpoint_body;
+
+typedef struct {
+    msg_outcome outcome;
+    const char *stop_reason; /* with MSG_STOPPED_EARLY: which rule ended the run (may be NULL) */
+} msg_done_body;
+
+typedef struct {
+    int code; /* the class of the failure, LR_E_* (0: unclassified) */
+    const char *error;
+} msg_failed_body;
+
+typedef struct {
     const json_t *spec;
-    const char *model_dir, *validation_file, *reference_adapter_dir, *run_dir;
+    const char *model_dir, *run_dir;
+    const char *validation_file, *reference_adapter_dir; /* may be NULL */
     const char *training_files[JOBSPEC_MAX_FILES];
     int n_training_files;
-    int resume;              /* assign: continue from a checkpoint; cancel: checkpoint before stopping */
+    int resume; /* continue from a checkpoint */
+} msg_assign_body;
+
+typedef struct {
+    const char *reason; /* may be NULL */
+    int resume;         /* checkpoint before stopping (msg_suspend) */
+} msg_cancel_body;
+
+typedef struct {
+    int64_t seq; /* metrics up to seq are committed */
+} msg_ack_body;
+
+typedef struct msg {
+    msg_type type;
+    /* every job message; heartbeat: the running job or NULL; hello, ack: NULL */
+    const char *job_id;
+    union {
+        msg_hello_body hello;
+        msg_heartbeat_body heartbeat;
+        msg_metric_body metric;
+        msg_event_body event;
+        msg_checkpoint_body checkpoint;
+        msg_done_body done;
+        msg_failed_body failed;
+        msg_assign_body assign;
+        msg_cancel_body cancel;
+        msg_ack_body ack;
+    };
 } msg;
 
 const char *msg_type_name(msg_type t);
@@ -75,7 +129,7 @@ const char *msg_code_name(int code);
  * does not know (a newer peer's class reads as unclassified). */
 int msg_code_parse(const char *name);
 
-/* Validates a decoded frame into m. */
+/* Validates a decoded frame into m: type, job_id and the type's member. */
 int msg_parse(const json_t *frame, msg *m, lr_err *err) LR_WARN_UNUSED;
 
 /* Builders return a new reference (NULL only on out of memory). */

@@ -474,28 +474,28 @@ static int copy(char *dst, size_t cap, const char *src) {
     return 0;
 }
 
-static int start_job(agent *ag, const msg *m, lr_err *err) {
+static int start_job(agent *ag, const char *job_id, const msg_assign_body *a, lr_err *err) {
     reap(ag);
     if (ag->n_jobs && ag->pack_max <= 1) {
-        send_locked(ag, msg_failed(m->job_id, LR_E_BUSY, "worker is busy with another job"));
+        send_locked(ag, msg_failed(job_id, LR_E_BUSY, "worker is busy with another job"));
         return 0;
     }
     job *j = calloc(1, sizeof *j);
     if (!j) return lr_errf(err, "out of memory");
     j->ag = ag;
     lr_err e = {0};
-    int bad = copy(j->id, sizeof j->id, m->job_id) || copy(j->model_dir, sizeof j->model_dir, m->model_dir) ||
-              copy(j->run_dir, sizeof j->run_dir, m->run_dir) || copy(j->val, sizeof j->val, m->validation_file) ||
-              copy(j->ref, sizeof j->ref, m->reference_adapter_dir);
-    for (int i = 0; i < m->n_training_files; i++) bad |= copy(j->files[i], sizeof j->files[i], m->training_files[i]);
+    int bad = copy(j->id, sizeof j->id, job_id) || copy(j->model_dir, sizeof j->model_dir, a->model_dir) ||
+              copy(j->run_dir, sizeof j->run_dir, a->run_dir) || copy(j->val, sizeof j->val, a->validation_file) ||
+              copy(j->ref, sizeof j->ref, a->reference_adapter_dir);
+    for (int i = 0; i < a->n_training_files; i++) bad |= copy(j->files[i], sizeof j->files[i], a->training_files[i]);
     if (bad) lr_errp(&e, LR_E_INVALID, NULL, "a path in the assignment is too long");
-    if (bad || jobspec_from_json(m->spec, &j->spec, &e)) {
-        send_locked(ag, msg_failed(m->job_id, e.code, e.msg));
+    if (bad || jobspec_from_json(a->spec, &j->spec, &e)) {
+        send_locked(ag, msg_failed(job_id, e.code, e.msg));
         free(j);
         return 0;
     }
-    j->n_files = m->n_training_files;
-    j->resume = m->resume;
+    j->n_files = a->n_training_files;
+    j->resume = a->resume;
     j->files_remote = ag->o->connect_url && !ag->o->shared_fs;
     /* co-training: a packable job joins (or starts) the pack when it fits;
      * anything else runs alone on an idle worker */
@@ -506,7 +506,7 @@ static int start_job(agent *ag, const msg *m, lr_err *err) {
         busy = packable ? why : "worker is busy with another job";
     int failed = busy || (packable ? pack_enqueue(ag, j) : pthread_create(&j->thread, NULL, job_main, j));
     if (failed) {
-        send_locked(ag, msg_failed(m->job_id, busy ? LR_E_BUSY : LR_E_NOMEM, busy ? busy : "cannot start the job thread"));
+        send_locked(ag, msg_failed(job_id, busy ? LR_E_BUSY : LR_E_NOMEM, busy ? busy : "cannot start the job thread"));
         free(j);
         return 0;
     }
@@ -694,7 +694,7 @@ int agent_run(const agent_opts *o, lr_err *err) {
             goto out;
         }
         if (m.type == MSG_ASSIGN) {
-            if (start_job(&ag, &m, err)) {
+            if (start_job(&ag, m.job_id, &m.assign, err)) {
                 json_decref(f);
                 goto out;
             }
@@ -704,11 +704,11 @@ int agent_run(const agent_opts *o, lr_err *err) {
                 job *j = ag.jobs[i];
                 int go = TRAIN_GO;
                 if (strcmp(j->id, m.job_id)) continue;
-                if (!m.resume) atomic_store(&j->cancel, TRAIN_CANCEL);
+                if (!m.cancel.resume) atomic_store(&j->cancel, TRAIN_CANCEL);
                 else atomic_compare_exchange_strong(&j->cancel, &go, TRAIN_SUSPEND);
             }
         } else if (m.type == MSG_ACK) {
-            on_ack(&ag, m.seq);
+            on_ack(&ag, m.ack.seq);
         } else if (m.type != MSG_HEARTBEAT) {
             lr_errf(err, "protocol error: lorad sent %s", msg_type_name(m.type));
             json_decref(f);

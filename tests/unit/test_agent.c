@@ -142,10 +142,10 @@ static json_t *next_of(daemon_side *ds, msg_type want, msg *m) {
     for (int i = 0; i < 1000; i++) {
         json_t *j = NULL;
         if (frame_read_fd(ds->fd, &ds->d, 5000, &j, &e) != 1) return NULL;
-        if (msg_parse(j, m, &e) == 0 && m->type == MSG_METRIC) ack(ds, m->seq); /* as lorad does */
+        if (msg_parse(j, m, &e) == 0 && m->type == MSG_METRIC) ack(ds, m->metric.seq); /* as lorad does */
         if (m->type == want) return j;
         int failed = m->type == MSG_FAILED;
-        if (failed) printf("    worker failed: %s\n", m->text);
+        if (failed) printf("    worker failed: %s\n", m->failed.error);
         json_decref(j);
         if (failed) return NULL;
     }
@@ -185,8 +185,8 @@ TEST(hello_assign_stream_done) {
     msg m;
     json_t *j = next_of(&ds, MSG_HELLO, &m);
     REQUIRE(j);
-    CHECK_STR(m.worker, "w7");
-    CHECK_STR(m.backend, "cpu");
+    CHECK_STR(m.hello.worker, "w7");
+    CHECK_STR(m.hello.backend, "cpu");
     json_decref(j);
     char run[512];
     snprintf(run, sizeof run, "%s/run1", test_tmpdir());
@@ -200,16 +200,16 @@ TEST(hello_assign_stream_done) {
         REQUIRE(msg_parse(f, &m, &e) == 0);
         if (m.type == MSG_METRIC) {
             metrics++;
-            CHECK(m.seq > last_seq); /* sequence numbers increase */
-            last_seq = m.seq;
+            CHECK(m.metric.seq > last_seq); /* sequence numbers increase */
+            last_seq = m.metric.seq;
             CHECK_STR(m.job_id, "ftjob-1");
-            ack(&ds, m.seq);
+            ack(&ds, m.metric.seq);
         }
         if (m.type == MSG_CHECKPOINT) ckpts++;
         if (m.type == MSG_DONE) {
             done = 1;
-            CHECK_STR(m.outcome, "succeeded");
-            CHECK(m.stop_reason == NULL);
+            CHECK_EQ_INT(m.done.outcome, MSG_SUCCEEDED);
+            CHECK(m.done.stop_reason == NULL);
         }
         json_decref(f);
     }
@@ -232,7 +232,7 @@ TEST(hello_assign_stream_done) {
     json_decref(c);
     j = next_of(&ds, MSG_DONE, &m);
     REQUIRE(j);
-    CHECK_STR(m.outcome, "cancelled");
+    CHECK_EQ_INT(m.done.outcome, MSG_CANCELLED);
     CHECK_STR(m.job_id, "ftjob-2");
     json_decref(j);
 
@@ -243,8 +243,8 @@ TEST(hello_assign_stream_done) {
     j = next_of(&ds, MSG_DONE, &m);
     REQUIRE(j);
     CHECK_STR(m.job_id, "ftjob-3");
-    CHECK_STR(m.outcome, "stopped_early");
-    CHECK_STR(m.stop_reason ? m.stop_reason : "(none)", "early stop at step 3: the stand-in rule");
+    CHECK_EQ_INT(m.done.outcome, MSG_STOPPED_EARLY);
+    CHECK_STR(m.done.stop_reason ? m.done.stop_reason : "(none)", "early stop at step 3: the stand-in rule");
     json_decref(j);
 
     /* The daemon goes away: the agent returns 0. */
@@ -291,9 +291,9 @@ TEST(unacked_metrics_resent_and_flushed_before_checkpoint) {
         if (r == 0) continue;
         REQUIRE(msg_parse(f, &m, &e) == 0);
         frames++;
-        if (m.type == MSG_METRIC && m.seq >= 0 && m.seq < 64) {
-            seen[m.seq]++;
-            if (m.seq > max_seq) max_seq = m.seq;
+        if (m.type == MSG_METRIC && m.metric.seq >= 0 && m.metric.seq < 64) {
+            seen[m.metric.seq]++;
+            if (m.metric.seq > max_seq) max_seq = m.metric.seq;
         }
         if (m.type == MSG_CHECKPOINT || m.type == MSG_DONE) ckpt_early = 1;
         json_decref(f);
@@ -304,11 +304,11 @@ TEST(unacked_metrics_resent_and_flushed_before_checkpoint) {
     ack(&ds, max_seq);
     j = next_of(&ds, MSG_CHECKPOINT, &m);
     REQUIRE(j);
-    CHECK_EQ_INT((int)m.step, 2);
+    CHECK_EQ_INT((int)m.checkpoint.step, 2);
     json_decref(j);
     j = next_of(&ds, MSG_DONE, &m); /* next_of acknowledges as it reads */
     REQUIRE(j);
-    CHECK_STR(m.outcome, "succeeded");
+    CHECK_EQ_INT(m.done.outcome, MSG_SUCCEEDED);
     json_decref(j);
     close(ds.fd);
     pthread_join(t, NULL);
@@ -343,8 +343,8 @@ TEST(failures_carry_their_class) {
     int code = -1;
     for (int i = 0; i < 100 && code < 0 && frame_read_fd(ds.fd, &ds.d, 5000, &f, &e) == 1; i++) {
         REQUIRE(msg_parse(f, &m, &e) == 0);
-        if (m.type == MSG_METRIC) ack(&ds, m.seq);
-        if (m.type == MSG_FAILED) code = m.code;
+        if (m.type == MSG_METRIC) ack(&ds, m.metric.seq);
+        if (m.type == MSG_FAILED) code = m.failed.code;
         json_decref(f);
     }
     CHECK_EQ_INT(code, LR_E_NOMEM);
@@ -357,7 +357,7 @@ TEST(failures_carry_their_class) {
     for (int i = 0; i < 100 && code < 0 && frame_read_fd(ds.fd, &ds.d, 5000, &f, &e) == 1; i++) {
         REQUIRE(msg_parse(f, &m, &e) == 0);
         if (m.type == MSG_FAILED) {
-            code = m.code;
+            code = m.failed.code;
             CHECK_STR(m.job_id, "ftjob-f2");
         }
         json_decref(f);
@@ -373,9 +373,9 @@ TEST(failures_carry_their_class) {
     code = -1;
     for (int i = 0; i < 1000 && code < 0 && frame_read_fd(ds.fd, &ds.d, 5000, &f, &e) == 1; i++) {
         REQUIRE(msg_parse(f, &m, &e) == 0);
-        if (m.type == MSG_METRIC) ack(&ds, m.seq);
+        if (m.type == MSG_METRIC) ack(&ds, m.metric.seq);
         if (m.type == MSG_FAILED) {
-            code = m.code;
+            code = m.failed.code;
             CHECK_STR(m.job_id, "ftjob-f4");
         }
         json_decref(f);

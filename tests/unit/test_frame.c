@@ -57,9 +57,9 @@ TEST(decode_byte_by_byte_and_batched) {
             msg m;
             CHECK(msg_parse(j, &m, &e) == 0);
             CHECK_EQ_INT(m.type, MSG_METRIC);
-            CHECK_EQ_INT(m.seq, got);
-            CHECK_EQ_INT(m.step, 10 * got);
-            CHECK_NEAR(m.value, 1.0 / (got + 1), 1e-15);
+            CHECK_EQ_INT(m.metric.seq, got);
+            CHECK_EQ_INT(m.metric.step, 10 * got);
+            CHECK_NEAR(m.metric.value, 1.0 / (got + 1), 1e-15);
             got++;
             json_decref(j);
         }
@@ -150,10 +150,11 @@ TEST(msg_roundtrip_all_types) {
         msg_failed("ftjob-a", LR_E_NOMEM, "out of memory"),
         msg_assign("ftjob-a", spec, "/m", tf, 2, NULL, NULL, "/r", 1),
         msg_cancel("ftjob-a", "user"),
+        msg_suspend("ftjob-a", "shutdown"),
         msg_ack(7),
     };
     msg_type want[] = {MSG_HELLO, MSG_HEARTBEAT, MSG_HEARTBEAT, MSG_METRIC, MSG_EVENT, MSG_CHECKPOINT,
-                       MSG_DONE, MSG_FAILED, MSG_ASSIGN, MSG_CANCEL, MSG_ACK};
+                       MSG_DONE, MSG_FAILED, MSG_ASSIGN, MSG_CANCEL, MSG_CANCEL, MSG_ACK};
     for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
         REQUIRE(ms[i]);
         lr_buf b;
@@ -167,27 +168,70 @@ TEST(msg_roundtrip_all_types) {
         msg m;
         CHECKF(msg_parse(j, &m, &e) == 0, "%s: %s", msg_type_name(want[i]), e.msg);
         CHECK_EQ_INT(m.type, want[i]);
-        if (m.type == MSG_ASSIGN) {
-            CHECK_EQ_INT(m.n_training_files, 2);
-            CHECK_STR(m.training_files[1], "/d/b.jsonl");
-            CHECK_STR(m.run_dir, "/r");
-            CHECK(m.resume == 1);
-            CHECK(m.validation_file == NULL);
-            CHECK_STR(json_string_value(json_object_get(m.spec, "model")), "m");
+        /* ms[2] is the heartbeat without a job */
+        if (m.type != MSG_HELLO && m.type != MSG_ACK && i != 2) CHECK_STR(m.job_id, "ftjob-a");
+        switch (m.type) {
+        case MSG_HELLO:
+            CHECK(m.job_id == NULL);
+            CHECK_STR(m.hello.worker, "w0");
+            CHECK_STR(m.hello.backend, "cpu");
+            CHECK_STR(m.hello.device, "x86");
+            CHECK_STR(m.hello.version, "0.1");
+            CHECK_EQ_INT(m.hello.threads, 4);
+            CHECK_EQ_INT(m.hello.mem_bytes, 1 << 20);
+            CHECK_STR(m.hello.kernel, "OpenBLAS SkylakeX (avx512)");
+            CHECK(m.hello.remote == NULL);
+            CHECK_EQ_INT(m.hello.proto, MSG_PROTO_VERSION);
+            CHECK_EQ_INT(m.hello.pack_max, 3);
+            break;
+        case MSG_HEARTBEAT:
+            CHECK_EQ_INT(m.heartbeat.step, m.job_id ? 3 : 0);
+            CHECK_EQ_INT(m.heartbeat.total_steps, m.job_id ? 10 : 0);
+            CHECK(m.heartbeat.pack.id == NULL && m.heartbeat.pack.jobs == 0 && m.heartbeat.pack.steps == 0);
+            break;
+        case MSG_METRIC:
+            CHECK_EQ_INT(m.metric.seq, 7);
+            CHECK_EQ_INT(m.metric.step, 3);
+            CHECK_NEAR(m.metric.epoch, 0.3, 1e-15);
+            CHECK_STR(m.metric.name, "loss");
+            CHECK_NEAR(m.metric.value, 2.5, 0);
+            break;
+        case MSG_EVENT:
+            CHECK_STR(m.event.level, "info");
+            CHECK_STR(m.event.message, "hello");
+            break;
+        case MSG_CHECKPOINT:
+            CHECK_EQ_INT(m.checkpoint.step, 3);
+            CHECK_STR(m.checkpoint.dir, "/r/checkpoints/step-3");
+            break;
+        case MSG_DONE:
+            CHECK_EQ_INT(m.done.outcome, MSG_SUCCEEDED);
+            CHECK(m.done.stop_reason == NULL);
+            break;
+        case MSG_FAILED:
+            CHECK_EQ_INT(m.failed.code, LR_E_NOMEM);
+            CHECK_STR(m.failed.error, "out of memory");
+            break;
+        case MSG_ASSIGN:
+            CHECK_EQ_INT(m.assign.n_training_files, 2);
+            CHECK_STR(m.assign.training_files[1], "/d/b.jsonl");
+            CHECK_STR(m.assign.model_dir, "/m");
+            CHECK_STR(m.assign.run_dir, "/r");
+            CHECK(m.assign.resume == 1);
+            CHECK(m.assign.validation_file == NULL && m.assign.reference_adapter_dir == NULL);
+            CHECK_STR(json_string_value(json_object_get(m.assign.spec, "model")), "m");
+            break;
+        case MSG_CANCEL:
+            CHECK(m.cancel.reason != NULL);
+            CHECK_EQ_INT(m.cancel.resume, m.cancel.reason && !strcmp(m.cancel.reason, "shutdown")); /* msg_suspend */
+            break;
+        case MSG_ACK:
+            CHECK(m.job_id == NULL);
+            CHECK_EQ_INT(m.ack.seq, 7);
+            break;
+        default:
+            CHECKF(0, "unexpected type %s", msg_type_name(m.type));
         }
-        if (m.type == MSG_DONE) CHECK_EQ_INT(m.ended, MSG_SUCCEEDED);
-        if (m.type == MSG_FAILED) {
-            CHECK_EQ_INT(m.code, LR_E_NOMEM);
-            CHECK_STR(m.text, "out of memory");
-        }
-        if (m.type == MSG_HELLO) {
-            CHECK_STR(m.worker, "w0");
-            CHECK_EQ_INT(m.threads, 4);
-            CHECK_EQ_INT(m.mem_bytes, 1 << 20);
-            CHECK_STR(m.kernel, "OpenBLAS SkylakeX (avx512)");
-            CHECK_EQ_INT(m.pack_max, 3);
-        }
-        if (m.type == MSG_HEARTBEAT) CHECK(m.pack_id == NULL && m.pack_jobs == 0 && m.packed_steps == 0);
         json_decref(j);
         frame_dec_free(&d);
         lr_buf_free(&b);
@@ -203,25 +247,25 @@ TEST(msg_pack_fields) {
     json_t *h = json_loads("{\"type\":\"hello\",\"worker\":\"w\",\"backend\":\"cpu\",\"proto\":1}", 0, NULL);
     REQUIRE(h);
     CHECKF(msg_parse(h, &m, &e) == 0, "%s", e.msg);
-    CHECK_EQ_INT(m.pack_max, 1);
+    CHECK_EQ_INT(m.hello.pack_max, 1);
     json_decref(h);
     h = msg_hello("w", "cpu", NULL, 0, 1, NULL, NULL, 0); /* below 1 is sent as 1 */
-    CHECK(msg_parse(h, &m, &e) == 0 && m.pack_max == 1);
+    CHECK(msg_parse(h, &m, &e) == 0 && m.hello.pack_max == 1);
     json_decref(h);
     json_t *b = msg_heartbeat_pack("ftjob-a", 5, 20, 0.25, "pack-w0-3", 3, 4000000000LL);
     REQUIRE(b);
     CHECKF(msg_parse(b, &m, &e) == 0, "%s", e.msg);
     CHECK_STR(m.job_id, "ftjob-a");
-    CHECK_EQ_INT(m.step, 5);
-    CHECK_EQ_INT(m.total_steps, 20);
-    CHECK_STR(m.pack_id, "pack-w0-3");
-    CHECK_EQ_INT(m.pack_jobs, 3);
-    CHECK_EQ_INT(m.packed_steps, 4000000000LL);
+    CHECK_EQ_INT(m.heartbeat.step, 5);
+    CHECK_EQ_INT(m.heartbeat.total_steps, 20);
+    CHECK_STR(m.heartbeat.pack.id, "pack-w0-3");
+    CHECK_EQ_INT(m.heartbeat.pack.jobs, 3);
+    CHECK_EQ_INT(m.heartbeat.pack.steps, 4000000000LL);
     json_decref(b);
     /* No pack id: a plain heartbeat. */
     b = msg_heartbeat_pack("ftjob-a", 5, 20, 0.25, NULL, 3, 4);
     CHECK(json_object_get(b, "pack") == NULL);
-    CHECK(msg_parse(b, &m, &e) == 0 && m.pack_id == NULL);
+    CHECK(msg_parse(b, &m, &e) == 0 && m.heartbeat.pack.id == NULL);
     json_decref(b);
 }
 
@@ -231,7 +275,7 @@ TEST(msg_nonfinite_metric_is_null) {
     msg p;
     lr_err e = {0};
     CHECK(msg_parse(m, &p, &e) == 0);
-    CHECK(isnan(p.value));
+    CHECK(isnan(p.metric.value));
     json_decref(m);
 }
 
@@ -277,14 +321,13 @@ TEST(msg_done_stop_reason) {
     json_t *d = msg_done("ftjob-a", MSG_STOPPED_EARLY, "early stop at step 12: eval loss did not improve");
     REQUIRE(d);
     CHECKF(msg_parse(d, &m, &e) == 0, "%s", e.msg);
-    CHECK_STR(m.outcome, "stopped_early");
-    CHECK_EQ_INT(m.ended, MSG_STOPPED_EARLY);
-    CHECK_STR(m.stop_reason, "early stop at step 12: eval loss did not improve");
+    CHECK_EQ_INT(m.done.outcome, MSG_STOPPED_EARLY);
+    CHECK_STR(m.done.stop_reason, "early stop at step 12: eval loss did not improve");
     json_decref(d);
     /* No reason (an older worker): parses, NULL. */
     d = msg_done("ftjob-a", MSG_STOPPED_EARLY, NULL);
     CHECK(json_object_get(d, "stop_reason") == NULL);
-    CHECK(msg_parse(d, &m, &e) == 0 && m.stop_reason == NULL);
+    CHECK(msg_parse(d, &m, &e) == 0 && m.done.stop_reason == NULL);
     json_decref(d);
     /* A reason over the cap is cut by the builder, never rejected, and the cut
      * does not split a UTF-8 character ("é" is 2 bytes; 1025 of them). */
@@ -295,7 +338,7 @@ TEST(msg_done_stop_reason) {
     d = msg_done("ftjob-a", MSG_STOPPED_EARLY, big);
     REQUIRE(d);
     CHECKF(msg_parse(d, &m, &e) == 0, "%s", e.msg);
-    CHECK_EQ_INT((long long)strlen(m.stop_reason), 1024);
+    CHECK_EQ_INT((long long)strlen(m.done.stop_reason), 1024);
     json_decref(d);
     /* A peer that sends more than the cap is a protocol error. */
     json_t *raw = json_pack("{s:s, s:s, s:s, s:s%}", "type", "done", "job_id", "j", "outcome", "stopped_early",
@@ -346,7 +389,7 @@ TEST(msg_failed_codes) {
         json_t *f = msg_failed("ftjob-a", code, "why");
         REQUIRE(f);
         CHECKF(msg_parse(f, &m, &e) == 0, "%s", e.msg);
-        CHECKF(m.code == code, "code %d came back as %d (%s)", code, m.code, msg_code_name(code));
+        CHECKF(m.failed.code == code, "code %d came back as %d (%s)", code, m.failed.code, msg_code_name(code));
         CHECK(code == 0 || strcmp(msg_code_name(code), "error"));
         json_decref(f);
     }
@@ -357,8 +400,8 @@ TEST(msg_failed_codes) {
     for (int i = 0; i < 2; i++) {
         json_t *j = json_loads(other[i], 0, NULL);
         REQUIRE(j);
-        m.code = -1;
-        CHECK(msg_parse(j, &m, &e) == 0 && m.code == 0);
+        m.failed.code = -1;
+        CHECK(msg_parse(j, &m, &e) == 0 && m.failed.code == 0);
         json_decref(j);
     }
 }
