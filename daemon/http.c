@@ -1,11 +1,8 @@
 #include "daemon/http.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,10 +33,6 @@ struct http_server {
     pthread_t watchdog;
     int watching, stop;
     pthread_cond_t wake;
-    int lfd;             /* the listening socket, -1 once quiesced */
-    int quit[2];         /* a byte here stops the acceptor */
-    pthread_t acceptor;
-    int accepting;
 };
 
 static pthread_key_t store_key;
@@ -374,51 +367,6 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ss, lr_err 
     return 0;
 }
 
-static int listen_on(const char *where, const struct sockaddr_storage *ss, int *out, lr_err *err) {
-    int one = 1, fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    /* SO_REUSEADDR: a restart binds over TIME_WAIT. No SO_REUSEPORT: a
-     * second lorad on a busy port must fail, not share it. */
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
-        (ss->ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one)) ||
-        bind(fd, (const struct sockaddr *)ss, len) || listen(fd, SOMAXCONN)) {
-        int e = errno;
-        if (fd >= 0) close(fd);
-        return lr_errp(err, LR_E_IO, "listen", "cannot listen on %s: %s", where, strerror(e));
-    }
-    *out = fd;
-    return 0;
-}
-
-/* One thread accepts and hands each connection to MHD, which gives it to a
- * pool thread by its descriptor number, so consecutive connections go to
- * different threads. With MHD's own listening socket in every pool thread,
- * the first thread to wake accepted up to 11 at a time: wrk's 32
- * connections landed 29 and 3, or 32 and 0, and the loaded thread's queue
- * was the p99 of GET /v1/jobs (bench/http_load.sh). */
-static void *acceptor(void *arg) {
-    http_server *s = arg;
-    struct pollfd p[2] = {{.fd = s->lfd, .events = POLLIN}, {.fd = s->quit[0], .events = POLLIN}};
-    for (;;) {
-        int n = poll(p, 2, -1);
-        if (n < 0 && errno != EINTR) break;
-        if (n > 0 && p[1].revents) break;
-        struct sockaddr_storage ss;
-        socklen_t len = sizeof ss;
-        int fd = accept4(s->lfd, (struct sockaddr *)&ss, &len, SOCK_CLOEXEC);
-        if (fd >= 0) {
-            /* MHD closes it when over a connection limit */
-            (void)MHD_add_connection(s->d, fd, (struct sockaddr *)&ss, len);
-        } else if ((errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) &&
-                   poll(p + 1, 1, 100) > 0) {
-            /* out of descriptors: the connection waits in the backlog while
-             * open ones finish, rather than a busy loop */
-            break;
-        }
-    }
-    return NULL;
-}
-
 int http_start(const lorad_config *cfg, api *a, http_server **out, lr_err *err) {
     *out = NULL;
     struct sockaddr_storage ss;
@@ -427,46 +375,31 @@ int http_start(const lorad_config *cfg, api *a, http_server **out, lr_err *err) 
     if (!s) return lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
     s->a = a;
     s->cfg = cfg;
-    s->lfd = s->quit[0] = s->quit[1] = -1;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
-    if (listen_on(cfg->listen, &ss, &s->lfd, err)) {
-        http_stop(s);
-        return -1;
-    }
-    if (pipe2(s->quit, O_CLOEXEC)) {
-        http_stop(s);
-        return lr_errp(err, LR_E_IO, NULL, "cannot make the HTTP acceptor's pipe: %s", strerror(errno));
-    }
-    /* ITC: connections added from the acceptor wake their pool thread. */
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_ERROR_LOG | MHD_USE_ITC |
-                     MHD_USE_NO_LISTEN_SOCKET;
+    /* ITC: quiesce (stop accepting on SIGTERM) needs it with a thread pool.
+     * No SO_REUSEPORT: a second lorad on a busy port must fail, not share it
+     * (MHD's default SO_REUSEADDR still allows a restart over TIME_WAIT). */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
-    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_THREAD_POOL_SIZE,
-                            (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
+    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+                            MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
                             (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
                             (unsigned)cfg->max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
                             (unsigned)cfg->request_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_done, s,
                             MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_END);
     if (!s->d) {
         http_stop(s);
-        return lr_errp(err, LR_E_IO, NULL, "cannot start the HTTP server's %d threads", cfg->http_threads);
+        return lr_errp(err, LR_E_IO, "listen", "cannot listen on %s (in use, or not an address of this host)",
+                       cfg->listen);
     }
     if (pthread_create(&s->watchdog, NULL, watchdog, s)) {
         http_stop(s);
         return lr_errp(err, LR_E_IO, NULL, "cannot start the HTTP watchdog thread");
     }
     s->watching = 1;
-    if (pthread_create(&s->acceptor, NULL, acceptor, s)) {
-        http_stop(s);
-        return lr_errp(err, LR_E_IO, NULL, "cannot start the HTTP acceptor thread");
-    }
-    s->accepting = 1;
-    struct sockaddr_storage bound;
-    socklen_t blen = sizeof bound;
-    if (!getsockname(s->lfd, (struct sockaddr *)&bound, &blen))
-        s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                                    : ((struct sockaddr_in *)&bound)->sin_port);
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : 0;
     *out = s;
     return 0;
 }
@@ -474,15 +407,9 @@ int http_start(const lorad_config *cfg, api *a, http_server **out, lr_err *err) 
 int http_port(const http_server *s) { return s->port; }
 
 void http_quiesce(http_server *s) {
-    if (!s) return;
-    if (s->accepting) {
-        while (write(s->quit[1], "q", 1) < 0 && errno == EINTR) {
-        }
-        pthread_join(s->acceptor, NULL);
-        s->accepting = 0;
-    }
-    if (s->lfd >= 0) close(s->lfd);
-    s->lfd = -1;
+    if (!s || !s->d) return;
+    MHD_socket fd = MHD_quiesce_daemon(s->d);
+    if (fd != MHD_INVALID_SOCKET) close(fd);
 }
 
 void http_stop(http_server *s) {
@@ -494,10 +421,7 @@ void http_stop(http_server *s) {
         pthread_mutex_unlock(&s->mu);
         pthread_join(s->watchdog, NULL);
     }
-    http_quiesce(s);
     if (s->d) MHD_stop_daemon(s->d);
-    for (int i = 0; i < 2; i++)
-        if (s->quit[i] >= 0) close(s->quit[i]);
     pthread_cond_destroy(&s->wake);
     pthread_mutex_destroy(&s->mu);
     free(s);

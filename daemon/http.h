@@ -3,8 +3,7 @@
  * A thread pool (http_threads), a connection limit, an idle timeout, and a
  * body limit per route checked against Content-Length before the body is
  * read and again while it arrives (413). Each pool thread has its own
- * SQLite connection, opened on first use and closed when the thread ends.
- * One more thread accepts connections and spreads them over the pool. */
+ * SQLite connection, opened on first use and closed when the thread ends. */
 #ifndef LR_HTTP_H
 #define LR_HTTP_H
 
