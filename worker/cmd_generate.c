@@ -1,5 +1,6 @@
 /* lora-worker generate: text from a model (and optionally an adapter) with a
- * KV cache, on the CPU.
+ * KV cache on the chosen backend (the CPU by default; generation runs the
+ * training forward's layer code, worker/model_decode.c).
  *
  * Prompts go through the model's chat template as a user message with the
  * assistant header appended (add_generation_prompt), unless --raw (the text
@@ -31,7 +32,8 @@ static void usage(FILE *f) {
             "         --prompt TEXT | --prompts FILE.jsonl | --prompt-ids 1,2,3\n"
             "         [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
             "         [--stop STR]... [--system TEXT] [--raw] [--json] [--logits-out FILE] [--threads N]\n"
-            "  Generates a reply per prompt with a KV cache on the CPU. Prompts are rendered as a user\n"
+            "         [--backend cpu|cuda|cuda:N]\n"
+            "  Generates a reply per prompt with a KV cache on the backend (default cpu). Prompts are rendered as a user\n"
             "  message by the chat template (auto|chatml|llama3|mistral|alpaca|plain) with the assistant\n"
             "  header appended; --raw tokenizes the text as is. --prompts takes JSONL rows (a string,\n"
             "  messages, prompt, instruction/input, input or question) or a dataset CSV.\n"
@@ -128,7 +130,7 @@ static void print_result(const char *id, const gen_result *g, int as_json, int m
 
 int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *adapter = NULL, *tpl = "auto", *prompt = NULL, *prompts_path = NULL;
-    const char *ids_arg = NULL, *system = NULL, *logits_out = NULL;
+    const char *ids_arg = NULL, *system = NULL, *logits_out = NULL, *backend = "cpu";
     int raw = 0, as_json = 0, threads = 0;
     gen_opts o;
     lr_err err = {0};
@@ -153,6 +155,7 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--prompt-ids")) ids_arg = v;
         else if (!strcmp(a, "--system")) system = v;
         else if (!strcmp(a, "--logits-out")) logits_out = v;
+        else if (!strcmp(a, "--backend")) backend = v;
         else if (!strcmp(a, "--stop")) {
             if (gen_add_stop(&o, v, &err)) {
                 fprintf(stderr, "generate: --stop: %s\n", err.msg);
@@ -191,7 +194,7 @@ int cmd_generate(int argc, char **argv) {
     prompt_set ps = {0};
     int32_t *ids = NULL;
     int n_ids = 0;
-    if (kb_cpu_create(threads, &be, &err)) goto done;
+    if (kb_create(backend, threads, &be, &err)) goto done;
     if (model_load(model_dir, be, &m, &err)) {
         input_fault(&err, "model");
         goto done;

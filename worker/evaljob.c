@@ -154,9 +154,7 @@ static int gen_cancelled(void *ud) { return cancelled(ud); }
 static int setup(ejob *J, const train_opts *opts, lr_err *err) {
     const jobspec *s = J->spec;
     if (lr_mkdirs(J->paths->run_dir, err)) return -1;
-    if (opts && opts->backend && strcmp(opts->backend, "cpu"))
-        ev(J, "info", "evaluation generates on the CPU backend (the KV cache is CPU code), not %s", opts->backend);
-    if (kb_cpu_create(opts ? opts->threads : 0, &J->be, err)) return -1;
+    if (kb_create(opts && opts->backend ? opts->backend : "cpu", opts ? opts->threads : 0, &J->be, err)) return -1;
     if (tok_load(J->paths->model_dir, &J->tk, err)) return lr_err_prefix(err, "model tokenizer: ");
     if (chat_init(&J->ch, J->tk, s->chat_template, J->paths->model_dir, err)) return -1;
     model_quant mq = {(kq_type)s->lora.quantize, s->lora.double_quant, MODEL_MM_F32}; /* evaluate on the base a QLoRA job trained */
