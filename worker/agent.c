@@ -616,7 +616,7 @@ static void device_name(const char *backend, char *out, size_t cap) {
 }
 
 /* HELLO's pack_max: --pack-max where this worker can co-train (one
- * process on the CPU, its files on this machine, not --once), else 1. */
+ * process, CPU or GPU, its files on this machine, not --once), else 1. */
 static int pack_max_of(const agent_opts *o) {
     if (o->pack_max <= 1 || o->once || dist_size(o->dist) > 1 || (o->connect_url && !o->shared_fs) ||
         pack_supported(o->backend, NULL))

@@ -45,7 +45,7 @@ typedef struct agent_opts {
      * (pack_compatible, room), else it is answered FAILED LR_E_BUSY (lorad
      * requeues it); each job keeps its own frames, heartbeat (with the
      * pack) and cancel. HELLO says pack_max, or 1 where packing cannot run
-     * (a GPU, several ranks, files copied from a remote lorad). */
+     * (several ranks, files copied from a remote lorad). */
     int pack_max;
 } agent_opts;
 

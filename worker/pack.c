@@ -28,10 +28,12 @@ struct pack {
     int n, max;
 };
 
+/* By name, before a backend exists (the agent's HELLO): both backends
+ * kb_create knows have lora_fwd / lora_bwd. */
 int pack_supported(const char *backend, lr_err *err) {
-    if (backend && strcmp(backend, "cpu"))
+    if (backend && strcmp(backend, "cpu") && strncmp(backend, "cuda", 4))
         return lr_errp(err, LR_E_INVALID, "resources.co_train",
-                       "co-training several jobs in one pass runs on the CPU backend only, not %s", backend);
+                       "co-training several jobs in one pass runs on the cpu and cuda backends, not %s", backend);
     return 0;
 }
 

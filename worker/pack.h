@@ -59,8 +59,8 @@ int64_t pack_packed_steps(const pack *p, const void *tag);
  * and the activations of its micro-batch (batch_size x max_seq_len rows,
  * no recompute); the base model is the pack's, counted once. */
 int64_t pack_job_bytes(const jobspec *spec, const struct hf_config *c);
-/* Whether this backend can co-train at all (the CPU can; a GPU build of
- * lora-worker refuses with a message). */
+/* Whether the backend named so can co-train at all (cpu and cuda[:N] can;
+ * any other name is refused with a message). */
 int pack_supported(const char *backend, lr_err *err);
 
 #endif

@@ -540,6 +540,79 @@ static void cu_dora_norm(kb_backend *be, const kb_linear *L, float *wnorm) {
     }
 }
 
+/* ---- the LoRA path (shared by linear_fwd/bwd and the co-training ops) ---- */
+
+/* drop(x) into t ([N,in] scratch) when the path has dropout; returns drop(x)
+ * (t, or x itself). */
+static const float *lora_input(cu_impl *c, const kb_lora *l, float *t, const float *x, size_t nx) {
+    if (l->dropout <= 0.0f) return x;
+    dropout_k<<<grid_for(c, nx), CUPLAN_BLOCK, 0, c->st>>>(t, x, l->seed, l->dropout, nx);
+    return t;
+}
+
+/* y[N,out] += scale * xa B^T after xa = xd A^T (xd: the dropped input). */
+static void lora_path_fwd(cu_impl *c, const kb_linear *L, float *y, float *xa, const float *xd, int N) {
+    const kb_lora *l = L->lora;
+    gemm(c, KB_F32, 0, 1, N, l->r, L->in, 1.0f, xd, L->in, l->A, L->in, 0.0f, xa, l->r);
+    gemm(c, KB_F32, 0, 1, N, L->out, l->r, l->scale, xa, l->r, l->B, l->r, 1.0f, y, L->out);
+}
+
+/* dB += s g^T xa; dh = s g B; dA += dh^T drop(x) (xd), for the output
+ * gradient g the path sees (dy, or DoRA's s * dy). */
+static void lora_path_grads(cu_impl *c, const kb_linear *L, float *dh, const float *g, const float *xd,
+                            const float *xa, int N) {
+    const kb_lora *l = L->lora;
+    int r = l->r, out = L->out;
+    gemm(c, KB_F32, 1, 0, out, r, N, l->scale, g, out, xa, r, 1.0f, l->dB, r);
+    gemm(c, KB_F32, 0, 0, N, r, out, l->scale, g, out, l->B, r, 0.0f, dh, r);
+    gemm(c, KB_F32, 1, 0, r, L->in, N, 1.0f, dh, r, xd, L->in, 1.0f, l->dA, L->in);
+}
+
+/* dx += drop'(dh A): straight into dx without dropout, else through t
+ * ([N,in]; t_acc: t already holds a term of the dropped input's gradient,
+ * DoRA's, that goes through the mask with it). */
+static void lora_path_dx(cu_impl *c, const kb_linear *L, float *dx, const float *dh, float *t, int t_acc, int N) {
+    const kb_lora *l = L->lora;
+    size_t nx = (size_t)N * L->in;
+    if (l->dropout <= 0.0f) {
+        gemm(c, KB_F32, 0, 0, N, L->in, l->r, 1.0f, dh, l->r, l->A, L->in, 1.0f, dx, L->in);
+        return;
+    }
+    gemm(c, KB_F32, 0, 0, N, L->in, l->r, 1.0f, dh, l->r, l->A, L->in, t_acc ? 1.0f : 0.0f, t, L->in);
+    dropout_acc_k<<<grid_for(c, nx), CUPLAN_BLOCK, 0, c->st>>>(dx, t, l->seed, l->dropout, nx);
+}
+
+/* The scratch of the plain LoRA path alone: f32 throughout, no base GEMM. */
+static char *lora_scratch(cu_impl *c, const kb_linear *L, int N, int backward, cuplan_linear *lay) {
+    const kb_lora *l = L->lora;
+    cuplan_linear_layout(KB_F32, N, L->in, L->out, l->r, l->dropout > 0.0f, 0, backward, lay);
+    return lay->total ? ws_get(c, lay->total, "LoRA path scratch") : c->ws;
+}
+
+static void cu_lora_fwd(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N) {
+    cu_impl *c = impl_of(be);
+    if (c->failed || N <= 0) return;
+    cuplan_linear lay;
+    char *ws = lora_scratch(c, L, N, 0, &lay);
+    if (lay.total && !ws) return;
+    float *t = lay.drop == SIZE_MAX ? NULL : (float *)(ws + lay.drop);
+    lora_path_fwd(c, L, y, xa, lora_input(c, L->lora, t, x, (size_t)N * L->in), N);
+    launched(c, "lora_fwd");
+}
+
+static void cu_lora_bwd(kb_backend *be, const kb_linear *L, float *dx, const float *dy, const float *x,
+                        const float *xa, int N) {
+    cu_impl *c = impl_of(be);
+    if (c->failed || N <= 0) return;
+    cuplan_linear lay;
+    char *ws = lora_scratch(c, L, N, 1, &lay);
+    if (lay.total && !ws) return;
+    float *t = lay.drop == SIZE_MAX ? NULL : (float *)(ws + lay.drop), *dh = (float *)(ws + lay.dh);
+    lora_path_grads(c, L, dh, dy, lora_input(c, L->lora, t, x, (size_t)N * L->in), xa, N);
+    if (dx) lora_path_dx(c, L, dx, dh, t, 0, N);
+    launched(c, "lora_bwd");
+}
+
 /* ---- linear with LoRA / DoRA ---- */
 
 static void cu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *xa, const float *x, int N) {
@@ -549,12 +622,12 @@ static void cu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *x
     const kb_lora *l = L->lora;
     int drop = l && l->dropout > 0.0f, dora = l && l->mag, out = L->out;
     cuplan_linear lay;
-    linear_layout(be, L, N, l ? l->r : 0, drop, dora, 0, &lay);
+    linear_layout(be, L, N, dora ? l->r : 0, drop, dora, 0, &lay); /* plain LoRA: lora_fwd's own scratch */
     char *ws = ws_get(c, lay.total, "linear layer scratch");
     if (lay.total && !ws) return;
     void *lowp = lay.x_lowp == SIZE_MAX ? NULL : ws + lay.x_lowp;
     void *qt = lay.qtile == SIZE_MAX ? NULL : ws + lay.qtile;
-    size_t ny = (size_t)N * out, nx = (size_t)N * L->in;
+    size_t ny = (size_t)N * out;
     float beta = 0.0f;
     if (L->b && !dora) { /* DoRA adds the bias after scaling */
         WDISPATCH(dt, bias_rows_k<W><<<grid_for(c, ny), CUPLAN_BLOCK, 0, c->st>>>(y, (const W *)L->b, N, out));
@@ -563,18 +636,12 @@ static void cu_linear_fwd(kb_backend *be, const kb_linear *L, float *y, float *x
     base_gemm(c, ot, L, lowp, qt, lay.qrows, x, N, beta, y);
     launched(c, "linear_fwd");
     if (!l) return;
-    const float *xd = x;
-    if (drop) {
-        float *t = (float *)(ws + lay.drop);
-        dropout_k<<<grid_for(c, nx), CUPLAN_BLOCK, 0, c->st>>>(t, x, l->seed, l->dropout, nx);
-        xd = t;
-    }
-    gemm(c, KB_F32, 0, 1, N, l->r, L->in, 1.0f, xd, L->in, l->A, L->in, 0.0f, xa, l->r);
     if (!dora) {
-        gemm(c, KB_F32, 0, 1, N, out, l->r, l->scale, xa, l->r, l->B, l->r, 1.0f, y, out);
-        launched(c, "linear_fwd lora");
+        cu_lora_fwd(be, L, y, xa, x, N); /* linear_fwd is the base then lora_fwd, as backend.h says */
         return;
     }
+    const float *xd = lora_input(c, l, drop ? (float *)(ws + lay.drop) : NULL, x, (size_t)N * L->in);
+    gemm(c, KB_F32, 0, 1, N, l->r, L->in, 1.0f, xd, L->in, l->A, L->in, 0.0f, xa, l->r);
     /* DoRA: y = lr_dora_out(x W^T, drop(x) W^T, scale xa B^T) per element */
     float *u = (float *)(ws + lay.dz), *zb = drop ? (float *)(ws + lay.zb) : NULL;
     gemm(c, KB_F32, 0, 1, N, out, l->r, l->scale, xa, l->r, l->B, l->r, 0.0f, u, out);
@@ -592,54 +659,42 @@ static void cu_linear_bwd(kb_backend *be, const kb_linear *L, float *dx, int dx_
     const kb_lora *l = L->lora;
     int drop = l && l->dropout > 0.0f, dora = l && l->mag, r = l ? l->r : 0, out = L->out;
     cuplan_linear lay;
-    linear_layout(be, L, N, r, drop, dora, 1, &lay);
+    linear_layout(be, L, N, dora ? r : 0, drop, dora, 1, &lay); /* plain LoRA: lora_bwd's own scratch */
     char *ws = ws_get(c, lay.total, "linear layer scratch");
     if (lay.total && !ws) return;
     void *lowp = lay.x_lowp == SIZE_MAX ? NULL : ws + lay.x_lowp;
     void *qt = lay.qtile == SIZE_MAX ? NULL : ws + lay.qtile;
     int qr = lay.qrows;
-    size_t nx = (size_t)N * L->in, ny = (size_t)N * out;
+    size_t ny = (size_t)N * out;
     float bx = dx_acc ? 1.0f : 0.0f;
     if (dx && !dora) input_grad(c, dt, L, lowp, qt, qr, dy, N, bx, dx);
+    launched(c, "linear_bwd");
     if (!l) return;
-    float *dh = (float *)(ws + lay.dh);
-    const float *xd = x;
-    float *t = drop ? (float *)(ws + lay.drop) : NULL;
-    if (drop) {
-        dropout_k<<<grid_for(c, nx), CUPLAN_BLOCK, 0, c->st>>>(t, x, l->seed, l->dropout, nx);
-        xd = t;
+    if (!dora) {
+        cu_lora_bwd(be, L, dx, dy, x, xa, N); /* likewise the base then lora_bwd */
+        return;
     }
-    const float *g = dy;
-    float *G = dora ? (float *)(ws + lay.dz) : NULL;
-    if (dora) {
-        /* d mag_j = sum_n dy[n,j] G[n,j] / wnorm_j with G = drop(x) W^T + scale xa B^T
-         * (the pre-bias direction term); then G = s dy for the LoRA path */
-        unsigned parts = (unsigned)((N + CUPLAN_DORA_ROWS - 1) / CUPLAN_DORA_ROWS), cols = (unsigned)((out + 127) / 128);
-        double *part = (double *)(ws + lay.part);
-        base_gemm(c, dt, L, lowp, qt, qr, xd, N, 0.0f, G);
-        gemm(c, KB_F32, 0, 1, N, out, r, l->scale, xa, r, l->B, r, 1.0f, G, out);
-        dora_dmag_part_k<<<dim3(cols, parts), 128, 0, c->st>>>(part, G, dy, l->mag, l->wnorm, N, out);
-        dora_dmag_k<<<cols, 128, 0, c->st>>>(l->dmag, part, l->wnorm, (int)parts, out);
-        launched(c, "linear_bwd dora");
-        g = G;
-    }
-    /* dB += s g^T xa; dh = s g B; dA += dh^T drop(x); dx += drop'(dh A) */
-    gemm(c, KB_F32, 1, 0, out, r, N, l->scale, g, out, xa, r, 1.0f, l->dB, r);
-    gemm(c, KB_F32, 0, 0, N, r, out, l->scale, g, out, l->B, r, 0.0f, dh, r);
-    gemm(c, KB_F32, 1, 0, r, L->in, N, 1.0f, dh, r, xd, L->in, 1.0f, l->dA, L->in);
+    /* DoRA: d mag_j = sum_n dy[n,j] G[n,j] / wnorm_j with G = drop(x) W^T +
+     * scale xa B^T (the pre-bias direction term); then G = s dy for the LoRA path */
+    float *t = drop ? (float *)(ws + lay.drop) : NULL, *dh = (float *)(ws + lay.dh), *G = (float *)(ws + lay.dz);
+    const float *xd = lora_input(c, l, t, x, (size_t)N * L->in);
+    unsigned parts = (unsigned)((N + CUPLAN_DORA_ROWS - 1) / CUPLAN_DORA_ROWS), cols = (unsigned)((out + 127) / 128);
+    double *part = (double *)(ws + lay.part);
+    base_gemm(c, dt, L, lowp, qt, qr, xd, N, 0.0f, G);
+    gemm(c, KB_F32, 0, 1, N, out, r, l->scale, xa, r, l->B, r, 1.0f, G, out);
+    dora_dmag_part_k<<<dim3(cols, parts), 128, 0, c->st>>>(part, G, dy, l->mag, l->wnorm, N, out);
+    dora_dmag_k<<<cols, 128, 0, c->st>>>(l->dmag, part, l->wnorm, (int)parts, out);
+    launched(c, "linear_bwd dora");
+    lora_path_grads(c, L, dh, G, xd, xa, N);
     if (dx && !drop) {
-        if (dora) input_grad(c, dt, L, lowp, qt, qr, g, N, bx, dx); /* the base path is scaled by s too */
-        gemm(c, KB_F32, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, 1.0f, dx, L->in);
+        input_grad(c, dt, L, lowp, qt, qr, G, N, bx, dx); /* the base path is scaled by s too */
     } else if (dx) {
-        if (dora) {
-            /* the undropped base path carries dy, the dropped one (s - 1) dy = G - dy */
-            input_grad(c, dt, L, lowp, qt, qr, dy, N, bx, dx);
-            sub_k<<<grid_for(c, ny), CUPLAN_BLOCK, 0, c->st>>>(G, dy, ny);
-            input_grad(c, dt, L, lowp, qt, qr, G, N, 0.0f, t);
-        }
-        gemm(c, KB_F32, 0, 0, N, L->in, r, 1.0f, dh, r, l->A, L->in, dora ? 1.0f : 0.0f, t, L->in);
-        dropout_acc_k<<<grid_for(c, nx), CUPLAN_BLOCK, 0, c->st>>>(dx, t, l->seed, l->dropout, nx);
+        /* the undropped base path carries dy, the dropped one (s - 1) dy = G - dy */
+        input_grad(c, dt, L, lowp, qt, qr, dy, N, bx, dx);
+        sub_k<<<grid_for(c, ny), CUPLAN_BLOCK, 0, c->st>>>(G, dy, ny);
+        input_grad(c, dt, L, lowp, qt, qr, G, N, 0.0f, t);
     }
+    if (dx) lora_path_dx(c, L, dx, dh, t, 1, N);
     launched(c, "linear_bwd");
 }
 
@@ -1013,6 +1068,8 @@ extern "C" int kb_cuda_create(int device, kb_dtype wdt, kb_backend **out, lr_err
     be->add = cu_add;
     be->linear_fwd = cu_linear_fwd;
     be->linear_bwd = cu_linear_bwd;
+    be->lora_fwd = cu_lora_fwd;
+    be->lora_bwd = cu_lora_bwd;
     be->lmhead_ce = cu_lmhead_ce;
     be->lmhead_ce_kl = cu_lmhead_ce_kl;
     be->dora_norm = cu_dora_norm;

@@ -736,6 +736,76 @@ TEST(op_linear_lora) {
     linear_case(KB_F16, 1, 4e-3);
 }
 
+/* The co-training ops (lora_fwd / lora_bwd: the plain LoRA path alone, on
+ * rows of its own) against the CPU's, y and dx accumulated onto non-zero
+ * values, dx NULL too; and the contract that linear_fwd / linear_bwd are
+ * the base linear then these ops, bit for bit, on the GPU itself. */
+static void lora_op_case(kb_dtype wdt, int w_in_out, float dropout) {
+    kb_backend *g = gpu(wdt), *c = cpu();
+    int N = 90, in = 96, out = 160, r = 8;
+    size_t nx = (size_t)N * in, ny = (size_t)N * out, na = (size_t)r * in, nb = (size_t)out * r;
+    float *W = rnd((size_t)in * out, 0.1f), *b = rnd(out, 0.1f), *x = rnd(nx, 1), *dy = rnd(ny, 1);
+    float *y = rnd(ny, 1), *dx = rnd(nx, 1), *A = rnd(na, 0.1f), *Bm = rnd(nb, 0.1f), *dA = rnd(na, 0.1f);
+    float *dB = rnd(nb, 0.1f), *xa = calloc((size_t)N * r, 4), *h;
+    kb_lora lc = {.A = A, .B = Bm, .dA = dA, .dB = dB, .r = r, .scale = 2.0f, .dropout = dropout, .seed = 77};
+    kb_lora lg = {.A = put(g, A, na), .B = put(g, Bm, nb), .dA = put(g, dA, na), .dB = put(g, dB, nb), .r = r,
+                  .scale = 2.0f, .dropout = dropout, .seed = 77};
+    /* the ops read no base weight */
+    kb_linear Lc = {NULL, NULL, in, out, w_in_out, &lc, NULL, NULL, NULL, NULL}, Lg = Lc;
+    Lg.lora = &lg;
+    float *gx = put(g, x, nx), *gy = put(g, y, ny), *gdy = put(g, dy, ny), *gdx = put(g, dx, nx);
+    float *gxa = g->alloc(g, (size_t)N * r * 4);
+    c->lora_fwd(c, &Lc, y, xa, x, N);
+    g->lora_fwd(g, &Lg, gy, gxa, gx, N);
+    CHECK_REL((h = get(g, gy, ny)), y, ny, 1e-5);
+    free(h);
+    CHECK_REL((h = get(g, gxa, (size_t)N * r)), xa, (size_t)N * r, 1e-5);
+    free(h);
+    c->lora_bwd(c, &Lc, dx, dy, x, xa, N);
+    g->lora_bwd(g, &Lg, gdx, gdy, gx, gxa, N);
+    c->lora_bwd(c, &Lc, NULL, dy, x, xa, N); /* gradients only: dA, dB accumulate twice */
+    g->lora_bwd(g, &Lg, NULL, gdy, gx, gxa, N);
+    CHECK_REL((h = get(g, gdx, nx)), dx, nx, 1e-5);
+    free(h);
+    CHECK_REL((h = get(g, lg.dA, na)), dA, na, 1e-5);
+    free(h);
+    CHECK_REL((h = get(g, lg.dB, nb)), dB, nb, 1e-5);
+    free(h);
+    check_ok(g);
+
+    /* linear (bias, frozen W of the backend's dtype) = base + lora op, on the GPU */
+    void *gW = put_w(g, W, (size_t)in * out), *gb = put_w(g, b, out);
+    kb_linear Lw = {gW, gb, in, out, w_in_out, &lg, NULL, NULL, NULL, NULL}, Lbase = Lw;
+    Lbase.lora = NULL;
+    float *gy2 = g->alloc(g, ny * 4), *gxa2 = g->alloc(g, (size_t)N * r * 4), *gdx2 = put(g, dx, nx);
+    g->upload(g, gdx, dx, nx * 4);
+    g->linear_fwd(g, &Lw, gy, gxa, gx, N);
+    g->linear_fwd(g, &Lbase, gy2, NULL, gx, N);
+    g->lora_fwd(g, &Lw, gy2, gxa2, gx, N);
+    float *h2;
+    h = get(g, gy, ny), h2 = get(g, gy2, ny);
+    CHECKF(!memcmp(h, h2, ny * 4), "linear_fwd != base + lora_fwd (dtype %d, dropout %g)", wdt, dropout);
+    free(h), free(h2);
+    g->linear_bwd(g, &Lw, gdx, 1, gdy, gx, gxa, N);
+    g->linear_bwd(g, &Lbase, gdx2, 1, gdy, gx, NULL, N);
+    g->lora_bwd(g, &Lw, gdx2, gdy, gx, gxa2, N);
+    h = get(g, gdx, nx), h2 = get(g, gdx2, nx);
+    CHECKF(!memcmp(h, h2, nx * 4), "linear_bwd != base + lora_bwd (dtype %d, dropout %g)", wdt, dropout);
+    free(h), free(h2);
+    check_ok(g);
+    free(W), free(b), free(x), free(dy), free(y), free(dx), free(A), free(Bm), free(dA), free(dB), free(xa);
+    kb_destroy(g), kb_destroy(c);
+}
+TEST(op_lora_path_for_co_training) {
+    NEED_GPU(g, KB_F32);
+    CHECK(g->lora_fwd && g->lora_bwd);
+    kb_destroy(g);
+    lora_op_case(KB_F32, 0, 0.0f);
+    lora_op_case(KB_F32, 1, 0.1f);
+    lora_op_case(KB_BF16, 0, 0.1f); /* the LoRA path is f32 whatever the weights' dtype */
+    lora_op_case(KB_F16, 1, 0.0f);
+}
+
 static void ce_case(kb_dtype wdt, int chunk, double tol) {
     kb_backend *g = gpu(wdt), *c = cpu();
     int N = 61, C = 64, V = 1000;
@@ -1199,4 +1269,107 @@ TEST(train_50_steps_tracks_cpu) {
         free(rc.grads), free(rg.grads);
         kb_destroy(c), kb_destroy(g);
     }
+}
+
+/* ---- co-training on the GPU ---- */
+
+/* Attaches an r-rank adapter (dropout on, B random so that every gradient
+ * is non-zero) and moves it into a new slot *s. */
+static int pack_adapter(model *m, int r, uint64_t seed, model_slot **s, lr_err *err) {
+    model_lora_cfg lc = {.r = r, .alpha = 16, .dropout = 0.1f, .n_targets = 1};
+    snprintf(lc.targets[0], sizeof lc.targets[0], "all-linear");
+    if (model_lora_init(m, &lc, seed, err)) return -1;
+    for (size_t i = 0; i < model_n_params(m); i++) {
+        const model_param *p = model_param_at(m, i);
+        if (!strstr(p->name, "lora_B")) continue;
+        rng_state = seed * 100 + i;
+        float *v = rnd(p->numel, 0.05f);
+        int e = model_param_set(m, i, v, p->numel, err);
+        free(v);
+        if (e) return -1;
+    }
+    if (model_slot_new(m, s, err)) return -1;
+    model_slot_swap(m, *s); /* the model keeps no adapter */
+    return 0;
+}
+
+/* A host copy of the slot's gradients, *n floats. */
+static float *slot_grads(kb_backend *be, model *m, model_slot *s, size_t *n) {
+    model_slot_swap(m, s);
+    *n = model_numel(m);
+    float *h = get(be, model_grads(m), *n);
+    model_slot_swap(m, s);
+    return h;
+}
+static void slot_zero(model *m, model_slot *s) {
+    model_slot_swap(m, s);
+    model_zero_grad(m);
+    model_slot_swap(m, s);
+}
+
+/* Two adapters (r 4 and 8, different sequence lengths) in slots of one
+ * llama model on the GPU: their packed pass (model_fwd_bwd_pack) against
+ * each alone (model_fwd_bwd with it swapped in), same dropout streams.
+ * Loss sums 1e-6, gradients 1e-5, not bit for bit: cuBLAS may block a
+ * GEMM differently for the packed pass's row count. */
+TEST(pack_equals_alone_on_the_gpu) {
+    NEED_GPU(g, KB_F32);
+    const char *dir = test_tmpdir();
+    char path[600];
+    snprintf(path, sizeof path, "%s/pack-llama", dir);
+    REQUIRE(mkmodel(path, "llama", "f32") == 0);
+    lr_err err = {0};
+    model *m = NULL;
+    model_slot *s[2] = {NULL, NULL};
+    int Bs[2] = {2, 1}, Ts[2] = {24, 40}, V = 0;
+    int32_t ids[2][48], labels[2][48];
+    double alone[2];
+    float *ga[2] = {NULL, NULL};
+    size_t n[2];
+    int ok = model_load(path, g, &m, &err) == 0 && pack_adapter(m, 4, 3, &s[0], &err) == 0 &&
+             pack_adapter(m, 8, 5, &s[1], &err) == 0;
+    CHECKF(ok, "setting up the pack: %s", err.msg);
+    if (ok) V = model_config(m)->vocab_size;
+    for (int k = 0; ok && k < 2; k++) {
+        for (int i = 0; i < Bs[k] * Ts[k]; i++) {
+            ids[k][i] = (int)(lr_mix64((uint64_t)k * 1000 + i) % V);
+            labels[k][i] = i % 5 == 0 ? -100 : ids[k][i];
+        }
+        int64_t nt;
+        slot_zero(m, s[k]);
+        model_slot_set_train(s[k], 1, 100 + k);
+        model_slot_swap(m, s[k]);
+        ok = model_fwd_bwd(m, ids[k], labels[k], Bs[k], Ts[k], 1.0f, &alone[k], &nt, &err) == 0;
+        model_slot_swap(m, s[k]);
+        CHECKF(ok, "adapter %d alone: %s", k, err.msg);
+        if (ok) ga[k] = slot_grads(g, m, s[k], &n[k]);
+    }
+    model_pack_mb mb[2];
+    for (int k = 0; ok && k < 2; k++) {
+        slot_zero(m, s[k]);
+        model_slot_set_train(s[k], 1, 100 + k); /* the same dropout masks as alone */
+        mb[k] = (model_pack_mb){.slot = s[k], .ids = ids[k], .labels = labels[k], .B = Bs[k], .T = Ts[k],
+                                .grad_scale = 1.0f};
+    }
+    if (ok) {
+        ok = model_fwd_bwd_pack(m, mb, 2, &err) == 0;
+        CHECKF(ok, "packed pass on the GPU: %s", err.msg);
+    }
+    for (int k = 0; ok && k < 2; k++) {
+        size_t np;
+        float *gp = slot_grads(g, m, s[k], &np);
+        double le = fabs(mb[k].loss_sum - alone[k]) / fabs(alone[k]), ge = relerr(gp, ga[k], np);
+        printf("    adapter %d: loss sum %.7f packed, %.7f alone (rel %.2g); LoRA grads rel %.2g\n", k,
+               mb[k].loss_sum, alone[k], le, ge);
+        CHECK_EQ_INT((int)np, (int)n[k]);
+        CHECKF(le <= 1e-6, "adapter %d: packed loss rel err %.3g", k, le);
+        CHECKF(ge <= 1e-5, "adapter %d: packed grads rel err %.3g", k, ge);
+        free(gp);
+    }
+    for (int k = 0; k < 2; k++) {
+        free(ga[k]);
+        if (s[k]) model_slot_free(m, s[k]);
+    }
+    model_free(m);
+    kb_destroy(g);
 }
