@@ -5,10 +5,12 @@
 #   tests  build/tests/test_dist (NCCL all-reduce on 2 GPUs; skips on one),
 #          build/tests/test_cuda (every op forward and backward against the
 #          CPU backend, grads per architecture with f32, bf16 and f16 models,
-#          50 AdamW steps against the CPU run), then the attention cases once
+#          50 AdamW steps against the CPU run, the co-training ops and a
+#          packed pass against each adapter alone), then the attention cases once
 #          more under compute-sanitizer: racecheck (shared-memory races in the
 #          tiled kernels) and memcheck (out-of-bounds accesses)
-#   bench  make bench-gpu (tokens/s, GPU peak, MFU, ratio to the PyTorch peer)
+#   bench  make bench-gpu (tokens/s, GPU peak, MFU, ratio to the PyTorch peer;
+#          co-training: 4 small jobs packed vs one after another)
 # Without a phase argument it runs both. Every phase appends to
 # $LR_GPU_OUT/gpu-check.log (default build/gpu-check) and the figures for
 # bench/RESULTS.md, with the date and device, to $LR_GPU_OUT/results.md.

@@ -12,14 +12,18 @@
 # ($LR_BENCH_PY, default python3; without one the ratio column says so).
 # The random models are written once by
 # `lora-worker mkmodel` into $LR_BENCH_MODELS (default build/bench-models; the
-# 8B one takes 16 GB of disk). Then the data-parallel figure (bench/dist.sh
+# 8B one takes 16 GB of disk). Then co-training (issue 19): bench/pack.sh on
+# the GPU, 4 small LoRA jobs (gpt2-124m, 1 x 128 tokens, r=8) packed into one
+# pass vs one after another, total tokens/s and peak GPU memory of each.
+# Then the data-parallel figure (bench/dist.sh
 # gpu): 1 GPU vs all of them, all-reduce share, implied bus bandwidth; it
 # skips with the expected all-reduce formula on a 1-GPU machine.
 # Without a usable GPU it says so and exits 0.
 #
 # Environment: LR_BUILD (build dir, default build), LR_BENCH_MODELS, LR_BENCH_STEPS
 # (timed steps per shape, default 5), LR_BENCH_DEVICE (default cuda:0),
-# LR_BENCH_SHAPES (default "qwen llama"), LR_BENCH_PY.
+# LR_BENCH_SHAPES (default "qwen llama"), LR_BENCH_PY, LR_BENCH_PACK_STEPS (steps
+# per co-training job, default 20 here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -104,5 +108,8 @@ echo "FLOPs/token = 4*P + 6*L*Hq*D*(T+1): P = matmul weights incl. lm_head (forw
 echo "backward 2P; frozen weights get no weight gradient), causal attention forward + backward; LoRA's own"
 echo "matmuls not counted. Tokens/s from the median step (zero grads + forward + backward + AdamW)."
 echo "ratio = lorad tokens/s / the PyTorch peer's (bench/torch_lora_step.py on the GPU, bf16, SDPA), same run."
+echo
+LR_BUILD=$BUILD LR_BENCH_MODELS=$MODELS LR_BENCH_BACKEND=$DEV LR_BENCH_PACK_STEPS=${LR_BENCH_PACK_STEPS:-20} \
+    bash bench/pack.sh
 echo
 bash bench/dist.sh gpu
