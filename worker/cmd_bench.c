@@ -409,7 +409,8 @@ int cmd_bench(int argc, char **argv) {
                  qb / 1048576.0, qf / 1048576.0);
     printf("{\"backend\": \"%s\", \"batch\": %d, \"seq\": %d, \"tokens_per_s\": %.1f, \"step_s\": %.4f, "
            "\"step_s_best\": %.4f, \"step_cpu_s\": %.4f, \"gflops\": %.2f, \"flops_per_token\": %.4g, "
-           "\"peak_rss_mb\": %.0f, \"lora_params\": %zu, \"loss\": %.4f, \"kernel\": \"%s\", \"compute_dtype\": \"%s\"%s%s}\n",
+           "\"peak_rss_mb\": %.0f, \"lora_params\": %zu, \"loss\": %.4f, \"kernel\": \"%s\", "
+           "\"compute_dtype\": \"%s\"%s%s}\n",
            be->name, B, T, B * T / step_s, step_s, best_s, cpu_step_s, flops_tok * B * T / step_s / 1e9, flops_tok,
            peak_rss_mb(), n, loss, be->host_memory ? kg_current()->name : "cuBLAS",
            model_bf16(m) || be->weight_dtype == KB_BF16 ? "bf16" : be->weight_dtype == KB_F16 ? "f16" : "f32", gpu,

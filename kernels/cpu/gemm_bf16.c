@@ -130,7 +130,8 @@ TGT static void cvt_row(const float *x, int n, bf16 *o, int np) {
     }
     if (i < np) {
         int r = n - i, q = np - i; /* 0 < q <= 32: loads past n read nothing and convert zeros */
-        __mmask16 lo = (__mmask16)(r >= 16 ? 0xffff : (1u << r) - 1), hi = (__mmask16)(r <= 16 ? 0 : (1u << (r - 16)) - 1);
+        __mmask16 lo = (__mmask16)(r >= 16 ? 0xffff : (1u << r) - 1);
+        __mmask16 hi = (__mmask16)(r <= 16 ? 0 : (1u << (r - 16)) - 1);
         __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, x + i + 16), _mm512_maskz_loadu_ps(lo, x + i));
         __mmask32 st = q >= 32 ? 0xffffffffu : (1u << q) - 1;
         _mm512_mask_storeu_epi16(o + i, st, (__m512i)v);
@@ -355,7 +356,8 @@ int kbf_selftest(const kbf_kernel *k, lr_err *err) {
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0] && !rc; t++) {
         int M = shapes[t].M, out = shapes[t].out, in = shapes[t].in, big = out > in ? out : in;
         float *W = malloc((size_t)out * in * sizeof *W), *x = malloc((size_t)M * big * sizeof *x);
-        float *C = malloc(((size_t)M * big + ST_GUARD) * sizeof *C), *C0 = malloc(((size_t)M * big + ST_GUARD) * sizeof *C0);
+        float *C = malloc(((size_t)M * big + ST_GUARD) * sizeof *C);
+        float *C0 = malloc(((size_t)M * big + ST_GUARD) * sizeof *C0);
         bf16 *P = aligned_alloc(64, align64(kbf_packed_bytes(out, in)));
         void *scratch = aligned_alloc(64, align64(kbf_scratch_bytes(M, out, in, 2)));
         if (!W || !x || !C || !C0 || !P || !scratch) {
