@@ -16,6 +16,7 @@
 
 #include "kernels/cpu/gemm_bf16.h"
 #include "kernels/cpu/gemm_select.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "formats/hfconfig.h"
 #include "proto/frame.h"
 #include "proto/msg.h"
@@ -416,6 +417,19 @@ static int64_t mem_available(void) {
     return kb < 0 ? -1 : (int64_t)kb * 1024;
 }
 
+/* Free memory where a joining job's tensors would live: the GPU's on a
+ * CUDA worker (the host's MemAvailable says nothing about the card), the
+ * host's otherwise; -1 when unknown. */
+static int64_t pack_free_bytes(const char *backend) {
+    if (!backend || strncmp(backend, "cuda", 4)) return mem_available();
+    kb_cuda_device devs[16];
+    lr_err e = {0};
+    int n = kb_cuda_devices(devs, 16, &e), want = backend[4] == ':' ? atoi(backend + 5) : 0;
+    for (int i = 0; i < n; i++)
+        if (devs[i].index == want) return (int64_t)devs[i].free_bytes;
+    return -1;
+}
+
 #define PACK_MEM_MARGIN ((int64_t)256 << 20) /* left free besides a joining job's estimate */
 
 /* Whether job j may join the pack now: room left, compatible with every
@@ -429,7 +443,7 @@ static int pack_room(agent *ag, const job *j, char *why, size_t cap) {
     hf_config c;
     char cfg[1100];
     lr_err e = {0};
-    int64_t avail = mem_available();
+    int64_t avail = pack_free_bytes(ag->o->backend);
     if (avail < 0 || lr_pathf(cfg, sizeof cfg, "%s/config.json", j->model_dir) || hf_config_load(cfg, &c, &e))
         return 1; /* nothing to plan with: the job's own setup says what is wrong */
     int64_t need = pack_job_bytes(&j->spec, &c);

@@ -210,10 +210,11 @@ typedef struct model_pack_mb {
  * to the model) at once: the frozen base runs once over the rows of all n
  * micro-batches (one GEMM per base weight), each adapter's LoRA path,
  * positions, attention and loss on its own rows, and its gradients go to
- * its slot. Each micro-batch's sums and gradients are, bit for bit, those
- * of model_fwd_bwd with its adapter alone (the backend's GEMM computes a
- * row the same whichever rows surround it, which the CPU backend's does).
- * Needs a backend with lora_fwd (the CPU). */
+ * its slot. Each micro-batch's sums and gradients are those of
+ * model_fwd_bwd with its adapter alone: bit for bit when the backend's GEMM
+ * computes a row the same whichever rows surround it (the CPU reference
+ * kernel), to ~1e-7 relative otherwise (OpenBLAS and cuBLAS pick their
+ * blocking by the row count). Needs a backend with lora_fwd (CPU, CUDA). */
 int model_fwd_bwd_pack(model *m, model_pack_mb *mb, int n, lr_err *err) LR_WARN_UNUSED;
 
 /* ---- objectives with a reference (KL-regularised SFT, DPO) ---- */
