@@ -220,7 +220,9 @@ try:
                    % (i, " ".join(str(k) for k in range(i % 7 + 1))) for i in range(32)).encode()
     st, ds = L.req("POST", "/v1/datasets?filename=count.jsonl", tok, raw=rows)
     fid = ds["id"]
-    shapes = [(2, 1e-3, 1, 16), (4, 5e-4, 2, 20), (8, 2e-3, 3, 24)]  # rank, lr, seed, steps
+    # rank, lr, seed, steps: long enough that the kill below (at the first
+    # checkpoints) lands mid-pack on a quiet machine too
+    shapes = [(2, 1e-3, 1, 64), (4, 5e-4, 2, 80), (8, 2e-3, 3, 96)]
 
     def real(i, co_train):
         r, lr, seed, steps = shapes[i]
