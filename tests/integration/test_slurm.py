@@ -158,7 +158,7 @@ try:
     R.check(aj["status"] == "succeeded" and aj["worker"] == "slurm-" + a, "a job runs through sbatch and succeeds",
             (aj["status"], aj["worker"], aj["error"], ev))
     R.check(any(m.startswith("submitted to Slurm as batch job") for m in ev), "events: the sbatch submission", ev)
-    wait_until(lambda: (L.job(a, ta)["slurm"] or {}).get("state") == "COMPLETED", 30, "Slurm's COMPLETED")
+    wait_until(lambda: (L.job(a, ta)["slurm"] or {}).get("state") == "COMPLETED", 120, "Slurm's COMPLETED")
     R.check(L.job(a, ta)["slurm"]["job_id"].isdigit(), "the job object has the Slurm job id and state",
             L.job(a, ta)["slurm"])
     got = L.req("GET", "/v1/jobs/%s/artifacts/adapter_model.safetensors" % a, ta)[1]
@@ -175,7 +175,7 @@ try:
             (dj["status"], dj["worker"], dj["error"], ev))
     R.check(any(m.startswith("submitted to Slurm as batch job") and "for 2 ranks (sbatch --ntasks 2, srun)" in m
                 for m in ev), "events: one batch job for 2 ranks", ev)
-    wait_until(lambda: (L.job(d, ta)["slurm"] or {}).get("state") == "COMPLETED", 30, "Slurm's COMPLETED (2 ranks)")
+    wait_until(lambda: (L.job(d, ta)["slurm"] or {}).get("state") == "COMPLETED", 120, "Slurm's COMPLETED (2 ranks)")
     sid = L.job(d, ta)["slurm"]["job_id"]
     sc = subprocess.run(["scontrol", "-o", "show", "job", sid], env=env, capture_output=True, text=True)
     R.check(" NumTasks=2 " in " " + sc.stdout + " ", "Slurm ran it as one job of 2 tasks", sc.stdout)
