@@ -107,11 +107,14 @@ try:
     kill = [submit(i, True, "kill%d" % i) for i in range(3)]
     wait_until(lambda: all((L.job(j, tok)["last_checkpoint_step"] or 0) >= 12 for j in kill) or done(kill), 600,
                "checkpoints of the pack")
-    if done(kill):
-        R.skip("worker kill -9 mid-pack", "the jobs finished before the worker could be killed")
+    w = L.job(kill[0], tok)["worker"]
+    pid = [x["pid"] for x in L.req("GET", "/v1/workers", tok)[1]["data"] if x["id"] == w][0]
+    os.kill(pid, signal.SIGSTOP)  # frozen: no job can finish between this check and the kill
+    if any(L.job(j, tok)["status"] != "running" for j in kill):
+        os.kill(pid, signal.SIGCONT)
+        R.skip("worker kill -9 mid-pack", "a job finished before the worker could be frozen (test_daemon_pack.py "
+               "kills a longer pack)")
     else:
-        w = L.job(kill[0], tok)["worker"]
-        pid = [x["pid"] for x in L.req("GET", "/v1/workers", tok)[1]["data"] if x["id"] == w][0]
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: done(kill), 600, "resumed jobs")
         ko = [L.job(j, tok) for j in kill]
