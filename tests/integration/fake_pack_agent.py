@@ -14,48 +14,14 @@ but deterministic: a job's adapter file holds a digest of its spec and of
 every step's "update", so a run resumed from a checkpoint (DONE marker,
 state file) ends with the same bytes as one that never stopped. Steps take
 LR_FAKE_STEP_MS (default 40) for the whole pass. Not a test by itself."""
-import hashlib, json, os, select, socket, struct, sys, time
+import hashlib, json, os, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fake_agent_link import Conn, arg  # noqa: E402
 
 PACK_MAX = int(os.environ.get("LR_FAKE_PACK_MAX", "3"))
 ROOM = int(os.environ.get("LR_FAKE_ROOM", str(PACK_MAX)))  # what it really takes: below pack_max it says busy
 STEP_S = int(os.environ.get("LR_FAKE_STEP_MS", "40")) / 1000.0
-
-
-def arg(name, default=None):
-    a = sys.argv
-    return a[a.index(name) + 1] if name in a else default
-
-
-class Conn:
-    def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        for _ in range(100):
-            try:
-                self.s.connect(path)
-                break
-            except OSError:
-                time.sleep(0.05)
-        self.buf = b""
-
-    def send(self, obj):
-        b = json.dumps(obj).encode()
-        self.s.sendall(struct.pack(">I", len(b)) + b)
-
-    def frames(self, timeout):
-        r, _, _ = select.select([self.s], [], [], timeout)
-        if r:
-            d = self.s.recv(65536)
-            if not d:
-                sys.exit(0)  # lorad went away
-            self.buf += d
-        out = []
-        while len(self.buf) >= 4:
-            n = struct.unpack(">I", self.buf[:4])[0]
-            if len(self.buf) < 4 + n:
-                break
-            out.append(json.loads(self.buf[4:4 + n]))
-            self.buf = self.buf[4 + n:]
-        return out
 
 
 def pack_key(spec):

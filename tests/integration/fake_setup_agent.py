@@ -8,47 +8,13 @@ model and tokenizes the files: heartbeats of step 0 with no plan
 the plan (step 0 of 3), as train.c reports it once setup passed, until
 $LR_FAKE_GATE.go exists; then 3 fake steps, an adapter file and DONE. Not
 a test by itself."""
-import json, os, select, socket, struct, sys, time
+import os, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fake_agent_link import Conn, arg  # noqa: E402
 
 GATE = os.environ.get("LR_FAKE_GATE", "/nonexistent")
 STEPS = 3
-
-
-def arg(name, default=None):
-    a = sys.argv
-    return a[a.index(name) + 1] if name in a else default
-
-
-class Conn:
-    def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        for _ in range(100):
-            try:
-                self.s.connect(path)
-                break
-            except OSError:
-                time.sleep(0.05)
-        self.buf = b""
-
-    def send(self, obj):
-        b = json.dumps(obj).encode()
-        self.s.sendall(struct.pack(">I", len(b)) + b)
-
-    def frames(self, timeout):
-        r, _, _ = select.select([self.s], [], [], timeout)
-        if r:
-            d = self.s.recv(65536)
-            if not d:
-                sys.exit(0)  # lorad went away
-            self.buf += d
-        out = []
-        while len(self.buf) >= 4:
-            n = struct.unpack(">I", self.buf[:4])[0]
-            if len(self.buf) < 4 + n:
-                break
-            out.append(json.loads(self.buf[4:4 + n]))
-            self.buf = self.buf[4 + n:]
-        return out
 
 
 def main():
