@@ -122,39 +122,53 @@ static const char *last_line(child_result *res) {
 /* Runs argv to completion: stdout into res->out (killed past out_cap),
  * stderr's tail kept. deadline: monotonic seconds, 0 = none. Returns -1
  * only when the child could not be started; how it ended is in res. */
-static int child_run(runner *r, char *const argv[], double deadline, size_t out_cap, child_result *res, lr_err *err) {
-    memset(res, 0, sizeof *res);
-    lr_buf_init(&res->out, out_cap);
-    int op[2] = {-1, -1}, ep[2] = {-1, -1};
+/* Spawns argv with in_fd (-1: /dev/null) as stdin, out_fd as stdout and
+ * err_fd (-1: lorad's own) as stderr. The pipes' own ends are close-on-exec;
+ * dup2 makes fresh 0, 1 and 2. The child starts with no blocked signals and
+ * default dispositions (lorad ignores SIGPIPE; the HTTP threads block some
+ * signals). */
+static int spawn_clean(char *const argv[], int in_fd, int out_fd, int err_fd, pid_t *pid, lr_err *err) {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
-    int fa_ok = 0, at_ok = 0, rc = -1;
-    pid_t pid = -1;
-    if (pipe2(op, O_CLOEXEC) || pipe2(ep, O_CLOEXEC)) {
-        lr_errp(err, LR_E_IO, NULL, "pipe: %s", strerror(errno));
-        goto out;
-    }
-    fa_ok = !posix_spawn_file_actions_init(&fa);
-    at_ok = !posix_spawnattr_init(&at);
+    int fa_ok = !posix_spawn_file_actions_init(&fa), at_ok = !posix_spawnattr_init(&at), rc = -1;
     sigset_t none, dfl;
     sigemptyset(&none);
     sigfillset(&dfl);
     sigdelset(&dfl, SIGKILL);
     sigdelset(&dfl, SIGSTOP);
-    /* The pipes' own ends are close-on-exec; dup2 makes fresh 1 and 2. The
-     * child starts with no blocked signals and default dispositions (lorad
-     * ignores SIGPIPE; the HTTP threads block some signals). */
-    if (!fa_ok || !at_ok || posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0) ||
-        posix_spawn_file_actions_adddup2(&fa, op[1], 1) || posix_spawn_file_actions_adddup2(&fa, ep[1], 2) ||
+    if (!fa_ok || !at_ok ||
+        (in_fd < 0 ? posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
+                   : posix_spawn_file_actions_adddup2(&fa, in_fd, 0)) ||
+        posix_spawn_file_actions_adddup2(&fa, out_fd, 1) ||
+        (err_fd >= 0 && posix_spawn_file_actions_adddup2(&fa, err_fd, 2)) ||
         posix_spawnattr_setsigmask(&at, &none) || posix_spawnattr_setsigdefault(&at, &dfl) ||
         posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)) {
         lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
         goto out;
     }
-    int e = posix_spawn(&pid, argv[0], &fa, &at, argv, environ);
+    int e = posix_spawn(pid, argv[0], &fa, &at, argv, environ);
     if (e) {
-        pid = -1;
         lr_errp(err, LR_E_IO, NULL, "cannot run %s: %s", argv[0], strerror(e));
+        goto out;
+    }
+    rc = 0;
+out:
+    if (fa_ok) posix_spawn_file_actions_destroy(&fa);
+    if (at_ok) posix_spawnattr_destroy(&at);
+    return rc;
+}
+
+static int child_run(runner *r, char *const argv[], double deadline, size_t out_cap, child_result *res, lr_err *err) {
+    memset(res, 0, sizeof *res);
+    lr_buf_init(&res->out, out_cap);
+    int op[2] = {-1, -1}, ep[2] = {-1, -1}, rc = -1;
+    pid_t pid = -1;
+    if (pipe2(op, O_CLOEXEC) || pipe2(ep, O_CLOEXEC)) {
+        lr_errp(err, LR_E_IO, NULL, "pipe: %s", strerror(errno));
+        goto out;
+    }
+    if (spawn_clean(argv, -1, op[1], ep[1], &pid, err)) {
+        pid = -1;
         goto out;
     }
     close(op[1]);
@@ -207,8 +221,6 @@ out:
         if (op[i] >= 0) close(op[i]);
         if (ep[i] >= 0) close(ep[i]);
     }
-    if (fa_ok) posix_spawn_file_actions_destroy(&fa);
-    if (at_ok) posix_spawnattr_destroy(&at);
     return rc;
 }
 
@@ -347,9 +359,6 @@ static void server_close(gen_server *s) {
  * lorad's own (its log). */
 static int server_start(runner *r, gen_server *s, lr_err *err) {
     int ip[2] = {-1, -1}, op[2] = {-1, -1}, rc = -1;
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t at;
-    int fa_ok = 0, at_ok = 0;
     char bytes[32], threads[16];
     snprintf(bytes, sizeof bytes, "%zu", r->serve_bytes);
     snprintf(threads, sizeof threads, "%d", r->gen_threads);
@@ -359,26 +368,8 @@ static int server_start(runner *r, gen_server *s, lr_err *err) {
         lr_errp(err, LR_E_IO, NULL, "pipe: %s", strerror(errno));
         goto out;
     }
-    fa_ok = !posix_spawn_file_actions_init(&fa);
-    at_ok = !posix_spawnattr_init(&at);
-    sigset_t none, dfl;
-    sigemptyset(&none);
-    sigfillset(&dfl);
-    sigdelset(&dfl, SIGKILL);
-    sigdelset(&dfl, SIGSTOP);
-    if (!fa_ok || !at_ok || posix_spawn_file_actions_adddup2(&fa, ip[0], 0) ||
-        posix_spawn_file_actions_adddup2(&fa, op[1], 1) || posix_spawnattr_setsigmask(&at, &none) ||
-        posix_spawnattr_setsigdefault(&at, &dfl) ||
-        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)) {
-        lr_errp(err, LR_E_NOMEM, NULL, "out of memory");
-        goto out;
-    }
     pid_t pid;
-    int e = posix_spawn(&pid, argv[0], &fa, &at, argv, environ);
-    if (e) {
-        lr_errp(err, LR_E_IO, NULL, "cannot run %s: %s", argv[0], strerror(e));
-        goto out;
-    }
+    if (spawn_clean(argv, ip[0], op[1], -1, &pid, err)) goto out;
     /* lorad ignores SIGPIPE: a dead server is an EPIPE here, not a signal */
     if (fcntl(ip[1], F_SETFL, O_NONBLOCK)) {
         kill(pid, SIGKILL);
@@ -400,8 +391,6 @@ out:
         if (ip[i] >= 0) close(ip[i]);
         if (op[i] >= 0) close(op[i]);
     }
-    if (fa_ok) posix_spawn_file_actions_destroy(&fa);
-    if (at_ok) posix_spawnattr_destroy(&at);
     return rc;
 }
 
